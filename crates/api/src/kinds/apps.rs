@@ -1,0 +1,311 @@
+//! apps/v1 kinds: defaults from upstream's `pkg/apis/apps/v1/defaults.go`, and the validation
+//! every workload shares (a selector that matches its own template).
+
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy,
+    ReplicaSet, RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy,
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
+
+use super::Kind;
+use super::core::{default_pod_spec, validate_pod_spec};
+use crate::field::{FieldError, FieldPath};
+use crate::selector::LabelSelector as Selector;
+
+fn pct(s: &str) -> Option<IntOrString> {
+    Some(IntOrString::String(s.into()))
+}
+
+fn default_template(t: &mut PodTemplateSpec) {
+    if let Some(spec) = &mut t.spec {
+        default_pod_spec(spec);
+    }
+}
+
+/// The checks upstream's `ValidatePodTemplateSpecForReplicaSet` and friends share: a non-empty
+/// selector that selects the template's labels, and a valid pod spec.
+pub(crate) fn validate_workload(
+    selector: Option<&LabelSelector>,
+    template: Option<&PodTemplateSpec>,
+    replicas: Option<i32>,
+    path: &FieldPath,
+    errs: &mut Vec<FieldError>,
+) {
+    if let Some(r) = replicas
+        && r < 0
+    {
+        errs.push(FieldError::invalid(&path.key("replicas"), json!(r), "must be greater than or equal to 0"));
+    }
+    let parsed = match selector {
+        None => {
+            errs.push(FieldError::required(&path.key("selector"), ""));
+            None
+        }
+        Some(s) if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty()) =>
+        {
+            errs.push(FieldError::invalid(&path.key("selector"), json!(s), "empty selector is invalid for deployment"));
+            None
+        }
+        Some(s) => match Selector::from_label_selector(s) {
+            Ok(sel) => Some(sel),
+            Err(e) => {
+                errs.push(FieldError::invalid(&path.key("selector"), json!(s), &e.to_string()));
+                None
+            }
+        },
+    };
+    let Some(template) = template else {
+        errs.push(FieldError::required(&path.key("template"), ""));
+        return;
+    };
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    if let Some(sel) = parsed
+        && !sel.matches_map(&labels)
+    {
+        errs.push(FieldError::invalid(
+            &path.key("template").key("metadata").key("labels"),
+            json!(labels),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    match &template.spec {
+        Some(s) => validate_pod_spec(s, &path.key("template").key("spec"), errs),
+        None => errs.push(FieldError::required(&path.key("template").key("spec"), "")),
+    }
+}
+
+fn validate_immutable_selector(new: &LabelSelector, old: &LabelSelector, errs: &mut Vec<FieldError>) {
+    if new != old {
+        errs.push(FieldError::invalid(
+            &FieldPath::new("spec").key("selector"),
+            json!(new),
+            "field is immutable",
+        ));
+    }
+}
+
+impl Kind for Deployment {
+    fn set_defaults(&mut self) {
+        let Some(spec) = &mut self.spec else { return };
+        spec.replicas.get_or_insert(1);
+        let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+        let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if kind == "RollingUpdate" {
+            let ru = strategy.rolling_update.get_or_insert_with(RollingUpdateDeployment::default);
+            if ru.max_unavailable.is_none() {
+                ru.max_unavailable = pct("25%");
+            }
+            if ru.max_surge.is_none() {
+                ru.max_surge = pct("25%");
+            }
+        }
+        spec.revision_history_limit.get_or_insert(10);
+        spec.progress_deadline_seconds.get_or_insert(600);
+        default_template(&mut spec.template);
+    }
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        let path = FieldPath::new("spec");
+        let Some(spec) = &self.spec else {
+            return errs.push(FieldError::required(&path, ""));
+        };
+        validate_workload(Some(&spec.selector), Some(&spec.template), spec.replicas, &path, errs);
+        if let Some(s) = &spec.strategy {
+            const TYPES: [&str; 2] = ["Recreate", "RollingUpdate"];
+            if let Some(t) = &s.type_
+                && !TYPES.contains(&t.as_str())
+            {
+                errs.push(FieldError::not_supported(&path.key("strategy").key("type"), json!(t), &TYPES));
+            }
+            if s.type_.as_deref() == Some("Recreate") && s.rolling_update.is_some() {
+                errs.push(FieldError::forbidden(
+                    &path.key("strategy").key("rollingUpdate"),
+                    "may not be specified when strategy `type` is 'Recreate'",
+                ));
+            }
+            if let Some(ru) = &s.rolling_update {
+                let zero = |v: &Option<IntOrString>| matches!(v, Some(IntOrString::Int(0))) || matches!(v, Some(IntOrString::String(s)) if s == "0%");
+                if zero(&ru.max_surge) && zero(&ru.max_unavailable) {
+                    errs.push(FieldError::invalid(
+                        &path.key("strategy").key("rollingUpdate").key("maxUnavailable"),
+                        json!(ru.max_unavailable),
+                        "may not be 0 when `maxSurge` is 0",
+                    ));
+                }
+            }
+        }
+        if let (Some(p), Some(m)) = (spec.progress_deadline_seconds, spec.min_ready_seconds)
+            && p <= m
+        {
+            errs.push(FieldError::invalid(
+                &path.key("progressDeadlineSeconds"),
+                json!(p),
+                "must be greater than minReadySeconds",
+            ));
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errs: &mut Vec<FieldError>) {
+        if let (Some(n), Some(o)) = (&self.spec, &old.spec) {
+            validate_immutable_selector(&n.selector, &o.selector, errs);
+        }
+    }
+}
+
+impl Kind for ReplicaSet {
+    const FIELD_LABELS: &'static [(&'static str, &'static str)] = &[("status.replicas", "status.replicas")];
+
+    fn set_defaults(&mut self) {
+        let Some(spec) = &mut self.spec else { return };
+        spec.replicas.get_or_insert(1);
+        if let Some(t) = &mut spec.template {
+            default_template(t);
+        }
+    }
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        let path = FieldPath::new("spec");
+        let Some(spec) = &self.spec else {
+            return errs.push(FieldError::required(&path, ""));
+        };
+        validate_workload(Some(&spec.selector), spec.template.as_ref(), spec.replicas, &path, errs);
+    }
+
+    fn validate_update(&self, old: &Self, errs: &mut Vec<FieldError>) {
+        if let (Some(n), Some(o)) = (&self.spec, &old.spec) {
+            validate_immutable_selector(&n.selector, &o.selector, errs);
+        }
+    }
+}
+
+impl Kind for StatefulSet {
+    fn set_defaults(&mut self) {
+        let Some(spec) = &mut self.spec else { return };
+        spec.replicas.get_or_insert(1);
+        spec.pod_management_policy.get_or_insert_with(|| "OrderedReady".into());
+        let strategy = spec.update_strategy.get_or_insert_with(StatefulSetUpdateStrategy::default);
+        let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if kind == "RollingUpdate" {
+            let ru = strategy.rolling_update.get_or_insert_with(RollingUpdateStatefulSetStrategy::default);
+            ru.partition.get_or_insert(0);
+            if ru.max_unavailable.is_none() {
+                ru.max_unavailable = Some(IntOrString::Int(1));
+            }
+        }
+        spec.revision_history_limit.get_or_insert(10);
+        let policy = spec
+            .persistent_volume_claim_retention_policy
+            .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
+        policy.when_deleted.get_or_insert_with(|| "Retain".into());
+        policy.when_scaled.get_or_insert_with(|| "Retain".into());
+        for pvc in spec.volume_claim_templates.iter_mut().flatten() {
+            if let Some(s) = &mut pvc.spec {
+                s.volume_mode.get_or_insert_with(|| "Filesystem".into());
+            }
+            pvc.status.get_or_insert_with(|| k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+                phase: Some("Pending".into()),
+                ..Default::default()
+            });
+        }
+        default_template(&mut spec.template);
+    }
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        let path = FieldPath::new("spec");
+        let Some(spec) = &self.spec else {
+            return errs.push(FieldError::required(&path, ""));
+        };
+        validate_workload(Some(&spec.selector), Some(&spec.template), spec.replicas, &path, errs);
+        if let Some(p) = &spec.pod_management_policy {
+            const POLICIES: [&str; 2] = ["OrderedReady", "Parallel"];
+            if !POLICIES.contains(&p.as_str()) {
+                errs.push(FieldError::not_supported(&path.key("podManagementPolicy"), json!(p), &POLICIES));
+            }
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errs: &mut Vec<FieldError>) {
+        // Upstream lets an update change only replicas, ordinals, template, updateStrategy,
+        // revisionHistoryLimit, persistentVolumeClaimRetentionPolicy and minReadySeconds.
+        let (Some(n), Some(o)) = (&self.spec, &old.spec) else { return };
+        let mut n = n.clone();
+        n.replicas = o.replicas;
+        n.ordinals = o.ordinals.clone();
+        n.template = o.template.clone();
+        n.update_strategy = o.update_strategy.clone();
+        n.revision_history_limit = o.revision_history_limit;
+        n.persistent_volume_claim_retention_policy = o.persistent_volume_claim_retention_policy.clone();
+        n.min_ready_seconds = o.min_ready_seconds;
+        if n != *o {
+            errs.push(FieldError::forbidden(
+                &FieldPath::new("spec"),
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+            ));
+        }
+    }
+}
+
+impl Kind for DaemonSet {
+    fn set_defaults(&mut self) {
+        let Some(spec) = &mut self.spec else { return };
+        let strategy = spec.update_strategy.get_or_insert_with(DaemonSetUpdateStrategy::default);
+        let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if kind == "RollingUpdate" {
+            let ru = strategy.rolling_update.get_or_insert_with(RollingUpdateDaemonSet::default);
+            if ru.max_unavailable.is_none() {
+                ru.max_unavailable = Some(IntOrString::Int(1));
+            }
+            if ru.max_surge.is_none() {
+                ru.max_surge = Some(IntOrString::Int(0));
+            }
+        }
+        spec.revision_history_limit.get_or_insert(10);
+        default_template(&mut spec.template);
+    }
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        let path = FieldPath::new("spec");
+        let Some(spec) = &self.spec else {
+            return errs.push(FieldError::required(&path, ""));
+        };
+        validate_workload(Some(&spec.selector), Some(&spec.template), None, &path, errs);
+        if let Some(p) = spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref())
+            && p != "Always"
+        {
+            errs.push(FieldError::not_supported(
+                &path.key("template").key("spec").key("restartPolicy"),
+                json!(p),
+                &["Always"],
+            ));
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errs: &mut Vec<FieldError>) {
+        if let (Some(n), Some(o)) = (&self.spec, &old.spec) {
+            validate_immutable_selector(&n.selector, &o.selector, errs);
+        }
+    }
+}
+
+impl Kind for ControllerRevision {}

@@ -1,0 +1,255 @@
+//! Kind-specific behaviour of the built-in types: defaulting, validation, field labels and the
+//! preparation upstream's registry strategies do before an object is stored.
+//!
+//! Generic machinery works on JSON; this module is where typed code lives (design rule 4). Each
+//! served type implements [`Kind`]; most need only a few of its hooks. [`Typed`] turns a `Kind`
+//! into the object-safe [`KindOps`] the registry stores.
+
+mod apps;
+mod batch;
+mod core;
+mod meta;
+mod other;
+
+use std::marker::PhantomData;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::field::FieldError;
+use crate::status::ApiError;
+
+pub use meta::{validate_dns1123_label, validate_dns1123_subdomain, validate_object_meta, NameRule};
+
+/// A served built-in type and the behaviour upstream gives it.
+pub trait Kind:
+    k8s_openapi::Resource
+    + k8s_openapi::ListableResource
+    + k8s_openapi::Metadata<Ty = ObjectMeta>
+    + Serialize
+    + DeserializeOwned
+    + schemars::JsonSchema
+    + Send
+    + Sync
+    + 'static
+{
+    /// Fields `?fieldSelector=` accepts besides `metadata.name` and `metadata.namespace`:
+    /// (label, dotted JSON path to read it from).
+    const FIELD_LABELS: &'static [(&'static str, &'static str)] = &[];
+
+    /// How names of this kind are validated.
+    const NAME_RULE: NameRule = NameRule::Subdomain;
+
+    /// Upstream's defaulting (`SetObjectDefaults_<Kind>`).
+    fn set_defaults(&mut self) {}
+
+    /// What the create strategy resets or fills in before validation (e.g. a new pod's phase).
+    fn prepare_for_create(&mut self) {}
+
+    /// Validation of the whole object (metadata is validated generically before this).
+    fn validate(&self, _errs: &mut Vec<FieldError>) {}
+
+    /// Extra checks on update, e.g. immutable fields.
+    fn validate_update(&self, _old: &Self, _errs: &mut Vec<FieldError>) {}
+}
+
+/// What the API server needs of a kind, without knowing its Rust type.
+pub trait KindOps: Send + Sync {
+    /// Decodes into the typed struct, applies create preparation and defaults, validates, and
+    /// encodes again. Fields the type does not have are dropped (and reported in the result).
+    fn admit_create(&self, obj: Value) -> Result<Admitted, ApiError>;
+
+    /// The same for an update, with the stored object for update-only validation.
+    fn admit_update(&self, obj: Value, old: &Value) -> Result<Admitted, ApiError>;
+
+    /// Decodes and re-encodes (defaults applied), for objects that were not submitted by a
+    /// client, such as the stored form read back.
+    fn normalize(&self, obj: Value) -> Result<Value, ApiError>;
+
+    /// The value of a field label of `obj`, or `None` if this kind does not support the label.
+    fn field_label(&self, obj: &Value, label: &str) -> Option<String>;
+
+    /// The field labels this kind supports, for error messages.
+    fn field_labels(&self) -> Vec<&'static str>;
+
+    /// Adds this type's schema (and those it refers to) to an OpenAPI schema set.
+    fn add_schema(&self, set: &mut crate::schema::SchemaSet);
+
+    /// The OpenAPI definition name, e.g. `io.k8s.api.core.v1.Pod`.
+    fn schema_name(&self) -> String;
+}
+
+/// The result of admission: the object to store, and the fields that were dropped because the
+/// type does not have them (upstream reports those as warnings, or as errors under
+/// `fieldValidation=Strict`).
+#[derive(Debug)]
+pub struct Admitted {
+    pub object: Value,
+    pub unknown_fields: Vec<String>,
+}
+
+/// The [`KindOps`] of a [`Kind`].
+pub struct Typed<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for Typed<T> {
+    fn default() -> Self {
+        Typed(PhantomData)
+    }
+}
+
+impl<T: Kind> Typed<T> {
+    fn decode(obj: &Value) -> Result<T, ApiError> {
+        serde_path_to_error::deserialize::<_, T>(obj).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let why = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
+            ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: {why}",
+                kind = T::KIND,
+                version = T::VERSION
+            ))
+        })
+    }
+
+    fn encode(obj: &T) -> Result<Value, ApiError> {
+        let mut v = serde_json::to_value(obj).map_err(ApiError::internal)?;
+        // k8s-openapi writes apiVersion/kind itself; keep them first for readable output.
+        if let Value::Object(m) = &mut v {
+            m.shift_insert(0, "apiVersion".into(), Value::String(T::API_VERSION.into()));
+            m.shift_insert(1, "kind".into(), Value::String(T::KIND.into()));
+        }
+        Ok(v)
+    }
+
+    fn validation_result(obj: &T, errs: Vec<FieldError>) -> Result<(), ApiError> {
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let name = obj.metadata().name.clone().or_else(|| obj.metadata().generate_name.clone());
+        Err(ApiError::invalid(T::GROUP, T::KIND, name.as_deref().unwrap_or(""), &errs))
+    }
+}
+
+impl<T: Kind> KindOps for Typed<T> {
+    fn admit_create(&self, obj: Value) -> Result<Admitted, ApiError> {
+        let mut typed = Self::decode(&obj)?;
+        typed.prepare_for_create();
+        typed.set_defaults();
+        let mut errs = Vec::new();
+        validate_object_meta(typed.metadata(), T::NAME_RULE, is_namespaced::<T>(), &mut errs);
+        typed.validate(&mut errs);
+        Self::validation_result(&typed, errs)?;
+        let object = Self::encode(&typed)?;
+        let unknown_fields = dropped_fields(&obj, &object);
+        Ok(Admitted { object, unknown_fields })
+    }
+
+    fn admit_update(&self, obj: Value, old: &Value) -> Result<Admitted, ApiError> {
+        let mut typed = Self::decode(&obj)?;
+        let old_typed = Self::decode(old)?;
+        typed.set_defaults();
+        let mut errs = Vec::new();
+        validate_object_meta(typed.metadata(), T::NAME_RULE, is_namespaced::<T>(), &mut errs);
+        typed.validate(&mut errs);
+        typed.validate_update(&old_typed, &mut errs);
+        Self::validation_result(&typed, errs)?;
+        let object = Self::encode(&typed)?;
+        let unknown_fields = dropped_fields(&obj, &object);
+        Ok(Admitted { object, unknown_fields })
+    }
+
+    fn normalize(&self, obj: Value) -> Result<Value, ApiError> {
+        let mut typed = Self::decode(&obj)?;
+        typed.set_defaults();
+        Self::encode(&typed)
+    }
+
+    fn field_label(&self, obj: &Value, label: &str) -> Option<String> {
+        let path = match label {
+            "metadata.name" => "metadata.name",
+            "metadata.namespace" => "metadata.namespace",
+            other => T::FIELD_LABELS.iter().find(|(l, _)| *l == other)?.1,
+        };
+        let mut cur = obj;
+        for part in path.split('.') {
+            match cur.get(part) {
+                Some(v) => cur = v,
+                None => return Some(String::new()),
+            }
+        }
+        Some(match cur {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+    }
+
+    fn field_labels(&self) -> Vec<&'static str> {
+        let mut v = vec!["metadata.name", "metadata.namespace"];
+        v.extend(T::FIELD_LABELS.iter().map(|(l, _)| *l));
+        v
+    }
+
+    fn add_schema(&self, set: &mut crate::schema::SchemaSet) {
+        set.add_with_list::<T>();
+    }
+
+    fn schema_name(&self) -> String {
+        <T as schemars::JsonSchema>::schema_name().into_owned()
+    }
+}
+
+fn is_namespaced<T: k8s_openapi::Resource>() -> bool {
+    std::any::type_name::<T::Scope>().ends_with("NamespaceResourceScope")
+}
+
+/// Paths of fields present (and not null) in `input` but absent from `output`: the fields the
+/// typed decode dropped because the type does not have them.
+pub fn dropped_fields(input: &Value, output: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk_dropped(input, output, String::new(), &mut out);
+    out
+}
+
+fn walk_dropped(input: &Value, output: &Value, path: String, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match o.get(k) {
+                    Some(ov) => walk_dropped(v, ov, child, out),
+                    None if v.is_null() || is_empty_container(v) => {}
+                    None => out.push(child),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (idx, (iv, ov)) in i.iter().zip(o).enumerate() {
+                walk_dropped(iv, ov, format!("{path}[{idx}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty_container(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dropped_fields_reports_unknown_nested_keys() {
+        let input = json!({"spec": {"replicas": 1, "replicaz": 2, "template": {"x": {"y": 1}}}});
+        let output = json!({"spec": {"replicas": 1, "template": {}}});
+        assert_eq!(dropped_fields(&input, &output), vec!["spec.replicaz", "spec.template.x"]);
+    }
+}

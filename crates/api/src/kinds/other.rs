@@ -1,0 +1,187 @@
+//! The kinds of the remaining served groups. Most store what they are given; the defaults and
+//! checks here are the ones upstream applies to them.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration,
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler as HpaV1;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler as HpaV2;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event as EventV1;
+use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
+use k8s_openapi::api::networking::v1::{IPAddress, Ingress, IngressClass, NetworkPolicy, ServiceCIDR};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::api::storage::v1::{
+    CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment, VolumeAttributesClass,
+};
+use serde_json::json;
+
+use super::{Kind, NameRule};
+use crate::field::{FieldError, FieldPath};
+
+impl Kind for HpaV2 {
+    fn set_defaults(&mut self) {
+        {
+            let spec = &mut self.spec;
+            spec.min_replicas.get_or_insert(1);
+            if spec.metrics.as_ref().is_none_or(Vec::is_empty) {
+                // Upstream's default target: 80% average CPU utilisation.
+                spec.metrics = Some(vec![serde_json::from_value(json!({
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}
+                }))
+                .expect("static metric spec is valid")]);
+            }
+        }
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        validate_hpa_bounds(Some((self.spec.min_replicas, self.spec.max_replicas)), errs);
+    }
+}
+
+impl Kind for HpaV1 {
+    fn set_defaults(&mut self) {
+        self.spec.min_replicas.get_or_insert(1);
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        validate_hpa_bounds(Some((self.spec.min_replicas, self.spec.max_replicas)), errs);
+    }
+}
+
+fn validate_hpa_bounds(bounds: Option<(Option<i32>, i32)>, errs: &mut Vec<FieldError>) {
+    let Some((min, max)) = bounds else {
+        return errs.push(FieldError::required(&FieldPath::new("spec"), ""));
+    };
+    let path = FieldPath::new("spec");
+    if let Some(min) = min
+        && min < 1
+    {
+        errs.push(FieldError::invalid(&path.key("minReplicas"), json!(min), "must be greater than or equal to 1"));
+    }
+    if max < 1 {
+        errs.push(FieldError::invalid(&path.key("maxReplicas"), json!(max), "must be greater than or equal to 1"));
+    } else if min.is_some_and(|m| m > max) {
+        errs.push(FieldError::invalid(
+            &path.key("maxReplicas"),
+            json!(max),
+            "must be greater than or equal to `minReplicas`",
+        ));
+    }
+}
+
+impl Kind for Ingress {
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        let path = FieldPath::new("spec").key("rules");
+        for (i, rule) in self.spec.iter().flat_map(|s| s.rules.iter().flatten()).enumerate() {
+            for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+                let pp = path.index(i).key("http").key("paths").index(j);
+                const TYPES: [&str; 3] = ["Exact", "ImplementationSpecific", "Prefix"];
+                if !TYPES.contains(&p.path_type.as_str()) {
+                    errs.push(FieldError::not_supported(&pp.key("pathType"), json!(p.path_type), &TYPES));
+                }
+                if p.path_type != "ImplementationSpecific" && !p.path.as_deref().unwrap_or("").starts_with('/') {
+                    errs.push(FieldError::invalid(&pp.key("path"), json!(p.path), "must be an absolute path"));
+                }
+            }
+        }
+    }
+}
+
+impl Kind for NetworkPolicy {
+    fn set_defaults(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            for rule in spec.ingress.iter_mut().flatten() {
+                for p in rule.ports.iter_mut().flatten() {
+                    p.protocol.get_or_insert_with(|| "TCP".into());
+                }
+            }
+            for rule in spec.egress.iter_mut().flatten() {
+                for p in rule.ports.iter_mut().flatten() {
+                    p.protocol.get_or_insert_with(|| "TCP".into());
+                }
+            }
+            if spec.policy_types.is_none() {
+                let mut types = vec!["Ingress".to_string()];
+                if spec.egress.is_some() {
+                    types.push("Egress".into());
+                }
+                spec.policy_types = Some(types);
+            }
+        }
+    }
+}
+
+impl Kind for EndpointSlice {
+    fn set_defaults(&mut self) {
+        for p in self.ports.iter_mut().flatten() {
+            p.protocol.get_or_insert_with(|| "TCP".into());
+            p.name.get_or_insert_with(String::new);
+        }
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        const TYPES: [&str; 3] = ["FQDN", "IPv4", "IPv6"];
+        if !TYPES.contains(&self.address_type.as_str()) {
+            errs.push(FieldError::not_supported(&FieldPath::new("addressType"), json!(self.address_type), &TYPES));
+        }
+    }
+}
+
+impl Kind for PriorityClass {
+    fn set_defaults(&mut self) {
+        self.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
+    }
+}
+
+impl Kind for StorageClass {
+    fn set_defaults(&mut self) {
+        self.reclaim_policy.get_or_insert_with(|| "Delete".into());
+        self.volume_binding_mode.get_or_insert_with(|| "Immediate".into());
+    }
+}
+
+impl Kind for CertificateSigningRequest {
+    const FIELD_LABELS: &'static [(&'static str, &'static str)] = &[("spec.signerName", "spec.signerName")];
+}
+
+impl Kind for Role {
+    const NAME_RULE: NameRule = NameRule::PathSegment;
+}
+impl Kind for ClusterRole {
+    const NAME_RULE: NameRule = NameRule::PathSegment;
+}
+impl Kind for RoleBinding {
+    const NAME_RULE: NameRule = NameRule::PathSegment;
+}
+impl Kind for ClusterRoleBinding {
+    const NAME_RULE: NameRule = NameRule::PathSegment;
+}
+
+impl Kind for EventV1 {}
+impl Kind for Lease {}
+impl Kind for IngressClass {}
+impl Kind for IPAddress {}
+impl Kind for ServiceCIDR {}
+impl Kind for RuntimeClass {}
+impl Kind for PodDisruptionBudget {}
+impl Kind for CSIDriver {}
+impl Kind for CSINode {}
+impl Kind for CSIStorageCapacity {}
+impl Kind for VolumeAttachment {}
+impl Kind for VolumeAttributesClass {}
+impl Kind for MutatingWebhookConfiguration {}
+impl Kind for ValidatingWebhookConfiguration {}
+impl Kind for ValidatingAdmissionPolicy {}
+impl Kind for ValidatingAdmissionPolicyBinding {}
+impl Kind for MutatingAdmissionPolicy {}
+impl Kind for MutatingAdmissionPolicyBinding {}
+impl Kind for FlowSchema {}
+impl Kind for PriorityLevelConfiguration {}

@@ -1,0 +1,21 @@
+//! Kubernetes API machinery, independent of transport and storage.
+//!
+//! This crate owns what the API means: which resources exist (a registry built from the
+//! k8s-openapi types), how objects are defaulted and validated, how selectors match, how patches
+//! apply, how errors are reported as `Status` objects and how lists print as tables. It does no
+//! I/O and knows nothing of HTTP or of the store; the API server and client-side components build
+//! on it.
+
+pub mod convert;
+pub mod field;
+pub mod kinds;
+pub mod patch;
+pub mod quantity;
+pub mod registry;
+pub mod schema;
+pub mod selector;
+pub mod status;
+pub mod table;
+
+pub use registry::{Registry, ResourceType};
+pub use status::ApiError;

@@ -1,0 +1,349 @@
+//! The registry of served resources, built from the k8s-openapi types.
+//!
+//! k8s-openapi knows each type's group, version, kind, plural and scope; it does not know the
+//! facts discovery publishes beside them (short names, categories, verbs, subresources) nor where
+//! upstream stores them. Those are kept here as one table, [`Registry::builtin`], whose entries a
+//! test counts.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::{
+    admissionregistration::v1 as admissionregistration, apps::v1 as apps, autoscaling, batch::v1 as batch,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events, flowcontrol::v1 as flowcontrol, networking::v1 as networking,
+    node::v1 as node, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+};
+
+use crate::kinds::{Kind, KindOps, Typed};
+
+/// The verbs of an ordinary resource.
+pub const STANDARD_VERBS: &[&str] =
+    &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+/// One served resource of one group version.
+pub struct ResourceType {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub list_kind: &'static str,
+    /// The plural resource name used in URLs, e.g. `deployments`.
+    pub plural: &'static str,
+    /// The lower-case singular name, e.g. `deployment`.
+    pub singular: String,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+    /// Subresources served for this resource, e.g. `status`, `scale`.
+    pub subresources: &'static [&'static str],
+    /// The path segment under `/registry/` upstream stores it at (`minions` for nodes). Two
+    /// resources sharing it are two views of one stored object.
+    pub storage_key: &'static str,
+    /// Whether this version is the one objects are stored as; other views convert.
+    pub storage_version: bool,
+    pub ops: Box<dyn KindOps>,
+}
+
+impl ResourceType {
+    /// `apps/v1`, or `v1` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn has_subresource(&self, name: &str) -> bool {
+        self.subresources.contains(&name)
+    }
+
+    pub fn supports(&self, verb: &str) -> bool {
+        self.verbs.contains(&verb)
+    }
+
+    /// What errors about this resource call it.
+    pub fn subject(&self) -> crate::status::Subject<'_> {
+        crate::status::Subject { group: self.group, resource: self.plural, kind: self.kind }
+    }
+
+    /// The store key of an object: `/registry/<storage key>/<namespace>/<name>`, or without the
+    /// namespace for cluster-scoped resources.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!("/registry/{}/{ns}/{name}", self.storage_key),
+            None => format!("/registry/{}/{name}", self.storage_key),
+        }
+    }
+
+    /// The key prefix of a list: one namespace, or all of them.
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!("/registry/{}/{ns}/", self.storage_key),
+            None => format!("/registry/{}/", self.storage_key),
+        }
+    }
+}
+
+/// Table options of one entry; see [`Registry::builtin`].
+#[derive(Clone, Copy)]
+struct Facts {
+    short: &'static [&'static str],
+    categories: &'static [&'static str],
+    sub: &'static [&'static str],
+    verbs: &'static [&'static str],
+    storage_key: Option<&'static str>,
+    storage_version: bool,
+}
+
+const DEFAULT: Facts = Facts {
+    short: &[],
+    categories: &[],
+    sub: &[],
+    verbs: STANDARD_VERBS,
+    storage_key: None,
+    storage_version: true,
+};
+
+const ALL: &[&str] = &["all"];
+const API_EXTENSIONS: &[&str] = &["api-extensions"];
+const STATUS: &[&str] = &["status"];
+const STATUS_SCALE: &[&str] = &["scale", "status"];
+
+fn entry<T: Kind>(f: Facts) -> ResourceType {
+    ResourceType {
+        group: T::GROUP,
+        version: T::VERSION,
+        kind: T::KIND,
+        list_kind: T::LIST_KIND,
+        plural: T::URL_PATH_SEGMENT,
+        singular: T::KIND.to_lowercase(),
+        namespaced: std::any::type_name::<T::Scope>().ends_with("NamespaceResourceScope"),
+        short_names: f.short,
+        categories: f.categories,
+        verbs: f.verbs,
+        subresources: f.sub,
+        storage_key: f.storage_key.unwrap_or(T::URL_PATH_SEGMENT),
+        storage_version: f.storage_version,
+        ops: Box::new(Typed::<T>::default()),
+    }
+}
+
+/// All served resources, with lookups by URL and by kind.
+pub struct Registry {
+    types: Vec<ResourceType>,
+    by_path: HashMap<(String, String, String), usize>,
+    by_kind: HashMap<(String, String), usize>,
+}
+
+/// A group and its versions, preferred first, as discovery lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupVersions {
+    pub group: &'static str,
+    pub versions: Vec<&'static str>,
+}
+
+impl Registry {
+    /// Every built-in resource Tugboat serves.
+    pub fn builtin() -> Registry {
+        let f = DEFAULT;
+        let types = vec![
+            // core/v1, in upstream's discovery order.
+            entry::<core::ComponentStatus>(Facts { short: &["cs"], verbs: &["get", "list"], ..f }),
+            entry::<core::ConfigMap>(Facts { short: &["cm"], ..f }),
+            entry::<core::Endpoints>(Facts { short: &["ep"], storage_key: Some("services/endpoints"), ..f }),
+            entry::<core::Event>(Facts { short: &["ev"], ..f }),
+            entry::<core::LimitRange>(Facts { short: &["limits"], ..f }),
+            entry::<core::Namespace>(Facts {
+                short: &["ns"],
+                sub: &["finalize", "status"],
+                verbs: &["create", "delete", "get", "list", "patch", "update", "watch"],
+                ..f
+            }),
+            entry::<core::Node>(Facts { short: &["no"], sub: &["proxy", "status"], storage_key: Some("minions"), ..f }),
+            entry::<core::PersistentVolumeClaim>(Facts { short: &["pvc"], sub: STATUS, ..f }),
+            entry::<core::PersistentVolume>(Facts { short: &["pv"], sub: STATUS, ..f }),
+            entry::<core::Pod>(Facts {
+                short: &["po"],
+                categories: ALL,
+                sub: &["attach", "binding", "ephemeralcontainers", "eviction", "exec", "log", "portforward", "proxy", "resize", "status"],
+                ..f
+            }),
+            entry::<core::PodTemplate>(f),
+            entry::<core::ReplicationController>(Facts {
+                short: &["rc"],
+                categories: ALL,
+                sub: STATUS_SCALE,
+                storage_key: Some("controllers"),
+                ..f
+            }),
+            entry::<core::ResourceQuota>(Facts { short: &["quota"], sub: STATUS, ..f }),
+            entry::<core::Secret>(f),
+            entry::<core::ServiceAccount>(Facts { short: &["sa"], sub: &["token"], ..f }),
+            entry::<core::Service>(Facts {
+                short: &["svc"],
+                categories: ALL,
+                sub: &["proxy", "status"],
+                verbs: &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                storage_key: Some("services/specs"),
+                ..f
+            }),
+            // apps/v1
+            entry::<apps::ControllerRevision>(f),
+            entry::<apps::DaemonSet>(Facts { short: &["ds"], categories: ALL, sub: STATUS, ..f }),
+            entry::<apps::Deployment>(Facts { short: &["deploy"], categories: ALL, sub: STATUS_SCALE, ..f }),
+            entry::<apps::ReplicaSet>(Facts { short: &["rs"], categories: ALL, sub: STATUS_SCALE, ..f }),
+            entry::<apps::StatefulSet>(Facts { short: &["sts"], categories: ALL, sub: STATUS_SCALE, ..f }),
+            // events.k8s.io/v1 is its own resource upstream too, stored under the same key.
+            entry::<events::Event>(Facts { short: &["ev"], storage_key: Some("events"), storage_version: false, ..f }),
+            // autoscaling: v2 is the stored version; v1 is a view of the same objects.
+            entry::<autoscaling::v2::HorizontalPodAutoscaler>(Facts { short: &["hpa"], categories: ALL, sub: STATUS, ..f }),
+            entry::<autoscaling::v1::HorizontalPodAutoscaler>(Facts {
+                short: &["hpa"],
+                categories: ALL,
+                sub: STATUS,
+                storage_version: false,
+                ..f
+            }),
+            // batch/v1
+            entry::<batch::CronJob>(Facts { short: &["cj"], categories: ALL, sub: STATUS, ..f }),
+            entry::<batch::Job>(Facts { categories: ALL, sub: STATUS, ..f }),
+            entry::<certificates::CertificateSigningRequest>(Facts { short: &["csr"], sub: &["approval", "status"], ..f }),
+            // networking.k8s.io/v1
+            entry::<networking::IngressClass>(f),
+            entry::<networking::Ingress>(Facts { short: &["ing"], sub: STATUS, storage_key: Some("ingress"), ..f }),
+            entry::<networking::IPAddress>(Facts { short: &["ip"], ..f }),
+            entry::<networking::NetworkPolicy>(Facts { short: &["netpol"], ..f }),
+            entry::<networking::ServiceCIDR>(Facts { sub: STATUS, ..f }),
+            entry::<policy::PodDisruptionBudget>(Facts { short: &["pdb"], sub: STATUS, ..f }),
+            // rbac.authorization.k8s.io/v1
+            entry::<rbac::ClusterRoleBinding>(f),
+            entry::<rbac::ClusterRole>(f),
+            entry::<rbac::RoleBinding>(f),
+            entry::<rbac::Role>(f),
+            // storage.k8s.io/v1
+            entry::<storage::CSIDriver>(f),
+            entry::<storage::CSINode>(f),
+            entry::<storage::CSIStorageCapacity>(f),
+            entry::<storage::StorageClass>(Facts { short: &["sc"], ..f }),
+            entry::<storage::VolumeAttachment>(Facts { sub: STATUS, ..f }),
+            entry::<storage::VolumeAttributesClass>(Facts { short: &["vac"], ..f }),
+            // admissionregistration.k8s.io/v1
+            entry::<admissionregistration::MutatingAdmissionPolicy>(Facts { categories: API_EXTENSIONS, ..f }),
+            entry::<admissionregistration::MutatingAdmissionPolicyBinding>(Facts { categories: API_EXTENSIONS, ..f }),
+            entry::<admissionregistration::MutatingWebhookConfiguration>(Facts { categories: API_EXTENSIONS, ..f }),
+            entry::<admissionregistration::ValidatingAdmissionPolicy>(Facts { categories: API_EXTENSIONS, sub: STATUS, ..f }),
+            entry::<admissionregistration::ValidatingAdmissionPolicyBinding>(Facts { categories: API_EXTENSIONS, ..f }),
+            entry::<admissionregistration::ValidatingWebhookConfiguration>(Facts { categories: API_EXTENSIONS, ..f }),
+            entry::<scheduling::PriorityClass>(Facts { short: &["pc"], ..f }),
+            entry::<coordination::Lease>(f),
+            entry::<node::RuntimeClass>(f),
+            entry::<discovery::EndpointSlice>(f),
+            entry::<flowcontrol::FlowSchema>(Facts { sub: STATUS, ..f }),
+            entry::<flowcontrol::PriorityLevelConfiguration>(Facts { sub: STATUS, ..f }),
+        ];
+        Registry::from_types(types)
+    }
+
+    fn from_types(types: Vec<ResourceType>) -> Registry {
+        let mut by_path = HashMap::new();
+        let mut by_kind = HashMap::new();
+        for (i, t) in types.iter().enumerate() {
+            by_path.insert((t.group.to_string(), t.version.to_string(), t.plural.to_string()), i);
+            by_kind.insert((t.api_version(), t.kind.to_string()), i);
+        }
+        Registry { types, by_path, by_kind }
+    }
+
+    /// The resource at `/apis/<group>/<version>/<plural>`.
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
+        self.by_path
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .map(|&i| &self.types[i])
+    }
+
+    /// The resource serving objects of `apiVersion` and `kind`.
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
+        self.by_kind.get(&(api_version.to_string(), kind.to_string())).map(|&i| &self.types[i])
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &ResourceType> {
+        self.types.iter()
+    }
+
+    /// Resources of one group version, in table order.
+    pub fn resources_in<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a ResourceType> + 'a {
+        self.types.iter().filter(move |t| t.group == group && t.version == version)
+    }
+
+    /// Groups in discovery order, each with its versions, preferred first. The preferred version
+    /// is the stored one (autoscaling/v2 before v1).
+    pub fn groups(&self) -> Vec<GroupVersions> {
+        let mut out: Vec<GroupVersions> = Vec::new();
+        for t in &self.types {
+            let g = match out.iter_mut().find(|g| g.group == t.group) {
+                Some(g) => g,
+                None => {
+                    out.push(GroupVersions { group: t.group, versions: Vec::new() });
+                    out.last_mut().expect("just pushed")
+                }
+            };
+            if !g.versions.contains(&t.version) {
+                g.versions.push(t.version);
+            }
+        }
+        out
+    }
+
+    /// The view of `t`'s objects that is stored, when `t` is not itself the stored version.
+    pub fn storage_view<'a>(&'a self, t: &'a ResourceType) -> &'a ResourceType {
+        if t.storage_version {
+            return t;
+        }
+        self.types
+            .iter()
+            .find(|o| o.storage_key == t.storage_key && o.storage_version)
+            .unwrap_or(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_every_resource_of_the_listed_groups() {
+        let r = Registry::builtin();
+        assert_eq!(r.all().count(), 55);
+        let groups: Vec<_> = r.groups().iter().map(|g| g.group).collect();
+        for g in [
+            "", "apps", "batch", "autoscaling", "networking.k8s.io", "rbac.authorization.k8s.io",
+            "coordination.k8s.io", "discovery.k8s.io", "policy", "storage.k8s.io", "events.k8s.io",
+            "scheduling.k8s.io", "node.k8s.io", "certificates.k8s.io", "admissionregistration.k8s.io",
+        ] {
+            assert!(groups.contains(&g), "group {g:?} missing");
+        }
+    }
+
+    #[test]
+    fn keys_follow_upstream_layout() {
+        let r = Registry::builtin();
+        let pods = r.lookup("", "v1", "pods").unwrap();
+        assert_eq!(pods.key(Some("default"), "web"), "/registry/pods/default/web");
+        let nodes = r.lookup("", "v1", "nodes").unwrap();
+        assert_eq!(nodes.key(None, "n1"), "/registry/minions/n1");
+        assert!(!nodes.namespaced);
+        let deploy = r.by_kind("apps/v1", "Deployment").unwrap();
+        assert_eq!(deploy.prefix(None), "/registry/deployments/");
+        assert_eq!(deploy.singular, "deployment");
+    }
+
+    #[test]
+    fn autoscaling_prefers_v2_and_v1_is_a_view_of_it() {
+        let r = Registry::builtin();
+        let autoscaling = r.groups().into_iter().find(|g| g.group == "autoscaling").unwrap();
+        assert_eq!(autoscaling.versions, vec!["v2", "v1"]);
+        let v1 = r.lookup("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
+        assert_eq!(r.storage_view(v1).version, "v2");
+    }
+}

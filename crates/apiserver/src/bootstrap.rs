@@ -1,0 +1,79 @@
+//! What a cluster has from its first start: the system namespaces, and the `kubernetes`
+//! service in `default` pointing at this server.
+
+use serde_json::json;
+use tug_api::ApiError;
+
+use crate::server::ApiServer;
+
+/// The namespaces every cluster has.
+pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+impl ApiServer {
+    /// Creates what is missing of the cluster's built-in objects, and points the `kubernetes`
+    /// service's endpoints at this server. Safe to run on every start.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        for ns in SYSTEM_NAMESPACES {
+            self.ensure_object("", "v1", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), false)
+                .await?;
+        }
+        let ip = self.options.service_cidr.nth(1).to_string();
+        let port = self.options.port;
+        self.ensure_object(
+            "",
+            "v1",
+            "services",
+            json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "kubernetes",
+                    "namespace": "default",
+                    "labels": {"component": "apiserver", "provider": "kubernetes"},
+                },
+                "spec": {
+                    "type": "ClusterIP",
+                    "clusterIP": ip,
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                    "sessionAffinity": "None",
+                },
+            }),
+            false,
+        )
+        .await?;
+        let address = self.options.advertise_address.to_string();
+        self.ensure_object(
+            "",
+            "v1",
+            "endpoints",
+            json!({
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+            }),
+            true,
+        )
+        .await?;
+        self.ensure_object(
+            "discovery.k8s.io",
+            "v1",
+            "endpointslices",
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "kubernetes",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "kubernetes"},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            }),
+            true,
+        )
+        .await?;
+        Ok(())
+    }
+}

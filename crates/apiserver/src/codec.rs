@@ -1,0 +1,170 @@
+//! Bodies in and out: request decoding (JSON or YAML), the stored form of objects, and the
+//! media types a client may ask for.
+//!
+//! Objects are stored as JSON without `metadata.resourceVersion`: the store revision that last
+//! wrote them is their resourceVersion, inserted when they are read, as upstream's etcd3 storage
+//! does. Because the server writes every stored object itself, with `apiVersion`, `kind` and then
+//! `metadata` first, the resourceVersion can be spliced into the bytes without parsing them.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::Value;
+use tug_api::ApiError;
+use tug_store::{KeyValue, Revision};
+
+/// The largest request body accepted, as upstream's 3 MiB limit.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Decodes a request body by its content type.
+pub fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
+    let media = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    match media.as_deref() {
+        None | Some("") | Some("application/json") | Some("*/*") => decode_json(body),
+        Some("application/yaml") | Some("application/x-yaml") | Some("text/yaml") => decode_yaml(body),
+        Some(other) => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+pub fn decode_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("error decoding request body: invalid JSON: {e}"))
+    })
+}
+
+pub fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_yaml::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    Ok(v)
+}
+
+/// The stored form: the object without its resourceVersion.
+pub fn encode_for_storage(obj: &Value) -> Result<Bytes, ApiError> {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+        meta.remove("selfLink");
+    }
+    serde_json::to_vec(&obj).map(Bytes::from).map_err(ApiError::internal)
+}
+
+/// A stored object's bytes with its resourceVersion set, as clients receive it.
+pub fn stored_to_wire(value: &[u8], revision: Revision) -> Bytes {
+    const META: &[u8] = b"\"metadata\":{";
+    let Some(at) = find(value, META) else {
+        return Bytes::copy_from_slice(value);
+    };
+    let insert_at = at + META.len();
+    let mut out = BytesMut::with_capacity(value.len() + 32);
+    out.put_slice(&value[..insert_at]);
+    out.put_slice(b"\"resourceVersion\":\"");
+    out.put_slice(revision.to_string().as_bytes());
+    out.put_u8(b'"');
+    if value.get(insert_at) != Some(&b'}') {
+        out.put_u8(b',');
+    }
+    out.put_slice(&value[insert_at..]);
+    out.freeze()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A stored object parsed, with its resourceVersion.
+pub fn decode_stored(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not valid JSON: {e}", kv.key)))?;
+    set_resource_version(&mut v, kv.mod_revision);
+    Ok(v)
+}
+
+pub fn set_resource_version(obj: &mut Value, revision: Revision) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    }
+}
+
+/// What the client accepts, of the forms this server can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    Json,
+    Yaml,
+    /// `application/json;as=Table;v=v1;g=meta.k8s.io`
+    Table,
+    /// `application/json;as=APIGroupDiscoveryList;v=v2;g=apidiscovery.k8s.io`
+    AggregatedDiscovery,
+    /// `application/json;as=PartialObjectMetadata(List);v=v1;g=meta.k8s.io`
+    PartialMetadata,
+}
+
+/// Picks the first acceptable media type of an `Accept` header, as upstream negotiates.
+pub fn negotiate(accept: Option<&str>) -> Result<Accept, ApiError> {
+    let Some(header) = accept.filter(|h| !h.trim().is_empty()) else { return Ok(Accept::Json) };
+    for part in header.split(',') {
+        let mut params = part.split(';').map(str::trim);
+        let media = params.next().unwrap_or("").to_ascii_lowercase();
+        let mut as_ = None;
+        let mut g = None;
+        let mut v = None;
+        for p in params {
+            if let Some((k, val)) = p.split_once('=') {
+                match k.trim() {
+                    "as" => as_ = Some(val.trim().to_string()),
+                    "g" => g = Some(val.trim().to_string()),
+                    "v" => v = Some(val.trim().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let json_like = matches!(media.as_str(), "application/json" | "*/*" | "application/*");
+        match (media.as_str(), as_.as_deref(), g.as_deref(), v.as_deref()) {
+            (_, Some("Table"), Some("meta.k8s.io"), Some("v1") | Some("v1beta1")) if json_like => return Ok(Accept::Table),
+            (_, Some("APIGroupDiscoveryList"), Some("apidiscovery.k8s.io"), Some("v2")) if json_like => {
+                return Ok(Accept::AggregatedDiscovery);
+            }
+            (_, Some("PartialObjectMetadata" | "PartialObjectMetadataList"), Some("meta.k8s.io"), Some("v1"))
+                if json_like =>
+            {
+                return Ok(Accept::PartialMetadata);
+            }
+            (_, Some(_), _, _) => continue,
+            ("application/yaml", None, _, _) => return Ok(Accept::Yaml),
+            (_, None, _, _) if json_like => return Ok(Accept::Json),
+            _ => continue,
+        }
+    }
+    Err(ApiError::not_acceptable(header))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_version_is_spliced_into_stored_bytes() {
+        let stored = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{}}"#;
+        let wire = stored_to_wire(stored, 42);
+        let v: Value = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "a");
+        let empty = stored_to_wire(br#"{"metadata":{}}"#, 7);
+        assert_eq!(&empty[..], br#"{"metadata":{"resourceVersion":"7"}}"#);
+    }
+
+    #[test]
+    fn kubectl_get_accept_header_negotiates_table() {
+        let h = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(negotiate(Some(h)).unwrap(), Accept::Table);
+        let d = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(negotiate(Some(d)).unwrap(), Accept::AggregatedDiscovery);
+        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf, */*")).unwrap(), Accept::Json);
+        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf")).unwrap_err().code, 406);
+    }
+
+    #[test]
+    fn malformed_json_and_yaml_are_bad_requests() {
+        assert_eq!(decode_body(Some("application/json"), b"{").unwrap_err().code, 400);
+        assert_eq!(decode_body(Some("application/yaml"), b"a: [").unwrap_err().code, 400);
+        assert_eq!(decode_body(Some("text/plain"), b"x").unwrap_err().code, 415);
+        assert_eq!(decode_body(Some("application/yaml"), b"a: 1").unwrap()["a"], 1);
+    }
+}

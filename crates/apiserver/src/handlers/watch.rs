@@ -1,0 +1,234 @@
+//! watch: a stream of `{"type": ..., "object": ...}` events, as upstream's watch endpoint sends.
+//!
+//! Semantics follow upstream: without a resourceVersion (or with "0"), the current objects come
+//! first as ADDED events; with one, the changes after it; a compacted one ends the stream with
+//! an ERROR event carrying a 410 `Status`. Label and field selectors apply to both the old and
+//! the new state, so an object that stops matching is reported DELETED. Bookmarks are sent when
+//! the client allows them, including the `k8s.io/initial-events-end` one of `sendInitialEvents`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Response, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tug_api::{ApiError, ResourceType};
+use tug_store::{EventKind, ListOptions, Revision, StoreError, WatchEvent};
+
+use super::Call;
+use super::read::Filter;
+use crate::codec::{self, Accept};
+use crate::objects::store_error;
+use crate::response::Body;
+use crate::server::ApiServer;
+
+/// How often an idle watch with bookmarks allowed gets one.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+/// The default lifetime of a watch; upstream picks between 30 and 60 minutes.
+const DEFAULT_TIMEOUT_SECS: u64 = 1800;
+
+struct Encoder {
+    accept: Accept,
+    group: &'static str,
+    kind: &'static str,
+    api_version: String,
+    include: tug_api::table::IncludeObject,
+}
+
+impl Encoder {
+    fn frame(&self, kind: &str, obj: &Value) -> Bytes {
+        let object = match self.accept {
+            Accept::Table => tug_api::table::table(
+                self.group,
+                self.kind,
+                std::slice::from_ref(obj),
+                &json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or_default()}),
+                self.include,
+                jiff::Timestamp::now(),
+            ),
+            Accept::PartialMetadata => super::read::partial_metadata(obj),
+            _ => obj.clone(),
+        };
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&self, rev: Revision, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": meta});
+        let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn error(&self, e: &ApiError) -> Bytes {
+        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+/// Where a watch starts.
+enum Start {
+    /// Send the current state first, then changes after the revision it was read at.
+    WithInitialState,
+    /// Only changes after this revision.
+    After(Revision),
+}
+
+pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
+    let filter = Filter::from_call(call)?;
+    let bookmarks = call.query.flag("allowWatchBookmarks");
+    let send_initial = call.query.get("sendInitialEvents");
+    let rv = call.query.get("resourceVersion").filter(|s| !s.is_empty());
+    let start = match (send_initial, rv) {
+        (Some("true"), _) => {
+            if call.query.get("resourceVersionMatch") != Some("NotOlderThan") {
+                return Err(ApiError::invalid("", "ListOptions", "", &[tug_api::field::FieldError::forbidden(
+                    &tug_api::field::FieldPath::new("resourceVersionMatch"),
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                )]));
+            }
+            if !bookmarks {
+                return Err(ApiError::invalid("", "ListOptions", "", &[tug_api::field::FieldError::forbidden(
+                    &tug_api::field::FieldPath::new("allowWatchBookmarks"),
+                    "sendInitialEvents requires setting allowWatchBookmarks to true",
+                )]));
+            }
+            Start::WithInitialState
+        }
+        (_, None) | (_, Some("0")) => Start::WithInitialState,
+        (_, Some(v)) => Start::After(v.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {v:?}")))?),
+    };
+    let initial_end_bookmark = send_initial == Some("true");
+    let timeout = call.query.int("timeoutSeconds")?.filter(|t| *t > 0).map_or(DEFAULT_TIMEOUT_SECS, |t| t as u64);
+    let include = match call.query.get("includeObject") {
+        Some("None") => tug_api::table::IncludeObject::None,
+        Some("Object") => tug_api::table::IncludeObject::Object,
+        _ => tug_api::table::IncludeObject::Metadata,
+    };
+    let enc = Encoder { accept: call.accept, group: call.rt.group, kind: call.rt.kind, api_version: call.rt.api_version(), include };
+    let prefix = call.rt.prefix(call.ns());
+    let srv = call.srv.clone();
+    let rt_key = (call.rt.group, call.rt.version, call.rt.plural);
+
+    // Read the initial state (if any) and open the store watch before answering, so that
+    // errors such as a bad selector or a compacted revision are reported synchronously.
+    let (initial, after) = match start {
+        Start::WithInitialState => {
+            let list = srv.store.list(&prefix, ListOptions::default()).await.map_err(|e| store_error(call.rt, "", e))?;
+            (Some(list.items), list.revision)
+        }
+        Start::After(r) => (None, r),
+    };
+    let stream = match srv.store.watch(&prefix, after).await {
+        Ok(s) => Some(s),
+        Err(StoreError::Compacted { requested, compacted }) => {
+            let _ = (requested, compacted);
+            None
+        }
+        Err(e) => return Err(store_error(call.rt, "", e)),
+    };
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+    tokio::spawn(async move {
+        let Some(rt) = srv.registry.lookup(rt_key.0, rt_key.1, rt_key.2) else { return };
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
+        };
+        let Some(mut stream) = stream else {
+            let compacted = srv.store.compacted_revision().await.unwrap_or(0);
+            let _ = send(enc.error(&ApiError::too_old_resource_version(after, compacted))).await;
+            return;
+        };
+        if let Some(items) = initial {
+            for kv in items {
+                let Ok(obj) = codec::decode_stored(&kv).and_then(|o| srv.to_view(rt, o)) else { continue };
+                if filter.matches(rt, &obj) && !send(enc.frame("ADDED", &obj)).await {
+                    return;
+                }
+            }
+            if initial_end_bookmark && !send(enc.bookmark(after, true)).await {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
+        ticker.reset();
+        let mut last_rev = after;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = ticker.tick(), if bookmarks => {
+                    if !send(enc.bookmark(last_rev, false)).await { return; }
+                }
+                _ = tx.closed() => return,
+                next = stream.next() => match next {
+                    None => return,
+                    Some(Err(e)) => {
+                        // A watcher that fell behind is ended; the client resumes from its last
+                        // resourceVersion, as after any dropped watch.
+                        tracing::debug!(error = %e, "watch ended");
+                        return;
+                    }
+                    Some(Ok(ev)) => {
+                        last_rev = ev.revision();
+                        if let Some((kind, obj)) = translate(&srv, rt, &filter, &ev)
+                            && !send(enc.frame(kind, &obj)).await
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let body = BodyExt::boxed(StreamBody::new(ReceiverStream::new(rx)));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    Ok(resp)
+}
+
+/// The watch event a store change becomes for this watcher, if any.
+fn translate(srv: &ApiServer, rt: &ResourceType, filter: &Filter, ev: &WatchEvent) -> Option<(&'static str, Value)> {
+    let decode = |kv: &tug_store::KeyValue, rev: Revision| -> Option<Value> {
+        let mut obj = codec::decode_stored(kv).ok()?;
+        codec::set_resource_version(&mut obj, rev);
+        srv.to_view(rt, obj).ok()
+    };
+    match ev.kind {
+        EventKind::Delete => {
+            let obj = decode(&ev.kv, ev.revision())?;
+            filter.matches(rt, &obj).then_some(("DELETED", obj))
+        }
+        EventKind::Put => {
+            let new = decode(&ev.kv, ev.revision())?;
+            let new_matches = filter.matches(rt, &new);
+            let old_matches = match &ev.prev {
+                None => false,
+                Some(p) if filter.is_everything() => {
+                    let _ = p;
+                    true
+                }
+                Some(p) => decode(p, p.mod_revision).is_some_and(|o| filter.matches(rt, &o)),
+            };
+            match (old_matches, new_matches) {
+                (false, true) => Some(("ADDED", new)),
+                (true, true) => Some(("MODIFIED", new)),
+                (true, false) => Some(("DELETED", new)),
+                (false, false) => None,
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The server: shared state, the HTTPS listener, authentication and routing.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+use tug_api::schema::SchemaSet;
+use tug_api::{ApiError, Registry};
+use tug_store::Store;
+
+use crate::admission::Ipv4Cidr;
+use crate::authn::{self, TokenFile, UserInfo};
+use crate::codec::{self, Accept, MAX_BODY_BYTES};
+use crate::handlers::{self, Call};
+use crate::metrics::Metrics;
+use crate::request::{self, Query, Route};
+use crate::response::{self, Body};
+use crate::{discovery, openapi};
+
+/// What the server is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub service_cidr: Ipv4Cidr,
+    pub node_port_range: (u16, u16),
+    /// The address other cluster members and the `kubernetes` service reach this server at.
+    pub advertise_address: IpAddr,
+    pub port: u16,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            service_cidr: "10.43.0.0/16".parse().expect("valid default"),
+            node_port_range: (30000, 32767),
+            advertise_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 6443,
+        }
+    }
+}
+
+/// The state every request shares.
+pub struct Inner {
+    pub registry: Registry,
+    pub store: Arc<dyn Store>,
+    pub tokens: Option<TokenFile>,
+    pub metrics: Metrics,
+    pub options: ServerOptions,
+    ready: AtomicBool,
+    schemas: OnceLock<SchemaSet>,
+}
+
+/// The API server; cheap to clone.
+#[derive(Clone)]
+pub struct ApiServer(Arc<Inner>);
+
+impl Deref for ApiServer {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl ApiServer {
+    pub fn new(store: Arc<dyn Store>, tokens: Option<TokenFile>, options: ServerOptions) -> ApiServer {
+        ApiServer(Arc::new(Inner {
+            registry: Registry::builtin(),
+            store,
+            tokens,
+            metrics: Metrics::default(),
+            options,
+            ready: AtomicBool::new(false),
+            schemas: OnceLock::new(),
+        }))
+    }
+
+    /// The OpenAPI schemas of every served type, built on first use.
+    pub fn schemas(&self) -> &SchemaSet {
+        self.schemas.get_or_init(|| {
+            use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+            let mut set = SchemaSet::new();
+            set.add_type::<meta::Patch>();
+            set.add_type::<meta::DeleteOptions>();
+            set.add_type::<meta::Status>();
+            set.add_type::<k8s_openapi::api::autoscaling::v1::Scale>();
+            for rt in self.registry.all() {
+                rt.ops.add_schema(&mut set);
+            }
+            set
+        })
+    }
+
+    /// Marks the server ready (`/readyz`) once bootstrap is done.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Accepts TLS connections on `listener` until `shutdown` is cancelled.
+    pub async fn serve(self, listener: TcpListener, tls: Arc<rustls::ServerConfig>, shutdown: CancellationToken) {
+        let acceptor = TlsAcceptor::from(tls);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let srv = self.clone();
+            let acceptor = acceptor.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let cert_user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| authn::identity_from_client_cert(c.as_ref()));
+                let service = hyper::service::service_fn(move |req| {
+                    let srv = srv.clone();
+                    let user = cert_user.clone();
+                    async move { Ok::<_, std::convert::Infallible>(srv.handle(req, user).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                tokio::select! {
+                    r = conn => if let Err(e) = r { debug!(%peer, error = %e, "connection ended with an error") },
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    fn authenticate(&self, headers: &HeaderMap, cert_user: Option<UserInfo>) -> Option<UserInfo> {
+        if let Some(token) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(authn::bearer_token)
+        {
+            return self.tokens.as_ref().and_then(|t| t.authenticate_bearer(token));
+        }
+        cert_user
+    }
+
+    /// Serves one request.
+    pub async fn handle(&self, req: Request<Incoming>, cert_user: Option<UserInfo>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let span = info_span!("request", %method, %path);
+        let (resp, labels) = async {
+            let Some(user) = self.authenticate(req.headers(), cert_user) else {
+                return (response::error(&ApiError::unauthorized()), None);
+            };
+            match self.route(req, &user).await {
+                (Ok(r), l) => (r, l),
+                (Err(e), l) => (response::error(&e), l),
+            }
+        }
+        .instrument(span)
+        .await;
+        let code = resp.status().as_u16();
+        if let Some((verb, group, resource)) = labels {
+            self.metrics.record(&verb, &group, &resource, code, started.elapsed());
+        }
+        debug!(%method, %path, code, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "served");
+        resp
+    }
+
+    async fn read_body(&self, req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
+        let (parts, body) = req.into_parts();
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+            && len > MAX_BODY_BYTES
+        {
+            return Err(ApiError::request_entity_too_large(MAX_BODY_BYTES));
+        }
+        let collected = Limited::new(body, MAX_BODY_BYTES).collect().await.map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::request_entity_too_large(MAX_BODY_BYTES)
+            } else {
+                ApiError::bad_request(format!("error reading the request body: {e}"))
+            }
+        })?;
+        Ok((parts, collected.to_bytes()))
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        user: &UserInfo,
+    ) -> (Result<Response<Body>, ApiError>, Option<(String, String, String)>) {
+        let query = Query::parse(req.uri().query());
+        let method = req.method().clone();
+        let route = match request::route(&method, req.uri().path(), &query) {
+            Ok(r) => r,
+            Err(e) => return (Err(e), None),
+        };
+        let accept_header = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if !matches!(route, Route::Resource(_)) && method != Method::GET && method != Method::HEAD {
+            return (Err(ApiError::method_not_allowed(method.as_str(), tug_api::status::Subject { group: "", resource: "", kind: "" })), None);
+        }
+        let r = match route {
+            Route::Version => Ok(response::json(200, &discovery::version_info())),
+            Route::Health(which) => Ok(self.health(&which)),
+            Route::Metrics => {
+                let mut r = Response::new(response::full(self.metrics.render()));
+                r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+                Ok(r)
+            }
+            Route::CoreVersions | Route::Groups => {
+                let core = route == Route::CoreVersions;
+                match codec::negotiate(accept_header.as_deref()) {
+                    Ok(Accept::AggregatedDiscovery) => {
+                        let mut r = response::json(200, &discovery::aggregated(&self.registry, core));
+                        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
+                        Ok(r)
+                    }
+                    Ok(_) if core => Ok(response::json(200, &discovery::core_versions(&format!("{}:{}", self.options.advertise_address, self.options.port)))),
+                    Ok(_) => Ok(response::json(200, &discovery::group_list(&self.registry))),
+                    Err(e) => Err(e),
+                }
+            }
+            Route::Group(g) => discovery::group(&self.registry, &g).map(|d| response::json(200, &d)).ok_or_else(ApiError::path_not_found),
+            Route::ResourceList { group, version } => discovery::resource_list(&self.registry, &group, &version)
+                .map(|d| response::json(200, &d))
+                .ok_or_else(ApiError::path_not_found),
+            Route::OpenApiV2 => Err(ApiError::not_acceptable("application/com.github.proto-openapi.spec.v2@v1.0+protobuf")),
+            Route::OpenApiV3Root => Ok(response::json(200, &openapi::root(&self.registry))),
+            Route::OpenApiV3 { group, version } => openapi::group_version(self, &group, &version).map(|d| response::json(200, &d)),
+            Route::NotFound => Err(ApiError::path_not_found()),
+            Route::Resource(rr) => {
+                let labels = Some((
+                    if rr.verb == request::Verb::Watch { "WATCH".to_string() } else { rr.verb.as_str().to_uppercase() },
+                    rr.group.clone(),
+                    rr.resource.clone(),
+                ));
+                let Some(rt) = self.registry.lookup(&rr.group, &rr.version, &rr.resource) else {
+                    return (Err(ApiError::path_not_found()), labels);
+                };
+                let accept = match codec::negotiate(accept_header.as_deref()) {
+                    Ok(a) => a,
+                    Err(e) => return (Err(e), labels),
+                };
+                let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let body = match self.read_body(req).await {
+                    Ok((_, b)) => b,
+                    Err(e) => return (Err(e), labels),
+                };
+                let call = Call { srv: self, rt, req: &rr, query: &query, accept, content_type, body, user };
+                return (handlers::serve(call).await, labels);
+            }
+        };
+        (r, None)
+    }
+
+    fn health(&self, which: &str) -> Response<Body> {
+        if which == "readyz" && !self.ready.load(Ordering::SeqCst) {
+            return response::text(500, "[-]bootstrap not finished\nreadyz check failed\n");
+        }
+        response::text(200, "ok")
+    }
+
+    /// Creates an object as a client would; if one of that name exists, replaces its contents
+    /// (other than metadata and status) when `reconcile` is set, else leaves it alone.
+    pub(crate) async fn ensure_object(&self, group: &str, version: &str, plural: &str, obj: Value, reconcile: bool) -> Result<(), ApiError> {
+        let rt = self.registry.lookup(group, version, plural).expect("served resource");
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
+        match self.read(rt, ns.as_deref(), &name).await {
+            Ok(_) if !reconcile => Ok(()),
+            Ok(_) => {
+                self.update_object(rt, ns.as_deref(), &name, None, false, |current| {
+                    let mut next = current.clone();
+                    for (k, v) in obj.as_object().into_iter().flatten() {
+                        if !matches!(k.as_str(), "metadata" | "status") {
+                            next[k] = v.clone();
+                        }
+                    }
+                    next["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+                    Ok(crate::objects::Mutation::Write(next))
+                })
+                .await?;
+                Ok(())
+            }
+            Err(e) if e.code == 404 => {
+                let admitted = self.admit_new(rt, obj)?;
+                match self.store_new(rt, admitted.object, false).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.reason == "AlreadyExists" => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

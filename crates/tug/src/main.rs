@@ -1,0 +1,63 @@
+//! `tug`: Kubernetes in one binary. This file parses the command line and wires the concrete
+//! components together; the components themselves live in their crates.
+
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// Tugboat: a Kubernetes v1.36-compatible cluster in one small binary.
+#[derive(Parser, Debug)]
+#[command(name = "tug", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// More log output: -v for debug, -vv for trace. RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a control-plane server: the API server with its embedded datastore.
+    ///
+    /// On first start it creates the cluster's CA and certificates under DATA_DIR/tls, the admin
+    /// kubeconfig at DATA_DIR/kubeconfig.yaml and the datastore at DATA_DIR/db/state.db; later
+    /// starts reuse them.
+    Server(server::ServerArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tug: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tug: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

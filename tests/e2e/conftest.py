@@ -1,0 +1,102 @@
+"""Fixtures of the end-to-end suite.
+
+- `tug`: one `tug server --disable-agent` for the whole session (see support.TugServer).
+- `fresh_server`: a server of the test's own, for tests that need an empty cluster.
+- `kubectl`: a kubectl runner, parametrized over the newest and oldest supported versions.
+- `kube_client`: a `kubernetes.client.ApiClient` configured from the server's kubeconfig.
+- `namespace`: a namespace of the test's own on the session server.
+
+The binary comes from $TUG_BIN (scripts/test.sh sets it), else target/debug/tug.
+Outside CI a missing binary or tool skips the tests that need it; under CI=true
+it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from support import REPO_ROOT, TOOLS_BIN, Kubectl, TugServer, require, unique_name
+
+KUBECTL_VERSIONS = ["1.36", "1.27"]
+
+_servers: list[TugServer] = []
+
+
+def _tug_binary() -> Path:
+    configured = os.environ.get("TUG_BIN")
+    binary = Path(configured) if configured else REPO_ROOT / "target" / "debug" / "tug"
+    require(
+        binary.is_file() and os.access(binary, os.X_OK),
+        f"no tug binary at {binary} (build it with `cargo build -p tug` or set TUG_BIN)",
+    )
+    return binary
+
+
+def _start(workdir: Path) -> TugServer:
+    server = TugServer.start(_tug_binary(), workdir)
+    _servers.append(server)
+    return server
+
+
+@pytest.fixture(scope="session")
+def tug(tmp_path_factory):
+    """The session's server: .url, .kubeconfig, .data_dir, .request(method, path, body)."""
+    server = _start(tmp_path_factory.mktemp("tug"))
+    yield server
+    crashed = server.crashed()
+    server.stop()
+    if crashed:
+        pytest.fail(f"tug server exited on its own with code {server.exit_code} during the session")
+
+
+@pytest.fixture
+def fresh_server(tmp_path):
+    """A server started for this test only (an empty cluster)."""
+    server = _start(tmp_path / "tug")
+    yield server
+    crashed = server.crashed()
+    server.stop()
+    if crashed:
+        pytest.fail(f"tug server exited on its own with code {server.exit_code} during the test")
+
+
+@pytest.fixture(params=KUBECTL_VERSIONS, ids=lambda v: f"kubectl-{v}")
+def kubectl(request, tug) -> Kubectl:
+    """`kubectl(*args, input=None, check=True) -> CompletedProcess` against `tug`."""
+    version = request.param
+    binary = TOOLS_BIN / f"kubectl-{version}"
+    require(binary.exists(), f"{binary} missing: run scripts/install-test-deps.sh")
+    return Kubectl.for_version(version, binary, tug)
+
+
+@pytest.fixture
+def kube_client(tug):
+    """The official Python client's ApiClient, configured from the server's kubeconfig."""
+    from kubernetes import config
+
+    api_client = config.new_client_from_config(config_file=str(tug.kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def namespace(request, tug) -> str:
+    """A namespace created for this test on the session server (deleted afterwards)."""
+    name = unique_name(f"e2e-{request.node.name}")
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    resp = tug.request("POST", "/api/v1/namespaces", body)
+    assert resp.status == 201, f"creating namespace {name}: {resp!r}"
+    yield name
+    tug.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Shows the servers' logs when something failed, or a server died on its own."""
+    failed = bool(terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"))
+    for server in _servers:
+        if failed or server.crashed() or (server.exit_code not in (None, 0) and not server.stopped_by_us):
+            terminalreporter.section(f"tug server log {server.log_path} (last 300 lines)")
+            terminalreporter.write_line(server.log_tail())

@@ -1,0 +1,327 @@
+"""Shared machinery of the end-to-end suite: a `tug server` process, raw HTTPS
+requests with the kubeconfig's credentials, and a kubectl runner.
+
+The fixtures that use these live in conftest.py; tests import the helpers they
+need from here (`from support import ...`).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOLS_BIN = Path(os.environ.get("TUG_TOOLS_BIN", REPO_ROOT / ".tools" / "bin"))
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+READY_TIMEOUT_SECONDS = 30
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skips the test when a prerequisite is missing, or fails it under CI=true.
+
+    CI must never pass by skipping: there a missing tool or binary is a failure.
+    """
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+def unique_name(prefix: str) -> str:
+    """A DNS-1123 label (at most 63 characters) from `prefix` plus a random suffix."""
+    base = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")
+    base = re.sub(r"-+", "-", base)[:50].strip("-")
+    return f"{base}-{secrets.token_hex(3)}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- kubeconfig ----------------------------------------------------------------
+
+
+@dataclass
+class Credentials:
+    """What a client needs from a kubeconfig, with PEM material written to files."""
+
+    server: str
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token: str | None = None
+
+
+def _named(entries: list[dict], name: str, kind: str) -> dict:
+    for entry in entries or []:
+        if entry.get("name") == name:
+            return entry[kind]
+    raise KeyError(f"kubeconfig has no {kind} named {name!r}")
+
+
+def load_credentials(kubeconfig: Path, scratch: Path) -> Credentials:
+    """Reads the current context of `kubeconfig`; `*-data` fields go to files in `scratch`."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    context = _named(config["contexts"], config["current-context"], "context")
+    cluster = _named(config["clusters"], context["cluster"], "cluster")
+    user = _named(config["users"], context["user"], "user")
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    def material(section: dict, key: str) -> Path | None:
+        if section.get(f"{key}-data"):
+            path = scratch / f"{key}.pem"
+            path.write_bytes(base64.b64decode(section[f"{key}-data"]))
+            return path
+        if section.get(key):
+            path = Path(section[key])
+            return path if path.is_absolute() else kubeconfig.parent / path
+        return None
+
+    ca_file = material(cluster, "certificate-authority")
+    if ca_file is None:
+        raise ValueError(f"{kubeconfig}: cluster has no certificate-authority(-data)")
+    return Credentials(
+        server=cluster["server"],
+        ca_file=ca_file,
+        cert_file=material(user, "client-certificate"),
+        key_file=material(user, "client-key"),
+        token=user.get("token"),
+    )
+
+
+# --- raw HTTPS -----------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        text = self.body[:2000].decode("utf-8", "replace")
+        return f"Response(status={self.status}, headers={self.headers}, body={text!r})"
+
+
+def request(
+    url: str,
+    creds: Credentials,
+    method: str,
+    path: str,
+    body: bytes | str | dict | None = None,
+    *,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+    credentials: bool = True,
+    timeout: float = 30,
+) -> Response:
+    """One HTTPS request to the server, verifying its certificate with the
+    kubeconfig's CA. With `credentials=False` no client certificate or token is sent."""
+    ctx = ssl.create_default_context(cafile=str(creds.ca_file))
+    hdrs = {"Accept": "application/json"}
+    if credentials:
+        if creds.cert_file and creds.key_file:
+            ctx.load_cert_chain(str(creds.cert_file), str(creds.key_file))
+        if creds.token:
+            hdrs["Authorization"] = f"Bearer {creds.token}"
+    hdrs.update(headers or {})
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    if body is not None:
+        hdrs.setdefault("Content-Type", content_type)
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+# --- the server ------------------------------------------------------------------
+
+
+@dataclass
+class TugServer:
+    """A running `tug server` with its own data directory and port."""
+
+    binary: Path
+    data_dir: Path
+    port: int
+    log_path: Path
+    process: subprocess.Popen | None = None
+    creds: Credentials | None = None
+    stopped_by_us: bool = False
+    exit_code: int | None = None
+    _log_file: object = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.data_dir / "kubeconfig.yaml"
+
+    @classmethod
+    def start(cls, binary: Path, workdir: Path) -> "TugServer":
+        data_dir = workdir / "data"
+        data_dir.mkdir(parents=True)
+        server = cls(binary=binary, data_dir=data_dir, port=free_port(), log_path=workdir / "tug.log")
+        server._log_file = open(server.log_path, "wb")
+        args = [
+            str(binary), "server",
+            "--data-dir", str(data_dir),
+            "--https-listen-port", str(server.port),
+            "--bind-address", "127.0.0.1",
+            "--disable-agent",
+        ]  # fmt: skip
+        server._log_file.write(f"$ {' '.join(args)}\n".encode())
+        server._log_file.flush()
+        server.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=server._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches any children
+        )
+        try:
+            server._wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        last_error = "kubeconfig not written yet"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"tug server exited with code {self.process.returncode} before it was ready\n"
+                    f"--- {self.log_path} ---\n{self.log_tail()}",
+                    pytrace=False,
+                )
+            if self.kubeconfig.exists():
+                try:
+                    self.creds = load_credentials(self.kubeconfig, self.data_dir.parent / "client")
+                    resp = self.request("GET", "/readyz", timeout=5)
+                    if resp.status == 200:
+                        return
+                    last_error = f"/readyz answered {resp!r}"
+                except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, http.client.HTTPException) as e:
+                    last_error = f"{type(e).__name__}: {e}"
+            time.sleep(0.2)
+        pytest.fail(
+            f"tug server not ready within {READY_TIMEOUT_SECONDS}s on {self.url}: {last_error}\n"
+            f"--- {self.log_path} ---\n{self.log_tail()}",
+            pytrace=False,
+        )
+
+    def request(self, method: str, path: str, body=None, **kwargs) -> Response:
+        """A raw HTTPS request with the admin credentials (see `request`)."""
+        return request(self.url, self.creds, method, path, body, **kwargs)
+
+    def crashed(self) -> bool:
+        """True when the process ended without us stopping it."""
+        return self.process is not None and not self.stopped_by_us and self.process.poll() is not None
+
+    def stop(self) -> None:
+        if self.process is None or self.stopped_by_us:
+            return
+        self.stopped_by_us = self.process.poll() is None
+        if self.stopped_by_us:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        self.exit_code = self.process.returncode
+        self._log_file.close()
+
+    def log_tail(self, lines: int = 300) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return f"(no log: {e})"
+        tail = text.splitlines()[-lines:]
+        return "\n".join(tail)
+
+
+# --- kubectl -----------------------------------------------------------------------
+
+
+@dataclass
+class Kubectl:
+    """Runs one kubectl version against one server's kubeconfig."""
+
+    version: str
+    binary: Path
+    kubeconfig: Path
+    cache_dir: Path
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        cmd = [str(self.binary), "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.cache_dir), *args]
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        result = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {self.version} exited {result.returncode}: {' '.join(args)}\n"
+                f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+            )
+        return result
+
+    def for_server(self, server: TugServer) -> "Kubectl":
+        """The same kubectl version pointed at another server."""
+        return Kubectl.for_version(self.version, self.binary, server)
+
+    @classmethod
+    def for_version(cls, version: str, binary: Path, server: TugServer) -> "Kubectl":
+        # One HTTP/discovery cache per server and version, so nothing stale or
+        # written by another kubectl version is read back.
+        return cls(version, binary, server.kubeconfig, server.data_dir.parent / f"kubectl-cache-{version}")
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    """Parses kubectl's column output: a cell is the text under its header's column."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = lines[0]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    rows = []
+    for line in lines[1:]:
+        cells = [line[s:e].strip() for s, e in zip(starts, starts[1:] + [len(line)])]
+        rows.append(dict(zip(names, cells)))
+    return rows

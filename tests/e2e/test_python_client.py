@@ -1,0 +1,154 @@
+"""The official Python client (`kubernetes` on PyPI): CRUD, paged lists, watches."""
+
+import json
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+
+def configmap(name: str, labels: dict[str, str], data: dict[str, str]) -> client.V1ConfigMap:
+    return client.V1ConfigMap(
+        api_version="v1",
+        kind="ConfigMap",
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        data=data,
+    )
+
+
+def continue_token(list_meta) -> str | None:
+    # `continue` is a Python keyword: client 37 calls the field var_continue, older ones _continue.
+    return getattr(list_meta, "var_continue", None) or getattr(list_meta, "_continue", None)
+
+
+def api_error(excinfo) -> dict:
+    """The Status object in an ApiException's body."""
+    return json.loads(excinfo.value.body)
+
+
+def test_python_client_configmap_crud_and_list_paging(kube_client, namespace):
+    v1 = client.CoreV1Api(kube_client)
+
+    # Create, read, replace, patch, conflict on a stale resourceVersion, delete.
+    created = v1.create_namespaced_config_map(namespace, configmap("crud", {"e2e": "crud"}, {"k": "one"}))
+    assert created.metadata.uid
+    assert created.metadata.resource_version
+    assert created.data == {"k": "one"}
+
+    read = v1.read_namespaced_config_map("crud", namespace)
+    assert read.metadata.uid == created.metadata.uid
+    assert read.metadata.resource_version == created.metadata.resource_version
+
+    read.data["k"] = "two"
+    replaced = v1.replace_namespaced_config_map("crud", namespace, read)
+    assert replaced.data == {"k": "two"}
+    assert replaced.metadata.resource_version != created.metadata.resource_version
+
+    patched = v1.patch_namespaced_config_map(
+        "crud", namespace, {"data": {"extra": "x"}}, _content_type="application/merge-patch+json"
+    )
+    assert patched.data == {"k": "two", "extra": "x"}
+
+    stale = configmap("crud", {"e2e": "crud"}, {"k": "stale"})
+    stale.metadata.resource_version = created.metadata.resource_version
+    with pytest.raises(ApiException) as conflict:
+        v1.replace_namespaced_config_map("crud", namespace, stale)
+    assert conflict.value.status == 409
+    assert api_error(conflict)["reason"] == "Conflict"
+
+    v1.delete_namespaced_config_map("crud", namespace)
+    with pytest.raises(ApiException) as gone:
+        v1.read_namespaced_config_map("crud", namespace)
+    assert gone.value.status == 404
+    status = api_error(gone)
+    assert status["reason"] == "NotFound"
+    assert status["message"] == 'configmaps "crud" not found'
+    assert status["details"] == {"name": "crud", "kind": "configmaps"}
+
+    # 25 objects listed 10 at a time: every one exactly once. The label keeps out
+    # objects that controllers may add to the namespace (kube-root-ca.crt).
+    expected = {f"cm-{i:02d}" for i in range(25)}
+    for name in sorted(expected):
+        v1.create_namespaced_config_map(namespace, configmap(name, {"e2e": "paging"}, {"n": name}))
+
+    seen: list[str] = []
+    page_sizes: list[int] = []
+    token = None
+    while True:
+        page = v1.list_namespaced_config_map(
+            namespace, label_selector="e2e=paging", limit=10, _continue=token
+        )
+        page_sizes.append(len(page.items))
+        seen += [item.metadata.name for item in page.items]
+        token = continue_token(page.metadata)
+        if len(page_sizes) == 1:
+            # Paged lists are a consistent snapshot: an object created after the
+            # first page is not in the later ones.
+            v1.create_namespaced_config_map(namespace, configmap("cm-late", {"e2e": "paging"}, {}))
+        if not token:
+            break
+        assert len(page_sizes) < 10, f"continue tokens never end: pages {page_sizes}"
+
+    assert all(size <= 10 for size in page_sizes), page_sizes
+    assert len(page_sizes) >= 3, page_sizes
+    assert sorted(seen) == sorted(expected), f"pages {page_sizes}: {seen}"
+
+    everything = v1.list_namespaced_config_map(namespace, label_selector="e2e=paging")
+    assert continue_token(everything.metadata) is None
+    assert {item.metadata.name for item in everything.items} == expected | {"cm-late"}
+
+
+def test_python_client_watch_resumes_from_resource_version(kube_client, namespace):
+    v1 = client.CoreV1Api(kube_client)
+    labels = {"e2e": "watch"}
+
+    a = v1.create_namespaced_config_map(namespace, configmap("a", labels, {"v": "1"}))
+    a_modified = v1.patch_namespaced_config_map(
+        "a", namespace, {"data": {"v": "2"}}, _content_type="application/merge-patch+json"
+    )
+    v1.create_namespaced_config_map(namespace, configmap("b", labels, {}))
+    v1.delete_namespaced_config_map("a", namespace)
+
+    def watch_from(resource_version: str, count: int) -> list[tuple[str, str, str]]:
+        """The first `count` events after `resource_version`: (type, name, resourceVersion)."""
+        w = watch.Watch()
+        events = []
+        for event in w.stream(
+            v1.list_namespaced_config_map,
+            namespace,
+            label_selector="e2e=watch",
+            resource_version=resource_version,
+            timeout_seconds=10,
+            _request_timeout=30,
+        ):
+            if event["type"] == "BOOKMARK":
+                continue
+            obj = event["object"]
+            events.append((event["type"], obj.metadata.name, obj.metadata.resource_version))
+            if len(events) == count:
+                w.stop()
+        return events
+
+    # Watching from a's creation replays everything after it, in order, and not
+    # the creation itself.
+    events = watch_from(a.metadata.resource_version, 3)
+    assert [(kind, name) for kind, name, _ in events] == [
+        ("MODIFIED", "a"),
+        ("ADDED", "b"),
+        ("DELETED", "a"),
+    ], events
+    assert events[0][2] == a_modified.metadata.resource_version
+
+    # A watcher that stopped at the last event it saw resumes from there and
+    # sees only what happened afterwards.
+    last_seen = events[-1][2]
+    v1.create_namespaced_config_map(namespace, configmap("c", labels, {}))
+    resumed = watch_from(last_seen, 1)
+    assert [(kind, name) for kind, name, _ in resumed] == [("ADDED", "c")], resumed
+
+    # Watching from a list's resourceVersion starts right after the list.
+    listed = v1.list_namespaced_config_map(namespace, label_selector="e2e=watch")
+    assert sorted(item.metadata.name for item in listed.items) == ["b", "c"]
+    v1.delete_namespaced_config_map("b", namespace)
+    after_list = watch_from(listed.metadata.resource_version, 1)
+    assert [(kind, name) for kind, name, _ in after_list] == [("DELETED", "b")], after_list
