@@ -1,4 +1,4 @@
-//! OpenAPI v3: the `/openapi/v3` index and one document per group version, with paths for
+//! OpenAPI: v3 (below) serves the `/openapi/v3` index and one document per group version, with paths for
 //! every resource and the component schemas they reference.
 //!
 //! kubectl relies on these documents: `apply` finds each kind's patch strategies and merge keys
