@@ -5,6 +5,7 @@
 - `kubectl`: a kubectl runner, parametrized over the newest and oldest supported versions.
 - `kube_client`: a `kubernetes.client.ApiClient` configured from the server's kubeconfig.
 - `namespace`: a namespace of the test's own on the session server.
+- `make_namespace`: more namespaces of the test's own, made on demand.
 
 The binary comes from $TUG_BIN (scripts/test.sh sets it), else target/debug/tug.
 Outside CI a missing binary or tool skips the tests that need it; under CI=true
@@ -91,6 +92,24 @@ def namespace(request, tug) -> str:
     assert resp.status == 201, f"creating namespace {name}: {resp!r}"
     yield name
     tug.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def make_namespace(request, tug):
+    """`make_namespace(label) -> name`: more namespaces for the test (deleted afterwards)."""
+    created: list[str] = []
+
+    def make(label: str = "extra") -> str:
+        name = unique_name(f"e2e-{label}")
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        resp = tug.request("POST", "/api/v1/namespaces", body)
+        assert resp.status == 201, f"creating namespace {name}: {resp!r}"
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        tug.request("DELETE", f"/api/v1/namespaces/{name}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

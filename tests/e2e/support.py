@@ -17,9 +17,12 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, Queue
+from typing import Callable
 
 import pytest
 import yaml
@@ -47,6 +50,19 @@ def unique_name(prefix: str) -> str:
     base = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")
     base = re.sub(r"-+", "-", base)[:50].strip("-")
     return f"{base}-{secrets.token_hex(3)}"
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 30, interval: float = 0.2):
+    """Polls `condition` until it returns something truthy, and returns that;
+    fails the test with `what` (and the last value seen) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {value!r})", pytrace=False)
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -245,6 +261,12 @@ class TugServer:
         """A raw HTTPS request with the admin credentials (see `request`)."""
         return request(self.url, self.creds, method, path, body, **kwargs)
 
+    def create(self, collection: str, body: dict) -> dict:
+        """POSTs `body` to `collection` (a path), asserting 201; returns the stored object."""
+        resp = self.request("POST", collection, body)
+        assert resp.status == 201, f"POST {collection}: {resp!r}"
+        return resp.json()
+
     def crashed(self) -> bool:
         """True when the process ended without us stopping it."""
         return self.process is not None and not self.stopped_by_us and self.process.poll() is not None
@@ -287,19 +309,46 @@ class Kubectl:
     cache_dir: Path
 
     def __call__(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
-        cmd = [str(self.binary), "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.cache_dir), *args]
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        """Runs kubectl to completion; `env` adds variables (e.g. KUBE_EDITOR)."""
         result = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env
-        )
+            self._command(args), input=input, capture_output=True, text=True, timeout=timeout,
+            env=self._environment(env),
+        )  # fmt: skip
         if check and result.returncode != 0:
             raise AssertionError(
                 f"kubectl {self.version} exited {result.returncode}: {' '.join(args)}\n"
                 f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
             )
         return result
+
+    def start(self, *args: str) -> "RunningKubectl":
+        """Starts a long-running kubectl (`get -w`) whose output lines can be awaited."""
+        process = subprocess.Popen(
+            self._command(args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._environment(None),
+            start_new_session=True,
+        )
+        return RunningKubectl(process)
+
+    def _command(self, args) -> list[str]:
+        return [str(self.binary), "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.cache_dir), *args]
+
+    @staticmethod
+    def _environment(extra: dict[str, str] | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env.update(extra or {})
+        return env
 
     def for_server(self, server: TugServer) -> "Kubectl":
         """The same kubectl version pointed at another server."""
@@ -310,6 +359,62 @@ class Kubectl:
         # One HTTP/discovery cache per server and version, so nothing stale or
         # written by another kubectl version is read back.
         return cls(version, binary, server.kubeconfig, server.data_dir.parent / f"kubectl-cache-{version}")
+
+
+class RunningKubectl:
+    """A kubectl process started by `Kubectl.start`: its stdout lines arrive on a
+    queue as they are printed. Use as a context manager; leaving it kills the process."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.lines: list[str] = []
+        self._queue: Queue = Queue()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(process.stdout, self._queue), daemon=True).start()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, queue: Queue) -> None:
+        for line in stream:
+            queue.put(line.rstrip("\n"))
+        queue.put(None)
+
+    def _drain(self) -> None:
+        for line in self.process.stderr:
+            self._stderr.append(line)
+
+    def next_line(self, timeout: float = 15) -> str:
+        """The next line printed, failing the test if none comes within `timeout`."""
+        try:
+            line = self._queue.get(timeout=timeout)
+        except Empty:
+            pytest.fail(
+                f"kubectl printed no line within {timeout}s; so far: {self.lines}\nstderr: {''.join(self._stderr)}",
+                pytrace=False,
+            )
+        if line is None:
+            self._queue.put(None)
+            pytest.fail(
+                f"kubectl exited ({self.process.poll()}) after printing {self.lines}\n"
+                f"stderr: {''.join(self._stderr)}",
+                pytrace=False,
+            )
+        self.lines.append(line)
+        return line
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=10)
+
+    def __enter__(self) -> "RunningKubectl":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def parse_table(text: str) -> list[dict[str, str]]:

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod field;
 pub mod kinds;
 pub mod patch;
+pub mod protobuf;
 pub mod quantity;
 pub mod registry;
 pub mod schema;

@@ -548,6 +548,8 @@ pub async fn watch_reports_only_keys_under_its_prefix(store: Arc<dyn Store>) {
 }
 
 pub async fn watch_events_carry_the_previous_value(store: Arc<dyn Store>) {
+    // Revision 1 goes elsewhere: a watch from `created - 1` must not mean "from now" (0).
+    store.create("/before", val("x")).await.unwrap();
     let mut live = store.watch("/e/", 0).await.unwrap();
     let created = store.create("/e/a", val("1")).await.unwrap();
     let updated = store.update("/e/a", val("2"), created).await.unwrap();
@@ -717,7 +719,8 @@ pub async fn lagging_watcher_gets_lagged_error_then_resumes_from_history(
     store: Arc<dyn Store>,
     watch_buffer: usize,
 ) {
-    let start = store.current_revision().await.unwrap();
+    // Start past revision 0, which a watch would read as "from now".
+    let start = store.create("/before", val("x")).await.unwrap();
     let mut slow = store.watch("/lag/", 0).await.unwrap();
     let total = watch_buffer * 2 + 5;
     for i in 0..total {

@@ -25,6 +25,12 @@ enum Command {
     /// kubeconfig at DATA_DIR/kubeconfig.yaml and the datastore at DATA_DIR/db/state.db; later
     /// starts reuse them.
     Server(server::ServerArgs),
+    /// Run the controller manager alone against a cluster's API server.
+    ControllerManager {
+        /// The kubeconfig to reach the API server with.
+        #[arg(long)]
+        kubeconfig: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +46,15 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::ControllerManager { kubeconfig } => {
+                let client = client_from_kubeconfig(&kubeconfig).await?;
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let run = tokio::spawn(tug_controllers::run(client, shutdown.clone()));
+                server::wait_for_signal().await;
+                shutdown.cancel();
+                let _ = run.await;
+                Ok(())
+            }
         }
     });
     match result {
@@ -49,6 +64,16 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A Kubernetes client for the cluster a kubeconfig names.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("loading {}", path.display()))?;
+    kube::Client::try_from(config).context("building the API client")
 }
 
 fn init_logging(verbose: u8) {

@@ -157,14 +157,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
+    // The controllers are API clients like any other: they connect with the admin kubeconfig.
+    let client = crate::client_from_kubeconfig(&kubeconfig).await?;
+    let controllers = tokio::spawn(tug_controllers::run(client, shutdown.clone()));
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();
-    let _ = serving.await;
+    let _ = tokio::join!(serving, controllers);
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -7,10 +7,10 @@
 
 use serde_json::{Map, Value};
 
+use super::ProtobufError;
 use super::decode::decode_object;
 use super::table::Table;
-use super::wire::{WireValue, for_each_field};
-use super::ProtobufError;
+use super::wire::{bytes_field, for_each_field, string_field};
 
 /// The four bytes before every envelope: `k8s` and the encoding style, 0 (an `Unknown`).
 pub(crate) const MAGIC: [u8; 4] = [0x6b, 0x38, 0x73, 0x00];
@@ -29,18 +29,18 @@ impl<'a> Unknown<'a> {
         for_each_field("Unknown", data, |number, value| {
             match number {
                 1 => {
-                    let type_meta = bytes("typeMeta", value)?;
+                    let type_meta = bytes_field("typeMeta", value)?;
                     for_each_field("TypeMeta", type_meta, |number, value| {
                         match number {
-                            1 => unknown.api_version = string("apiVersion", value)?,
-                            2 => unknown.kind = string("kind", value)?,
+                            1 => unknown.api_version = string_field("apiVersion", value)?,
+                            2 => unknown.kind = string_field("kind", value)?,
                             _ => {}
                         }
                         Ok(())
                     })
                     .map_err(|e| e.within("typeMeta"))?;
                 }
-                2 => unknown.raw = bytes("raw", value)?,
+                2 => unknown.raw = bytes_field("raw", value)?,
                 // contentEncoding and contentType: upstream's decoder ignores them too.
                 _ => {}
             }
@@ -48,21 +48,6 @@ impl<'a> Unknown<'a> {
         })?;
         Ok(unknown)
     }
-}
-
-fn bytes<'a>(field: &str, value: WireValue<'a>) -> Result<&'a [u8], ProtobufError> {
-    match value {
-        WireValue::Bytes(bytes) => Ok(bytes),
-        other => Err(ProtobufError::WrongWireType {
-            field: field.to_owned(),
-            wire_type: other.wire_type().number(),
-            path: field.to_owned(),
-        }),
-    }
-}
-
-fn string(field: &str, value: WireValue<'_>) -> Result<String, ProtobufError> {
-    bytes(field, value).map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
 /// Decodes a whole envelope into a JSON object with `kind` and `apiVersion` first, in the order
@@ -80,17 +65,19 @@ pub(crate) fn decode(table: &Table, body: &[u8], depth: usize) -> Result<Value, 
     }
     let unknown = Unknown::parse(data)?;
     if unknown.kind.is_empty() {
-        return Err(ProtobufError::MissingKind { api_version: unknown.api_version });
+        return Err(ProtobufError::MissingKind {
+            api_version: unknown.api_version,
+        });
     }
     if unknown.api_version.is_empty() {
         return Err(ProtobufError::MissingApiVersion { kind: unknown.kind });
     }
-    let message = table.kind(&unknown.api_version, &unknown.kind).ok_or_else(|| {
-        ProtobufError::NotRegistered {
+    let message = table
+        .kind(&unknown.api_version, &unknown.kind)
+        .ok_or_else(|| ProtobufError::NotRegistered {
             api_version: unknown.api_version.clone(),
             kind: unknown.kind.clone(),
-        }
-    })?;
+        })?;
     let fields = decode_object(table, message, unknown.raw, depth)?;
     let mut object = Map::with_capacity(fields.len() + 2);
     object.insert("kind".to_owned(), Value::String(unknown.kind));
@@ -103,8 +90,8 @@ pub(crate) fn decode(table: &Table, body: &[u8], depth: usize) -> Result<Value, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protobuf::tests::encoder::{Msg, envelope};
     use crate::protobuf::table::table;
+    use crate::protobuf::tests::encoder::{Msg, envelope};
 
     #[test]
     fn unknown_reads_type_meta_and_raw_and_ignores_content_fields() {
@@ -117,7 +104,11 @@ mod tests {
         let unknown = Unknown::parse(&data).unwrap();
         assert_eq!(
             unknown,
-            Unknown { api_version: "apps/v1".into(), kind: "Deployment".into(), raw: b"\x0a\x00" }
+            Unknown {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                raw: b"\x0a\x00"
+            }
         );
     }
 
@@ -126,10 +117,15 @@ mod tests {
         let t = table();
         assert_eq!(decode(t, b"", 0).unwrap_err().to_string(), "empty data");
         assert_eq!(
-            decode(t, b"{\"kind\":\"ConfigMap\"}", 0).unwrap_err().to_string(),
+            decode(t, b"{\"kind\":\"ConfigMap\"}", 0)
+                .unwrap_err()
+                .to_string(),
             "provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]"
         );
-        assert_eq!(decode(t, b"k8s", 0).unwrap_err().to_string(), "provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]");
+        assert_eq!(
+            decode(t, b"k8s", 0).unwrap_err().to_string(),
+            "provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]"
+        );
         assert_eq!(decode(t, &MAGIC, 0).unwrap_err().to_string(), "empty body");
     }
 
@@ -153,7 +149,10 @@ mod tests {
         let body = envelope("example.com/v1", "Widget", Msg::new());
         let err = decode(table(), &body, 0).unwrap_err();
         assert!(matches!(err, ProtobufError::NotRegistered { .. }));
-        assert_eq!(err.to_string(), "no kind \"Widget\" is registered for version \"example.com/v1\"");
+        assert_eq!(
+            err.to_string(),
+            "no kind \"Widget\" is registered for version \"example.com/v1\""
+        );
     }
 
     #[test]
@@ -161,14 +160,26 @@ mod tests {
         let mut body = MAGIC.to_vec();
         body.extend(Msg::new().varint(1, 3).into_bytes());
         let err = decode(table(), &body, 0).unwrap_err();
-        assert_eq!(err.to_string(), "proto: wrong wireType = 0 for field typeMeta at typeMeta");
+        assert_eq!(
+            err.to_string(),
+            "proto: wrong wireType = 0 for field typeMeta at typeMeta"
+        );
     }
 
     #[test]
     fn kind_and_api_version_come_first() {
-        let body = envelope("v1", "Namespace", Msg::new().msg(1, Msg::new().string(1, "team-a")));
+        let body = envelope(
+            "v1",
+            "Namespace",
+            Msg::new().msg(1, Msg::new().string(1, "team-a")),
+        );
         let value = decode(table(), &body, 0).unwrap();
-        let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, ["kind", "apiVersion", "metadata"]);
     }
 }

@@ -23,7 +23,11 @@ pub(crate) fn table() -> &'static Table {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum TableError {
     #[error("line {line}: {reason}: {token:?}")]
-    Syntax { line: usize, token: String, reason: &'static str },
+    Syntax {
+        line: usize,
+        token: String,
+        reason: &'static str,
+    },
     #[error("line {line}: message {name} is defined twice")]
     DuplicateMessage { line: usize, name: String },
     #[error("line {line}: field type {name} names no message in the table")]
@@ -142,7 +146,10 @@ pub(crate) struct Message {
 impl Message {
     /// The field with a wire number, and its index in [`Message::fields`].
     pub(crate) fn field(&self, number: u32) -> Option<(usize, &Field)> {
-        let at = self.by_number.binary_search_by_key(&number, |&(n, _)| n).ok()?;
+        let at = self
+            .by_number
+            .binary_search_by_key(&number, |&(n, _)| n)
+            .ok()?;
         let index = self.by_number[at].1;
         Some((index, &self.fields[index]))
     }
@@ -181,21 +188,18 @@ impl Table {
             by_name: HashMap::new(),
             kinds: HashMap::new(),
         };
-        // Field types may name messages defined further down, so they are resolved in a second
-        // pass: (line, message, field, qualified type name).
-        let mut pending: Vec<(usize, usize, usize, String)> = Vec::new();
+        // Field types may name messages defined further down, so the first pass only names
+        // every message (line number, package, the line) and the second reads their fields.
+        let mut lines: Vec<(usize, &'static str, &'static str)> = Vec::new();
         let mut package: Option<&'static str> = None;
-
         for (line_index, line) in text.lines().enumerate() {
             let line_no = line_index + 1;
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut tokens = line.split_ascii_whitespace();
-            let first = tokens.next().unwrap_or_default();
-            if first == "package" {
-                let parts: Vec<&'static str> = tokens.collect();
+            if let Some(rest) = line.strip_prefix("package ") {
+                let parts: Vec<&'static str> = rest.split_ascii_whitespace().collect();
                 let [alias, proto, api_version] = parts[..] else {
                     return Err(syntax(line_no, line, "a package line has three words"));
                 };
@@ -208,70 +212,40 @@ impl Table {
                 continue;
             }
             let Some(package) = package else {
-                return Err(syntax(line_no, first, "message before any package line"));
+                return Err(syntax(line_no, line, "message before any package line"));
             };
-            let index = table.messages.len();
-            let qualified = format!("{package}.{first}");
-            if table.by_name.insert(qualified.clone(), index).is_some() {
-                return Err(TableError::DuplicateMessage { line: line_no, name: qualified });
+            let name = line.split_ascii_whitespace().next().unwrap_or_default();
+            let qualified = format!("{package}.{name}");
+            if table
+                .by_name
+                .insert(qualified.clone(), lines.len())
+                .is_some()
+            {
+                return Err(TableError::DuplicateMessage {
+                    line: line_no,
+                    name: qualified,
+                });
             }
-            let mut message = Message {
-                package,
-                name: first,
-                is_kind: false,
-                is_list: false,
-                custom: CustomJson::of(package, first),
-                fields: Vec::new(),
-                by_number: Vec::new(),
-            };
-            for token in tokens {
-                match token {
-                    "@kind" => message.is_kind = true,
-                    "@list" => message.is_list = true,
-                    _ => {
-                        let (field, type_name) = parse_field(line_no, token)?;
-                        match Scalar::parse(type_name) {
-                            Some(_) => {}
-                            None => {
-                                let qualified = if type_name.contains('.') {
-                                    type_name.to_owned()
-                                } else {
-                                    format!("{package}.{type_name}")
-                                };
-                                pending.push((line_no, index, message.fields.len(), qualified));
-                            }
-                        }
-                        message.fields.push(field);
-                    }
-                }
-            }
-            message.by_number = message.fields.iter().enumerate().map(|(i, f)| (f.number, i)).collect();
-            message.by_number.sort_unstable();
-            if message.by_number.windows(2).any(|w| w[0].0 == w[1].0) {
-                return Err(syntax(line_no, first, "a field number is used twice"));
+            lines.push((line_no, package, line));
+        }
+
+        for (line_no, package, line) in lines {
+            let message = parse_message(line_no, package, line, &table.by_name)?;
+            if message.is_kind {
+                let api_version = table
+                    .packages
+                    .iter()
+                    .find(|p| p.alias == package)
+                    .and_then(|p| p.api_version)
+                    .ok_or_else(|| syntax(line_no, message.name, "a kind needs an apiVersion"))?;
+                let index = table.messages.len();
+                table
+                    .kinds
+                    .entry(api_version)
+                    .or_default()
+                    .insert(message.name, index);
             }
             table.messages.push(message);
-        }
-
-        for (line, message, field, name) in pending {
-            let target = *table
-                .by_name
-                .get(&name)
-                .ok_or(TableError::UnknownType { line, name })?;
-            table.messages[message].fields[field].ty = FieldType::Message(target);
-        }
-
-        for (index, message) in table.messages.iter().enumerate() {
-            if !message.is_kind {
-                continue;
-            }
-            let api_version = table
-                .packages
-                .iter()
-                .find(|p| p.alias == message.package)
-                .and_then(|p| p.api_version)
-                .ok_or_else(|| syntax(0, message.name, "a kind in a package without apiVersion"))?;
-            table.kinds.entry(api_version).or_default().insert(message.name, index);
         }
         Ok(table)
     }
@@ -300,40 +274,108 @@ impl Table {
         if let Some(&index) = served.get(kind) {
             return Some(&self.messages[index]);
         }
-        let shared = self.packages.iter().find(|p| p.alias == SHARED_KINDS_PACKAGE)?;
+        let shared = self
+            .packages
+            .iter()
+            .find(|p| p.alias == SHARED_KINDS_PACKAGE)?;
         let &index = self.kinds.get(shared.api_version?)?.get(kind)?;
         Some(&self.messages[index])
     }
 }
 
 fn syntax(line: usize, token: &str, reason: &'static str) -> TableError {
-    TableError::Syntax { line, token: token.to_owned(), reason }
+    TableError::Syntax {
+        line,
+        token: token.to_owned(),
+        reason,
+    }
 }
 
-/// Parses `name=number:type[,flag...]`. The type's message, if any, is resolved later, so the
-/// returned field holds a placeholder type and the type's name is returned beside it.
-fn parse_field(line: usize, token: &'static str) -> Result<(Field, &'static str), TableError> {
-    let (json_name, rest) = token.split_once('=').ok_or_else(|| syntax(line, token, "expected name=number:type"))?;
-    let (number, rest) = rest.split_once(':').ok_or_else(|| syntax(line, token, "expected name=number:type"))?;
-    let number: u32 = number.parse().map_err(|_| syntax(line, token, "bad field number"))?;
+/// Parses a message line: `Name [@kind] [@list] field field ...`.
+fn parse_message(
+    line: usize,
+    package: &'static str,
+    text: &'static str,
+    by_name: &HashMap<String, usize>,
+) -> Result<Message, TableError> {
+    let mut tokens = text.split_ascii_whitespace();
+    let name = tokens.next().unwrap_or_default();
+    let mut message = Message {
+        package,
+        name,
+        is_kind: false,
+        is_list: false,
+        custom: CustomJson::of(package, name),
+        fields: Vec::new(),
+        by_number: Vec::new(),
+    };
+    for token in tokens {
+        match token {
+            "@kind" => message.is_kind = true,
+            "@list" => message.is_list = true,
+            _ => message
+                .fields
+                .push(parse_field(line, package, token, by_name)?),
+        }
+    }
+    message.by_number = message
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.number, i))
+        .collect();
+    message.by_number.sort_unstable();
+    if message.by_number.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(syntax(line, name, "a field number is used twice"));
+    }
+    Ok(message)
+}
+
+/// Parses `name=number:type[,flag...]`, resolving a message type (unqualified names are in the
+/// same package) to its index.
+fn parse_field(
+    line: usize,
+    package: &str,
+    token: &'static str,
+    by_name: &HashMap<String, usize>,
+) -> Result<Field, TableError> {
+    let malformed = || syntax(line, token, "expected name=number:type");
+    let (json_name, rest) = token.split_once('=').ok_or_else(malformed)?;
+    let (number, rest) = rest.split_once(':').ok_or_else(malformed)?;
+    let number: u32 = number
+        .parse()
+        .map_err(|_| syntax(line, token, "bad field number"))?;
     let mut parts = rest.split(',');
-    let mut type_name = parts.next().unwrap_or_default();
-    let shape = if let Some(inner) = type_name.strip_prefix("[]") {
-        type_name = inner;
-        Shape::Repeated
+    let type_name = parts.next().unwrap_or_default();
+    let (shape, type_name) = if let Some(inner) = type_name.strip_prefix("[]") {
+        (Shape::Repeated, inner)
     } else if let Some(inner) = type_name.strip_prefix("map[string]") {
-        type_name = inner;
-        Shape::Map
+        (Shape::Map, inner)
     } else {
-        Shape::Single
+        (Shape::Single, type_name)
     };
     if type_name.is_empty() {
         return Err(syntax(line, token, "missing type"));
     }
+    let ty = match Scalar::parse(type_name) {
+        Some(scalar) => FieldType::Scalar(scalar),
+        None => {
+            let qualified = if type_name.contains('.') {
+                type_name.to_owned()
+            } else {
+                format!("{package}.{type_name}")
+            };
+            let index = by_name.get(&qualified).ok_or(TableError::UnknownType {
+                line,
+                name: qualified,
+            })?;
+            FieldType::Message(*index)
+        }
+    };
     let mut field = Field {
         number,
         json_name,
-        ty: FieldType::Scalar(Scalar::parse(type_name).unwrap_or(Scalar::Bytes)),
+        ty,
         shape,
         omit_empty: false,
         omit_zero: false,
@@ -347,7 +389,7 @@ fn parse_field(line: usize, token: &'static str) -> Result<(Field, &'static str)
             _ => return Err(syntax(line, token, "unknown flag")),
         }
     }
-    Ok((field, type_name))
+    Ok(field)
 }
 
 #[cfg(test)]
@@ -355,12 +397,20 @@ mod tests {
     use super::*;
 
     fn field<'a>(message: &'a str, json_name: &str) -> &'a Field {
-        let message = table().message(message).unwrap_or_else(|| panic!("no message {message}"));
-        message.fields.iter().find(|f| f.json_name == json_name).unwrap()
+        let message = table()
+            .message(message)
+            .unwrap_or_else(|| panic!("no message {message}"));
+        message
+            .fields
+            .iter()
+            .find(|f| f.json_name == json_name)
+            .unwrap()
     }
 
     fn message_name(ty: FieldType) -> String {
-        let FieldType::Message(index) = ty else { panic!("not a message: {ty:?}") };
+        let FieldType::Message(index) = ty else {
+            panic!("not a message: {ty:?}")
+        };
         let message = table().message_at(index);
         format!("{}.{}", message.package, message.name)
     }
@@ -376,7 +426,10 @@ mod tests {
         // 570 messages from the 23 generated.proto files of upstream v1.36.
         assert_eq!(t.packages().len(), 23);
         assert_eq!(t.messages().len(), 570);
-        assert_eq!(t.messages().iter().map(|m| m.fields.len()).sum::<usize>(), 2058);
+        assert_eq!(
+            t.messages().iter().map(|m| m.fields.len()).sum::<usize>(),
+            2058
+        );
         assert_eq!(t.messages().iter().filter(|m| m.is_kind).count(), 146);
     }
 
@@ -388,8 +441,14 @@ mod tests {
         assert_eq!(field("meta.v1.ObjectMeta", "managedFields").number, 17);
         // k8s.io/api/apps/v1/generated.proto: DeploymentSpec skips 8 (rollbackTo was removed).
         assert_eq!(field("apps.v1.DeploymentSpec", "replicas").number, 1);
-        assert_eq!(field("apps.v1.DeploymentSpec", "progressDeadlineSeconds").number, 9);
-        assert_eq!(field("apps.v1.DeploymentCondition", "lastUpdateTime").number, 6);
+        assert_eq!(
+            field("apps.v1.DeploymentSpec", "progressDeadlineSeconds").number,
+            9
+        );
+        assert_eq!(
+            field("apps.v1.DeploymentCondition", "lastUpdateTime").number,
+            6
+        );
         // k8s.io/api/core/v1/generated.proto
         assert_eq!(field("core.v1.Secret", "data").number, 2);
         assert_eq!(field("core.v1.Secret", "type").number, 3);
@@ -403,24 +462,49 @@ mod tests {
     #[test]
     fn field_types_and_shapes_match_upstream_proto() {
         let data = field("core.v1.Secret", "data");
-        assert_eq!((data.shape, data.ty), (Shape::Map, FieldType::Scalar(Scalar::Bytes)));
+        assert_eq!(
+            (data.shape, data.ty),
+            (Shape::Map, FieldType::Scalar(Scalar::Bytes))
+        );
         let containers = field("core.v1.PodSpec", "containers");
         assert_eq!(containers.shape, Shape::Repeated);
         assert_eq!(message_name(containers.ty), "core.v1.Container");
         let limits = field("core.v1.ResourceRequirements", "limits");
         assert_eq!(limits.shape, Shape::Map);
         assert_eq!(message_name(limits.ty), "api.resource.Quantity");
-        assert_eq!(message_name(field("apps.v1.DeploymentSpec", "template").ty), "core.v1.PodTemplateSpec");
-        assert_eq!(message_name(field("apps.v1.RollingUpdateDeployment", "maxSurge").ty), "util.intstr.IntOrString");
-        assert_eq!(field("apps.v1.DeploymentSpec", "replicas").ty, FieldType::Scalar(Scalar::Int32));
+        assert_eq!(
+            message_name(field("apps.v1.DeploymentSpec", "template").ty),
+            "core.v1.PodTemplateSpec"
+        );
+        assert_eq!(
+            message_name(field("apps.v1.RollingUpdateDeployment", "maxSurge").ty),
+            "util.intstr.IntOrString"
+        );
+        assert_eq!(
+            field("apps.v1.DeploymentSpec", "replicas").ty,
+            FieldType::Scalar(Scalar::Int32)
+        );
     }
 
     #[test]
     fn json_names_replace_the_proto_names_that_differ() {
         // generated.proto says aPIGroup, uID and Webhooks; the Go json tags say otherwise.
-        assert_eq!(field("networking.v1.IngressClassParametersReference", "apiGroup").number, 1);
-        assert_eq!(field("authentication.v1.BoundObjectReference", "uid").number, 4);
-        assert_eq!(field("admissionregistration.v1.ValidatingWebhookConfiguration", "webhooks").number, 2);
+        assert_eq!(
+            field("networking.v1.IngressClassParametersReference", "apiGroup").number,
+            1
+        );
+        assert_eq!(
+            field("authentication.v1.BoundObjectReference", "uid").number,
+            4
+        );
+        assert_eq!(
+            field(
+                "admissionregistration.v1.ValidatingWebhookConfiguration",
+                "webhooks"
+            )
+            .number,
+            2
+        );
     }
 
     #[test]
@@ -439,11 +523,28 @@ mod tests {
     #[test]
     fn kinds_resolve_in_their_group_version_and_meta_kinds_in_every_one() {
         let t = table();
-        assert_eq!(t.kind("apps/v1", "Deployment").map(|m| m.name), Some("Deployment"));
-        assert_eq!(t.kind("v1", "ConfigMap").map(|m| m.package), Some("core.v1"));
-        assert_eq!(t.kind("autoscaling/v2", "HorizontalPodAutoscaler").map(|m| m.package), Some("autoscaling.v2"));
-        assert_eq!(t.kind("apps/v1", "DeleteOptions").map(|m| m.package), Some("meta.v1"));
-        assert_eq!(t.kind("meta.k8s.io/v1", "PartialObjectMetadata").map(|m| m.name), Some("PartialObjectMetadata"));
+        assert_eq!(
+            t.kind("apps/v1", "Deployment").map(|m| m.name),
+            Some("Deployment")
+        );
+        assert_eq!(
+            t.kind("v1", "ConfigMap").map(|m| m.package),
+            Some("core.v1")
+        );
+        assert_eq!(
+            t.kind("autoscaling/v2", "HorizontalPodAutoscaler")
+                .map(|m| m.package),
+            Some("autoscaling.v2")
+        );
+        assert_eq!(
+            t.kind("apps/v1", "DeleteOptions").map(|m| m.package),
+            Some("meta.v1")
+        );
+        assert_eq!(
+            t.kind("meta.k8s.io/v1", "PartialObjectMetadata")
+                .map(|m| m.name),
+            Some("PartialObjectMetadata")
+        );
         // A type that is not a kind, a kind of another group, and an unserved group version.
         assert!(t.kind("apps/v1", "DeploymentSpec").is_none());
         assert!(t.kind("apps/v1", "ConfigMap").is_none());
@@ -453,8 +554,14 @@ mod tests {
     #[test]
     fn custom_json_and_list_types_are_recognised() {
         let t = table();
-        assert_eq!(t.message("meta.v1.Time").unwrap().custom, Some(CustomJson::Time));
-        assert_eq!(t.message("api.resource.Quantity").unwrap().custom, Some(CustomJson::Quantity));
+        assert_eq!(
+            t.message("meta.v1.Time").unwrap().custom,
+            Some(CustomJson::Time)
+        );
+        assert_eq!(
+            t.message("api.resource.Quantity").unwrap().custom,
+            Some(CustomJson::Quantity)
+        );
         assert!(t.message("meta.v1.Verbs").unwrap().is_list);
         assert!(t.message("authentication.v1.ExtraValue").unwrap().is_list);
     }
@@ -462,8 +569,17 @@ mod tests {
     #[test]
     fn malformed_tables_are_rejected_with_their_line() {
         let unknown = Table::parse("package a.v1 k8s.io.a.v1 a/v1\nA b=1:Missing\n").unwrap_err();
-        assert_eq!(unknown, TableError::UnknownType { line: 2, name: "a.v1.Missing".into() });
-        assert!(matches!(Table::parse("A b=1:string\n"), Err(TableError::Syntax { line: 1, .. })));
+        assert_eq!(
+            unknown,
+            TableError::UnknownType {
+                line: 2,
+                name: "a.v1.Missing".into()
+            }
+        );
+        assert!(matches!(
+            Table::parse("A b=1:string\n"),
+            Err(TableError::Syntax { line: 1, .. })
+        ));
         assert!(matches!(
             Table::parse("package a.v1 k8s.io.a.v1 a/v1\nA b=1:string c=1:int32\n"),
             Err(TableError::Syntax { line: 2, .. })

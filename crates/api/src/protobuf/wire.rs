@@ -87,12 +87,16 @@ impl<'a> Reader<'a> {
         let mut shift = 0u32;
         loop {
             if shift >= 64 {
-                return Err(ProtobufError::IntegerOverflow { path: String::new() });
+                return Err(ProtobufError::IntegerOverflow {
+                    path: String::new(),
+                });
             }
             let byte = *self
                 .data
                 .get(self.pos)
-                .ok_or(ProtobufError::UnexpectedEof { path: String::new() })?;
+                .ok_or(ProtobufError::UnexpectedEof {
+                    path: String::new(),
+                })?;
             self.pos += 1;
             value |= u64::from(byte & 0x7f) << shift;
             if byte < 0x80 {
@@ -107,7 +111,9 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(len)
             .filter(|&end| end <= self.data.len())
-            .ok_or(ProtobufError::UnexpectedEof { path: String::new() })?;
+            .ok_or(ProtobufError::UnexpectedEof {
+                path: String::new(),
+            })?;
         let bytes = &self.data[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -154,8 +160,9 @@ impl<'a> Reader<'a> {
             WireType::LengthDelimited => {
                 let len = self.varint()?;
                 // A length beyond the input cannot be satisfied whatever its size.
-                let len = usize::try_from(len)
-                    .map_err(|_| ProtobufError::UnexpectedEof { path: String::new() })?;
+                let len = usize::try_from(len).map_err(|_| ProtobufError::UnexpectedEof {
+                    path: String::new(),
+                })?;
                 WireValue::Bytes(self.take(len)?)
             }
             WireType::StartGroup => {
@@ -163,7 +170,9 @@ impl<'a> Reader<'a> {
                 return Ok(None);
             }
             WireType::EndGroup => {
-                return Err(ProtobufError::UnexpectedEndGroup { path: String::new() });
+                return Err(ProtobufError::UnexpectedEndGroup {
+                    path: String::new(),
+                });
             }
         }))
     }
@@ -202,6 +211,44 @@ pub(crate) fn for_each_field<'a>(
         }
     }
     Ok(())
+}
+
+/// Builds the error for a value whose wire type its field's declared type never has. The path
+/// is left to the caller, which knows where the field sits.
+pub(crate) fn wrong_wire_type(field: &str, value: WireValue<'_>) -> ProtobufError {
+    ProtobufError::WrongWireType {
+        field: field.to_owned(),
+        wire_type: value.wire_type().number(),
+        path: String::new(),
+    }
+}
+
+/// The payload of a length-delimited value (a string, bytes, a message or a map entry).
+pub(crate) fn payload<'a>(field: &str, value: WireValue<'a>) -> Result<&'a [u8], ProtobufError> {
+    match value {
+        WireValue::Bytes(bytes) => Ok(bytes),
+        other => Err(wrong_wire_type(field, other)),
+    }
+}
+
+/// The following three read one field of a small message of fixed layout (the envelope,
+/// `Time`, `IntOrString`), naming the field in the error path.
+pub(crate) fn bytes_field<'a>(
+    field: &str,
+    value: WireValue<'a>,
+) -> Result<&'a [u8], ProtobufError> {
+    payload(field, value).map_err(|e| e.within(field))
+}
+
+pub(crate) fn string_field(field: &str, value: WireValue<'_>) -> Result<String, ProtobufError> {
+    bytes_field(field, value).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+pub(crate) fn varint_field(field: &str, value: WireValue<'_>) -> Result<u64, ProtobufError> {
+    match value {
+        WireValue::Varint(n) => Ok(n),
+        other => Err(wrong_wire_type(field, other).within(field)),
+    }
 }
 
 #[cfg(test)]
@@ -262,15 +309,24 @@ mod tests {
             0x15, 2, 0, 0, 0x80, // field 2, fixed32
         ]);
         let (_, t) = reader.tag("Test").unwrap();
-        assert_eq!(reader.value("Test", t).unwrap(), Some(WireValue::Fixed64(0x8000_0000_0000_0001)));
+        assert_eq!(
+            reader.value("Test", t).unwrap(),
+            Some(WireValue::Fixed64(0x8000_0000_0000_0001))
+        );
         let (_, t) = reader.tag("Test").unwrap();
-        assert_eq!(reader.value("Test", t).unwrap(), Some(WireValue::Fixed32(0x8000_0002)));
+        assert_eq!(
+            reader.value("Test", t).unwrap(),
+            Some(WireValue::Fixed32(0x8000_0002))
+        );
     }
 
     #[test]
     fn field_number_zero_is_an_illegal_tag() {
         let err = Reader::new(&[0x02]).tag("ObjectMeta").unwrap_err();
-        assert_eq!(err.to_string(), "proto: ObjectMeta: illegal tag 0 (wire type 2)");
+        assert_eq!(
+            err.to_string(),
+            "proto: ObjectMeta: illegal tag 0 (wire type 2)"
+        );
     }
 
     #[test]

@@ -186,3 +186,20 @@ async fn compaction_during_a_long_replay_fails_the_watch_instead_of_skipping() {
     assert_eq!(items.len(), super::REPLAY_CHUNK + 1, "one chunk, then the error, then the end");
     assert!(matches!(items.last(), Some(Err(StoreError::Compacted { .. }))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_debug() {
+    let (store, _dir) = fresh(crate::DEFAULT_WATCH_BUFFER).await;
+    let mut rev = store.create("/c/key", val("0")).await.unwrap();
+    for i in 1..=(super::REPLAY_CHUNK * 2) {
+        rev = store.update("/c/key", val(&i.to_string()), rev).await.unwrap();
+    }
+    let mut watch = store.watch("/c/", 1).await.unwrap();
+    store.compact(rev).await.unwrap();
+    eprintln!("compacted {}", store.compacted_revision().await.unwrap());
+    let mut n = 0;
+    while let Some(item) = tokio::time::timeout(std::time::Duration::from_secs(3), futures::StreamExt::next(&mut watch)).await.unwrap() {
+        n += 1;
+        if n > 250 { eprintln!("{n} {:?}", item.map(|e| e.revision())); }
+    }
+}

@@ -1,0 +1,348 @@
+//! The garbage collector (upstream's `pkg/controller/garbagecollector`): deletes objects whose
+//! owners are gone, and carries out the `orphan` and `foregroundDeletion` propagation policies.
+//!
+//! It keeps a graph of every object's owner references, fed by metadata-only watches of every
+//! served resource (found through discovery), and works through a queue of two kinds of items,
+//! as upstream does:
+//! - attempt to delete a dependent: its owners are verified with live reads (the graph may lag);
+//!   if none is left it is deleted (in the foreground if an owner is being deleted so), if some
+//!   are gone their references are removed;
+//! - process a deleting owner: with `orphan`, its dependents lose their reference to it and the
+//!   finalizer is removed; with `foregroundDeletion`, its dependents are deleted and the
+//!   finalizer is removed once none is left.
+
+mod graph;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::discovery::{ApiResource, Discovery, Scope, verbs};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use graph::{Graph, Node};
+
+pub const ORPHAN: &str = "orphan";
+pub const FOREGROUND: &str = "foregroundDeletion";
+
+/// Work the collector does for one object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Item {
+    /// Check a dependent's owners and delete it if none is left.
+    AttemptToDelete(String),
+    /// Carry out an owner's `orphan` or `foregroundDeletion` finalizer.
+    ProcessDeletingOwner(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("discovering the served resources")]
+    Discovery(#[source] kube::Error),
+    #[error("{action} {kind} {namespace}/{name}")]
+    Api { action: &'static str, kind: String, namespace: String, name: String, #[source] source: kube::Error },
+}
+
+/// The resources the collector knows, by `apiVersion` and `kind`.
+#[derive(Default)]
+struct Kinds {
+    by_gvk: HashMap<(String, String), (ApiResource, bool)>,
+}
+
+impl Kinds {
+    fn resolve(&self, api_version: &str, kind: &str) -> Option<&(ApiResource, bool)> {
+        self.by_gvk.get(&(api_version.to_string(), kind.to_string()))
+    }
+}
+
+struct Collector {
+    client: Client,
+    graph: Mutex<Graph>,
+    kinds: Kinds,
+    queue: mpsc::UnboundedSender<Item>,
+    pending: Mutex<HashSet<Item>>,
+}
+
+impl Collector {
+    fn enqueue(&self, item: Item) {
+        let mut pending = self.pending.lock().expect("pending set lock");
+        if pending.insert(item.clone()) {
+            let _ = self.queue.send(item);
+        }
+    }
+
+    fn api_for(&self, ar: &ApiResource, namespaced: bool, ns: &str) -> Api<DynamicObject> {
+        if namespaced { Api::namespaced_with(self.client.clone(), ns, ar) } else { Api::all_with(self.client.clone(), ar) }
+    }
+
+    /// Reads an owner live: `Some(true)` if it exists with the referenced uid, `Some(false)`
+    /// if it is gone (or replaced by a namesake), `None` if it cannot be told (unknown kind).
+    async fn owner_exists(&self, owner: &OwnerReference, ns: &str) -> Result<Option<bool>, Error> {
+        let Some((ar, namespaced)) = self.kinds.resolve(&owner.api_version, &owner.kind) else { return Ok(None) };
+        let api = self.api_for(ar, *namespaced, ns);
+        match api.get_metadata_opt(&owner.name).await {
+            Ok(Some(o)) => Ok(Some(o.metadata.uid.as_deref() == Some(owner.uid.as_str()))),
+            Ok(None) => Ok(Some(false)),
+            Err(source) => Err(Error::Api { action: "reading", kind: owner.kind.clone(), namespace: ns.into(), name: owner.name.clone(), source }),
+        }
+    }
+
+    async fn attempt_to_delete(&self, uid: &str) -> Result<(), Error> {
+        let Some(node) = self.graph.lock().expect("graph lock").get(uid).cloned() else { return Ok(()) };
+        if node.owners.is_empty() || node.deleting {
+            return Ok(());
+        }
+        let mut dangling = Vec::new();
+        let mut valid = Vec::new();
+        for owner in &node.owners {
+            match self.owner_exists(owner, &node.namespace).await? {
+                Some(true) => valid.push(owner),
+                Some(false) => dangling.push(owner),
+                // An owner of a kind nobody serves cannot be verified: leave the dependent be.
+                None => valid.push(owner),
+            }
+        }
+        let Some((ar, namespaced)) = self.kinds.by_gvk.get(&(node.api_version.clone(), node.kind.clone())) else { return Ok(()) };
+        let api = self.api_for(ar, *namespaced, &node.namespace);
+        let err = |action, source| Error::Api { action, kind: node.kind.clone(), namespace: node.namespace.clone(), name: node.name.clone(), source };
+        if valid.is_empty() {
+            let foreground = self.graph.lock().expect("graph lock").any_owner_in_foreground(&node);
+            let dp = DeleteParams {
+                propagation_policy: Some(if foreground { PropagationPolicy::Foreground } else { PropagationPolicy::Background }),
+                preconditions: Some(kube::api::Preconditions { uid: Some(node.uid.clone()), resource_version: None }),
+                ..Default::default()
+            };
+            info!(kind = %node.kind, namespace = %node.namespace, name = %node.name, "deleting object whose owners are gone");
+            return match api.delete(&node.name, &dp).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+                Err(e) => Err(err("deleting", e)),
+            };
+        }
+        if !dangling.is_empty() {
+            let removals: Vec<_> = dangling.iter().map(|o| json!({"$patch": "delete", "uid": o.uid})).collect();
+            let patch = json!({"metadata": {"uid": node.uid, "ownerReferences": removals}});
+            return match api.patch(&node.name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+                Err(e) => Err(err("removing dangling owner references of", e)),
+            };
+        }
+        // Every owner is there. An owner deleted in the foreground waits for this dependent.
+        let blocking = self.graph.lock().expect("graph lock").any_owner_in_foreground(&node);
+        if blocking {
+            let dp = DeleteParams::foreground();
+            return match api.delete(&node.name, &dp).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(err("deleting in the foreground", e)),
+            };
+        }
+        Ok(())
+    }
+
+    async fn process_deleting_owner(&self, uid: &str) -> Result<(), Error> {
+        let (node, dependents) = {
+            let g = self.graph.lock().expect("graph lock");
+            let Some(node) = g.get(uid).cloned() else { return Ok(()) };
+            let deps: Vec<Node> = g.dependents(uid).into_iter().cloned().collect();
+            (node, deps)
+        };
+        if !node.deleting {
+            return Ok(());
+        }
+        let Some((ar, namespaced)) = self.kinds.by_gvk.get(&(node.api_version.clone(), node.kind.clone())) else { return Ok(()) };
+        let owner_api = self.api_for(ar, *namespaced, &node.namespace);
+        if node.finalizers.iter().any(|f| f == ORPHAN) {
+            for dep in &dependents {
+                let Some((dar, dns)) = self.kinds.by_gvk.get(&(dep.api_version.clone(), dep.kind.clone())) else { continue };
+                let api = self.api_for(dar, *dns, &dep.namespace);
+                let patch = json!({"metadata": {"uid": dep.uid, "ownerReferences": [{"$patch": "delete", "uid": node.uid}]}});
+                match api.patch(&dep.name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Err(source) => return Err(Error::Api { action: "orphaning", kind: dep.kind.clone(), namespace: dep.namespace.clone(), name: dep.name.clone(), source }),
+                }
+            }
+            return self.remove_finalizer(&owner_api, &node, ORPHAN).await;
+        }
+        if node.finalizers.iter().any(|f| f == FOREGROUND) {
+            if dependents.is_empty() {
+                return self.remove_finalizer(&owner_api, &node, FOREGROUND).await;
+            }
+            for dep in dependents {
+                self.enqueue(Item::AttemptToDelete(dep.uid.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_finalizer(&self, api: &Api<DynamicObject>, node: &Node, finalizer: &str) -> Result<(), Error> {
+        let remaining: Vec<&String> = node.finalizers.iter().filter(|f| *f != finalizer).collect();
+        let patch = json!([
+            {"op": "test", "path": "/metadata/uid", "value": node.uid},
+            {"op": "test", "path": "/metadata/finalizers", "value": node.finalizers},
+            {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
+        ]);
+        debug!(kind = %node.kind, name = %node.name, finalizer, "removing finalizer");
+        match api.patch(&node.name, &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(patch).expect("valid json patch"))).await {
+            Ok(_) => Ok(()),
+            // Changed meanwhile: the watch brings the new state and the item comes back.
+            Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(()),
+            Err(source) => Err(Error::Api { action: "removing finalizer of", kind: node.kind.clone(), namespace: node.namespace.clone(), name: node.name.clone(), source }),
+        }
+    }
+}
+
+/// Runs the garbage collector until `shutdown`.
+pub async fn run(client: Client, shutdown: CancellationToken) -> Result<(), Error> {
+    let discovery = Discovery::new(client.clone()).run().await.map_err(Error::Discovery)?;
+    let mut kinds = Kinds::default();
+    let mut watched = Vec::new();
+    for group in discovery.groups() {
+        for version in group.versions() {
+            for (ar, caps) in group.versioned_resources(version) {
+                let namespaced = caps.scope == Scope::Namespaced;
+                kinds.by_gvk.insert((ar.api_version.clone(), ar.kind.clone()), (ar.clone(), namespaced));
+            }
+        }
+        for (ar, caps) in group.recommended_resources() {
+            if caps.supports_operation(verbs::WATCH) && caps.supports_operation(verbs::DELETE) {
+                watched.push(ar);
+            }
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let collector = Arc::new(Collector { client: client.clone(), graph: Mutex::new(Graph::default()), kinds, queue: tx, pending: Mutex::new(HashSet::new()) });
+    for ar in watched {
+        let c = collector.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(c.client.clone(), &ar);
+            let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+            futures::pin_mut!(stream);
+            let mut listing: Option<HashSet<String>> = None;
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    ev = stream.next() => ev,
+                };
+                let Some(ev) = ev else { return };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        debug!(resource = %ar.plural, error = %e, "watch error");
+                        continue;
+                    }
+                };
+                match ev {
+                    watcher::Event::Init => listing = Some(HashSet::new()),
+                    watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
+                        let node = Node::from_meta(&ar, &obj.metadata);
+                        if let Some(seen) = listing.as_mut() {
+                            seen.insert(node.uid.clone());
+                        }
+                        c.observe(node);
+                    }
+                    watcher::Event::InitDone => {
+                        // Objects that vanished while the watch was down.
+                        if let Some(seen) = listing.take() {
+                            let gone = c.graph.lock().expect("graph lock").missing_of_kind(&ar.api_version, &ar.kind, &seen);
+                            for uid in gone {
+                                c.forget(&uid);
+                            }
+                        }
+                    }
+                    watcher::Event::Delete(obj) => {
+                        if let Some(uid) = obj.metadata.uid.clone() {
+                            c.forget(&uid);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    // A periodic pass keeps the collector level-triggered even if an event was missed.
+    let resync = {
+        let c = collector.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let (owned, deleting) = c.graph.lock().expect("graph lock").resync_items();
+                owned.into_iter().for_each(|u| c.enqueue(Item::AttemptToDelete(u)));
+                deleting.into_iter().for_each(|u| c.enqueue(Item::ProcessDeletingOwner(u)));
+            }
+        })
+    };
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            item = rx.recv() => match item { Some(i) => i, None => break },
+        };
+        collector.pending.lock().expect("pending set lock").remove(&item);
+        let result = match &item {
+            Item::AttemptToDelete(uid) => collector.attempt_to_delete(uid).await,
+            Item::ProcessDeletingOwner(uid) => collector.process_deleting_owner(uid).await,
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "garbage collection step failed; retrying");
+            let c = collector.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                c.enqueue(item);
+            });
+        }
+    }
+    resync.abort();
+    Ok(())
+}
+
+impl Collector {
+    /// Records an object's current state and queues what it calls for.
+    fn observe(&self, node: Node) {
+        let uid = node.uid.clone();
+        let (has_owners, deleting) = (!node.owners.is_empty(), node.deleting && node.has_propagation_finalizer());
+        let released = self.graph.lock().expect("graph lock").upsert(node);
+        if has_owners {
+            self.enqueue(Item::AttemptToDelete(uid.clone()));
+        }
+        if deleting {
+            self.enqueue(Item::ProcessDeletingOwner(uid.clone()));
+            for dep in self.graph.lock().expect("graph lock").dependents(&uid) {
+                self.enqueue(Item::AttemptToDelete(dep.uid.clone()));
+            }
+        }
+        for owner in released {
+            self.enqueue(Item::ProcessDeletingOwner(owner));
+        }
+    }
+
+    /// Removes a deleted object and queues its dependents and deleting owners.
+    fn forget(&self, uid: &str) {
+        let (dependents, owners) = self.graph.lock().expect("graph lock").remove(uid);
+        for d in dependents {
+            self.enqueue(Item::AttemptToDelete(d));
+        }
+        for o in owners {
+            self.enqueue(Item::ProcessDeletingOwner(o));
+        }
+    }
+}
+
+/// The name of an object in logs.
+pub fn describe(obj: &DynamicObject) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
