@@ -66,3 +66,11 @@ def test_api_resources_lists_core_and_apps(kubectl):
         "replicasets.apps",
         "statefulsets.apps",
     }, apps
+
+
+def test_kubectl_api_versions_lists_served_group_versions(kubectl):
+    versions = kubectl("api-versions").stdout.split()
+    assert versions == sorted(versions), versions
+    assert len(versions) == len(set(versions)), versions
+    for expected in ("v1", "apps/v1", "autoscaling/v1", "autoscaling/v2", "batch/v1", "coordination.k8s.io/v1"):
+        assert expected in versions, f"{expected} missing from api-versions: {versions}"

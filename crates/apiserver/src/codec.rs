@@ -20,6 +20,9 @@ pub fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Api
     match media.as_deref() {
         None | Some("") | Some("application/json") | Some("*/*") => decode_json(body),
         Some("application/yaml") | Some("application/x-yaml") | Some("text/yaml") => decode_yaml(body),
+        // kubectl 1.32+ sends built-in objects as protobuf; responses stay JSON, which it accepts.
+        Some(ct) if tug_api::protobuf::is_protobuf_content_type(ct) => tug_api::protobuf::decode_request_body(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding protobuf request body: {e}"))),
         Some(other) => Err(ApiError::unsupported_media_type(other)),
     }
 }

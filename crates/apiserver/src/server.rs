@@ -250,7 +250,10 @@ impl ApiServer {
             Route::ResourceList { group, version } => discovery::resource_list(&self.registry, &group, &version)
                 .map(|d| response::json(200, &d))
                 .ok_or_else(ApiError::path_not_found),
-            Route::OpenApiV2 => Err(ApiError::not_acceptable("application/com.github.proto-openapi.spec.v2@v1.0+protobuf")),
+            Route::OpenApiV2 => {
+                let if_none_match = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+                openapi::v2::serve(self, accept_header.as_deref(), if_none_match).await
+            }
             Route::OpenApiV3Root => Ok(response::json(200, &openapi::root(&self.registry))),
             Route::OpenApiV3 { group, version } => openapi::group_version(self, &group, &version).map(|d| response::json(200, &d)),
             Route::NotFound => Err(ApiError::path_not_found()),

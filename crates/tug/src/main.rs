@@ -1,6 +1,7 @@
 //! `tug`: Kubernetes in one binary. This file parses the command line and wires the concrete
 //! components together; the components themselves live in their crates.
 
+mod bench;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -25,12 +26,21 @@ enum Command {
     /// kubeconfig at DATA_DIR/kubeconfig.yaml and the datastore at DATA_DIR/db/state.db; later
     /// starts reuse them.
     Server(server::ServerArgs),
+    /// Measure a component's throughput, latency and memory against a baseline.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run the controller manager alone against a cluster's API server.
     ControllerManager {
         /// The kubeconfig to reach the API server with.
         #[arg(long)]
         kubeconfig: std::path::PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// The API server: creates, gets, lists and watch fan-out against the raw store.
+    Apiserver(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +56,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Bench(BenchCommand::Apiserver(args)) => bench::run(args).await,
             Command::ControllerManager { kubeconfig } => {
                 let client = client_from_kubeconfig(&kubeconfig).await?;
                 let shutdown = tokio_util::sync::CancellationToken::new();

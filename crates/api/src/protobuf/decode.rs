@@ -11,9 +11,9 @@ use super::table::{Field, FieldType, Message, Scalar, Shape, Table};
 use super::well_known;
 use super::wire::{Reader, WireValue, for_each_field, payload, wrong_wire_type};
 
-/// How deep messages may nest. The deepest built-in objects nest about twenty levels (a pod
-/// template's volume projections, a `RawExtension` holding another object); the limit only
-/// guards the stack against hostile bodies.
+/// How deep messages may nest. Built-in objects nest fewer than twenty levels (a deployment's
+/// pod affinity terms, a pod template's projected volumes), a few more with a `RawExtension`
+/// holding another object; the limit only guards the stack against hostile bodies.
 pub(crate) const MAX_DEPTH: usize = 100;
 
 /// What the wire said about one field while its message is read.

@@ -9,8 +9,8 @@
 //! A body is upstream's envelope (`k8s.io/apimachinery/pkg/runtime/serializer/protobuf`): the
 //! four bytes `k8s\0`, then a `runtime.Unknown` message whose `typeMeta` names the apiVersion and
 //! kind and whose `raw` holds the object's own message. The object is decoded by a generic reader
-//! of the protobuf wire format ([`wire`]) driven by a table of every message of the served groups
-//! ([`table`], data in `messages.txt`). The JSON follows what Go's `encoding/json` writes for the
+//! of the protobuf wire format (`wire`) driven by a table of every message of the served groups
+//! (`table`, data in `messages.txt`). The JSON follows what Go's `encoding/json` writes for the
 //! decoded Go struct:
 //!
 //! - fields are named and ordered as the Go struct's json tags say; embedded `json:",inline"`
@@ -21,10 +21,11 @@
 //!   (`namespace: ""`, `generation: 0`); repeated fields and maps absent from the wire are absent;
 //! - `bytes` become base64 strings, map keys are sorted, and the types with their own JSON form
 //!   (`Time`, `MicroTime`, `Duration`, `Quantity`, `IntOrString`, `RawExtension`, `Unknown`,
-//!   `FieldsV1`) are written as their Go `MarshalJSON` writes them ([`well_known`]).
+//!   `FieldsV1`) are written as their Go `MarshalJSON` writes them (`well_known`).
 //!
 //! Fields the table does not know are skipped, as upstream's generated code skips them. Nothing
-//! here panics on any input: every read is bounds-checked and nesting is limited.
+//! here panics on any input: every read is bounds-checked and nesting is limited. Only decoding
+//! is here: responses stay JSON, which every client accepts.
 
 mod decode;
 mod envelope;
@@ -56,7 +57,8 @@ pub fn decode_request_body(body: &[u8]) -> Result<Value, ProtobufError> {
 
 /// Why a protobuf body could not be decoded. Messages follow upstream's (the serializer's, the
 /// scheme's and the generated `Unmarshal` code's), with the JSON path of the field at fault
-/// appended where there is one (`at spec.template.spec.containers[0].ports[0]`).
+/// appended where there is one (`at spec.template.spec.containers[0].ports[0]`). Upstream's
+/// handlers answer every body that fails to decode with 400 `BadRequest`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtobufError {
     #[error("empty data")]

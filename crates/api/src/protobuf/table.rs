@@ -190,6 +190,7 @@ impl Table {
         };
         // Field types may name messages defined further down, so the first pass only names
         // every message (line number, package, the line) and the second reads their fields.
+        // Both passes number the messages in file order, so `by_name` indexes `messages`.
         let mut lines: Vec<(usize, &'static str, &'static str)> = Vec::new();
         let mut package: Option<&'static str> = None;
         for (line_index, line) in text.lines().enumerate() {

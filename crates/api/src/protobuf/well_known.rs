@@ -234,7 +234,7 @@ fn raw_extension(table: &Table, data: &[u8], depth: usize) -> Result<Value, Prot
     if raw.starts_with(&envelope::MAGIC) {
         // A typed object a protobuf client embedded as protobuf: a JSON client would have
         // embedded its JSON.
-        return envelope::decode(table, raw, depth + 1).map_err(|e| e.within("raw"));
+        return envelope::decode(table, raw, depth + 1);
     }
     parse_json("RawExtension", raw)
 }

@@ -6,6 +6,8 @@
 //! schemas' descriptions, and field validation is delegated to the server when PATCH accepts a
 //! `fieldValidation` parameter.
 
+pub mod v2;
+
 use std::collections::{BTreeSet, VecDeque};
 
 use serde_json::{Map, Value, json};

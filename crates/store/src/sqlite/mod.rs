@@ -52,7 +52,11 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { readers: 4, watch_buffer: DEFAULT_WATCH_BUFFER, max_batch: 512 }
+        Self {
+            readers: 4,
+            watch_buffer: DEFAULT_WATCH_BUFFER,
+            max_batch: 512,
+        }
     }
 }
 
@@ -98,7 +102,12 @@ impl SqliteStore {
             max_batch: options.max_batch,
         })?;
         let readers = Arc::new(ReadPool::new(PathBuf::from(path), label, options.readers));
-        Ok(SqliteStore { readers, writer: Some(writer), events, committed })
+        Ok(SqliteStore {
+            readers,
+            writer: Some(writer),
+            events,
+            committed,
+        })
     }
 
     /// Hands `request` to the writer and waits until it is durable (or refused).
@@ -107,7 +116,10 @@ impl SqliteStore {
         request: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer.as_ref().ok_or(StoreError::Closed)?.send(request(reply))?;
+        self.writer
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(request(reply))?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -131,17 +143,22 @@ impl Store for SqliteStore {
 
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StoreError> {
         let prefix = prefix.to_owned();
-        self.readers.read(move |snapshot| snapshot.list(&prefix, &opts)).await
+        self.readers
+            .read(move |snapshot| snapshot.list(&prefix, &opts))
+            .await
     }
 
     async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
         let prefix = prefix.to_owned();
-        self.readers.read(move |snapshot| snapshot.count(&prefix)).await
+        self.readers
+            .read(move |snapshot| snapshot.count(&prefix))
+            .await
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
         let key = key.to_owned();
-        self.write(|reply| Request::Create { key, value, reply }).await
+        self.write(|reply| Request::Create { key, value, reply })
+            .await
     }
 
     async fn update(
@@ -151,12 +168,23 @@ impl Store for SqliteStore {
         expected: Revision,
     ) -> Result<Revision, StoreError> {
         let key = key.to_owned();
-        self.write(|reply| Request::Update { key, value, expected, reply }).await
+        self.write(|reply| Request::Update {
+            key,
+            value,
+            expected,
+            reply,
+        })
+        .await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
         let key = key.to_owned();
-        self.write(|reply| Request::Delete { key, expected, reply }).await
+        self.write(|reply| Request::Delete {
+            key,
+            expected,
+            reply,
+        })
+        .await
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
@@ -184,11 +212,17 @@ impl Store for SqliteStore {
             upto: snapshot,
             buffered: first.into_iter(),
         };
-        Ok(watch::follow(replay.into_stream(), live, prefix.to_owned(), after.max(snapshot)))
+        Ok(watch::follow(
+            replay.into_stream(),
+            live,
+            prefix.to_owned(),
+            after.max(snapshot),
+        ))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.write(|reply| Request::Compact { revision, reply }).await
+        self.write(|reply| Request::Compact { revision, reply })
+            .await
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {

@@ -61,10 +61,14 @@ pub(super) struct Meta {
 /// Maps an error from SQLite about the file at `label`; damage becomes [`StoreError::Corrupt`].
 pub(super) fn sqlite_error(label: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| match source.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            StoreError::Corrupt { path: label.to_owned(), reason: source.to_string() }
-        }
-        _ => StoreError::Sqlite { path: label.to_owned(), source },
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: label.to_owned(),
+            reason: source.to_string(),
+        },
+        _ => StoreError::Sqlite {
+            path: label.to_owned(),
+            source,
+        },
     }
 }
 
@@ -83,15 +87,17 @@ pub(super) fn open_writer(path: &Path, label: &str) -> Result<(Connection, Meta)
 
     // Durability: every commit waits for the WAL to reach the disk, so an acknowledged write
     // survives a crash or power loss. WAL lets readers proceed while the writer commits.
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0)).map_err(&err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+        .map_err(&err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt {
             path: label.to_owned(),
             reason: format!("cannot switch to write-ahead logging (journal mode is {mode})"),
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(&err)?;
 
     if fresh {
         let tx = conn.transaction().map_err(&err)?;
@@ -99,9 +105,16 @@ pub(super) fn open_writer(path: &Path, label: &str) -> Result<(Connection, Meta)
         tx.commit().map_err(&err)?;
     }
     let meta = conn
-        .query_row("SELECT revision, compacted FROM meta WHERE id = 1", [], |row| {
-            Ok(Meta { revision: row.get(0)?, compacted: row.get(1)? })
-        })
+        .query_row(
+            "SELECT revision, compacted FROM meta WHERE id = 1",
+            [],
+            |row| {
+                Ok(Meta {
+                    revision: row.get(0)?,
+                    compacted: row.get(1)?,
+                })
+            },
+        )
         .map_err(&err)?;
     Ok((conn, meta))
 }
@@ -120,8 +133,11 @@ pub(super) fn open_reader(path: &Path, label: &str) -> Result<Connection, StoreE
 fn quick_check(conn: &Connection, label: &str) -> Result<(), StoreError> {
     let err = sqlite_error(label);
     let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(&err)?;
-    let findings: Vec<String> =
-        stmt.query_map([], |row| row.get(0)).map_err(&err)?.collect::<Result<_, _>>().map_err(&err)?;
+    let findings: Vec<String> = stmt
+        .query_map([], |row| row.get(0))
+        .map_err(&err)?
+        .collect::<Result<_, _>>()
+        .map_err(&err)?;
     match findings.as_slice() {
         [ok] if ok == "ok" => Ok(()),
         _ => Err(StoreError::Corrupt {
@@ -134,14 +150,21 @@ fn quick_check(conn: &Connection, label: &str) -> Result<(), StoreError> {
 /// Tells a new empty file (`true`) from an existing Tugboat store (`false`); refuses the rest.
 fn identify(conn: &Connection, label: &str) -> Result<bool, StoreError> {
     let err = sqlite_error(label);
-    let application_id: i32 =
-        conn.pragma_query_value(None, "application_id", |row| row.get(0)).map_err(&err)?;
-    let version: i32 =
-        conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(&err)?;
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(&err)?;
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(&err)?;
     let objects: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
         .map_err(&err)?;
-    let refuse = |reason: String| Err(StoreError::Corrupt { path: label.to_owned(), reason });
+    let refuse = |reason: String| {
+        Err(StoreError::Corrupt {
+            path: label.to_owned(),
+            reason,
+        })
+    };
     match (application_id, objects) {
         (0, 0) => Ok(true),
         (APPLICATION_ID, _) if version == SCHEMA_VERSION => Ok(false),

@@ -24,10 +24,26 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// A write waiting for the writer, with where to send its answer.
 pub(super) enum Request {
-    Create { key: String, value: Bytes, reply: Reply<Revision> },
-    Update { key: String, value: Bytes, expected: Revision, reply: Reply<Revision> },
-    Delete { key: String, expected: Option<Revision>, reply: Reply<KeyValue> },
-    Compact { revision: Revision, reply: Reply<()> },
+    Create {
+        key: String,
+        value: Bytes,
+        reply: Reply<Revision>,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+        reply: Reply<Revision>,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+        reply: Reply<KeyValue>,
+    },
+    Compact {
+        revision: Revision,
+        reply: Reply<()>,
+    },
 }
 
 impl Request {
@@ -87,7 +103,10 @@ impl WriterHandle {
         let thread = std::thread::Builder::new()
             .name("tug-store-writer".into())
             .spawn(move || writer.run(inbox))
-            .map_err(|source| StoreError::WriterThread { path: label, source })?;
+            .map_err(|source| StoreError::WriterThread {
+                path: label,
+                source,
+            })?;
         Ok(Self { requests, thread })
     }
 
@@ -156,7 +175,11 @@ struct Applied<T> {
 
 impl<T> Applied<T> {
     fn answer(answer: T) -> Self {
-        Self { answer, event: None, compacted: None }
+        Self {
+            answer,
+            event: None,
+            compacted: None,
+        }
     }
 }
 
@@ -189,9 +212,15 @@ impl Writer {
 
     fn write_group(&mut self, batch: Vec<Request>) {
         let size = batch.len();
-        let mut group =
-            Group { revision: self.revision, compacted: self.compacted, events: Vec::new() };
-        let mut tx = match self.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let mut group = Group {
+            revision: self.revision,
+            compacted: self.compacted,
+            events: Vec::new(),
+        };
+        let mut tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(source) => {
                 let source = Arc::new(source);
@@ -201,8 +230,10 @@ impl Writer {
                 return;
             }
         };
-        let answers: Vec<Answer> =
-            batch.into_iter().map(|r| apply(&mut tx, &self.label, &mut group, r)).collect();
+        let answers: Vec<Answer> = batch
+            .into_iter()
+            .map(|r| apply(&mut tx, &self.label, &mut group, r))
+            .collect();
 
         let changed = group.revision != self.revision || group.compacted != self.compacted;
         let committed = if changed {
@@ -220,7 +251,9 @@ impl Writer {
             tracing::error!(path = %self.label, error = %source, size, "store commit failed");
             let source = Arc::new(source);
             for answer in answers {
-                answer.into_request_failure(commit_failed(&self.label, &source)).send();
+                answer
+                    .into_request_failure(commit_failed(&self.label, &source))
+                    .send();
             }
             return;
         }
@@ -230,8 +263,12 @@ impl Writer {
         self.compacted = group.compacted;
         // Publish the revisions before the events: a watcher that reads the current revision
         // as "now" must not find it older than an event it already missed.
-        self.committed.revision.store(self.revision, Ordering::Release);
-        self.committed.compacted.store(self.compacted, Ordering::Release);
+        self.committed
+            .revision
+            .store(self.revision, Ordering::Release);
+        self.committed
+            .compacted
+            .store(self.compacted, Ordering::Release);
         for event in group.events {
             // No receivers is not an error: nobody is watching.
             let _ = self.events.send(Arc::new(event));
@@ -243,7 +280,10 @@ impl Writer {
 }
 
 fn commit_failed(label: &str, source: &Arc<rusqlite::Error>) -> StoreError {
-    StoreError::CommitFailed { path: label.to_owned(), source: Arc::clone(source) }
+    StoreError::CommitFailed {
+        path: label.to_owned(),
+        source: Arc::clone(source),
+    }
 }
 
 /// Applies one request inside its own savepoint, so its failure undoes only its own changes.
@@ -254,19 +294,30 @@ fn apply(tx: &mut Transaction<'_>, label: &str, group: &mut Group, request: Requ
             let result = isolated(tx, label, group, |conn| create(conn, next, key, value));
             Answer::Revision(reply, result)
         }
-        Request::Update { key, value, expected, reply } => {
-            let result =
-                isolated(tx, label, group, |conn| update(conn, next, key, value, expected));
+        Request::Update {
+            key,
+            value,
+            expected,
+            reply,
+        } => {
+            let result = isolated(tx, label, group, |conn| {
+                update(conn, next, key, value, expected)
+            });
             Answer::Revision(reply, result)
         }
-        Request::Delete { key, expected, reply } => {
+        Request::Delete {
+            key,
+            expected,
+            reply,
+        } => {
             let result = isolated(tx, label, group, |conn| delete(conn, next, key, expected));
             Answer::Deleted(reply, result)
         }
         Request::Compact { revision, reply } => {
             let (current, compacted) = (group.revision, group.compacted);
-            let result =
-                isolated(tx, label, group, |conn| compact(conn, current, compacted, revision));
+            let result = isolated(tx, label, group, |conn| {
+                compact(conn, current, compacted, revision)
+            });
             Answer::Compacted(reply, result)
         }
     }
@@ -340,7 +391,14 @@ fn append_log(
         "INSERT INTO log (rev, key, value, create_rev, prev_rev, deleted)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![revision, key, value, create_revision, prev_revision, value.is_none()])?;
+    .execute(params![
+        revision,
+        key,
+        value,
+        create_revision,
+        prev_revision,
+        value.is_none()
+    ])?;
     Ok(())
 }
 
@@ -358,9 +416,22 @@ fn create(
     )?
     .execute(params![key, &value[..], revision])?;
     append_log(conn, revision, &key, Some(&value), revision, None)?;
-    let kv = KeyValue { key, value, create_revision: revision, mod_revision: revision };
-    let event = WatchEvent { kind: EventKind::Put, kv, prev: None };
-    Ok(Applied { answer: revision, event: Some(event), compacted: None })
+    let kv = KeyValue {
+        key,
+        value,
+        create_revision: revision,
+        mod_revision: revision,
+    };
+    let event = WatchEvent {
+        kind: EventKind::Put,
+        kv,
+        prev: None,
+    };
+    Ok(Applied {
+        answer: revision,
+        event: Some(event),
+        compacted: None,
+    })
 }
 
 fn update(
@@ -374,10 +445,30 @@ fn update(
     let prev = rules::check_expected(found, Some(expected))?;
     conn.prepare_cached("UPDATE kv SET value = ?2, mod_rev = ?3 WHERE key = ?1")?
         .execute(params![key, &value[..], revision])?;
-    append_log(conn, revision, &key, Some(&value), prev.create_revision, Some(prev.mod_revision))?;
-    let kv = KeyValue { key, value, create_revision: prev.create_revision, mod_revision: revision };
-    let event = WatchEvent { kind: EventKind::Put, kv, prev: Some(prev) };
-    Ok(Applied { answer: revision, event: Some(event), compacted: None })
+    append_log(
+        conn,
+        revision,
+        &key,
+        Some(&value),
+        prev.create_revision,
+        Some(prev.mod_revision),
+    )?;
+    let kv = KeyValue {
+        key,
+        value,
+        create_revision: prev.create_revision,
+        mod_revision: revision,
+    };
+    let event = WatchEvent {
+        kind: EventKind::Put,
+        kv,
+        prev: Some(prev),
+    };
+    Ok(Applied {
+        answer: revision,
+        event: Some(event),
+        compacted: None,
+    })
 }
 
 fn delete(
@@ -388,11 +479,30 @@ fn delete(
 ) -> Result<Applied<KeyValue>, OpError> {
     let found = current(conn, &key)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
     let prev = rules::check_expected(found, expected)?;
-    conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([&key])?;
-    append_log(conn, revision, &key, None, prev.create_revision, Some(prev.mod_revision))?;
-    let deleted = KeyValue { mod_revision: revision, ..prev.clone() };
-    let event = WatchEvent { kind: EventKind::Delete, kv: deleted.clone(), prev: Some(prev) };
-    Ok(Applied { answer: deleted, event: Some(event), compacted: None })
+    conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?
+        .execute([&key])?;
+    append_log(
+        conn,
+        revision,
+        &key,
+        None,
+        prev.create_revision,
+        Some(prev.mod_revision),
+    )?;
+    let deleted = KeyValue {
+        mod_revision: revision,
+        ..prev.clone()
+    };
+    let event = WatchEvent {
+        kind: EventKind::Delete,
+        kv: deleted.clone(),
+        prev: Some(prev),
+    };
+    Ok(Applied {
+        answer: deleted,
+        event: Some(event),
+        compacted: None,
+    })
 }
 
 /// Deletes the history no read at `target` or later can need.
@@ -418,5 +528,9 @@ fn compact(
     .execute(params![compacted, target])?;
     conn.prepare_cached("DELETE FROM log WHERE rev > ?1 AND rev <= ?2 AND deleted = 1")?
         .execute(params![compacted, target])?;
-    Ok(Applied { answer: (), event: None, compacted: Some(target) })
+    Ok(Applied {
+        answer: (),
+        event: None,
+        compacted: Some(target),
+    })
 }

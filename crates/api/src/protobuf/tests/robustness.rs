@@ -99,7 +99,7 @@ fn deeply_nested_envelopes_stop_at_the_depth_limit() {
     assert!(matches!(err, ProtobufError::TooDeep { .. }), "{err}");
     assert!(
         err.to_string()
-            .starts_with("object nesting exceeds 100 levels at items[0].raw.items[0].raw")
+            .starts_with("object nesting exceeds 100 levels at items[0].items[0].items[0]")
     );
 }
 

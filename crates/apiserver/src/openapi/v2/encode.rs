@@ -261,7 +261,7 @@ const PRIMITIVES_ITEMS: SubSchemaNumbers = SubSchemaNumbers {
 };
 
 fn sub_schema(w: &mut Writer, p: &Map<String, Value>, n: &SubSchemaNumbers) {
-    let mut opt_string = |field: Option<u32>, key: &str, w: &mut Writer| {
+    let opt_string = |field: Option<u32>, key: &str, w: &mut Writer| {
         if let Some(field) = field {
             w.string(field, str_of(p, key));
         }

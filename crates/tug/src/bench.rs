@@ -1,0 +1,265 @@
+//! `tug bench apiserver`: the API server's throughput, latency and memory, each measured
+//! against a baseline taken in the same run.
+//!
+//! It starts a real `tug server` (this binary, re-executed) on a fresh data directory, reads its
+//! idle RSS, and drives it over HTTPS with a kube-rs client: creates, gets and lists with 1, 16
+//! and 64 concurrent clients, and the events per second 100 watchers receive. The baseline is
+//! the raw create rate of the same store backend (SQLite in a separate directory, same
+//! machine, same moment), so the ratio says what the API layer costs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use tokio::sync::Barrier;
+
+/// Flags of `tug bench apiserver`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Objects created per client-count run.
+    #[arg(long, default_value_t = 2000)]
+    pub creates: usize,
+    /// Requests per get and list run.
+    #[arg(long, default_value_t = 2000)]
+    pub reads: usize,
+    /// Events created for the watch fan-out run.
+    #[arg(long, default_value_t = 200)]
+    pub watch_events: usize,
+    /// Watchers in the fan-out run.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+}
+
+struct Sample {
+    ops: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn pct(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        if l.is_empty() {
+            return Duration::ZERO;
+        }
+        l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1]
+    }
+
+    fn line(&self, what: &str, clients: usize) -> String {
+        format!(
+            "| {what} | {clients} | {:.0}/s | {:.2} ms | {:.2} ms |",
+            self.rate(),
+            self.pct(0.50).as_secs_f64() * 1e3,
+            self.pct(0.99).as_secs_f64() * 1e3
+        )
+    }
+}
+
+fn config_map(name: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta { name: Some(name), labels: Some(BTreeMap::from([("bench".into(), "yes".into())])), ..Default::default() },
+        data: Some(BTreeMap::from([("payload".into(), "x".repeat(1000))])),
+        ..Default::default()
+    }
+}
+
+/// Runs `total` operations from `clients` concurrent tasks; `op(i)` performs operation `i`.
+async fn drive<F, Fut>(clients: usize, total: usize, op: F) -> anyhow::Result<Sample>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut lat = Vec::new();
+            let mut i = c;
+            while i < total {
+                let t = Instant::now();
+                op(i).await?;
+                lat.push(t.elapsed());
+                i += clients;
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(total);
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Sample { ops: total, elapsed: start.elapsed(), latencies })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn raw_store_baseline(dir: &Path, clients: usize, total: usize) -> anyhow::Result<tug_store::bench::BenchReport> {
+    let path = dir.join(format!("raw-{clients}.db"));
+    let store = tokio::task::spawn_blocking(move || tug_store::sqlite::SqliteStore::open(&path)).await??;
+    Ok(tug_store::bench::bench_raw_creates(Arc::new(store), clients, total).await)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("tug-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let data = tmp.join("server");
+    let port = free_port()?;
+    let exe = std::env::current_exe().context("finding the tug binary")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1", "--https-listen-port", &port.to_string(), "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting tug server")?;
+    let pid = child.id().context("server pid")?;
+    let kubeconfig = data.join("kubeconfig.yaml");
+    let started = Instant::now();
+    let client = loop {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("tug server did not become ready within 30 s");
+        }
+        if kubeconfig.exists()
+            && let Ok(c) = crate::client_from_kubeconfig(&kubeconfig).await
+            && c.apiserver_version().await.is_ok()
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Let the controllers settle before reading the idle footprint.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rss = rss_kib(pid).unwrap_or(0);
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let mut out = Vec::new();
+    out.push("| operation | clients | rate | p50 | p99 |".to_string());
+    out.push("|---|---|---|---|---|".to_string());
+    let mut ratios = Vec::new();
+    for clients in [1usize, 16, 64] {
+        let raw = raw_store_baseline(&tmp, clients, args.creates).await?;
+        out.push(format!(
+            "| raw SQLite store create (baseline) | {clients} | {:.0}/s | {:.2} ms | {:.2} ms |",
+            raw.ops_per_sec,
+            raw.p50.as_secs_f64() * 1e3,
+            raw.p99.as_secs_f64() * 1e3
+        ));
+        let ns = format!("bench-{clients}");
+        ns_api
+            .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() })
+            .await?;
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let a = api.clone();
+        let create = drive(clients, args.creates, move |i| {
+            let a = a.clone();
+            async move {
+                a.create(&PostParams::default(), &config_map(format!("cm-{i}"))).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        out.push(create.line("API create (ConfigMap, 1 KiB)", clients));
+        ratios.push((clients, create.rate() / raw.ops_per_sec, create.pct(0.99)));
+        let a = api.clone();
+        let creates = args.creates;
+        let get = drive(clients, args.reads, move |i| {
+            let a = a.clone();
+            async move {
+                a.get(&format!("cm-{}", i % creates)).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        out.push(get.line("API get", clients));
+        let a = api.clone();
+        let list = drive(clients, args.reads / 10, move |_| {
+            let a = a.clone();
+            async move {
+                a.list(&ListParams::default().limit(100)).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        out.push(list.line("API list (100 per page)", clients));
+    }
+    // Watch fan-out.
+    let ns = "bench-watch".to_string();
+    ns_api
+        .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() })
+        .await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let rv = api.list(&ListParams::default().limit(1)).await?.metadata.resource_version.unwrap_or_default();
+    let expected = args.watch_events;
+    let mut watchers = Vec::new();
+    for _ in 0..args.watchers {
+        let mut stream = api.watch(&WatchParams::default(), &rv).await?.boxed();
+        watchers.push(tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < expected {
+                match stream.next().await {
+                    Some(Ok(WatchEvent::Added(_))) => seen += 1,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(anyhow::anyhow!(e)),
+                    None => bail!("watch ended after {seen} events"),
+                }
+            }
+            Ok(Instant::now())
+        }));
+    }
+    let start = Instant::now();
+    for i in 0..expected {
+        api.create(&PostParams::default(), &config_map(format!("w-{i}"))).await?;
+    }
+    let mut last = start;
+    for w in watchers {
+        last = last.max(w.await??);
+    }
+    let delivered = expected * args.watchers;
+    let fanout = delivered as f64 / (last - start).as_secs_f64();
+    let busy_rss = rss_kib(pid).unwrap_or(0);
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    println!("tug bench apiserver: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), jiff::Timestamp::now());
+    println!();
+    for l in &out {
+        println!("{l}");
+    }
+    println!();
+    println!("watch fan-out: {delivered} events to {} watchers in {:.2} s = {fanout:.0} events/s", args.watchers, (last - start).as_secs_f64());
+    for (clients, ratio, p99) in ratios {
+        println!(
+            "API create rate / raw store create rate at {clients} clients: {:.0}%  (p99 create {:.2} ms)",
+            ratio * 100.0,
+            p99.as_secs_f64() * 1e3
+        );
+    }
+    println!("server RSS: idle {:.1} MiB, after the run {:.1} MiB", idle_rss as f64 / 1024.0, busy_rss as f64 / 1024.0);
+    Ok(())
+}
