@@ -204,13 +204,14 @@ def test_kubectl_get_all_namespaces(kubectl, tug, namespace, make_namespace):
 
 def test_kubectl_get_watch_prints_changes_as_they_happen(kubectl, tug, namespace):
     collection = f"/api/v1/namespaces/{namespace}/configmaps"
-    tug.create(collection, configmap("first"))
+    # The label keeps out objects that controllers may add to the namespace (kube-root-ca.crt).
+    tug.create(collection, configmap("first", {"e2e": "watch"}))
 
-    with kubectl.start("get", "configmaps", "-n", namespace, "--watch") as watch:
+    with kubectl.start("get", "configmaps", "-n", namespace, "-l", "e2e=watch", "--watch") as watch:
         assert watch.next_line().split() == ["NAME", "DATA", "AGE"]
         assert watch.next_line().split()[:2] == ["first", "0"]
 
-        tug.create(collection, configmap("second", data={"a": "1"}))
+        tug.create(collection, configmap("second", {"e2e": "watch"}, {"a": "1"}))
         assert watch.next_line().split()[:2] == ["second", "1"]
 
         patched = tug.request(

@@ -152,3 +152,54 @@ def test_python_client_watch_resumes_from_resource_version(kube_client, namespac
     v1.delete_namespaced_config_map("b", namespace)
     after_list = watch_from(listed.metadata.resource_version, 1)
     assert [(kind, name) for kind, name, _ in after_list] == [("DELETED", "b")], after_list
+
+
+def test_python_client_list_paging_with_label_selectors(kube_client, namespace):
+    v1 = client.CoreV1Api(kube_client)
+    for i in range(30):
+        labels = {"e2e": "selected-paging", "parity": "odd" if i % 2 else "even", "third": str(i % 3)}
+        v1.create_namespaced_config_map(namespace, configmap(f"cm-{i:02d}", labels, {}))
+
+    def pages(limit: int, label_selector: str, field_selector: str | None = None):
+        """Every page of the list: ([names on each page], [list metadata of each page])."""
+        names, metas, token = [], [], None
+        while True:
+            page = v1.list_namespaced_config_map(
+                namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                limit=limit,
+                _continue=token,
+            )
+            names.append([item.metadata.name for item in page.items])
+            metas.append(page.metadata)
+            token = continue_token(page.metadata)
+            if not token:
+                return names, metas
+            assert len(names) < 20, f"continue tokens never end: {names}"
+
+    # Only the matching objects count towards a page: every page but the last is full.
+    odd, metas = pages(4, "e2e=selected-paging,parity=odd")
+    assert [len(page) for page in odd] == [4, 4, 4, 3], odd
+    assert sum(odd, []) == [f"cm-{i:02d}" for i in range(1, 30, 2)]
+    # With a selector the server cannot know how many remain, so it does not say.
+    assert all(meta.remaining_item_count is None for meta in metas), metas
+
+    # Set-based requirements and != across pages.
+    chosen, _ = pages(3, "e2e=selected-paging,third in (0,1),parity!=odd")
+    assert [len(page) for page in chosen] == [3, 3, 3, 1], chosen
+    assert sum(chosen, []) == [f"cm-{i:02d}" for i in range(30) if i % 2 == 0 and i % 3 in (0, 1)]
+
+    # A label and a field selector together.
+    both, _ = pages(5, "e2e=selected-paging,third=2", field_selector="metadata.name!=cm-02")
+    assert sum(both, []) == [f"cm-{i:02d}" for i in range(30) if i % 3 == 2 and i != 2]
+
+    # Nothing matches: one empty page, no continue token.
+    nothing, _ = pages(5, "e2e=selected-paging,parity=neither")
+    assert nothing == [[]]
+
+    # Without a selector a page says how many items follow it.
+    total = len(v1.list_namespaced_config_map(namespace).items)
+    first = v1.list_namespaced_config_map(namespace, limit=10)
+    assert len(first.items) == 10
+    assert first.metadata.remaining_item_count == total - 10

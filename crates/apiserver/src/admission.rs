@@ -115,11 +115,19 @@ impl ApiServer {
             Some(kv) => {
                 let nsobj = codec::decode_stored(&kv)?;
                 if is_deleting(&nsobj) || nsobj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
-                    return Err(ApiError::forbidden(
+                    let mut e = ApiError::forbidden(
                         rt.subject(),
                         name,
                         format_args!("unable to create new content in namespace {ns} because it is being terminated"),
-                    ));
+                    );
+                    if let Some(d) = e.details.as_mut() {
+                        d.causes.push(tug_api::status::Cause {
+                            reason: "NamespaceTerminating".into(),
+                            message: format!("namespace {ns} is being terminated"),
+                            field: Some("metadata.namespace".into()),
+                        });
+                    }
+                    return Err(e);
                 }
                 Ok(())
             }
@@ -128,6 +136,25 @@ impl ApiServer {
 
     /// Gives a Service its cluster IP and node ports (keeping those it already has on update).
     async fn allocate_service(&self, svc: &mut Value, old: Option<&Value>, dry_run: bool) -> Result<(), ApiError> {
+        let mut claimed = Claims::default();
+        let result = self.allocate_service_inner(svc, old, dry_run, &mut claimed).await;
+        if result.is_err() {
+            // Give back what this call took before it failed.
+            let owner = owner_of(svc);
+            if let Some(ip) = claimed.ip {
+                self.release_ip(ip, &owner).await;
+            }
+            for port in claimed.ports {
+                self.release_node_port(port, &owner).await;
+            }
+        }
+        result
+    }
+
+    async fn allocate_service_inner(&self, svc: &mut Value, old: Option<&Value>, dry_run: bool, claimed: &mut Claims) -> Result<(), ApiError> {
+        if let Some(old) = old {
+            keep_allocated_values(svc, old);
+        }
         let name = svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
         let kind = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
         let owner = owner_of(svc);
@@ -153,12 +180,17 @@ impl ApiServer {
                 if !dry_run && !self.claim_ip(ip, &owner).await? {
                     return Err(invalid_service(&name, "clusterIPs", &requested, &format!("failed to allocate IP {requested}: provided IP is already allocated")));
                 }
+                if !dry_run {
+                    claimed.ip = Some(ip);
+                }
                 requested
             } else if dry_run {
                 // A dry run shows the shape of the result without taking an address.
                 self.options.service_cidr.nth(2).to_string()
             } else {
-                self.allocate_ip(&owner).await?.to_string()
+                let ip = self.allocate_ip(&owner).await?;
+                claimed.ip = Some(ip);
+                ip.to_string()
             };
             svc["spec"]["clusterIP"] = json!(ip);
             svc["spec"]["clusterIPs"] = json!([ip]);
@@ -194,14 +226,19 @@ impl ApiServer {
                         )));
                     }
                     let port = requested as u16;
-                    if !old_ports.contains(&port) && !dry_run && !self.claim_node_port(port, &owner).await? {
-                        return Err(invalid_node_port(&name, i, requested, "provided port is already allocated"));
+                    if !old_ports.contains(&port) && !dry_run {
+                        if !self.claim_node_port(port, &owner).await? {
+                            return Err(invalid_node_port(&name, i, requested, "provided port is already allocated"));
+                        }
+                        claimed.ports.push(port);
                     }
                     port
                 } else if dry_run {
                     self.options.node_port_range.0
                 } else {
-                    self.allocate_node_port(&owner).await?
+                    let port = self.allocate_node_port(&owner).await?;
+                    claimed.ports.push(port);
+                    port
                 };
                 p["nodePort"] = json!(port);
                 kept.push(port);
@@ -314,6 +351,38 @@ impl ApiServer {
     }
 }
 
+/// What one allocation call took, to give back if it fails.
+#[derive(Default)]
+struct Claims {
+    ip: Option<Ipv4Addr>,
+    ports: Vec<u16>,
+}
+
+/// Upstream's `patchAllocatedValues`: an update that leaves out the cluster IP or a port's node
+/// port keeps the ones already allocated (ports matched by number and protocol).
+fn keep_allocated_values(svc: &mut Value, old: &Value) {
+    let new_type = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    if new_type != "ExternalName" && svc.pointer("/spec/clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
+        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if let Some(v) = old.pointer(&format!("/spec/{f}")) {
+                svc["spec"][f] = v.clone();
+            }
+        }
+    }
+    let old_ports = old.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            if p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                continue;
+            }
+            let same = old_ports.iter().find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"));
+            if let Some(np) = same.and_then(|o| o.get("nodePort")).filter(|v| v.as_i64().unwrap_or(0) != 0) {
+                p["nodePort"] = np.clone();
+            }
+        }
+    }
+}
+
 fn node_ports_of(svc: &Value) -> Vec<u16> {
     svc.pointer("/spec/ports")
         .and_then(Value::as_array)
@@ -322,7 +391,7 @@ fn node_ports_of(svc: &Value) -> Vec<u16> {
 }
 
 fn invalid_service(name: &str, field: &str, value: &str, detail: &str) -> ApiError {
-    ApiError::invalid("", "Service", name, &[FieldError::invalid(&FieldPath::new("spec").key(field).index(0), json!(value), detail)])
+    ApiError::invalid("", "Service", name, &[FieldError::invalid(&FieldPath::new("spec").key(field), json!([value]), detail)])
 }
 
 fn invalid_node_port(name: &str, index: usize, value: i64, detail: &str) -> ApiError {

@@ -36,8 +36,10 @@ pub fn resource_version(obj: &Value) -> Result<Option<Revision>, ApiError> {
         None | Some("") => Ok(None),
         Some(s) => s
             .parse::<Revision>()
+            .ok()
+            .filter(|r| *r >= 0)
             .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}"))),
+            .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {s:?}"))),
     }
 }
 
@@ -155,7 +157,7 @@ impl ApiServer {
                 return Ok((current, false));
             }
             // Removing the last finalizer of an object being deleted completes its deletion.
-            if is_deleting(&admitted) && !has_finalizers(&admitted) {
+            if is_deleting(&admitted) && !has_finalizers(&admitted) && !namespace_held(rt, &admitted) {
                 if dry_run {
                     return Ok((admitted, false));
                 }
@@ -309,6 +311,14 @@ pub fn spec_changed(old: &Value, new: &Value) -> bool {
 
 pub fn is_deleting(obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+}
+
+/// A namespace is also held by its `spec.finalizers`, which only the namespace controller
+/// clears (through `finalize`) once the namespace is empty.
+pub fn namespace_held(rt: &ResourceType, obj: &Value) -> bool {
+    rt.group.is_empty()
+        && rt.kind == "Namespace"
+        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
 }
 
 pub fn has_finalizers(obj: &Value) -> bool {

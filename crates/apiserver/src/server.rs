@@ -193,12 +193,9 @@ impl ApiServer {
     }
 
     async fn read_body(&self, req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
+        // The body is read up to the limit even when Content-Length already says it is too
+        // large, so that the client, still sending, gets to read the 413 rather than a reset.
         let (parts, body) = req.into_parts();
-        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
-            && len > MAX_BODY_BYTES
-        {
-            return Err(ApiError::request_entity_too_large(MAX_BODY_BYTES));
-        }
         let collected = Limited::new(body, MAX_BODY_BYTES).collect().await.map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 ApiError::request_entity_too_large(MAX_BODY_BYTES)

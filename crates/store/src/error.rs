@@ -54,3 +54,14 @@ pub enum StoreError {
     #[error("the store is shut down")]
     Closed,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn store_error_can_be_sent_across_threads_and_boxed() {
+        fn boxable<E: std::error::Error + Send + Sync + 'static>() {}
+        boxable::<StoreError>();
+    }
+}

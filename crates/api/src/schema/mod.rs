@@ -257,6 +257,14 @@ impl SchemaSet {
 
     fn mark_kind(&mut self, definition: &str, gvk: GroupVersionKind) {
         if let Some(Value::Object(schema)) = self.definitions.get_mut(definition) {
+            // k8s-openapi types hold metadata as a plain struct, so schemars lists it as
+            // required; upstream's published schemas never require a kind's metadata.
+            if let Some(Value::Array(required)) = schema.get_mut("required") {
+                required.retain(|r| r != "metadata");
+                if required.is_empty() {
+                    schema.remove("required");
+                }
+            }
             let kinds = schema
                 .entry(GROUP_VERSION_KIND)
                 .or_insert_with(|| Value::Array(Vec::new()));

@@ -14,6 +14,24 @@ use crate::response::{self, Body};
 use crate::server::ApiServer;
 
 const ORPHAN: &str = "orphan";
+/// Kinds whose registry upstream builds with `ReturnDeletedObject: true`: a delete answers with
+/// the object rather than a `Status` (the published OpenAPI's 200 responses say the same).
+const RETURN_DELETED_OBJECT: [(&str, &str); 12] = [
+    ("", "Pod"),
+    ("", "PodTemplate"),
+    ("", "PersistentVolume"),
+    ("", "PersistentVolumeClaim"),
+    ("", "ResourceQuota"),
+    ("", "Service"),
+    ("", "ServiceAccount"),
+    ("storage.k8s.io", "CSIDriver"),
+    ("storage.k8s.io", "CSINode"),
+    ("storage.k8s.io", "StorageClass"),
+    ("storage.k8s.io", "VolumeAttachment"),
+    ("storage.k8s.io", "VolumeAttributesClass"),
+];
+/// Namespaces upstream's NamespaceLifecycle admission refuses to delete.
+const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 const FOREGROUND: &str = "foregroundDeletion";
 
 /// `DeleteOptions`, from the body and the query.
@@ -24,6 +42,9 @@ pub(crate) struct DeleteOptions {
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
     pub dry_run: bool,
+    /// `orphanDependents: false` was given: the one case upstream answers a pending deletion
+    /// with 202 Accepted rather than 200.
+    pub orphan_dependents_false: bool,
 }
 
 impl DeleteOptions {
@@ -41,6 +62,7 @@ impl DeleteOptions {
             }
             o.grace_period = body.get("gracePeriodSeconds").and_then(Value::as_i64);
             o.propagation = body.get("propagationPolicy").and_then(Value::as_str).map(str::to_string);
+            o.orphan_dependents_false = body.get("orphanDependents").and_then(Value::as_bool) == Some(false);
             if body.get("orphanDependents").and_then(Value::as_bool) == Some(true) && o.propagation.is_none() {
                 o.propagation = Some("Orphan".into());
             }
@@ -61,6 +83,9 @@ impl DeleteOptions {
         }
         if let Some(p) = call.query.get("propagationPolicy").filter(|p| !p.is_empty()) {
             o.propagation = Some(p.to_string());
+        }
+        if call.query.get("orphanDependents") == Some("false") {
+            o.orphan_dependents_false = true;
         }
         if call.query.flag("orphanDependents") && o.propagation.is_none() {
             o.propagation = Some("Orphan".into());
@@ -91,9 +116,13 @@ pub(crate) enum Deleted {
 
 pub(crate) async fn delete(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let opts = DeleteOptions::from_call(call)?;
+    // NamespaceLifecycle: the namespaces the cluster itself needs stay.
+    if call.rt.group.is_empty() && call.rt.kind == "Namespace" && IMMORTAL_NAMESPACES.contains(&call.name()) {
+        return Err(ApiError::forbidden(call.rt.subject(), call.name(), "this namespace may not be deleted"));
+    }
     match delete_object(call.srv, call.rt, call.ns(), call.name(), &opts).await? {
-        Deleted::Pending(obj) => Ok(call.object(202, &obj)),
-        Deleted::Now(obj) if call.rt.kind == "Pod" => Ok(call.object(200, &obj)),
+        Deleted::Pending(obj) => Ok(call.object(if opts.orphan_dependents_false { 202 } else { 200 }, &obj)),
+        Deleted::Now(obj) if RETURN_DELETED_OBJECT.contains(&(call.rt.group, call.rt.kind)) => Ok(call.object(200, &obj)),
         Deleted::Now(obj) => {
             let uid = obj.pointer("/metadata/uid").and_then(Value::as_str);
             Ok(response::json(200, &status::success_status(call.rt.subject(), call.name(), uid)))

@@ -52,10 +52,13 @@ impl Filter {
         let supported = call.rt.ops.field_labels();
         for r in fields.requirements() {
             if !supported.contains(&r.field.as_str()) {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {}",
-                    r.field
-                )));
+                // Kinds with their own field labels answer as their conversion function does;
+                // the others as upstream's default one.
+                return Err(ApiError::bad_request(if supported.len() > 2 {
+                    format!("field label not supported: {}", r.field)
+                } else {
+                    format!("\"{}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"", r.field)
+                }));
             }
         }
         Ok(Filter { labels, fields })
@@ -117,7 +120,7 @@ pub(crate) async fn list_page(
         revision = Some(rv);
         start_key = Some(start);
     } else if let Some(rv) = call.query.get("resourceVersion").filter(|rv| !rv.is_empty() && *rv != "0") {
-        let rv: Revision = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+        let rv = parse_resource_version(rv)?;
         match call.query.get("resourceVersionMatch") {
             Some("Exact") => revision = Some(rv),
             None | Some("") | Some("NotOlderThan") => {
@@ -234,4 +237,12 @@ pub(crate) fn table_of(call: &Call<'_>, objects: &[Value], list_meta: Value) -> 
         _ => IncludeObject::Metadata,
     };
     tug_api::table::table(call.rt.group, call.rt.kind, objects, &list_meta, include, jiff::Timestamp::now())
+}
+
+/// A `resourceVersion` parameter: a store revision, never negative.
+pub(crate) fn parse_resource_version(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse::<Revision>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
 }

@@ -107,7 +107,7 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
             Start::WithInitialState
         }
         (_, None) | (_, Some("0")) => Start::WithInitialState,
-        (_, Some(v)) => Start::After(v.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {v:?}")))?),
+        (_, Some(v)) => Start::After(super::read::parse_resource_version(v)?),
     };
     let initial_end_bookmark = send_initial == Some("true");
     let timeout = call.query.int("timeoutSeconds")?.filter(|t| *t > 0).map_or(DEFAULT_TIMEOUT_SECS, |t| t as u64);

@@ -51,6 +51,18 @@ pub enum Error {
     Api { action: &'static str, kind: String, namespace: String, name: String, #[source] source: kube::Error },
 }
 
+/// What a live read says of an owner.
+enum OwnerState {
+    /// It exists and is not waiting for its dependents.
+    Solid,
+    /// It is gone, or its name now belongs to another object.
+    Dangling,
+    /// It is being deleted in the foreground, waiting for its dependents.
+    WaitingForDependents,
+    /// Its kind is not served, so it cannot be checked.
+    Unknown,
+}
+
 /// The resources the collector knows, by `apiVersion` and `kind`.
 #[derive(Default)]
 struct Kinds {
@@ -83,70 +95,74 @@ impl Collector {
         if namespaced { Api::namespaced_with(self.client.clone(), ns, ar) } else { Api::all_with(self.client.clone(), ar) }
     }
 
-    /// Reads an owner live: `Some(true)` if it exists with the referenced uid, `Some(false)`
-    /// if it is gone (or replaced by a namesake), `None` if it cannot be told (unknown kind).
-    async fn owner_exists(&self, owner: &OwnerReference, ns: &str) -> Result<Option<bool>, Error> {
-        let Some((ar, namespaced)) = self.kinds.resolve(&owner.api_version, &owner.kind) else { return Ok(None) };
+    /// Reads an owner live, since the graph may lag behind.
+    async fn owner_state(&self, owner: &OwnerReference, ns: &str) -> Result<OwnerState, Error> {
+        let Some((ar, namespaced)) = self.kinds.resolve(&owner.api_version, &owner.kind) else { return Ok(OwnerState::Unknown) };
         let api = self.api_for(ar, *namespaced, ns);
         match api.get_metadata_opt(&owner.name).await {
-            Ok(Some(o)) => Ok(Some(o.metadata.uid.as_deref() == Some(owner.uid.as_str()))),
-            Ok(None) => Ok(Some(false)),
+            Ok(Some(o)) if o.metadata.uid.as_deref() == Some(owner.uid.as_str()) => {
+                let waiting = o.metadata.deletion_timestamp.is_some()
+                    && o.metadata.finalizers.iter().flatten().any(|f| f == FOREGROUND);
+                Ok(if waiting { OwnerState::WaitingForDependents } else { OwnerState::Solid })
+            }
+            // Gone, or replaced by a namesake with another uid.
+            Ok(_) => Ok(OwnerState::Dangling),
             Err(source) => Err(Error::Api { action: "reading", kind: owner.kind.clone(), namespace: ns.into(), name: owner.name.clone(), source }),
         }
     }
 
+    /// Upstream's `attemptToDeleteItem`.
     async fn attempt_to_delete(&self, uid: &str) -> Result<(), Error> {
         let Some(node) = self.graph.lock().expect("graph lock").get(uid).cloned() else { return Ok(()) };
         if node.owners.is_empty() || node.deleting {
             return Ok(());
         }
-        let mut dangling = Vec::new();
-        let mut valid = Vec::new();
+        let (mut solid, mut dangling, mut waiting) = (0, Vec::new(), Vec::new());
         for owner in &node.owners {
-            match self.owner_exists(owner, &node.namespace).await? {
-                Some(true) => valid.push(owner),
-                Some(false) => dangling.push(owner),
-                // An owner of a kind nobody serves cannot be verified: leave the dependent be.
-                None => valid.push(owner),
+            match self.owner_state(owner, &node.namespace).await? {
+                // An owner of a kind nobody serves cannot be verified: count it as present.
+                OwnerState::Solid | OwnerState::Unknown => solid += 1,
+                OwnerState::Dangling => dangling.push(owner),
+                OwnerState::WaitingForDependents => waiting.push(owner),
             }
         }
         let Some((ar, namespaced)) = self.kinds.by_gvk.get(&(node.api_version.clone(), node.kind.clone())) else { return Ok(()) };
         let api = self.api_for(ar, *namespaced, &node.namespace);
         let err = |action, source| Error::Api { action, kind: node.kind.clone(), namespace: node.namespace.clone(), name: node.name.clone(), source };
-        if valid.is_empty() {
-            let foreground = self.graph.lock().expect("graph lock").any_owner_in_foreground(&node);
-            let dp = DeleteParams {
-                propagation_policy: Some(if foreground { PropagationPolicy::Foreground } else { PropagationPolicy::Background }),
-                preconditions: Some(kube::api::Preconditions { uid: Some(node.uid.clone()), resource_version: None }),
-                ..Default::default()
-            };
-            info!(kind = %node.kind, namespace = %node.namespace, name = %node.name, "deleting object whose owners are gone");
-            return match api.delete(&node.name, &dp).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-                Err(e) => Err(err("deleting", e)),
-            };
-        }
-        if !dangling.is_empty() {
-            let removals: Vec<_> = dangling.iter().map(|o| json!({"$patch": "delete", "uid": o.uid})).collect();
+        if solid > 0 {
+            // The object stays; references to owners that are gone or going are dropped.
+            if dangling.is_empty() && waiting.is_empty() {
+                return Ok(());
+            }
+            let removals: Vec<_> = dangling.iter().chain(&waiting).map(|o| json!({"$patch": "delete", "uid": o.uid})).collect();
             let patch = json!({"metadata": {"uid": node.uid, "ownerReferences": removals}});
             return match api.patch(&node.name, &PatchParams::default(), &Patch::Strategic(patch)).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-                Err(e) => Err(err("removing dangling owner references of", e)),
+                Err(e) => Err(err("removing owner references of", e)),
             };
         }
-        // Every owner is there. An owner deleted in the foreground waits for this dependent.
-        let blocking = self.graph.lock().expect("graph lock").any_owner_in_foreground(&node);
-        if blocking {
-            let dp = DeleteParams::foreground();
-            return match api.delete(&node.name, &dp).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(err("deleting in the foreground", e)),
-            };
+        let has_dependents = !self.graph.lock().expect("graph lock").dependents(&node.uid).is_empty();
+        let policy = if !waiting.is_empty() && has_dependents {
+            PropagationPolicy::Foreground
+        } else if node.finalizers.iter().any(|f| f == ORPHAN) {
+            PropagationPolicy::Orphan
+        } else if node.finalizers.iter().any(|f| f == FOREGROUND) {
+            PropagationPolicy::Foreground
+        } else {
+            PropagationPolicy::Background
+        };
+        let dp = DeleteParams {
+            propagation_policy: Some(policy),
+            preconditions: Some(kube::api::Preconditions { uid: Some(node.uid.clone()), resource_version: None }),
+            ..Default::default()
+        };
+        info!(kind = %node.kind, namespace = %node.namespace, name = %node.name, "deleting object whose owners are gone or going");
+        match api.delete(&node.name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(err("deleting", e)),
         }
-        Ok(())
     }
 
     async fn process_deleting_owner(&self, uid: &str) -> Result<(), Error> {

@@ -7,12 +7,13 @@
 //! may take their grace period), then calls `namespaces/<name>/finalize` and deletes the
 //! namespace for good.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -73,8 +74,9 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Erro
         return Ok(Action::await_change());
     }
     let remaining = delete_content(&ctx.client, &name).await?;
-    if remaining > 0 {
-        debug!(namespace = %name, remaining, "waiting for namespace content to go");
+    set_deletion_conditions(&api, &ns, &remaining).await?;
+    if remaining.objects > 0 {
+        debug!(namespace = %name, remaining = remaining.objects, "waiting for namespace content to go");
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let mut finalized = (*ns).clone();
@@ -93,10 +95,71 @@ async fn delete_namespace(api: &Api<Namespace>, name: &str) -> Result<(), Error>
         .map_err(|source| Error::Finalize { namespace: name.to_string(), source })
 }
 
-/// Deletes everything in the namespace; returns how many objects are still there.
-async fn delete_content(client: &Client, ns: &str) -> Result<usize, Error> {
+/// What is left in a namespace after a deletion pass.
+#[derive(Debug, Default)]
+struct Remaining {
+    objects: usize,
+    /// "<resource>.<group>" -> count
+    by_resource: BTreeMap<String, usize>,
+    /// finalizer -> count of objects holding it
+    by_finalizer: BTreeMap<String, usize>,
+}
+
+/// Upstream's deletion conditions on the namespace's status, so users see why it is still
+/// Terminating.
+async fn set_deletion_conditions(api: &Api<Namespace>, ns: &Namespace, left: &Remaining) -> Result<(), Error> {
+    let content = if left.by_resource.is_empty() {
+        ("False", "ContentRemoved", "All content successfully removed".to_string())
+    } else {
+        let list: Vec<String> = left.by_resource.iter().map(|(r, n)| format!("{r} has {n} resource instances")).collect();
+        ("True", "SomeResourcesRemain", format!("Some resources are remaining: {}", list.join(", ")))
+    };
+    let finalizers = if left.by_finalizer.is_empty() {
+        ("False", "ContentHasNoFinalizers", "All content-preserving finalizers finished".to_string())
+    } else {
+        let list: Vec<String> = left.by_finalizer.iter().map(|(f, n)| format!("{f} in {n} resource instances")).collect();
+        ("True", "SomeFinalizersRemain", format!("Some content in the namespace has finalizers remaining: {}", list.join(", ")))
+    };
+    let wanted = [
+        ("NamespaceDeletionDiscoveryFailure", ("False", "ResourcesDiscovered", "All resources successfully discovered".to_string())),
+        ("NamespaceDeletionGroupVersionParsingFailure", ("False", "ParsedGroupVersions", "All legacy kube types successfully parsed".to_string())),
+        ("NamespaceDeletionContentFailure", ("False", "ContentDeleted", "All content successfully deleted, may be waiting on finalization".to_string())),
+        ("NamespaceContentRemaining", content),
+        ("NamespaceFinalizersRemaining", finalizers),
+    ];
+    let existing = ns.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let mut conditions = Vec::new();
+    let mut changed = false;
+    for (kind, (status, reason, message)) in wanted {
+        let old = existing.iter().find(|c| c.type_ == kind);
+        let same = old.is_some_and(|c| c.status == status && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(&message));
+        changed |= !same;
+        let transition = match old {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => Some(now.clone()),
+        };
+        conditions.push(NamespaceCondition {
+            type_: kind.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            last_transition_time: transition,
+        });
+    }
+    if !changed {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"status": {"conditions": conditions}});
+    let name = ns.name_any();
+    ignore_not_found(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await)
+        .map_err(|source| Error::Finalize { namespace: name, source })
+}
+
+/// Deletes everything in the namespace; reports what is still there.
+async fn delete_content(client: &Client, ns: &str) -> Result<Remaining, Error> {
     let discovery = Discovery::new(client.clone()).run().await.map_err(Error::Discovery)?;
-    let mut remaining = 0;
+    let mut remaining = Remaining::default();
     for group in discovery.groups() {
         // One version per group: other versions are views of the same objects.
         for (ar, caps) in group.recommended_resources() {
@@ -114,8 +177,16 @@ async fn delete_content(client: &Client, ns: &str) -> Result<usize, Error> {
                     ignore_not_found(api.delete(&obj.name_any(), &DeleteParams::background()).await).map_err(failed)?;
                 }
             }
-            let left = api.list(&ListParams::default().limit(1)).await.map_err(failed)?;
-            remaining += left.items.len();
+            let left = api.list(&ListParams::default()).await.map_err(failed)?;
+            if !left.items.is_empty() {
+                remaining.objects += left.items.len();
+                remaining.by_resource.insert(format!("{}.{}", ar.plural, ar.group), left.items.len());
+                for obj in &left.items {
+                    for f in obj.metadata.finalizers.iter().flatten() {
+                        *remaining.by_finalizer.entry(f.clone()).or_default() += 1;
+                    }
+                }
+            }
         }
     }
     Ok(remaining)

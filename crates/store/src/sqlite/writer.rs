@@ -157,7 +157,7 @@ impl Answer {
         }
     }
 
-    fn into_request_failure(self, error: StoreError) -> Answer {
+    fn failed_with(self, error: StoreError) -> Answer {
         match self {
             Answer::Revision(reply, _) => Answer::Revision(reply, Err(error)),
             Answer::Deleted(reply, _) => Answer::Deleted(reply, Err(error)),
@@ -252,7 +252,7 @@ impl Writer {
             let source = Arc::new(source);
             for answer in answers {
                 answer
-                    .into_request_failure(commit_failed(&self.label, &source))
+                    .failed_with(commit_failed(&self.label, &source))
                     .send();
             }
             return;
