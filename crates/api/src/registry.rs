@@ -14,6 +14,8 @@ use k8s_openapi::api::{
     node::v1 as node, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+
 use crate::kinds::{Kind, KindOps, Typed};
 
 /// The verbs of an ordinary resource.
@@ -241,6 +243,13 @@ impl Registry {
             entry::<discovery::EndpointSlice>(f),
             entry::<flowcontrol::FlowSchema>(Facts { sub: STATUS, ..f }),
             entry::<flowcontrol::PriorityLevelConfiguration>(Facts { sub: STATUS, ..f }),
+            entry::<apiextensions::CustomResourceDefinition>(Facts {
+                short: &["crd", "crds"],
+                categories: API_EXTENSIONS,
+                sub: STATUS,
+                storage_key: Some("apiextensions.k8s.io/customresourcedefinitions"),
+                ..f
+            }),
         ];
         Registry::from_types(types)
     }
@@ -314,7 +323,7 @@ mod tests {
     #[test]
     fn serves_every_resource_of_the_listed_groups() {
         let r = Registry::builtin();
-        assert_eq!(r.all().count(), 55);
+        assert_eq!(r.all().count(), 56);
         let groups: Vec<_> = r.groups().iter().map(|g| g.group).collect();
         for g in [
             "", "apps", "batch", "autoscaling", "networking.k8s.io", "rbac.authorization.k8s.io",

@@ -20,6 +20,7 @@ use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::{
     CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment, VolumeAttributesClass,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::json;
 
 use super::{Kind, NameRule};
@@ -163,6 +164,44 @@ impl Kind for RoleBinding {
 }
 impl Kind for ClusterRoleBinding {
     const NAME_RULE: NameRule = NameRule::PathSegment;
+}
+
+impl Kind for CustomResourceDefinition {
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    /// upstream's `ValidateCustomResourceDefinition`, in its essentials: the name is
+    /// `<plural>.<group>`, the scope is known, and exactly one served version is stored.
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        let spec = &self.spec;
+        let path = FieldPath::new("spec");
+        let expected = format!("{}.{}", spec.names.plural, spec.group);
+        if self.metadata.name.as_deref() != Some(expected.as_str()) {
+            errs.push(FieldError::invalid(
+                &FieldPath::new("metadata").key("name"),
+                json!(self.metadata.name),
+                &format!("must be spec.names.plural+\".\"+spec.group"),
+            ));
+        }
+        if spec.group.is_empty() {
+            errs.push(FieldError::required(&path.key("group"), ""));
+        } else if !spec.group.contains('.') {
+            errs.push(FieldError::invalid(&path.key("group"), json!(spec.group), "should be a domain with at least one dot"));
+        }
+        const SCOPES: [&str; 2] = ["Cluster", "Namespaced"];
+        if !SCOPES.contains(&spec.scope.as_str()) {
+            errs.push(FieldError::not_supported(&path.key("scope"), json!(spec.scope), &SCOPES));
+        }
+        if spec.names.kind.is_empty() {
+            errs.push(FieldError::required(&path.key("names").key("kind"), ""));
+        }
+        if spec.versions.is_empty() {
+            errs.push(FieldError::invalid(&path.key("versions"), json!([]), "must have exactly one version marked as storage version"));
+        } else if spec.versions.iter().filter(|v| v.storage).count() != 1 {
+            errs.push(FieldError::invalid(&path.key("versions"), json!(spec.versions.iter().map(|v| &v.name).collect::<Vec<_>>()), "must have exactly one version marked as storage version"));
+        }
+    }
 }
 
 impl Kind for EventV1 {}

@@ -255,14 +255,17 @@ impl Table {
         &self.messages[index]
     }
 
+    #[cfg(test)]
     pub(crate) fn messages(&self) -> &[Message] {
         &self.messages
     }
 
+    #[cfg(test)]
     pub(crate) fn packages(&self) -> &[Package] {
         &self.packages
     }
 
+    #[cfg(test)]
     /// A message by the table's qualified name, e.g. `apps.v1.Deployment`.
     pub(crate) fn message(&self, qualified: &str) -> Option<&Message> {
         self.by_name.get(qualified).map(|&i| &self.messages[i])
