@@ -208,9 +208,23 @@ class TugServer:
         data_dir.mkdir(parents=True)
         server = cls(binary=binary, data_dir=data_dir, port=free_port(), log_path=workdir / "tug.log")
         server._log_file = open(server.log_path, "wb")
+        server._launch()
+        return server
+
+    def restart(self) -> None:
+        """Stops the server and starts it again on the same data directory and port."""
+        self.stop()
+        self.stopped_by_us = False
+        self.exit_code = None
+        self._log_file = open(self.log_path, "ab")
+        self._launch()
+
+    def _launch(self) -> None:
+        """Starts the process and waits until it is ready."""
+        server = self
         args = [
-            str(binary), "server",
-            "--data-dir", str(data_dir),
+            str(self.binary), "server",
+            "--data-dir", str(self.data_dir),
             "--https-listen-port", str(server.port),
             "--bind-address", "127.0.0.1",
             "--disable-agent",
@@ -229,7 +243,6 @@ class TugServer:
         except BaseException:
             server.stop()
             raise
-        return server
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS

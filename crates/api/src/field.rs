@@ -52,6 +52,8 @@ impl fmt::Display for FieldPath {
 pub enum FieldErrorKind {
     Required,
     Invalid(Value),
+    /// A value of the wrong JSON type (upstream's `TypeInvalid`, printed as `Invalid value`).
+    TypeInvalid(Value),
     NotSupported { value: Value, supported: Vec<String> },
     Duplicate(Value),
     Forbidden,
@@ -75,6 +77,10 @@ impl FieldError {
 
     pub fn invalid(path: &FieldPath, value: Value, detail: &str) -> Self {
         Self::at(path, FieldErrorKind::Invalid(value), detail)
+    }
+
+    pub fn type_invalid(path: &FieldPath, value: Value, detail: &str) -> Self {
+        Self::at(path, FieldErrorKind::TypeInvalid(value), detail)
     }
 
     pub fn not_supported<S: AsRef<str>>(path: &FieldPath, value: Value, supported: &[S]) -> Self {
@@ -117,6 +123,7 @@ impl FieldError {
         match self.kind {
             FieldErrorKind::Required => "FieldValueRequired",
             FieldErrorKind::Invalid(_) => "FieldValueInvalid",
+            FieldErrorKind::TypeInvalid(_) => "FieldValueTypeInvalid",
             FieldErrorKind::NotSupported { .. } => "FieldValueNotSupported",
             FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
@@ -133,7 +140,9 @@ impl FieldError {
         };
         match &self.kind {
             FieldErrorKind::Required => with_detail("Required value".into()),
-            FieldErrorKind::Invalid(v) => with_detail(format!("Invalid value: {}", show(v))),
+            FieldErrorKind::Invalid(v) | FieldErrorKind::TypeInvalid(v) => {
+                with_detail(format!("Invalid value: {}", show(v)))
+            }
             FieldErrorKind::NotSupported { value, supported } => {
                 let mut s = format!("Unsupported value: {}", show(value));
                 if !supported.is_empty() {

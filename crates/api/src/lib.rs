@@ -1,12 +1,15 @@
 //! Kubernetes API machinery, independent of transport and storage.
 //!
 //! This crate owns what the API means: which resources exist (a registry built from the
-//! k8s-openapi types), how objects are defaulted and validated, how selectors match, how patches
-//! apply, how errors are reported as `Status` objects and how lists print as tables. It does no
-//! I/O and knows nothing of HTTP or of the store; the API server and client-side components build
-//! on it.
+//! k8s-openapi types, extended with the resources of CustomResourceDefinitions), how objects
+//! are defaulted and validated (custom resources against their structural schemas), how
+//! selectors match, how patches apply, how errors are reported as `Status` objects and how
+//! lists print as tables. It does no I/O and knows nothing of HTTP or of the store; the API
+//! server and client-side components build on it.
 
+pub mod apply;
 pub mod convert;
+pub mod custom;
 pub mod field;
 pub mod kinds;
 pub mod patch;

@@ -5,7 +5,10 @@
 //! upstream stores them. Those are kept here as one table, [`Registry::builtin`], whose entries a
 //! test counts.
 
+use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::{
     admissionregistration::v1 as admissionregistration, apps::v1 as apps, autoscaling, batch::v1 as batch,
@@ -22,27 +25,33 @@ use crate::kinds::{Kind, KindOps, Typed};
 pub const STANDARD_VERBS: &[&str] =
     &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
+/// A name in the registry: borrowed from k8s-openapi for built-in resources, owned for those
+/// derived from CustomResourceDefinitions.
+pub type Name = Cow<'static, str>;
+
 /// One served resource of one group version.
 pub struct ResourceType {
-    pub group: &'static str,
-    pub version: &'static str,
-    pub kind: &'static str,
-    pub list_kind: &'static str,
+    pub group: Name,
+    pub version: Name,
+    pub kind: Name,
+    pub list_kind: Name,
     /// The plural resource name used in URLs, e.g. `deployments`.
-    pub plural: &'static str,
+    pub plural: Name,
     /// The lower-case singular name, e.g. `deployment`.
-    pub singular: String,
+    pub singular: Name,
     pub namespaced: bool,
-    pub short_names: &'static [&'static str],
-    pub categories: &'static [&'static str],
+    pub short_names: Vec<Name>,
+    pub categories: Vec<Name>,
     pub verbs: &'static [&'static str],
     /// Subresources served for this resource, e.g. `status`, `scale`.
     pub subresources: &'static [&'static str],
     /// The path segment under `/registry/` upstream stores it at (`minions` for nodes). Two
     /// resources sharing it are two views of one stored object.
-    pub storage_key: &'static str,
+    pub storage_key: Name,
     /// Whether this version is the one objects are stored as; other views convert.
     pub storage_version: bool,
+    /// Whether a CustomResourceDefinition defines this resource (rather than k8s-openapi).
+    pub custom: bool,
     pub ops: Box<dyn KindOps>,
 }
 
@@ -66,7 +75,7 @@ impl ResourceType {
 
     /// What errors about this resource call it.
     pub fn subject(&self) -> crate::status::Subject<'_> {
-        crate::status::Subject { group: self.group, resource: self.plural, kind: self.kind }
+        crate::status::Subject { group: &self.group, resource: &self.plural, kind: &self.kind }
     }
 
     /// The store key of an object: `/registry/<storage key>/<namespace>/<name>`, or without the
@@ -113,36 +122,43 @@ const STATUS: &[&str] = &["status"];
 const STATUS_SCALE: &[&str] = &["scale", "status"];
 
 fn entry<T: Kind>(f: Facts) -> ResourceType {
+    let borrowed = |names: &'static [&'static str]| names.iter().map(|n| Cow::Borrowed(*n)).collect();
     ResourceType {
-        group: T::GROUP,
-        version: T::VERSION,
-        kind: T::KIND,
-        list_kind: T::LIST_KIND,
-        plural: T::URL_PATH_SEGMENT,
-        singular: T::KIND.to_lowercase(),
+        group: Cow::Borrowed(T::GROUP),
+        version: Cow::Borrowed(T::VERSION),
+        kind: Cow::Borrowed(T::KIND),
+        list_kind: Cow::Borrowed(T::LIST_KIND),
+        plural: Cow::Borrowed(T::URL_PATH_SEGMENT),
+        singular: Cow::Owned(T::KIND.to_lowercase()),
         namespaced: std::any::type_name::<T::Scope>().ends_with("NamespaceResourceScope"),
-        short_names: f.short,
-        categories: f.categories,
+        short_names: borrowed(f.short),
+        categories: borrowed(f.categories),
         verbs: f.verbs,
         subresources: f.sub,
-        storage_key: f.storage_key.unwrap_or(T::URL_PATH_SEGMENT),
+        storage_key: Cow::Borrowed(f.storage_key.unwrap_or(T::URL_PATH_SEGMENT)),
         storage_version: f.storage_version,
+        custom: false,
         ops: Box::new(Typed::<T>::default()),
     }
 }
 
 /// All served resources, with lookups by URL and by kind.
+///
+/// A registry is immutable. The API server holds the built-in one and, whenever the set of
+/// CustomResourceDefinitions changes, builds a new one from it with [`Registry::extended`];
+/// entries are shared (`Arc`) between the two, so that costs a few allocations per resource.
 pub struct Registry {
-    types: Vec<ResourceType>,
+    types: Vec<Arc<ResourceType>>,
     by_path: HashMap<(String, String, String), usize>,
     by_kind: HashMap<(String, String), usize>,
+    generation: u64,
 }
 
 /// A group and its versions, preferred first, as discovery lists them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GroupVersions {
-    pub group: &'static str,
-    pub versions: Vec<&'static str>,
+pub struct GroupVersions<'a> {
+    pub group: &'a str,
+    pub versions: Vec<&'a str>,
 }
 
 impl Registry {
@@ -251,54 +267,89 @@ impl Registry {
                 ..f
             }),
         ];
-        Registry::from_types(types)
+        Registry::from_owned(types)
     }
 
-    fn from_types(types: Vec<ResourceType>) -> Registry {
+    fn from_types(types: Vec<Arc<ResourceType>>, generation: u64) -> Registry {
         let mut by_path = HashMap::new();
         let mut by_kind = HashMap::new();
         for (i, t) in types.iter().enumerate() {
-            by_path.insert((t.group.to_string(), t.version.to_string(), t.plural.to_string()), i);
-            by_kind.insert((t.api_version(), t.kind.to_string()), i);
+            // The first entry for a path or kind wins: built-in resources cannot be shadowed by
+            // a custom resource definition.
+            by_path.entry((t.group.to_string(), t.version.to_string(), t.plural.to_string())).or_insert(i);
+            by_kind.entry((t.api_version(), t.kind.to_string())).or_insert(i);
         }
-        Registry { types, by_path, by_kind }
+        Registry { types, by_path, by_kind, generation }
+    }
+
+    fn from_owned(types: Vec<ResourceType>) -> Registry {
+        Registry::from_types(types.into_iter().map(Arc::new).collect(), 0)
+    }
+
+    /// This registry's resources plus `extra` (resources of CustomResourceDefinitions), as a new
+    /// registry of generation `generation`. Resources of this registry that `extra` would shadow
+    /// keep priority. The extra resources are ordered as discovery lists them: by group, then
+    /// by version priority (`v1` before `v1beta1` before `v1alpha1`), then by name.
+    pub fn extended(&self, extra: Vec<Arc<ResourceType>>, generation: u64) -> Registry {
+        let mut extra = extra;
+        extra.sort_by(|a, b| {
+            a.group
+                .cmp(&b.group)
+                .then_with(|| compare_kube_aware_versions(&a.version, &b.version))
+                .then_with(|| a.plural.cmp(&b.plural))
+        });
+        let mut types: Vec<Arc<ResourceType>> = self.types.iter().filter(|t| !t.custom).cloned().collect();
+        types.extend(extra);
+        Registry::from_types(types, generation)
+    }
+
+    /// Counts the registries the API server built: a cache of documents derived from the
+    /// registry (OpenAPI) is stale when it was built from another generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The resource at `/apis/<group>/<version>/<plural>`.
-    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceType>> {
         self.by_path
             .get(&(group.to_string(), version.to_string(), plural.to_string()))
             .map(|&i| &self.types[i])
     }
 
     /// The resource serving objects of `apiVersion` and `kind`.
-    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&Arc<ResourceType>> {
         self.by_kind.get(&(api_version.to_string(), kind.to_string())).map(|&i| &self.types[i])
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &ResourceType> {
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ResourceType>> {
         self.types.iter()
     }
 
     /// Resources of one group version, in table order.
-    pub fn resources_in<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a ResourceType> + 'a {
+    pub fn resources_in<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a Arc<ResourceType>> + 'a {
         self.types.iter().filter(move |t| t.group == group && t.version == version)
     }
 
     /// Groups in discovery order, each with its versions, preferred first. The preferred version
-    /// is the stored one (autoscaling/v2 before v1).
-    pub fn groups(&self) -> Vec<GroupVersions> {
+    /// is the stored one for built-in groups (autoscaling/v2 before v1), the highest by
+    /// upstream's version priority for custom resource groups.
+    pub fn groups(&self) -> Vec<GroupVersions<'_>> {
         let mut out: Vec<GroupVersions> = Vec::new();
         for t in &self.types {
             let g = match out.iter_mut().find(|g| g.group == t.group) {
                 Some(g) => g,
                 None => {
-                    out.push(GroupVersions { group: t.group, versions: Vec::new() });
+                    out.push(GroupVersions { group: &t.group, versions: Vec::new() });
                     out.last_mut().expect("just pushed")
                 }
             };
-            if !g.versions.contains(&t.version) {
-                g.versions.push(t.version);
+            if !g.versions.contains(&&*t.version) {
+                g.versions.push(&t.version);
+            }
+        }
+        for g in &mut out {
+            if self.types.iter().any(|t| t.custom && t.group == g.group) {
+                g.versions.sort_by(|a, b| compare_kube_aware_versions(a, b));
             }
         }
         out
@@ -312,7 +363,40 @@ impl Registry {
         self.types
             .iter()
             .find(|o| o.storage_key == t.storage_key && o.storage_version)
-            .unwrap_or(t)
+            .map_or(t, |o| &**o)
+    }
+}
+
+/// How a version string parses for upstream's version priority: `v<major>`, optionally followed
+/// by `alpha<minor>` or `beta<minor>`.
+fn kube_version(v: &str) -> Option<(u64, u8, u64)> {
+    let rest = v.strip_prefix('v')?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let major: u64 = rest[..digits].parse().ok().filter(|m| *m > 0)?;
+    let tail = &rest[digits..];
+    if tail.is_empty() {
+        return Some((major, 2, 0));
+    }
+    let (stability, minor) = if let Some(m) = tail.strip_prefix("beta") {
+        (1, m)
+    } else if let Some(m) = tail.strip_prefix("alpha") {
+        (0, m)
+    } else {
+        return None;
+    };
+    let minor: u64 = minor.parse().ok().filter(|m| *m > 0)?;
+    Some((major, stability, minor))
+}
+
+/// Upstream's `CompareKubeAwareVersionStrings`, as an ordering where the preferred version comes
+/// first: GA before beta before alpha, higher numbers first, then non-Kubernetes versions in
+/// alphabetical order.
+pub fn compare_kube_aware_versions(a: &str, b: &str) -> Ordering {
+    match (kube_version(a), kube_version(b)) {
+        (Some((ma, sa, na)), Some((mb, sb, nb))) => sb.cmp(&sa).then(mb.cmp(&ma)).then(nb.cmp(&na)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.cmp(b),
     }
 }
 
@@ -345,6 +429,41 @@ mod tests {
         let deploy = r.by_kind("apps/v1", "Deployment").unwrap();
         assert_eq!(deploy.prefix(None), "/registry/deployments/");
         assert_eq!(deploy.singular, "deployment");
+    }
+
+    #[test]
+    fn versions_sort_by_kubernetes_priority() {
+        let mut v = vec!["v1alpha1", "foo10", "v2", "v11alpha2", "v1", "v10beta3", "v3beta1", "foo1", "v12alpha1", "v10"];
+        v.sort_by(|a, b| compare_kube_aware_versions(a, b));
+        assert_eq!(v, vec!["v10", "v2", "v1", "v10beta3", "v3beta1", "v12alpha1", "v11alpha2", "v1alpha1", "foo1", "foo10"]);
+    }
+
+    #[test]
+    fn extended_registry_adds_resources_without_shadowing_built_ins() {
+        let base = Registry::builtin();
+        let fake = |group: &'static str, version: &'static str, plural: &'static str, kind: &'static str| {
+            let mut t = entry::<core::ConfigMap>(DEFAULT);
+            t.group = Cow::Borrowed(group);
+            t.version = Cow::Borrowed(version);
+            t.plural = Cow::Borrowed(plural);
+            t.kind = Cow::Borrowed(kind);
+            t.custom = true;
+            t
+        };
+        let extra = vec![
+            fake("example.com", "v1beta1", "widgets", "Widget"),
+            fake("example.com", "v1", "widgets", "Widget"),
+            fake("", "v1", "pods", "Widget"),
+        ];
+        let r = base.extended(extra.into_iter().map(Arc::new).collect(), 7);
+        assert_eq!(r.generation(), 7);
+        assert_eq!(r.all().count(), base.all().count() + 3);
+        assert!(!r.lookup("", "v1", "pods").unwrap().custom, "built-ins win");
+        assert!(r.lookup("example.com", "v1beta1", "widgets").unwrap().custom);
+        let g = r.groups().into_iter().find(|g| g.group == "example.com").unwrap();
+        assert_eq!(g.versions, vec!["v1", "v1beta1"]);
+        let again = r.extended(Vec::new(), 8);
+        assert_eq!(again.all().count(), base.all().count(), "extending replaces the custom resources");
     }
 
     #[test]

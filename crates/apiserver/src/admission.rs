@@ -81,7 +81,76 @@ fn owner_of(obj: &Value) -> String {
     )
 }
 
+/// What NamespaceLifecycle needs to know of a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NamespaceState {
+    Active,
+    Terminating,
+}
+
+/// The namespaces as of the latest store change, so that admitting an object does not read the
+/// store (upstream's NamespaceLifecycle uses an informer cache the same way). A namespace not in
+/// the cache is looked up in the store: it may have been created a moment ago.
+#[derive(Default)]
+pub struct NamespaceCache {
+    namespaces: std::sync::RwLock<std::collections::HashMap<String, NamespaceState>>,
+}
+
+impl NamespaceCache {
+    fn get(&self, name: &str) -> Option<NamespaceState> {
+        self.namespaces.read().ok()?.get(name).copied()
+    }
+
+    fn set(&self, name: &str, state: Option<NamespaceState>) {
+        if let Ok(mut m) = self.namespaces.write() {
+            match state {
+                Some(s) => m.insert(name.to_string(), s),
+                None => m.remove(name),
+            };
+        }
+    }
+}
+
+fn namespace_state(ns: &Value) -> NamespaceState {
+    if is_deleting(ns) || ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+        NamespaceState::Terminating
+    } else {
+        NamespaceState::Active
+    }
+}
+
 impl ApiServer {
+    /// Keeps the namespace cache current from a watch of the store, until the store closes.
+    pub(crate) fn start_namespace_cache(&self) {
+        let srv = self.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let prefix = "/registry/namespaces/";
+            loop {
+                let Ok(list) = srv.store.list(prefix, Default::default()).await else { return };
+                for kv in &list.items {
+                    if let Ok(ns) = codec::decode_stored(kv) {
+                        srv.namespace_cache.set(kv.key.trim_start_matches(prefix), Some(namespace_state(&ns)));
+                    }
+                }
+                let Ok(mut events) = srv.store.watch(prefix, list.revision).await else { return };
+                while let Some(ev) = events.next().await {
+                    let Ok(ev) = ev else { break };
+                    let name = ev.kv.key.trim_start_matches(prefix).to_string();
+                    match ev.kind {
+                        tug_store::EventKind::Delete => srv.namespace_cache.set(&name, None),
+                        tug_store::EventKind::Put => {
+                            if let Ok(ns) = codec::decode_stored(&ev.kv) {
+                                srv.namespace_cache.set(&name, Some(namespace_state(&ns)));
+                            }
+                        }
+                    }
+                }
+                // The watch fell behind or broke: list again.
+            }
+        });
+    }
+
     /// Admission of a new object.
     pub(crate) async fn admission_create(&self, rt: &ResourceType, obj: &mut Value, dry_run: bool) -> Result<(), ApiError> {
         if rt.namespaced {
@@ -108,13 +177,20 @@ impl ApiServer {
 
     async fn check_namespace_open(&self, rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
-        let namespaces = self.registry.lookup("", "v1", "namespaces").expect("namespaces are served");
+        let registry = self.registry();
+        let namespaces = registry.lookup("", "v1", "namespaces").expect("namespaces are served");
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-        match self.store.get(&namespaces.key(None, ns)).await.map_err(|e| store_error(namespaces, ns, e))? {
+        let state = match self.namespace_cache.get(ns) {
+            Some(s) => Some(s),
+            None => match self.store.get(&namespaces.key(None, ns)).await.map_err(|e| store_error(namespaces, ns, e))? {
+                Some(kv) => Some(namespace_state(&codec::decode_stored(&kv)?)),
+                None => None,
+            },
+        };
+        match state {
             None => Err(ApiError::not_found(namespaces.subject(), ns)),
-            Some(kv) => {
-                let nsobj = codec::decode_stored(&kv)?;
-                if is_deleting(&nsobj) || nsobj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+            Some(state) => {
+                if state == NamespaceState::Terminating {
                     let mut e = ApiError::forbidden(
                         rt.subject(),
                         name,

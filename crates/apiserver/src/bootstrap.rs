@@ -1,5 +1,6 @@
 //! What a cluster has from its first start: the system namespaces, and the `kubernetes`
-//! service in `default` pointing at this server.
+//! service in `default` pointing at this server. Custom resources of stored definitions are
+//! served from the start too.
 
 use serde_json::json;
 use tug_api::ApiError;
@@ -13,6 +14,7 @@ impl ApiServer {
     /// Creates what is missing of the cluster's built-in objects, and points the `kubernetes`
     /// service's endpoints at this server. Safe to run on every start.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        self.start_namespace_cache();
         for ns in SYSTEM_NAMESPACES {
             self.ensure_object("", "v1", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), false)
                 .await?;
@@ -74,6 +76,8 @@ impl ApiServer {
             true,
         )
         .await?;
+        // Serve the custom resources of the definitions already stored before answering.
+        self.sync_custom_resources().await?;
         Ok(())
     }
 }

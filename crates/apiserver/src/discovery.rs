@@ -35,10 +35,10 @@ fn go_arch() -> &'static str {
 }
 
 /// The kind, group and version a subresource answers with, and its verbs.
-fn subresource_facts(rt: &ResourceType, sub: &str) -> (&'static str, &'static str, String, &'static [&'static str]) {
+fn subresource_facts<'a>(rt: &'a ResourceType, sub: &str) -> (&'a str, &'a str, String, &'static [&'static str]) {
     const GPU: &[&str] = &["get", "patch", "update"];
     match sub {
-        "status" | "ephemeralcontainers" | "resize" | "approval" => (rt.group, rt.version, rt.kind.to_string(), GPU),
+        "status" | "ephemeralcontainers" | "resize" | "approval" => (&rt.group, &rt.version, rt.kind.to_string(), GPU),
         "scale" => ("autoscaling", "v1", "Scale".into(), GPU),
         "binding" => ("", "v1", "Binding".into(), &["create"]),
         "eviction" => ("policy", "v1", "Eviction".into(), &["create"]),
@@ -49,7 +49,7 @@ fn subresource_facts(rt: &ResourceType, sub: &str) -> (&'static str, &'static st
         "proxy" => ("", "v1", format!("{}ProxyOptions", rt.kind), &["create", "delete", "get", "patch", "update"]),
         "finalize" => ("", "v1", "Namespace".into(), &["update"]),
         "token" => ("authentication.k8s.io", "v1", "TokenRequest".into(), &["create"]),
-        _ => (rt.group, rt.version, rt.kind.to_string(), GPU),
+        _ => (&rt.group, &rt.version, rt.kind.to_string(), GPU),
     }
 }
 
@@ -80,7 +80,7 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
                 "kind": kind,
                 "verbs": verbs,
             });
-            if (g, v) != (rt.group, rt.version) {
+            if (g, v) != (&*rt.group, &*rt.version) {
                 s["group"] = json!(g);
                 s["version"] = json!(v);
             }
@@ -139,7 +139,7 @@ pub fn aggregated(registry: &Registry, core: bool) -> Value {
                 .versions
                 .iter()
                 .map(|v| {
-                    let resources: Vec<Value> = registry.resources_in(g.group, v).map(aggregated_resource).collect();
+                    let resources: Vec<Value> = registry.resources_in(g.group, v).map(|rt| aggregated_resource(rt)).collect();
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();

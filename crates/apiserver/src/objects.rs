@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use tug_api::{ApiError, ResourceType, convert};
+use tug_api::{ApiError, ResourceType};
 use tug_store::{Revision, StoreError};
 
 use crate::codec;
@@ -47,6 +47,24 @@ pub fn resource_version(obj: &Value) -> Result<Option<Revision>, ApiError> {
 pub enum Mutation {
     /// Write this object (before admission).
     Write(Value),
+    /// Write this object (before admission), whose `managedFields` a server-side apply has
+    /// already computed.
+    Applied(Value),
+}
+
+/// Removes and returns `metadata.managedFields` (what a request carried, or what an apply
+/// computed), so that admission never sees them.
+pub(crate) fn take_managed_fields(obj: &mut Value) -> Option<Value> {
+    obj.get_mut("metadata").and_then(Value::as_object_mut).and_then(|m| m.remove("managedFields"))
+}
+
+fn put_managed_fields(obj: &mut Value, entries: Option<Value>) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        match entries {
+            Some(e) => meta.insert("managedFields".into(), e),
+            None => meta.remove("managedFields"),
+        };
+    }
 }
 
 impl ApiServer {
@@ -55,16 +73,20 @@ impl ApiServer {
         if rt.storage_version {
             return Ok(obj);
         }
-        convert::convert(obj, &rt.api_version())
+        rt.ops.convert(obj, &rt.api_version())
     }
 
     /// An object of `rt`'s view converted to the stored version.
     pub(crate) fn to_storage(&self, rt: &ResourceType, obj: Value) -> Result<Value, ApiError> {
-        let storage = self.registry.storage_view(rt);
+        if rt.storage_version {
+            return Ok(obj);
+        }
+        let registry = self.registry();
+        let storage = registry.storage_view(rt);
         if std::ptr::eq(storage, rt) {
             return Ok(obj);
         }
-        convert::convert(obj, &storage.api_version())
+        rt.ops.convert(obj, &storage.api_version())
     }
 
     /// The current object and its revision, in `rt`'s view.
@@ -129,6 +151,9 @@ impl ApiServer {
     /// and compare-and-swap it in, retrying on conflicts unless the caller pinned a
     /// resourceVersion. Returns the object as stored (or as deleted) and whether anything was
     /// written.
+    ///
+    /// The object's `managedFields` are kept as they were; [`ApiServer::update_object_as`]
+    /// records the write's field manager instead.
     pub(crate) async fn update_object<F>(
         &self,
         rt: &ResourceType,
@@ -136,6 +161,25 @@ impl ApiServer {
         name: &str,
         subresource: Option<&str>,
         dry_run: bool,
+        mutate: F,
+    ) -> Result<(Value, bool), ApiError>
+    where
+        F: FnMut(&Value) -> Result<Mutation, ApiError>,
+    {
+        self.update_object_as(rt, ns, name, subresource, dry_run, None, mutate).await
+    }
+
+    /// [`ApiServer::update_object`], recording in `managedFields` that `manager` made the
+    /// write (unless the mutation is an apply, which computed them itself).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn update_object_as<F>(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        dry_run: bool,
+        manager: Option<&str>,
         mut mutate: F,
     ) -> Result<(Value, bool), ApiError>
     where
@@ -144,14 +188,25 @@ impl ApiServer {
         let key = rt.key(ns, name);
         loop {
             let (current, rev) = self.read(rt, ns, name).await?;
-            let Mutation::Write(desired) = mutate(&current)?;
+            let (mut desired, applied) = match mutate(&current)? {
+                Mutation::Write(desired) => (desired, false),
+                Mutation::Applied(desired) => (desired, true),
+            };
+            let requested = take_managed_fields(&mut desired);
             let pinned = resource_version(&desired)?;
             if let Some(p) = pinned
                 && p != rev
             {
                 return Err(ApiError::modified_conflict(rt.subject(), name));
             }
-            let admitted = self.admit_update(rt, &current, desired, subresource).await?;
+            let mut admitted = self.admit_update(rt, &current, desired, subresource).await?;
+            match (applied, manager) {
+                (true, _) => put_managed_fields(&mut admitted, requested),
+                (false, Some(manager)) => {
+                    self.track_write(rt, subresource, Some(&current), requested.as_ref(), &mut admitted, manager)?;
+                }
+                (false, None) => put_managed_fields(&mut admitted, current.pointer("/metadata/managedFields").cloned()),
+            }
             // An update that changes nothing is not written, so its resourceVersion stays.
             if strip_rv(&admitted) == strip_rv(&current) {
                 return Ok((current, false));
@@ -291,11 +346,17 @@ fn check_identity(rt: &ResourceType, current: &Value, desired: &Value) -> Result
     Ok(())
 }
 
+/// The object as compared to tell a no-op write: without its resourceVersion, and without the
+/// times of its managed fields (upstream's `IgnoreManagedFieldsTimestampsTransformer`).
 fn strip_rv(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
-        m.remove("managedFields");
+        if let Some(Value::Array(entries)) = m.get_mut("managedFields") {
+            for e in entries.iter_mut().filter_map(Value::as_object_mut) {
+                e.remove("time");
+            }
+        }
     }
     v
 }

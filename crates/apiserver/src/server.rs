@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 use tug_api::schema::SchemaSet;
-use tug_api::{ApiError, Registry};
+use tug_api::{ApiError, Registry, ResourceType};
 use tug_store::Store;
 
 use crate::admission::Ipv4Cidr;
@@ -52,13 +52,21 @@ impl Default for ServerOptions {
 
 /// The state every request shares.
 pub struct Inner {
-    pub registry: Registry,
+    /// The built-in resources, which never change.
+    builtin: Registry,
+    /// The served resources: the built-in ones plus those of established
+    /// CustomResourceDefinitions. Requests take a snapshot ([`ApiServer::registry`]); the CRD
+    /// controller swaps in a new registry when definitions change.
+    registry: RwLock<Arc<Registry>>,
     pub store: Arc<dyn Store>,
     pub tokens: Option<TokenFile>,
     pub metrics: Metrics,
     pub options: ServerOptions,
+    pub(crate) namespace_cache: crate::admission::NamespaceCache,
     ready: AtomicBool,
     schemas: OnceLock<SchemaSet>,
+    pub(crate) openapi_v2: openapi::v2::Cache,
+    pub(crate) crd_state: crate::crd::State,
 }
 
 /// The API server; cheap to clone.
@@ -75,18 +83,38 @@ impl Deref for ApiServer {
 
 impl ApiServer {
     pub fn new(store: Arc<dyn Store>, tokens: Option<TokenFile>, options: ServerOptions) -> ApiServer {
+        let builtin = Registry::builtin();
+        let registry = RwLock::new(Arc::new(builtin.extended(Vec::new(), 0)));
         ApiServer(Arc::new(Inner {
-            registry: Registry::builtin(),
+            builtin,
+            registry,
             store,
             tokens,
             metrics: Metrics::default(),
             options,
+            namespace_cache: Default::default(),
             ready: AtomicBool::new(false),
             schemas: OnceLock::new(),
+            openapi_v2: Default::default(),
+            crd_state: Default::default(),
         }))
     }
 
-    /// The OpenAPI schemas of every served type, built on first use.
+    /// The served resources, as of now. Cheap: a lock held for an `Arc` clone.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves the built-in resources plus `custom` (the resources of established
+    /// CustomResourceDefinitions), replacing the previous custom ones.
+    pub(crate) fn set_custom_resources(&self, custom: Vec<Arc<ResourceType>>) {
+        let mut current = self.registry.write().unwrap_or_else(|e| e.into_inner());
+        let generation = current.generation() + 1;
+        *current = Arc::new(self.builtin.extended(custom, generation));
+    }
+
+    /// The OpenAPI schemas of every built-in type, built on first use. Custom resources
+    /// publish their own definitions ([`tug_api::kinds::KindOps::own_definitions`]).
     pub fn schemas(&self) -> &SchemaSet {
         self.schemas.get_or_init(|| {
             use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
@@ -95,7 +123,7 @@ impl ApiServer {
             set.add_type::<meta::DeleteOptions>();
             set.add_type::<meta::Status>();
             set.add_type::<k8s_openapi::api::autoscaling::v1::Scale>();
-            for rt in self.registry.all() {
+            for rt in self.builtin.all() {
                 rt.ops.add_schema(&mut set);
             }
             set
@@ -219,6 +247,7 @@ impl ApiServer {
             Err(e) => return (Err(e), None),
         };
         let accept_header = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let registry = self.registry();
         if !matches!(route, Route::Resource(_)) && method != Method::GET && method != Method::HEAD {
             return (Err(ApiError::method_not_allowed(method.as_str(), tug_api::status::Subject { group: "", resource: "", kind: "" })), None);
         }
@@ -234,25 +263,25 @@ impl ApiServer {
                 let core = route == Route::CoreVersions;
                 match codec::negotiate(accept_header.as_deref()) {
                     Ok(Accept::AggregatedDiscovery) => {
-                        let mut r = response::json(200, &discovery::aggregated(&self.registry, core));
+                        let mut r = response::json(200, &discovery::aggregated(&registry, core));
                         r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
                         Ok(r)
                     }
                     Ok(_) if core => Ok(response::json(200, &discovery::core_versions(&format!("{}:{}", self.options.advertise_address, self.options.port)))),
-                    Ok(_) => Ok(response::json(200, &discovery::group_list(&self.registry))),
+                    Ok(_) => Ok(response::json(200, &discovery::group_list(&registry))),
                     Err(e) => Err(e),
                 }
             }
-            Route::Group(g) => discovery::group(&self.registry, &g).map(|d| response::json(200, &d)).ok_or_else(ApiError::path_not_found),
-            Route::ResourceList { group, version } => discovery::resource_list(&self.registry, &group, &version)
+            Route::Group(g) => discovery::group(&registry, &g).map(|d| response::json(200, &d)).ok_or_else(ApiError::path_not_found),
+            Route::ResourceList { group, version } => discovery::resource_list(&registry, &group, &version)
                 .map(|d| response::json(200, &d))
                 .ok_or_else(ApiError::path_not_found),
             Route::OpenApiV2 => {
                 let if_none_match = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
                 openapi::v2::serve(self, accept_header.as_deref(), if_none_match).await
             }
-            Route::OpenApiV3Root => Ok(response::json(200, &openapi::root(&self.registry))),
-            Route::OpenApiV3 { group, version } => openapi::group_version(self, &group, &version).map(|d| response::json(200, &d)),
+            Route::OpenApiV3Root => Ok(response::json(200, &openapi::root(&registry))),
+            Route::OpenApiV3 { group, version } => openapi::group_version(self, &registry, &group, &version).map(|d| response::json(200, &d)),
             Route::NotFound => Err(ApiError::path_not_found()),
             Route::Resource(rr) => {
                 let labels = Some((
@@ -260,7 +289,7 @@ impl ApiServer {
                     rr.group.clone(),
                     rr.resource.clone(),
                 ));
-                let Some(rt) = self.registry.lookup(&rr.group, &rr.version, &rr.resource) else {
+                let Some(rt) = registry.lookup(&rr.group, &rr.version, &rr.resource) else {
                     return (Err(ApiError::path_not_found()), labels);
                 };
                 let accept = match codec::negotiate(accept_header.as_deref()) {
@@ -268,11 +297,12 @@ impl ApiServer {
                     Err(e) => return (Err(e), labels),
                 };
                 let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
                 let body = match self.read_body(req).await {
                     Ok((_, b)) => b,
                     Err(e) => return (Err(e), labels),
                 };
-                let call = Call { srv: self, rt, req: &rr, query: &query, accept, content_type, body, user };
+                let call = Call { srv: self, rt, req: &rr, query: &query, accept, content_type, user_agent, body, user };
                 return (handlers::serve(call).await, labels);
             }
         };
@@ -289,7 +319,8 @@ impl ApiServer {
     /// Creates an object as a client would; if one of that name exists, replaces its contents
     /// (other than metadata and status) when `reconcile` is set, else leaves it alone.
     pub(crate) async fn ensure_object(&self, group: &str, version: &str, plural: &str, obj: Value, reconcile: bool) -> Result<(), ApiError> {
-        let rt = self.registry.lookup(group, version, plural).expect("served resource");
+        let registry = self.registry();
+        let rt = registry.lookup(group, version, plural).expect("served resource");
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
         match self.read(rt, ns.as_deref(), &name).await {

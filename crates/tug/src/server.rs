@@ -107,6 +107,12 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    // One server per data directory: a second one would write the same datastore.
+    let lock_path = args.data_dir.join("server.lock");
+    let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!("another tug server is using the data directory {}", args.data_dir.display());
+    }
     let advertise = args.advertise_address.unwrap_or_else(|| {
         if args.bind_address.is_unspecified() {
             primary_address().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
@@ -156,6 +162,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     println!("kubeconfig: {}", kubeconfig.display());
 
     let shutdown = CancellationToken::new();
+    // CustomResourceDefinitions: their status, their resources' serving and their deletion.
+    let crds = tokio::spawn(server.clone().run_crd_controller(shutdown.clone()));
     let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
     // The controllers are API clients like any other: they connect with the admin kubeconfig.
     let client = crate::client_from_kubeconfig(&kubeconfig).await?;
@@ -163,7 +171,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();
-    let _ = tokio::join!(serving, controllers);
+    let _ = tokio::join!(serving, crds, controllers);
     Ok(())
 }
 

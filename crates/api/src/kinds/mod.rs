@@ -13,12 +13,14 @@ mod other;
 
 use std::marker::PhantomData;
 
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::field::FieldError;
 use crate::status::ApiError;
+use crate::table::IncludeObject;
 
 pub use meta::{validate_dns1123_label, validate_dns1123_subdomain, validate_object_meta, NameRule};
 
@@ -54,7 +56,8 @@ pub trait Kind:
     fn validate_update(&self, _old: &Self, _errs: &mut Vec<FieldError>) {}
 }
 
-/// What the API server needs of a kind, without knowing its Rust type.
+/// What the API server needs of a kind, without knowing its Rust type. Built-in kinds get it
+/// from [`Typed`]; custom resources from [`crate::custom::CustomResource`].
 pub trait KindOps: Send + Sync {
     /// Decodes into the typed struct, applies create preparation and defaults, validates, and
     /// encodes again. Fields the type does not have are dropped (and reported in the result).
@@ -71,13 +74,49 @@ pub trait KindOps: Send + Sync {
     fn field_label(&self, obj: &Value, label: &str) -> Option<String>;
 
     /// The field labels this kind supports, for error messages.
-    fn field_labels(&self) -> Vec<&'static str>;
+    fn field_labels(&self) -> Vec<String>;
 
     /// Adds this type's schema (and those it refers to) to an OpenAPI schema set.
     fn add_schema(&self, set: &mut crate::schema::SchemaSet);
 
     /// The OpenAPI definition name, e.g. `io.k8s.api.core.v1.Pod`.
     fn schema_name(&self) -> String;
+
+    /// OpenAPI definitions this kind publishes that the shared set (built from
+    /// [`KindOps::add_schema`] once) does not hold: those of custom resources, which come and go
+    /// with their definitions. Name and schema, with references into the shared set.
+    fn own_definitions(&self) -> Vec<(String, Value)> {
+        Vec::new()
+    }
+
+    /// Converts an object of this kind to another served version of it.
+    fn convert(&self, obj: Value, to_api_version: &str) -> Result<Value, ApiError> {
+        crate::convert::convert(obj, to_api_version)
+    }
+
+    /// The `Table` of some objects of this kind (server-side printing for `kubectl get`).
+    fn table(&self, objects: &[Value], list_meta: &Value, include: IncludeObject, now: Timestamp) -> Value;
+
+    /// Whether strategic merge patches apply to this kind. Upstream accepts them only for
+    /// kinds it has Go structs (and so patch strategies) for, never for custom resources.
+    fn accepts_strategic_merge_patch(&self) -> bool {
+        true
+    }
+
+    /// Where the scale subresource reads and writes replicas, for kinds whose scale is not the
+    /// built-in `spec.replicas` / `status.replicas` / `spec.selector` (custom resources).
+    fn scale_paths(&self) -> Option<&ScalePaths> {
+        None
+    }
+}
+
+/// A custom resource's scale subresource: dotted JSON paths (`.spec.replicas`) of the desired
+/// and observed replicas and of the serialized label selector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
 }
 
 /// The result of admission: the object to store, and the fields that were dropped because the
@@ -185,9 +224,9 @@ impl<T: Kind> KindOps for Typed<T> {
         })
     }
 
-    fn field_labels(&self) -> Vec<&'static str> {
-        let mut v = vec!["metadata.name", "metadata.namespace"];
-        v.extend(T::FIELD_LABELS.iter().map(|(l, _)| *l));
+    fn field_labels(&self) -> Vec<String> {
+        let mut v = vec!["metadata.name".to_string(), "metadata.namespace".to_string()];
+        v.extend(T::FIELD_LABELS.iter().map(|(l, _)| l.to_string()));
         v
     }
 
@@ -197,6 +236,10 @@ impl<T: Kind> KindOps for Typed<T> {
 
     fn schema_name(&self) -> String {
         <T as schemars::JsonSchema>::schema_name().into_owned()
+    }
+
+    fn table(&self, objects: &[Value], list_meta: &Value, include: IncludeObject, now: Timestamp) -> Value {
+        crate::table::table(T::GROUP, T::KIND, objects, list_meta, include, now)
     }
 }
 

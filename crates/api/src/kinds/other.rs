@@ -20,7 +20,9 @@ use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::{
     CSIDriver, CSINode, CSIStorageCapacity, StorageClass, VolumeAttachment, VolumeAttributesClass,
 };
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceConversion, CustomResourceDefinition, CustomResourceDefinitionNames, CustomResourceDefinitionStatus,
+};
 use serde_json::json;
 
 use super::{Kind, NameRule};
@@ -167,8 +169,26 @@ impl Kind for ClusterRoleBinding {
 }
 
 impl Kind for CustomResourceDefinition {
+    /// upstream's `SetDefaults_CustomResourceDefinitionSpec`.
+    fn set_defaults(&mut self) {
+        let names = &mut self.spec.names;
+        if names.singular.as_deref().is_none_or(str::is_empty) {
+            names.singular = Some(names.kind.to_lowercase());
+        }
+        if names.list_kind.as_deref().is_none_or(str::is_empty) && !names.kind.is_empty() {
+            names.list_kind = Some(format!("{}List", names.kind));
+        }
+        self.spec.conversion.get_or_insert_with(|| CustomResourceConversion { strategy: "None".into(), webhook: None });
+    }
+
+    /// A new definition has no accepted names yet; its storage version is recorded as stored.
     fn prepare_for_create(&mut self) {
-        self.status = None;
+        let stored: Vec<String> = self.spec.versions.iter().filter(|v| v.storage).map(|v| v.name.clone()).take(1).collect();
+        self.status = Some(CustomResourceDefinitionStatus {
+            accepted_names: Some(CustomResourceDefinitionNames::default()),
+            stored_versions: Some(stored),
+            ..Default::default()
+        });
     }
 
     /// upstream's `ValidateCustomResourceDefinition`, in its essentials: the name is
@@ -181,7 +201,7 @@ impl Kind for CustomResourceDefinition {
             errs.push(FieldError::invalid(
                 &FieldPath::new("metadata").key("name"),
                 json!(self.metadata.name),
-                &format!("must be spec.names.plural+\".\"+spec.group"),
+                "must be spec.names.plural+\".\"+spec.group",
             ));
         }
         if spec.group.is_empty() {

@@ -13,8 +13,9 @@
 //! defaulting prints as it would upstream.
 //!
 //! Kinds are named by API group (`""` for the core group) and kind, whatever the version:
-//! upstream prints every version of a kind alike. Custom resources are not covered here: their
-//! tables come from the CRD's `additionalPrinterColumns`.
+//! upstream prints every version of a kind alike. Custom resources have tables of their own
+//! ([`custom_table`]): their columns come from the CRD's `additionalPrinterColumns`, read with a
+//! JSONPath subset ([`JsonPath`]).
 //!
 //! [`human_duration`] is upstream's `duration.HumanDuration`, the `5m2s` / `2d5h` format of
 //! every AGE column; clients show it verbatim.
@@ -24,9 +25,11 @@
 
 mod cluster;
 mod core;
+mod custom;
 mod docs;
 mod duration;
 mod format;
+mod jsonpath;
 mod networking;
 mod object;
 mod pod;
@@ -40,7 +43,9 @@ use std::cmp::Ordering;
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
+pub use custom::{CustomColumn, custom_table};
 pub use duration::human_duration;
+pub use jsonpath::{JsonPath, JsonPathError};
 pub use quantity::canonical_quantity;
 
 /// Errors of table requests.

@@ -3,6 +3,7 @@
 
 use http::Response;
 use serde_json::{Value, json};
+use tug_api::custom::CLEANUP_FINALIZER;
 use tug_api::{ApiError, ResourceType, status};
 use tug_store::StoreError;
 
@@ -33,6 +34,10 @@ const RETURN_DELETED_OBJECT: [(&str, &str); 12] = [
 /// Namespaces upstream's NamespaceLifecycle admission refuses to delete.
 const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 const FOREGROUND: &str = "foregroundDeletion";
+
+fn is_crd(rt: &ResourceType) -> bool {
+    rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition"
+}
 
 /// `DeleteOptions`, from the body and the query.
 #[derive(Debug, Default, Clone)]
@@ -122,7 +127,7 @@ pub(crate) async fn delete(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
     }
     match delete_object(call.srv, call.rt, call.ns(), call.name(), &opts).await? {
         Deleted::Pending(obj) => Ok(call.object(if opts.orphan_dependents_false { 202 } else { 200 }, &obj)),
-        Deleted::Now(obj) if RETURN_DELETED_OBJECT.contains(&(call.rt.group, call.rt.kind)) => Ok(call.object(200, &obj)),
+        Deleted::Now(obj) if RETURN_DELETED_OBJECT.contains(&(&*call.rt.group, &*call.rt.kind)) => Ok(call.object(200, &obj)),
         Deleted::Now(obj) => {
             let uid = obj.pointer("/metadata/uid").and_then(Value::as_str);
             Ok(response::json(200, &status::success_status(call.rt.subject(), call.name(), uid)))
@@ -133,7 +138,7 @@ pub(crate) async fn delete(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
 /// The grace period a pod gets: the request's, else its spec's; none for a pod that never
 /// reached a node or has finished, as upstream's pod strategy decides.
 fn grace_period(rt: &ResourceType, obj: &Value, opts: &DeleteOptions) -> i64 {
-    if rt.kind != "Pod" || rt.group != "" {
+    if rt.kind != "Pod" || !rt.group.is_empty() {
         return 0;
     }
     let scheduled = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
@@ -201,7 +206,13 @@ pub(crate) async fn delete_object(
             ));
         }
         let grace = grace_period(rt, &current, opts);
-        let finalizers = finalizers_for(&current, opts);
+        let mut finalizers = finalizers_for(&current, opts);
+        // A CustomResourceDefinition stays until its custom resources are gone (upstream adds
+        // this finalizer on the first delete, and the CRD controller removes it).
+        let crd_cleanup = is_crd(rt) && !is_deleting(&current);
+        if crd_cleanup && !finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
+            finalizers.push(json!(CLEANUP_FINALIZER));
+        }
         // Namespaces wait for their contents to go: `spec.finalizers` hold them.
         let ns_finalizers = rt.kind == "Namespace"
             && current.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
@@ -225,6 +236,21 @@ pub(crate) async fn delete_object(
             }
             if ns_finalizers {
                 next["status"]["phase"] = json!("Terminating");
+            }
+            if crd_cleanup {
+                if !next["status"].is_object() {
+                    next["status"] = json!({});
+                }
+                crate::crd::set_condition(
+                    &mut next["status"],
+                    json!({
+                        "type": "Terminating",
+                        "status": "True",
+                        "lastTransitionTime": now_rfc3339(),
+                        "reason": "InstanceDeletionPending",
+                        "message": "CustomResourceDefinition marked for deletion; CustomResource deletion will begin soon",
+                    }),
+                );
             }
             if next == current || opts.dry_run {
                 return Ok(Deleted::Pending(next));

@@ -1,10 +1,13 @@
 //! Resource handlers: one module per group of verbs, all sharing [`Call`], the parsed request.
 
-mod delete;
+mod apply;
+pub(crate) mod delete;
 mod read;
 mod subresource;
 mod watch;
 mod write;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
@@ -20,11 +23,13 @@ use crate::server::ApiServer;
 /// One resource request, parsed and authenticated.
 pub(crate) struct Call<'a> {
     pub srv: &'a ApiServer,
-    pub rt: &'a ResourceType,
+    pub rt: &'a Arc<ResourceType>,
     pub req: &'a ResourceRequest,
     pub query: &'a Query,
     pub accept: Accept,
     pub content_type: Option<String>,
+    /// The `User-Agent` header: the default field manager of writes.
+    pub user_agent: Option<String>,
     pub body: Bytes,
     #[allow(dead_code)] // authorization arrives with RBAC
     pub user: &'a UserInfo,
@@ -55,6 +60,10 @@ impl Call<'_> {
 /// Serves a request for a resource or one of its subresources.
 pub(crate) async fn serve(call: Call<'_>) -> Result<Response<Body>, ApiError> {
     let verb = call.req.verb;
+    if !call.rt.namespaced && call.req.namespace.is_some() {
+        // Cluster-scoped resources have no paths under a namespace.
+        return Err(ApiError::path_not_found());
+    }
     if let Some(sub) = call.req.subresource.as_deref() {
         if !call.rt.has_subresource(sub) {
             return Err(ApiError::path_not_found());

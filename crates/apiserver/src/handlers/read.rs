@@ -51,7 +51,7 @@ impl Filter {
         };
         let supported = call.rt.ops.field_labels();
         for r in fields.requirements() {
-            if !supported.contains(&r.field.as_str()) {
+            if !supported.contains(&r.field) {
                 // Kinds with their own field labels answer as their conversion function does;
                 // the others as upstream's default one.
                 return Err(ApiError::bad_request(if supported.len() > 2 {
@@ -236,7 +236,7 @@ pub(crate) fn table_of(call: &Call<'_>, objects: &[Value], list_meta: Value) -> 
         Some("Object") => IncludeObject::Object,
         _ => IncludeObject::Metadata,
     };
-    tug_api::table::table(call.rt.group, call.rt.kind, objects, &list_meta, include, jiff::Timestamp::now())
+    call.rt.ops.table(objects, &list_meta, include, jiff::Timestamp::now())
 }
 
 /// A `resourceVersion` parameter: a store revision, never negative.

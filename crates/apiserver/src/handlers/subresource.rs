@@ -5,7 +5,7 @@ use http::Response;
 use serde_json::{Value, json};
 use tug_api::field::{FieldError, FieldPath};
 use tug_api::selector::LabelSelector;
-use tug_api::{ApiError, status};
+use tug_api::{ApiError, ResourceType, custom, status};
 use tug_store::StoreError;
 
 use super::delete::{DeleteOptions, Deleted, delete_object};
@@ -34,19 +34,26 @@ pub(crate) async fn serve(call: &Call<'_>, sub: &str) -> Result<Response<Body>, 
     }
 }
 
-/// The `autoscaling/v1 Scale` view of a workload.
-fn scale_of(obj: &Value) -> Result<Value, ApiError> {
-    let selector = match obj.pointer("/spec/selector") {
-        Some(Value::Object(m)) if m.contains_key("matchLabels") || m.contains_key("matchExpressions") => {
-            let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
-                serde_json::from_value(Value::Object(m.clone())).map_err(ApiError::internal)?;
-            LabelSelector::from_label_selector(&sel).map_err(ApiError::internal)?.to_string()
-        }
-        // ReplicationControllers select with a plain map.
-        Some(Value::Object(m)) => {
-            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
-        }
-        _ => String::new(),
+/// The `autoscaling/v1 Scale` view of a workload, or of a custom resource through the paths
+/// its definition names.
+fn scale_of(rt: &ResourceType, obj: &Value) -> Result<Value, ApiError> {
+    let (spec_replicas, status_replicas, selector) = match rt.ops.scale_paths() {
+        Some(paths) => (
+            custom::get_path(obj, &paths.spec_replicas).and_then(Value::as_i64).unwrap_or(0),
+            custom::get_path(obj, &paths.status_replicas).and_then(Value::as_i64).unwrap_or(0),
+            paths
+                .label_selector
+                .as_deref()
+                .and_then(|p| custom::get_path(obj, p))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        ),
+        None => (
+            obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0),
+            obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            workload_selector(obj)?,
+        ),
     };
     let meta = &obj["metadata"];
     let mut scale_meta = json!({});
@@ -59,26 +66,40 @@ fn scale_of(obj: &Value) -> Result<Value, ApiError> {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": scale_meta,
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
-        "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
-            "selector": selector,
-        },
+        "spec": {"replicas": spec_replicas},
+        "status": {"replicas": status_replicas, "selector": selector},
     }))
+}
+
+/// A built-in workload's selector, serialized.
+fn workload_selector(obj: &Value) -> Result<String, ApiError> {
+    Ok(match obj.pointer("/spec/selector") {
+        Some(Value::Object(m)) if m.contains_key("matchLabels") || m.contains_key("matchExpressions") => {
+            let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+                serde_json::from_value(Value::Object(m.clone())).map_err(ApiError::internal)?;
+            LabelSelector::from_label_selector(&sel).map_err(ApiError::internal)?.to_string()
+        }
+        // ReplicationControllers select with a plain map.
+        Some(Value::Object(m)) => {
+            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+        }
+        _ => String::new(),
+    })
 }
 
 async fn scale(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     if call.req.verb == Verb::Get {
         let (obj, _) = call.srv.read(call.rt, call.ns(), call.name()).await?;
-        return Ok(response::json(200, &scale_of(&obj)?));
+        return Ok(response::json(200, &scale_of(call.rt, &obj)?));
     }
     let dry_run = call.query.dry_run()?;
     let patch = if call.req.verb == Verb::Patch { Some(write::parse_patch(call)?) } else { None };
     let body = if patch.is_none() { Some(body_object(call)?) } else { None };
+    let manager = if patch.is_some() { write::manager(call, "PatchOptions", Some(false))? } else { write::manager(call, "UpdateOptions", None)? };
     let (out, _) = call
         .srv
-        .update_object(call.rt, call.ns(), call.name(), None, dry_run, |current| {
-            let current_scale = scale_of(current)?;
+        .update_object_as(call.rt, call.ns(), call.name(), Some("scale"), dry_run, Some(&manager), |current| {
+            let current_scale = scale_of(call.rt, current)?;
             let desired = match (&patch, &body) {
                 (Some((pt, doc)), _) => {
                     let scale_call_view = write::PatchKind::new(*pt, doc);
@@ -101,7 +122,10 @@ async fn scale(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
             }
             let pinned = desired.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty());
             let mut next = current.clone();
-            next["spec"]["replicas"] = json!(replicas);
+            match call.rt.ops.scale_paths() {
+                Some(paths) => custom::set_path(&mut next, &paths.spec_replicas, json!(replicas)),
+                None => next["spec"]["replicas"] = json!(replicas),
+            }
             match pinned {
                 Some(rv) => next["metadata"]["resourceVersion"] = json!(rv),
                 None => {
@@ -111,7 +135,7 @@ async fn scale(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
             Ok(Mutation::Write(next))
         })
         .await?;
-    Ok(response::json(200, &scale_of(&out)?))
+    Ok(response::json(200, &scale_of(call.rt, &out)?))
 }
 
 /// Assigns a pod to a node (`pods/binding`, and the `bindings` resource).
@@ -122,7 +146,8 @@ pub(crate) async fn bind(call: &Call<'_>, pod_name: Option<&str>) -> Result<Resp
     let Some(node) = node else {
         return Err(ApiError::invalid("", "Binding", &name, &[FieldError::required(&FieldPath::new("target").key("name"), "")]));
     };
-    let pods = call.srv.registry.lookup("", "v1", "pods").expect("pods are served");
+    let registry = call.srv.registry();
+    let pods = registry.lookup("", "v1", "pods").expect("pods are served");
     let ns = call.req.namespace.as_deref();
     let key = pods.key(ns, &name);
     loop {
@@ -186,7 +211,8 @@ async fn evict(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
 }
 
 async fn check_disruption_budgets(call: &Call<'_>, pod: &Value) -> Result<(), ApiError> {
-    let pdbs = call.srv.registry.lookup("policy", "v1", "poddisruptionbudgets").expect("pdbs are served");
+    let registry = call.srv.registry();
+    let pdbs = registry.lookup("policy", "v1", "poddisruptionbudgets").expect("pdbs are served");
     let ns = call.ns();
     let list = call.srv.store.list(&pdbs.prefix(ns), Default::default()).await.map_err(|e| store_error(pdbs, "", e))?;
     let labels = pod.pointer("/metadata/labels");
@@ -242,7 +268,7 @@ async fn finalize(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let finalizers = body.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
     let (out, _) = call
         .srv
-        .update_object(call.rt, None, call.name(), Some("finalize"), call.query.dry_run()?, |current| {
+        .update_object_as(call.rt, None, call.name(), Some("finalize"), call.query.dry_run()?, Some(&write::manager(call, "UpdateOptions", None)?), |current| {
             let mut next = current.clone();
             next["spec"]["finalizers"] = finalizers.clone();
             next["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));

@@ -7,6 +7,7 @@
 //! the client allows them, including the `k8s.io/initial-events-end` one of `sendInitialEvents`.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,13 +30,14 @@ use crate::server::ApiServer;
 
 /// How often an idle watch with bookmarks allowed gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a watch of a custom resource checks that the resource is still served.
+const SERVED_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The default lifetime of a watch; upstream picks between 30 and 60 minutes.
 const DEFAULT_TIMEOUT_SECS: u64 = 1800;
 
 struct Encoder {
     accept: Accept,
-    group: &'static str,
-    kind: &'static str,
+    rt: Arc<ResourceType>,
     api_version: String,
     include: tug_api::table::IncludeObject,
 }
@@ -43,9 +45,7 @@ struct Encoder {
 impl Encoder {
     fn frame(&self, kind: &str, obj: &Value) -> Bytes {
         let object = match self.accept {
-            Accept::Table => tug_api::table::table(
-                self.group,
-                self.kind,
+            Accept::Table => self.rt.ops.table(
                 std::slice::from_ref(obj),
                 &json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or_default()}),
                 self.include,
@@ -64,7 +64,7 @@ impl Encoder {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": meta});
+        let obj = json!({"kind": self.rt.kind, "apiVersion": self.api_version, "metadata": meta});
         let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
@@ -116,10 +116,10 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         Some("Object") => tug_api::table::IncludeObject::Object,
         _ => tug_api::table::IncludeObject::Metadata,
     };
-    let enc = Encoder { accept: call.accept, group: call.rt.group, kind: call.rt.kind, api_version: call.rt.api_version(), include };
+    let enc = Encoder { accept: call.accept, rt: call.rt.clone(), api_version: call.rt.api_version(), include };
     let prefix = call.rt.prefix(call.ns());
     let srv = call.srv.clone();
-    let rt_key = (call.rt.group, call.rt.version, call.rt.plural);
+    let rt = call.rt.clone();
 
     // Read the initial state (if any) and open the store watch before answering, so that
     // errors such as a bad selector or a compacted revision are reported synchronously.
@@ -140,7 +140,7 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     tokio::spawn(async move {
-        let Some(rt) = srv.registry.lookup(rt_key.0, rt_key.1, rt_key.2) else { return };
+        let rt = &*rt;
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
@@ -165,10 +165,18 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
         ticker.reset();
+        let mut served = tokio::time::interval(SERVED_CHECK_INTERVAL);
+        served.reset();
         let mut last_rev = after;
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
+                // A custom resource's watches end when its definition goes, as upstream's do.
+                _ = served.tick(), if rt.custom => {
+                    if srv.registry().lookup(&rt.group, &rt.version, &rt.plural).is_none_or(|now| !now.custom) {
+                        return;
+                    }
+                }
                 _ = ticker.tick(), if bookmarks => {
                     if !send(enc.bookmark(last_rev, false)).await { return; }
                 }

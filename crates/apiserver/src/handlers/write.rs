@@ -4,8 +4,9 @@ use http::Response;
 use serde_json::{Value, json};
 use tug_api::{ApiError, patch};
 
-use super::{Call, body_object};
-use crate::objects::Mutation;
+use super::{Call, apply, body_object};
+use crate::managed_fields::{validate_options, write_manager};
+use crate::objects::{Mutation, take_managed_fields};
 use crate::response::{self, Body};
 
 /// The characters upstream's `generateName` suffix is drawn from (no vowels, no look-alikes).
@@ -18,13 +19,13 @@ fn random_suffix() -> String {
 
 /// How unknown fields are treated (`?fieldValidation=`), upstream's default being `Warn`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum FieldValidation {
+pub(crate) enum FieldValidation {
     Ignore,
     Warn,
     Strict,
 }
 
-fn field_validation(call: &Call<'_>) -> Result<FieldValidation, ApiError> {
+pub(crate) fn field_validation(call: &Call<'_>) -> Result<FieldValidation, ApiError> {
     match call.query.get("fieldValidation") {
         None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
         Some("Ignore") => Ok(FieldValidation::Ignore),
@@ -97,7 +98,7 @@ pub(crate) fn check_type(call: &Call<'_>, obj: &mut Value) -> Result<(), ApiErro
 }
 
 /// Makes sure the object's namespace matches the request's.
-fn check_namespace(call: &Call<'_>, obj: &mut Value) -> Result<(), ApiError> {
+pub(crate) fn check_namespace(call: &Call<'_>, obj: &mut Value) -> Result<(), ApiError> {
     let Some(ns) = call.ns() else {
         if call.rt.namespaced {
             return Err(ApiError::path_not_found());
@@ -117,8 +118,16 @@ fn check_namespace(call: &Call<'_>, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The field manager a non-apply write is recorded as, after validating `?fieldManager=`.
+pub(crate) fn manager(call: &Call<'_>, options_kind: &str, patch: Option<bool>) -> Result<String, ApiError> {
+    let field_manager = call.query.get("fieldManager");
+    validate_options(options_kind, field_manager, patch, call.query.get("force").is_some())?;
+    Ok(write_manager(field_manager, call.user_agent.as_deref()))
+}
+
 pub(crate) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let dry_run = call.query.dry_run()?;
+    let manager = manager(call, "CreateOptions", None)?;
     let mut obj = body_object(call)?;
     check_type(call, &mut obj)?;
     check_namespace(call, &mut obj)?;
@@ -135,7 +144,7 @@ pub(crate) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
         if generated && !prefix.is_empty() {
             candidate["metadata"]["name"] = json!(format!("{prefix}{}", random_suffix()));
         }
-        match create_one(call, candidate, dry_run).await {
+        match create_one(call, candidate, dry_run, &manager).await {
             Err(e) if e.reason == "AlreadyExists" && generated && !prefix.is_empty() => last_err = Some(e),
             other => return other,
         }
@@ -143,22 +152,25 @@ pub(crate) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
     Err(last_err.unwrap_or_else(|| ApiError::internal("name generation failed")))
 }
 
-async fn create_one(call: &Call<'_>, obj: Value, dry_run: bool) -> Result<Response<Body>, ApiError> {
-    let admitted = call.srv.admit_new(call.rt, obj)?;
+async fn create_one(call: &Call<'_>, mut obj: Value, dry_run: bool, manager: &str) -> Result<Response<Body>, ApiError> {
+    let requested = take_managed_fields(&mut obj);
+    let mut admitted = call.srv.admit_new(call.rt, obj)?;
     let warnings = unknown_fields(call, &admitted.unknown_fields)?;
+    call.srv.track_write(call.rt, None, None, requested.as_ref(), &mut admitted.object, manager)?;
     let created = call.srv.store_new(call.rt, admitted.object, dry_run).await?;
     Ok(response::with_warnings(call.object(201, &created), &warnings))
 }
 
 pub(crate) async fn update(call: &Call<'_>, subresource: Option<&str>) -> Result<Response<Body>, ApiError> {
     let dry_run = call.query.dry_run()?;
+    let manager = manager(call, "UpdateOptions", None)?;
     let mut obj = body_object(call)?;
     check_type(call, &mut obj)?;
     check_namespace(call, &mut obj)?;
     let warnings = strict_check(call, &obj)?;
     let (out, _) = call
         .srv
-        .update_object(call.rt, call.ns(), call.name(), subresource, dry_run, |_| Ok(Mutation::Write(obj.clone())))
+        .update_object_as(call.rt, call.ns(), call.name(), subresource, dry_run, Some(&manager), |_| Ok(Mutation::Write(obj.clone())))
         .await?;
     Ok(response::with_warnings(call.object(200, &out), &warnings))
 }
@@ -181,7 +193,7 @@ fn patch_type(content_type: Option<&str>) -> Result<PatchType, ApiError> {
             code: 415,
             reason: "UnsupportedMediaType",
             message: format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {other:?})"
             ),
             details: None,
         }),
@@ -232,6 +244,15 @@ impl<'a> PatchKind<'a> {
 
 pub(crate) fn parse_patch(call: &Call<'_>) -> Result<(PatchType, Value), ApiError> {
     let pt = patch_type(call.content_type.as_deref())?;
+    if matches!(pt, PatchType::Strategic) && !call.rt.ops.accepts_strategic_merge_patch() {
+        // Custom resources have no patch strategies: upstream does not offer this format.
+        return Err(ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into(),
+            details: None,
+        });
+    }
     if call.body.is_empty() {
         return Err(ApiError::bad_request("the body of the request was empty"));
     }
@@ -245,12 +266,17 @@ pub(crate) fn parse_patch(call: &Call<'_>) -> Result<(PatchType, Value), ApiErro
 }
 
 pub(crate) async fn patch(call: &Call<'_>, subresource: Option<&str>) -> Result<Response<Body>, ApiError> {
+    if apply::is_apply_patch(call.content_type.as_deref()) {
+        manager(call, "PatchOptions", Some(true))?;
+        return apply::apply(call, subresource).await;
+    }
     let dry_run = call.query.dry_run()?;
+    let manager = manager(call, "PatchOptions", Some(false))?;
     let (pt, doc) = parse_patch(call)?;
     let mut warnings = Vec::new();
     let (out, _) = call
         .srv
-        .update_object(call.rt, call.ns(), call.name(), subresource, dry_run, |current| {
+        .update_object_as(call.rt, call.ns(), call.name(), subresource, dry_run, Some(&manager), |current| {
             let mut patched = apply_patch(call, PatchKind(pt, &doc), current)?;
             check_type(call, &mut patched)?;
             // A patch that does not mention resourceVersion must not pin the current one.

@@ -9,17 +9,21 @@
 pub mod v2;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use tug_api::{ApiError, Registry, ResourceType};
 
 use crate::server::ApiServer;
 
-/// A hash for the index's URLs, so clients cache each document until the server changes.
-fn doc_hash(gv: &str) -> String {
+/// A hash for the index's URLs, so clients cache each document until the server changes:
+/// documents of built-in groups change with the build, those of custom resources with the
+/// registry (`generation`, when the group version serves custom resources).
+fn doc_hash(gv: &str, generation: Option<u64>) -> String {
     // FNV-1a over the version and group version: stable per build and document.
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in env!("CARGO_PKG_VERSION").bytes().chain(gv.bytes()) {
+    let generation = generation.map(|g| g.to_string()).unwrap_or_default();
+    for b in env!("CARGO_PKG_VERSION").bytes().chain(gv.bytes()).chain(generation.bytes()) {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
@@ -36,7 +40,8 @@ pub fn root(registry: &Registry) -> Value {
     for g in registry.groups() {
         for v in &g.versions {
             let p = gv_path(g.group, v);
-            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc_hash(&p))}));
+            let custom = registry.resources_in(g.group, v).any(|rt| rt.custom).then(|| registry.generation());
+            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc_hash(&p, custom))}));
         }
     }
     json!({"paths": paths})
@@ -76,7 +81,7 @@ fn json_response(schema: &str) -> Value {
 /// Paths of one resource.
 fn resource_paths(rt: &ResourceType, schema: &str, paths: &mut Map<String, Value>) {
     let gvk = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
-    let base = format!("/{}", gv_path(rt.group, rt.version));
+    let base = format!("/{}", gv_path(&rt.group, &rt.version));
     let collection = if rt.namespaced {
         format!("{base}/namespaces/{{namespace}}/{}", rt.plural)
     } else {
@@ -131,11 +136,15 @@ fn resource_paths(rt: &ResourceType, schema: &str, paths: &mut Map<String, Value
         coll.insert("parameters".into(), Value::Array(coll_params));
     }
     paths.insert(collection.clone(), Value::Object(coll));
-    let patch_body = json!({"content": {
-        "application/json-patch+json": {"schema": schema_ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch")},
-        "application/merge-patch+json": {"schema": schema_ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch")},
-        "application/strategic-merge-patch+json": {"schema": schema_ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch")},
-    }, "required": true});
+    let mut patch_types = vec!["application/json-patch+json", "application/merge-patch+json"];
+    if rt.ops.accepts_strategic_merge_patch() {
+        patch_types.push("application/strategic-merge-patch+json");
+    }
+    let patch_content: Map<String, Value> = patch_types
+        .into_iter()
+        .map(|t| (t.to_string(), json!({"schema": schema_ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch")})))
+        .collect();
+    let patch_body = json!({"content": patch_content, "required": true});
     let mut item_ops = Map::new();
     let object_ops = |sub: &str, ops: &mut Map<String, Value>, target: &str, target_kind: &Value| {
         let suffix = match sub {
@@ -203,14 +212,14 @@ fn resource_paths(rt: &ResourceType, schema: &str, paths: &mut Map<String, Value
 }
 
 /// Every definition `roots` refer to, directly or through others.
-fn referenced(set: &tug_api::schema::SchemaSet, roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+fn referenced<'a>(definition: impl Fn(&str) -> Option<&'a Value>, roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut queue: VecDeque<String> = roots.into_iter().collect();
     while let Some(name) = queue.pop_front() {
         if !seen.insert(name.clone()) {
             continue;
         }
-        if let Some(def) = set.definition(&name) {
+        if let Some(def) = definition(&name) {
             collect_refs(def, &mut queue);
         }
     }
@@ -233,8 +242,8 @@ fn collect_refs(v: &Value, out: &mut VecDeque<String>) {
 }
 
 /// `/openapi/v3/apis/<group>/<version>`.
-pub fn group_version(srv: &ApiServer, group: &str, version: &str) -> Result<Value, ApiError> {
-    let resources: Vec<&ResourceType> = srv.registry.resources_in(group, version).collect();
+pub fn group_version(srv: &ApiServer, registry: &Registry, group: &str, version: &str) -> Result<Value, ApiError> {
+    let resources: Vec<&Arc<ResourceType>> = registry.resources_in(group, version).collect();
     if resources.is_empty() {
         return Err(ApiError::path_not_found());
     }
@@ -245,19 +254,28 @@ pub fn group_version(srv: &ApiServer, group: &str, version: &str) -> Result<Valu
         "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions".to_string(),
         "io.k8s.apimachinery.pkg.apis.meta.v1.Status".to_string(),
     ];
+    // Definitions of custom resources, which the shared set does not hold.
+    let mut own: Map<String, Value> = Map::new();
     for rt in &resources {
         let schema = rt.ops.schema_name();
         resource_paths(rt, &schema, &mut paths);
-        roots.push(format!("{schema}List"));
+        let definitions = rt.ops.own_definitions();
+        if definitions.is_empty() {
+            roots.push(format!("{schema}List"));
+        }
+        for (name, def) in definitions {
+            roots.push(name.clone());
+            own.insert(name, def);
+        }
         roots.push(schema);
         if rt.has_subresource("scale") {
             roots.push("io.k8s.api.autoscaling.v1.Scale".into());
         }
     }
-    let names = referenced(set, roots);
+    let names = referenced(|n| own.get(n).or_else(|| set.definition(n)), roots);
     let mut schemas = Map::new();
     for n in names {
-        if let Some(d) = set.definition(&n) {
+        if let Some(d) = own.get(&n).or_else(|| set.definition(&n)) {
             schemas.insert(n, d.clone());
         }
     }

@@ -2,8 +2,10 @@
 //! owners are gone, and carries out the `orphan` and `foregroundDeletion` propagation policies.
 //!
 //! It keeps a graph of every object's owner references, fed by metadata-only watches of every
-//! served resource (found through discovery), and works through a queue of two kinds of items,
-//! as upstream does:
+//! served resource (found through discovery, read again every 30 seconds, when a
+//! CustomResourceDefinition changes and when an owner reference names an unknown kind, so that
+//! custom resources are watched once served and no longer once gone), and works through a
+//! queue of two kinds of items, as upstream does:
 //! - attempt to delete a dependent: its owners are verified with live reads (the graph may lag);
 //!   if none is left it is deleted (in the foreground if an owner is being deleted so), if some
 //!   are gone their references are removed;
@@ -14,7 +16,7 @@
 mod graph;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -69,16 +71,17 @@ struct Kinds {
     by_gvk: HashMap<(String, String), (ApiResource, bool)>,
 }
 
-impl Kinds {
-    fn resolve(&self, api_version: &str, kind: &str) -> Option<&(ApiResource, bool)> {
-        self.by_gvk.get(&(api_version.to_string(), kind.to_string()))
-    }
-}
-
 struct Collector {
     client: Client,
     graph: Mutex<Graph>,
-    kinds: Kinds,
+    kinds: RwLock<Kinds>,
+    /// The running watches, by `apiVersion` and plural, each stopped by its token.
+    monitors: Mutex<HashMap<(String, String), CancellationToken>>,
+    /// Asks for discovery to be read again: an owner reference named a kind not known yet
+    /// (upstream resets its REST mapper on such a miss).
+    rediscover: tokio::sync::Notify,
+    /// The unknown kinds that already asked for a rediscovery since the last periodic one.
+    unknown: Mutex<HashSet<(String, String)>>,
     queue: mpsc::UnboundedSender<Item>,
     pending: Mutex<HashSet<Item>>,
 }
@@ -91,14 +94,26 @@ impl Collector {
         }
     }
 
+    /// The resource serving `apiVersion` and `kind`, and whether it is namespaced.
+    fn resolve(&self, api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
+        let kinds = self.kinds.read().unwrap_or_else(|e| e.into_inner());
+        kinds.by_gvk.get(&(api_version.to_string(), kind.to_string())).cloned()
+    }
+
     fn api_for(&self, ar: &ApiResource, namespaced: bool, ns: &str) -> Api<DynamicObject> {
         if namespaced { Api::namespaced_with(self.client.clone(), ns, ar) } else { Api::all_with(self.client.clone(), ar) }
     }
 
     /// Reads an owner live, since the graph may lag behind.
     async fn owner_state(&self, owner: &OwnerReference, ns: &str) -> Result<OwnerState, Error> {
-        let Some((ar, namespaced)) = self.kinds.resolve(&owner.api_version, &owner.kind) else { return Ok(OwnerState::Unknown) };
-        let api = self.api_for(ar, *namespaced, ns);
+        let Some((ar, namespaced)) = self.resolve(&owner.api_version, &owner.kind) else {
+            let key = (owner.api_version.clone(), owner.kind.clone());
+            if self.unknown.lock().expect("unknown kinds lock").insert(key) {
+                self.rediscover.notify_one();
+            }
+            return Ok(OwnerState::Unknown);
+        };
+        let api = self.api_for(&ar, namespaced, ns);
         match api.get_metadata_opt(&owner.name).await {
             Ok(Some(o)) if o.metadata.uid.as_deref() == Some(owner.uid.as_str()) => {
                 let waiting = o.metadata.deletion_timestamp.is_some()
@@ -126,17 +141,16 @@ impl Collector {
                 OwnerState::WaitingForDependents => waiting.push(owner),
             }
         }
-        let Some((ar, namespaced)) = self.kinds.by_gvk.get(&(node.api_version.clone(), node.kind.clone())) else { return Ok(()) };
-        let api = self.api_for(ar, *namespaced, &node.namespace);
+        let Some((ar, namespaced)) = self.resolve(&node.api_version, &node.kind) else { return Ok(()) };
+        let api = self.api_for(&ar, namespaced, &node.namespace);
         let err = |action, source| Error::Api { action, kind: node.kind.clone(), namespace: node.namespace.clone(), name: node.name.clone(), source };
         if solid > 0 {
             // The object stays; references to owners that are gone or going are dropped.
             if dangling.is_empty() && waiting.is_empty() {
                 return Ok(());
             }
-            let removals: Vec<_> = dangling.iter().chain(&waiting).map(|o| json!({"$patch": "delete", "uid": o.uid})).collect();
-            let patch = json!({"metadata": {"uid": node.uid, "ownerReferences": removals}});
-            return match api.patch(&node.name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+            let gone: Vec<&str> = dangling.iter().chain(&waiting).map(|o| o.uid.as_str()).collect();
+            return match remove_owner_references(&api, &node.name, &node.uid, &gone).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
                 Err(e) => Err(err("removing owner references of", e)),
@@ -175,14 +189,13 @@ impl Collector {
         if !node.deleting {
             return Ok(());
         }
-        let Some((ar, namespaced)) = self.kinds.by_gvk.get(&(node.api_version.clone(), node.kind.clone())) else { return Ok(()) };
-        let owner_api = self.api_for(ar, *namespaced, &node.namespace);
+        let Some((ar, namespaced)) = self.resolve(&node.api_version, &node.kind) else { return Ok(()) };
+        let owner_api = self.api_for(&ar, namespaced, &node.namespace);
         if node.finalizers.iter().any(|f| f == ORPHAN) {
             for dep in &dependents {
-                let Some((dar, dns)) = self.kinds.by_gvk.get(&(dep.api_version.clone(), dep.kind.clone())) else { continue };
-                let api = self.api_for(dar, *dns, &dep.namespace);
-                let patch = json!({"metadata": {"uid": dep.uid, "ownerReferences": [{"$patch": "delete", "uid": node.uid}]}});
-                match api.patch(&dep.name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+                let Some((dar, dns)) = self.resolve(&dep.api_version, &dep.kind) else { continue };
+                let api = self.api_for(&dar, dns, &dep.namespace);
+                match remove_owner_references(&api, &dep.name, &dep.uid, &[node.uid.as_str()]).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
                     Err(source) => return Err(Error::Api { action: "orphaning", kind: dep.kind.clone(), namespace: dep.namespace.clone(), name: dep.name.clone(), source }),
@@ -218,84 +231,172 @@ impl Collector {
     }
 }
 
-/// Runs the garbage collector until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) -> Result<(), Error> {
-    let discovery = Discovery::new(client.clone()).run().await.map_err(Error::Discovery)?;
-    let mut kinds = Kinds::default();
-    let mut watched = Vec::new();
-    for group in discovery.groups() {
-        for version in group.versions() {
-            for (ar, caps) in group.versioned_resources(version) {
-                let namespaced = caps.scope == Scope::Namespaced;
-                kinds.by_gvk.insert((ar.api_version.clone(), ar.kind.clone()), (ar.clone(), namespaced));
+/// How often the collector re-reads discovery and re-examines its graph.
+const RESYNC: Duration = Duration::from_secs(30);
+/// How long after an unknown owner kind discovery is read again (and the graph re-examined).
+const REDISCOVER_DELAY: Duration = Duration::from_secs(1);
+
+/// Removes owner references (by uid) from an object: a strategic merge patch where the
+/// resource supports one, else (custom resources answer 415) a JSON merge patch of the
+/// remaining references, pinned to the resourceVersion it was computed from, as upstream does.
+async fn remove_owner_references(api: &Api<DynamicObject>, name: &str, uid: &str, gone: &[&str]) -> Result<(), kube::Error> {
+    let removals: Vec<_> = gone.iter().map(|u| json!({"$patch": "delete", "uid": u})).collect();
+    let patch = json!({"metadata": {"uid": uid, "ownerReferences": removals}});
+    match api.patch(name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+        Err(kube::Error::Api(s)) if s.code == 415 => {}
+        other => return other.map(|_| ()),
+    }
+    let live = api.get_metadata(name).await?;
+    let remaining: Vec<&OwnerReference> =
+        live.metadata.owner_references.iter().flatten().filter(|o| !gone.contains(&o.uid.as_str())).collect();
+    let patch = json!({"metadata": {"uid": uid, "resourceVersion": live.metadata.resource_version, "ownerReferences": remaining}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| ())
+}
+
+impl Collector {
+    /// Reads discovery: learns the served kinds, starts watching resources that appeared and
+    /// stops watching those that went away (custom resources come and go with their
+    /// definitions).
+    async fn sync_monitors(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<(), Error> {
+        let discovery = Discovery::new(self.client.clone()).run().await.map_err(Error::Discovery)?;
+        let mut kinds = Kinds::default();
+        let mut watched = Vec::new();
+        for group in discovery.groups() {
+            for version in group.versions() {
+                for (ar, caps) in group.versioned_resources(version) {
+                    let namespaced = caps.scope == Scope::Namespaced;
+                    kinds.by_gvk.insert((ar.api_version.clone(), ar.kind.clone()), (ar.clone(), namespaced));
+                }
+            }
+            for (ar, caps) in group.recommended_resources() {
+                if caps.supports_operation(verbs::WATCH) && caps.supports_operation(verbs::DELETE) {
+                    watched.push(ar);
+                }
             }
         }
-        for (ar, caps) in group.recommended_resources() {
-            if caps.supports_operation(verbs::WATCH) && caps.supports_operation(verbs::DELETE) {
-                watched.push(ar);
+        *self.kinds.write().unwrap_or_else(|e| e.into_inner()) = kinds;
+        let mut monitors = self.monitors.lock().expect("monitors lock");
+        let keys: HashSet<(String, String)> = watched.iter().map(|ar| (ar.api_version.clone(), ar.plural.clone())).collect();
+        monitors.retain(|key, stop| {
+            let keep = keys.contains(key);
+            if !keep {
+                debug!(api_version = %key.0, resource = %key.1, "resource no longer served; stopping its watch");
+                stop.cancel();
+            }
+            keep
+        });
+        for ar in watched {
+            let key = (ar.api_version.clone(), ar.plural.clone());
+            if monitors.contains_key(&key) {
+                continue;
+            }
+            let stop = shutdown.child_token();
+            monitors.insert(key, stop.clone());
+            tokio::spawn(self.clone().monitor(ar, stop));
+        }
+        Ok(())
+    }
+
+    /// Asks for a rediscovery whenever a CustomResourceDefinition changes, so that the
+    /// resources it defines are watched (or no longer) without waiting for the periodic one.
+    async fn watch_definitions(self: Arc<Self>, stop: CancellationToken) {
+        let ar = ApiResource::erase::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(&());
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(self.client.clone(), &ar);
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        futures::pin_mut!(stream);
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = stream.next() => ev,
+            };
+            match ev {
+                None => return,
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => self.rediscover.notify_one(),
+                Some(_) => {}
             }
         }
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let collector = Arc::new(Collector { client: client.clone(), graph: Mutex::new(Graph::default()), kinds, queue: tx, pending: Mutex::new(HashSet::new()) });
-    for ar in watched {
-        let c = collector.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(c.client.clone(), &ar);
-            let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-            futures::pin_mut!(stream);
-            let mut listing: Option<HashSet<String>> = None;
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    ev = stream.next() => ev,
-                };
-                let Some(ev) = ev else { return };
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        debug!(resource = %ar.plural, error = %e, "watch error");
-                        continue;
+
+    /// Feeds the graph from a metadata-only watch of one resource until `stop`.
+    async fn monitor(self: Arc<Self>, ar: ApiResource, stop: CancellationToken) {
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(self.client.clone(), &ar);
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        futures::pin_mut!(stream);
+        let mut listing: Option<HashSet<String>> = None;
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = stream.next() => ev,
+            };
+            let Some(ev) = ev else { return };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    debug!(resource = %ar.plural, error = %e, "watch error");
+                    continue;
+                }
+            };
+            match ev {
+                watcher::Event::Init => listing = Some(HashSet::new()),
+                watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
+                    let node = Node::from_meta(&ar, &obj.metadata);
+                    if let Some(seen) = listing.as_mut() {
+                        seen.insert(node.uid.clone());
                     }
-                };
-                match ev {
-                    watcher::Event::Init => listing = Some(HashSet::new()),
-                    watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
-                        let node = Node::from_meta(&ar, &obj.metadata);
-                        if let Some(seen) = listing.as_mut() {
-                            seen.insert(node.uid.clone());
-                        }
-                        c.observe(node);
-                    }
-                    watcher::Event::InitDone => {
-                        // Objects that vanished while the watch was down.
-                        if let Some(seen) = listing.take() {
-                            let gone = c.graph.lock().expect("graph lock").missing_of_kind(&ar.api_version, &ar.kind, &seen);
-                            for uid in gone {
-                                c.forget(&uid);
-                            }
-                        }
-                    }
-                    watcher::Event::Delete(obj) => {
-                        if let Some(uid) = obj.metadata.uid.clone() {
-                            c.forget(&uid);
+                    self.observe(node);
+                }
+                watcher::Event::InitDone => {
+                    // Objects that vanished while the watch was down.
+                    if let Some(seen) = listing.take() {
+                        let gone = self.graph.lock().expect("graph lock").missing_of_kind(&ar.api_version, &ar.kind, &seen);
+                        for uid in gone {
+                            self.forget(&uid);
                         }
                     }
                 }
+                watcher::Event::Delete(obj) => {
+                    if let Some(uid) = obj.metadata.uid.clone() {
+                        self.forget(&uid);
+                    }
+                }
             }
-        });
+        }
     }
+}
+
+/// Runs the garbage collector until `shutdown`.
+pub async fn run(client: Client, shutdown: CancellationToken) -> Result<(), Error> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let collector = Arc::new(Collector {
+        client: client.clone(),
+        graph: Mutex::new(Graph::default()),
+        kinds: RwLock::new(Kinds::default()),
+        monitors: Mutex::new(HashMap::new()),
+        rediscover: tokio::sync::Notify::new(),
+        unknown: Mutex::new(HashSet::new()),
+        queue: tx,
+        pending: Mutex::new(HashSet::new()),
+    });
+    collector.sync_monitors(&shutdown).await?;
+    tokio::spawn(collector.clone().watch_definitions(shutdown.child_token()));
     // A periodic pass keeps the collector level-triggered even if an event was missed.
     let resync = {
         let c = collector.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(RESYNC);
+            tick.reset();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
+                    _ = tick.tick() => c.unknown.lock().expect("unknown kinds lock").clear(),
+                    _ = c.rediscover.notified() => {
+                        // Misses come in bursts (every dependent of a new kind): one read covers them.
+                        tokio::time::sleep(REDISCOVER_DELAY).await;
+                    }
+                }
+                if let Err(e) = c.sync_monitors(&shutdown).await {
+                    debug!(error = %e, "rediscovery failed; keeping the current watches");
                 }
                 let (owned, deleting) = c.graph.lock().expect("graph lock").resync_items();
                 owned.into_iter().for_each(|u| c.enqueue(Item::AttemptToDelete(u)));

@@ -177,7 +177,12 @@ async fn delete_content(client: &Client, ns: &str) -> Result<Remaining, Error> {
                     ignore_not_found(api.delete(&obj.name_any(), &DeleteParams::background()).await).map_err(failed)?;
                 }
             }
-            let left = api.list(&ListParams::default()).await.map_err(failed)?;
+            let left = match api.list(&ListParams::default()).await {
+                Ok(left) => left,
+                // No longer served (a custom resource whose definition just went): nothing left.
+                Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                Err(e) => return Err(failed(e)),
+            };
             if !left.items.is_empty() {
                 remaining.objects += left.items.len();
                 remaining.by_resource.insert(format!("{}.{}", ar.plural, ar.group), left.items.len());

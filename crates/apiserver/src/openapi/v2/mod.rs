@@ -10,8 +10,8 @@
 //! [`convert`]), and every component schema of the server's [`tug_api::schema::SchemaSet`] as a
 //! definition.
 //!
-//! The registry is fixed for the life of the process, so the document is built once, on first
-//! request, and kept with its protobuf encoding and an ETag.
+//! The document is built on first request and kept with its protobuf encoding and an ETag
+//! until the registry changes (custom resources come and go with their definitions).
 
 mod convert;
 mod encode;
@@ -21,7 +21,7 @@ mod tests;
 mod wire;
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -49,15 +49,31 @@ pub struct Served {
     pub etag: String,
 }
 
-static SERVED: OnceLock<Served> = OnceLock::new();
+/// The served document and the registry generation it was built from.
+pub type Cache = Mutex<Option<(u64, Arc<Served>)>>;
+
+/// A custom resource's definition in v2 form. Upstream publishes only `type: object` for a
+/// schema that preserves unknown fields at its root: kubectl's v2 validation would otherwise
+/// reject every field the schema does not name.
+fn custom_definition(v3: &Value) -> Value {
+    if v3.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        let mut out = json!({"type": "object"});
+        if let Some(gvk) = v3.get("x-kubernetes-group-version-kind") {
+            out["x-kubernetes-group-version-kind"] = gvk.clone();
+        }
+        return out;
+    }
+    convert::schema(v3)
+}
 
 /// The Swagger 2.0 document of every resource `srv` serves.
 pub fn document(srv: &ApiServer) -> Value {
+    let registry = srv.registry();
     // Sorted by path, as upstream's document is.
     let mut paths: BTreeMap<String, Value> = BTreeMap::new();
-    for g in srv.registry.groups() {
+    for g in registry.groups() {
         for version in &g.versions {
-            let Ok(v3) = super::group_version(srv, g.group, version) else {
+            let Ok(v3) = super::group_version(srv, &registry, g.group, version) else {
                 continue;
             };
             for (path, item) in v3
@@ -70,13 +86,19 @@ pub fn document(srv: &ApiServer) -> Value {
             }
         }
     }
-    let definitions: Map<String, Value> = match srv.schemas().to_components_json() {
+    let mut definitions: BTreeMap<String, Value> = match srv.schemas().to_components_json() {
         Value::Object(defs) => defs
             .into_iter()
             .map(|(name, def)| (name, convert::schema(&def)))
             .collect(),
-        _ => Map::new(),
+        _ => BTreeMap::new(),
     };
+    for rt in registry.all().filter(|rt| rt.custom) {
+        for (name, def) in rt.ops.own_definitions() {
+            definitions.insert(name, custom_definition(&def));
+        }
+    }
+    let definitions: Map<String, Value> = definitions.into_iter().collect();
     json!({
         "swagger": "2.0",
         "info": {
@@ -113,17 +135,23 @@ fn build(srv: &ApiServer) -> Served {
     }
 }
 
-/// The served document, built on first use (off the async workers: it takes a moment).
-pub async fn served(srv: &ApiServer) -> &'static Served {
-    if let Some(s) = SERVED.get() {
-        return s;
+/// The served document, built on first use after each registry change (off the async workers:
+/// it takes a moment).
+pub async fn served(srv: &ApiServer) -> Arc<Served> {
+    let generation = srv.registry().generation();
+    if let Some((built_from, served)) = srv.openapi_v2.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        && *built_from == generation
+    {
+        return served.clone();
     }
-    let srv = srv.clone();
-    match tokio::task::spawn_blocking(move || SERVED.get_or_init(|| build(&srv))).await {
+    let builder = srv.clone();
+    let served = match tokio::task::spawn_blocking(move || Arc::new(build(&builder))).await {
         Ok(s) => s,
         // The build panicked on the blocking pool; the same panic would recur here.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    };
+    *srv.openapi_v2.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, served.clone()));
+    served
 }
 
 /// Which encoding an `Accept` header asks for.
