@@ -19,6 +19,27 @@ impl ApiServer {
             self.ensure_object("", "v1", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), false)
                 .await?;
         }
+        self.reconcile_kubernetes_service().await?;
+        // Serve the custom resources of the definitions already stored before answering.
+        self.sync_custom_resources().await?;
+        // Like upstream's endpoint reconciler, keep the service pointing at this server even if
+        // someone edits or deletes it.
+        let srv = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = srv.reconcile_kubernetes_service().await {
+                    tracing::warn!(error = %e, "reconciling the kubernetes service");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The `kubernetes` service in `default`, and its endpoints at this server.
+    async fn reconcile_kubernetes_service(&self) -> Result<(), ApiError> {
         let ip = self.options.service_cidr.nth(1).to_string();
         let port = self.options.port;
         self.ensure_object(
@@ -76,8 +97,6 @@ impl ApiServer {
             true,
         )
         .await?;
-        // Serve the custom resources of the definitions already stored before answering.
-        self.sync_custom_resources().await?;
         Ok(())
     }
 }
