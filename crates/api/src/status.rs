@@ -16,7 +16,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<Details>,
+    /// Boxed: errors travel in every `Result` of the API layer, and most have no details.
+    pub details: Option<Box<Details>>,
 }
 
 /// `StatusDetails`: which object the error is about and, for `Invalid`, the field causes.
@@ -74,7 +75,7 @@ impl ApiError {
 
     pub fn not_found(subject: Subject<'_>, name: &str) -> Self {
         ApiError {
-            details: Some(subject.details(name)),
+            details: Some(Box::new(subject.details(name))),
             ..Self::new(404, "NotFound", format!("{} \"{name}\" not found", subject.qualified_resource()))
         }
     }
@@ -86,7 +87,7 @@ impl ApiError {
 
     pub fn already_exists(subject: Subject<'_>, name: &str) -> Self {
         ApiError {
-            details: Some(subject.details(name)),
+            details: Some(Box::new(subject.details(name))),
             ..Self::new(
                 409,
                 "AlreadyExists",
@@ -98,7 +99,7 @@ impl ApiError {
     /// An update raced another writer (or carried a stale resourceVersion).
     pub fn conflict(subject: Subject<'_>, name: &str, why: &str) -> Self {
         ApiError {
-            details: Some(subject.details(name)),
+            details: Some(Box::new(subject.details(name))),
             ..Self::new(
                 409,
                 "Conflict",
@@ -130,13 +131,13 @@ impl ApiError {
         };
         let kind_name = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
         ApiError {
-            details: Some(Details {
+            details: Some(Box::new(Details {
                 name: Some(name.to_string()),
                 group: group.to_string(),
                 kind: kind.to_string(),
                 causes: errors.iter().map(FieldError::cause).collect(),
                 retry_after_seconds: None,
-            }),
+            })),
             ..Self::new(422, "Invalid", format!("{kind_name} \"{name}\" is invalid: {list}"))
         }
     }
@@ -156,7 +157,7 @@ impl ApiError {
             format!("{} \"{name}\"", subject.qualified_resource())
         };
         ApiError {
-            details: Some(subject.details(name)),
+            details: Some(Box::new(subject.details(name))),
             ..Self::new(403, "Forbidden", format!("{object} is forbidden: {why}"))
         }
     }

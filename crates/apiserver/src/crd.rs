@@ -48,8 +48,11 @@ pub struct State {
     served: Mutex<Option<u64>>,
     /// The registry entries of each served definition, with the hash of what they were built
     /// from: a change of one definition does not parse the schemas of all the others again.
-    built: Mutex<HashMap<String, (u64, Vec<Arc<ResourceType>>)>>,
+    built: Mutex<HashMap<String, BuiltEntries>>,
 }
+
+/// The registry entries built from one definition, and the hash of what they came from.
+type BuiltEntries = (u64, Vec<Arc<ResourceType>>);
 
 /// A condition of a definition's status, in upstream's field order.
 fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {

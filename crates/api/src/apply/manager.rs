@@ -116,7 +116,7 @@ impl From<ApplyError> for ApiError {
                 code: 409,
                 reason: "Conflict",
                 message: e.to_string(),
-                details: Some(Details {
+                details: Some(Box::new(Details {
                     causes: conflicts
                         .iter()
                         .map(|c| Cause {
@@ -126,7 +126,7 @@ impl From<ApplyError> for ApiError {
                         })
                         .collect(),
                     ..Details::default()
-                }),
+                })),
             },
             ApplyError::ManagedFieldsSet => ApiError::bad_request(e.to_string()),
             // Upstream answers these with 500 as well.

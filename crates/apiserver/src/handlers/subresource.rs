@@ -233,7 +233,7 @@ async fn check_disruption_budgets(call: &Call<'_>, pod: &Value) -> Result<(), Ap
                 code: 429,
                 reason: "TooManyRequests",
                 message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
-                details: Some(status::Details {
+                details: Some(Box::new(status::Details {
                     causes: vec![status::Cause {
                         reason: "DisruptionBudget".into(),
                         message: format!(
@@ -242,7 +242,7 @@ async fn check_disruption_budgets(call: &Call<'_>, pod: &Value) -> Result<(), Ap
                         field: None,
                     }],
                     ..Default::default()
-                }),
+                })),
             });
         }
         // Spend one disruption, as upstream does, so concurrent evictions cannot overspend.
