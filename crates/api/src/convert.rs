@@ -104,7 +104,9 @@ fn hpa_v1_to_v2(mut obj: Value) -> Value {
     let status = obj["status"].take();
     let mut taken = Map::new();
     if let Some(ann) = obj.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
-        for k in [HPA_METRICS_ANNOTATION, HPA_CURRENT_METRICS_ANNOTATION, HPA_CONDITIONS_ANNOTATION, HPA_BEHAVIOR_ANNOTATION] {
+        for k in
+            [HPA_METRICS_ANNOTATION, HPA_CURRENT_METRICS_ANNOTATION, HPA_CONDITIONS_ANNOTATION, HPA_BEHAVIOR_ANNOTATION]
+        {
             if let Some(Value::String(s)) = ann.remove(k)
                 && let Ok(v) = serde_json::from_str::<Value>(&s)
             {

@@ -19,11 +19,7 @@ impl FieldPath {
 
     /// A child field.
     pub fn key(&self, name: &str) -> Self {
-        if self.0.is_empty() {
-            FieldPath(name.to_string())
-        } else {
-            FieldPath(format!("{}.{name}", self.0))
-        }
+        if self.0.is_empty() { FieldPath(name.to_string()) } else { FieldPath(format!("{}.{name}", self.0)) }
     }
 
     /// An element of a list.
@@ -54,11 +50,19 @@ pub enum FieldErrorKind {
     Invalid(Value),
     /// A value of the wrong JSON type (upstream's `TypeInvalid`, printed as `Invalid value`).
     TypeInvalid(Value),
-    NotSupported { value: Value, supported: Vec<String> },
+    NotSupported {
+        value: Value,
+        supported: Vec<String>,
+    },
     Duplicate(Value),
     Forbidden,
-    TooLong { max: usize },
-    TooMany { actual: usize, max: usize },
+    TooLong {
+        max: usize,
+    },
+    TooMany {
+        actual: usize,
+        max: usize,
+    },
     NotFound(Value),
 }
 
@@ -207,7 +211,11 @@ mod tests {
 
     #[test]
     fn invalid_integer_is_unquoted() {
-        let e = FieldError::invalid(&FieldPath::new("spec").key("replicas"), json!(-1), "must be greater than or equal to 0");
+        let e = FieldError::invalid(
+            &FieldPath::new("spec").key("replicas"),
+            json!(-1),
+            "must be greater than or equal to 0",
+        );
         assert_eq!(e.to_string(), "spec.replicas: Invalid value: -1: must be greater than or equal to 0");
     }
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{
     admissionregistration::v1 as admissionregistration, apps::v1 as apps, autoscaling, batch::v1 as batch,
-    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, events::v1 as events, flowcontrol::v1 as flowcontrol, networking::v1 as networking,
-    node::v1 as node, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+    events::v1 as events, flowcontrol::v1 as flowcontrol, networking::v1 as networking, node::v1 as node,
+    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
@@ -58,11 +58,7 @@ pub struct ResourceType {
 impl ResourceType {
     /// `apps/v1`, or `v1` for the core group.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
 
     pub fn has_subresource(&self, name: &str) -> bool {
@@ -107,14 +103,8 @@ struct Facts {
     storage_version: bool,
 }
 
-const DEFAULT: Facts = Facts {
-    short: &[],
-    categories: &[],
-    sub: &[],
-    verbs: STANDARD_VERBS,
-    storage_key: None,
-    storage_version: true,
-};
+const DEFAULT: Facts =
+    Facts { short: &[], categories: &[], sub: &[], verbs: STANDARD_VERBS, storage_key: None, storage_version: true };
 
 const ALL: &[&str] = &["all"];
 const API_EXTENSIONS: &[&str] = &["api-extensions"];
@@ -184,7 +174,18 @@ impl Registry {
             entry::<core::Pod>(Facts {
                 short: &["po"],
                 categories: ALL,
-                sub: &["attach", "binding", "ephemeralcontainers", "eviction", "exec", "log", "portforward", "proxy", "resize", "status"],
+                sub: &[
+                    "attach",
+                    "binding",
+                    "ephemeralcontainers",
+                    "eviction",
+                    "exec",
+                    "log",
+                    "portforward",
+                    "proxy",
+                    "resize",
+                    "status",
+                ],
                 ..f
             }),
             entry::<core::PodTemplate>(f),
@@ -215,7 +216,12 @@ impl Registry {
             // events.k8s.io/v1 is its own resource upstream too, stored under the same key.
             entry::<events::Event>(Facts { short: &["ev"], storage_key: Some("events"), storage_version: false, ..f }),
             // autoscaling: v2 is the stored version; v1 is a view of the same objects.
-            entry::<autoscaling::v2::HorizontalPodAutoscaler>(Facts { short: &["hpa"], categories: ALL, sub: STATUS, ..f }),
+            entry::<autoscaling::v2::HorizontalPodAutoscaler>(Facts {
+                short: &["hpa"],
+                categories: ALL,
+                sub: STATUS,
+                ..f
+            }),
             entry::<autoscaling::v1::HorizontalPodAutoscaler>(Facts {
                 short: &["hpa"],
                 categories: ALL,
@@ -226,7 +232,11 @@ impl Registry {
             // batch/v1
             entry::<batch::CronJob>(Facts { short: &["cj"], categories: ALL, sub: STATUS, ..f }),
             entry::<batch::Job>(Facts { categories: ALL, sub: STATUS, ..f }),
-            entry::<certificates::CertificateSigningRequest>(Facts { short: &["csr"], sub: &["approval", "status"], ..f }),
+            entry::<certificates::CertificateSigningRequest>(Facts {
+                short: &["csr"],
+                sub: &["approval", "status"],
+                ..f
+            }),
             // networking.k8s.io/v1
             entry::<networking::IngressClass>(f),
             entry::<networking::Ingress>(Facts { short: &["ing"], sub: STATUS, storage_key: Some("ingress"), ..f }),
@@ -250,7 +260,11 @@ impl Registry {
             entry::<admissionregistration::MutatingAdmissionPolicy>(Facts { categories: API_EXTENSIONS, ..f }),
             entry::<admissionregistration::MutatingAdmissionPolicyBinding>(Facts { categories: API_EXTENSIONS, ..f }),
             entry::<admissionregistration::MutatingWebhookConfiguration>(Facts { categories: API_EXTENSIONS, ..f }),
-            entry::<admissionregistration::ValidatingAdmissionPolicy>(Facts { categories: API_EXTENSIONS, sub: STATUS, ..f }),
+            entry::<admissionregistration::ValidatingAdmissionPolicy>(Facts {
+                categories: API_EXTENSIONS,
+                sub: STATUS,
+                ..f
+            }),
             entry::<admissionregistration::ValidatingAdmissionPolicyBinding>(Facts { categories: API_EXTENSIONS, ..f }),
             entry::<admissionregistration::ValidatingWebhookConfiguration>(Facts { categories: API_EXTENSIONS, ..f }),
             entry::<scheduling::PriorityClass>(Facts { short: &["pc"], ..f }),
@@ -311,9 +325,7 @@ impl Registry {
 
     /// The resource at `/apis/<group>/<version>/<plural>`.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceType>> {
-        self.by_path
-            .get(&(group.to_string(), version.to_string(), plural.to_string()))
-            .map(|&i| &self.types[i])
+        self.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).map(|&i| &self.types[i])
     }
 
     /// The resource serving objects of `apiVersion` and `kind`.
@@ -326,7 +338,11 @@ impl Registry {
     }
 
     /// Resources of one group version, in table order.
-    pub fn resources_in<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a Arc<ResourceType>> + 'a {
+    pub fn resources_in<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ResourceType>> + 'a {
         self.types.iter().filter(move |t| t.group == group && t.version == version)
     }
 
@@ -360,10 +376,7 @@ impl Registry {
         if t.storage_version {
             return t;
         }
-        self.types
-            .iter()
-            .find(|o| o.storage_key == t.storage_key && o.storage_version)
-            .map_or(t, |o| &**o)
+        self.types.iter().find(|o| o.storage_key == t.storage_key && o.storage_version).map_or(t, |o| &**o)
     }
 }
 
@@ -410,9 +423,21 @@ mod tests {
         assert_eq!(r.all().count(), 56);
         let groups: Vec<_> = r.groups().iter().map(|g| g.group).collect();
         for g in [
-            "", "apps", "batch", "autoscaling", "networking.k8s.io", "rbac.authorization.k8s.io",
-            "coordination.k8s.io", "discovery.k8s.io", "policy", "storage.k8s.io", "events.k8s.io",
-            "scheduling.k8s.io", "node.k8s.io", "certificates.k8s.io", "admissionregistration.k8s.io",
+            "",
+            "apps",
+            "batch",
+            "autoscaling",
+            "networking.k8s.io",
+            "rbac.authorization.k8s.io",
+            "coordination.k8s.io",
+            "discovery.k8s.io",
+            "policy",
+            "storage.k8s.io",
+            "events.k8s.io",
+            "scheduling.k8s.io",
+            "node.k8s.io",
+            "certificates.k8s.io",
+            "admissionregistration.k8s.io",
         ] {
             assert!(groups.contains(&g), "group {g:?} missing");
         }
@@ -433,9 +458,13 @@ mod tests {
 
     #[test]
     fn versions_sort_by_kubernetes_priority() {
-        let mut v = vec!["v1alpha1", "foo10", "v2", "v11alpha2", "v1", "v10beta3", "v3beta1", "foo1", "v12alpha1", "v10"];
+        let mut v =
+            vec!["v1alpha1", "foo10", "v2", "v11alpha2", "v1", "v10beta3", "v3beta1", "foo1", "v12alpha1", "v10"];
         v.sort_by(|a, b| compare_kube_aware_versions(a, b));
-        assert_eq!(v, vec!["v10", "v2", "v1", "v10beta3", "v3beta1", "v12alpha1", "v11alpha2", "v1alpha1", "foo1", "foo10"]);
+        assert_eq!(
+            v,
+            vec!["v10", "v2", "v1", "v10beta3", "v3beta1", "v12alpha1", "v11alpha2", "v1alpha1", "foo1", "foo10"]
+        );
     }
 
     #[test]

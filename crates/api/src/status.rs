@@ -51,11 +51,7 @@ pub struct Subject<'a> {
 impl Subject<'_> {
     /// `pods` for the core group, `deployments.apps` otherwise, as upstream's messages read.
     pub fn qualified_resource(&self) -> String {
-        if self.group.is_empty() {
-            self.resource.to_string()
-        } else {
-            format!("{}.{}", self.resource, self.group)
-        }
+        if self.group.is_empty() { self.resource.to_string() } else { format!("{}.{}", self.resource, self.group) }
     }
 
     fn details(&self, name: &str) -> Details {
@@ -88,11 +84,7 @@ impl ApiError {
     pub fn already_exists(subject: Subject<'_>, name: &str) -> Self {
         ApiError {
             details: Some(Box::new(subject.details(name))),
-            ..Self::new(
-                409,
-                "AlreadyExists",
-                format!("{} \"{name}\" already exists", subject.qualified_resource()),
-            )
+            ..Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", subject.qualified_resource()))
         }
     }
 
@@ -103,10 +95,7 @@ impl ApiError {
             ..Self::new(
                 409,
                 "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": {why}",
-                    subject.qualified_resource()
-                ),
+                format!("Operation cannot be fulfilled on {} \"{name}\": {why}", subject.qualified_resource()),
             )
         }
     }
@@ -124,10 +113,7 @@ impl ApiError {
     pub fn invalid(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
         let list = match errors {
             [one] => one.to_string(),
-            many => format!(
-                "[{}]",
-                many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-            ),
+            many => format!("[{}]", many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
         };
         let kind_name = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
         ApiError {
@@ -166,7 +152,10 @@ impl ApiError {
         Self::new(
             405,
             "MethodNotAllowed",
-            format!("the server does not allow this method on the requested resource ({verb} {})", subject.qualified_resource()),
+            format!(
+                "the server does not allow this method on the requested resource ({verb} {})",
+                subject.qualified_resource()
+            ),
         )
     }
 
@@ -177,34 +166,30 @@ impl ApiError {
 
     /// 410 with reason `Gone`, the form the watch cache sends for a too-old resourceVersion.
     pub fn too_old_resource_version(requested: i64, oldest: i64) -> Self {
-        Self::new(
-            410,
-            "Expired",
-            format!("too old resource version: {requested} ({oldest})"),
-        )
+        Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
     }
 
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type:?})"
+            ),
         )
     }
 
     pub fn request_entity_too_large(limit: usize) -> Self {
-        Self::new(
-            413,
-            "RequestEntityTooLarge",
-            format!("Request entity too large: limit is {limit}"),
-        )
+        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
     }
 
     pub fn not_acceptable(accept: &str) -> Self {
         Self::new(
             406,
             "NotAcceptable",
-            format!("only the following media types are accepted: application/json, application/yaml, application/json;stream=watch (got {accept:?})"),
+            format!(
+                "only the following media types are accepted: application/json, application/yaml, application/json;stream=watch (got {accept:?})"
+            ),
         )
     }
 
@@ -289,8 +274,7 @@ mod tests {
     use crate::field::{FieldError, FieldPath};
 
     const PODS: Subject<'static> = Subject { group: "", resource: "pods", kind: "Pod" };
-    const DEPLOYMENTS: Subject<'static> =
-        Subject { group: "apps", resource: "deployments", kind: "Deployment" };
+    const DEPLOYMENTS: Subject<'static> = Subject { group: "apps", resource: "deployments", kind: "Deployment" };
 
     #[test]
     fn not_found_names_group_qualified_resource() {

@@ -33,7 +33,11 @@ impl std::str::FromStr for Ipv4Cidr {
     fn from_str(s: &str) -> Result<Self, String> {
         let (ip, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
         let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = len.parse().ok().filter(|p| *p <= 30).ok_or_else(|| format!("{len:?} is not a prefix length between 0 and 30"))?;
+        let prefix: u8 = len
+            .parse()
+            .ok()
+            .filter(|p| *p <= 30)
+            .ok_or_else(|| format!("{len:?} is not a prefix length between 0 and 30"))?;
         let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
         Ok(Ipv4Cidr { base: Ipv4Addr::from(u32::from(ip) & mask), prefix })
     }
@@ -152,7 +156,12 @@ impl ApiServer {
     }
 
     /// Admission of a new object.
-    pub(crate) async fn admission_create(&self, rt: &ResourceType, obj: &mut Value, dry_run: bool) -> Result<(), ApiError> {
+    pub(crate) async fn admission_create(
+        &self,
+        rt: &ResourceType,
+        obj: &mut Value,
+        dry_run: bool,
+    ) -> Result<(), ApiError> {
         if rt.namespaced {
             self.check_namespace_open(rt, obj).await?;
         }
@@ -163,7 +172,12 @@ impl ApiServer {
     }
 
     /// Admission of an update.
-    pub(crate) async fn admission_update(&self, rt: &ResourceType, old: &Value, obj: &mut Value) -> Result<(), ApiError> {
+    pub(crate) async fn admission_update(
+        &self,
+        rt: &ResourceType,
+        old: &Value,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
         if rt.group.is_empty() && rt.kind == "Service" {
             self.allocate_service(obj, Some(old), false).await?;
         }
@@ -182,10 +196,12 @@ impl ApiServer {
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         let state = match self.namespace_cache.get(ns) {
             Some(s) => Some(s),
-            None => match self.store.get(&namespaces.key(None, ns)).await.map_err(|e| store_error(namespaces, ns, e))? {
-                Some(kv) => Some(namespace_state(&codec::decode_stored(&kv)?)),
-                None => None,
-            },
+            None => {
+                match self.store.get(&namespaces.key(None, ns)).await.map_err(|e| store_error(namespaces, ns, e))? {
+                    Some(kv) => Some(namespace_state(&codec::decode_stored(&kv)?)),
+                    None => None,
+                }
+            }
         };
         match state {
             None => Err(ApiError::not_found(namespaces.subject(), ns)),
@@ -227,7 +243,13 @@ impl ApiServer {
         result
     }
 
-    async fn allocate_service_inner(&self, svc: &mut Value, old: Option<&Value>, dry_run: bool, claimed: &mut Claims) -> Result<(), ApiError> {
+    async fn allocate_service_inner(
+        &self,
+        svc: &mut Value,
+        old: Option<&Value>,
+        dry_run: bool,
+        claimed: &mut Claims,
+    ) -> Result<(), ApiError> {
         if let Some(old) = old {
             keep_allocated_values(svc, old);
         }
@@ -246,15 +268,32 @@ impl ApiServer {
             } else if !requested.is_empty() && Some(&requested) == old_ip.as_ref() {
                 requested
             } else if !requested.is_empty() {
-                let ip: Ipv4Addr = requested.parse().map_err(|_| invalid_service(&name, "clusterIPs", &requested, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))?;
+                let ip: Ipv4Addr = requested.parse().map_err(|_| {
+                    invalid_service(
+                        &name,
+                        "clusterIPs",
+                        &requested,
+                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                    )
+                })?;
                 if !self.options.service_cidr.contains(ip) {
-                    return Err(invalid_service(&name, "clusterIPs", &requested, &format!(
-                        "failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}",
-                        self.options.service_cidr
-                    )));
+                    return Err(invalid_service(
+                        &name,
+                        "clusterIPs",
+                        &requested,
+                        &format!(
+                            "failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}",
+                            self.options.service_cidr
+                        ),
+                    ));
                 }
                 if !dry_run && !self.claim_ip(ip, &owner).await? {
-                    return Err(invalid_service(&name, "clusterIPs", &requested, &format!("failed to allocate IP {requested}: provided IP is already allocated")));
+                    return Err(invalid_service(
+                        &name,
+                        "clusterIPs",
+                        &requested,
+                        &format!("failed to allocate IP {requested}: provided IP is already allocated"),
+                    ));
                 }
                 if !dry_run {
                     claimed.ip = Some(ip);
@@ -284,7 +323,8 @@ impl ApiServer {
         }
         // Node ports, for NodePort and LoadBalancer services.
         let wants_node_ports = kind == "NodePort"
-            || (kind == "LoadBalancer" && svc.pointer("/spec/allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false));
+            || (kind == "LoadBalancer"
+                && svc.pointer("/spec/allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false));
         let old_ports: Vec<u16> = old.map(node_ports_of).unwrap_or_default();
         let mut kept = Vec::new();
         if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
@@ -297,9 +337,12 @@ impl ApiServer {
                 let port = if requested != 0 {
                     let (lo, hi) = self.options.node_port_range;
                     if !(lo as i64..=hi as i64).contains(&requested) {
-                        return Err(invalid_node_port(&name, i, requested, &format!(
-                            "provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
-                        )));
+                        return Err(invalid_node_port(
+                            &name,
+                            i,
+                            requested,
+                            &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+                        ));
                     }
                     let port = requested as u16;
                     if !old_ports.contains(&port) && !dry_run {
@@ -373,7 +416,8 @@ impl ApiServer {
             && let Ok(rec) = codec::decode_stored(&kv)
         {
             let parent = &rec["spec"]["parentRef"];
-            let rec_owner = format!("{}/{}", parent["namespace"].as_str().unwrap_or(""), parent["name"].as_str().unwrap_or(""));
+            let rec_owner =
+                format!("{}/{}", parent["namespace"].as_str().unwrap_or(""), parent["name"].as_str().unwrap_or(""));
             if rec_owner == owner {
                 let _ = self.store.delete(&key, Some(kv.mod_revision)).await;
             }
@@ -451,7 +495,8 @@ fn keep_allocated_values(svc: &mut Value, old: &Value) {
             if p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
                 continue;
             }
-            let same = old_ports.iter().find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"));
+            let same =
+                old_ports.iter().find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"));
             if let Some(np) = same.and_then(|o| o.get("nodePort")).filter(|v| v.as_i64().unwrap_or(0) != 0) {
                 p["nodePort"] = np.clone();
             }
@@ -467,15 +512,21 @@ fn node_ports_of(svc: &Value) -> Vec<u16> {
 }
 
 fn invalid_service(name: &str, field: &str, value: &str, detail: &str) -> ApiError {
-    ApiError::invalid("", "Service", name, &[FieldError::invalid(&FieldPath::new("spec").key(field), json!([value]), detail)])
+    ApiError::invalid(
+        "",
+        "Service",
+        name,
+        &[FieldError::invalid(&FieldPath::new("spec").key(field), json!([value]), detail)],
+    )
 }
 
 fn invalid_node_port(name: &str, index: usize, value: i64, detail: &str) -> ApiError {
-    ApiError::invalid("", "Service", name, &[FieldError::invalid(
-        &FieldPath::new("spec").key("ports").index(index).key("nodePort"),
-        json!(value),
-        detail,
-    )])
+    ApiError::invalid(
+        "",
+        "Service",
+        name,
+        &[FieldError::invalid(&FieldPath::new("spec").key("ports").index(index).key("nodePort"), json!(value), detail)],
+    )
 }
 
 #[cfg(test)]

@@ -78,14 +78,8 @@ pub enum TokenFileError {
     Read { path: PathBuf, source: io::Error },
     #[error("writing token file {path}")]
     Write { path: PathBuf, source: io::Error },
-    #[error(
-        "token file {path} line {line}: expected at least 3 columns (token, user name, user uid), found {found}"
-    )]
-    TooFewColumns {
-        path: PathBuf,
-        line: usize,
-        found: usize,
-    },
+    #[error("token file {path} line {line}: expected at least 3 columns (token, user name, user uid), found {found}")]
+    TooFewColumns { path: PathBuf, line: usize, found: usize },
     #[error("token file {path} line {line}: quoted field is not closed")]
     UnterminatedQuote { path: PathBuf, line: usize },
     #[error("token file {path} line {line}: quote inside an unquoted field")]
@@ -130,10 +124,7 @@ impl TokenFile {
     /// Reads a token file. Blank lines and records with an empty token are skipped; when a token
     /// appears twice the later record wins, as upstream.
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
-        let text = fs::read_to_string(path).map_err(|source| TokenFileError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
@@ -147,14 +138,9 @@ impl TokenFile {
         if let Some(token) = token
             && (token.is_empty() || token.contains([',', '"', ' ', '\n', '\r']))
         {
-            return Err(TokenFileError::UnwritableToken {
-                path: path.to_owned(),
-            });
+            return Err(TokenFileError::UnwritableToken { path: path.to_owned() });
         }
-        let write_err = |source| TokenFileError::Write {
-            path: path.to_owned(),
-            source,
-        };
+        let write_err = |source| TokenFileError::Write { path: path.to_owned(), source };
 
         if !path.exists() {
             let mut text = record(&random_token()?, ADMIN_TOKEN_USER, ADMIN_TOKEN_GROUP);
@@ -166,12 +152,7 @@ impl TokenFile {
             }
             // create_new: when two servers start on the same data dir, the one that loses the race
             // uses the winner's file instead of overwriting tokens already handed out.
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-            {
+            match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
                 Ok(mut file) => {
                     file.write_all(text.as_bytes()).map_err(write_err)?;
                     file.sync_all().map_err(write_err)?;
@@ -189,10 +170,8 @@ impl TokenFile {
         if file.authenticate_bearer(token).is_some() {
             return Ok(file);
         }
-        let mut text = fs::read_to_string(path).map_err(|source| TokenFileError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut text =
+            fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: path.to_owned(), source })?;
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
@@ -218,8 +197,7 @@ impl TokenFile {
     }
 
     fn parse(path: &Path, text: &str) -> Result<Self, TokenFileError> {
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
-            .map_err(|_| TokenFileError::Random)?;
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new()).map_err(|_| TokenFileError::Random)?;
         let mut entries: Vec<TokenEntry> = Vec::new();
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
@@ -229,11 +207,7 @@ impl TokenFile {
             }
             let fields = split_record(raw).map_err(|e| e.at(path, line))?;
             if fields.len() < 3 {
-                return Err(TokenFileError::TooFewColumns {
-                    path: path.to_owned(),
-                    line,
-                    found: fields.len(),
-                });
+                return Err(TokenFileError::TooFewColumns { path: path.to_owned(), line, found: fields.len() });
             }
             let mut fields = fields.into_iter();
             let (token, name, uid) = (
@@ -247,31 +221,16 @@ impl TokenFile {
             }
             let groups = fields
                 .next()
-                .map(|g| {
-                    g.split(',')
-                        .filter(|g| !g.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
+                .map(|g| g.split(',').filter(|g| !g.is_empty()).map(str::to_owned).collect())
                 .unwrap_or_default();
             let mac = hmac::sign(&key, token.as_bytes());
-            if entries
-                .iter()
-                .any(|e| hmac::verify(&key, token.as_bytes(), e.mac.as_ref()).is_ok())
-            {
+            if entries.iter().any(|e| hmac::verify(&key, token.as_bytes(), e.mac.as_ref()).is_ok()) {
                 tracing::warn!(path = %path.display(), line, "a token appears twice; the later record wins");
             }
             let uid = (!uid.is_empty()).then_some(uid);
-            entries.push(TokenEntry {
-                mac,
-                user: UserInfo::authenticated(name, uid, groups),
-            });
+            entries.push(TokenEntry { mac, user: UserInfo::authenticated(name, uid, groups) });
         }
-        Ok(Self {
-            path: path.to_owned(),
-            key,
-            entries,
-        })
+        Ok(Self { path: path.to_owned(), key, entries })
     }
 }
 
@@ -283,9 +242,7 @@ fn record(token: &str, user: &str, group: &str) -> String {
 /// 128 random bits, hex-encoded so the token is safe in CSV, headers and shells.
 fn random_token() -> Result<String, TokenFileError> {
     let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| TokenFileError::Random)?;
+    SystemRandom::new().fill(&mut bytes).map_err(|_| TokenFileError::Random)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -356,12 +313,7 @@ fn split_record(line: &str) -> Result<Vec<String>, QuoteError> {
 fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     // `mode` only applies on creation; a temporary file left by a crash may have other bits.
     file.set_permissions(fs::Permissions::from_mode(0o600))?;
     file.write_all(contents)?;
@@ -393,9 +345,8 @@ mod tests {
 
     #[test]
     fn token_file_record_maps_to_user_uid_and_quoted_groups() {
-        let (_dir, path) = token_file(
-            "secret-a,alice,uid-1,\"devs,system:masters\"\r\n\nsecret-b,bob,,ops\nsecret-c,carol,uid-3\n",
-        );
+        let (_dir, path) =
+            token_file("secret-a,alice,uid-1,\"devs,system:masters\"\r\n\nsecret-b,bob,,ops\nsecret-c,carol,uid-3\n");
         let file = TokenFile::load(&path).unwrap();
         assert_eq!(
             file.authenticate_bearer("secret-a"),
@@ -407,16 +358,9 @@ mod tests {
         );
         assert_eq!(
             file.authenticate_bearer("secret-b"),
-            Some(UserInfo {
-                name: "bob".into(),
-                groups: groups(&["ops", AUTHENTICATED_GROUP]),
-                uid: None,
-            })
+            Some(UserInfo { name: "bob".into(), groups: groups(&["ops", AUTHENTICATED_GROUP]), uid: None })
         );
-        assert_eq!(
-            file.authenticate_bearer("secret-c").unwrap().groups,
-            groups(&[AUTHENTICATED_GROUP])
-        );
+        assert_eq!(file.authenticate_bearer("secret-c").unwrap().groups, groups(&[AUTHENTICATED_GROUP]));
     }
 
     #[test]
@@ -433,17 +377,7 @@ mod tests {
     fn record_with_too_few_columns_is_reported_with_its_line_number() {
         let (_dir, path) = token_file("t1,alice,1\n\nt2,bob\n");
         let err = TokenFile::load(&path).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TokenFileError::TooFewColumns {
-                    line: 3,
-                    found: 2,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, TokenFileError::TooFewColumns { line: 3, found: 2, .. }), "{err:?}");
         assert!(err.to_string().contains("line 3"), "{err}");
     }
 
@@ -506,10 +440,7 @@ mod tests {
         assert_eq!(token.len(), 32);
         let user = file.authenticate_bearer(token).unwrap();
         assert_eq!(user.name, ADMIN_TOKEN_USER);
-        assert_eq!(
-            user.groups,
-            groups(&[ADMIN_TOKEN_GROUP, AUTHENTICATED_GROUP])
-        );
+        assert_eq!(user.groups, groups(&[ADMIN_TOKEN_GROUP, AUTHENTICATED_GROUP]));
     }
 
     #[test]
@@ -526,10 +457,7 @@ mod tests {
         assert!(with_bootstrap.starts_with(&created));
         let user = file.authenticate_bearer("K10abc::server:join").unwrap();
         assert_eq!(user.name, BOOTSTRAP_TOKEN_USER);
-        assert_eq!(
-            user.groups,
-            groups(&[BOOTSTRAP_TOKEN_GROUP, AUTHENTICATED_GROUP])
-        );
+        assert_eq!(user.groups, groups(&[BOOTSTRAP_TOKEN_GROUP, AUTHENTICATED_GROUP]));
 
         TokenFile::ensure(&path, Some("K10abc::server:join")).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), with_bootstrap);
@@ -543,10 +471,7 @@ mod tests {
         let path = dir.path().join("token.csv");
         let file = TokenFile::ensure(&path, Some("join-me")).unwrap();
         assert_eq!(file.entries.len(), 2);
-        assert_eq!(
-            file.authenticate_bearer("join-me").unwrap().name,
-            BOOTSTRAP_TOKEN_USER
-        );
+        assert_eq!(file.authenticate_bearer("join-me").unwrap().name, BOOTSTRAP_TOKEN_USER);
     }
 
     #[test]
@@ -554,10 +479,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token.csv");
         let err = TokenFile::ensure(&path, Some("a,b")).unwrap_err();
-        assert!(
-            matches!(err, TokenFileError::UnwritableToken { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, TokenFileError::UnwritableToken { .. }), "{err:?}");
         assert!(!path.exists());
     }
 
@@ -587,9 +509,7 @@ mod tests {
     #[test]
     fn client_certificate_names_user_and_groups() {
         let (_dir, pki) = new_pki();
-        let (cert, _key) = pki
-            .issue_client_cert("system:node:node-b", &["system:nodes"])
-            .unwrap();
+        let (cert, _key) = pki.issue_client_cert("system:node:node-b", &["system:nodes"]).unwrap();
         assert_eq!(
             identity_from_client_cert(&der(&cert)),
             Some(UserInfo {
@@ -605,17 +525,11 @@ mod tests {
     fn every_organization_of_a_client_certificate_is_a_group() {
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "devs");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "devs");
         // rcgen keeps one value per attribute type; the organization OID spelled as a custom type
         // is the only way it writes a second O.
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]), "ops");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "bob");
+        params.distinguished_name.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]), "ops");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "bob");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let user = identity_from_client_cert(cert.der()).unwrap();
@@ -627,18 +541,13 @@ mod tests {
     fn client_certificate_without_common_name_names_nobody() {
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "system:masters");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:masters");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(identity_from_client_cert(cert.der()), None);
     }
 
-    fn client_config(
-        pki: &ClusterPki,
-        identity: Option<(String, String)>,
-    ) -> Arc<rustls::ClientConfig> {
+    fn client_config(pki: &ClusterPki, identity: Option<(String, String)>) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der(pki.ca_pem())).unwrap();
@@ -648,10 +557,7 @@ mod tests {
             .with_root_certificates(roots);
         let mut config = match identity {
             Some((cert, key)) => builder
-                .with_client_auth_cert(
-                    vec![der(&cert)],
-                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-                )
+                .with_client_auth_cert(vec![der(&cert)], PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
                 .unwrap(),
             None => builder.with_no_client_auth(),
         };
@@ -661,10 +567,7 @@ mod tests {
 
     /// Runs one TLS handshake over an in-memory pipe, exchanges a byte to prove the connection
     /// works, and returns the identity the server derived from the client's certificate.
-    async fn handshake(
-        pki: &ClusterPki,
-        identity: Option<(String, String)>,
-    ) -> Result<Option<UserInfo>, io::Error> {
+    async fn handshake(pki: &ClusterPki, identity: Option<(String, String)>) -> Result<Option<UserInfo>, io::Error> {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config().unwrap()));
         let connector = tokio_rustls::TlsConnector::from(client_config(pki, identity));
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -699,16 +602,10 @@ mod tests {
     #[tokio::test]
     async fn tls_client_with_the_admin_certificate_is_the_admin() {
         let (_dir, pki) = new_pki();
-        let admin = (
-            pki.admin_cert_pem().to_owned(),
-            pki.admin_key_pem().to_owned(),
-        );
+        let admin = (pki.admin_cert_pem().to_owned(), pki.admin_key_pem().to_owned());
         let user = handshake(&pki, Some(admin)).await.unwrap().unwrap();
         assert_eq!(user.name, "system:admin");
-        assert_eq!(
-            user.groups,
-            groups(&["system:masters", AUTHENTICATED_GROUP])
-        );
+        assert_eq!(user.groups, groups(&["system:masters", AUTHENTICATED_GROUP]));
     }
 
     #[tokio::test]
@@ -721,9 +618,7 @@ mod tests {
     async fn tls_client_with_a_certificate_from_another_ca_is_refused() {
         let (_dir, pki) = new_pki();
         let (_other_dir, other) = new_pki();
-        let stranger = other
-            .issue_client_cert("system:admin", &["system:masters"])
-            .unwrap();
+        let stranger = other.issue_client_cert("system:admin", &["system:masters"]).unwrap();
         assert!(handshake(&pki, Some(stranger)).await.is_err());
     }
 }

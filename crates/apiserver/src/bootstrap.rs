@@ -16,8 +16,14 @@ impl ApiServer {
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
         self.start_namespace_cache();
         for ns in SYSTEM_NAMESPACES {
-            self.ensure_object("", "v1", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), false)
-                .await?;
+            self.ensure_object(
+                "",
+                "v1",
+                "namespaces",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                false,
+            )
+            .await?;
         }
         self.reconcile_kubernetes_service().await?;
         // Serve the custom resources of the definitions already stored before answering.

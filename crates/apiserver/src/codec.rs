@@ -28,14 +28,13 @@ pub fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Api
 }
 
 pub fn decode_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("error decoding request body: invalid JSON: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding request body: invalid JSON: {e}")))
 }
 
 pub fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_yaml::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    let v: Value =
+        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     Ok(v)
 }
 
@@ -120,7 +119,9 @@ pub fn negotiate(accept: Option<&str>) -> Result<Accept, ApiError> {
         }
         let json_like = matches!(media.as_str(), "application/json" | "*/*" | "application/*");
         match (media.as_str(), as_.as_deref(), g.as_deref(), v.as_deref()) {
-            (_, Some("Table"), Some("meta.k8s.io"), Some("v1") | Some("v1beta1")) if json_like => return Ok(Accept::Table),
+            (_, Some("Table"), Some("meta.k8s.io"), Some("v1") | Some("v1beta1")) if json_like => {
+                return Ok(Accept::Table);
+            }
             (_, Some("APIGroupDiscoveryList"), Some("apidiscovery.k8s.io"), Some("v2")) if json_like => {
                 return Ok(Accept::AggregatedDiscovery);
             }

@@ -68,7 +68,11 @@ pub(crate) fn set_condition(status: &mut Value, new: Value) {
     let conditions = status["conditions"].as_array_mut().expect("just made an array");
     match conditions.iter_mut().find(|c| c["type"] == new["type"]) {
         Some(old) => {
-            let time = if old["status"] == new["status"] { old["lastTransitionTime"].clone() } else { new["lastTransitionTime"].clone() };
+            let time = if old["status"] == new["status"] {
+                old["lastTransitionTime"].clone()
+            } else {
+                new["lastTransitionTime"].clone()
+            };
             *old = new;
             old["lastTransitionTime"] = time;
         }
@@ -126,7 +130,8 @@ fn desired_status(crd: &CustomResourceDefinition, current: &Value, others: &[&Cu
         Ok(()) => names.plural = requested.plural.clone(),
         Err(e) => conflict = Some(("PluralConflict", e)),
     }
-    let (req_singular, acc_singular) = (requested.singular.clone().unwrap_or_default(), accepted.singular.clone().unwrap_or_default());
+    let (req_singular, acc_singular) =
+        (requested.singular.clone().unwrap_or_default(), accepted.singular.clone().unwrap_or_default());
     match accept(&req_singular, &acc_singular, &resources) {
         Ok(()) => names.singular = Some(req_singular),
         Err(e) => conflict = Some(("SingularConflict", e)),
@@ -150,7 +155,8 @@ fn desired_status(crd: &CustomResourceDefinition, current: &Value, others: &[&Cu
         Ok(()) => names.kind = requested.kind.clone(),
         Err(e) => conflict = Some(("KindConflict", e)),
     }
-    let (req_list, acc_list) = (requested.list_kind.clone().unwrap_or_default(), accepted.list_kind.clone().unwrap_or_default());
+    let (req_list, acc_list) =
+        (requested.list_kind.clone().unwrap_or_default(), accepted.list_kind.clone().unwrap_or_default());
     match accept(&req_list, &acc_list, &kinds) {
         Ok(()) => names.list_kind = Some(req_list),
         Err(e) => conflict = Some(("ListKindConflict", e)),
@@ -163,13 +169,19 @@ fn desired_status(crd: &CustomResourceDefinition, current: &Value, others: &[&Cu
     }
     status["acceptedNames"] = serde_json::to_value(&names).unwrap_or_else(|_| json!({}));
     let names_accepted = conflict.is_none();
-    set_condition(&mut status, match &conflict {
-        None => condition("NamesAccepted", "True", "NoConflicts", "no conflicts found"),
-        Some((reason, message)) => condition("NamesAccepted", "False", reason, message),
-    });
+    set_condition(
+        &mut status,
+        match &conflict {
+            None => condition("NamesAccepted", "True", "NoConflicts", "no conflicts found"),
+            Some((reason, message)) => condition("NamesAccepted", "False", reason, message),
+        },
+    );
     // The establishing controller's part: served as soon as the names are accepted.
     if names_accepted && !is_true(&status, "Established") {
-        set_condition(&mut status, condition("Established", "True", "InitialNamesAccepted", "the initial names have been accepted"));
+        set_condition(
+            &mut status,
+            condition("Established", "True", "InitialNamesAccepted", "the initial names have been accepted"),
+        );
     } else if condition_of(&status, "Established").is_none() {
         set_condition(&mut status, condition("Established", "False", "NotAccepted", "not all names are accepted"));
     }
@@ -223,7 +235,11 @@ impl ApiServer {
     /// custom resources to go (then the pass should be repeated after a while).
     pub(crate) async fn sync_custom_resources(&self) -> Result<bool, ApiError> {
         let crd_rt = self.crd_resource();
-        let listed = self.store.list(&crd_rt.prefix(None), ListOptions::default()).await.map_err(|e| store_error(&crd_rt, "", e))?;
+        let listed = self
+            .store
+            .list(&crd_rt.prefix(None), ListOptions::default())
+            .await
+            .map_err(|e| store_error(&crd_rt, "", e))?;
         let mut crds: Vec<CustomResourceDefinition> = Vec::new();
         for kv in &listed.items {
             let obj = codec::decode_stored(kv)?;
@@ -242,8 +258,12 @@ impl ApiServer {
         let mut writes = Vec::new();
         for i in 0..crds.len() {
             let current = serde_json::to_value(&crds[i].status).unwrap_or(Value::Null);
-            let others: Vec<&CustomResourceDefinition> =
-                crds.iter().enumerate().filter(|(j, c)| *j != i && c.spec.group == crds[i].spec.group).map(|(_, c)| c).collect();
+            let others: Vec<&CustomResourceDefinition> = crds
+                .iter()
+                .enumerate()
+                .filter(|(j, c)| *j != i && c.spec.group == crds[i].spec.group)
+                .map(|(_, c)| c)
+                .collect();
             let desired = desired_status(&crds[i], &current, &others);
             if same_status(&desired, &current) {
                 continue;
@@ -261,7 +281,9 @@ impl ApiServer {
             match self.write_crd_status(&crd_rt, &name, &desired).await {
                 Ok(_) => {}
                 // Changed or gone meanwhile: the watch brings the next pass.
-                Err(e) if matches!(e.code, 404 | 409) => debug!(crd = %name, "definition changed during the status update"),
+                Err(e) if matches!(e.code, 404 | 409) => {
+                    debug!(crd = %name, "definition changed during the status update")
+                }
                 Err(e) => warn!(crd = %name, error = %e, "updating the definition's status"),
             }
         }
@@ -315,10 +337,18 @@ impl ApiServer {
 
     /// upstream's `CRDFinalizer`: deletes the definition's custom resources, then removes the
     /// cleanup finalizer. Returns whether resources remain (to be looked at again).
-    async fn finalize_crd(&self, crd_rt: &ResourceType, crd: &CustomResourceDefinition, all: &[CustomResourceDefinition]) -> Result<bool, ApiError> {
+    async fn finalize_crd(
+        &self,
+        crd_rt: &ResourceType,
+        crd: &CustomResourceDefinition,
+        all: &[CustomResourceDefinition],
+    ) -> Result<bool, ApiError> {
         let name = name_of(crd).to_string();
         let mut status = serde_json::to_value(&crd.status).unwrap_or_else(|_| json!({}));
-        set_condition(&mut status, condition("Terminating", "True", "InstanceDeletionInProgress", "CustomResource deletion is in progress"));
+        set_condition(
+            &mut status,
+            condition("Terminating", "True", "InstanceDeletionInProgress", "CustomResource deletion is in progress"),
+        );
         let established = is_true(&status, "Established");
         let outcome = if established {
             match self.delete_instances(crd).await {
@@ -329,7 +359,15 @@ impl ApiServer {
                     return Ok(true);
                 }
                 Err(e) => {
-                    set_condition(&mut status, condition("Terminating", "True", "InstanceDeletionFailed", &format!("could not issue all deletes: {}", e.message)));
+                    set_condition(
+                        &mut status,
+                        condition(
+                            "Terminating",
+                            "True",
+                            "InstanceDeletionFailed",
+                            &format!("could not issue all deletes: {}", e.message),
+                        ),
+                    );
                     self.write_crd_status_if_changed(crd_rt, crd, &status).await;
                     return Ok(true);
                 }
@@ -492,7 +530,12 @@ mod tests {
 
     #[test]
     fn names_held_by_another_definition_conflict() {
-        let holder = crd("widgets.example.com", "widgets", "Widget", json!({"acceptedNames": {"plural": "widgets", "kind": "Widget", "singular": "widget", "listKind": "WidgetList"}}));
+        let holder = crd(
+            "widgets.example.com",
+            "widgets",
+            "Widget",
+            json!({"acceptedNames": {"plural": "widgets", "kind": "Widget", "singular": "widget", "listKind": "WidgetList"}}),
+        );
         let late = crd("gadgets.example.com", "gadgets", "Widget", json!(null));
         let status = desired_status(&late, &Value::Null, &[&holder]);
         let names = condition_of(&status, "NamesAccepted").unwrap();
@@ -504,7 +547,11 @@ mod tests {
     }
 
     fn server() -> ApiServer {
-        ApiServer::new(std::sync::Arc::new(tug_store::memory::MemoryStore::new()), None, crate::ServerOptions::default())
+        ApiServer::new(
+            std::sync::Arc::new(tug_store::memory::MemoryStore::new()),
+            None,
+            crate::ServerOptions::default(),
+        )
     }
 
     fn widget_crd() -> Value {

@@ -95,7 +95,8 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
 }
 
 fn group_doc(group: &str, versions: &[&str]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs[0]})
 }
 
@@ -139,7 +140,8 @@ pub fn aggregated(registry: &Registry, core: bool) -> Value {
                 .versions
                 .iter()
                 .map(|v| {
-                    let resources: Vec<Value> = registry.resources_in(g.group, v).map(|rt| aggregated_resource(rt)).collect();
+                    let resources: Vec<Value> =
+                        registry.resources_in(g.group, v).map(|rt| aggregated_resource(rt)).collect();
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();
@@ -200,7 +202,8 @@ mod tests {
         assert_eq!(core["items"].as_array().unwrap().len(), 1);
         assert_eq!(core["items"][0]["metadata"]["name"], "");
         let named = aggregated(&r, false);
-        let names: Vec<&str> = named["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            named["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"apps"));
         assert!(!names.contains(&""));
     }

@@ -2,9 +2,7 @@
 //! the [`FieldManager`] of a resource endpoint (the machinery is `tug_api::apply`).
 
 use serde_json::Value;
-use tug_api::apply::managed::{
-    FIELD_MANAGER_MAX_LENGTH, validate_field_manager, validate_managed_fields,
-};
+use tug_api::apply::managed::{FIELD_MANAGER_MAX_LENGTH, validate_field_manager, validate_managed_fields};
 use tug_api::apply::{FieldManager, Reset};
 use tug_api::field::FieldPath;
 use tug_api::{ApiError, ResourceType};
@@ -28,13 +26,7 @@ impl ApiServer {
             None if rt.has_subresource("status") => Reset::Status,
             _ => Reset::Nothing,
         };
-        f(&FieldManager::new(
-            self.schemas(),
-            &definition,
-            &api_version,
-            subresource.unwrap_or(""),
-            reset,
-        ))
+        f(&FieldManager::new(self.schemas(), &definition, &api_version, subresource.unwrap_or(""), reset))
     }
 
     /// Records in `new`'s managedFields that `manager` wrote it over `live` (`None` on create).
@@ -50,16 +42,11 @@ impl ApiServer {
         manager: &str,
     ) -> Result<(), ApiError> {
         let now = now_rfc3339();
-        self.with_field_manager(rt, subresource, |fm| {
-            fm.update(live, requested, new, manager, &now)
-        });
+        self.with_field_manager(rt, subresource, |fm| fm.update(live, requested, new, manager, &now));
         if let Some(entries) = new.pointer("/metadata/managedFields") {
             let errs = validate_managed_fields(entries);
             if !errs.is_empty() {
-                let name = new
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let name = new.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
                 return Err(ApiError::invalid(&rt.group, &rt.kind, name, &errs));
             }
         }
@@ -108,15 +95,8 @@ pub(crate) fn validate_options(
         }
         _ => {}
     }
-    errs.extend(validate_field_manager(
-        field_manager.unwrap_or(""),
-        &FieldPath::new("fieldManager"),
-    ));
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid("meta.k8s.io", options_kind, "", &errs))
-    }
+    errs.extend(validate_field_manager(field_manager.unwrap_or(""), &FieldPath::new("fieldManager")));
+    if errs.is_empty() { Ok(()) } else { Err(ApiError::invalid("meta.k8s.io", options_kind, "", &errs)) }
 }
 
 #[cfg(test)]
@@ -125,21 +105,9 @@ mod tests {
 
     #[test]
     fn manager_defaults_to_the_user_agent_product() {
-        assert_eq!(
-            write_manager(
-                None,
-                Some("kubectl/v1.36.0 (linux/amd64) kubernetes/abcdef")
-            ),
-            "kubectl"
-        );
-        assert_eq!(
-            write_manager(Some("kubectl-edit"), Some("kubectl/v1.36.0")),
-            "kubectl-edit"
-        );
-        assert_eq!(
-            write_manager(Some(""), Some("OpenAPI-Generator/31.0.0/python")),
-            "OpenAPI-Generator"
-        );
+        assert_eq!(write_manager(None, Some("kubectl/v1.36.0 (linux/amd64) kubernetes/abcdef")), "kubectl");
+        assert_eq!(write_manager(Some("kubectl-edit"), Some("kubectl/v1.36.0")), "kubectl-edit");
+        assert_eq!(write_manager(Some(""), Some("OpenAPI-Generator/31.0.0/python")), "OpenAPI-Generator");
         assert_eq!(write_manager(None, None), "");
         assert_eq!(write_manager(None, Some(&"x".repeat(300))).len(), 128);
     }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 /// Upstream's bucket bounds for request latency, in seconds.
 const BUCKETS: &[f64] = &[
-    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0,
+    45.0, 60.0,
 ];
 
 #[derive(Default)]
@@ -61,14 +62,18 @@ impl Metrics {
         out.push_str("# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, group, resource and HTTP response code.\n");
         out.push_str("# TYPE apiserver_request_total counter\n");
         for ((verb, group, resource, code), n) in &inner.requests {
-            let _ = writeln!(out, "apiserver_request_total{{code=\"{code}\",group=\"{group}\",resource=\"{resource}\",verb=\"{verb}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "apiserver_request_total{{code=\"{code}\",group=\"{group}\",resource=\"{resource}\",verb=\"{verb}\"}} {n}"
+            );
         }
         out.push_str("# HELP apiserver_request_duration_seconds Response latency distribution in seconds for each verb, group and resource.\n");
         out.push_str("# TYPE apiserver_request_duration_seconds histogram\n");
         for ((verb, group, resource), h) in &inner.latency {
             let labels = format!("group=\"{group}\",resource=\"{resource}\",verb=\"{verb}\"");
             for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "apiserver_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}", h.counts[i]);
+                let _ =
+                    writeln!(out, "apiserver_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}", h.counts[i]);
             }
             let _ = writeln!(out, "apiserver_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.total);
             let _ = writeln!(out, "apiserver_request_duration_seconds_sum{{{labels}}} {}", h.sum);
@@ -90,7 +95,9 @@ mod tests {
         m.record("GET", "", "pods", 404, Duration::from_millis(1));
         let text = m.render();
         assert!(text.contains("apiserver_request_total{code=\"200\",group=\"\",resource=\"pods\",verb=\"GET\"} 2"));
-        assert!(text.contains("apiserver_request_duration_seconds_bucket{group=\"\",resource=\"pods\",verb=\"GET\",le=\"0.005\"} 2"));
+        assert!(text.contains(
+            "apiserver_request_duration_seconds_bucket{group=\"\",resource=\"pods\",verb=\"GET\",le=\"0.005\"} 2"
+        ));
         assert!(text.contains("apiserver_request_duration_seconds_count{group=\"\",resource=\"pods\",verb=\"GET\"} 3"));
     }
 }

@@ -16,9 +16,9 @@ pub fn store_error(rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
         StoreError::AlreadyExists { .. } => ApiError::already_exists(rt.subject(), name),
         StoreError::Conflict { .. } => ApiError::modified_conflict(rt.subject(), name),
         StoreError::Compacted { requested, compacted } => ApiError::too_old_resource_version(requested, compacted),
-        StoreError::FutureRevision { requested, current } => ApiError::timeout(format!(
-            "Too large resource version: {requested}, current: {current}"
-        )),
+        StoreError::FutureRevision { requested, current } => {
+            ApiError::timeout(format!("Too large resource version: {requested}, current: {current}"))
+        }
         StoreError::Closed => ApiError::service_unavailable("the datastore is shutting down"),
         other => ApiError::internal(other),
     }
@@ -90,7 +90,12 @@ impl ApiServer {
     }
 
     /// The current object and its revision, in `rt`'s view.
-    pub(crate) async fn read(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<(Value, Revision), ApiError> {
+    pub(crate) async fn read(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(Value, Revision), ApiError> {
         let key = rt.key(ns, name);
         let kv = self
             .store
@@ -105,7 +110,8 @@ impl ApiServer {
     /// Fills in what the server owns of a new object (uid, creationTimestamp, generation) and
     /// admits it: typed decoding, defaults, validation.
     pub(crate) fn admit_new(&self, rt: &ResourceType, mut obj: Value) -> Result<tug_api::kinds::Admitted, ApiError> {
-        let meta = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be a JSON object"))?;
+        let meta =
+            obj["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be a JSON object"))?;
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
         for f in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "generation", "managedFields"] {
@@ -138,7 +144,13 @@ impl ApiServer {
 
     /// Writes a new object (already admitted, in `rt`'s view); returns it with its
     /// resourceVersion.
-    pub(crate) async fn create_object(&self, rt: &ResourceType, ns: Option<&str>, name: &str, obj: Value) -> Result<Value, ApiError> {
+    pub(crate) async fn create_object(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        obj: Value,
+    ) -> Result<Value, ApiError> {
         let stored = self.to_storage(rt, obj.clone())?;
         let bytes = codec::encode_for_storage(&stored)?;
         let rev = self.store.create(&rt.key(ns, name), bytes).await.map_err(|e| store_error(rt, name, e))?;
@@ -244,7 +256,13 @@ impl ApiServer {
     }
 
     /// The update strategy: what a write may change, and admission of the result.
-    async fn admit_update(&self, rt: &ResourceType, current: &Value, mut desired: Value, subresource: Option<&str>) -> Result<Value, ApiError> {
+    async fn admit_update(
+        &self,
+        rt: &ResourceType,
+        current: &Value,
+        mut desired: Value,
+        subresource: Option<&str>,
+    ) -> Result<Value, ApiError> {
         if !desired.is_object() {
             return Err(ApiError::bad_request("the body of the request must be a JSON object"));
         }
@@ -275,7 +293,9 @@ impl ApiServer {
             _ => {}
         }
         // Fields the server owns are kept from the stored object.
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace"] {
+        for f in
+            ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace"]
+        {
             match current["metadata"].get(f) {
                 Some(v) => desired["metadata"][f] = v.clone(),
                 None => {
@@ -288,14 +308,21 @@ impl ApiServer {
         }
         // A deleting object may lose finalizers but not gain new ones.
         if is_deleting(current) {
-            let old: Vec<&Value> = current.pointer("/metadata/finalizers").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+            let old: Vec<&Value> = current
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
             if let Some(new) = desired.pointer("/metadata/finalizers").and_then(Value::as_array)
                 && let Some(added) = new.iter().find(|f| !old.contains(f))
             {
                 return Err(ApiError::forbidden(
                     rt.subject(),
                     current["metadata"]["name"].as_str().unwrap_or(""),
-                    format_args!("no new finalizers can be added if the object is being deleted, found new finalizers [{}]", added.as_str().unwrap_or("")),
+                    format_args!(
+                        "no new finalizers can be added if the object is being deleted, found new finalizers [{}]",
+                        added.as_str().unwrap_or("")
+                    ),
                 ));
             }
         }

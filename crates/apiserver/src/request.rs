@@ -60,14 +60,20 @@ pub enum Route {
     /// `/apis/<group>`
     Group(String),
     /// `/api/v1`, `/apis/<group>/<version>`
-    ResourceList { group: String, version: String },
+    ResourceList {
+        group: String,
+        version: String,
+    },
     Resource(ResourceRequest),
     Version,
     Health(String),
     Metrics,
     OpenApiV2,
     OpenApiV3Root,
-    OpenApiV3 { group: String, version: String },
+    OpenApiV3 {
+        group: String,
+        version: String,
+    },
     NotFound,
 }
 
@@ -94,7 +100,13 @@ pub fn route(method: &Method, path: &str, query: &Query) -> Result<Route, ApiErr
     })
 }
 
-fn resource_route(method: &Method, group: &str, version: &str, rest: &[&str], query: &Query) -> Result<Route, ApiError> {
+fn resource_route(
+    method: &Method,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    query: &Query,
+) -> Result<Route, ApiError> {
     let mut parts = rest;
     let mut watch = false;
     if parts.first() == Some(&"watch") {
@@ -183,10 +195,9 @@ impl Query {
     pub fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
         match self.get(key) {
             None | Some("") => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::bad_request(format!("invalid value {v:?} for query parameter {key}: must be an integer"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("invalid value {v:?} for query parameter {key}: must be an integer"))
+            }),
         }
     }
 
@@ -195,9 +206,9 @@ impl Query {
         match self.get("dryRun") {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "Invalid dry run value: {other:?}: supported values: \"All\""
-            ))),
+            Some(other) => {
+                Err(ApiError::bad_request(format!("Invalid dry run value: {other:?}: supported values: \"All\"")))
+            }
         }
     }
 }
@@ -228,7 +239,10 @@ mod tests {
         let r = req(Method::GET, "/api/v1/namespaces/kube-system", "");
         assert_eq!((r.resource.as_str(), r.name.as_deref(), r.namespace), ("namespaces", Some("kube-system"), None));
         let r = req(Method::PUT, "/api/v1/namespaces/x/finalize", "");
-        assert_eq!((r.resource.as_str(), r.name.as_deref(), r.subresource.as_deref()), ("namespaces", Some("x"), Some("finalize")));
+        assert_eq!(
+            (r.resource.as_str(), r.name.as_deref(), r.subresource.as_deref()),
+            ("namespaces", Some("x"), Some("finalize"))
+        );
         assert_eq!(r.verb, Verb::Update);
     }
 

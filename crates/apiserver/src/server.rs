@@ -185,10 +185,8 @@ impl ApiServer {
     }
 
     fn authenticate(&self, headers: &HeaderMap, cert_user: Option<UserInfo>) -> Option<UserInfo> {
-        if let Some(token) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(authn::bearer_token)
+        if let Some(token) =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(authn::bearer_token)
         {
             return self.tokens.as_ref().and_then(|t| t.authenticate_bearer(token));
         }
@@ -249,14 +247,21 @@ impl ApiServer {
         let accept_header = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
         let registry = self.registry();
         if !matches!(route, Route::Resource(_)) && method != Method::GET && method != Method::HEAD {
-            return (Err(ApiError::method_not_allowed(method.as_str(), tug_api::status::Subject { group: "", resource: "", kind: "" })), None);
+            return (
+                Err(ApiError::method_not_allowed(
+                    method.as_str(),
+                    tug_api::status::Subject { group: "", resource: "", kind: "" },
+                )),
+                None,
+            );
         }
         let r = match route {
             Route::Version => Ok(response::json(200, &discovery::version_info())),
             Route::Health(which) => Ok(self.health(&which)),
             Route::Metrics => {
                 let mut r = Response::new(response::full(self.metrics.render()));
-                r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
                 Ok(r)
             }
             Route::CoreVersions | Route::Groups => {
@@ -264,15 +269,23 @@ impl ApiServer {
                 match codec::negotiate(accept_header.as_deref()) {
                     Ok(Accept::AggregatedDiscovery) => {
                         let mut r = response::json(200, &discovery::aggregated(&registry, core));
-                        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE),
+                        );
                         Ok(r)
                     }
-                    Ok(_) if core => Ok(response::json(200, &discovery::core_versions(&format!("{}:{}", self.options.advertise_address, self.options.port)))),
+                    Ok(_) if core => Ok(response::json(
+                        200,
+                        &discovery::core_versions(&format!("{}:{}", self.options.advertise_address, self.options.port)),
+                    )),
                     Ok(_) => Ok(response::json(200, &discovery::group_list(&registry))),
                     Err(e) => Err(e),
                 }
             }
-            Route::Group(g) => discovery::group(&registry, &g).map(|d| response::json(200, &d)).ok_or_else(ApiError::path_not_found),
+            Route::Group(g) => {
+                discovery::group(&registry, &g).map(|d| response::json(200, &d)).ok_or_else(ApiError::path_not_found)
+            }
             Route::ResourceList { group, version } => discovery::resource_list(&registry, &group, &version)
                 .map(|d| response::json(200, &d))
                 .ok_or_else(ApiError::path_not_found),
@@ -281,7 +294,9 @@ impl ApiServer {
                 openapi::v2::serve(self, accept_header.as_deref(), if_none_match).await
             }
             Route::OpenApiV3Root => Ok(response::json(200, &openapi::root(&registry))),
-            Route::OpenApiV3 { group, version } => openapi::group_version(self, &registry, &group, &version).map(|d| response::json(200, &d)),
+            Route::OpenApiV3 { group, version } => {
+                openapi::group_version(self, &registry, &group, &version).map(|d| response::json(200, &d))
+            }
             Route::NotFound => Err(ApiError::path_not_found()),
             Route::Resource(rr) => {
                 let labels = Some((
@@ -296,13 +311,16 @@ impl ApiServer {
                     Ok(a) => a,
                     Err(e) => return (Err(e), labels),
                 };
-                let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-                let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let content_type =
+                    req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let user_agent =
+                    req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
                 let body = match self.read_body(req).await {
                     Ok((_, b)) => b,
                     Err(e) => return (Err(e), labels),
                 };
-                let call = Call { srv: self, rt, req: &rr, query: &query, accept, content_type, user_agent, body, user };
+                let call =
+                    Call { srv: self, rt, req: &rr, query: &query, accept, content_type, user_agent, body, user };
                 return (handlers::serve(call).await, labels);
             }
         };
@@ -318,7 +336,14 @@ impl ApiServer {
 
     /// Creates an object as a client would; if one of that name exists, replaces its contents
     /// (other than metadata and status) when `reconcile` is set, else leaves it alone.
-    pub(crate) async fn ensure_object(&self, group: &str, version: &str, plural: &str, obj: Value, reconcile: bool) -> Result<(), ApiError> {
+    pub(crate) async fn ensure_object(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        obj: Value,
+        reconcile: bool,
+    ) -> Result<(), ApiError> {
         let registry = self.registry();
         let rt = registry.lookup(group, version, plural).expect("served resource");
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();

@@ -12,14 +12,8 @@ use tug_store::memory::MemoryStore;
 use tug_store::sqlite::SqliteStore;
 
 fn main() {
-    let writes: usize = std::env::args()
-        .skip(1)
-        .find_map(|arg| arg.parse().ok())
-        .unwrap_or(4000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let writes: usize = std::env::args().skip(1).find_map(|arg| arg.parse().ok()).unwrap_or(4000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
         for clients in [1, 16] {
             let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());

@@ -35,13 +35,7 @@ impl fmt::Display for BenchReport {
         write!(
             f,
             "clients={} writes={} failed={} elapsed={:.2?} rate={:.0}/s p50={:.2?} p99={:.2?}",
-            self.clients,
-            self.total,
-            self.failed,
-            self.elapsed,
-            self.ops_per_sec,
-            self.p50,
-            self.p99
+            self.clients, self.total, self.failed, self.elapsed, self.ops_per_sec, self.p50, self.p99
         )
     }
 }

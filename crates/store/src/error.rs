@@ -11,21 +11,11 @@ pub enum StoreError {
     AlreadyExists { key: String },
     /// The guarded write's expected revision did not match; `current` is the key's current value.
     #[error("key {key} was modified: expected revision {expected}, found {}", current.mod_revision)]
-    Conflict {
-        key: String,
-        expected: Revision,
-        current: Box<KeyValue>,
-    },
+    Conflict { key: String, expected: Revision, current: Box<KeyValue> },
     #[error("revision {requested} has been compacted (oldest available is {compacted})")]
-    Compacted {
-        requested: Revision,
-        compacted: Revision,
-    },
+    Compacted { requested: Revision, compacted: Revision },
     #[error("revision {requested} is newer than the current revision {current}")]
-    FutureRevision {
-        requested: Revision,
-        current: Revision,
-    },
+    FutureRevision { requested: Revision, current: Revision },
     /// A watcher fell so far behind live changes that they were no longer buffered for it.
     #[error("watcher fell behind by {missed} events")]
     WatcherLagged { missed: u64 },

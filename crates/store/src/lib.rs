@@ -127,12 +127,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the value of `key` if its `mod_revision` equals `expected` (compare-and-swap);
     /// fails with `NotFound` if absent and `Conflict` (carrying the current value) otherwise.
-    async fn update(
-        &self,
-        key: &str,
-        value: Bytes,
-        expected: Revision,
-    ) -> Result<Revision, StoreError>;
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision, StoreError>;
 
     /// Deletes `key`, guarded by its `mod_revision` when `expected` is given. Returns the deleted
     /// value with `mod_revision` set to the deleting revision.

@@ -17,8 +17,8 @@ use tokio::sync::broadcast;
 use crate::rules;
 use crate::watch::{self, EventSender};
 use crate::{
-    DEFAULT_WATCH_BUFFER, EventKind, KeyValue, ListOptions, ListResult, Revision, Store,
-    StoreError, WatchEvent, WatchStream,
+    DEFAULT_WATCH_BUFFER, EventKind, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent,
+    WatchStream,
 };
 
 /// The in-memory backend. Cheap to create; everything is lost when it is dropped.
@@ -37,10 +37,7 @@ impl MemoryStore {
     /// gets [`StoreError::WatcherLagged`].
     pub fn with_watch_buffer(watch_buffer: usize) -> Self {
         let (events, _) = broadcast::channel(watch_buffer.max(1));
-        Self {
-            state: Mutex::new(State::default()),
-            events,
-        }
+        Self { state: Mutex::new(State::default()), events }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -143,19 +140,10 @@ impl Store for MemoryStore {
             .range::<str, _>((Bound::Included(start), Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
             .filter_map(|(key, versions)| version_at(key, versions, revision));
-        let limit = if opts.limit == 0 {
-            usize::MAX
-        } else {
-            opts.limit
-        };
+        let limit = if opts.limit == 0 { usize::MAX } else { opts.limit };
         let items: Vec<KeyValue> = visible.by_ref().take(limit).collect();
         let remaining = visible.count();
-        Ok(ListResult {
-            items,
-            revision,
-            more: remaining > 0,
-            remaining,
-        })
+        Ok(ListResult { items, revision, more: remaining > 0, remaining })
     }
 
     async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
@@ -172,99 +160,36 @@ impl Store for MemoryStore {
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
         let mut state = self.state();
         if state.current(key).is_some() {
-            return Err(StoreError::AlreadyExists {
-                key: key.to_owned(),
-            });
+            return Err(StoreError::AlreadyExists { key: key.to_owned() });
         }
         let revision = state.revision + 1;
-        state.push_version(
-            key,
-            Version {
-                revision,
-                create_revision: revision,
-                value: Some(value.clone()),
-            },
-        );
-        let kv = KeyValue {
-            key: key.to_owned(),
-            value,
-            create_revision: revision,
-            mod_revision: revision,
-        };
-        self.publish(
-            &mut state,
-            WatchEvent {
-                kind: EventKind::Put,
-                kv,
-                prev: None,
-            },
-        );
+        state.push_version(key, Version { revision, create_revision: revision, value: Some(value.clone()) });
+        let kv = KeyValue { key: key.to_owned(), value, create_revision: revision, mod_revision: revision };
+        self.publish(&mut state, WatchEvent { kind: EventKind::Put, kv, prev: None });
         Ok(revision)
     }
 
-    async fn update(
-        &self,
-        key: &str,
-        value: Bytes,
-        expected: Revision,
-    ) -> Result<Revision, StoreError> {
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision, StoreError> {
         let mut state = self.state();
-        let current = state.current(key).ok_or_else(|| StoreError::NotFound {
-            key: key.to_owned(),
-        })?;
+        let current = state.current(key).ok_or_else(|| StoreError::NotFound { key: key.to_owned() })?;
         let current = rules::check_expected(current, Some(expected))?;
         let revision = state.revision + 1;
         let create_revision = current.create_revision;
-        state.push_version(
-            key,
-            Version {
-                revision,
-                create_revision,
-                value: Some(value.clone()),
-            },
-        );
-        let kv = KeyValue {
-            key: key.to_owned(),
-            value,
-            create_revision,
-            mod_revision: revision,
-        };
-        self.publish(
-            &mut state,
-            WatchEvent {
-                kind: EventKind::Put,
-                kv,
-                prev: Some(current),
-            },
-        );
+        state.push_version(key, Version { revision, create_revision, value: Some(value.clone()) });
+        let kv = KeyValue { key: key.to_owned(), value, create_revision, mod_revision: revision };
+        self.publish(&mut state, WatchEvent { kind: EventKind::Put, kv, prev: Some(current) });
         Ok(revision)
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
         let mut state = self.state();
-        let current = state.current(key).ok_or_else(|| StoreError::NotFound {
-            key: key.to_owned(),
-        })?;
+        let current = state.current(key).ok_or_else(|| StoreError::NotFound { key: key.to_owned() })?;
         let current = rules::check_expected(current, expected)?;
         let revision = state.revision + 1;
         let create_revision = current.create_revision;
-        state.push_version(
-            key,
-            Version {
-                revision,
-                create_revision,
-                value: None,
-            },
-        );
-        let deleted = KeyValue {
-            mod_revision: revision,
-            ..current.clone()
-        };
-        let event = WatchEvent {
-            kind: EventKind::Delete,
-            kv: deleted.clone(),
-            prev: Some(current),
-        };
+        state.push_version(key, Version { revision, create_revision, value: None });
+        let deleted = KeyValue { mod_revision: revision, ..current.clone() };
+        let event = WatchEvent { kind: EventKind::Delete, kv: deleted.clone(), prev: Some(current) };
         self.publish(&mut state, event);
         Ok(deleted)
     }
@@ -288,12 +213,7 @@ impl Store for MemoryStore {
         };
         drop(state);
         let cutoff = after.max(snapshot);
-        Ok(watch::follow(
-            futures::stream::iter(replay),
-            live,
-            prefix.to_owned(),
-            cutoff,
-        ))
+        Ok(watch::follow(futures::stream::iter(replay), live, prefix.to_owned(), cutoff))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

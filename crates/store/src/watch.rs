@@ -23,28 +23,20 @@ pub(crate) type EventReceiver = broadcast::Receiver<Arc<WatchEvent>>;
 /// Live events at or below `cutoff` (the revision the replay was read at, or the watcher's
 /// `after` if that is newer) are dropped, so nothing is reported twice. The stream ends after
 /// its first error: a watcher cannot trust anything after a hole in its feed.
-pub(crate) fn follow<R>(
-    replay: R,
-    live: EventReceiver,
-    prefix: String,
-    cutoff: Revision,
-) -> WatchStream
+pub(crate) fn follow<R>(replay: R, live: EventReceiver, prefix: String, cutoff: Revision) -> WatchStream
 where
     R: Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static,
 {
     let events = Box::pin(replay.chain(live_events(live, prefix, cutoff)));
     // Checked before polling on: after a replay error the chain would move on to the live feed.
-    Box::pin(stream::unfold(
-        (events, false),
-        |(mut events, failed)| async move {
-            if failed {
-                return None;
-            }
-            let item = events.next().await?;
-            let failed = item.is_err();
-            Some((item, (events, failed)))
-        },
-    ))
+    Box::pin(stream::unfold((events, false), |(mut events, failed)| async move {
+        if failed {
+            return None;
+        }
+        let item = events.next().await?;
+        let failed = item.is_err();
+        Some((item, (events, failed)))
+    }))
 }
 
 /// Live events under `prefix` newer than `cutoff`; ends with `WatcherLagged` if the subscription

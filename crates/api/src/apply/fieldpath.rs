@@ -64,10 +64,8 @@ impl PathElement {
     /// Parses a `FieldsV1` key; `None` for element types this version does not know, which
     /// upstream drops rather than rejects.
     pub fn parse(text: &str) -> Result<Option<Self>, FieldsError> {
-        let invalid = |reason: &str| FieldsError::InvalidElement {
-            element: text.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let invalid =
+            |reason: &str| FieldsError::InvalidElement { element: text.to_owned(), reason: reason.to_owned() };
         let bytes = text.as_bytes();
         if bytes.len() < 2 {
             return Err(invalid("key must be 2 characters long"));
@@ -80,8 +78,7 @@ impl PathElement {
             b'f' => Self::Field(rest.to_owned()),
             b'v' => Self::Value(serde_json::from_str(rest).map_err(|e| invalid(&e.to_string()))?),
             b'k' => {
-                let object: Map<String, Value> =
-                    serde_json::from_str(rest).map_err(|e| invalid(&e.to_string()))?;
+                let object: Map<String, Value> = serde_json::from_str(rest).map_err(|e| invalid(&e.to_string()))?;
                 let mut fields: Vec<(String, Value)> = object.into_iter().collect();
                 fields.sort_by(|a, b| a.0.cmp(&b.0));
                 Self::Key(fields)
@@ -132,10 +129,7 @@ impl fmt::Display for PathElement {
         match self {
             Self::Field(name) => write!(f, ".{name}"),
             Self::Key(fields) => {
-                let parts: Vec<String> = fields
-                    .iter()
-                    .map(|(n, v)| format!("{n}={}", value_to_string(v)))
-                    .collect();
+                let parts: Vec<String> = fields.iter().map(|(n, v)| format!("{n}={}", value_to_string(v))).collect();
                 write!(f, "[{}]", parts.join(","))
             }
             Self::Value(v) => write!(f, "[={}]", value_to_string(v)),
@@ -149,18 +143,8 @@ fn value_to_string(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::String(s) => format!("{s:?}"),
-        Value::Array(items) => format!(
-            "[{}]",
-            items
-                .iter()
-                .map(value_to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", value_to_string(v)))
-            .collect(),
+        Value::Array(items) => format!("[{}]", items.iter().map(value_to_string).collect::<Vec<_>>().join(",")),
+        Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", value_to_string(v))).collect(),
         other => other.to_string(),
     }
 }
@@ -181,10 +165,7 @@ pub fn compare_values(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
             (Some(x), Some(y)) => x.cmp(&y),
-            _ => x
-                .as_f64()
-                .unwrap_or(0.0)
-                .total_cmp(&y.as_f64().unwrap_or(0.0)),
+            _ => x.as_f64().unwrap_or(0.0).total_cmp(&y.as_f64().unwrap_or(0.0)),
         },
         (Value::String(x), Value::String(y)) => x.cmp(y),
         (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
@@ -219,13 +200,9 @@ pub fn compare_values(a: &Value, b: &Value) -> Ordering {
 pub fn values_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| values_equal(a, b)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
         }
         _ => a == b,
     }
@@ -247,12 +224,7 @@ impl fmt::Display for Path {
 impl Path {
     /// Builds a path of field names, e.g. `Path::fields(&["spec", "replicas"])`.
     pub fn fields(names: &[&str]) -> Self {
-        Path(
-            names
-                .iter()
-                .map(|n| PathElement::Field((*n).to_owned()))
-                .collect(),
-        )
+        Path(names.iter().map(|n| PathElement::Field((*n).to_owned())).collect())
     }
 }
 
@@ -305,10 +277,7 @@ impl Set {
 
     /// This node's members, without the deeper paths.
     pub(crate) fn members_only(&self) -> Set {
-        Set {
-            members: self.members.clone(),
-            children: BTreeMap::new(),
-        }
+        Set { members: self.members.clone(), children: BTreeMap::new() }
     }
 
     /// Marks `pe` a member of this node.
@@ -490,10 +459,7 @@ impl Set {
                         members.next();
                     }
                     let (_, child) = children.next().expect("peeked");
-                    out.insert(
-                        c.serialize(),
-                        Value::Object(child.fields_v1_contents(is_member)),
-                    );
+                    out.insert(c.serialize(), Value::Object(child.fields_v1_contents(is_member)));
                 }
                 (Some(_), None) => unreachable!("handled by the guard above"),
             }
@@ -504,18 +470,13 @@ impl Set {
     /// Parses a `FieldsV1` JSON object.
     pub fn from_fields_v1(fields: &Value) -> Result<Set, FieldsError> {
         let Value::Object(object) = fields else {
-            return Err(FieldsError::NotAnObject {
-                path: String::new(),
-            });
+            return Err(FieldsError::NotAnObject { path: String::new() });
         };
         Ok(Self::read_node(object, "")?.0.unwrap_or_default())
     }
 
     /// Reads one node: its subtree (if it has children) and whether it is itself a member.
-    fn read_node(
-        object: &Map<String, Value>,
-        at: &str,
-    ) -> Result<(Option<Set>, bool), FieldsError> {
+    fn read_node(object: &Map<String, Value>, at: &str) -> Result<(Option<Set>, bool), FieldsError> {
         let mut set: Option<Set> = None;
         let mut is_member = false;
         for (key, value) in object {
@@ -527,9 +488,7 @@ impl Set {
                 continue;
             };
             let Value::Object(inner) = value else {
-                return Err(FieldsError::NotAnObject {
-                    path: format!("{at}{key}"),
-                });
+                return Err(FieldsError::NotAnObject { path: format!("{at}{key}") });
             };
             let (grandchildren, child_is_member) = Self::read_node(inner, &format!("{at}{key}."))?;
             let node = set.get_or_insert_with(Set::default);
@@ -570,16 +529,9 @@ mod tests {
         assert!(set.has(&[field("metadata"), field("labels")]));
         assert!(set.has(&[field("metadata"), field("labels"), field("app")]));
         assert!(!set.has(&[field("metadata")]));
-        assert!(set.has(&[
-            field("spec"),
-            field("containers"),
-            key("name", json!("nginx"))
-        ]));
+        assert!(set.has(&[field("spec"), field("containers"), key("name", json!("nginx"))]));
         assert_eq!(set.to_fields_v1(), doc);
-        assert_eq!(
-            serde_json::to_string(&set.to_fields_v1()).unwrap(),
-            serde_json::to_string(&doc).unwrap()
-        );
+        assert_eq!(serde_json::to_string(&set.to_fields_v1()).unwrap(), serde_json::to_string(&doc).unwrap());
     }
 
     #[test]
@@ -589,13 +541,7 @@ mod tests {
         set.insert(&[key("name", json!("a"))]);
         set.insert(&[field("z")]);
         set.insert(&[PathElement::Value(json!(1))]);
-        let keys: Vec<String> = set
-            .to_fields_v1()
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let keys: Vec<String> = set.to_fields_v1().as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys, ["f:z", "k:{\"name\":\"a\"}", "v:1", "v:\"b\""]);
     }
 
@@ -604,20 +550,11 @@ mod tests {
         let path = Path(vec![
             field("spec"),
             field("containers"),
-            PathElement::Key(vec![
-                ("containerPort".into(), json!(80)),
-                ("protocol".into(), json!("TCP")),
-            ]),
+            PathElement::Key(vec![("containerPort".into(), json!(80)), ("protocol".into(), json!("TCP"))]),
             field("name"),
         ]);
-        assert_eq!(
-            path.to_string(),
-            ".spec.containers[containerPort=80,protocol=\"TCP\"].name"
-        );
-        assert_eq!(
-            Path(vec![field("finalizers"), PathElement::Value(json!("x"))]).to_string(),
-            ".finalizers[=\"x\"]"
-        );
+        assert_eq!(path.to_string(), ".spec.containers[containerPort=80,protocol=\"TCP\"].name");
+        assert_eq!(Path(vec![field("finalizers"), PathElement::Value(json!("x"))]).to_string(), ".finalizers[=\"x\"]");
     }
 
     #[test]
@@ -628,14 +565,8 @@ mod tests {
         let mut b = Set::new();
         b.insert(&[field("spec"), field("replicas")]);
         b.insert(&[field("spec")]);
-        assert_eq!(
-            a.difference(&b).paths(),
-            vec![Path::fields(&["spec", "paused"])]
-        );
-        assert_eq!(
-            a.intersection(&b).paths(),
-            vec![Path::fields(&["spec", "replicas"])]
-        );
+        assert_eq!(a.difference(&b).paths(), vec![Path::fields(&["spec", "paused"])]);
+        assert_eq!(a.intersection(&b).paths(), vec![Path::fields(&["spec", "replicas"])]);
         assert!(a.recursive_difference(&b).is_empty());
         assert_eq!(a.union(&b).len(), 3);
     }

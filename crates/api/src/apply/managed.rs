@@ -47,17 +47,9 @@ pub struct ManagerId {
 impl ManagerId {
     pub fn new(manager: &str, operation: Operation, api_version: &str, subresource: &str) -> Self {
         ManagerId {
-            manager: if manager.is_empty() {
-                "unknown".into()
-            } else {
-                manager.into()
-            },
+            manager: if manager.is_empty() { "unknown".into() } else { manager.into() },
             operation,
-            api_version: if operation == Operation::Apply {
-                String::new()
-            } else {
-                api_version.into()
-            },
+            api_version: if operation == Operation::Apply { String::new() } else { api_version.into() },
             subresource: subresource.into(),
         }
     }
@@ -155,10 +147,7 @@ impl Managed {
                 "FieldsV1" => {}
                 "" => return Err(DecodeError::MissingFieldsType { index }),
                 other => {
-                    return Err(DecodeError::FieldsType {
-                        index,
-                        fields_type: other.into(),
-                    });
+                    return Err(DecodeError::FieldsType { index, fields_type: other.into() });
                 }
             }
             let set = match e.get("fieldsV1") {
@@ -169,18 +158,10 @@ impl Managed {
             let id = ManagerId {
                 manager: text("manager").into(),
                 operation,
-                api_version: if operation == Operation::Apply {
-                    String::new()
-                } else {
-                    api_version.into()
-                },
+                api_version: if operation == Operation::Apply { String::new() } else { api_version.into() },
                 subresource: text("subresource").into(),
             };
-            let vs = VersionedSet {
-                set,
-                api_version: api_version.into(),
-                applied: operation == Operation::Apply,
-            };
+            let vs = VersionedSet { set, api_version: api_version.into(), applied: operation == Operation::Apply };
             match e.get("time").and_then(Value::as_str) {
                 Some(t) => managed.times.insert(id.clone(), t.into()),
                 None => managed.times.remove(&id),
@@ -195,18 +176,11 @@ impl Managed {
         if self.fields.is_empty() {
             return None;
         }
-        let mut entries: Vec<(&ManagerId, &VersionedSet, Option<&String>)> = self
-            .fields
-            .iter()
-            .map(|(id, vs)| (id, vs, self.times.get(id)))
-            .collect();
+        let mut entries: Vec<(&ManagerId, &VersionedSet, Option<&String>)> =
+            self.fields.iter().map(|(id, vs)| (id, vs, self.times.get(id))).collect();
         entries.sort_by(|a, b| {
             let op = |e: &(&ManagerId, &VersionedSet, Option<&String>)| {
-                if e.1.applied {
-                    Operation::Apply
-                } else {
-                    e.0.operation
-                }
+                if e.1.applied { Operation::Apply } else { e.0.operation }
             };
             op(a)
                 .cmp(&op(b))
@@ -220,11 +194,7 @@ impl Managed {
             .map(|(id, vs, time)| {
                 let mut e = Map::new();
                 e.insert("manager".into(), json!(id.manager));
-                let operation = if vs.applied {
-                    Operation::Apply
-                } else {
-                    id.operation
-                };
+                let operation = if vs.applied { Operation::Apply } else { id.operation };
                 e.insert("operation".into(), json!(operation.as_str()));
                 e.insert("apiVersion".into(), json!(vs.api_version));
                 if let Some(t) = time {
@@ -244,8 +214,7 @@ impl Managed {
 
 /// Seconds since the epoch of an RFC 3339 time (0 when absent or malformed), as upstream sorts.
 pub(crate) fn seconds(time: Option<&String>) -> i64 {
-    time.and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        .map_or(0, |t| t.as_second())
+    time.and_then(|t| t.parse::<jiff::Timestamp>().ok()).map_or(0, |t| t.as_second())
 }
 
 /// Whether a request's `managedFields` asks to reset them: an empty list, or a list of one
@@ -301,26 +270,15 @@ pub fn validate_managed_fields(entries: &Value) -> Vec<FieldError> {
         let text = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or("");
         let operation = text("operation");
         if !matches!(operation, "Apply" | "Update") {
-            errs.push(FieldError::invalid(
-                &at.key("operation"),
-                json!(operation),
-                "must be `Apply` or `Update`",
-            ));
+            errs.push(FieldError::invalid(&at.key("operation"), json!(operation), "must be `Apply` or `Update`"));
         }
         let fields_type = text("fieldsType");
         if !fields_type.is_empty() && fields_type != "FieldsV1" {
-            errs.push(FieldError::invalid(
-                &at.key("fieldsType"),
-                json!(fields_type),
-                "must be `FieldsV1`",
-            ));
+            errs.push(FieldError::invalid(&at.key("fieldsType"), json!(fields_type), "must be `FieldsV1`"));
         }
         errs.extend(validate_field_manager(text("manager"), &at.key("manager")));
         if text("subresource").len() > SUBRESOURCE_MAX_LENGTH {
-            errs.push(FieldError::too_long(
-                &at.key("subresource"),
-                SUBRESOURCE_MAX_LENGTH,
-            ));
+            errs.push(FieldError::too_long(&at.key("subresource"), SUBRESOURCE_MAX_LENGTH));
         }
     }
     errs

@@ -69,44 +69,25 @@ pub enum ApplyError {
 fn join_errors(errors: &[String]) -> String {
     match errors {
         [one] => one.clone(),
-        many => format!(
-            "errors:\n{}",
-            many.iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
+        many => format!("errors:\n{}", many.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")),
     }
 }
 
 /// Upstream's `getConflictMessage`.
 fn conflict_message(conflicts: &[Conflict]) -> String {
     if let [one] = conflicts {
-        return format!(
-            "Apply failed with 1 conflict: conflict with {}: {}",
-            one.manager.describe(),
-            one.path
-        );
+        return format!("Apply failed with 1 conflict: conflict with {}: {}", one.manager.describe(), one.path);
     }
-    let mut by_manager: std::collections::BTreeMap<String, (&ManagerId, Vec<&Path>)> =
-        Default::default();
+    let mut by_manager: std::collections::BTreeMap<String, (&ManagerId, Vec<&Path>)> = Default::default();
     for c in conflicts {
-        by_manager
-            .entry(c.manager.identifier())
-            .or_insert_with(|| (&c.manager, Vec::new()))
-            .1
-            .push(&c.path);
+        by_manager.entry(c.manager.identifier()).or_insert_with(|| (&c.manager, Vec::new())).1.push(&c.path);
     }
     let mut lines = Vec::new();
     for (manager, paths) in by_manager.values() {
         lines.push(format!("conflicts with {}:", manager.describe()));
         lines.extend(paths.iter().map(|p| format!("- {p}")));
     }
-    format!(
-        "Apply failed with {} conflicts: {}",
-        conflicts.len(),
-        lines.join("\n")
-    )
+    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
 }
 
 impl From<ApplyError> for ApiError {
@@ -157,13 +138,7 @@ impl<'s> FieldManager<'s> {
         subresource: &'s str,
         reset: Reset,
     ) -> Self {
-        FieldManager {
-            schema: Schema { set },
-            definition,
-            api_version,
-            subresource,
-            reset,
-        }
+        FieldManager { schema: Schema { set }, definition, api_version, subresource, reset }
     }
 
     fn root(&self) -> Atom<'s> {
@@ -172,14 +147,7 @@ impl<'s> FieldManager<'s> {
 
     /// Records a non-apply write by `manager` in `new`'s `metadata.managedFields`. `live` is the
     /// stored object (`None` on create); `requested` the `managedFields` the request carried.
-    pub fn update(
-        &self,
-        live: Option<&Value>,
-        requested: Option<&Value>,
-        new: &mut Value,
-        manager: &str,
-        now: &str,
-    ) {
+    pub fn update(&self, live: Option<&Value>, requested: Option<&Value>, new: &mut Value, manager: &str, now: &str) {
         remove_managed_fields(new);
         let entries = self.tracked(live, requested, new, manager, now);
         set_managed_fields(new, entries);
@@ -216,20 +184,8 @@ impl<'s> FieldManager<'s> {
     }
 
     /// Upstream's `Updater.Update` with the manager bookkeeping around it.
-    fn track_update(
-        &self,
-        live: &Value,
-        new: &Value,
-        managed: &mut Managed,
-        manager: &str,
-        now: &str,
-    ) {
-        let id = ManagerId::new(
-            manager,
-            Operation::Update,
-            self.api_version,
-            self.subresource,
-        );
+    fn track_update(&self, live: &Value, new: &Value, managed: &mut Managed, manager: &str, now: &str) {
+        let id = ManagerId::new(manager, Operation::Update, self.api_version, self.subresource);
         // The write's own changes are computed as a fresh manager's, so the writer's previous
         // entry loses what it changed or removed like everyone else's, then gets them back.
         let Ok(cmp) = self.update_managers(live, new, managed, None, true) else {
@@ -245,14 +201,9 @@ impl<'s> FieldManager<'s> {
             Some(previous) => set.union(&previous.set),
             None => set,
         };
-        managed.fields.insert(
-            id.clone(),
-            VersionedSet {
-                set: merged,
-                api_version: self.api_version.into(),
-                applied: false,
-            },
-        );
+        managed
+            .fields
+            .insert(id.clone(), VersionedSet { set: merged, api_version: self.api_version.into(), applied: false });
         managed.times.insert(id, now.into());
         cap_update_managers(managed);
     }
@@ -267,10 +218,7 @@ impl<'s> FieldManager<'s> {
         force: bool,
         now: &str,
     ) -> Result<Value, ApplyError> {
-        if config
-            .pointer("/metadata/managedFields")
-            .is_some_and(|v| !v.is_null())
-        {
+        if config.pointer("/metadata/managedFields").is_some_and(|v| !v.is_null()) {
             return Err(ApplyError::ManagedFieldsSet);
         }
         let empty = json!({});
@@ -280,40 +228,26 @@ impl<'s> FieldManager<'s> {
         let mut walk = FieldSetWalk::new(self.schema, true);
         let config_set = walk.run(config, &root);
         if !walk.errors.is_empty() {
-            return Err(ApplyError::InvalidConfiguration {
-                object: describe_object(config),
-                errors: walk.errors,
-            });
+            return Err(ApplyError::InvalidConfiguration { object: describe_object(config), errors: walk.errors });
         }
         // The fields of an object no one tracked yet go to a placeholder manager first.
         if managed.is_empty() && !live.as_object().is_none_or(|o| o.is_empty()) {
             self.track_update(&empty, live, &mut managed, BEFORE_FIRST_APPLY, now);
         }
-        let id = ManagerId::new(
-            manager,
-            Operation::Apply,
-            self.api_version,
-            self.subresource,
-        );
-        let (mut object, managed) =
-            match self.apply_once(live, config, &config_set, managed.clone(), &id, force, now) {
-                Err(ApplyError::Conflicts(conflicts)) if manager == KUBECTL => {
-                    let allowed = self.allowed_by_last_applied(live).unwrap_or_default();
-                    let remaining: Vec<Conflict> = conflicts
-                        .iter()
-                        .filter(|c| !allowed.has(&c.path.0))
-                        .cloned()
-                        .collect();
-                    if !remaining.is_empty() {
-                        return Err(ApplyError::Conflicts(remaining));
-                    }
-                    self.apply_once(live, config, &config_set, managed, &id, true, now)?
+        let id = ManagerId::new(manager, Operation::Apply, self.api_version, self.subresource);
+        let (mut object, managed) = match self.apply_once(live, config, &config_set, managed.clone(), &id, force, now) {
+            Err(ApplyError::Conflicts(conflicts)) if manager == KUBECTL => {
+                let allowed = self.allowed_by_last_applied(live).unwrap_or_default();
+                let remaining: Vec<Conflict> = conflicts.iter().filter(|c| !allowed.has(&c.path.0)).cloned().collect();
+                if !remaining.is_empty() {
+                    return Err(ApplyError::Conflicts(remaining));
                 }
-                other => other?,
-            };
+                self.apply_once(live, config, &config_set, managed, &id, true, now)?
+            }
+            other => other?,
+        };
         if manager == KUBECTL && has_last_applied(&object) {
-            object["metadata"]["annotations"][LAST_APPLIED_ANNOTATION] =
-                json!(last_applied_of(config));
+            object["metadata"]["annotations"][LAST_APPLIED_ANNOTATION] = json!(last_applied_of(config));
         }
         set_managed_fields(&mut object, managed.encode());
         Ok(object)
@@ -335,11 +269,7 @@ impl<'s> FieldManager<'s> {
         let last = managed.fields.get(id).map(|vs| vs.set.clone());
         managed.fields.insert(
             id.clone(),
-            VersionedSet {
-                set: self.exclude(config_set.clone()),
-                api_version: self.api_version.into(),
-                applied: true,
-            },
+            VersionedSet { set: self.exclude(config_set.clone()), api_version: self.api_version.into(), applied: true },
         );
         let merged = match last {
             Some(last) if !last.is_empty() => self.prune(merged, &managed, &last),
@@ -376,22 +306,11 @@ impl<'s> FieldManager<'s> {
         }
         let merged_set = named(&field_set(&merged));
         let pruned_set = named(&field_set(&pruned));
-        let pruned = remove_items(
-            self.schema,
-            &merged,
-            &merged_set.difference(&pruned_set.union(&named(&owned))),
-            &root,
-        );
+        let pruned =
+            remove_items(self.schema, &merged, &merged_set.difference(&pruned_set.union(&named(&owned))), &root);
         // Only remove what the applier owned: add back dangling items.
         let pruned_set = named(&field_set(&pruned));
-        remove_items(
-            self.schema,
-            &merged,
-            &merged_set
-                .difference(&pruned_set)
-                .intersection(&named(last)),
-            &root,
-        )
+        remove_items(self.schema, &merged, &merged_set.difference(&pruned_set).intersection(&named(last)), &root)
     }
 
     /// Upstream's `Updater.update`: managers other than `except` lose the fields the write
@@ -422,12 +341,7 @@ impl<'s> FieldManager<'s> {
         if !force && !conflicts.is_empty() {
             let list = conflicts
                 .iter()
-                .flat_map(|(id, set)| {
-                    set.paths().into_iter().map(move |path| Conflict {
-                        manager: id.clone(),
-                        path,
-                    })
-                })
+                .flat_map(|(id, set)| set.paths().into_iter().map(move |path| Conflict { manager: id.clone(), path }))
                 .collect();
             return Err(ApplyError::Conflicts(list));
         }
@@ -452,11 +366,8 @@ impl<'s> FieldManager<'s> {
     /// The fields of the last-applied annotation that the live object still has unchanged:
     /// conflicts on them are client-side apply's, which `kubectl` may take over.
     fn allowed_by_last_applied(&self, live: &Value) -> Option<Set> {
-        let text = live
-            .pointer("/metadata/annotations")?
-            .get(LAST_APPLIED_ANNOTATION)?
-            .as_str()
-            .filter(|s| !s.is_empty())?;
+        let text =
+            live.pointer("/metadata/annotations")?.get(LAST_APPLIED_ANNOTATION)?.as_str().filter(|s| !s.is_empty())?;
         let last: Value = serde_json::from_str(text).ok()?;
         if last.get("apiVersion").and_then(Value::as_str) != Some(self.api_version) {
             return None;
@@ -468,11 +379,7 @@ impl<'s> FieldManager<'s> {
             return None;
         }
         let cmp = compare(self.schema, &last, live, &root);
-        Some(
-            set.difference(&cmp.modified)
-                .difference(&cmp.added)
-                .difference(&cmp.removed),
-        )
+        Some(set.difference(&cmp.modified).difference(&cmp.added).difference(&cmp.removed))
     }
 
     /// Drops the fields the strategy resets (upstream's `IgnoredFields`).
@@ -510,12 +417,8 @@ fn strip_meta(set: &mut Set) {
 /// Upstream's `capManagersManager`: past ten `Update` entries, the oldest are merged into one
 /// `ancient-changes` entry per API version.
 fn cap_update_managers(managed: &mut Managed) {
-    let mut updaters: Vec<ManagerId> = managed
-        .fields
-        .iter()
-        .filter(|(_, vs)| !vs.applied)
-        .map(|(id, _)| id.clone())
-        .collect();
+    let mut updaters: Vec<ManagerId> =
+        managed.fields.iter().filter(|(_, vs)| !vs.applied).map(|(id, _)| id.clone()).collect();
     if updaters.len() <= MAX_UPDATE_MANAGERS {
         return;
     }
@@ -543,18 +446,10 @@ fn cap_update_managers(managed: &mut Managed) {
                     managed.times.remove(first);
                     managed.fields.insert(bucket.clone(), first_set);
                 }
-                let union = managed
-                    .fields
-                    .get(&bucket)
-                    .map(|b| b.set.union(&vs.set))
-                    .unwrap_or_else(|| vs.set.clone());
+                let union = managed.fields.get(&bucket).map(|b| b.set.union(&vs.set)).unwrap_or_else(|| vs.set.clone());
                 managed.fields.insert(
                     bucket.clone(),
-                    VersionedSet {
-                        set: union,
-                        api_version: vs.api_version.clone(),
-                        applied: false,
-                    },
+                    VersionedSet { set: union, api_version: vs.api_version.clone(), applied: false },
                 );
                 managed.fields.remove(&id);
                 managed.times.remove(&id);
@@ -602,10 +497,7 @@ fn has_last_applied(obj: &Value) -> bool {
 /// annotation, keys sorted, with a trailing newline.
 fn last_applied_of(config: &Value) -> String {
     let mut config = config.clone();
-    if let Some(annotations) = config
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-    {
+    if let Some(annotations) = config.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
         annotations.remove(LAST_APPLIED_ANNOTATION);
     }
     format!("{}\n", sorted(&config))
@@ -616,11 +508,7 @@ fn sorted(v: &Value) -> Value {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            Value::Object(
-                keys.into_iter()
-                    .map(|k| (k.clone(), sorted(&m[k])))
-                    .collect(),
-            )
+            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
         }
         Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
         other => other.clone(),
@@ -632,10 +520,5 @@ fn describe_object(obj: &Value) -> String {
     let text = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or("");
     let api_version = text("/apiVersion");
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    format!(
-        "{}/{}; {group}/{version}, Kind={}",
-        text("/metadata/namespace"),
-        text("/metadata/name"),
-        text("/kind")
-    )
+    format!("{}/{}; {group}/{version}, Kind={}", text("/metadata/namespace"), text("/metadata/name"), text("/kind"))
 }

@@ -80,11 +80,7 @@ fn merge_lists<'s>(
     let index = |list: &[Value]| -> Vec<(PathElement, usize)> {
         list.iter()
             .enumerate()
-            .filter_map(|(i, item)| {
-                item_element(kind, items_definition, item)
-                    .ok()
-                    .map(|pe| (pe, i))
-            })
+            .filter_map(|(i, item)| item_element(kind, items_definition, item).ok().map(|pe| (pe, i)))
             .collect()
     };
     let lhs_pes = index(lhs);
@@ -93,18 +89,11 @@ fn merge_lists<'s>(
     // if absent).
     let mut lhs_by_pe: BTreeMap<&PathElement, Option<&Value>> = BTreeMap::new();
     for (pe, i) in &lhs_pes {
-        lhs_by_pe
-            .entry(pe)
-            .and_modify(|v| *v = None)
-            .or_insert(Some(&lhs[*i]));
+        lhs_by_pe.entry(pe).and_modify(|v| *v = None).or_insert(Some(&lhs[*i]));
     }
-    let rhs_by_pe: BTreeMap<&PathElement, &Value> =
-        rhs_pes.iter().map(|(pe, i)| (pe, &rhs[*i])).collect();
-    let mut shared: VecDeque<&PathElement> = rhs_pes
-        .iter()
-        .map(|(pe, _)| pe)
-        .filter(|pe| lhs_by_pe.contains_key(pe))
-        .collect();
+    let rhs_by_pe: BTreeMap<&PathElement, &Value> = rhs_pes.iter().map(|(pe, i)| (pe, &rhs[*i])).collect();
+    let mut shared: VecDeque<&PathElement> =
+        rhs_pes.iter().map(|(pe, _)| pe).filter(|pe| lhs_by_pe.contains_key(pe)).collect();
     let mut next_shared = shared.pop_front();
     let mut merged_rhs: BTreeSet<&PathElement> = BTreeSet::new();
     let merge_item = |l: Option<&Value>, r: &Value| match l {
@@ -144,10 +133,7 @@ fn merge_lists<'s>(
         if ri < rhs_pes.len() {
             let pe = &rhs_pes[ri].0;
             merged_rhs.insert(pe);
-            out.push(merge_item(
-                lhs_by_pe.get(pe).copied().flatten(),
-                rhs_by_pe[pe],
-            ));
+            out.push(merge_item(lhs_by_pe.get(pe).copied().flatten(), rhs_by_pe[pe]));
             ri += 1;
             if next_shared.is_some_and(|n| n == pe) {
                 next_shared = shared.pop_front();
@@ -159,12 +145,7 @@ fn merge_lists<'s>(
 
 /// Removes from `value` every field and item whose path is a member of `set`, with everything
 /// under it. A map or list left with nothing becomes null, as upstream leaves it.
-pub(crate) fn remove_items<'s>(
-    schema: Schema<'s>,
-    value: &Value,
-    set: &Set,
-    atom: &Atom<'s>,
-) -> Value {
+pub(crate) fn remove_items<'s>(schema: Schema<'s>, value: &Value, set: &Set, atom: &Atom<'s>) -> Value {
     if set.is_empty() {
         return value.clone();
     }
@@ -185,15 +166,9 @@ pub(crate) fn remove_items<'s>(
                 };
                 out.insert(key.clone(), kept);
             }
-            if out.is_empty() {
-                Value::Null
-            } else {
-                Value::Object(out)
-            }
+            if out.is_empty() { Value::Null } else { Value::Object(out) }
         }
-        (Atom::List { items, kind }, Value::Array(list))
-            if *kind != ListKind::Atomic && !list.is_empty() =>
-        {
+        (Atom::List { items, kind }, Value::Array(list)) if *kind != ListKind::Atomic && !list.is_empty() => {
             let items_definition = schema.items_definition(items);
             let item_atom = schema.resolve(items);
             let mut out = Vec::with_capacity(list.len());
@@ -210,11 +185,7 @@ pub(crate) fn remove_items<'s>(
                     None => item.clone(),
                 });
             }
-            if out.is_empty() {
-                Value::Null
-            } else {
-                Value::Array(out)
-            }
+            if out.is_empty() { Value::Null } else { Value::Array(out) }
         }
         _ => value.clone(),
     }

@@ -63,10 +63,8 @@ pub(crate) enum Atom<'s> {
 /// Defaults of list map keys that upstream's OpenAPI documents carry (`default:`) and the
 /// published schemas here do not: an item that omits such a key is identified with the default,
 /// as the server would fill it in.
-const KEY_DEFAULTS: &[(&str, &str, &str)] = &[
-    ("io.k8s.api.core.v1.ContainerPort", "protocol", "TCP"),
-    ("io.k8s.api.core.v1.ServicePort", "protocol", "TCP"),
-];
+const KEY_DEFAULTS: &[(&str, &str, &str)] =
+    &[("io.k8s.api.core.v1.ContainerPort", "protocol", "TCP"), ("io.k8s.api.core.v1.ServicePort", "protocol", "TCP")];
 
 /// Reads atoms out of a schema set.
 #[derive(Clone, Copy)]
@@ -92,34 +90,25 @@ impl<'s> Schema<'s> {
         self.inline(object, &extensions)
     }
 
-    fn inline(
-        &self,
-        object: &'s Map<String, Value>,
-        extensions: &SchemaExtensions<'s>,
-    ) -> Atom<'s> {
+    fn inline(&self, object: &'s Map<String, Value>, extensions: &SchemaExtensions<'s>) -> Atom<'s> {
         match object.get("type").and_then(Value::as_str) {
             Some("array") => match object.get("items") {
-                Some(items) => Atom::List {
-                    items,
-                    kind: list_kind(extensions),
-                },
+                Some(items) => Atom::List { items, kind: list_kind(extensions) },
                 None => Atom::Deduced,
             },
-            Some("object") => match (
-                object.get("properties").and_then(Value::as_object),
-                object.get("additionalProperties"),
-            ) {
-                (Some(properties), _) => Atom::Struct {
-                    definition: "",
-                    properties,
-                    atomic: extensions.map_type == Some(MapType::Atomic),
-                },
-                (None, Some(values @ Value::Object(_))) => Atom::Map {
-                    values,
-                    atomic: extensions.map_type == Some(MapType::Atomic),
-                },
-                _ => Atom::Deduced,
-            },
+            Some("object") => {
+                match (object.get("properties").and_then(Value::as_object), object.get("additionalProperties")) {
+                    (Some(properties), _) => Atom::Struct {
+                        definition: "",
+                        properties,
+                        atomic: extensions.map_type == Some(MapType::Atomic),
+                    },
+                    (None, Some(values @ Value::Object(_))) => {
+                        Atom::Map { values, atomic: extensions.map_type == Some(MapType::Atomic) }
+                    }
+                    _ => Atom::Deduced,
+                }
+            }
             Some("string") => match object.get("format").and_then(Value::as_str) {
                 None | Some("") | Some("byte") => Atom::Scalar(ScalarKind::String),
                 Some(_) => Atom::Scalar(ScalarKind::Untyped),
@@ -127,9 +116,7 @@ impl<'s> Schema<'s> {
             Some("integer" | "number") => Atom::Scalar(ScalarKind::Numeric),
             Some("boolean") => Atom::Scalar(ScalarKind::Boolean),
             Some(_) => Atom::Scalar(ScalarKind::Untyped),
-            None if object.contains_key("oneOf")
-                || object.contains_key("x-kubernetes-int-or-string") =>
-            {
+            None if object.contains_key("oneOf") || object.contains_key("x-kubernetes-int-or-string") => {
                 Atom::Scalar(ScalarKind::Untyped)
             }
             None => Atom::Deduced,
@@ -149,11 +136,7 @@ impl<'s> Schema<'s> {
                 Some(MapType::Atomic) => true,
                 Some(MapType::Granular) | None => false,
             };
-            return Atom::Struct {
-                definition: name,
-                properties,
-                atomic,
-            };
+            return Atom::Struct { definition: name, properties, atomic };
         }
         // Merge the field's extensions over the definition's for lists and maps.
         let mut extensions = extensions(definition);
@@ -196,17 +179,10 @@ fn extensions(schema: &Value) -> SchemaExtensions<'_> {
 
 /// The definition a schema refers to, directly or through a single-element `allOf`.
 fn reference(object: &Map<String, Value>) -> Option<&str> {
-    if let Some(first) = object
-        .get("allOf")
-        .and_then(Value::as_array)
-        .and_then(|all| all.first())
-    {
+    if let Some(first) = object.get("allOf").and_then(Value::as_array).and_then(|all| all.first()) {
         return first.as_object().and_then(reference);
     }
-    object
-        .get("$ref")
-        .and_then(Value::as_str)
-        .map(|r| r.strip_prefix(REF_PREFIX).unwrap_or(r))
+    object.get("$ref").and_then(Value::as_str).map(|r| r.strip_prefix(REF_PREFIX).unwrap_or(r))
 }
 
 /// Upstream's `getListElementRelationship`: the list type wins, else the patch strategy.
@@ -216,12 +192,10 @@ fn list_kind<'s>(extensions: &SchemaExtensions<'s>) -> ListKind<'s> {
         Some(ListType::Set) => ListKind::Set,
         Some(ListType::Map) => ListKind::Map(extensions.list_map_keys.clone()),
         None => match extensions.patch_strategy {
-            Some(PatchStrategy::Merge | PatchStrategy::MergeAndRetainKeys) => {
-                match extensions.patch_merge_key {
-                    Some(key) => ListKind::Map(vec![key]),
-                    None => ListKind::Set,
-                }
-            }
+            Some(PatchStrategy::Merge | PatchStrategy::MergeAndRetainKeys) => match extensions.patch_merge_key {
+                Some(key) => ListKind::Map(vec![key]),
+                None => ListKind::Set,
+            },
             _ => ListKind::Atomic,
         },
     }

@@ -19,11 +19,7 @@ pub(crate) fn skipped(definition: &str, field: &str) -> bool {
 }
 
 /// The path element of a list item, as upstream's `listItemToPathElement`.
-pub(crate) fn item_element(
-    kind: &ListKind<'_>,
-    items_definition: &str,
-    item: &Value,
-) -> Result<PathElement, String> {
+pub(crate) fn item_element(kind: &ListKind<'_>, items_definition: &str, item: &Value) -> Result<PathElement, String> {
     match kind {
         ListKind::Atomic => Err("invalid indexing of non-associative list".into()),
         ListKind::Map(keys) => {
@@ -54,13 +50,9 @@ pub(crate) fn item_element(
             Ok(PathElement::Key(fields))
         }
         ListKind::Set => match item {
-            Value::Object(_) => {
-                Err("associative list without keys has an element that's a map type".into())
-            }
+            Value::Object(_) => Err("associative list without keys has an element that's a map type".into()),
             Value::Array(_) => Err("not supported: associative list with lists as elements".into()),
-            Value::Null => {
-                Err("associative list without keys has an element that's an explicit null".into())
-            }
+            Value::Null => Err("associative list without keys has an element that's an explicit null".into()),
             scalar => Ok(PathElement::Value(scalar.clone())),
         },
     }
@@ -77,12 +69,7 @@ pub(crate) struct FieldSetWalk<'s> {
 
 impl<'s> FieldSetWalk<'s> {
     pub fn new(schema: Schema<'s>, validate: bool) -> Self {
-        FieldSetWalk {
-            schema,
-            validate,
-            path: Vec::new(),
-            errors: Vec::new(),
-        }
+        FieldSetWalk { schema, validate, path: Vec::new(), errors: Vec::new() }
     }
 
     /// The set of fields `value` sets.
@@ -93,11 +80,7 @@ impl<'s> FieldSetWalk<'s> {
     fn error(&mut self, message: impl Into<String>) {
         let path: String = self.path.iter().map(ToString::to_string).collect();
         let message = message.into();
-        self.errors.push(if path.is_empty() {
-            message
-        } else {
-            format!("{path}: {message}")
-        });
+        self.errors.push(if path.is_empty() { message } else { format!("{path}: {message}") });
     }
 
     fn descend(&mut self, pe: &PathElement) {
@@ -123,20 +106,13 @@ impl<'s> FieldSetWalk<'s> {
             }
             Atom::Struct { atomic: true, .. }
             | Atom::Map { atomic: true, .. }
-            | Atom::List {
-                kind: ListKind::Atomic,
-                ..
-            } => {
+            | Atom::List { kind: ListKind::Atomic, .. } => {
                 if self.validate {
                     self.check_shape(atom, value);
                 }
                 (Set::new(), true)
             }
-            Atom::Struct {
-                definition,
-                properties,
-                ..
-            } => match value {
+            Atom::Struct { definition, properties, .. } => match value {
                 Value::Object(object) => (self.walk_struct(definition, properties, object), false),
                 _ => {
                     self.check_shape(atom, value);
@@ -204,11 +180,7 @@ impl<'s> FieldSetWalk<'s> {
         node
     }
 
-    fn walk_map(
-        &mut self,
-        object: &Map<String, Value>,
-        child_atom: impl Fn(&str) -> Atom<'s>,
-    ) -> Set {
+    fn walk_map(&mut self, object: &Map<String, Value>, child_atom: impl Fn(&str) -> Atom<'s>) -> Set {
         let mut node = Set::new();
         for (key, v) in object {
             let pe = PathElement::Field(key.clone());
@@ -272,10 +244,7 @@ impl<'s> FieldSetWalk<'s> {
             _ => (true, ""),
         };
         if !ok {
-            self.error(format!(
-                "expected {expected}, got {} {value}",
-                type_name(value)
-            ));
+            self.error(format!("expected {expected}, got {} {value}", type_name(value)));
         }
     }
 
@@ -295,10 +264,7 @@ impl<'s> FieldSetWalk<'s> {
                 ScalarKind::Boolean => "boolean",
                 ScalarKind::Untyped => "scalar",
             };
-            self.error(format!(
-                "expected {expected}, got {} {value}",
-                type_name(value)
-            ));
+            self.error(format!("expected {expected}, got {} {value}", type_name(value)));
         }
     }
 }
@@ -367,15 +333,8 @@ impl Delta {
 /// (`spec`, `metadata`, `template`...), so it never reports such a struct itself as added. The
 /// schema does not say which structs are pointers, so no struct-typed field is reported added
 /// by itself here (its fields are); list items and map entries are, as upstream reports them.
-pub(crate) fn compare<'s>(
-    schema: Schema<'s>,
-    lhs: &Value,
-    rhs: &Value,
-    atom: &Atom<'s>,
-) -> Comparison {
-    CompareWalk { schema }
-        .walk(Some(lhs), Some(rhs), atom, false)
-        .children
+pub(crate) fn compare<'s>(schema: Schema<'s>, lhs: &Value, rhs: &Value, atom: &Atom<'s>) -> Comparison {
+    CompareWalk { schema }.walk(Some(lhs), Some(rhs), atom, false).children
 }
 
 struct CompareWalk<'s> {
@@ -383,19 +342,10 @@ struct CompareWalk<'s> {
 }
 
 impl<'s> CompareWalk<'s> {
-    fn walk(
-        &self,
-        lhs: Option<&Value>,
-        rhs: Option<&Value>,
-        atom: &Atom<'s>,
-        struct_field: bool,
-    ) -> Delta {
+    fn walk(&self, lhs: Option<&Value>, rhs: Option<&Value>, atom: &Atom<'s>, struct_field: bool) -> Delta {
         let granular_map = match atom {
             Atom::Struct { atomic, .. } | Atom::Map { atomic, .. } => !atomic,
-            Atom::Deduced => matches!(
-                (lhs, rhs),
-                (Some(Value::Object(_)), _) | (_, Some(Value::Object(_)))
-            ),
+            Atom::Deduced => matches!((lhs, rhs), (Some(Value::Object(_)), _) | (_, Some(Value::Object(_)))),
             _ => false,
         };
         let granular_list = matches!(atom, Atom::List { kind, .. } if *kind != ListKind::Atomic);
@@ -405,10 +355,8 @@ impl<'s> CompareWalk<'s> {
             Some(Value::Array(_)) => granular_list,
             Some(_) => false,
         };
-        let descend = (granular_map || granular_list)
-            && shape_ok(lhs)
-            && shape_ok(rhs)
-            && !(is_empty(lhs) && is_empty(rhs));
+        let descend =
+            (granular_map || granular_list) && shape_ok(lhs) && shape_ok(rhs) && !(is_empty(lhs) && is_empty(rhs));
         if !descend {
             return Delta {
                 added: lhs.is_none(),
@@ -419,12 +367,7 @@ impl<'s> CompareWalk<'s> {
         }
         let mut delta = Delta::default();
         if granular_map {
-            self.walk_map(
-                lhs.and_then(Value::as_object),
-                rhs.and_then(Value::as_object),
-                atom,
-                &mut delta.children,
-            );
+            self.walk_map(lhs.and_then(Value::as_object), rhs.and_then(Value::as_object), atom, &mut delta.children);
         } else if let Atom::List { items, kind } = atom {
             self.walk_list(
                 lhs.and_then(Value::as_array),
@@ -495,8 +438,7 @@ impl<'s> CompareWalk<'s> {
         let item_atom = self.schema.resolve(items);
         // Items grouped by path element, in first-seen order (lhs first).
         let mut order: Vec<PathElement> = Vec::new();
-        let mut groups: std::collections::BTreeMap<PathElement, (Vec<&Value>, Vec<&Value>)> =
-            Default::default();
+        let mut groups: std::collections::BTreeMap<PathElement, (Vec<&Value>, Vec<&Value>)> = Default::default();
         for (side, list) in [(0, lhs), (1, rhs)] {
             for item in list.into_iter().flatten() {
                 let Ok(pe) = item_element(kind, items_definition, item) else {
@@ -506,19 +448,15 @@ impl<'s> CompareWalk<'s> {
                     order.push(pe);
                     (Vec::new(), Vec::new())
                 });
-                if side == 0 {
-                    entry.0.push(item)
-                } else {
-                    entry.1.push(item)
-                }
+                if side == 0 { entry.0.push(item) } else { entry.1.push(item) }
             }
         }
         for pe in order {
             let (l, r) = &groups[&pe];
             match (l.len(), r.len()) {
-                (0..=1, 0..=1) => self
-                    .walk(l.first().copied(), r.first().copied(), &item_atom, false)
-                    .file_under(&pe, out),
+                (0..=1, 0..=1) => {
+                    self.walk(l.first().copied(), r.first().copied(), &item_atom, false).file_under(&pe, out)
+                }
                 (2.., 2..) => {
                     if l.len() != r.len() || l.iter().zip(r).any(|(a, b)| !values_equal(a, b)) {
                         out.modified.insert(std::slice::from_ref(&pe));
@@ -526,15 +464,13 @@ impl<'s> CompareWalk<'s> {
                 }
                 (2.., _) => {
                     if let Some(first) = r.first() {
-                        self.walk(None, Some(first), &item_atom, false)
-                            .file_under(&pe, out);
+                        self.walk(None, Some(first), &item_atom, false).file_under(&pe, out);
                     }
                     out.removed.insert(std::slice::from_ref(&pe));
                 }
                 (_, 2..) => {
                     if let Some(first) = l.first() {
-                        self.walk(Some(first), None, &item_atom, false)
-                            .file_under(&pe, out);
+                        self.walk(Some(first), None, &item_atom, false).file_under(&pe, out);
                     }
                     out.added.insert(std::slice::from_ref(&pe));
                 }
@@ -545,31 +481,22 @@ impl<'s> CompareWalk<'s> {
 
 /// Upstream's `EnsureNamedFieldsAreMembers`: the set plus every declared struct field on the
 /// way to its members, so that removing by this set can remove whole fields.
-pub(crate) fn ensure_named_fields_are_members<'s>(
-    schema: Schema<'s>,
-    set: &Set,
-    atom: &Atom<'s>,
-) -> Set {
+pub(crate) fn ensure_named_fields_are_members<'s>(schema: Schema<'s>, set: &Set, atom: &Atom<'s>) -> Set {
     let mut out = set.members_only();
     for (pe, child) in set.children() {
         let child_atom = match (pe, atom) {
-            (PathElement::Field(name), Atom::Struct { properties, .. }) => {
-                match schema.field(properties, name) {
-                    Some(a) => {
-                        out.insert_member(pe.clone());
-                        a
-                    }
-                    None => Atom::Deduced,
+            (PathElement::Field(name), Atom::Struct { properties, .. }) => match schema.field(properties, name) {
+                Some(a) => {
+                    out.insert_member(pe.clone());
+                    a
                 }
-            }
+                None => Atom::Deduced,
+            },
             (PathElement::Field(_), Atom::Map { values, .. }) => schema.resolve(values),
             (PathElement::Key(_), Atom::List { items, .. }) => schema.resolve(items),
             _ => Atom::Deduced,
         };
-        out.set_child(
-            pe.clone(),
-            ensure_named_fields_are_members(schema, child, &child_atom),
-        );
+        out.set_child(pe.clone(), ensure_named_fields_are_members(schema, child, &child_atom));
     }
     out
 }

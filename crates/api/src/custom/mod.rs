@@ -79,7 +79,8 @@ pub fn resource_types(crd: &CustomResourceDefinition) -> Vec<ResourceType> {
         .iter()
         .filter(|v| v.served)
         .map(|v| {
-            let mut ops = CustomResource::new(&group, v, &kind, &list_kind, &names.plural, namespaced, preserve_unknown_fields);
+            let mut ops =
+                CustomResource::new(&group, v, &kind, &list_kind, &names.plural, namespaced, preserve_unknown_fields);
             ops.terminating = terminating;
             let subresources = match (ops.scale.is_some(), ops.status) {
                 (true, true) => SCALE_STATUS,
@@ -148,7 +149,15 @@ impl CustomResource {
             .iter()
             .flatten()
             .filter_map(|c| {
-                CustomColumn::new(&c.name, &c.type_, c.format.as_deref(), c.description.as_deref(), c.priority, &c.json_path).ok()
+                CustomColumn::new(
+                    &c.name,
+                    &c.type_,
+                    c.format.as_deref(),
+                    c.description.as_deref(),
+                    c.priority,
+                    &c.json_path,
+                )
+                .ok()
             })
             .collect();
         CustomResource {
@@ -253,7 +262,11 @@ impl CustomResource {
         if replicas < 0 {
             errs.push(FieldError::invalid(&field, json!(replicas), "should be a non-negative integer"));
         } else if replicas > i64::from(i32::MAX) {
-            errs.push(FieldError::invalid(&field, json!(replicas), &format!("should be less than or equal to {}", i32::MAX)));
+            errs.push(FieldError::invalid(
+                &field,
+                json!(replicas),
+                &format!("should be less than or equal to {}", i32::MAX),
+            ));
         }
     }
 }
@@ -339,7 +352,14 @@ impl KindOps for CustomResource {
     }
 
     fn own_definitions(&self) -> Vec<(String, Value)> {
-        openapi::definitions(&self.group, &self.version, &self.kind, &self.list_kind, &self.plural, self.published.as_ref())
+        openapi::definitions(
+            &self.group,
+            &self.version,
+            &self.kind,
+            &self.list_kind,
+            &self.plural,
+            self.published.as_ref(),
+        )
     }
 
     fn convert(&self, mut obj: Value, to_api_version: &str) -> Result<Value, ApiError> {

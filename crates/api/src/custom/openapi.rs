@@ -66,7 +66,14 @@ fn add_embedded_properties(schema: &mut Value) {
 }
 
 /// The definition of the resource and of its list, named.
-pub fn definitions(group: &str, version: &str, kind: &str, list_kind: &str, plural: &str, schema: Option<&Value>) -> Vec<(String, Value)> {
+pub fn definitions(
+    group: &str,
+    version: &str,
+    kind: &str,
+    list_kind: &str,
+    plural: &str,
+    schema: Option<&Value>,
+) -> Vec<(String, Value)> {
     let name = definition_name(group, version, kind);
     let mut def = match schema {
         Some(Value::Object(s)) => Value::Object(s.clone()),

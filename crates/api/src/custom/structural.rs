@@ -84,12 +84,7 @@ impl Schema {
             int_or_string: p.x_kubernetes_int_or_string.unwrap_or(false),
             preserve_unknown_fields: p.x_kubernetes_preserve_unknown_fields.unwrap_or(false),
             embedded_resource: p.x_kubernetes_embedded_resource.unwrap_or(false),
-            properties: p
-                .properties
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), Schema::from_props(v)))
-                .collect(),
+            properties: p.properties.iter().flatten().map(|(k, v)| (k.clone(), Schema::from_props(v))).collect(),
             additional_properties: p.additional_properties.as_ref().map(|a| match a {
                 JSONSchemaPropsOrBool::Bool(b) => Additional::Allows(*b),
                 JSONSchemaPropsOrBool::Schema(s) => Additional::Schema(Box::new(Schema::from_props(s))),
@@ -110,10 +105,10 @@ impl Schema {
             multiple_of: p.multiple_of,
             min_length: p.min_length,
             max_length: p.max_length,
-            pattern: p.pattern.as_ref().map(|source| Pattern {
-                source: source.clone(),
-                regex: Regex::new(source).map_err(|e| e.to_string()),
-            }),
+            pattern: p
+                .pattern
+                .as_ref()
+                .map(|source| Pattern { source: source.clone(), regex: Regex::new(source).map_err(|e| e.to_string()) }),
             min_items: p.min_items,
             max_items: p.max_items,
             unique_items: p.unique_items.unwrap_or(false),
@@ -128,9 +123,7 @@ impl Schema {
 
     /// The schema of a field of an object: a named property, else the map's value schema.
     pub fn field(&self, name: &str) -> Option<&Schema> {
-        self.properties
-            .get(name)
-            .or_else(|| self.additional_properties.as_ref().and_then(Additional::schema))
+        self.properties.get(name).or_else(|| self.additional_properties.as_ref().and_then(Additional::schema))
     }
 
     /// The schema at a dotted path (`.spec.replicas`), if the schema names it.
@@ -144,10 +137,6 @@ impl Schema {
 
     /// The JSON types this node accepts, as upstream's validator joins them in messages.
     pub fn type_names(&self) -> Option<String> {
-        if self.int_or_string {
-            Some("integer,string".into())
-        } else {
-            self.type_.clone()
-        }
+        if self.int_or_string { Some("integer,string".into()) } else { self.type_.clone() }
     }
 }

@@ -62,7 +62,13 @@ fn crontab(spec: Value) -> Value {
 }
 
 fn causes(e: &ApiError) -> Vec<String> {
-    e.details.as_ref().unwrap().causes.iter().map(|c| format!("{}: {}", c.field.clone().unwrap_or_default(), c.message)).collect()
+    e.details
+        .as_ref()
+        .unwrap()
+        .causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field.clone().unwrap_or_default(), c.message))
+        .collect()
 }
 
 #[test]
@@ -121,8 +127,16 @@ fn string_limits_patterns_and_minimums() {
     let got = causes(&e);
     assert!(got.contains(&"spec.cronSpec: Invalid value: \"every minute\": spec.cronSpec in body should match '^(\\d+|\\*)(/\\d+)?(\\s+(\\d+|\\*)(/\\d+)?){4}$'".to_string()), "{got:?}");
     assert!(got.contains(&"spec.image: Too long: may not be more than 10 bytes".to_string()), "{got:?}");
-    assert!(got.contains(&"spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1".to_string()), "{got:?}");
-    assert!(got.contains(&"spec.tags: Invalid value: 0: spec.tags in body should have at least 1 items".to_string()), "{got:?}");
+    assert!(
+        got.contains(
+            &"spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1".to_string()
+        ),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"spec.tags: Invalid value: 0: spec.tags in body should have at least 1 items".to_string()),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -211,8 +225,14 @@ fn published_schema_adds_type_and_object_meta() {
     assert_eq!(defs[0].0, "com.example.stable.v1.CronTab");
     assert_eq!(defs[1].0, "com.example.stable.v1.CronTabList");
     let def = &defs[0].1;
-    assert_eq!(def["x-kubernetes-group-version-kind"], json!([{"group": "stable.example.com", "kind": "CronTab", "version": "v1"}]));
-    assert_eq!(def["properties"]["metadata"]["allOf"][0]["$ref"], "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta");
+    assert_eq!(
+        def["x-kubernetes-group-version-kind"],
+        json!([{"group": "stable.example.com", "kind": "CronTab", "version": "v1"}])
+    );
+    assert_eq!(
+        def["properties"]["metadata"]["allOf"][0]["$ref"],
+        "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    );
     assert_eq!(def["properties"]["spec"]["properties"]["template"]["required"], json!(["kind", "apiVersion"]));
     assert_eq!(def["properties"]["spec"]["properties"]["replicas"]["default"], 1);
 }
@@ -220,7 +240,8 @@ fn published_schema_adds_type_and_object_meta() {
 #[test]
 fn selectable_fields_become_field_labels() {
     let mut c = crd(crontab_schema(), Value::Null);
-    c.spec.versions[0].selectable_fields = Some(vec![serde_json::from_value(json!({"jsonPath": ".spec.mode"})).unwrap()]);
+    c.spec.versions[0].selectable_fields =
+        Some(vec![serde_json::from_value(json!({"jsonPath": ".spec.mode"})).unwrap()]);
     let t = resource_types(&c).remove(0);
     assert!(t.ops.field_labels().contains(&"spec.mode".to_string()));
     assert_eq!(t.ops.field_label(&crontab(json!({"mode": "Fast"})), "spec.mode").as_deref(), Some("Fast"));

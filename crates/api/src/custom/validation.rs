@@ -45,11 +45,7 @@ fn json_type(v: &Value) -> &'static str {
 
 /// A float as Go's `%v` prints it: integral values without a fraction.
 pub(crate) fn go_float(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e21 {
-        format!("{}", f as i64)
-    } else {
-        format!("{f}")
-    }
+    if f.fract() == 0.0 && f.abs() < 1e21 { format!("{}", f as i64) } else { format!("{f}") }
 }
 
 fn node(s: &Schema, v: &Value, path: &str, errs: &mut Vec<FieldError>) {
@@ -135,7 +131,8 @@ fn check_composition(s: &Schema, v: &Value, path: &str, errs: &mut Vec<FieldErro
         let results = sub_results(&s.one_of, v, path);
         let valid = results.iter().filter(|r| r.is_empty()).count();
         if valid != 1 {
-            let extra = if valid == 0 { "Found none valid".to_string() } else { format!("Found {valid} valid alternatives") };
+            let extra =
+                if valid == 0 { "Found none valid".to_string() } else { format!("Found {valid} valid alternatives") };
             errs.push(composition_error(format!("{path:?} must validate one and only one schema (oneOf). {extra}")));
             if valid == 0 {
                 errs.extend(results.into_iter().next().unwrap_or_default());

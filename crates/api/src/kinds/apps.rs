@@ -2,9 +2,9 @@
 //! every workload shares (a selector that matches its own template).
 
 use k8s_openapi::api::apps::v1::{
-    ControllerRevision, DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy,
-    ReplicaSet, RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy,
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
+    ControllerRevision, DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
+    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -45,8 +45,9 @@ pub(crate) fn validate_workload(
             errs.push(FieldError::required(&path.key("selector"), ""));
             None
         }
-        Some(s) if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty()) =>
+        Some(s)
+            if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && s.match_expressions.as_ref().is_none_or(|e| e.is_empty()) =>
         {
             errs.push(FieldError::invalid(&path.key("selector"), json!(s), "empty selector is invalid for deployment"));
             None
@@ -81,11 +82,7 @@ pub(crate) fn validate_workload(
 
 fn validate_immutable_selector(new: &LabelSelector, old: &LabelSelector, errs: &mut Vec<FieldError>) {
     if new != old {
-        errs.push(FieldError::invalid(
-            &FieldPath::new("spec").key("selector"),
-            json!(new),
-            "field is immutable",
-        ));
+        errs.push(FieldError::invalid(&FieldPath::new("spec").key("selector"), json!(new), "field is immutable"));
     }
 }
 
@@ -133,7 +130,9 @@ impl Kind for Deployment {
                 ));
             }
             if let Some(ru) = &s.rolling_update {
-                let zero = |v: &Option<IntOrString>| matches!(v, Some(IntOrString::Int(0))) || matches!(v, Some(IntOrString::String(s)) if s == "0%");
+                let zero = |v: &Option<IntOrString>| {
+                    matches!(v, Some(IntOrString::Int(0))) || matches!(v, Some(IntOrString::String(s)) if s == "0%")
+                };
                 if zero(&ru.max_surge) && zero(&ru.max_unavailable) {
                     errs.push(FieldError::invalid(
                         &path.key("strategy").key("rollingUpdate").key("maxUnavailable"),

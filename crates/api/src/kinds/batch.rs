@@ -73,7 +73,9 @@ impl Kind for Job {
                 &["OnFailure", "Never"],
             )),
         }
-        for (field, v) in [("parallelism", spec.parallelism), ("completions", spec.completions), ("backoffLimit", spec.backoff_limit)] {
+        for (field, v) in
+            [("parallelism", spec.parallelism), ("completions", spec.completions), ("backoffLimit", spec.backoff_limit)]
+        {
             if let Some(v) = v
                 && v < 0
             {
@@ -85,10 +87,18 @@ impl Kind for Job {
     fn validate_update(&self, old: &Self, errs: &mut Vec<FieldError>) {
         let (Some(n), Some(o)) = (&self.spec, &old.spec) else { return };
         if n.selector != o.selector {
-            errs.push(FieldError::invalid(&FieldPath::new("spec").key("selector"), json!(n.selector), "field is immutable"));
+            errs.push(FieldError::invalid(
+                &FieldPath::new("spec").key("selector"),
+                json!(n.selector),
+                "field is immutable",
+            ));
         }
         if n.completions != o.completions && n.completion_mode.as_deref() != Some("Indexed") {
-            errs.push(FieldError::invalid(&FieldPath::new("spec").key("completions"), json!(n.completions), "field is immutable"));
+            errs.push(FieldError::invalid(
+                &FieldPath::new("spec").key("completions"),
+                json!(n.completions),
+                "field is immutable",
+            ));
         }
     }
 }
@@ -145,9 +155,9 @@ fn is_cron_schedule(s: &str) -> bool {
     }
     let fields: Vec<&str> = s.split_whitespace().collect();
     fields.len() == 5
-        && fields.iter().all(|f| {
-            f.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?'))
-        })
+        && fields
+            .iter()
+            .all(|f| f.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?')))
 }
 
 #[cfg(test)]

@@ -4,10 +4,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{
-    ComponentStatus, ConfigMap, Container, ContainerPort, Endpoints, Event, LimitRange, Namespace,
-    NamespaceSpec, NamespaceStatus, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec,
-    PodStatus, PodTemplate, PodTemplateSpec, Probe, ReplicationController, ResourceQuota, Secret,
-    Service, ServiceAccount, Volume,
+    ComponentStatus, ConfigMap, Container, ContainerPort, Endpoints, Event, LimitRange, Namespace, NamespaceSpec,
+    NamespaceStatus, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec, PodStatus, PodTemplate,
+    PodTemplateSpec, Probe, ReplicationController, ResourceQuota, Secret, Service, ServiceAccount, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -326,11 +325,8 @@ impl Kind for Pod {
 
     fn prepare_for_create(&mut self) {
         let qos = self.spec.as_ref().map(qos_class).unwrap_or("BestEffort");
-        self.status = Some(PodStatus {
-            phase: Some("Pending".into()),
-            qos_class: Some(qos.into()),
-            ..Default::default()
-        });
+        self.status =
+            Some(PodStatus { phase: Some("Pending".into()), qos_class: Some(qos.into()), ..Default::default() });
     }
 
     fn validate(&self, errs: &mut Vec<FieldError>) {
@@ -445,8 +441,8 @@ impl Kind for Service {
     fn validate_update(&self, old: &Self, errs: &mut Vec<FieldError>) {
         let new_ip = self.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
         let old_ip = old.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
-        let changing_type = self.spec.as_ref().and_then(|s| s.type_.as_deref())
-            != old.spec.as_ref().and_then(|s| s.type_.as_deref());
+        let changing_type =
+            self.spec.as_ref().and_then(|s| s.type_.as_deref()) != old.spec.as_ref().and_then(|s| s.type_.as_deref());
         if new_ip.is_some_and(|ip| !ip.is_empty()) && new_ip != old_ip && !changing_type {
             errs.push(FieldError::invalid(
                 &FieldPath::new("spec").key("clusterIPs").index(0),
@@ -464,10 +460,7 @@ impl Kind for Namespace {
     fn set_defaults(&mut self) {
         // Every namespace carries its own name as a label (NamespaceDefaultLabelName).
         if let Some(name) = self.metadata.name.clone() {
-            self.metadata
-                .labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert("kubernetes.io/metadata.name".into(), name);
+            self.metadata.labels.get_or_insert_with(BTreeMap::new).insert("kubernetes.io/metadata.name".into(), name);
         }
     }
 
@@ -675,7 +668,8 @@ mod tests {
     fn qos_follows_requests_and_limits() {
         let mut spec: PodSpec = serde_json::from_value(json!({"containers": [{"name": "a", "image": "x"}]})).unwrap();
         assert_eq!(qos_class(&spec), "BestEffort");
-        spec.containers[0].resources = Some(serde_json::from_value(json!({"limits": {"cpu": "1", "memory": "1Gi"}})).unwrap());
+        spec.containers[0].resources =
+            Some(serde_json::from_value(json!({"limits": {"cpu": "1", "memory": "1Gi"}})).unwrap());
         default_pod_spec(&mut spec);
         assert_eq!(qos_class(&spec), "Guaranteed");
         spec.containers[0].resources = Some(serde_json::from_value(json!({"requests": {"cpu": "100m"}})).unwrap());

@@ -33,10 +33,7 @@ fn is_alnum_lower(c: u8) -> bool {
 
 fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty()
-        && b.iter().all(|&c| is_label_char(c))
-        && is_alnum_lower(b[0])
-        && is_alnum_lower(b[b.len() - 1])
+    !b.is_empty() && b.iter().all(|&c| is_label_char(c)) && is_alnum_lower(b[0]) && is_alnum_lower(b[b.len() - 1])
 }
 
 /// Problems with `s` as an RFC 1123 label, worded as upstream.
@@ -79,22 +76,14 @@ fn validate_path_segment(s: &str) -> Vec<String> {
     if s == "." || s == ".." {
         return vec![format!("may not be '{s}'")];
     }
-    ["/", "%"]
-        .iter()
-        .filter(|bad| s.contains(*bad))
-        .map(|bad| format!("may not contain '{bad}'"))
-        .collect()
+    ["/", "%"].iter().filter(|bad| s.contains(*bad)).map(|bad| format!("may not contain '{bad}'")).collect()
 }
 
 impl NameRule {
     /// Problems with `name` under this rule; `prefix` is true for `generateName`, which may end
     /// with a '-' that the generated suffix will follow.
     pub fn check(self, name: &str, prefix: bool) -> Vec<String> {
-        let name = if prefix && self != NameRule::PathSegment {
-            name.strip_suffix('-').unwrap_or(name)
-        } else {
-            name
-        };
+        let name = if prefix && self != NameRule::PathSegment { name.strip_suffix('-').unwrap_or(name) } else { name };
         match self {
             NameRule::Subdomain => validate_dns1123_subdomain(name),
             NameRule::Label => validate_dns1123_label(name),
@@ -108,12 +97,7 @@ impl NameRule {
 pub const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
 
 /// Validates the metadata every object has.
-pub fn validate_object_meta(
-    meta: &ObjectMeta,
-    rule: NameRule,
-    namespaced: bool,
-    errs: &mut Vec<FieldError>,
-) {
+pub fn validate_object_meta(meta: &ObjectMeta, rule: NameRule, namespaced: bool, errs: &mut Vec<FieldError>) {
     let path = FieldPath::new("metadata");
     match (&meta.name, &meta.generate_name) {
         (Some(name), _) if !name.is_empty() => {
@@ -135,10 +119,9 @@ pub fn validate_object_meta(
             }
         }
         (_, true) => errs.push(FieldError::required(&path.key("namespace"), "")),
-        (Some(ns), false) if !ns.is_empty() => errs.push(FieldError::forbidden(
-            &path.key("namespace"),
-            "not allowed on this type",
-        )),
+        (Some(ns), false) if !ns.is_empty() => {
+            errs.push(FieldError::forbidden(&path.key("namespace"), "not allowed on this type"))
+        }
         _ => {}
     }
     if let Some(labels) = &meta.labels {
@@ -176,7 +159,11 @@ pub fn validate_object_meta(
         for (i, o) in owners.iter().enumerate() {
             let pi = p.index(i);
             if o.api_version.is_empty() {
-                errs.push(FieldError::invalid(&pi.key("apiVersion"), json!(o.api_version), "version must not be empty"));
+                errs.push(FieldError::invalid(
+                    &pi.key("apiVersion"),
+                    json!(o.api_version),
+                    "version must not be empty",
+                ));
             }
             if o.kind.is_empty() {
                 errs.push(FieldError::invalid(&pi.key("kind"), json!(o.kind), "kind must not be empty"));

@@ -22,7 +22,7 @@ use crate::field::FieldError;
 use crate::status::ApiError;
 use crate::table::IncludeObject;
 
-pub use meta::{validate_dns1123_label, validate_dns1123_subdomain, validate_object_meta, NameRule};
+pub use meta::{NameRule, validate_dns1123_label, validate_dns1123_subdomain, validate_object_meta};
 
 /// A served built-in type and the behaviour upstream gives it.
 pub trait Kind:

@@ -2,8 +2,8 @@
 //! checks here are the ones upstream applies to them.
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration,
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler as HpaV1;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler as HpaV2;
@@ -35,11 +35,13 @@ impl Kind for HpaV2 {
             spec.min_replicas.get_or_insert(1);
             if spec.metrics.as_ref().is_none_or(Vec::is_empty) {
                 // Upstream's default target: 80% average CPU utilisation.
-                spec.metrics = Some(vec![serde_json::from_value(json!({
-                    "type": "Resource",
-                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}
-                }))
-                .expect("static metric spec is valid")]);
+                spec.metrics = Some(vec![
+                    serde_json::from_value(json!({
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}
+                    }))
+                    .expect("static metric spec is valid"),
+                ]);
             }
         }
     }
@@ -183,7 +185,8 @@ impl Kind for CustomResourceDefinition {
 
     /// A new definition has no accepted names yet; its storage version is recorded as stored.
     fn prepare_for_create(&mut self) {
-        let stored: Vec<String> = self.spec.versions.iter().filter(|v| v.storage).map(|v| v.name.clone()).take(1).collect();
+        let stored: Vec<String> =
+            self.spec.versions.iter().filter(|v| v.storage).map(|v| v.name.clone()).take(1).collect();
         self.status = Some(CustomResourceDefinitionStatus {
             accepted_names: Some(CustomResourceDefinitionNames::default()),
             stored_versions: Some(stored),
@@ -207,7 +210,11 @@ impl Kind for CustomResourceDefinition {
         if spec.group.is_empty() {
             errs.push(FieldError::required(&path.key("group"), ""));
         } else if !spec.group.contains('.') {
-            errs.push(FieldError::invalid(&path.key("group"), json!(spec.group), "should be a domain with at least one dot"));
+            errs.push(FieldError::invalid(
+                &path.key("group"),
+                json!(spec.group),
+                "should be a domain with at least one dot",
+            ));
         }
         const SCOPES: [&str; 2] = ["Cluster", "Namespaced"];
         if !SCOPES.contains(&spec.scope.as_str()) {
@@ -217,9 +224,17 @@ impl Kind for CustomResourceDefinition {
             errs.push(FieldError::required(&path.key("names").key("kind"), ""));
         }
         if spec.versions.is_empty() {
-            errs.push(FieldError::invalid(&path.key("versions"), json!([]), "must have exactly one version marked as storage version"));
+            errs.push(FieldError::invalid(
+                &path.key("versions"),
+                json!([]),
+                "must have exactly one version marked as storage version",
+            ));
         } else if spec.versions.iter().filter(|v| v.storage).count() != 1 {
-            errs.push(FieldError::invalid(&path.key("versions"), json!(spec.versions.iter().map(|v| &v.name).collect::<Vec<_>>()), "must have exactly one version marked as storage version"));
+            errs.push(FieldError::invalid(
+                &path.key("versions"),
+                json!(spec.versions.iter().map(|v| &v.name).collect::<Vec<_>>()),
+                "must have exactly one version marked as storage version",
+            ));
         }
     }
 }

@@ -135,32 +135,16 @@ pub enum JsonPatchError {
     UnknownOperation { index: usize, op: String },
     /// `path` or `from` is missing, null or not a string (`found`).
     #[error("{}", bad_member_message(*.op, *.member, *.found))]
-    BadMember {
-        index: usize,
-        op: OperationKind,
-        member: Member,
-        found: Option<JsonType>,
-    },
+    BadMember { index: usize, op: OperationKind, member: Member, found: Option<JsonType> },
     /// The parent of the pointer does not exist or is not an object or array.
     #[error("{}", missing_path_message(*.op, *.member, .path))]
-    MissingPath {
-        index: usize,
-        op: OperationKind,
-        member: Member,
-        path: String,
-    },
+    MissingPath { index: usize, op: OperationKind, member: Member, path: String },
     /// `replace` of an array element that does not exist.
     #[error("replace operation does not apply: doc is missing key: {path}: missing value")]
     MissingKey { index: usize, path: String },
     /// The parent exists but the member or index is unusable; `at` is what upstream names.
     #[error("{}", location_message(*.op, *.member, .at, .reason))]
-    Location {
-        index: usize,
-        op: OperationKind,
-        member: Member,
-        at: String,
-        reason: LocationError,
-    },
+    Location { index: usize, op: OperationKind, member: Member, at: String, reason: LocationError },
     /// `replace` of the whole document with something other than an object or array.
     #[error("replace operation value must be object or array")]
     RootNotContainer { index: usize },
@@ -169,11 +153,7 @@ pub enum JsonPatchError {
     #[error(
         "Unable to complete the copy, the accumulated size increase of copy is {accumulated}, exceeding the limit {limit}"
     )]
-    CopyTooLarge {
-        index: usize,
-        accumulated: usize,
-        limit: usize,
-    },
+    CopyTooLarge { index: usize, accumulated: usize, limit: usize },
 }
 
 impl JsonPatchError {
@@ -210,12 +190,7 @@ fn bad_member_message(op: OperationKind, member: Member, found: Option<JsonType>
         Member::From => "from",
     };
     // Upstream's add, remove and copy drop the decoder's reason for a bad `path`.
-    if member == Member::Path
-        && matches!(
-            op,
-            OperationKind::Add | OperationKind::Remove | OperationKind::Copy
-        )
-    {
+    if member == Member::Path && matches!(op, OperationKind::Add | OperationKind::Remove | OperationKind::Copy) {
         return format!("{op} operation failed to decode path: missing value");
     }
     let reason = match (found, member) {
@@ -235,14 +210,10 @@ fn missing_path_message(op: OperationKind, member: Member, path: &str) -> String
             format!("test operation does not apply: is missing path: {path}: missing value")
         }
         (OperationKind::Move | OperationKind::Copy, Member::From) => {
-            format!(
-                "{op} operation does not apply: doc is missing from path: {path}: missing value"
-            )
+            format!("{op} operation does not apply: doc is missing from path: {path}: missing value")
         }
         (OperationKind::Move | OperationKind::Copy, Member::Path) => {
-            format!(
-                "{op} operation does not apply: doc is missing destination path: {path}: missing value"
-            )
+            format!("{op} operation does not apply: doc is missing destination path: {path}: missing value")
         }
         (OperationKind::Replace, _) => {
             format!("replace operation does not apply: doc is missing path: {path}: missing value")
@@ -266,25 +237,17 @@ pub fn apply_json_patch(doc: &Value, patch: &Value) -> Result<Value, JsonPatchEr
         Value::Null => &[],
         Value::Array(operations) => operations,
         other => {
-            return Err(JsonPatchError::NotAnArray {
-                found: JsonType::of(other),
-            });
+            return Err(JsonPatchError::NotAnArray { found: JsonType::of(other) });
         }
     };
     // Upstream decodes the whole patch before applying any of it.
     for (index, operation) in operations.iter().enumerate() {
         if !matches!(operation, Value::Object(_) | Value::Null) {
-            return Err(JsonPatchError::OperationNotAnObject {
-                index,
-                found: JsonType::of(operation),
-            });
+            return Err(JsonPatchError::OperationNotAnObject { index, found: JsonType::of(operation) });
         }
     }
     if operations.len() > MAX_OPERATIONS {
-        return Err(JsonPatchError::TooManyOperations {
-            max: MAX_OPERATIONS,
-            got: operations.len(),
-        });
+        return Err(JsonPatchError::TooManyOperations { max: MAX_OPERATIONS, got: operations.len() });
     }
     let mut doc = doc.clone();
     let mut copied_bytes = 0;
@@ -316,19 +279,11 @@ impl<'p> Operation<'p> {
                 return Err(JsonPatchError::UnknownOperation { index, op });
             }
         };
-        Ok(Operation {
-            index,
-            kind,
-            fields,
-        })
+        Ok(Operation { index, kind, fields })
     }
 
     fn pointer(&self, member: Member) -> Result<&'p str, JsonPatchError> {
-        let name = if member == Member::Path {
-            "path"
-        } else {
-            "from"
-        };
+        let name = if member == Member::Path { "path" } else { "from" };
         match self.fields.and_then(|f| f.get(name)) {
             Some(Value::String(pointer)) => Ok(pointer),
             None | Some(Value::Null) => Err(self.bad_member(member, None)),
@@ -337,12 +292,7 @@ impl<'p> Operation<'p> {
     }
 
     fn bad_member(&self, member: Member, found: Option<JsonType>) -> JsonPatchError {
-        JsonPatchError::BadMember {
-            index: self.index,
-            op: self.kind,
-            member,
-            found,
-        }
+        JsonPatchError::BadMember { index: self.index, op: self.kind, member, found }
     }
 
     /// The operation's `value`; absent reads as null.
@@ -352,22 +302,11 @@ impl<'p> Operation<'p> {
     }
 
     fn missing_path(&self, member: Member, path: &str) -> JsonPatchError {
-        JsonPatchError::MissingPath {
-            index: self.index,
-            op: self.kind,
-            member,
-            path: path.into(),
-        }
+        JsonPatchError::MissingPath { index: self.index, op: self.kind, member, path: path.into() }
     }
 
     fn location(&self, member: Member, at: &str, reason: LocationError) -> JsonPatchError {
-        JsonPatchError::Location {
-            index: self.index,
-            op: self.kind,
-            member,
-            at: at.into(),
-            reason,
-        }
+        JsonPatchError::Location { index: self.index, op: self.kind, member, at: at.into(), reason }
     }
 
     /// The parent container of `path` and the last token, or MissingPath.
@@ -385,17 +324,12 @@ impl<'p> Operation<'p> {
             OperationKind::Add => {
                 let path = self.pointer(Member::Path)?;
                 let (mut parent, key) = self.parent(doc, Member::Path, path)?;
-                parent
-                    .insert(&key, self.value().clone())
-                    .map_err(|e| self.location(Member::Path, path, e))
+                parent.insert(&key, self.value().clone()).map_err(|e| self.location(Member::Path, path, e))
             }
             OperationKind::Remove => {
                 let path = self.pointer(Member::Path)?;
                 let (mut parent, key) = self.parent(doc, Member::Path, path)?;
-                parent
-                    .remove(&key)
-                    .map(drop)
-                    .map_err(|e| self.location(Member::Path, path, e))
+                parent.remove(&key).map(drop).map_err(|e| self.location(Member::Path, path, e))
             }
             OperationKind::Replace => {
                 let path = self.pointer(Member::Path)?;
@@ -413,12 +347,8 @@ impl<'p> Operation<'p> {
                         members.insert(key, self.value().clone());
                     }
                     Parent::Array(items) => {
-                        let at = resolve_index(items.len(), &key).map_err(|_| {
-                            JsonPatchError::MissingKey {
-                                index: self.index,
-                                path: path.into(),
-                            }
-                        })?;
+                        let at = resolve_index(items.len(), &key)
+                            .map_err(|_| JsonPatchError::MissingKey { index: self.index, path: path.into() })?;
                         items[at] = self.value().clone();
                     }
                 }
@@ -428,23 +358,16 @@ impl<'p> Operation<'p> {
                 let from = self.pointer(Member::From)?;
                 let (mut parent, key) = self.parent(doc, Member::From, from)?;
                 // Upstream names the last token here, not the whole pointer.
-                let value = parent
-                    .take(&key)
-                    .map_err(|e| self.location(Member::From, &key, e))?;
+                let value = parent.take(&key).map_err(|e| self.location(Member::From, &key, e))?;
                 let path = self.pointer(Member::Path)?;
                 let (mut parent, key) = self.parent(doc, Member::Path, path)?;
-                parent
-                    .insert(&key, value)
-                    .map_err(|e| self.location(Member::Path, path, e))
+                parent.insert(&key, value).map_err(|e| self.location(Member::Path, path, e))
             }
             OperationKind::Copy => {
                 let from = self.pointer(Member::From)?;
                 let (parent, key) = self.parent(doc, Member::From, from)?;
-                let value = parent
-                    .get(&key)
-                    .map_err(|e| self.location(Member::From, from, e))?
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                let value =
+                    parent.get(&key).map_err(|e| self.location(Member::From, from, e))?.cloned().unwrap_or(Value::Null);
                 let path = self.pointer(Member::Path)?;
                 let (mut parent, key) = self.parent(doc, Member::Path, path)?;
                 if !value.is_null() {
@@ -457,9 +380,7 @@ impl<'p> Operation<'p> {
                         limit: MAX_COPY_BYTES,
                     });
                 }
-                parent
-                    .insert(&key, value)
-                    .map_err(|e| self.location(Member::Path, path, e))
+                parent.insert(&key, value).map_err(|e| self.location(Member::Path, path, e))
             }
             OperationKind::Test => {
                 let path = self.pointer(Member::Path)?;
@@ -468,19 +389,10 @@ impl<'p> Operation<'p> {
                     expected == Some(&*doc)
                 } else {
                     let (parent, key) = self.parent(doc, Member::Path, path)?;
-                    let actual = parent
-                        .get(&key)
-                        .map_err(|e| self.location(Member::Path, path, e))?;
+                    let actual = parent.get(&key).map_err(|e| self.location(Member::Path, path, e))?;
                     non_null(actual) == expected
                 };
-                if passed {
-                    Ok(())
-                } else {
-                    Err(JsonPatchError::TestFailed {
-                        index: self.index,
-                        path: path.into(),
-                    })
-                }
+                if passed { Ok(()) } else { Err(JsonPatchError::TestFailed { index: self.index, path: path.into() }) }
             }
         }
     }
@@ -538,10 +450,7 @@ fn decode_token(token: &str) -> String {
 fn parse_index(token: &str) -> Result<i64, IndexSyntaxError> {
     token.parse::<i64>().map_err(|e| IndexSyntaxError {
         token: token.into(),
-        out_of_range: matches!(
-            e.kind(),
-            std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow
-        ),
+        out_of_range: matches!(e.kind(), std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow),
     })
 }
 
@@ -604,9 +513,9 @@ impl Parent<'_> {
     /// Removes a member or element, keeping the order of the rest.
     fn remove(&mut self, key: &str) -> Result<Value, LocationError> {
         match self {
-            Parent::Object(members) => members
-                .shift_remove(key)
-                .ok_or_else(|| LocationError::NonexistentKey { key: key.into() }),
+            Parent::Object(members) => {
+                members.shift_remove(key).ok_or_else(|| LocationError::NonexistentKey { key: key.into() })
+            }
             Parent::Array(items) => {
                 let index = parse_index(key).map_err(LocationError::NotAnIndex)?;
                 Ok(items.remove(within(index, items.len())?))
@@ -639,9 +548,7 @@ mod tests {
     /// Each case is `doc | patch | result`.
     fn assert_results(cases: &[&str]) {
         for case in cases {
-            let (input, want) = case
-                .rsplit_once(" | ")
-                .expect("case is `doc | patch | result`");
+            let (input, want) = case.rsplit_once(" | ").expect("case is `doc | patch | result`");
             let want: Value = serde_json::from_str(want).expect("result is valid JSON");
             let got = run(input).unwrap_or_else(|e| panic!("{case}: {e}"));
             assert_eq!(got, want, "{case}");
@@ -651,14 +558,8 @@ mod tests {
     /// Each case is `doc | patch => upstream's message`.
     fn assert_messages(cases: &[&str]) {
         for case in cases {
-            let (input, want) = case
-                .split_once(" => ")
-                .expect("case is `doc | patch => message`");
-            assert_eq!(
-                run(input).map_err(|e| e.to_string()),
-                Err(want.to_string()),
-                "{case}"
-            );
+            let (input, want) = case.split_once(" => ").expect("case is `doc | patch => message`");
+            assert_eq!(run(input).map_err(|e| e.to_string()), Err(want.to_string()), "{case}");
         }
     }
 
@@ -688,10 +589,7 @@ mod tests {
         ));
         assert!(matches!(
             run(r#"{"foo":"bar"} | [{"op":"add","path":"/baz/bat","value":"qux"}]"#),
-            Err(JsonPatchError::MissingPath {
-                op: OperationKind::Add,
-                ..
-            })
+            Err(JsonPatchError::MissingPath { op: OperationKind::Add, .. })
         ));
         assert!(run(r#"{"/":9,"~1":10} | [{"op":"test","path":"/~01","value":"10"}]"#).is_err());
     }
@@ -712,13 +610,8 @@ mod tests {
 
     #[test]
     fn member_order_is_kept_on_replace_and_remove() {
-        let out = run(
-            r#"{"a":1,"b":2,"c":3} | [{"op":"replace","path":"/a","value":9},{"op":"remove","path":"/b"}]"#,
-        );
-        assert_eq!(
-            out.unwrap().as_object().unwrap().keys().collect::<Vec<_>>(),
-            ["a", "c"]
-        );
+        let out = run(r#"{"a":1,"b":2,"c":3} | [{"op":"replace","path":"/a","value":9},{"op":"remove","path":"/b"}]"#);
+        assert_eq!(out.unwrap().as_object().unwrap().keys().collect::<Vec<_>>(), ["a", "c"]);
     }
 
     #[test]
@@ -788,24 +681,9 @@ mod tests {
     #[test]
     fn test_compares_structurally_and_numbers_by_representation() {
         let doc = r#"{"o":{"x":1,"y":[true,null]},"n":1}"#;
-        assert!(
-            run(&format!(
-                r#"{doc} | [{{"op":"test","path":"/o","value":{{"y":[true,null],"x":1}}}}]"#
-            ))
-            .is_ok()
-        );
-        assert!(
-            run(&format!(
-                r#"{doc} | [{{"op":"test","path":"/o","value":{{"x":1}}}}]"#
-            ))
-            .is_err()
-        );
-        assert!(
-            run(&format!(
-                r#"{doc} | [{{"op":"test","path":"/n","value":1.0}}]"#
-            ))
-            .is_err()
-        );
+        assert!(run(&format!(r#"{doc} | [{{"op":"test","path":"/o","value":{{"y":[true,null],"x":1}}}}]"#)).is_ok());
+        assert!(run(&format!(r#"{doc} | [{{"op":"test","path":"/o","value":{{"x":1}}}}]"#)).is_err());
+        assert!(run(&format!(r#"{doc} | [{{"op":"test","path":"/n","value":1.0}}]"#)).is_err());
     }
 
     #[test]
@@ -894,14 +772,7 @@ mod tests {
         assert!(apply_json_patch(&doc, &json!([copy("/c1")])).is_ok());
         let err = apply_json_patch(&doc, &json!([copy("/c1"), copy("/c2")])).unwrap_err();
         let accumulated = 2 * (MAX_COPY_BYTES / 2 + 2);
-        assert_eq!(
-            err,
-            JsonPatchError::CopyTooLarge {
-                index: 1,
-                accumulated,
-                limit: MAX_COPY_BYTES
-            }
-        );
+        assert_eq!(err, JsonPatchError::CopyTooLarge { index: 1, accumulated, limit: MAX_COPY_BYTES });
         assert_eq!(err.upstream_status_code(), 422);
     }
 
@@ -913,18 +784,9 @@ mod tests {
             r#"{} | [{"op":"add","path":"/a","value":1},"remove"] => json: cannot unmarshal string into Go value of type jsonpatch.Operation"#,
         ]);
         let err = run(r#"{} | 1"#).unwrap_err();
-        assert_eq!(
-            (err.upstream_status_code(), err.operation_index()),
-            (400, None)
-        );
+        assert_eq!((err.upstream_status_code(), err.operation_index()), (400, None));
         let err = run(r#"{} | [{"op":"add","path":"/a","value":1},"remove"]"#).unwrap_err();
-        assert_eq!(
-            err,
-            JsonPatchError::OperationNotAnObject {
-                index: 1,
-                found: JsonType::String
-            }
-        );
+        assert_eq!(err, JsonPatchError::OperationNotAnObject { index: 1, found: JsonType::String });
         assert_eq!(err.upstream_status_code(), 400);
     }
 
@@ -941,17 +803,8 @@ mod tests {
             r#"{} | [{"op":1}] => Unexpected kind: unknown"#,
         ]);
         let err = run(r#"{} | [{"op":"test","path":"","value":{}},null]"#).unwrap_err();
-        assert_eq!(
-            err,
-            JsonPatchError::UnknownOperation {
-                index: 1,
-                op: "unknown".into()
-            }
-        );
-        assert_eq!(
-            (err.upstream_status_code(), err.operation_index()),
-            (422, Some(1))
-        );
+        assert_eq!(err, JsonPatchError::UnknownOperation { index: 1, op: "unknown".into() });
+        assert_eq!((err.upstream_status_code(), err.operation_index()), (422, Some(1)));
     }
 
     #[test]
@@ -974,25 +827,14 @@ mod tests {
         let patch = Value::Array(vec![operation; MAX_OPERATIONS + 1]);
         let err = apply_json_patch(&json!({}), &patch).unwrap_err();
         let want = "The allowed maximum operations in a JSON patch is 10000, got 10001";
-        assert_eq!(
-            (err.to_string().as_str(), err.upstream_status_code()),
-            (want, 413)
-        );
+        assert_eq!((err.to_string().as_str(), err.upstream_status_code()), (want, 413));
     }
 
     #[test]
     fn errors_carry_the_index_of_the_failing_operation() {
-        let err =
-            run(r#"{"a":1} | [{"op":"test","path":"/a","value":1},{"op":"remove","path":"/b"}]"#);
+        let err = run(r#"{"a":1} | [{"op":"test","path":"/a","value":1},{"op":"remove","path":"/b"}]"#);
         let err = err.unwrap_err();
         assert_eq!(err.operation_index(), Some(1));
-        assert!(matches!(
-            err,
-            JsonPatchError::Location {
-                op: OperationKind::Remove,
-                member: Member::Path,
-                ..
-            }
-        ));
+        assert!(matches!(err, JsonPatchError::Location { op: OperationKind::Remove, member: Member::Path, .. }));
     }
 }

@@ -50,11 +50,7 @@ fn merge(current: Value, patch: &Value) -> Value {
 fn without_nulls(value: &Value) -> Value {
     match value {
         Value::Object(members) => Value::Object(
-            members
-                .iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), without_nulls(v)))
-                .collect(),
+            members.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), without_nulls(v))).collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
         other => other.clone(),
@@ -69,9 +65,7 @@ fn without_nulls(value: &Value) -> Value {
 /// itself, which replaces the document.
 pub fn create_merge_patch(original: &Value, modified: &Value) -> Value {
     match (original, modified) {
-        (Value::Object(original), Value::Object(modified)) => {
-            Value::Object(diff(original, modified))
-        }
+        (Value::Object(original), Value::Object(modified)) => Value::Object(diff(original, modified)),
         _ => modified.clone(),
     }
 }
@@ -104,9 +98,7 @@ fn diff(original: &Map<String, Value>, modified: &Map<String, Value>) -> Map<Str
 fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(a), Value::Number(b)) => numbers_equal(a, b),
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| equal(a, b))
-        }
+        (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(a, b)| equal(a, b)),
         (Value::Object(a), Value::Object(b)) => {
             a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| equal(v, w)))
         }
@@ -116,11 +108,7 @@ fn equal(a: &Value, b: &Value) -> bool {
 
 fn numbers_equal(a: &Number, b: &Number) -> bool {
     // Integers compare exactly, so that large ones that share a float are still different.
-    if a.is_f64() || b.is_f64() {
-        a.as_f64() == b.as_f64()
-    } else {
-        a == b
-    }
+    if a.is_f64() || b.is_f64() { a.as_f64() == b.as_f64() } else { a == b }
 }
 
 #[cfg(test)]
@@ -132,48 +120,20 @@ mod tests {
     fn rfc7386_appendix_a_examples_apply() {
         let cases = [
             (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
-            (
-                json!({"a": "b"}),
-                json!({"b": "c"}),
-                json!({"a": "b", "b": "c"}),
-            ),
+            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
             (json!({"a": "b"}), json!({"a": null}), json!({})),
-            (
-                json!({"a": "b", "b": "c"}),
-                json!({"a": null}),
-                json!({"b": "c"}),
-            ),
+            (json!({"a": "b", "b": "c"}), json!({"a": null}), json!({"b": "c"})),
             (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
             (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
-            (
-                json!({"a": {"b": "c"}}),
-                json!({"a": {"b": "d", "c": null}}),
-                json!({"a": {"b": "d"}}),
-            ),
-            (
-                json!({"a": [{"b": "c"}]}),
-                json!({"a": [1]}),
-                json!({"a": [1]}),
-            ),
+            (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
+            (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
             (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
             (json!({"a": "b"}), json!(["c"]), json!(["c"])),
             (json!({"a": "foo"}), json!(null), json!(null)),
             (json!({"a": "foo"}), json!("bar"), json!("bar")),
-            (
-                json!({"e": null}),
-                json!({"a": 1}),
-                json!({"e": null, "a": 1}),
-            ),
-            (
-                json!([1, 2]),
-                json!({"a": "b", "c": null}),
-                json!({"a": "b"}),
-            ),
-            (
-                json!({}),
-                json!({"a": {"bb": {"ccc": null}}}),
-                json!({"a": {"bb": {}}}),
-            ),
+            (json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1})),
+            (json!([1, 2]), json!({"a": "b", "c": null}), json!({"a": "b"})),
+            (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
         ];
         for (doc, patch, want) in cases {
             assert_eq!(apply_merge_patch(&doc, &patch), want, "{doc} + {patch}");
@@ -184,10 +144,7 @@ mod tests {
     fn merging_keeps_member_order_and_leaves_the_input_alone() {
         let doc = json!({"a": 1, "b": 2, "c": 3});
         let out = apply_merge_patch(&doc, &json!({"b": null, "a": 9, "d": 4}));
-        assert_eq!(
-            out.as_object().unwrap().keys().collect::<Vec<_>>(),
-            ["a", "c", "d"]
-        );
+        assert_eq!(out.as_object().unwrap().keys().collect::<Vec<_>>(), ["a", "c", "d"]);
         assert_eq!(doc, json!({"a": 1, "b": 2, "c": 3}));
     }
 
@@ -204,36 +161,26 @@ mod tests {
     #[test]
     fn nulls_nested_in_new_values_are_dropped_as_upstream_does() {
         let doc = json!({"keep": [1], "n": null});
-        let patch = json!({"new": {"x": null, "list": [{"y": null, "z": 1}, null]}, "keep": [{"w": null}], "n": {"v": null}});
-        assert_eq!(
-            apply_merge_patch(&doc, &patch),
-            json!({"keep": [{}], "n": {}, "new": {"list": [{"z": 1}, null]}})
-        );
+        let patch =
+            json!({"new": {"x": null, "list": [{"y": null, "z": 1}, null]}, "keep": [{"w": null}], "n": {"v": null}});
+        assert_eq!(apply_merge_patch(&doc, &patch), json!({"keep": [{}], "n": {}, "new": {"list": [{"z": 1}, null]}}));
     }
 
     #[test]
     fn arrays_replacing_an_object_keep_their_nulls_as_upstream_does() {
         let doc = json!({"a": {"b": 1}});
-        assert_eq!(
-            apply_merge_patch(&doc, &json!({"a": [{"c": null}]})),
-            json!({"a": [{"c": null}]})
-        );
+        assert_eq!(apply_merge_patch(&doc, &json!({"a": [{"c": null}]})), json!({"a": [{"c": null}]}));
     }
 
     #[test]
     fn top_level_array_patches_lose_nested_nulls() {
-        assert_eq!(
-            apply_merge_patch(&json!({"a": 1}), &json!([{"b": null}, null])),
-            json!([{}, null])
-        );
+        assert_eq!(apply_merge_patch(&json!({"a": 1}), &json!([{"b": null}, null])), json!([{}, null]));
     }
 
     #[test]
     fn created_patch_holds_changes_additions_and_removals() {
-        let original =
-            json!({"a": 1, "b": {"c": "x", "d": "y"}, "e": [1, 2], "f": true, "gone": "z"});
-        let modified =
-            json!({"a": 1, "b": {"c": "x", "d": "w"}, "e": [1, 2, 3], "f": true, "new": {"n": 1}});
+        let original = json!({"a": 1, "b": {"c": "x", "d": "y"}, "e": [1, 2], "f": true, "gone": "z"});
+        let modified = json!({"a": 1, "b": {"c": "x", "d": "w"}, "e": [1, 2, 3], "f": true, "new": {"n": 1}});
         assert_eq!(
             create_merge_patch(&original, &modified),
             json!({"b": {"d": "w"}, "e": [1, 2, 3], "new": {"n": 1}, "gone": null})
@@ -244,34 +191,16 @@ mod tests {
     fn created_patch_is_empty_for_equal_documents() {
         let doc = json!({"a": {"b": [1, {"c": null}]}, "n": null, "x": 1});
         assert_eq!(create_merge_patch(&doc, &doc.clone()), json!({}));
-        assert_eq!(
-            create_merge_patch(&json!({"x": 1}), &json!({"x": 1.0})),
-            json!({})
-        );
-        assert_eq!(
-            create_merge_patch(&json!({"o": {}}), &json!({"o": {}})),
-            json!({})
-        );
+        assert_eq!(create_merge_patch(&json!({"x": 1}), &json!({"x": 1.0})), json!({}));
+        assert_eq!(create_merge_patch(&json!({"o": {}}), &json!({"o": {}})), json!({}));
     }
 
     #[test]
     fn created_patch_replaces_values_that_change_type() {
-        assert_eq!(
-            create_merge_patch(&json!({"a": {"b": 1}}), &json!({"a": [1]})),
-            json!({"a": [1]})
-        );
-        assert_eq!(
-            create_merge_patch(&json!({"a": "1"}), &json!({"a": 1})),
-            json!({"a": 1})
-        );
-        assert_eq!(
-            create_merge_patch(&json!({"a": null}), &json!({"a": {"b": 1}})),
-            json!({"a": {"b": 1}})
-        );
-        assert_eq!(
-            create_merge_patch(&json!({"a": 1}), &json!({"a": null})),
-            json!({"a": null})
-        );
+        assert_eq!(create_merge_patch(&json!({"a": {"b": 1}}), &json!({"a": [1]})), json!({"a": [1]}));
+        assert_eq!(create_merge_patch(&json!({"a": "1"}), &json!({"a": 1})), json!({"a": 1}));
+        assert_eq!(create_merge_patch(&json!({"a": null}), &json!({"a": {"b": 1}})), json!({"a": {"b": 1}}));
+        assert_eq!(create_merge_patch(&json!({"a": 1}), &json!({"a": null})), json!({"a": null}));
     }
 
     #[test]
@@ -284,35 +213,22 @@ mod tests {
     #[test]
     fn created_patch_for_non_objects_is_the_modified_document() {
         assert_eq!(create_merge_patch(&json!([1]), &json!([2])), json!([2]));
-        assert_eq!(
-            create_merge_patch(&json!({"a": 1}), &json!("x")),
-            json!("x")
-        );
+        assert_eq!(create_merge_patch(&json!({"a": 1}), &json!("x")), json!("x"));
     }
 
     #[test]
     fn applying_a_created_patch_yields_the_modified_document() {
         let pairs = [
-            (
-                json!({"a": 1, "b": {"c": [1], "d": {"e": "f"}}}),
-                json!({"b": {"c": [2], "d": {}}, "g": "h"}),
-            ),
+            (json!({"a": 1, "b": {"c": [1], "d": {"e": "f"}}}), json!({"b": {"c": [2], "d": {}}, "g": "h"})),
             (
                 json!({"metadata": {"labels": {"a": "1"}, "annotations": {"x": "y"}}}),
                 json!({"metadata": {"labels": {"a": "2", "b": "3"}}}),
             ),
-            (
-                json!({}),
-                json!({"spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
-            ),
+            (json!({}), json!({"spec": {"containers": [{"name": "c", "image": "busybox"}]}})),
         ];
         for (original, modified) in pairs {
             let patch = create_merge_patch(&original, &modified);
-            assert_eq!(
-                apply_merge_patch(&original, &patch),
-                modified,
-                "patch {patch}"
-            );
+            assert_eq!(apply_merge_patch(&original, &patch), modified, "patch {patch}");
         }
     }
 }

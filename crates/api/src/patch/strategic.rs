@@ -70,11 +70,7 @@ pub enum StrategicPatchError {
     #[error("merging lists cannot yet be specified in the patch at {path}")]
     MergeDirectiveInList { path: String },
     #[error("map: {element} does not contain declared merge key: {merge_key} at {path}")]
-    MissingMergeKey {
-        path: String,
-        merge_key: String,
-        element: Value,
-    },
+    MissingMergeKey { path: String, merge_key: String, element: Value },
     #[error("cannot merge lists without merge key at {path}")]
     NoMergeKey { path: String },
     #[error("invalid patch format of retainKeys at {path}")]
@@ -92,11 +88,7 @@ pub enum StrategicPatchError {
     #[error("no elements in any of the given lists at {path}")]
     NoElements { path: String },
     #[error("expected a {expected}, but received a {actual} at {path}")]
-    UnexpectedType {
-        path: String,
-        expected: &'static str,
-        actual: &'static str,
-    },
+    UnexpectedType { path: String, expected: &'static str, actual: &'static str },
     #[error("invalid schema at {path}")]
     Schema {
         path: String,
@@ -114,14 +106,10 @@ pub fn apply_strategic_merge_patch(
     def_name: &str,
 ) -> Result<Value, StrategicPatchError> {
     let Value::Object(original) = original else {
-        return Err(StrategicPatchError::NotAnObject {
-            document: Document::Original,
-        });
+        return Err(StrategicPatchError::NotAnObject { document: Document::Original });
     };
     let Value::Object(patch) = patch else {
-        return Err(StrategicPatchError::NotAnObject {
-            document: Document::Patch,
-        });
+        return Err(StrategicPatchError::NotAnObject { document: Document::Patch });
     };
     let patcher = Patcher { schema };
     let position = patcher.position_of(&ValueType::Named(def_name));
@@ -138,17 +126,11 @@ struct Path<'p> {
 }
 
 impl<'p> Path<'p> {
-    const ROOT: Path<'static> = Path {
-        parent: None,
-        segment: "",
-    };
+    const ROOT: Path<'static> = Path { parent: None, segment: "" };
 
     /// A field, or (a segment starting with `[`) a list element.
     fn child<'q>(&'q self, segment: &'q str) -> Path<'q> {
-        Path {
-            parent: Some(self),
-            segment,
-        }
+        Path { parent: Some(self), segment }
     }
 
     fn render(&self) -> String {
@@ -163,16 +145,13 @@ impl<'p> Path<'p> {
         if segments.is_empty() {
             return ".".to_owned();
         }
-        segments
-            .iter()
-            .rev()
-            .fold(String::new(), |mut rendered, segment| {
-                if !segment.starts_with('[') {
-                    rendered.push('.');
-                }
-                rendered.push_str(segment);
-                rendered
-            })
+        segments.iter().rev().fold(String::new(), |mut rendered, segment| {
+            if !segment.starts_with('[') {
+                rendered.push('.');
+            }
+            rendered.push_str(segment);
+            rendered
+        })
     }
 }
 
@@ -230,16 +209,15 @@ impl<'s> Patcher<'s> {
         match position {
             Position::Fields(definition, fields) => match fields.get(key) {
                 Some(property) => {
-                    let extensions = SchemaExtensions::from_schema(property).map_err(|source| {
-                        StrategicPatchError::Schema {
+                    let extensions =
+                        SchemaExtensions::from_schema(property).map_err(|source| StrategicPatchError::Schema {
                             path: path.child(key).render(),
                             source: Box::new(SchemaError::InvalidExtension {
                                 definition: (*definition).to_owned(),
                                 field: key.to_owned(),
                                 source,
                             }),
-                        }
-                    })?;
+                        })?;
                     Ok((extensions, ValueType::of(property)))
                 }
                 None => Ok((SchemaExtensions::default(), ValueType::Untyped)),
@@ -275,9 +253,7 @@ impl<'s> Patcher<'s> {
         Ok(FieldPlan {
             strategy: extensions.patch_strategy,
             merge_key: extensions.patch_merge_key,
-            position: value_type
-                .list_items()
-                .map_or(Position::Untyped, |items| self.position_of(items)),
+            position: value_type.list_items().map_or(Position::Untyped, |items| self.position_of(items)),
         })
     }
 
@@ -310,10 +286,7 @@ impl<'s> Patcher<'s> {
                     Ok(patch)
                 }
                 Some("delete") => Ok(Map::new()),
-                _ => Err(StrategicPatchError::UnknownPatchType {
-                    path: path.render(),
-                    value: directive.clone(),
-                }),
+                _ => Err(StrategicPatchError::UnknownPatchType { path: path.render(), value: directive.clone() }),
             };
         }
         apply_retain_keys(&mut original, &mut patch, path)?;
@@ -322,10 +295,7 @@ impl<'s> Patcher<'s> {
         for (key, patch_value) in patch {
             let (key, deletes_from_list) = if key.starts_with(DELETE_FROM_PRIMITIVE_LIST) {
                 let field = directive_field(&key, DELETE_FROM_PRIMITIVE_LIST).ok_or_else(|| {
-                    StrategicPatchError::InvalidDeleteFromPrimitiveList {
-                        path: path.render(),
-                        key: key.clone(),
-                    }
+                    StrategicPatchError::InvalidDeleteFromPrimitiveList { path: path.render(), key: key.clone() }
                 })?;
                 (field.to_owned(), true)
             } else {
@@ -339,9 +309,7 @@ impl<'s> Patcher<'s> {
             let Some(current) = original.get_mut(&key) else {
                 // Nothing to merge with: the patch's value is taken, minus its nulls and any
                 // element or map that carries a `$patch` directive.
-                if !deletes_from_list
-                    && let Some(value) = without_directives(without_nulls(patch_value))
-                {
+                if !deletes_from_list && let Some(value) = without_directives(without_nulls(patch_value)) {
                     original.insert(key, value);
                 }
                 continue;
@@ -353,12 +321,7 @@ impl<'s> Patcher<'s> {
                     if plan.strategy == Some(PatchStrategy::Replace) {
                         Some(Value::Object(patch_value))
                     } else {
-                        Some(Value::Object(self.merge_objects(
-                            current,
-                            patch_value,
-                            &plan.position,
-                            field_path,
-                        )?))
+                        Some(Value::Object(self.merge_objects(current, patch_value, &plan.position, field_path)?))
                     }
                 }
                 (Value::Array(current), Value::Array(patch_value)) => {
@@ -406,14 +369,7 @@ impl<'s> Patcher<'s> {
         path: Path<'_>,
     ) -> Result<Vec<Value>, StrategicPatchError> {
         if plan.strategy.is_some_and(PatchStrategy::merges) || deletes_from_list {
-            self.merge_list(
-                original,
-                patch,
-                plan.merge_key,
-                &plan.position,
-                deletes_from_list,
-                path,
-            )
+            self.merge_list(original, patch, plan.merge_key, &plan.position, deletes_from_list, path)
         } else {
             Ok(patch)
         }
@@ -429,9 +385,7 @@ fn apply_retain_keys(
     let Some(retained) = patch.shift_remove(RETAIN_KEYS_DIRECTIVE) else {
         return Ok(());
     };
-    let invalid = || StrategicPatchError::InvalidRetainKeys {
-        path: path.render(),
-    };
+    let invalid = || StrategicPatchError::InvalidRetainKeys { path: path.render() };
     let Value::Array(retained) = retained else {
         return Err(invalid());
     };
@@ -481,24 +435,16 @@ fn without_directives(value: Value) -> Option<Value> {
                 return None;
             }
             Some(Value::Object(
-                object
-                    .into_iter()
-                    .filter_map(|(key, field)| without_directives(field).map(|f| (key, f)))
-                    .collect(),
+                object.into_iter().filter_map(|(key, field)| without_directives(field).map(|f| (key, f))).collect(),
             ))
         }
-        Value::Array(items) => Some(Value::Array(
-            items.into_iter().filter_map(without_directives).collect(),
-        )),
+        Value::Array(items) => Some(Value::Array(items.into_iter().filter_map(without_directives).collect())),
         scalar => Some(scalar),
     }
 }
 
 /// JSON merge patch (RFC 7386) of two objects, keeping the original's key order.
-fn json_merge_objects(
-    mut original: Map<String, Value>,
-    patch: Map<String, Value>,
-) -> Map<String, Value> {
+fn json_merge_objects(mut original: Map<String, Value>, patch: Map<String, Value>) -> Map<String, Value> {
     for (key, patch_value) in patch {
         if patch_value.is_null() {
             original.shift_remove(&key);
@@ -510,10 +456,7 @@ fn json_merge_objects(
                 *current = merged;
             }
             (_, Value::Object(patch_value)) => {
-                original.insert(
-                    key,
-                    Value::Object(json_merge_objects(Map::new(), patch_value)),
-                );
+                original.insert(key, Value::Object(json_merge_objects(Map::new(), patch_value)));
             }
             (_, patch_value) => {
                 original.insert(key, patch_value);

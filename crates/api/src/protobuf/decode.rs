@@ -42,9 +42,7 @@ pub(crate) fn decode_message(
     if message.is_list {
         // A named Go slice: the JSON is the bare array. Go would write `null` for an empty one;
         // an empty array is what typed readers of the JSON can take.
-        return Ok(object
-            .remove("items")
-            .unwrap_or_else(|| Value::Array(Vec::new())));
+        return Ok(object.remove("items").unwrap_or_else(|| Value::Array(Vec::new())));
     }
     Ok(Value::Object(object))
 }
@@ -57,10 +55,7 @@ pub(crate) fn decode_object(
     depth: usize,
 ) -> Result<Map<String, Value>, ProtobufError> {
     if depth > MAX_DEPTH {
-        return Err(ProtobufError::TooDeep {
-            limit: MAX_DEPTH,
-            path: String::new(),
-        });
+        return Err(ProtobufError::TooDeep { limit: MAX_DEPTH, path: String::new() });
     }
     let mut slots: Vec<Slot<'_>> = message.fields.iter().map(|_| Slot::Absent).collect();
     let mut reader = Reader::new(data);
@@ -74,13 +69,8 @@ pub(crate) fn decode_object(
         let Some((index, field)) = message.field(number) else {
             continue;
         };
-        store(table, field, &mut slots[index], value, depth).map_err(|e| {
-            if field.inline {
-                e
-            } else {
-                e.within(field.json_name)
-            }
-        })?;
+        store(table, field, &mut slots[index], value, depth)
+            .map_err(|e| if field.inline { e } else { e.within(field.json_name) })?;
     }
 
     let mut object = Map::new();
@@ -97,13 +87,7 @@ pub(crate) fn decode_object(
                     many => Cow::Owned(many.concat()),
                 };
                 let value = decode_message(table, table.message_at(index), &data, depth + 1)
-                    .map_err(|e| {
-                        if field.inline {
-                            e
-                        } else {
-                            e.within(field.json_name)
-                        }
-                    })?;
+                    .map_err(|e| if field.inline { e } else { e.within(field.json_name) })?;
                 if field.omit_zero && value.is_null() {
                     continue;
                 }
@@ -156,11 +140,7 @@ fn store<'a>(
                     let mut reader = Reader::new(packed);
                     while !reader.is_empty() {
                         let number = reader.varint()?;
-                        values.push(scalar_value(
-                            field.json_name,
-                            scalar,
-                            WireValue::Varint(number),
-                        )?);
+                        values.push(scalar_value(field.json_name, scalar, WireValue::Varint(number))?);
                     }
                 }
                 (FieldType::Scalar(scalar), value) => {
@@ -190,12 +170,7 @@ fn store<'a>(
 
 /// Decodes one map entry (`key = 1`, `value = 2`). A missing key or value is the zero value,
 /// as in upstream's generated code.
-fn map_entry(
-    table: &Table,
-    ty: FieldType,
-    entry: &[u8],
-    depth: usize,
-) -> Result<(String, Value), ProtobufError> {
+fn map_entry(table: &Table, ty: FieldType, entry: &[u8], depth: usize) -> Result<(String, Value), ProtobufError> {
     let mut key = String::new();
     let mut value: Option<WireValue<'_>> = None;
     for_each_field("MapEntry", entry, |number, wire| {
@@ -229,9 +204,7 @@ fn scalar_value(field: &str, scalar: Scalar, value: WireValue<'_>) -> Result<Val
         (Scalar::Int64, WireValue::Varint(n)) => Value::from(n as i64),
         (Scalar::Bool, WireValue::Varint(n)) => Value::Bool(n != 0),
         // Go strings may hold any bytes; encoding/json writes invalid UTF-8 as U+FFFD.
-        (Scalar::String, WireValue::Bytes(bytes)) => {
-            Value::String(String::from_utf8_lossy(bytes).into_owned())
-        }
+        (Scalar::String, WireValue::Bytes(bytes)) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
         (Scalar::Bytes, WireValue::Bytes(bytes)) => Value::String(well_known::base64(bytes)),
         (_, other) => return Err(wrong_wire_type(field, other)),
     })

@@ -65,19 +65,15 @@ pub(crate) fn decode(table: &Table, body: &[u8], depth: usize) -> Result<Value, 
     }
     let unknown = Unknown::parse(data)?;
     if unknown.kind.is_empty() {
-        return Err(ProtobufError::MissingKind {
-            api_version: unknown.api_version,
-        });
+        return Err(ProtobufError::MissingKind { api_version: unknown.api_version });
     }
     if unknown.api_version.is_empty() {
         return Err(ProtobufError::MissingApiVersion { kind: unknown.kind });
     }
-    let message = table
-        .kind(&unknown.api_version, &unknown.kind)
-        .ok_or_else(|| ProtobufError::NotRegistered {
-            api_version: unknown.api_version.clone(),
-            kind: unknown.kind.clone(),
-        })?;
+    let message = table.kind(&unknown.api_version, &unknown.kind).ok_or_else(|| ProtobufError::NotRegistered {
+        api_version: unknown.api_version.clone(),
+        kind: unknown.kind.clone(),
+    })?;
     let fields = decode_object(table, message, unknown.raw, depth)?;
     let mut object = Map::with_capacity(fields.len() + 2);
     object.insert("kind".to_owned(), Value::String(unknown.kind));
@@ -102,14 +98,7 @@ mod tests {
             .string(4, "")
             .into_bytes();
         let unknown = Unknown::parse(&data).unwrap();
-        assert_eq!(
-            unknown,
-            Unknown {
-                api_version: "apps/v1".into(),
-                kind: "Deployment".into(),
-                raw: b"\x0a\x00"
-            }
-        );
+        assert_eq!(unknown, Unknown { api_version: "apps/v1".into(), kind: "Deployment".into(), raw: b"\x0a\x00" });
     }
 
     #[test]
@@ -117,9 +106,7 @@ mod tests {
         let t = table();
         assert_eq!(decode(t, b"", 0).unwrap_err().to_string(), "empty data");
         assert_eq!(
-            decode(t, b"{\"kind\":\"ConfigMap\"}", 0)
-                .unwrap_err()
-                .to_string(),
+            decode(t, b"{\"kind\":\"ConfigMap\"}", 0).unwrap_err().to_string(),
             "provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]"
         );
         assert_eq!(
@@ -149,10 +136,7 @@ mod tests {
         let body = envelope("example.com/v1", "Widget", Msg::new());
         let err = decode(table(), &body, 0).unwrap_err();
         assert!(matches!(err, ProtobufError::NotRegistered { .. }));
-        assert_eq!(
-            err.to_string(),
-            "no kind \"Widget\" is registered for version \"example.com/v1\""
-        );
+        assert_eq!(err.to_string(), "no kind \"Widget\" is registered for version \"example.com/v1\"");
     }
 
     #[test]
@@ -160,26 +144,14 @@ mod tests {
         let mut body = MAGIC.to_vec();
         body.extend(Msg::new().varint(1, 3).into_bytes());
         let err = decode(table(), &body, 0).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "proto: wrong wireType = 0 for field typeMeta at typeMeta"
-        );
+        assert_eq!(err.to_string(), "proto: wrong wireType = 0 for field typeMeta at typeMeta");
     }
 
     #[test]
     fn kind_and_api_version_come_first() {
-        let body = envelope(
-            "v1",
-            "Namespace",
-            Msg::new().msg(1, Msg::new().string(1, "team-a")),
-        );
+        let body = envelope("v1", "Namespace", Msg::new().msg(1, Msg::new().string(1, "team-a")));
         let value = decode(table(), &body, 0).unwrap();
-        let keys: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys, ["kind", "apiVersion", "metadata"]);
     }
 }

@@ -63,19 +63,13 @@ pub fn decode_request_body(body: &[u8]) -> Result<Value, ProtobufError> {
 pub enum ProtobufError {
     #[error("empty data")]
     EmptyData,
-    #[error(
-        "provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]"
-    )]
+    #[error("provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]")]
     MissingPrefix,
     #[error("empty body")]
     EmptyBody,
-    #[error(
-        "Object 'Kind' is missing in 'runtime.TypeMeta{{APIVersion:{api_version:?}, Kind:\"\"}}'"
-    )]
+    #[error("Object 'Kind' is missing in 'runtime.TypeMeta{{APIVersion:{api_version:?}, Kind:\"\"}}'")]
     MissingKind { api_version: String },
-    #[error(
-        "Object 'apiVersion' is missing in 'runtime.TypeMeta{{APIVersion:\"\", Kind:{kind:?}}}'"
-    )]
+    #[error("Object 'apiVersion' is missing in 'runtime.TypeMeta{{APIVersion:\"\", Kind:{kind:?}}}'")]
     MissingApiVersion { kind: String },
     /// The envelope names a kind that no served group version has.
     #[error("no kind {kind:?} is registered for version {api_version:?}")]
@@ -87,49 +81,28 @@ pub enum ProtobufError {
     #[error("proto: illegal wireType {wire_type}{}", at(.path))]
     IllegalWireType { wire_type: u8, path: String },
     #[error("proto: {message}: illegal tag {tag} (wire type {wire_type}){}", at(.path))]
-    IllegalTag {
-        message: String,
-        tag: u64,
-        wire_type: u8,
-        path: String,
-    },
+    IllegalTag { message: String, tag: u64, wire_type: u8, path: String },
     #[error("proto: wiretype end group for non-group{}", at(.path))]
     UnexpectedEndGroup { path: String },
     /// A known field arrived with a wire type its declared type never has.
     #[error("proto: wrong wireType = {wire_type} for field {field}{}", at(.path))]
-    WrongWireType {
-        field: String,
-        wire_type: u8,
-        path: String,
-    },
+    WrongWireType { field: String, wire_type: u8, path: String },
     #[error("impossible IntOrString.Type {value}{}", at(.path))]
     ImpossibleIntOrStringType { value: i64, path: String },
     #[error("Time.MarshalJSON: year outside of range [0,9999]: {seconds} seconds{}", at(.path))]
     TimeOutOfRange { seconds: i64, path: String },
     /// A `RawExtension`, `FieldsV1` or `Unknown` whose bytes should be JSON and are not.
     #[error("failed to parse {type_name} bytes as JSON{}: {source}", at(.path))]
-    EmbeddedJson {
-        type_name: &'static str,
-        path: String,
-        source: serde_json::Error,
-    },
+    EmbeddedJson { type_name: &'static str, path: String, source: serde_json::Error },
     /// Embedded bytes in an encoding other than JSON or Kubernetes protobuf (e.g. CBOR).
     #[error("cannot convert {type_name} with unrecognized content type {content_type:?} to unstructured{}", at(.path))]
-    EmbeddedContentType {
-        type_name: &'static str,
-        content_type: String,
-        path: String,
-    },
+    EmbeddedContentType { type_name: &'static str, content_type: String, path: String },
     #[error("object nesting exceeds {limit} levels{}", at(.path))]
     TooDeep { limit: usize, path: String },
 }
 
 fn at(path: &str) -> String {
-    if path.is_empty() {
-        String::new()
-    } else {
-        format!(" at {path}")
-    }
+    if path.is_empty() { String::new() } else { format!(" at {path}") }
 }
 
 impl ProtobufError {
@@ -160,11 +133,7 @@ impl ProtobufError {
     /// so the path costs nothing unless decoding fails.
     pub(crate) fn within(mut self, segment: &str) -> Self {
         if let Some(path) = self.path_mut() {
-            let separator = if path.is_empty() || path.starts_with('[') {
-                ""
-            } else {
-                "."
-            };
+            let separator = if path.is_empty() || path.starts_with('[') { "" } else { "." };
             *path = format!("{segment}{separator}{path}");
         }
         self

@@ -14,20 +14,14 @@ const MESSAGES: &str = include_str!("messages.txt");
 /// The table, parsed on first use.
 pub(crate) fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        Table::parse(MESSAGES).expect("the embedded messages.txt parses; its tests check it")
-    })
+    TABLE.get_or_init(|| Table::parse(MESSAGES).expect("the embedded messages.txt parses; its tests check it"))
 }
 
 /// A defect in the table's text, with the line it is on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum TableError {
     #[error("line {line}: {reason}: {token:?}")]
-    Syntax {
-        line: usize,
-        token: String,
-        reason: &'static str,
-    },
+    Syntax { line: usize, token: String, reason: &'static str },
     #[error("line {line}: message {name} is defined twice")]
     DuplicateMessage { line: usize, name: String },
     #[error("line {line}: field type {name} names no message in the table")]
@@ -146,10 +140,7 @@ pub(crate) struct Message {
 impl Message {
     /// The field with a wire number, and its index in [`Message::fields`].
     pub(crate) fn field(&self, number: u32) -> Option<(usize, &Field)> {
-        let at = self
-            .by_number
-            .binary_search_by_key(&number, |&(n, _)| n)
-            .ok()?;
+        let at = self.by_number.binary_search_by_key(&number, |&(n, _)| n).ok()?;
         let index = self.by_number[at].1;
         Some((index, &self.fields[index]))
     }
@@ -182,12 +173,8 @@ const SHARED_KINDS_PACKAGE: &str = "meta.v1";
 
 impl Table {
     pub(crate) fn parse(text: &'static str) -> Result<Self, TableError> {
-        let mut table = Table {
-            packages: Vec::new(),
-            messages: Vec::new(),
-            by_name: HashMap::new(),
-            kinds: HashMap::new(),
-        };
+        let mut table =
+            Table { packages: Vec::new(), messages: Vec::new(), by_name: HashMap::new(), kinds: HashMap::new() };
         // Field types may name messages defined further down, so the first pass only names
         // every message (line number, package, the line) and the second reads their fields.
         // Both passes number the messages in file order, so `by_name` indexes `messages`.
@@ -204,11 +191,7 @@ impl Table {
                 let [alias, proto, api_version] = parts[..] else {
                     return Err(syntax(line_no, line, "a package line has three words"));
                 };
-                table.packages.push(Package {
-                    alias,
-                    proto,
-                    api_version: (api_version != "-").then_some(api_version),
-                });
+                table.packages.push(Package { alias, proto, api_version: (api_version != "-").then_some(api_version) });
                 package = Some(alias);
                 continue;
             }
@@ -217,15 +200,8 @@ impl Table {
             };
             let name = line.split_ascii_whitespace().next().unwrap_or_default();
             let qualified = format!("{package}.{name}");
-            if table
-                .by_name
-                .insert(qualified.clone(), lines.len())
-                .is_some()
-            {
-                return Err(TableError::DuplicateMessage {
-                    line: line_no,
-                    name: qualified,
-                });
+            if table.by_name.insert(qualified.clone(), lines.len()).is_some() {
+                return Err(TableError::DuplicateMessage { line: line_no, name: qualified });
             }
             lines.push((line_no, package, line));
         }
@@ -240,11 +216,7 @@ impl Table {
                     .and_then(|p| p.api_version)
                     .ok_or_else(|| syntax(line_no, message.name, "a kind needs an apiVersion"))?;
                 let index = table.messages.len();
-                table
-                    .kinds
-                    .entry(api_version)
-                    .or_default()
-                    .insert(message.name, index);
+                table.kinds.entry(api_version).or_default().insert(message.name, index);
             }
             table.messages.push(message);
         }
@@ -278,21 +250,14 @@ impl Table {
         if let Some(&index) = served.get(kind) {
             return Some(&self.messages[index]);
         }
-        let shared = self
-            .packages
-            .iter()
-            .find(|p| p.alias == SHARED_KINDS_PACKAGE)?;
+        let shared = self.packages.iter().find(|p| p.alias == SHARED_KINDS_PACKAGE)?;
         let &index = self.kinds.get(shared.api_version?)?.get(kind)?;
         Some(&self.messages[index])
     }
 }
 
 fn syntax(line: usize, token: &str, reason: &'static str) -> TableError {
-    TableError::Syntax {
-        line,
-        token: token.to_owned(),
-        reason,
-    }
+    TableError::Syntax { line, token: token.to_owned(), reason }
 }
 
 /// Parses a message line: `Name [@kind] [@list] field field ...`.
@@ -317,17 +282,10 @@ fn parse_message(
         match token {
             "@kind" => message.is_kind = true,
             "@list" => message.is_list = true,
-            _ => message
-                .fields
-                .push(parse_field(line, package, token, by_name)?),
+            _ => message.fields.push(parse_field(line, package, token, by_name)?),
         }
     }
-    message.by_number = message
-        .fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.number, i))
-        .collect();
+    message.by_number = message.fields.iter().enumerate().map(|(i, f)| (f.number, i)).collect();
     message.by_number.sort_unstable();
     if message.by_number.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err(syntax(line, name, "a field number is used twice"));
@@ -346,9 +304,7 @@ fn parse_field(
     let malformed = || syntax(line, token, "expected name=number:type");
     let (json_name, rest) = token.split_once('=').ok_or_else(malformed)?;
     let (number, rest) = rest.split_once(':').ok_or_else(malformed)?;
-    let number: u32 = number
-        .parse()
-        .map_err(|_| syntax(line, token, "bad field number"))?;
+    let number: u32 = number.parse().map_err(|_| syntax(line, token, "bad field number"))?;
     let mut parts = rest.split(',');
     let type_name = parts.next().unwrap_or_default();
     let (shape, type_name) = if let Some(inner) = type_name.strip_prefix("[]") {
@@ -364,27 +320,13 @@ fn parse_field(
     let ty = match Scalar::parse(type_name) {
         Some(scalar) => FieldType::Scalar(scalar),
         None => {
-            let qualified = if type_name.contains('.') {
-                type_name.to_owned()
-            } else {
-                format!("{package}.{type_name}")
-            };
-            let index = by_name.get(&qualified).ok_or(TableError::UnknownType {
-                line,
-                name: qualified,
-            })?;
+            let qualified =
+                if type_name.contains('.') { type_name.to_owned() } else { format!("{package}.{type_name}") };
+            let index = by_name.get(&qualified).ok_or(TableError::UnknownType { line, name: qualified })?;
             FieldType::Message(*index)
         }
     };
-    let mut field = Field {
-        number,
-        json_name,
-        ty,
-        shape,
-        omit_empty: false,
-        omit_zero: false,
-        inline: false,
-    };
+    let mut field = Field { number, json_name, ty, shape, omit_empty: false, omit_zero: false, inline: false };
     for flag in parts {
         match flag {
             "omitempty" => field.omit_empty = true,
@@ -401,20 +343,12 @@ mod tests {
     use super::*;
 
     fn field<'a>(message: &'a str, json_name: &str) -> &'a Field {
-        let message = table()
-            .message(message)
-            .unwrap_or_else(|| panic!("no message {message}"));
-        message
-            .fields
-            .iter()
-            .find(|f| f.json_name == json_name)
-            .unwrap()
+        let message = table().message(message).unwrap_or_else(|| panic!("no message {message}"));
+        message.fields.iter().find(|f| f.json_name == json_name).unwrap()
     }
 
     fn message_name(ty: FieldType) -> String {
-        let FieldType::Message(index) = ty else {
-            panic!("not a message: {ty:?}")
-        };
+        let FieldType::Message(index) = ty else { panic!("not a message: {ty:?}") };
         let message = table().message_at(index);
         format!("{}.{}", message.package, message.name)
     }
@@ -430,10 +364,7 @@ mod tests {
         // 570 messages from the 23 generated.proto files of upstream v1.36.
         assert_eq!(t.packages().len(), 23);
         assert_eq!(t.messages().len(), 570);
-        assert_eq!(
-            t.messages().iter().map(|m| m.fields.len()).sum::<usize>(),
-            2058
-        );
+        assert_eq!(t.messages().iter().map(|m| m.fields.len()).sum::<usize>(), 2058);
         assert_eq!(t.messages().iter().filter(|m| m.is_kind).count(), 146);
     }
 
@@ -445,14 +376,8 @@ mod tests {
         assert_eq!(field("meta.v1.ObjectMeta", "managedFields").number, 17);
         // k8s.io/api/apps/v1/generated.proto: DeploymentSpec skips 8 (rollbackTo was removed).
         assert_eq!(field("apps.v1.DeploymentSpec", "replicas").number, 1);
-        assert_eq!(
-            field("apps.v1.DeploymentSpec", "progressDeadlineSeconds").number,
-            9
-        );
-        assert_eq!(
-            field("apps.v1.DeploymentCondition", "lastUpdateTime").number,
-            6
-        );
+        assert_eq!(field("apps.v1.DeploymentSpec", "progressDeadlineSeconds").number, 9);
+        assert_eq!(field("apps.v1.DeploymentCondition", "lastUpdateTime").number, 6);
         // k8s.io/api/core/v1/generated.proto
         assert_eq!(field("core.v1.Secret", "data").number, 2);
         assert_eq!(field("core.v1.Secret", "type").number, 3);
@@ -466,49 +391,24 @@ mod tests {
     #[test]
     fn field_types_and_shapes_match_upstream_proto() {
         let data = field("core.v1.Secret", "data");
-        assert_eq!(
-            (data.shape, data.ty),
-            (Shape::Map, FieldType::Scalar(Scalar::Bytes))
-        );
+        assert_eq!((data.shape, data.ty), (Shape::Map, FieldType::Scalar(Scalar::Bytes)));
         let containers = field("core.v1.PodSpec", "containers");
         assert_eq!(containers.shape, Shape::Repeated);
         assert_eq!(message_name(containers.ty), "core.v1.Container");
         let limits = field("core.v1.ResourceRequirements", "limits");
         assert_eq!(limits.shape, Shape::Map);
         assert_eq!(message_name(limits.ty), "api.resource.Quantity");
-        assert_eq!(
-            message_name(field("apps.v1.DeploymentSpec", "template").ty),
-            "core.v1.PodTemplateSpec"
-        );
-        assert_eq!(
-            message_name(field("apps.v1.RollingUpdateDeployment", "maxSurge").ty),
-            "util.intstr.IntOrString"
-        );
-        assert_eq!(
-            field("apps.v1.DeploymentSpec", "replicas").ty,
-            FieldType::Scalar(Scalar::Int32)
-        );
+        assert_eq!(message_name(field("apps.v1.DeploymentSpec", "template").ty), "core.v1.PodTemplateSpec");
+        assert_eq!(message_name(field("apps.v1.RollingUpdateDeployment", "maxSurge").ty), "util.intstr.IntOrString");
+        assert_eq!(field("apps.v1.DeploymentSpec", "replicas").ty, FieldType::Scalar(Scalar::Int32));
     }
 
     #[test]
     fn json_names_replace_the_proto_names_that_differ() {
         // generated.proto says aPIGroup, uID and Webhooks; the Go json tags say otherwise.
-        assert_eq!(
-            field("networking.v1.IngressClassParametersReference", "apiGroup").number,
-            1
-        );
-        assert_eq!(
-            field("authentication.v1.BoundObjectReference", "uid").number,
-            4
-        );
-        assert_eq!(
-            field(
-                "admissionregistration.v1.ValidatingWebhookConfiguration",
-                "webhooks"
-            )
-            .number,
-            2
-        );
+        assert_eq!(field("networking.v1.IngressClassParametersReference", "apiGroup").number, 1);
+        assert_eq!(field("authentication.v1.BoundObjectReference", "uid").number, 4);
+        assert_eq!(field("admissionregistration.v1.ValidatingWebhookConfiguration", "webhooks").number, 2);
     }
 
     #[test]
@@ -527,28 +427,11 @@ mod tests {
     #[test]
     fn kinds_resolve_in_their_group_version_and_meta_kinds_in_every_one() {
         let t = table();
-        assert_eq!(
-            t.kind("apps/v1", "Deployment").map(|m| m.name),
-            Some("Deployment")
-        );
-        assert_eq!(
-            t.kind("v1", "ConfigMap").map(|m| m.package),
-            Some("core.v1")
-        );
-        assert_eq!(
-            t.kind("autoscaling/v2", "HorizontalPodAutoscaler")
-                .map(|m| m.package),
-            Some("autoscaling.v2")
-        );
-        assert_eq!(
-            t.kind("apps/v1", "DeleteOptions").map(|m| m.package),
-            Some("meta.v1")
-        );
-        assert_eq!(
-            t.kind("meta.k8s.io/v1", "PartialObjectMetadata")
-                .map(|m| m.name),
-            Some("PartialObjectMetadata")
-        );
+        assert_eq!(t.kind("apps/v1", "Deployment").map(|m| m.name), Some("Deployment"));
+        assert_eq!(t.kind("v1", "ConfigMap").map(|m| m.package), Some("core.v1"));
+        assert_eq!(t.kind("autoscaling/v2", "HorizontalPodAutoscaler").map(|m| m.package), Some("autoscaling.v2"));
+        assert_eq!(t.kind("apps/v1", "DeleteOptions").map(|m| m.package), Some("meta.v1"));
+        assert_eq!(t.kind("meta.k8s.io/v1", "PartialObjectMetadata").map(|m| m.name), Some("PartialObjectMetadata"));
         // A type that is not a kind, a kind of another group, and an unserved group version.
         assert!(t.kind("apps/v1", "DeploymentSpec").is_none());
         assert!(t.kind("apps/v1", "ConfigMap").is_none());
@@ -558,14 +441,8 @@ mod tests {
     #[test]
     fn custom_json_and_list_types_are_recognised() {
         let t = table();
-        assert_eq!(
-            t.message("meta.v1.Time").unwrap().custom,
-            Some(CustomJson::Time)
-        );
-        assert_eq!(
-            t.message("api.resource.Quantity").unwrap().custom,
-            Some(CustomJson::Quantity)
-        );
+        assert_eq!(t.message("meta.v1.Time").unwrap().custom, Some(CustomJson::Time));
+        assert_eq!(t.message("api.resource.Quantity").unwrap().custom, Some(CustomJson::Quantity));
         assert!(t.message("meta.v1.Verbs").unwrap().is_list);
         assert!(t.message("authentication.v1.ExtraValue").unwrap().is_list);
     }
@@ -573,17 +450,8 @@ mod tests {
     #[test]
     fn malformed_tables_are_rejected_with_their_line() {
         let unknown = Table::parse("package a.v1 k8s.io.a.v1 a/v1\nA b=1:Missing\n").unwrap_err();
-        assert_eq!(
-            unknown,
-            TableError::UnknownType {
-                line: 2,
-                name: "a.v1.Missing".into()
-            }
-        );
-        assert!(matches!(
-            Table::parse("A b=1:string\n"),
-            Err(TableError::Syntax { line: 1, .. })
-        ));
+        assert_eq!(unknown, TableError::UnknownType { line: 2, name: "a.v1.Missing".into() });
+        assert!(matches!(Table::parse("A b=1:string\n"), Err(TableError::Syntax { line: 1, .. })));
         assert!(matches!(
             Table::parse("package a.v1 k8s.io.a.v1 a/v1\nA b=1:string c=1:int32\n"),
             Err(TableError::Syntax { line: 2, .. })

@@ -25,12 +25,7 @@ use super::wire::{bytes_field, for_each_field, string_field, varint_field};
 /// `0001-01-01T00:00:00Z`, Go's zero `time.Time`, in seconds since the Unix epoch.
 const GO_ZERO_TIME_SECONDS: i64 = -62_135_596_800;
 
-pub(crate) fn decode(
-    custom: CustomJson,
-    table: &Table,
-    data: &[u8],
-    depth: usize,
-) -> Result<Value, ProtobufError> {
+pub(crate) fn decode(custom: CustomJson, table: &Table, data: &[u8], depth: usize) -> Result<Value, ProtobufError> {
     match custom {
         CustomJson::Time => time(data, false),
         CustomJson::MicroTime => time(data, true),
@@ -58,21 +53,14 @@ fn time(data: &[u8], micro: bool) -> Result<Value, ProtobufError> {
     })?;
     // Time keeps whole seconds; MicroTime truncates nanoseconds toward zero to microseconds.
     // Go's time.Unix then carries any nanoseconds outside [0, 1e9) into the seconds.
-    let nanos = if micro {
-        i64::from(nanos) - i64::from(nanos) % 1000
-    } else {
-        0
-    };
+    let nanos = if micro { i64::from(nanos) - i64::from(nanos) % 1000 } else { 0 };
     let total = i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
     let whole = total.div_euclid(1_000_000_000);
     let fraction = total.rem_euclid(1_000_000_000) as u32;
     if whole == i128::from(GO_ZERO_TIME_SECONDS) && fraction == 0 {
         return Ok(Value::Null);
     }
-    let out_of_range = || ProtobufError::TimeOutOfRange {
-        seconds,
-        path: String::new(),
-    };
+    let out_of_range = || ProtobufError::TimeOutOfRange { seconds, path: String::new() };
     let whole = i64::try_from(whole).map_err(|_| out_of_range())?;
     let formatted = rfc3339(whole, micro.then_some(fraction / 1000)).ok_or_else(out_of_range)?;
     Ok(Value::String(formatted))
@@ -102,16 +90,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    } as u32;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -201,19 +184,12 @@ fn int_or_string(data: &[u8]) -> Result<Value, ProtobufError> {
     match kind {
         0 => Ok(Value::from(int_val)),
         1 => Ok(Value::String(str_val)),
-        value => Err(ProtobufError::ImpossibleIntOrStringType {
-            value,
-            path: String::new(),
-        }),
+        value => Err(ProtobufError::ImpossibleIntOrStringType { value, path: String::new() }),
     }
 }
 
 /// The single bytes field of `RawExtension` and `FieldsV1`, if present.
-fn raw_field<'a>(
-    message: &str,
-    field: &str,
-    data: &'a [u8],
-) -> Result<Option<&'a [u8]>, ProtobufError> {
+fn raw_field<'a>(message: &str, field: &str, data: &'a [u8]) -> Result<Option<&'a [u8]>, ProtobufError> {
     let mut raw = None;
     for_each_field(message, data, |number, value| {
         if number == 1 {
@@ -257,11 +233,7 @@ fn unknown(data: &[u8]) -> Result<Value, ProtobufError> {
         Ok(())
     })?;
     if !content_type.is_empty() && content_type != "application/json" {
-        return Err(ProtobufError::EmbeddedContentType {
-            type_name: "Unknown",
-            content_type,
-            path: String::new(),
-        });
+        return Err(ProtobufError::EmbeddedContentType { type_name: "Unknown", content_type, path: String::new() });
     }
     match raw {
         None => Ok(Value::Null),
@@ -275,28 +247,17 @@ fn unknown(data: &[u8]) -> Result<Value, ProtobufError> {
 fn parse_json(type_name: &'static str, raw: &[u8]) -> Result<Value, ProtobufError> {
     let starts_as_json = matches!(
         raw.first(),
-        Some(
-            b'\t' | b'\r' | b'\n' | b' ' | b'{' | b'[' | b'n' | b't' | b'f' | b'"' | b'-' | b'0'
-                ..=b'9'
-        )
+        Some(b'\t' | b'\r' | b'\n' | b' ' | b'{' | b'[' | b'n' | b't' | b'f' | b'"' | b'-' | b'0'..=b'9')
     );
     if !starts_as_json {
-        let content_type = if raw.starts_with(&[0xd9, 0xd9, 0xf7]) {
-            "application/cbor"
-        } else {
-            ""
-        };
+        let content_type = if raw.starts_with(&[0xd9, 0xd9, 0xf7]) { "application/cbor" } else { "" };
         return Err(ProtobufError::EmbeddedContentType {
             type_name,
             content_type: content_type.to_owned(),
             path: String::new(),
         });
     }
-    serde_json::from_slice(raw).map_err(|source| ProtobufError::EmbeddedJson {
-        type_name,
-        path: String::new(),
-        source,
-    })
+    serde_json::from_slice(raw).map_err(|source| ProtobufError::EmbeddedJson { type_name, path: String::new(), source })
 }
 
 /// Standard base64 with padding, as `encoding/json` writes `[]byte`.
@@ -304,11 +265,7 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -334,18 +291,12 @@ mod tests {
     #[test]
     fn time_is_rfc3339_to_the_second_in_utc() {
         let t = Msg::new().int(1, 1_704_164_705).int(2, 999_999_999);
-        assert_eq!(
-            decode_as(CustomJson::Time, t).unwrap(),
-            "2024-01-02T03:05:05Z"
-        );
+        assert_eq!(decode_as(CustomJson::Time, t).unwrap(), "2024-01-02T03:05:05Z");
     }
 
     #[test]
     fn empty_time_is_the_zero_time_and_marshals_as_null() {
-        assert_eq!(
-            decode_as(CustomJson::Time, Msg::new()).unwrap(),
-            Value::Null
-        );
+        assert_eq!(decode_as(CustomJson::Time, Msg::new()).unwrap(), Value::Null);
         let zero = Msg::new().int(1, GO_ZERO_TIME_SECONDS);
         assert_eq!(decode_as(CustomJson::Time, zero).unwrap(), Value::Null);
     }
@@ -355,14 +306,8 @@ mod tests {
         assert_eq!(rfc3339(0, None).unwrap(), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(-1, None).unwrap(), "1969-12-31T23:59:59Z");
         assert_eq!(rfc3339(951_782_400, None).unwrap(), "2000-02-29T00:00:00Z");
-        assert_eq!(
-            rfc3339(253_402_300_799, None).unwrap(),
-            "9999-12-31T23:59:59Z"
-        );
-        assert_eq!(
-            rfc3339(-62_167_219_200, None).unwrap(),
-            "0000-01-01T00:00:00Z"
-        );
+        assert_eq!(rfc3339(253_402_300_799, None).unwrap(), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-62_167_219_200, None).unwrap(), "0000-01-01T00:00:00Z");
         assert_eq!(rfc3339(253_402_300_800, None), None);
     }
 
@@ -375,24 +320,15 @@ mod tests {
     #[test]
     fn micro_time_keeps_six_fractional_digits_truncated() {
         let t = Msg::new().int(1, 1_704_164_705).int(2, 123_456_789);
-        assert_eq!(
-            decode_as(CustomJson::MicroTime, t).unwrap(),
-            "2024-01-02T03:05:05.123456Z"
-        );
+        assert_eq!(decode_as(CustomJson::MicroTime, t).unwrap(), "2024-01-02T03:05:05.123456Z");
         let whole = Msg::new().int(1, 1_704_164_705);
-        assert_eq!(
-            decode_as(CustomJson::MicroTime, whole).unwrap(),
-            "2024-01-02T03:05:05.000000Z"
-        );
+        assert_eq!(decode_as(CustomJson::MicroTime, whole).unwrap(), "2024-01-02T03:05:05.000000Z");
     }
 
     #[test]
     fn micro_time_carries_negative_nanos_into_the_seconds() {
         let t = Msg::new().int(1, 10).int(2, -1_500);
-        assert_eq!(
-            decode_as(CustomJson::MicroTime, t).unwrap(),
-            "1970-01-01T00:00:09.999999Z"
-        );
+        assert_eq!(decode_as(CustomJson::MicroTime, t).unwrap(), "1970-01-01T00:00:09.999999Z");
     }
 
     #[test]
@@ -407,18 +343,12 @@ mod tests {
         assert_eq!(go_duration(3_600 * 1_000_000_000), "1h0m0s");
         assert_eq!(go_duration(-(123 * 1_000_000_000 + 500_000_000)), "-2m3.5s");
         assert_eq!(go_duration(i64::MIN), "-2562047h47m16.854775808s");
-        assert_eq!(
-            decode_as(CustomJson::Duration, Msg::new().int(1, 5_000_000_000)).unwrap(),
-            "5s"
-        );
+        assert_eq!(decode_as(CustomJson::Duration, Msg::new().int(1, 5_000_000_000)).unwrap(), "5s");
     }
 
     #[test]
     fn quantity_is_its_string_and_zero_when_absent() {
-        assert_eq!(
-            decode_as(CustomJson::Quantity, Msg::new().string(1, "500m")).unwrap(),
-            "500m"
-        );
+        assert_eq!(decode_as(CustomJson::Quantity, Msg::new().string(1, "500m")).unwrap(), "500m");
         assert_eq!(decode_as(CustomJson::Quantity, Msg::new()).unwrap(), "0");
     }
 
@@ -437,10 +367,7 @@ mod tests {
         let raw = Msg::new().bytes(1, br#"{"b":1,"a":[true,null]}"#);
         let value = decode_as(CustomJson::RawExtension, raw).unwrap();
         assert_eq!(value.to_string(), r#"{"b":1,"a":[true,null]}"#);
-        assert_eq!(
-            decode_as(CustomJson::RawExtension, Msg::new()).unwrap(),
-            Value::Null
-        );
+        assert_eq!(decode_as(CustomJson::RawExtension, Msg::new()).unwrap(), Value::Null);
     }
 
     #[test]
@@ -453,11 +380,7 @@ mod tests {
         );
         let broken = Msg::new().bytes(1, b"{\"a\":");
         let err = decode_as(CustomJson::RawExtension, broken).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("failed to parse RawExtension bytes as JSON: "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("failed to parse RawExtension bytes as JSON: "), "{err}");
     }
 
     #[test]
@@ -470,15 +393,9 @@ mod tests {
     #[test]
     fn unknown_is_its_raw_json_unless_another_content_type() {
         let json = Msg::new().bytes(2, b"[1,2]").string(4, "application/json");
-        assert_eq!(
-            decode_as(CustomJson::Unknown, json).unwrap(),
-            serde_json::json!([1, 2])
-        );
+        assert_eq!(decode_as(CustomJson::Unknown, json).unwrap(), serde_json::json!([1, 2]));
         let yaml = Msg::new().bytes(2, b"a: 1").string(4, "application/yaml");
-        assert!(matches!(
-            decode_as(CustomJson::Unknown, yaml),
-            Err(ProtobufError::EmbeddedContentType { .. })
-        ));
+        assert!(matches!(decode_as(CustomJson::Unknown, yaml), Err(ProtobufError::EmbeddedContentType { .. })));
     }
 
     #[test]

@@ -87,16 +87,9 @@ impl<'a> Reader<'a> {
         let mut shift = 0u32;
         loop {
             if shift >= 64 {
-                return Err(ProtobufError::IntegerOverflow {
-                    path: String::new(),
-                });
+                return Err(ProtobufError::IntegerOverflow { path: String::new() });
             }
-            let byte = *self
-                .data
-                .get(self.pos)
-                .ok_or(ProtobufError::UnexpectedEof {
-                    path: String::new(),
-                })?;
+            let byte = *self.data.get(self.pos).ok_or(ProtobufError::UnexpectedEof { path: String::new() })?;
             self.pos += 1;
             value |= u64::from(byte & 0x7f) << shift;
             if byte < 0x80 {
@@ -111,9 +104,7 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(len)
             .filter(|&end| end <= self.data.len())
-            .ok_or(ProtobufError::UnexpectedEof {
-                path: String::new(),
-            })?;
+            .ok_or(ProtobufError::UnexpectedEof { path: String::new() })?;
         let bytes = &self.data[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -131,10 +122,8 @@ impl<'a> Reader<'a> {
         let key = self.varint()?;
         let bits = (key & 7) as u8;
         let field = key >> 3;
-        let wire_type = WireType::from_bits(bits).ok_or(ProtobufError::IllegalWireType {
-            wire_type: bits,
-            path: String::new(),
-        })?;
+        let wire_type =
+            WireType::from_bits(bits).ok_or(ProtobufError::IllegalWireType { wire_type: bits, path: String::new() })?;
         match u32::try_from(field) {
             Ok(number) if number > 0 => Ok((number, wire_type)),
             _ => Err(ProtobufError::IllegalTag {
@@ -148,11 +137,7 @@ impl<'a> Reader<'a> {
 
     /// Reads the value that follows a tag of the given wire type. Groups (a proto2 feature no
     /// Kubernetes type uses) are skipped whole and reported as `None`.
-    pub(crate) fn value(
-        &mut self,
-        message: &str,
-        wire_type: WireType,
-    ) -> Result<Option<WireValue<'a>>, ProtobufError> {
+    pub(crate) fn value(&mut self, message: &str, wire_type: WireType) -> Result<Option<WireValue<'a>>, ProtobufError> {
         Ok(Some(match wire_type {
             WireType::Varint => WireValue::Varint(self.varint()?),
             WireType::Fixed64 => WireValue::Fixed64(u64::from_le_bytes(self.fixed()?)),
@@ -160,9 +145,7 @@ impl<'a> Reader<'a> {
             WireType::LengthDelimited => {
                 let len = self.varint()?;
                 // A length beyond the input cannot be satisfied whatever its size.
-                let len = usize::try_from(len).map_err(|_| ProtobufError::UnexpectedEof {
-                    path: String::new(),
-                })?;
+                let len = usize::try_from(len).map_err(|_| ProtobufError::UnexpectedEof { path: String::new() })?;
                 WireValue::Bytes(self.take(len)?)
             }
             WireType::StartGroup => {
@@ -170,9 +153,7 @@ impl<'a> Reader<'a> {
                 return Ok(None);
             }
             WireType::EndGroup => {
-                return Err(ProtobufError::UnexpectedEndGroup {
-                    path: String::new(),
-                });
+                return Err(ProtobufError::UnexpectedEndGroup { path: String::new() });
             }
         }))
     }
@@ -216,11 +197,7 @@ pub(crate) fn for_each_field<'a>(
 /// Builds the error for a value whose wire type its field's declared type never has. The path
 /// is left to the caller, which knows where the field sits.
 pub(crate) fn wrong_wire_type(field: &str, value: WireValue<'_>) -> ProtobufError {
-    ProtobufError::WrongWireType {
-        field: field.to_owned(),
-        wire_type: value.wire_type().number(),
-        path: String::new(),
-    }
+    ProtobufError::WrongWireType { field: field.to_owned(), wire_type: value.wire_type().number(), path: String::new() }
 }
 
 /// The payload of a length-delimited value (a string, bytes, a message or a map entry).
@@ -233,10 +210,7 @@ pub(crate) fn payload<'a>(field: &str, value: WireValue<'a>) -> Result<&'a [u8],
 
 /// The following three read one field of a small message of fixed layout (the envelope,
 /// `Time`, `IntOrString`), naming the field in the error path.
-pub(crate) fn bytes_field<'a>(
-    field: &str,
-    value: WireValue<'a>,
-) -> Result<&'a [u8], ProtobufError> {
+pub(crate) fn bytes_field<'a>(field: &str, value: WireValue<'a>) -> Result<&'a [u8], ProtobufError> {
     payload(field, value).map_err(|e| e.within(field))
 }
 
@@ -287,10 +261,7 @@ mod tests {
         // Field 1, length-delimited, claiming 5 bytes of which 2 are present.
         let mut reader = Reader::new(&[0x0a, 0x05, b'a', b'b']);
         let (_, wire_type) = reader.tag("Test").unwrap();
-        assert!(matches!(
-            reader.value("Test", wire_type),
-            Err(ProtobufError::UnexpectedEof { .. })
-        ));
+        assert!(matches!(reader.value("Test", wire_type), Err(ProtobufError::UnexpectedEof { .. })));
     }
 
     #[test]
@@ -309,24 +280,15 @@ mod tests {
             0x15, 2, 0, 0, 0x80, // field 2, fixed32
         ]);
         let (_, t) = reader.tag("Test").unwrap();
-        assert_eq!(
-            reader.value("Test", t).unwrap(),
-            Some(WireValue::Fixed64(0x8000_0000_0000_0001))
-        );
+        assert_eq!(reader.value("Test", t).unwrap(), Some(WireValue::Fixed64(0x8000_0000_0000_0001)));
         let (_, t) = reader.tag("Test").unwrap();
-        assert_eq!(
-            reader.value("Test", t).unwrap(),
-            Some(WireValue::Fixed32(0x8000_0002))
-        );
+        assert_eq!(reader.value("Test", t).unwrap(), Some(WireValue::Fixed32(0x8000_0002)));
     }
 
     #[test]
     fn field_number_zero_is_an_illegal_tag() {
         let err = Reader::new(&[0x02]).tag("ObjectMeta").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "proto: ObjectMeta: illegal tag 0 (wire type 2)"
-        );
+        assert_eq!(err.to_string(), "proto: ObjectMeta: illegal tag 0 (wire type 2)");
     }
 
     #[test]

@@ -167,10 +167,7 @@ impl<'a> SchemaExtensions<'a> {
                 Some(value) => value
                     .as_array()
                     .and_then(|keys| keys.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
-                    .ok_or_else(|| ExtensionError {
-                        extension: LIST_MAP_KEYS,
-                        value: value.to_string(),
-                    })?,
+                    .ok_or_else(|| ExtensionError { extension: LIST_MAP_KEYS, value: value.to_string() })?,
             },
             map_type: parse_str(object, MAP_TYPE, MapType::parse)?,
         })
@@ -210,14 +207,7 @@ fn parse_str<'a, T>(
     let Some(value) = object.get(extension) else {
         return Ok(None);
     };
-    value
-        .as_str()
-        .and_then(parse)
-        .map(Some)
-        .ok_or_else(|| ExtensionError {
-            extension,
-            value: value.to_string(),
-        })
+    value.as_str().and_then(parse).map(Some).ok_or_else(|| ExtensionError { extension, value: value.to_string() })
 }
 
 #[cfg(test)]
@@ -251,10 +241,7 @@ mod tests {
 
     #[test]
     fn retain_keys_may_come_first_in_the_strategy() {
-        assert_eq!(
-            PatchStrategy::parse("retainKeys,merge"),
-            Some(PatchStrategy::MergeAndRetainKeys)
-        );
+        assert_eq!(PatchStrategy::parse("retainKeys,merge"), Some(PatchStrategy::MergeAndRetainKeys));
         assert!(PatchStrategy::MergeAndRetainKeys.merges());
         assert!(PatchStrategy::MergeAndRetainKeys.retains_keys());
         assert!(!PatchStrategy::RetainKeys.merges());
@@ -263,11 +250,9 @@ mod tests {
 
     #[test]
     fn unknown_extension_values_are_errors() {
-        let error =
-            SchemaExtensions::from_schema(&json!({"x-kubernetes-list-type": "bag"})).unwrap_err();
+        let error = SchemaExtensions::from_schema(&json!({"x-kubernetes-list-type": "bag"})).unwrap_err();
         assert_eq!(error.extension, LIST_TYPE);
-        let error = SchemaExtensions::from_schema(&json!({"x-kubernetes-list-map-keys": "name"}))
-            .unwrap_err();
+        let error = SchemaExtensions::from_schema(&json!({"x-kubernetes-list-map-keys": "name"})).unwrap_err();
         assert_eq!(error.extension, LIST_MAP_KEYS);
     }
 
@@ -275,10 +260,6 @@ mod tests {
     fn schema_without_extensions_has_none() {
         let string = json!({"type": "string"});
         assert!(SchemaExtensions::from_schema(&string).unwrap().is_empty());
-        assert!(
-            SchemaExtensions::from_schema(&json!(true))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(SchemaExtensions::from_schema(&json!(true)).unwrap().is_empty());
     }
 }

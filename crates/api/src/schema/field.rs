@@ -34,20 +34,14 @@ impl<'a> ValueType<'a> {
         let Some(object) = schema.as_object() else {
             return Self::Untyped;
         };
-        if let Some(first) = object
-            .get("allOf")
-            .and_then(Value::as_array)
-            .and_then(|all| all.first())
-        {
+        if let Some(first) = object.get("allOf").and_then(Value::as_array).and_then(|all| all.first()) {
             return Self::of(first);
         }
         if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
             return Self::Named(reference.strip_prefix(REF_PREFIX).unwrap_or(reference));
         }
         match object.get("type").and_then(Value::as_str) {
-            Some("array") => Self::List(Box::new(
-                object.get("items").map_or(Self::Untyped, Self::of),
-            )),
+            Some("array") => Self::List(Box::new(object.get("items").map_or(Self::Untyped, Self::of))),
             Some("object") => match object.get("additionalProperties") {
                 Some(values @ Value::Object(_)) => Self::Map(Box::new(Self::of(values))),
                 _ => Self::Untyped,
@@ -108,47 +102,26 @@ mod tests {
             "allOf": [{"$ref": "#/components/schemas/io.k8s.api.apps.v1.DeploymentStrategy"}],
             "description": "The deployment strategy to use."
         });
-        assert_eq!(
-            ValueType::of(&schema),
-            ValueType::Named("io.k8s.api.apps.v1.DeploymentStrategy")
-        );
+        assert_eq!(ValueType::of(&schema), ValueType::Named("io.k8s.api.apps.v1.DeploymentStrategy"));
     }
 
     #[test]
     fn arrays_and_maps_resolve_their_element_types() {
         let list = json!({"type": "array", "items": {"$ref": "#/components/schemas/a.B"}});
-        assert_eq!(
-            ValueType::of(&list).list_items(),
-            Some(&ValueType::Named("a.B"))
-        );
+        assert_eq!(ValueType::of(&list).list_items(), Some(&ValueType::Named("a.B")));
         let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
-        assert_eq!(
-            ValueType::of(&map).map_values(),
-            Some(&ValueType::Primitive("string"))
-        );
-        let nested =
-            json!({"type": "array", "items": {"type": "array", "items": {"type": "string"}}});
+        assert_eq!(ValueType::of(&map).map_values(), Some(&ValueType::Primitive("string")));
+        let nested = json!({"type": "array", "items": {"type": "array", "items": {"type": "string"}}});
         assert_eq!(
             ValueType::of(&nested),
-            ValueType::List(Box::new(ValueType::List(Box::new(ValueType::Primitive(
-                "string"
-            )))))
+            ValueType::List(Box::new(ValueType::List(Box::new(ValueType::Primitive("string")))))
         );
     }
 
     #[test]
     fn free_form_objects_are_untyped() {
-        assert_eq!(
-            ValueType::of(&json!({"type": "object"})),
-            ValueType::Untyped
-        );
-        assert_eq!(
-            ValueType::of(&json!({"x-kubernetes-int-or-string": true})),
-            ValueType::Untyped
-        );
-        assert_eq!(
-            ValueType::of(&json!({"type": "object", "additionalProperties": true})),
-            ValueType::Untyped
-        );
+        assert_eq!(ValueType::of(&json!({"type": "object"})), ValueType::Untyped);
+        assert_eq!(ValueType::of(&json!({"x-kubernetes-int-or-string": true})), ValueType::Untyped);
+        assert_eq!(ValueType::of(&json!({"type": "object", "additionalProperties": true})), ValueType::Untyped);
     }
 }

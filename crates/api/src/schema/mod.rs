@@ -32,8 +32,8 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 pub use extensions::{
-    ExtensionError, GROUP_VERSION_KIND, LIST_MAP_KEYS, LIST_TYPE, ListType, MAP_TYPE, MapType,
-    PATCH_MERGE_KEY, PATCH_STRATEGY, PatchStrategy, SchemaExtensions,
+    ExtensionError, GROUP_VERSION_KIND, LIST_MAP_KEYS, LIST_TYPE, ListType, MAP_TYPE, MapType, PATCH_MERGE_KEY,
+    PATCH_STRATEGY, PatchStrategy, SchemaExtensions,
 };
 pub use field::{Field, REF_PREFIX, ValueType};
 
@@ -55,16 +55,8 @@ pub struct GroupVersionKind {
 
 impl GroupVersionKind {
     /// Builds a group, version and kind from its parts.
-    pub fn new(
-        group: impl Into<String>,
-        version: impl Into<String>,
-        kind: impl Into<String>,
-    ) -> Self {
-        Self {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-        }
+    pub fn new(group: impl Into<String>, version: impl Into<String>, kind: impl Into<String>) -> Self {
+        Self { group: group.into(), version: version.into(), kind: kind.into() }
     }
 
     /// The group, version and kind of a k8s-openapi type.
@@ -130,10 +122,7 @@ impl SchemaSet {
             let definition = self.list_definition(&item, &list_meta, T::KIND, T::LIST_KIND);
             self.definitions.insert(list.clone(), definition);
         }
-        self.mark_kind(
-            &list,
-            GroupVersionKind::new(T::GROUP, T::VERSION, T::LIST_KIND),
-        );
+        self.mark_kind(&list, GroupVersionKind::new(T::GROUP, T::VERSION, T::LIST_KIND));
         self.name_in_set(&item)
     }
 
@@ -146,15 +135,9 @@ impl SchemaSet {
 
     /// Marks a definition as serving one more kind. Upstream does this for meta types that
     /// every group serves, e.g. `DeleteOptions` lists one kind per group version.
-    pub fn add_group_version_kind(
-        &mut self,
-        definition: &str,
-        gvk: GroupVersionKind,
-    ) -> Result<(), SchemaError> {
+    pub fn add_group_version_kind(&mut self, definition: &str, gvk: GroupVersionKind) -> Result<(), SchemaError> {
         if !self.definitions.contains_key(definition) {
-            return Err(SchemaError::UnknownDefinition {
-                definition: definition.to_owned(),
-            });
+            return Err(SchemaError::UnknownDefinition { definition: definition.to_owned() });
         }
         self.mark_kind(definition, gvk);
         Ok(())
@@ -188,33 +171,21 @@ impl SchemaSet {
 
     /// A field of a definition: its schema, what it holds and how it is patched.
     pub fn field<'a>(&'a self, definition: &str, field: &str) -> Result<Field<'a>, SchemaError> {
-        let (definition, schema) = self.definitions.get_key_value(definition).ok_or_else(|| {
-            SchemaError::UnknownDefinition {
-                definition: definition.to_owned(),
-            }
-        })?;
+        let (definition, schema) = self
+            .definitions
+            .get_key_value(definition)
+            .ok_or_else(|| SchemaError::UnknownDefinition { definition: definition.to_owned() })?;
         let (name, property) = schema
             .get("properties")
             .and_then(Value::as_object)
             .and_then(|properties| properties.get_key_value(field))
-            .ok_or_else(|| SchemaError::UnknownField {
-                definition: definition.clone(),
-                field: field.to_owned(),
-            })?;
-        let extensions = SchemaExtensions::from_schema(property).map_err(|source| {
-            SchemaError::InvalidExtension {
-                definition: definition.clone(),
-                field: field.to_owned(),
-                source,
-            }
+            .ok_or_else(|| SchemaError::UnknownField { definition: definition.clone(), field: field.to_owned() })?;
+        let extensions = SchemaExtensions::from_schema(property).map_err(|source| SchemaError::InvalidExtension {
+            definition: definition.clone(),
+            field: field.to_owned(),
+            source,
         })?;
-        Ok(Field {
-            definition,
-            name,
-            schema: property,
-            value_type: ValueType::of(property),
-            extensions,
-        })
+        Ok(Field { definition, name, schema: property, value_type: ValueType::of(property), extensions })
     }
 
     /// The `components.schemas` object of an OpenAPI v3 document: every definition, sorted by
@@ -222,12 +193,7 @@ impl SchemaSet {
     pub fn to_components_json(&self) -> Value {
         let mut names: Vec<&String> = self.definitions.keys().collect();
         names.sort();
-        Value::Object(
-            names
-                .into_iter()
-                .map(|name| (name.clone(), self.definitions[name].clone()))
-                .collect(),
-        )
+        Value::Object(names.into_iter().map(|name| (name.clone(), self.definitions[name].clone())).collect())
     }
 
     /// Generates `T`'s definition and those it references, skipping what the set already has.
@@ -265,9 +231,7 @@ impl SchemaSet {
                     schema.remove("required");
                 }
             }
-            let kinds = schema
-                .entry(GROUP_VERSION_KIND)
-                .or_insert_with(|| Value::Array(Vec::new()));
+            let kinds = schema.entry(GROUP_VERSION_KIND).or_insert_with(|| Value::Array(Vec::new()));
             if let Value::Array(kinds) = kinds {
                 let entry = gvk.to_json();
                 if !kinds.contains(&entry) {
@@ -280,9 +244,7 @@ impl SchemaSet {
 
     fn name_in_set(&self, name: &str) -> &str {
         // Return the set's own copy so callers can hold the name while the set lives.
-        self.definitions
-            .get_key_value(name)
-            .map_or("", |(name, _)| name.as_str())
+        self.definitions.get_key_value(name).map_or("", |(name, _)| name.as_str())
     }
 
     /// The `<Kind>List` definition upstream publishes for every listable kind.
@@ -335,17 +297,11 @@ fn decorate(name: &str, definition: &mut Value) {
         INT_OR_STRING => {
             schema.shift_remove("x-kubernetes-int-or-string");
             schema.insert("format".into(), "int-or-string".into());
-            schema.insert(
-                "oneOf".into(),
-                json!([{"type": "integer"}, {"type": "string"}]),
-            );
+            schema.insert("oneOf".into(), json!([{"type": "integer"}, {"type": "string"}]));
         }
         QUANTITY => {
             schema.shift_remove("x-kubernetes-int-or-string");
-            schema.insert(
-                "oneOf".into(),
-                json!([{"type": "string"}, {"type": "number"}]),
-            );
+            schema.insert("oneOf".into(), json!([{"type": "string"}, {"type": "number"}]));
         }
         _ => {}
     }

@@ -30,27 +30,15 @@ pub enum TableError {
     #[error("line {line}: unknown attribute {key:?}")]
     UnknownAttribute { line: usize, key: String },
     #[error("line {line}: invalid value {value:?} for {key}")]
-    InvalidValue {
-        line: usize,
-        key: &'static str,
-        value: String,
-    },
+    InvalidValue { line: usize, key: &'static str, value: String },
     #[error("line {line}: {key} given twice")]
     DuplicateAttribute { line: usize, key: &'static str },
     #[error("line {line}: field {field:?} of {definition} has no attributes")]
-    FieldWithoutAttributes {
-        line: usize,
-        definition: String,
-        field: String,
-    },
+    FieldWithoutAttributes { line: usize, definition: String, field: String },
     #[error("line {line}: {definition} listed twice")]
     DuplicateDefinition { line: usize, definition: String },
     #[error("line {line}: field {field:?} of {definition} listed twice")]
-    DuplicateField {
-        line: usize,
-        definition: String,
-        field: String,
-    },
+    DuplicateField { line: usize, definition: String, field: String },
 }
 
 /// The metadata of one definition: its own (a struct's map type) and its fields'.
@@ -81,21 +69,8 @@ impl PatchMetadataTable {
             let Some(name) = words.next() else { continue };
             if !raw.starts_with(char::is_whitespace) {
                 let own = parse_attributes(line, words)?;
-                if table
-                    .definitions
-                    .insert(
-                        name,
-                        DefinitionMetadata {
-                            own,
-                            fields: Vec::new(),
-                        },
-                    )
-                    .is_some()
-                {
-                    return Err(TableError::DuplicateDefinition {
-                        line,
-                        definition: name.to_owned(),
-                    });
+                if table.definitions.insert(name, DefinitionMetadata { own, fields: Vec::new() }).is_some() {
+                    return Err(TableError::DuplicateDefinition { line, definition: name.to_owned() });
                 }
                 current = Some(name);
                 continue;
@@ -130,25 +105,16 @@ impl PatchMetadataTable {
     /// Every listed definition with its metadata.
     #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static str, &DefinitionMetadata)> {
-        self.definitions
-            .iter()
-            .map(|(name, metadata)| (*name, metadata))
+        self.definitions.iter().map(|(name, metadata)| (*name, metadata))
     }
 }
 
-fn parse_attributes<'t>(
-    line: usize,
-    words: impl Iterator<Item = &'t str>,
-) -> Result<SchemaExtensions<'t>, TableError> {
+fn parse_attributes<'t>(line: usize, words: impl Iterator<Item = &'t str>) -> Result<SchemaExtensions<'t>, TableError> {
     let mut extensions = SchemaExtensions::default();
     for attribute in words {
-        let (key, value) =
-            attribute
-                .split_once('=')
-                .ok_or_else(|| TableError::MalformedAttribute {
-                    line,
-                    attribute: attribute.to_owned(),
-                })?;
+        let (key, value) = attribute
+            .split_once('=')
+            .ok_or_else(|| TableError::MalformedAttribute { line, attribute: attribute.to_owned() })?;
         match key {
             "patch-strategy" => set_once(
                 line,
@@ -160,9 +126,7 @@ fn parse_attributes<'t>(
                 line,
                 "patch-merge-key",
                 &mut extensions.patch_merge_key,
-                parse_value(line, "patch-merge-key", value, |v| {
-                    (!v.is_empty()).then_some(v)
-                })?,
+                parse_value(line, "patch-merge-key", value, |v| (!v.is_empty()).then_some(v))?,
             )?,
             "list-type" => set_once(
                 line,
@@ -178,26 +142,16 @@ fn parse_attributes<'t>(
             )?,
             "list-map-keys" => {
                 if !extensions.list_map_keys.is_empty() {
-                    return Err(TableError::DuplicateAttribute {
-                        line,
-                        key: "list-map-keys",
-                    });
+                    return Err(TableError::DuplicateAttribute { line, key: "list-map-keys" });
                 }
                 let keys: Vec<&str> = value.split(',').collect();
                 if keys.iter().any(|k| k.is_empty()) {
-                    return Err(TableError::InvalidValue {
-                        line,
-                        key: "list-map-keys",
-                        value: value.to_owned(),
-                    });
+                    return Err(TableError::InvalidValue { line, key: "list-map-keys", value: value.to_owned() });
                 }
                 extensions.list_map_keys = keys;
             }
             _ => {
-                return Err(TableError::UnknownAttribute {
-                    line,
-                    key: key.to_owned(),
-                });
+                return Err(TableError::UnknownAttribute { line, key: key.to_owned() });
             }
         }
     }
@@ -210,19 +164,10 @@ fn parse_value<'t, T>(
     value: &'t str,
     parse: impl FnOnce(&'t str) -> Option<T>,
 ) -> Result<T, TableError> {
-    parse(value).ok_or_else(|| TableError::InvalidValue {
-        line,
-        key,
-        value: value.to_owned(),
-    })
+    parse(value).ok_or_else(|| TableError::InvalidValue { line, key, value: value.to_owned() })
 }
 
-fn set_once<T>(
-    line: usize,
-    key: &'static str,
-    slot: &mut Option<T>,
-    value: T,
-) -> Result<(), TableError> {
+fn set_once<T>(line: usize, key: &'static str, slot: &mut Option<T>, value: T) -> Result<(), TableError> {
     if slot.replace(value).is_some() {
         return Err(TableError::DuplicateAttribute { line, key });
     }
@@ -233,14 +178,8 @@ fn set_once<T>(
 mod tests {
     use super::*;
 
-    fn field<'t>(
-        table: &'t PatchMetadataTable,
-        definition: &str,
-        field: &str,
-    ) -> &'t SchemaExtensions<'static> {
-        let metadata = table
-            .definition(definition)
-            .unwrap_or_else(|| panic!("{definition} is not in the table"));
+    fn field<'t>(table: &'t PatchMetadataTable, definition: &str, field: &str) -> &'t SchemaExtensions<'static> {
+        let metadata = table.definition(definition).unwrap_or_else(|| panic!("{definition} is not in the table"));
         metadata
             .fields
             .iter()
@@ -278,10 +217,7 @@ mod tests {
         assert_eq!(finalizers.patch_strategy, Some(PatchStrategy::Merge));
         assert_eq!(finalizers.patch_merge_key, None);
         assert_eq!(finalizers.list_type, Some(ListType::Set));
-        assert_eq!(
-            field(table, meta, "managedFields").list_type,
-            Some(ListType::Atomic)
-        );
+        assert_eq!(field(table, meta, "managedFields").list_type, Some(ListType::Atomic));
     }
 
     #[test]
@@ -292,18 +228,12 @@ mod tests {
             assert_eq!(field(table, pod, list).patch_merge_key, Some("name"));
         }
         let volumes = field(table, pod, "volumes");
-        assert_eq!(
-            volumes.patch_strategy,
-            Some(PatchStrategy::MergeAndRetainKeys)
-        );
+        assert_eq!(volumes.patch_strategy, Some(PatchStrategy::MergeAndRetainKeys));
         assert_eq!(volumes.patch_merge_key, Some("name"));
         let tolerations = field(table, pod, "tolerations");
         assert_eq!(tolerations.patch_strategy, None);
         assert_eq!(tolerations.list_type, Some(ListType::Atomic));
-        assert_eq!(
-            field(table, pod, "nodeSelector").map_type,
-            Some(MapType::Atomic)
-        );
+        assert_eq!(field(table, pod, "nodeSelector").map_type, Some(MapType::Atomic));
     }
 
     #[test]
@@ -319,31 +249,17 @@ mod tests {
     #[test]
     fn inlined_structs_contribute_their_fields() {
         // EphemeralContainer inlines EphemeralContainerCommon, as the published schema does.
-        let env = field(
-            &PATCH_METADATA,
-            "io.k8s.api.core.v1.EphemeralContainer",
-            "env",
-        );
+        let env = field(&PATCH_METADATA, "io.k8s.api.core.v1.EphemeralContainer", "env");
         assert_eq!(env.patch_merge_key, Some("name"));
     }
 
     #[test]
     fn deployment_strategy_retains_keys_and_selectors_are_atomic_structs() {
-        let strategy = field(
-            &PATCH_METADATA,
-            "io.k8s.api.apps.v1.DeploymentSpec",
-            "strategy",
-        );
+        let strategy = field(&PATCH_METADATA, "io.k8s.api.apps.v1.DeploymentSpec", "strategy");
         assert_eq!(strategy.patch_strategy, Some(PatchStrategy::RetainKeys));
-        let selector = PATCH_METADATA
-            .definition("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector")
-            .unwrap();
+        let selector = PATCH_METADATA.definition("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector").unwrap();
         assert_eq!(selector.own.map_type, Some(MapType::Atomic));
-        let pdb = field(
-            &PATCH_METADATA,
-            "io.k8s.api.policy.v1.PodDisruptionBudgetSpec",
-            "selector",
-        );
+        let pdb = field(&PATCH_METADATA, "io.k8s.api.policy.v1.PodDisruptionBudgetSpec", "selector");
         assert_eq!(pdb.patch_strategy, Some(PatchStrategy::Replace));
     }
 
@@ -358,8 +274,7 @@ mod tests {
                 );
                 if let Some(key) = extensions.patch_merge_key {
                     assert!(
-                        extensions.list_map_keys.is_empty()
-                            || extensions.list_map_keys.contains(&key),
+                        extensions.list_map_keys.is_empty() || extensions.list_map_keys.contains(&key),
                         "{definition}.{field}: merge key {key} is not a list map key"
                     );
                 }
@@ -375,32 +290,19 @@ mod tests {
         );
         assert_eq!(
             PatchMetadataTable::parse("a.B\n    f list-type=bag").unwrap_err(),
-            TableError::InvalidValue {
-                line: 2,
-                key: "list-type",
-                value: "bag".into()
-            }
+            TableError::InvalidValue { line: 2, key: "list-type", value: "bag".into() }
         );
         assert_eq!(
             PatchMetadataTable::parse("a.B\n    f list-type").unwrap_err(),
-            TableError::MalformedAttribute {
-                line: 2,
-                attribute: "list-type".into()
-            }
+            TableError::MalformedAttribute { line: 2, attribute: "list-type".into() }
         );
         assert_eq!(
             PatchMetadataTable::parse("a.B\n    f colour=red").unwrap_err(),
-            TableError::UnknownAttribute {
-                line: 2,
-                key: "colour".into()
-            }
+            TableError::UnknownAttribute { line: 2, key: "colour".into() }
         );
         assert_eq!(
             PatchMetadataTable::parse("a.B\n    f list-type=set list-type=map").unwrap_err(),
-            TableError::DuplicateAttribute {
-                line: 2,
-                key: "list-type"
-            }
+            TableError::DuplicateAttribute { line: 2, key: "list-type" }
         );
         assert!(matches!(
             PatchMetadataTable::parse("a.B\n    f\n").unwrap_err(),

@@ -143,10 +143,7 @@ fn definitions_are_named_and_referenced_as_upstream() {
         deployment["properties"]["spec"]["allOf"],
         json!([{"$ref": "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"}])
     );
-    assert!(
-        set.definition("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
-            .is_some()
-    );
+    assert!(set.definition("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta").is_some());
     assert!(set.definition("io.k8s.api.core.v1.PodSpec").is_some());
 }
 
@@ -157,13 +154,9 @@ fn every_reference_resolves_within_the_set() {
     references(&set.to_components_json(), &mut found);
     assert!(found.len() > 1000);
     for reference in found {
-        let name = reference
-            .strip_prefix(REF_PREFIX)
-            .unwrap_or_else(|| panic!("{reference} is not a components reference"));
-        assert!(
-            set.definition(name).is_some(),
-            "{reference} does not resolve"
-        );
+        let name =
+            reference.strip_prefix(REF_PREFIX).unwrap_or_else(|| panic!("{reference} is not a components reference"));
+        assert!(set.definition(name).is_some(), "{reference} does not resolve");
     }
 }
 
@@ -189,15 +182,9 @@ fn references_never_have_siblings_as_openapi_3_0_ignores_them() {
 fn top_level_kinds_carry_their_group_version_kind() {
     let set = &*EVERY_KIND;
     let deployment = set.definition("io.k8s.api.apps.v1.Deployment").unwrap();
-    assert_eq!(
-        deployment[GROUP_VERSION_KIND],
-        json!([{"group": "apps", "kind": "Deployment", "version": "v1"}])
-    );
+    assert_eq!(deployment[GROUP_VERSION_KIND], json!([{"group": "apps", "kind": "Deployment", "version": "v1"}]));
     let pod = set.definition("io.k8s.api.core.v1.Pod").unwrap();
-    assert_eq!(
-        pod[GROUP_VERSION_KIND],
-        json!([{"group": "", "kind": "Pod", "version": "v1"}])
-    );
+    assert_eq!(pod[GROUP_VERSION_KIND], json!([{"group": "", "kind": "Pod", "version": "v1"}]));
     let spec = set.definition("io.k8s.api.apps.v1.DeploymentSpec").unwrap();
     assert!(spec.get(GROUP_VERSION_KIND).is_none());
     assert_eq!(
@@ -214,10 +201,7 @@ fn top_level_kinds_carry_their_group_version_kind() {
 fn listable_kinds_get_a_list_definition_like_upstream() {
     let set = &*EVERY_KIND;
     let list = set.definition("io.k8s.api.apps.v1.DeploymentList").unwrap();
-    assert_eq!(
-        list[GROUP_VERSION_KIND],
-        json!([{"group": "apps", "kind": "DeploymentList", "version": "v1"}])
-    );
+    assert_eq!(list[GROUP_VERSION_KIND], json!([{"group": "apps", "kind": "DeploymentList", "version": "v1"}]));
     assert_eq!(list["required"], json!(["items"]));
     assert_eq!(
         list["properties"]["items"]["items"],
@@ -232,10 +216,7 @@ fn listable_kinds_get_a_list_definition_like_upstream() {
         Some("io.k8s.api.core.v1.PodList")
     );
     // Review-style kinds are not listable and get no list.
-    assert!(
-        set.definition("io.k8s.api.authentication.v1.TokenReviewList")
-            .is_none()
-    );
+    assert!(set.definition("io.k8s.api.authentication.v1.TokenReviewList").is_none());
 }
 
 #[test]
@@ -244,11 +225,7 @@ fn every_kind_yields_the_expected_number_of_definitions() {
     // only operations use) are reachable from the 103 kinds, and 88 kinds are listable. A
     // change means k8s-openapi or the set's construction changed.
     assert_eq!(EVERY_KIND.len(), 683 - 3 + 88);
-    assert!(
-        EVERY_KIND
-            .definition("io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent")
-            .is_none()
-    );
+    assert!(EVERY_KIND.definition("io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent").is_none());
 }
 
 #[test]
@@ -264,9 +241,8 @@ fn every_table_entry_decorates_an_existing_field() {
             decorated += 1;
         }
         for (field, extensions) in &metadata.fields {
-            let found = set
-                .field(definition, field)
-                .unwrap_or_else(|e| panic!("table entry {definition}.{field}: {e}"));
+            let found =
+                set.field(definition, field).unwrap_or_else(|e| panic!("table entry {definition}.{field}: {e}"));
             assert_eq!(&found.extensions, extensions, "{definition}.{field}");
             decorated += 1;
         }
@@ -277,51 +253,23 @@ fn every_table_entry_decorates_an_existing_field() {
 #[test]
 fn field_query_resolves_lists_maps_and_named_types() {
     let set = &*EVERY_KIND;
-    let containers = set
-        .field("io.k8s.api.core.v1.PodSpec", "containers")
-        .unwrap();
-    assert_eq!(
-        containers.value_type,
-        ValueType::List(Box::new(ValueType::Named("io.k8s.api.core.v1.Container")))
-    );
-    assert_eq!(
-        containers.extensions.patch_strategy,
-        Some(PatchStrategy::Merge)
-    );
+    let containers = set.field("io.k8s.api.core.v1.PodSpec", "containers").unwrap();
+    assert_eq!(containers.value_type, ValueType::List(Box::new(ValueType::Named("io.k8s.api.core.v1.Container"))));
+    assert_eq!(containers.extensions.patch_strategy, Some(PatchStrategy::Merge));
     assert_eq!(containers.extensions.patch_merge_key, Some("name"));
     assert_eq!(containers.extensions.list_type, Some(ListType::Map));
 
-    let labels = set
-        .field("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "labels")
-        .unwrap();
-    assert_eq!(
-        labels.value_type,
-        ValueType::Map(Box::new(ValueType::Primitive("string")))
-    );
+    let labels = set.field("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "labels").unwrap();
+    assert_eq!(labels.value_type, ValueType::Map(Box::new(ValueType::Primitive("string"))));
     assert!(labels.extensions.is_empty());
 
-    let strategy = set
-        .field("io.k8s.api.apps.v1.DeploymentSpec", "strategy")
-        .unwrap();
-    assert_eq!(
-        strategy.value_type,
-        ValueType::Named("io.k8s.api.apps.v1.DeploymentStrategy")
-    );
-    assert_eq!(
-        strategy.extensions.patch_strategy,
-        Some(PatchStrategy::RetainKeys)
-    );
+    let strategy = set.field("io.k8s.api.apps.v1.DeploymentSpec", "strategy").unwrap();
+    assert_eq!(strategy.value_type, ValueType::Named("io.k8s.api.apps.v1.DeploymentStrategy"));
+    assert_eq!(strategy.extensions.patch_strategy, Some(PatchStrategy::RetainKeys));
 
-    let limits = set
-        .field("io.k8s.api.core.v1.ResourceRequirements", "limits")
-        .unwrap();
-    assert_eq!(
-        limits.value_type,
-        ValueType::Map(Box::new(ValueType::Named(QUANTITY)))
-    );
-    let replicas = set
-        .field("io.k8s.api.apps.v1.DeploymentSpec", "replicas")
-        .unwrap();
+    let limits = set.field("io.k8s.api.core.v1.ResourceRequirements", "limits").unwrap();
+    assert_eq!(limits.value_type, ValueType::Map(Box::new(ValueType::Named(QUANTITY))));
+    let replicas = set.field("io.k8s.api.apps.v1.DeploymentSpec", "replicas").unwrap();
     assert_eq!(replicas.value_type, ValueType::Primitive("integer"));
 }
 
@@ -330,17 +278,11 @@ fn field_query_reports_unknown_definitions_and_fields() {
     let set = &*EVERY_KIND;
     assert_eq!(
         set.field("io.k8s.api.apps.v1.Nothing", "spec").unwrap_err(),
-        SchemaError::UnknownDefinition {
-            definition: "io.k8s.api.apps.v1.Nothing".into()
-        }
+        SchemaError::UnknownDefinition { definition: "io.k8s.api.apps.v1.Nothing".into() }
     );
     assert_eq!(
-        set.field("io.k8s.api.apps.v1.DeploymentSpec", "replica")
-            .unwrap_err(),
-        SchemaError::UnknownField {
-            definition: "io.k8s.api.apps.v1.DeploymentSpec".into(),
-            field: "replica".into()
-        }
+        set.field("io.k8s.api.apps.v1.DeploymentSpec", "replica").unwrap_err(),
+        SchemaError::UnknownField { definition: "io.k8s.api.apps.v1.DeploymentSpec".into(), field: "replica".into() }
     );
 }
 
@@ -349,16 +291,10 @@ fn int_or_string_and_quantity_take_upstream_v3_shapes() {
     let set = &*EVERY_KIND;
     let int_or_string = set.definition(INT_OR_STRING).unwrap();
     assert_eq!(int_or_string["format"], "int-or-string");
-    assert_eq!(
-        int_or_string["oneOf"],
-        json!([{"type": "integer"}, {"type": "string"}])
-    );
+    assert_eq!(int_or_string["oneOf"], json!([{"type": "integer"}, {"type": "string"}]));
     assert!(int_or_string.get("x-kubernetes-int-or-string").is_none());
     let quantity = set.definition(QUANTITY).unwrap();
-    assert_eq!(
-        quantity["oneOf"],
-        json!([{"type": "string"}, {"type": "number"}])
-    );
+    assert_eq!(quantity["oneOf"], json!([{"type": "string"}, {"type": "number"}]));
 }
 
 #[test]
@@ -374,13 +310,9 @@ fn adding_a_kind_twice_changes_nothing() {
 #[test]
 fn meta_types_can_serve_several_kinds() {
     let mut set = SchemaSet::new();
-    let name = set
-        .add_type::<apimachinery::pkg::apis::meta::v1::DeleteOptions>()
-        .to_owned();
-    set.add_group_version_kind(&name, GroupVersionKind::new("", "v1", "DeleteOptions"))
-        .unwrap();
-    set.add_group_version_kind(&name, GroupVersionKind::new("apps", "v1", "DeleteOptions"))
-        .unwrap();
+    let name = set.add_type::<apimachinery::pkg::apis::meta::v1::DeleteOptions>().to_owned();
+    set.add_group_version_kind(&name, GroupVersionKind::new("", "v1", "DeleteOptions")).unwrap();
+    set.add_group_version_kind(&name, GroupVersionKind::new("apps", "v1", "DeleteOptions")).unwrap();
     assert_eq!(
         set.definition(&name).unwrap()[GROUP_VERSION_KIND],
         json!([
@@ -410,8 +342,5 @@ fn components_are_sorted_by_name_and_carry_the_extensions_kubectl_reads() {
     assert_eq!(ports[PATCH_MERGE_KEY], "port");
     assert_eq!(ports[LIST_TYPE], "map");
     assert_eq!(ports[LIST_MAP_KEYS], json!(["port", "protocol"]));
-    assert_eq!(
-        components["io.k8s.api.core.v1.ServiceSpec"]["properties"]["selector"][MAP_TYPE],
-        "atomic"
-    );
+    assert_eq!(components["io.k8s.api.core.v1.ServiceSpec"]["properties"]["selector"][MAP_TYPE], "atomic");
 }

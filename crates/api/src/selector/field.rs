@@ -82,20 +82,13 @@ impl FieldSelector {
         let mut requirements = Vec::new();
         for term in terms.into_iter().filter(|t| !t.is_empty()) {
             let Some((field, operator, raw_value)) = split_term(term) else {
-                return Err(FieldSelectorError::NoOperator {
-                    selector: selector.into(),
-                    term: term.into(),
-                });
+                return Err(FieldSelectorError::NoOperator { selector: selector.into(), term: term.into() });
             };
             let value = unescape_value(raw_value)?;
             if field.is_empty() && value.is_empty() {
                 continue;
             }
-            requirements.push(FieldRequirement {
-                field: field.into(),
-                operator,
-                value,
-            });
+            requirements.push(FieldRequirement { field: field.into(), operator, value });
         }
         Ok(FieldSelector { requirements })
     }
@@ -122,9 +115,7 @@ impl FieldSelector {
     /// Whether an object matches, given its field values; a field `get` does not know
     /// compares as the empty string, as upstream's `fields.Set` does.
     pub fn matches(&self, get: impl Fn(&str) -> Option<String>) -> bool {
-        self.requirements
-            .iter()
-            .all(|r| r.matches(&get(&r.field).unwrap_or_default()))
+        self.requirements.iter().all(|r| r.matches(&get(&r.field).unwrap_or_default()))
     }
 }
 
@@ -135,13 +126,7 @@ impl fmt::Display for FieldSelector {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(
-                f,
-                "{}{}{}",
-                r.field,
-                r.operator.as_str(),
-                escape_value(&r.value)
-            )?;
+            write!(f, "{}{}{}", r.field, r.operator.as_str(), escape_value(&r.value))?;
         }
         Ok(())
     }
@@ -191,11 +176,8 @@ fn split_terms(selector: &str) -> Vec<&str> {
 
 /// Splits a term at the first operator; at one position `!=` wins over `==`, `==` over `=`.
 fn split_term(term: &str) -> Option<(&str, FieldOperator, &str)> {
-    const OPERATORS: [(&str, FieldOperator); 3] = [
-        ("!=", FieldOperator::NotEquals),
-        ("==", FieldOperator::Equals),
-        ("=", FieldOperator::Equals),
-    ];
+    const OPERATORS: [(&str, FieldOperator); 3] =
+        [("!=", FieldOperator::NotEquals), ("==", FieldOperator::Equals), ("=", FieldOperator::Equals)];
     term.char_indices().find_map(|(i, _)| {
         let rest = &term[i..];
         OPERATORS
@@ -213,14 +195,10 @@ fn unescape_value(raw: &str) -> Result<String, FieldSelectorError> {
             '\\' => match chars.next() {
                 Some(escaped @ ('\\' | ',' | '=')) => out.push(escaped),
                 Some(other) => {
-                    return Err(FieldSelectorError::InvalidEscapeSequence {
-                        sequence: format!("\\{other}"),
-                    });
+                    return Err(FieldSelectorError::InvalidEscapeSequence { sequence: format!("\\{other}") });
                 }
                 None => {
-                    return Err(FieldSelectorError::InvalidEscapeSequence {
-                        sequence: "\\".into(),
-                    });
+                    return Err(FieldSelectorError::InvalidEscapeSequence { sequence: "\\".into() });
                 }
             },
             ',' | '=' => return Err(FieldSelectorError::UnescapedCharacter { character: c }),
@@ -236,26 +214,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn fields(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |field| map.get(field).cloned()
     }
 
     fn requirement(field: &str, operator: FieldOperator, value: &str) -> FieldRequirement {
-        FieldRequirement {
-            field: field.into(),
-            operator,
-            value: value.into(),
-        }
+        FieldRequirement { field: field.into(), operator, value: value.into() }
     }
 
     #[test]
     fn terms_parse_into_sorted_requirements() {
-        let selector =
-            FieldSelector::parse("status.phase!=Running,metadata.name==web,spec.nodeName=n1")
-                .unwrap();
+        let selector = FieldSelector::parse("status.phase!=Running,metadata.name==web,spec.nodeName=n1").unwrap();
         assert_eq!(
             selector.requirements(),
             [
@@ -264,10 +233,7 @@ mod tests {
                 requirement("status.phase", FieldOperator::NotEquals, "Running"),
             ]
         );
-        assert_eq!(
-            selector.to_string(),
-            "metadata.name=web,spec.nodeName=n1,status.phase!=Running"
-        );
+        assert_eq!(selector.to_string(), "metadata.name=web,spec.nodeName=n1,status.phase!=Running");
     }
 
     #[test]
@@ -277,25 +243,17 @@ mod tests {
             assert!(selector.is_empty(), "{input:?}");
             assert!(selector.matches(fields(&[])));
         }
-        assert_eq!(
-            FieldSelector::parse("a=b,,").unwrap().requirements().len(),
-            1
-        );
+        assert_eq!(FieldSelector::parse("a=b,,").unwrap().requirements().len(), 1);
         assert_eq!(FieldSelector::everything().to_string(), "");
     }
 
     #[test]
     fn empty_values_and_fields_are_kept_when_the_other_is_set() {
         assert_eq!(
-            FieldSelector::parse("spec.nodeName=")
-                .unwrap()
-                .requirements(),
+            FieldSelector::parse("spec.nodeName=").unwrap().requirements(),
             [requirement("spec.nodeName", FieldOperator::Equals, "")]
         );
-        assert_eq!(
-            FieldSelector::parse("=x").unwrap().requirements(),
-            [requirement("", FieldOperator::Equals, "x")]
-        );
+        assert_eq!(FieldSelector::parse("=x").unwrap().requirements(), [requirement("", FieldOperator::Equals, "x")]);
     }
 
     #[test]
@@ -326,14 +284,7 @@ mod tests {
     #[test]
     fn escaped_values_are_unescaped_and_reescaped() {
         let selector = FieldSelector::parse(r"metadata.name=a\,b\=c\\d").unwrap();
-        assert_eq!(
-            selector.requirements(),
-            [requirement(
-                "metadata.name",
-                FieldOperator::Equals,
-                r"a,b=c\d"
-            )]
-        );
+        assert_eq!(selector.requirements(), [requirement("metadata.name", FieldOperator::Equals, r"a,b=c\d")]);
         assert_eq!(selector.to_string(), r"metadata.name=a\,b\=c\\d");
         assert_eq!(escape_value(r"x,y=z\"), r"x\,y\=z\\");
     }
@@ -365,9 +316,7 @@ mod tests {
             "invalid selector: 'a=b,c'; can't understand 'c'"
         );
         assert_eq!(
-            FieldSelector::parse("metadata.name")
-                .unwrap_err()
-                .to_string(),
+            FieldSelector::parse("metadata.name").unwrap_err().to_string(),
             "invalid selector: 'metadata.name'; can't understand 'metadata.name'"
         );
     }
@@ -376,52 +325,24 @@ mod tests {
     fn errors_follow_the_sorted_term_order() {
         assert_eq!(
             FieldSelector::parse(r"z,a=\x").unwrap_err(),
-            FieldSelectorError::InvalidEscapeSequence {
-                sequence: r"\x".into()
-            }
+            FieldSelectorError::InvalidEscapeSequence { sequence: r"\x".into() }
         );
     }
 
     #[test]
     fn missing_fields_compare_as_empty() {
-        assert!(
-            FieldSelector::parse("spec.nodeName=")
-                .unwrap()
-                .matches(fields(&[]))
-        );
-        assert!(
-            !FieldSelector::parse("spec.nodeName!=")
-                .unwrap()
-                .matches(fields(&[]))
-        );
-        assert!(
-            FieldSelector::parse("spec.nodeName!=")
-                .unwrap()
-                .matches(fields(&[("spec.nodeName", "n1")]))
-        );
-        assert!(
-            !FieldSelector::parse("metadata.name=x")
-                .unwrap()
-                .matches(fields(&[]))
-        );
+        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(fields(&[])));
+        assert!(!FieldSelector::parse("spec.nodeName!=").unwrap().matches(fields(&[])));
+        assert!(FieldSelector::parse("spec.nodeName!=").unwrap().matches(fields(&[("spec.nodeName", "n1")])));
+        assert!(!FieldSelector::parse("metadata.name=x").unwrap().matches(fields(&[])));
     }
 
     #[test]
     fn all_terms_must_match() {
-        let selector =
-            FieldSelector::parse("metadata.name=web,metadata.namespace!=kube-system").unwrap();
-        assert!(selector.matches(fields(&[
-            ("metadata.name", "web"),
-            ("metadata.namespace", "default")
-        ])));
-        assert!(!selector.matches(fields(&[
-            ("metadata.name", "web"),
-            ("metadata.namespace", "kube-system")
-        ])));
-        assert!(!selector.matches(fields(&[
-            ("metadata.name", "db"),
-            ("metadata.namespace", "default")
-        ])));
+        let selector = FieldSelector::parse("metadata.name=web,metadata.namespace!=kube-system").unwrap();
+        assert!(selector.matches(fields(&[("metadata.name", "web"), ("metadata.namespace", "default")])));
+        assert!(!selector.matches(fields(&[("metadata.name", "web"), ("metadata.namespace", "kube-system")])));
+        assert!(!selector.matches(fields(&[("metadata.name", "db"), ("metadata.namespace", "default")])));
     }
 
     #[test]

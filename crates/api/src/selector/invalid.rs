@@ -84,9 +84,7 @@ pub(crate) fn go_quote(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
             c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
@@ -110,11 +108,7 @@ mod tests {
     use super::*;
 
     fn invalid(field: &str, value: BadValue, detail: &str) -> InvalidValue {
-        InvalidValue {
-            field: field.into(),
-            value,
-            detail: detail.into(),
-        }
+        InvalidValue { field: field.into(), value, detail: detail.into() }
     }
 
     #[test]
@@ -126,10 +120,7 @@ mod tests {
 
     #[test]
     fn list_values_print_as_go_json_and_empty_as_null() {
-        assert_eq!(
-            BadValue::List(vec!["a".into(), "<b>".into()]).to_string(),
-            r#"["a","\u003cb\u003e"]"#
-        );
+        assert_eq!(BadValue::List(vec!["a".into(), "<b>".into()]).to_string(), r#"["a","\u003cb\u003e"]"#);
         assert_eq!(BadValue::List(vec![]).to_string(), "null");
     }
 
@@ -137,17 +128,11 @@ mod tests {
     fn one_error_prints_alone_and_several_in_brackets() {
         let a = invalid("key", BadValue::String("-".into()), "bad key");
         let b = invalid("values", BadValue::List(vec![]), "bad values");
-        assert_eq!(
-            InvalidValues(vec![a.clone()]).to_string(),
-            r#"key: Invalid value: "-": bad key"#
-        );
+        assert_eq!(InvalidValues(vec![a.clone()]).to_string(), r#"key: Invalid value: "-": bad key"#);
         assert_eq!(
             InvalidValues(vec![a.clone(), b]).to_string(),
             r#"[key: Invalid value: "-": bad key, values: Invalid value: null: bad values]"#
         );
-        assert_eq!(
-            InvalidValues(vec![a.clone(), a]).to_string(),
-            r#"key: Invalid value: "-": bad key"#
-        );
+        assert_eq!(InvalidValues(vec![a.clone(), a]).to_string(), r#"key: Invalid value: "-": bad key"#);
     }
 }

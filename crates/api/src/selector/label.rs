@@ -112,11 +112,7 @@ impl Requirement {
     /// need at least one value, the equality operators and Gt/Lt exactly one (an integer for
     /// Gt/Lt), Exists and DoesNotExist none; every value must be a label value. All problems
     /// are reported together.
-    pub fn new(
-        key: impl Into<String>,
-        operator: Operator,
-        values: Vec<String>,
-    ) -> Result<Self, InvalidValues> {
+    pub fn new(key: impl Into<String>, operator: Operator, values: Vec<String>) -> Result<Self, InvalidValues> {
         let key = key.into();
         let mut errors = Vec::new();
         let key_errors = validate_label_key(&key);
@@ -134,27 +130,17 @@ impl Requirement {
         };
         match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
-                errors.push(values_error(
-                    "for 'in', 'notin' operators, values set can't be empty",
-                ));
+                errors.push(values_error("for 'in', 'notin' operators, values set can't be empty"));
             }
-            Operator::Equals | Operator::DoubleEquals | Operator::NotEquals
-                if values.len() != 1 =>
-            {
-                errors.push(values_error(
-                    "exact-match compatibility requires one single value",
-                ));
+            Operator::Equals | Operator::DoubleEquals | Operator::NotEquals if values.len() != 1 => {
+                errors.push(values_error("exact-match compatibility requires one single value"));
             }
             Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
-                errors.push(values_error(
-                    "values set must be empty for exists and does not exist",
-                ));
+                errors.push(values_error("values set must be empty for exists and does not exist"));
             }
             Operator::GreaterThan | Operator::LessThan => {
                 if values.len() != 1 {
-                    errors.push(values_error(
-                        "for 'Gt', 'Lt' operators, exactly one value is required",
-                    ));
+                    errors.push(values_error("for 'Gt', 'Lt' operators, exactly one value is required"));
                 }
                 for (i, value) in values.iter().enumerate() {
                     if value.parse::<i64>().is_err() {
@@ -178,15 +164,7 @@ impl Requirement {
                 });
             }
         }
-        if errors.is_empty() {
-            Ok(Requirement {
-                key,
-                operator,
-                values,
-            })
-        } else {
-            Err(InvalidValues(errors))
-        }
+        if errors.is_empty() { Ok(Requirement { key, operator, values }) } else { Err(InvalidValues(errors)) }
     }
 
     pub fn key(&self) -> &str {
@@ -205,18 +183,13 @@ impl Requirement {
     fn matches(&self, labels: &impl Labels) -> bool {
         let has_value = |v: &str| self.values.iter().any(|x| x == v);
         match self.operator {
-            Operator::In | Operator::Equals | Operator::DoubleEquals => {
-                labels.lookup(&self.key).is_some_and(has_value)
-            }
-            Operator::NotIn | Operator::NotEquals => {
-                !labels.lookup(&self.key).is_some_and(has_value)
-            }
+            Operator::In | Operator::Equals | Operator::DoubleEquals => labels.lookup(&self.key).is_some_and(has_value),
+            Operator::NotIn | Operator::NotEquals => !labels.lookup(&self.key).is_some_and(has_value),
             Operator::Exists => labels.lookup(&self.key).is_some(),
             Operator::DoesNotExist => labels.lookup(&self.key).is_none(),
             Operator::GreaterThan | Operator::LessThan => {
                 // A label that is not an integer never satisfies an inequality.
-                let Some(actual) = labels.lookup(&self.key).and_then(|v| v.parse::<i64>().ok())
-                else {
+                let Some(actual) = labels.lookup(&self.key).and_then(|v| v.parse::<i64>().ok()) else {
                     return false;
                 };
                 let [bound] = self.values.as_slice() else {
@@ -225,11 +198,7 @@ impl Requirement {
                 let Ok(bound) = bound.parse::<i64>() else {
                     return false;
                 };
-                if self.operator == Operator::GreaterThan {
-                    actual > bound
-                } else {
-                    actual < bound
-                }
+                if self.operator == Operator::GreaterThan { actual > bound } else { actual < bound }
             }
         }
     }
@@ -286,10 +255,7 @@ impl LabelSelector {
     /// The selector matching no object, as upstream converts a missing selector field; it
     /// prints as the empty string and is not [`is_empty`](Self::is_empty).
     pub fn nothing() -> Self {
-        LabelSelector {
-            requirements: Vec::new(),
-            nothing: true,
-        }
+        LabelSelector { requirements: Vec::new(), nothing: true }
     }
 
     /// Parses the `?labelSelector=` syntax exactly as upstream's `labels.Parse` does; the
@@ -317,9 +283,7 @@ impl LabelSelector {
                 "Exists" => Operator::Exists,
                 "DoesNotExist" => Operator::DoesNotExist,
                 other => {
-                    return Err(SelectorError::UnknownOperator {
-                        operator: other.into(),
-                    });
+                    return Err(SelectorError::UnknownOperator { operator: other.into() });
                 }
             };
             let values = expression.values.clone().unwrap_or_default();
@@ -333,10 +297,7 @@ impl LabelSelector {
     /// A selector of the given requirements, kept sorted by key (stably) as upstream does.
     pub fn from_requirements(mut requirements: Vec<Requirement>) -> Self {
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        LabelSelector {
-            requirements,
-            nothing: false,
-        }
+        LabelSelector { requirements, nothing: false }
     }
 
     pub fn requirements(&self) -> &[Requirement] {
@@ -417,23 +378,14 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn matches(selector: &str, pairs: &[(&str, &str)]) -> bool {
-        LabelSelector::parse(selector)
-            .unwrap()
-            .matches_map(&labels(pairs))
+        LabelSelector::parse(selector).unwrap().matches_map(&labels(pairs))
     }
 
-    fn expression(
-        key: &str,
-        operator: &str,
-        values: Option<&[&str]>,
-    ) -> metav1::LabelSelectorRequirement {
+    fn expression(key: &str, operator: &str, values: Option<&[&str]>) -> metav1::LabelSelectorRequirement {
         metav1::LabelSelectorRequirement {
             key: key.into(),
             operator: operator.into(),
@@ -453,10 +405,7 @@ mod tests {
         assert!(!matches("x=y", &[("x", "z")]));
         assert!(!matches("x=y,z=w", &[("x", "w"), ("z", "w")]));
         assert!(!matches("x!=y,z!=w", &[("x", "z"), ("z", "w")]));
-        assert!(
-            matches("x!=y", &[]),
-            "a missing label is not equal to anything"
-        );
+        assert!(matches("x!=y", &[]), "a missing label is not equal to anything");
         assert!(matches("x=", &[("x", "")]));
         assert!(!matches("x=", &[]));
     }
@@ -467,10 +416,7 @@ mod tests {
         assert!(!matches("x in (a,b)", &[("x", "c")]));
         assert!(!matches("x in (a,b)", &[]));
         assert!(matches("x notin (a,b)", &[("x", "c")]));
-        assert!(
-            matches("x notin (a,b)", &[]),
-            "notin matches a missing label"
-        );
+        assert!(matches("x notin (a,b)", &[]), "notin matches a missing label");
         assert!(!matches("x notin (a,b)", &[("x", "a")]));
         assert!(matches("x in ()", &[("x", "")]));
     }
@@ -493,10 +439,7 @@ mod tests {
         assert!(!matches("x>1", &[("x", "two")]));
         assert!(!matches("x>1", &[]));
         assert!(!matches("x<1", &[]));
-        assert!(
-            matches("x>9", &[("x", "10")]),
-            "numeric, not lexical, comparison"
-        );
+        assert!(matches("x>9", &[("x", "10")]), "numeric, not lexical, comparison");
     }
 
     #[test]
@@ -521,12 +464,8 @@ mod tests {
 
     #[test]
     fn requirements_are_sorted_by_key_and_print_canonically() {
-        let selector =
-            LabelSelector::parse(" z = 1 , a in ( y , x , x ) ,!b, c notin (q), d>5,e<6").unwrap();
-        assert_eq!(
-            selector.to_string(),
-            "a in (x,y),!b,c notin (q),d>5,e<6,z=1"
-        );
+        let selector = LabelSelector::parse(" z = 1 , a in ( y , x , x ) ,!b, c notin (q), d>5,e<6").unwrap();
+        assert_eq!(selector.to_string(), "a in (x,y),!b,c notin (q),d>5,e<6,z=1");
         assert_eq!(
             LabelSelector::parse("x=a,a=x").unwrap().to_string(),
             LabelSelector::parse("a=x,x=a").unwrap().to_string()
@@ -557,15 +496,9 @@ mod tests {
         let empty = metav1::LabelSelector::default();
         let selector = LabelSelector::from_label_selector(&empty).unwrap();
         assert!(selector.is_empty());
-        let explicit_empty = metav1::LabelSelector {
-            match_labels: Some(BTreeMap::new()),
-            match_expressions: Some(vec![]),
-        };
-        assert!(
-            LabelSelector::from_label_selector(&explicit_empty)
-                .unwrap()
-                .is_empty()
-        );
+        let explicit_empty =
+            metav1::LabelSelector { match_labels: Some(BTreeMap::new()), match_expressions: Some(vec![]) };
+        assert!(LabelSelector::from_label_selector(&explicit_empty).unwrap().is_empty());
     }
 
     #[test]
@@ -580,15 +513,8 @@ mod tests {
             ]),
         };
         let selector = LabelSelector::from_label_selector(&api).unwrap();
-        assert_eq!(
-            selector.to_string(),
-            "app=web,!canary,env notin (prod),owner,tier in (be,fe)"
-        );
-        assert_eq!(
-            selector.requirements()[4].values(),
-            ["fe", "be"],
-            "values keep their given order"
-        );
+        assert_eq!(selector.to_string(), "app=web,!canary,env notin (prod),owner,tier in (be,fe)");
+        assert_eq!(selector.requirements()[4].values(), ["fe", "be"], "values keep their given order");
         assert!(selector.matches_map(&labels(&[("app", "web"), ("tier", "be"), ("owner", "me")])));
         assert!(!selector.matches_map(&labels(&[("app", "web"), ("tier", "be")])));
     }
@@ -600,28 +526,16 @@ mod tests {
             match_expressions: Some(vec![expression("x", "Gt", Some(&["1"]))]),
         };
         let err = LabelSelector::from_label_selector(&api).unwrap_err();
-        assert_eq!(
-            err,
-            SelectorError::UnknownOperator {
-                operator: "Gt".into()
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            r#""Gt" is not a valid label selector operator"#
-        );
+        assert_eq!(err, SelectorError::UnknownOperator { operator: "Gt".into() });
+        assert_eq!(err.to_string(), r#""Gt" is not a valid label selector operator"#);
     }
 
     #[test]
     fn api_selector_reports_invalid_values_as_upstream() {
-        let in_without_values = metav1::LabelSelector {
-            match_labels: None,
-            match_expressions: Some(vec![expression("x", "In", None)]),
-        };
+        let in_without_values =
+            metav1::LabelSelector { match_labels: None, match_expressions: Some(vec![expression("x", "In", None)]) };
         assert_eq!(
-            LabelSelector::from_label_selector(&in_without_values)
-                .unwrap_err()
-                .to_string(),
+            LabelSelector::from_label_selector(&in_without_values).unwrap_err().to_string(),
             "values: Invalid value: null: for 'in', 'notin' operators, values set can't be empty"
         );
         let exists_with_values = metav1::LabelSelector {
@@ -629,19 +543,12 @@ mod tests {
             match_expressions: Some(vec![expression("x", "Exists", Some(&["a"]))]),
         };
         assert_eq!(
-            LabelSelector::from_label_selector(&exists_with_values)
-                .unwrap_err()
-                .to_string(),
+            LabelSelector::from_label_selector(&exists_with_values).unwrap_err().to_string(),
             r#"values: Invalid value: ["a"]: values set must be empty for exists and does not exist"#
         );
-        let bad_label_value = metav1::LabelSelector {
-            match_labels: Some(labels(&[("app", "a b")])),
-            match_expressions: None,
-        };
-        assert!(matches!(
-            LabelSelector::from_label_selector(&bad_label_value),
-            Err(SelectorError::Invalid { .. })
-        ));
+        let bad_label_value =
+            metav1::LabelSelector { match_labels: Some(labels(&[("app", "a b")])), match_expressions: None };
+        assert!(matches!(LabelSelector::from_label_selector(&bad_label_value), Err(SelectorError::Invalid { .. })));
         assert!(
             LabelSelector::from_label_selector(&bad_label_value)
                 .unwrap_err()
@@ -655,42 +562,23 @@ mod tests {
         let err = Requirement::new("-x", Operator::In, vec![]).unwrap_err();
         assert_eq!(err.0.len(), 2);
         let text = err.to_string();
+        assert!(text.starts_with(r#"[key: Invalid value: "-x": name part must consist of"#), "{text}");
         assert!(
-            text.starts_with(r#"[key: Invalid value: "-x": name part must consist of"#),
+            text.ends_with(", values: Invalid value: null: for 'in', 'notin' operators, values set can't be empty]"),
             "{text}"
         );
-        assert!(text.ends_with(", values: Invalid value: null: for 'in', 'notin' operators, values set can't be empty]"), "{text}");
     }
 
     #[test]
     fn new_requirement_checks_value_counts_per_operator() {
         let detail = |op, values: &[&str]| {
-            Requirement::new("x", op, values.iter().map(|s| s.to_string()).collect())
-                .unwrap_err()
-                .0[0]
-                .detail
-                .clone()
+            Requirement::new("x", op, values.iter().map(|s| s.to_string()).collect()).unwrap_err().0[0].detail.clone()
         };
-        assert_eq!(
-            detail(Operator::Equals, &["a", "b"]),
-            "exact-match compatibility requires one single value"
-        );
-        assert_eq!(
-            detail(Operator::NotEquals, &[]),
-            "exact-match compatibility requires one single value"
-        );
-        assert_eq!(
-            detail(Operator::DoesNotExist, &["a"]),
-            "values set must be empty for exists and does not exist"
-        );
-        assert_eq!(
-            detail(Operator::GreaterThan, &[]),
-            "for 'Gt', 'Lt' operators, exactly one value is required"
-        );
-        assert_eq!(
-            detail(Operator::LessThan, &["a"]),
-            "for 'Gt', 'Lt' operators, the value must be an integer"
-        );
+        assert_eq!(detail(Operator::Equals, &["a", "b"]), "exact-match compatibility requires one single value");
+        assert_eq!(detail(Operator::NotEquals, &[]), "exact-match compatibility requires one single value");
+        assert_eq!(detail(Operator::DoesNotExist, &["a"]), "values set must be empty for exists and does not exist");
+        assert_eq!(detail(Operator::GreaterThan, &[]), "for 'Gt', 'Lt' operators, exactly one value is required");
+        assert_eq!(detail(Operator::LessThan, &["a"]), "for 'Gt', 'Lt' operators, the value must be an integer");
         assert!(Requirement::new("x", Operator::GreaterThan, vec!["1".into()]).is_ok());
         assert!(Requirement::new("x", Operator::In, vec!["".into()]).is_ok());
     }
@@ -702,19 +590,14 @@ mod tests {
         let long_value = Requirement::new("x", Operator::Equals, vec!["a".repeat(64)]).unwrap_err();
         assert_eq!(
             long_value.to_string(),
-            format!(
-                r#"values[0][x]: Invalid value: "{}": must be no more than 63 bytes"#,
-                "a".repeat(64)
-            )
+            format!(r#"values[0][x]: Invalid value: "{}": must be no more than 63 bytes"#, "a".repeat(64))
         );
     }
 
     #[test]
     fn requirements_print_in_upstream_form() {
         let req = |op, values: &[&str]| {
-            Requirement::new("k", op, values.iter().map(|s| s.to_string()).collect())
-                .unwrap()
-                .to_string()
+            Requirement::new("k", op, values.iter().map(|s| s.to_string()).collect()).unwrap().to_string()
         };
         assert_eq!(req(Operator::Exists, &[]), "k");
         assert_eq!(req(Operator::DoesNotExist, &[]), "!k");
@@ -732,10 +615,7 @@ mod tests {
         let a = Requirement::new("b", Operator::Equals, vec!["2".into()]).unwrap();
         let b = Requirement::new("a", Operator::Exists, vec![]).unwrap();
         let c = Requirement::new("b", Operator::Equals, vec!["1".into()]).unwrap();
-        assert_eq!(
-            LabelSelector::from_requirements(vec![a, b, c]).to_string(),
-            "a,b=2,b=1"
-        );
+        assert_eq!(LabelSelector::from_requirements(vec![a, b, c]).to_string(), "a,b=2,b=1");
     }
 
     #[test]

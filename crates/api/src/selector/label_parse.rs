@@ -22,10 +22,7 @@ use super::syntax::validate_label_key;
 
 /// Parses a selector string into its requirements, in the order written.
 pub(super) fn parse(selector: &str) -> Result<Vec<Requirement>, SelectorError> {
-    let mut parser = Parser {
-        items: scan(selector),
-        position: 0,
-    };
+    let mut parser = Parser { items: scan(selector), position: 0 };
     parser.parse()
 }
 
@@ -85,11 +82,7 @@ impl<'a> Lexer<'a> {
             return (Token::End, "");
         }
         self.unread();
-        if is_symbol(b) {
-            self.symbol()
-        } else {
-            self.word()
-        }
+        if is_symbol(b) { self.symbol() } else { self.word() }
     }
 
     /// An operator or punctuation; `!=` and `==` are the only two-byte symbols.
@@ -115,11 +108,7 @@ impl<'a> Lexer<'a> {
                 }
             }
         };
-        let len = if matches!(token, Token::NotEquals | Token::DoubleEquals) {
-            2
-        } else {
-            1
-        };
+        let len = if matches!(token, Token::NotEquals | Token::DoubleEquals) { 2 } else { 1 };
         (token, &self.input[start..start + len])
     }
 
@@ -200,10 +189,7 @@ impl<'a> Parser<'a> {
                         (Token::Comma, _) => {
                             let (next, next_literal) = self.lookahead(Context::Values);
                             if !matches!(next, Token::Identifier | Token::Not) {
-                                return Err(unexpected(
-                                    next_literal,
-                                    Expected::IdentifierAfterComma,
-                                ));
+                                return Err(unexpected(next_literal, Expected::IdentifierAfterComma));
                             }
                         }
                         (_, literal) => return Err(unexpected(literal, Expected::CommaOrEnd)),
@@ -347,17 +333,11 @@ impl<'a> Parser<'a> {
 }
 
 fn unexpected(found: &str, expected: Expected) -> SelectorError {
-    SelectorError::UnexpectedToken {
-        found: found.into(),
-        expected,
-    }
+    SelectorError::UnexpectedToken { found: found.into(), expected }
 }
 
 fn in_requirement(found: &str, expected: Expected) -> SelectorError {
-    SelectorError::RequirementUnexpectedToken {
-        found: found.into(),
-        expected,
-    }
+    SelectorError::RequirementUnexpectedToken { found: found.into(), expected }
 }
 
 #[cfg(test)]
@@ -401,82 +381,37 @@ mod tests {
     #[test]
     fn lexer_splits_on_blanks_and_symbols() {
         use Token::*;
-        assert_eq!(
-            tokens("key in ( value )"),
-            [Identifier, In, OpenParen, Identifier, CloseParen, End]
-        );
-        assert_eq!(
-            tokens("key notin ( value )"),
-            [Identifier, NotIn, OpenParen, Identifier, CloseParen, End]
-        );
+        assert_eq!(tokens("key in ( value )"), [Identifier, In, OpenParen, Identifier, CloseParen, End]);
+        assert_eq!(tokens("key notin ( value )"), [Identifier, NotIn, OpenParen, Identifier, CloseParen, End]);
         assert_eq!(
             tokens("key in ( value1, value2 )"),
-            [
-                Identifier, In, OpenParen, Identifier, Comma, Identifier, CloseParen, End
-            ]
+            [Identifier, In, OpenParen, Identifier, Comma, Identifier, CloseParen, End]
         );
         assert_eq!(tokens("key"), [Identifier, End]);
         assert_eq!(tokens("!key"), [Not, Identifier, End]);
         assert_eq!(tokens("()"), [OpenParen, CloseParen, End]);
-        assert_eq!(
-            tokens("x in (),y"),
-            [
-                Identifier, In, OpenParen, CloseParen, Comma, Identifier, End
-            ]
-        );
+        assert_eq!(tokens("x in (),y"), [Identifier, In, OpenParen, CloseParen, Comma, Identifier, End]);
         assert_eq!(
             tokens("== != (), = notin"),
-            [
-                DoubleEquals,
-                NotEquals,
-                OpenParen,
-                CloseParen,
-                Comma,
-                Equals,
-                NotIn,
-                End
-            ]
+            [DoubleEquals, NotEquals, OpenParen, CloseParen, Comma, Equals, NotIn, End]
         );
         assert_eq!(tokens("key>2"), [Identifier, GreaterThan, Identifier, End]);
         assert_eq!(tokens("key<1"), [Identifier, LessThan, Identifier, End]);
-        assert_eq!(
-            tokens("===!=!"),
-            [DoubleEquals, Equals, NotEquals, Not, End]
-        );
-        assert_eq!(
-            tokens("\tx\r\n=\ny "),
-            [Identifier, Equals, Identifier, End]
-        );
+        assert_eq!(tokens("===!=!"), [DoubleEquals, Equals, NotEquals, Not, End]);
+        assert_eq!(tokens("\tx\r\n=\ny "), [Identifier, Equals, Identifier, End]);
     }
 
     #[test]
     fn nul_bytes_are_read_as_upstream_lexer_reads_them() {
         // Between tokens a NUL ends the input; right after a word or symbol it is swallowed.
-        assert_eq!(
-            LabelSelector::parse("x= \0garbage").unwrap().to_string(),
-            "x="
-        );
+        assert_eq!(LabelSelector::parse("x= \0garbage").unwrap().to_string(), "x=");
         assert_eq!(LabelSelector::parse("x=\0y").unwrap().to_string(), "x=y");
-        assert_eq!(
-            error("x=a\0b"),
-            "found 'b', expected: ',' or 'end of string'"
-        );
+        assert_eq!(error("x=a\0b"), "found 'b', expected: ',' or 'end of string'");
     }
 
     #[test]
     fn upstream_good_strings_round_trip_without_blanks() {
-        for input in [
-            "x=a,y=b,z=c",
-            "",
-            "x!=a,y=b",
-            "x=",
-            "x= ",
-            "x=,z= ",
-            "x= ,z= ",
-            "!x",
-            "x>1",
-            "x>1,z<5",
-        ] {
+        for input in ["x=a,y=b,z=c", "", "x!=a,y=b", "x=", "x= ", "x=,z= ", "x= ,z= ", "!x", "x>1", "x>1,z<5"] {
             let selector = LabelSelector::parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
             assert_eq!(selector.to_string(), input.replace(' ', ""), "{input:?}");
         }
@@ -485,23 +420,17 @@ mod tests {
     #[test]
     fn upstream_bad_strings_are_rejected() {
         for input in [
-            "x=a||y=b", "x==a==b", "!x=a", "x<a", "x=a,", ",x=a", "x in", "x in (a", "x in a",
-            "x=(a)", "x,,y", "=a", "x notin",
+            "x=a||y=b", "x==a==b", "!x=a", "x<a", "x=a,", ",x=a", "x in", "x in (a", "x in a", "x=(a)", "x,,y", "=a",
+            "x notin",
         ] {
-            assert!(
-                LabelSelector::parse(input).is_err(),
-                "{input:?} should fail"
-            );
+            assert!(LabelSelector::parse(input).is_err(), "{input:?} should fail");
         }
     }
 
     #[test]
     fn set_syntax_accepts_empty_items_and_keywords_as_values() {
         let parsed = |s: &str| LabelSelector::parse(s).unwrap().to_string();
-        assert_eq!(
-            parsed("x in (foo,,baz),y,z notin ()"),
-            "x in (,baz,foo),y,z notin ()"
-        );
+        assert_eq!(parsed("x in (foo,,baz),y,z notin ()"), "x in (,baz,foo),y,z notin ()");
         assert_eq!(parsed("x in (,a)"), "x in (,a)");
         assert_eq!(parsed("x in (a,)"), "x in (,a)");
         assert_eq!(parsed("x in (,)"), "x in ()");
@@ -509,100 +438,42 @@ mod tests {
         assert_eq!(parsed("in in (in)"), "in in (in)");
         assert_eq!(parsed("notin=in"), "notin=in");
         assert_eq!(parsed("x in (b,a,b)"), "x in (a,b)");
-        assert_eq!(
-            LabelSelector::parse("x in (b,a,b)").unwrap().requirements()[0].values(),
-            ["a", "b"]
-        );
+        assert_eq!(LabelSelector::parse("x in (b,a,b)").unwrap().requirements()[0].values(), ["a", "b"]);
     }
 
     #[test]
     fn prefixed_keys_and_operators_without_blanks_parse() {
-        let selector =
-            LabelSelector::parse("app.kubernetes.io/name=web,!example.com/skip,x==y,z!=w").unwrap();
-        assert_eq!(
-            selector.to_string(),
-            "app.kubernetes.io/name=web,!example.com/skip,x==y,z!=w"
-        );
+        let selector = LabelSelector::parse("app.kubernetes.io/name=web,!example.com/skip,x==y,z!=w").unwrap();
+        assert_eq!(selector.to_string(), "app.kubernetes.io/name=web,!example.com/skip,x==y,z!=w");
         assert_eq!(selector.requirements()[0].operator(), Operator::Equals);
-        assert_eq!(
-            selector.requirements()[1].operator(),
-            Operator::DoesNotExist
-        );
-        assert_eq!(
-            selector.requirements()[2].operator(),
-            Operator::DoubleEquals
-        );
+        assert_eq!(selector.requirements()[1].operator(), Operator::DoesNotExist);
+        assert_eq!(selector.requirements()[2].operator(), Operator::DoubleEquals);
     }
 
     #[test]
     fn syntax_errors_between_requirements_are_reported_as_upstream() {
-        assert_eq!(
-            error("x=a y=b"),
-            "found 'y', expected: ',' or 'end of string'"
-        );
-        assert!(
-            error("x=a||y=b")
-                .starts_with(r#"unable to parse requirement: values[0][x]: Invalid value: "a||y""#)
-        );
+        assert_eq!(error("x=a y=b"), "found 'y', expected: ',' or 'end of string'");
+        assert!(error("x=a||y=b").starts_with(r#"unable to parse requirement: values[0][x]: Invalid value: "a||y""#));
         assert_eq!(error("!x=a"), "found '=', expected: ',' or 'end of string'");
         assert_eq!(error("x=a,"), "found '', expected: identifier after ','");
         assert_eq!(error("x,=a"), "found '=', expected: identifier after ','");
-        assert_eq!(
-            error("=a"),
-            "found '=', expected: !, identifier, or 'end of string'"
-        );
-        assert_eq!(
-            error("x==a==b"),
-            "found '==', expected: ',' or 'end of string'"
-        );
+        assert_eq!(error("=a"), "found '=', expected: !, identifier, or 'end of string'");
+        assert_eq!(error("x==a==b"), "found '==', expected: ',' or 'end of string'");
     }
 
     #[test]
     fn syntax_errors_inside_a_requirement_are_reported_as_upstream() {
-        assert_eq!(
-            error("x y"),
-            "unable to parse requirement: found 'y', expected: in, notin, =, ==, !=, gt, lt"
-        );
-        assert_eq!(
-            error("x!"),
-            "unable to parse requirement: found '!', expected: in, notin, =, ==, !=, gt, lt"
-        );
-        assert_eq!(
-            error("x in a"),
-            "unable to parse requirement: found 'a' expected: '('"
-        );
-        assert_eq!(
-            error("x in"),
-            "unable to parse requirement: found '' expected: '('"
-        );
-        assert_eq!(
-            error("x in (="),
-            "unable to parse requirement: found '=', expected: ',', ')' or identifier"
-        );
-        assert_eq!(
-            error("x in (a b)"),
-            "unable to parse requirement: found 'b', expected: ',' or ')'"
-        );
-        assert_eq!(
-            error("x in (a"),
-            "unable to parse requirement: found '', expected: ',' or ')'"
-        );
-        assert_eq!(
-            error("x in (a,="),
-            "unable to parse requirement: found '=', expected: ',', or identifier"
-        );
-        assert_eq!(
-            error("x=(a)"),
-            "unable to parse requirement: found '(', expected: identifier"
-        );
-        assert_eq!(
-            error("!"),
-            "unable to parse requirement: found '', expected: identifier"
-        );
-        assert_eq!(
-            error("!=a"),
-            "found '!=', expected: !, identifier, or 'end of string'"
-        );
+        assert_eq!(error("x y"), "unable to parse requirement: found 'y', expected: in, notin, =, ==, !=, gt, lt");
+        assert_eq!(error("x!"), "unable to parse requirement: found '!', expected: in, notin, =, ==, !=, gt, lt");
+        assert_eq!(error("x in a"), "unable to parse requirement: found 'a' expected: '('");
+        assert_eq!(error("x in"), "unable to parse requirement: found '' expected: '('");
+        assert_eq!(error("x in (="), "unable to parse requirement: found '=', expected: ',', ')' or identifier");
+        assert_eq!(error("x in (a b)"), "unable to parse requirement: found 'b', expected: ',' or ')'");
+        assert_eq!(error("x in (a"), "unable to parse requirement: found '', expected: ',' or ')'");
+        assert_eq!(error("x in (a,="), "unable to parse requirement: found '=', expected: ',', or identifier");
+        assert_eq!(error("x=(a)"), "unable to parse requirement: found '(', expected: identifier");
+        assert_eq!(error("!"), "unable to parse requirement: found '', expected: identifier");
+        assert_eq!(error("!=a"), "found '!=', expected: !, identifier, or 'end of string'");
     }
 
     #[test]
@@ -611,10 +482,7 @@ mod tests {
             error("-x=a"),
             r#"unable to parse requirement: <nil>: Invalid value: "-x": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#
         );
-        assert!(
-            error(&format!("{}=a", "k".repeat(64)))
-                .ends_with("name part must be no more than 63 bytes")
-        );
+        assert!(error(&format!("{}=a", "k".repeat(64))).ends_with("name part must be no more than 63 bytes"));
     }
 
     #[test]
@@ -627,17 +495,11 @@ mod tests {
             error("tier in (a$)")
                 .starts_with(r#"unable to parse requirement: values[0][tier]: Invalid value: "a$": a valid label must be an empty string"#)
         );
-        assert!(
-            error("x>-1")
-                .starts_with(r#"unable to parse requirement: values[0][x]: Invalid value: "-1""#)
-        );
+        assert!(error("x>-1").starts_with(r#"unable to parse requirement: values[0][x]: Invalid value: "-1""#));
     }
 
     #[test]
     fn first_error_wins() {
-        assert_eq!(
-            error("x y,-z"),
-            "unable to parse requirement: found 'y', expected: in, notin, =, ==, !=, gt, lt"
-        );
+        assert_eq!(error("x y,-z"), "unable to parse requirement: found 'y', expected: in, notin, =, ==, !=, gt, lt");
     }
 }

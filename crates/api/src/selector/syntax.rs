@@ -15,15 +15,15 @@ pub const LABEL_VALUE_MAX_LENGTH: usize = 63;
 pub const DNS1123_SUBDOMAIN_MAX_LENGTH: usize = 253;
 
 const LABEL_KEY_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
-const LABEL_KEY_ERR_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+const LABEL_KEY_ERR_MSG: &str =
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const LABEL_KEY_EXAMPLES: &[&str] = &["MyName", "my.name", "123-abc"];
 
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
 const LABEL_VALUE_ERR_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const LABEL_VALUE_EXAMPLES: &[&str] = &["MyValue", "my_value", "12345"];
 
-const DNS1123_SUBDOMAIN_FMT: &str =
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const DNS1123_SUBDOMAIN_ERR_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
 
 /// Checks a label key: an optional DNS subdomain prefix and `/`, then a name of at most 63
@@ -37,11 +37,7 @@ pub fn validate_label_key(key: &str) -> Vec<String> {
             if prefix.is_empty() {
                 errs.push(format!("prefix part {}", empty_error()));
             } else {
-                errs.extend(
-                    validate_dns1123_subdomain(prefix)
-                        .into_iter()
-                        .map(|m| format!("prefix part {m}")),
-                );
+                errs.extend(validate_dns1123_subdomain(prefix).into_iter().map(|m| format!("prefix part {m}")));
             }
             *name
         }
@@ -56,16 +52,10 @@ pub fn validate_label_key(key: &str) -> Vec<String> {
     if name.is_empty() {
         errs.push(format!("name part {}", empty_error()));
     } else if name.len() > LABEL_VALUE_MAX_LENGTH {
-        errs.push(format!(
-            "name part {}",
-            max_len_error(LABEL_VALUE_MAX_LENGTH)
-        ));
+        errs.push(format!("name part {}", max_len_error(LABEL_VALUE_MAX_LENGTH)));
     }
     if !is_label_name(name) {
-        errs.push(format!(
-            "name part {}",
-            regex_error(LABEL_KEY_ERR_MSG, LABEL_KEY_FMT, LABEL_KEY_EXAMPLES)
-        ));
+        errs.push(format!("name part {}", regex_error(LABEL_KEY_ERR_MSG, LABEL_KEY_FMT, LABEL_KEY_EXAMPLES)));
     }
     errs
 }
@@ -84,11 +74,7 @@ pub fn validate_label_value(value: &str) -> Vec<String> {
         errs.push(max_len_error(LABEL_VALUE_MAX_LENGTH));
     }
     if !value.is_empty() && !is_label_name(value) {
-        errs.push(regex_error(
-            LABEL_VALUE_ERR_MSG,
-            LABEL_VALUE_FMT,
-            LABEL_VALUE_EXAMPLES,
-        ));
+        errs.push(regex_error(LABEL_VALUE_ERR_MSG, LABEL_VALUE_FMT, LABEL_VALUE_EXAMPLES));
     }
     errs
 }
@@ -100,11 +86,7 @@ pub fn validate_dns1123_subdomain(value: &str) -> Vec<String> {
         errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX_LENGTH));
     }
     if !value.split('.').all(is_dns1123_label) {
-        errs.push(regex_error(
-            DNS1123_SUBDOMAIN_ERR_MSG,
-            DNS1123_SUBDOMAIN_FMT,
-            &["example.com"],
-        ));
+        errs.push(regex_error(DNS1123_SUBDOMAIN_ERR_MSG, DNS1123_SUBDOMAIN_FMT, &["example.com"]));
     }
     errs
 }
@@ -116,9 +98,7 @@ fn is_label_name(s: &str) -> bool {
         (Some(first), Some(last)) => {
             first.is_ascii_alphanumeric()
                 && last.is_ascii_alphanumeric()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         }
         _ => false,
     }
@@ -130,9 +110,7 @@ fn is_dns1123_label(s: &str) -> bool {
     let bytes = s.as_bytes();
     match (bytes.first(), bytes.last()) {
         (Some(first), Some(last)) => {
-            lower_alnum(first)
-                && lower_alnum(last)
-                && bytes.iter().all(|b| lower_alnum(b) || *b == b'-')
+            lower_alnum(first) && lower_alnum(last) && bytes.iter().all(|b| lower_alnum(b) || *b == b'-')
         }
         _ => false,
     }
@@ -196,43 +174,27 @@ mod tests {
     fn empty_label_key_reports_empty_and_pattern() {
         assert_eq!(
             validate_label_key(""),
-            vec![
-                "name part must be non-empty".to_string(),
-                NAME_PART_REGEX.to_string()
-            ]
+            vec!["name part must be non-empty".to_string(), NAME_PART_REGEX.to_string()]
         );
     }
 
     #[test]
     fn label_key_name_longer_than_63_bytes_is_rejected() {
-        assert_eq!(
-            validate_label_key(&"a".repeat(64)),
-            vec!["name part must be no more than 63 bytes".to_string()]
-        );
+        assert_eq!(validate_label_key(&"a".repeat(64)), vec!["name part must be no more than 63 bytes".to_string()]);
     }
 
     #[test]
     fn label_key_name_must_start_and_end_alphanumeric() {
         for key in ["-a", "a-", ".a", "a_", "a b", "a$b", "é"] {
-            assert_eq!(
-                validate_label_key(key),
-                vec![NAME_PART_REGEX.to_string()],
-                "key {key:?}"
-            );
+            assert_eq!(validate_label_key(key), vec![NAME_PART_REGEX.to_string()], "key {key:?}");
         }
     }
 
     #[test]
     fn label_key_prefix_must_be_lowercase_subdomain() {
-        assert_eq!(
-            validate_label_key("Example.com/a"),
-            vec![PREFIX_REGEX.to_string()]
-        );
+        assert_eq!(validate_label_key("Example.com/a"), vec![PREFIX_REGEX.to_string()]);
         assert_eq!(validate_label_key("a..b/a"), vec![PREFIX_REGEX.to_string()]);
-        assert_eq!(
-            validate_label_key("/a"),
-            vec!["prefix part must be non-empty".to_string()]
-        );
+        assert_eq!(validate_label_key("/a"), vec!["prefix part must be non-empty".to_string()]);
         assert_eq!(
             validate_label_key(&format!("{}/a", "a".repeat(254))),
             vec!["prefix part must be no more than 253 bytes".to_string()]
@@ -276,16 +238,10 @@ mod tests {
     fn invalid_label_values_report_upstream_messages() {
         assert_eq!(validate_label_value("-a"), vec![VALUE_REGEX.to_string()]);
         assert_eq!(validate_label_value("a/b"), vec![VALUE_REGEX.to_string()]);
-        assert_eq!(
-            validate_label_value(&"v".repeat(64)),
-            vec!["must be no more than 63 bytes".to_string()]
-        );
+        assert_eq!(validate_label_value(&"v".repeat(64)), vec!["must be no more than 63 bytes".to_string()]);
         assert_eq!(
             validate_label_value(&format!("{}-", "v".repeat(64))),
-            vec![
-                "must be no more than 63 bytes".to_string(),
-                VALUE_REGEX.to_string()
-            ]
+            vec!["must be no more than 63 bytes".to_string(), VALUE_REGEX.to_string()]
         );
     }
 

@@ -10,64 +10,20 @@ use super::{AGE, Column, NAME, Printer, docs};
 
 pub(super) const PRINTERS: &[Printer] = &[
     Printer::new("coordination.k8s.io", "Lease", LEASE_COLUMNS, lease_cells),
-    Printer::new(
-        "coordination.k8s.io",
-        "LeaseCandidate",
-        LEASE_CANDIDATE_COLUMNS,
-        lease_candidate_cells,
-    ),
-    Printer::new(
-        "scheduling.k8s.io",
-        "PriorityClass",
-        PRIORITY_CLASS_COLUMNS,
-        priority_class_cells,
-    ),
-    Printer::new(
-        "node.k8s.io",
-        "RuntimeClass",
-        RUNTIME_CLASS_COLUMNS,
-        runtime_class_cells,
-    ),
-    Printer::new(
-        "resource.k8s.io",
-        "DeviceClass",
-        NAME_AND_AGE,
-        name_and_age_cells,
-    ),
-    Printer::new(
-        "resource.k8s.io",
-        "ResourceClaim",
-        RESOURCE_CLAIM_COLUMNS,
-        resource_claim_cells,
-    ),
-    Printer::new(
-        "resource.k8s.io",
-        "ResourceClaimTemplate",
-        NAME_AND_AGE,
-        name_and_age_cells,
-    ),
-    Printer::new(
-        "resource.k8s.io",
-        "ResourceSlice",
-        RESOURCE_SLICE_COLUMNS,
-        resource_slice_cells,
-    ),
-    Printer::new(
-        "internal.apiserver.k8s.io",
-        "StorageVersion",
-        STORAGE_VERSION_COLUMNS,
-        storage_version_cells,
-    ),
+    Printer::new("coordination.k8s.io", "LeaseCandidate", LEASE_CANDIDATE_COLUMNS, lease_candidate_cells),
+    Printer::new("scheduling.k8s.io", "PriorityClass", PRIORITY_CLASS_COLUMNS, priority_class_cells),
+    Printer::new("node.k8s.io", "RuntimeClass", RUNTIME_CLASS_COLUMNS, runtime_class_cells),
+    Printer::new("resource.k8s.io", "DeviceClass", NAME_AND_AGE, name_and_age_cells),
+    Printer::new("resource.k8s.io", "ResourceClaim", RESOURCE_CLAIM_COLUMNS, resource_claim_cells),
+    Printer::new("resource.k8s.io", "ResourceClaimTemplate", NAME_AND_AGE, name_and_age_cells),
+    Printer::new("resource.k8s.io", "ResourceSlice", RESOURCE_SLICE_COLUMNS, resource_slice_cells),
+    Printer::new("internal.apiserver.k8s.io", "StorageVersion", STORAGE_VERSION_COLUMNS, storage_version_cells),
 ];
 
 const LEASE_COLUMNS: &[Column] = &[NAME, Column::string("Holder", docs::LEASE_SPEC_HOLDER), AGE];
 
 fn lease_cells(lease: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(lease).into(),
-        text(lease, "/spec/holderIdentity").into(),
-        age(lease, now).into(),
-    ]
+    vec![name(lease).into(), text(lease, "/spec/holderIdentity").into(), age(lease, now).into()]
 }
 
 /// Upstream describes these two columns with keys ObjectMeta does not have: the empty string.
@@ -111,11 +67,7 @@ fn priority_class_cells(pc: &Value, now: Timestamp) -> Vec<Value> {
 const RUNTIME_CLASS_COLUMNS: &[Column] = &[NAME, Column::string("Handler", ""), AGE];
 
 fn runtime_class_cells(rc: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(rc).into(),
-        text(rc, "/handler").into(),
-        age(rc, now).into(),
-    ]
+    vec![name(rc).into(), text(rc, "/handler").into(), age(rc, now).into()]
 }
 
 const NAME_AND_AGE: &[Column] = &[NAME, AGE];
@@ -124,14 +76,8 @@ fn name_and_age_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
     vec![name(obj).into(), age(obj, now).into()]
 }
 
-const RESOURCE_CLAIM_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string(
-        "State",
-        "A summary of the current state (allocated, pending, reserved, etc.).",
-    ),
-    AGE,
-];
+const RESOURCE_CLAIM_COLUMNS: &[Column] =
+    &[NAME, Column::string("State", "A summary of the current state (allocated, pending, reserved, etc.)."), AGE];
 
 /// `pending`, `allocated`, `allocated,reserved`, with `deleted` first while being deleted.
 fn resource_claim_state(claim: &Value) -> String {
@@ -153,11 +99,7 @@ fn resource_claim_state(claim: &Value) -> String {
 }
 
 fn resource_claim_cells(claim: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(claim).into(),
-        resource_claim_state(claim).into(),
-        age(claim, now).into(),
-    ]
+    vec![name(claim).into(), resource_claim_state(claim).into(), age(claim, now).into()]
 }
 
 const RESOURCE_SLICE_COLUMNS: &[Column] = &[
@@ -180,10 +122,7 @@ fn resource_slice_cells(slice: &Value, now: Timestamp) -> Vec<Value> {
 
 const STORAGE_VERSION_COLUMNS: &[Column] = &[
     NAME,
-    Column::string(
-        "CommonEncodingVersion",
-        docs::STORAGE_VERSION_COMMON_ENCODING,
-    ),
+    Column::string("CommonEncodingVersion", docs::STORAGE_VERSION_COMMON_ENCODING),
     Column::string("StorageVersions", docs::STORAGE_VERSION_VERSIONS),
     AGE,
 ];
@@ -191,19 +130,11 @@ const STORAGE_VERSION_COLUMNS: &[Column] = &[
 fn storage_version_cells(sv: &Value, now: Timestamp) -> Vec<Value> {
     let versions: Vec<String> = list(sv, "/status/storageVersions")
         .iter()
-        .map(|v| {
-            format!(
-                "{}={}",
-                text(v, "/apiServerID"),
-                text(v, "/encodingVersion")
-            )
-        })
+        .map(|v| format!("{}={}", text(v, "/apiServerID"), text(v, "/encodingVersion")))
         .collect();
     vec![
         name(sv).into(),
-        opt_text(sv, "/status/commonEncodingVersion")
-            .unwrap_or("<unset>")
-            .into(),
+        opt_text(sv, "/status/commonEncodingVersion").unwrap_or("<unset>").into(),
         list_with_more(&versions, 3).into(),
         age(sv, now).into(),
     ]
@@ -222,10 +153,7 @@ mod tests {
     fn lease_shows_its_holder() {
         let lease = json!({"metadata": {"name": "kube-scheduler"}, "spec": {"holderIdentity": "cp-1_3b9e"}});
         assert_eq!(lease_cells(&lease, now())[1], "cp-1_3b9e");
-        assert_eq!(
-            lease_cells(&json!({"metadata": {"name": "free"}, "spec": {}}), now())[1],
-            ""
-        );
+        assert_eq!(lease_cells(&json!({"metadata": {"name": "free"}, "spec": {}}), now())[1], "");
     }
 
     #[test]
@@ -255,23 +183,16 @@ mod tests {
         assert_eq!(resource_claim_state(&pending), "pending");
         let reserved = json!({"metadata": {"name": "gpu"}, "status": {"allocation": {}, "reservedFor": [{"resource": "pods", "name": "p"}]}});
         assert_eq!(resource_claim_state(&reserved), "allocated,reserved");
-        let deleted =
-            json!({"metadata": {"name": "gpu", "deletionTimestamp": "2024-05-01T11:00:00Z"}});
+        let deleted = json!({"metadata": {"name": "gpu", "deletionTimestamp": "2024-05-01T11:00:00Z"}});
         assert_eq!(resource_claim_state(&deleted), "deleted");
     }
 
     #[test]
     fn resource_slices_and_storage_versions() {
         let slice = json!({"metadata": {"name": "n1-gpu"}, "spec": {"nodeName": "n1", "driver": "gpu.example.com", "pool": {"name": "n1"}}});
-        assert_eq!(
-            resource_slice_cells(&slice, now())[1..4],
-            [json!("n1"), json!("gpu.example.com"), json!("n1")]
-        );
+        assert_eq!(resource_slice_cells(&slice, now())[1..4], [json!("n1"), json!("gpu.example.com"), json!("n1")]);
         let sv = json!({"metadata": {"name": "apps.deployments"}, "status": {"commonEncodingVersion": "apps/v1",
             "storageVersions": [{"apiServerID": "a", "encodingVersion": "apps/v1"}]}});
-        assert_eq!(
-            storage_version_cells(&sv, now())[1..3],
-            [json!("apps/v1"), json!("a=apps/v1")]
-        );
+        assert_eq!(storage_version_cells(&sv, now())[1..3], [json!("apps/v1"), json!("a=apps/v1")]);
     }
 }

@@ -18,28 +18,13 @@ pub(super) const PRINTERS: &[Printer] = &[
     Printer::new("", "Endpoints", ENDPOINTS_COLUMNS, endpoints_cells),
     Printer::new("", "ConfigMap", CONFIG_MAP_COLUMNS, config_map_cells),
     Printer::new("", "Secret", SECRET_COLUMNS, secret_cells),
-    Printer::new(
-        "",
-        "ServiceAccount",
-        SERVICE_ACCOUNT_COLUMNS,
-        service_account_cells,
-    ),
+    Printer::new("", "ServiceAccount", SERVICE_ACCOUNT_COLUMNS, service_account_cells),
     Printer::new("", "Event", EVENT_COLUMNS, event_cells),
     // events.k8s.io serves the same events; upstream prints them after converting to core.
     Printer::new("events.k8s.io", "Event", EVENT_COLUMNS, events_v1_cells),
-    Printer::new(
-        "",
-        "ResourceQuota",
-        RESOURCE_QUOTA_COLUMNS,
-        resource_quota_cells,
-    ),
+    Printer::new("", "ResourceQuota", RESOURCE_QUOTA_COLUMNS, resource_quota_cells),
     Printer::new("", "PodTemplate", POD_TEMPLATE_COLUMNS, pod_template_cells),
-    Printer::new(
-        "",
-        "ComponentStatus",
-        COMPONENT_STATUS_COLUMNS,
-        component_status_cells,
-    ),
+    Printer::new("", "ComponentStatus", COMPONENT_STATUS_COLUMNS, component_status_cells),
 ];
 
 const NODE_COLUMNS: &[Column] = &[
@@ -52,11 +37,7 @@ const NODE_COLUMNS: &[Column] = &[
     Column::string("External-IP", docs::NODE_STATUS_ADDRESSES).wide(),
     Column::string("OS-Image", docs::NODE_INFO_OS_IMAGE).wide(),
     Column::string("Kernel-Version", docs::NODE_INFO_KERNEL_VERSION).wide(),
-    Column::string(
-        "Container-Runtime",
-        docs::NODE_INFO_CONTAINER_RUNTIME_VERSION,
-    )
-    .wide(),
+    Column::string("Container-Runtime", docs::NODE_INFO_CONTAINER_RUNTIME_VERSION).wide(),
 ];
 
 /// Labels naming a node's roles: `node-role.kubernetes.io/<role>` (any value) and the older
@@ -66,10 +47,7 @@ const NODE_ROLE_LABEL: &str = "kubernetes.io/role";
 
 fn node_cells(node: &Value, now: Timestamp) -> Vec<Value> {
     // Only readiness makes the status; a repeated condition type counts by its last entry.
-    let ready = list(node, "/status/conditions")
-        .iter()
-        .rev()
-        .find(|c| text(c, "/type") == "Ready");
+    let ready = list(node, "/status/conditions").iter().rev().find(|c| text(c, "/type") == "Ready");
     let mut status = vec![match ready {
         Some(c) if text(c, "/status") == "True" => "Ready",
         Some(_) => "NotReady",
@@ -95,11 +73,7 @@ fn node_cells(node: &Value, now: Timestamp) -> Vec<Value> {
             }
         }
     }
-    let roles = if roles.is_empty() {
-        "<none>".into()
-    } else {
-        roles.into_iter().collect::<Vec<_>>().join(",")
-    };
+    let roles = if roles.is_empty() { "<none>".into() } else { roles.into_iter().collect::<Vec<_>>().join(",") };
 
     let address = |kind: &str| {
         list(node, "/status/addresses")
@@ -125,11 +99,7 @@ fn node_cells(node: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
-const NAMESPACE_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("Status", "The status of the namespace"),
-    AGE,
-];
+const NAMESPACE_COLUMNS: &[Column] = &[NAME, Column::string("Status", "The status of the namespace"), AGE];
 
 fn namespace_cells(ns: &Value, now: Timestamp) -> Vec<Value> {
     // Upstream's defaulting makes every namespace Active until it is being deleted.
@@ -152,23 +122,14 @@ const SERVICE_COLUMNS: &[Column] = &[
 pub(super) fn load_balancer_ingress(obj: &Value, pointer: &str) -> String {
     let points: BTreeSet<&str> = list(obj, pointer)
         .iter()
-        .map(|i| {
-            if text(i, "/ip").is_empty() {
-                text(i, "/hostname")
-            } else {
-                text(i, "/ip")
-            }
-        })
+        .map(|i| if text(i, "/ip").is_empty() { text(i, "/hostname") } else { text(i, "/ip") })
         .filter(|p| !p.is_empty())
         .collect();
     points.into_iter().collect::<Vec<_>>().join(",")
 }
 
 fn service_external_ip(svc: &Value, kind: &str) -> String {
-    let external: Vec<&str> = list(svc, "/spec/externalIPs")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let external: Vec<&str> = list(svc, "/spec/externalIPs").iter().filter_map(Value::as_str).collect();
     match kind {
         "ClusterIP" | "NodePort" if external.is_empty() => "<none>".into(),
         "ClusterIP" | "NodePort" => external.join(","),
@@ -203,11 +164,7 @@ fn service_ports(svc: &Value) -> String {
             }
         })
         .collect();
-    if ports.is_empty() {
-        "<none>".into()
-    } else {
-        ports.join(",")
-    }
+    if ports.is_empty() { "<none>".into() } else { ports.join(",") }
 }
 
 fn service_cells(svc: &Value, now: Timestamp) -> Vec<Value> {
@@ -230,11 +187,7 @@ fn service_cells(svc: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
-const ENDPOINTS_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("Endpoints", docs::ENDPOINTS_SUBSETS),
-    AGE,
-];
+const ENDPOINTS_COLUMNS: &[Column] = &[NAME, Column::string("Endpoints", docs::ENDPOINTS_SUBSETS), AGE];
 
 /// Upstream's `formatEndpoints`: the first three `ip:port` pairs (bare IPs for port-less
 /// headless services), then `+ N more...`.
@@ -256,29 +209,17 @@ fn format_endpoints(endpoints: &Value) -> String {
         }
         for port in ports {
             total += addresses.len();
-            shown.extend(
-                addresses
-                    .iter()
-                    .map(|a| host_port(text(a, "/ip"), int(port, "/port"))),
-            );
+            shown.extend(addresses.iter().map(|a| host_port(text(a, "/ip"), int(port, "/port"))));
         }
     }
     let more = shown.len() > MAX;
     shown.truncate(MAX);
     let joined = shown.join(",");
-    if more {
-        format!("{joined} + {} more...", total - MAX)
-    } else {
-        joined
-    }
+    if more { format!("{joined} + {} more...", total - MAX) } else { joined }
 }
 
 fn endpoints_cells(endpoints: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(endpoints).into(),
-        format_endpoints(endpoints).into(),
-        age(endpoints, now).into(),
-    ]
+    vec![name(endpoints).into(), format_endpoints(endpoints).into(), age(endpoints, now).into()]
 }
 
 const CONFIG_MAP_COLUMNS: &[Column] = &[NAME, Column::string("Data", docs::CONFIG_MAP_DATA), AGE];
@@ -288,12 +229,8 @@ fn config_map_cells(cm: &Value, now: Timestamp) -> Vec<Value> {
     vec![name(cm).into(), entries.into(), age(cm, now).into()]
 }
 
-const SECRET_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("Type", docs::SECRET_TYPE),
-    Column::string("Data", docs::SECRET_DATA),
-    AGE,
-];
+const SECRET_COLUMNS: &[Column] =
+    &[NAME, Column::string("Type", docs::SECRET_TYPE), Column::string("Data", docs::SECRET_DATA), AGE];
 
 fn secret_cells(secret: &Value, now: Timestamp) -> Vec<Value> {
     // Upstream counts its internal data, into which stringData has been merged.
@@ -304,26 +241,13 @@ fn secret_cells(secret: &Value, now: Timestamp) -> Vec<Value> {
         }
     }
     let kind = opt_text(secret, "/type").unwrap_or("Opaque");
-    vec![
-        name(secret).into(),
-        kind.into(),
-        keys.len().into(),
-        age(secret, now).into(),
-    ]
+    vec![name(secret).into(), kind.into(), keys.len().into(), age(secret, now).into()]
 }
 
-const SERVICE_ACCOUNT_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("Secrets", docs::SERVICE_ACCOUNT_SECRETS),
-    AGE,
-];
+const SERVICE_ACCOUNT_COLUMNS: &[Column] = &[NAME, Column::string("Secrets", docs::SERVICE_ACCOUNT_SECRETS), AGE];
 
 fn service_account_cells(sa: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(sa).into(),
-        count(sa, "/secrets").into(),
-        age(sa, now).into(),
-    ]
+    vec![name(sa).into(), count(sa, "/secrets").into(), age(sa, now).into()]
 }
 
 const EVENT_COLUMNS: &[Column] = &[
@@ -366,16 +290,9 @@ fn event_cells(ev: &Value, now: Timestamp) -> Vec<Value> {
         "" => kind,
         object => format!("{kind}/{object}"),
     };
-    let component = first_non_empty(
-        text(ev, "/source/component"),
-        text(ev, "/reportingComponent"),
-    );
+    let component = first_non_empty(text(ev, "/source/component"), text(ev, "/reportingComponent"));
     let instance = first_non_empty(text(ev, "/source/host"), text(ev, "/reportingInstance"));
-    let source = if instance.is_empty() {
-        component.to_string()
-    } else {
-        format!("{component}, {instance}")
-    };
+    let source = if instance.is_empty() { component.to_string() } else { format!("{component}, {instance}") };
     vec![
         last_seen.into(),
         text(ev, "/type").into(),
@@ -413,10 +330,7 @@ fn events_v1_cells(ev: &Value, now: Timestamp) -> Vec<Value> {
 
 const RESOURCE_QUOTA_COLUMNS: &[Column] = &[
     NAME,
-    Column::string(
-        "Request",
-        "Request represents a minimum amount of cpu/memory that a container may consume.",
-    ),
+    Column::string("Request", "Request represents a minimum amount of cpu/memory that a container may consume."),
     Column::string(
         "Limit",
         "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node.",
@@ -431,47 +345,26 @@ fn resource_quota_cells(quota: &Value, now: Timestamp) -> Vec<Value> {
         let mut resources: Vec<&String> = hard.keys().collect();
         resources.sort();
         for resource in resources {
-            let used =
-                quantity_cell(get(quota, "/status/used").and_then(|u| u.get(resource.as_str())));
-            let entry = format!(
-                "{resource}: {used}/{}",
-                quantity_cell(hard.get(resource.as_str()))
-            );
+            let used = quantity_cell(get(quota, "/status/used").and_then(|u| u.get(resource.as_str())));
+            let entry = format!("{resource}: {used}/{}", quantity_cell(hard.get(resource.as_str())));
             let mut pieces = resource.split('.');
             let is_limit = pieces.next() == Some("limits") && pieces.next().is_some();
-            if is_limit {
-                limits.push(entry)
-            } else {
-                requests.push(entry)
-            }
+            if is_limit { limits.push(entry) } else { requests.push(entry) }
         }
     }
-    vec![
-        name(quota).into(),
-        requests.join(", ").into(),
-        limits.join(", ").into(),
-        age(quota, now).into(),
-    ]
+    vec![name(quota).into(), requests.join(", ").into(), limits.join(", ").into(), age(quota, now).into()]
 }
 
 const POD_TEMPLATE_COLUMNS: &[Column] = &[
     NAME,
     Column::string("Containers", "Names of each container in the template."),
-    Column::string(
-        "Images",
-        "Images referenced by each container in the template.",
-    ),
+    Column::string("Images", "Images referenced by each container in the template."),
     Column::string("Pod Labels", "The labels for the pod template."),
 ];
 
 fn pod_template_cells(template: &Value, _now: Timestamp) -> Vec<Value> {
     let (names, images) = containers(list(template, "/template/spec/containers"));
-    vec![
-        name(template).into(),
-        names.into(),
-        images.into(),
-        labels(get(template, "/template/metadata/labels")).into(),
-    ]
+    vec![name(template).into(), names.into(), images.into(), labels(get(template, "/template/metadata/labels")).into()]
 }
 
 const COMPONENT_STATUS_COLUMNS: &[Column] = &[
@@ -482,16 +375,10 @@ const COMPONENT_STATUS_COLUMNS: &[Column] = &[
 ];
 
 fn component_status_cells(cs: &Value, _now: Timestamp) -> Vec<Value> {
-    let healthy = list(cs, "/conditions")
-        .iter()
-        .find(|c| text(c, "/type") == "Healthy");
+    let healthy = list(cs, "/conditions").iter().find(|c| text(c, "/type") == "Healthy");
     let (status, message, error) = match healthy {
         Some(c) => {
-            let status = if text(c, "/status") == "True" {
-                "Healthy"
-            } else {
-                "Unhealthy"
-            };
+            let status = if text(c, "/status") == "True" { "Healthy" } else { "Unhealthy" };
             (status, text(c, "/message"), text(c, "/error"))
         }
         None => ("Unknown", "", ""),
@@ -508,10 +395,7 @@ mod tests {
     }
 
     fn strings(cells: Vec<Value>) -> Vec<String> {
-        cells
-            .iter()
-            .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string))
-            .collect()
+        cells.iter().map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string)).collect()
     }
 
     #[test]
@@ -564,25 +448,14 @@ mod tests {
         });
         assert_eq!(
             strings(service_cells(&svc, now())),
-            [
-                "web",
-                "NodePort",
-                "10.43.0.15",
-                "<none>",
-                "80:30080/TCP,443:30443/TCP",
-                "5m",
-                "app=web"
-            ]
+            ["web", "NodePort", "10.43.0.15", "<none>", "80:30080/TCP,443:30443/TCP", "5m", "app=web"]
         );
     }
 
     #[test]
     fn cluster_ip_service_defaults_and_headless_services() {
         let svc = json!({"metadata": {"name": "db"}, "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}});
-        assert_eq!(
-            strings(service_cells(&svc, now()))[1..5],
-            ["ClusterIP", "None", "<none>", "5432/TCP"]
-        );
+        assert_eq!(strings(service_cells(&svc, now()))[1..5], ["ClusterIP", "None", "<none>", "5432/TCP"]);
         let no_ports = json!({"metadata": {"name": "x"}, "spec": {"type": "ClusterIP", "externalIPs": ["1.2.3.4"]}});
         assert_eq!(
             strings(service_cells(&no_ports, now()))[2..],
@@ -597,11 +470,9 @@ mod tests {
         svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}, {"hostname": "lb.example.com"}, {"ip": "203.0.113.9"}]}});
         assert_eq!(service_cells(&svc, now())[3], "203.0.113.9,lb.example.com");
         svc["spec"]["externalIPs"] = json!(["198.51.100.1"]);
-        assert_eq!(
-            service_cells(&svc, now())[3],
-            "203.0.113.9,lb.example.com,198.51.100.1"
-        );
-        let ext = json!({"metadata": {"name": "e"}, "spec": {"type": "ExternalName", "externalName": "db.example.com"}});
+        assert_eq!(service_cells(&svc, now())[3], "203.0.113.9,lb.example.com,198.51.100.1");
+        let ext =
+            json!({"metadata": {"name": "e"}, "spec": {"type": "ExternalName", "externalName": "db.example.com"}});
         assert_eq!(service_cells(&ext, now())[3], "db.example.com");
     }
 
@@ -611,17 +482,10 @@ mod tests {
             "addresses": [{"ip": "10.42.0.1"}, {"ip": "10.42.0.2"}, {"ip": "fd00::3"}],
             "ports": [{"port": 8080}, {"port": 8443}],
         }]});
-        assert_eq!(
-            endpoints_cells(&ep, now())[1],
-            "10.42.0.1:8080,10.42.0.2:8080,[fd00::3]:8080 + 3 more..."
-        );
-        let headless =
-            json!({"metadata": {"name": "h"}, "subsets": [{"addresses": [{"ip": "10.42.0.1"}]}]});
+        assert_eq!(endpoints_cells(&ep, now())[1], "10.42.0.1:8080,10.42.0.2:8080,[fd00::3]:8080 + 3 more...");
+        let headless = json!({"metadata": {"name": "h"}, "subsets": [{"addresses": [{"ip": "10.42.0.1"}]}]});
         assert_eq!(endpoints_cells(&headless, now())[1], "10.42.0.1");
-        assert_eq!(
-            endpoints_cells(&json!({"metadata": {"name": "e"}}), now())[1],
-            "<none>"
-        );
+        assert_eq!(endpoints_cells(&json!({"metadata": {"name": "e"}}), now())[1], "<none>");
         let not_ready = json!({"metadata": {"name": "n"}, "subsets": [{"notReadyAddresses": [{"ip": "10.42.0.1"}], "ports": [{"port": 80}]}]});
         assert_eq!(endpoints_cells(&not_ready, now())[1], "");
     }
@@ -631,15 +495,9 @@ mod tests {
         let cm = json!({"metadata": {"name": "cfg"}, "data": {"a": "1", "b": "2"}, "binaryData": {"c": "AA=="}});
         assert_eq!(config_map_cells(&cm, now())[1], 3);
         let secret = json!({"metadata": {"name": "tls"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}, "stringData": {"tls.key": "x", "ca.crt": "y"}});
-        assert_eq!(
-            secret_cells(&secret, now())[1..3],
-            [json!("kubernetes.io/tls"), json!(3)]
-        );
+        assert_eq!(secret_cells(&secret, now())[1..3], [json!("kubernetes.io/tls"), json!(3)]);
         let opaque = json!({"metadata": {"name": "s"}});
-        assert_eq!(
-            secret_cells(&opaque, now())[1..3],
-            [json!("Opaque"), json!(0)]
-        );
+        assert_eq!(secret_cells(&opaque, now())[1..3], [json!("Opaque"), json!(0)]);
         let sa = json!({"metadata": {"name": "default"}, "secrets": [{"name": "t"}]});
         assert_eq!(service_account_cells(&sa, now())[1], 1);
     }
@@ -647,14 +505,8 @@ mod tests {
     #[test]
     fn namespace_shows_its_phase() {
         let ns = json!({"metadata": {"name": "dev", "creationTimestamp": "2024-05-01T10:00:00Z"}, "status": {"phase": "Terminating"}});
-        assert_eq!(
-            strings(namespace_cells(&ns, now())),
-            ["dev", "Terminating", "120m"]
-        );
-        assert_eq!(
-            namespace_cells(&json!({"metadata": {"name": "x"}}), now())[1],
-            "Active"
-        );
+        assert_eq!(strings(namespace_cells(&ns, now())), ["dev", "Terminating", "120m"]);
+        assert_eq!(namespace_cells(&json!({"metadata": {"name": "x"}}), now())[1], "Active");
     }
 
     #[test]
@@ -708,10 +560,7 @@ mod tests {
             ]
         );
         let single = json!({"metadata": {"name": "e2"}, "regarding": {"kind": "Node"}, "eventTime": "2024-05-01T11:59:30.000000Z"});
-        assert_eq!(
-            strings(events_v1_cells(&single, now()))[..4],
-            ["30s", "", "", "node"]
-        );
+        assert_eq!(strings(events_v1_cells(&single, now()))[..4], ["30s", "", "", "node"]);
         assert_eq!(events_v1_cells(&single, now())[8], 1);
     }
 
@@ -723,10 +572,7 @@ mod tests {
         }});
         assert_eq!(
             strings(resource_quota_cells(&quota, now()))[1..3],
-            [
-                "pods: 3/10, requests.cpu: 500m/1",
-                "limits.cpu: 0/2, limits.memory: 1Gi/2Gi"
-            ]
+            ["pods: 3/10, requests.cpu: 500m/1", "limits.cpu: 0/2, limits.memory: 1Gi/2Gi"]
         );
     }
 
@@ -734,18 +580,12 @@ mod tests {
     fn pod_template_lists_containers_and_labels() {
         let t = json!({"metadata": {"name": "tpl"}, "template": {"metadata": {"labels": {"app": "web"}},
             "spec": {"containers": [{"name": "app", "image": "nginx:1.25"}, {"name": "side", "image": "busybox"}]}}});
-        assert_eq!(
-            strings(pod_template_cells(&t, now())),
-            ["tpl", "app,side", "nginx:1.25,busybox", "app=web"]
-        );
+        assert_eq!(strings(pod_template_cells(&t, now())), ["tpl", "app,side", "nginx:1.25,busybox", "app=web"]);
     }
 
     #[test]
     fn component_status_reads_the_healthy_condition() {
         let cs = json!({"metadata": {"name": "etcd-0"}, "conditions": [{"type": "Healthy", "status": "True", "message": "ok"}]});
-        assert_eq!(
-            strings(component_status_cells(&cs, now())),
-            ["etcd-0", "Healthy", "ok", ""]
-        );
+        assert_eq!(strings(component_status_cells(&cs, now())), ["etcd-0", "Healthy", "ok", ""]);
     }
 }

@@ -36,9 +36,10 @@ impl CustomColumn {
             name: name.to_string(),
             type_: type_.to_string(),
             format: format.unwrap_or("").to_string(),
-            description: description
-                .filter(|d| !d.is_empty())
-                .map_or_else(|| format!("Custom resource definition column (in JSONPath format): {json_path}"), str::to_string),
+            description: description.filter(|d| !d.is_empty()).map_or_else(
+                || format!("Custom resource definition column (in JSONPath format): {json_path}"),
+                str::to_string,
+            ),
             priority: priority.unwrap_or(0),
             path: JsonPath::parse(json_path)?,
         })
@@ -71,7 +72,9 @@ impl CustomColumn {
         match (self.type_.as_str(), value) {
             (_, Value::Null) => Value::Null,
             ("string", v) => Value::String(go_print(v)),
-            ("integer", Value::Number(n)) => n.as_i64().map_or_else(|| json!(n.as_f64().unwrap_or(0.0) as i64), |i| json!(i)),
+            ("integer", Value::Number(n)) => {
+                n.as_i64().map_or_else(|| json!(n.as_f64().unwrap_or(0.0) as i64), |i| json!(i))
+            }
             ("number", Value::Number(n)) => json!(n.as_f64().unwrap_or(0.0)),
             ("boolean", Value::Bool(b)) => json!(b),
             ("date", Value::String(s)) => match s.parse::<Timestamp>() {
@@ -148,7 +151,8 @@ mod tests {
         let columns = vec![
             CustomColumn::new("Spec", "string", None, None, None, ".spec.cronSpec").unwrap(),
             CustomColumn::new("Replicas", "integer", None, None, Some(1), ".spec.replicas").unwrap(),
-            CustomColumn::new("Ready", "string", None, None, None, r#".status.conditions[?(@.type=="Ready")].status"#).unwrap(),
+            CustomColumn::new("Ready", "string", None, None, None, r#".status.conditions[?(@.type=="Ready")].status"#)
+                .unwrap(),
             CustomColumn::new("Missing", "string", None, None, None, ".spec.nothing").unwrap(),
             CustomColumn::age(),
         ];

@@ -12,16 +12,9 @@ pub(super) fn labels(map: Option<&Value>) -> String {
     let Some(map) = map.and_then(Value::as_object).filter(|m| !m.is_empty()) else {
         return "<none>".into();
     };
-    let mut pairs: Vec<(&str, &str)> = map
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or("")))
-        .collect();
+    let mut pairs: Vec<(&str, &str)> = map.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))).collect();
     pairs.sort_unstable();
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// A `metav1.LabelSelector` in upstream's selector syntax (`LabelSelectorAsSelector(s).String()`):
@@ -32,9 +25,7 @@ pub(super) fn label_selector(selector: Option<&Value>) -> Option<String> {
         return Some(String::new());
     };
     let typed: metav1::LabelSelector = serde_json::from_value(selector.clone()).ok()?;
-    LabelSelector::from_label_selector(&typed)
-        .ok()
-        .map(|s| s.to_string())
+    LabelSelector::from_label_selector(&typed).ok().map(|s| s.to_string())
 }
 
 /// Upstream's `metav1.FormatLabelSelector`: `<none>` for a selector that prints empty,
@@ -63,17 +54,12 @@ pub(super) fn container_cells(template: &Value, pointer: &str) -> [Value; 2] {
 /// Upstream's `GetAccessModesAsString`: the short names in a fixed order, duplicates dropped.
 pub(super) fn access_modes(modes: &[Value]) -> String {
     let has = |mode: &str| modes.iter().any(|m| m.as_str() == Some(mode));
-    [
-        ("ReadWriteOnce", "RWO"),
-        ("ReadOnlyMany", "ROX"),
-        ("ReadWriteMany", "RWX"),
-        ("ReadWriteOncePod", "RWOP"),
-    ]
-    .iter()
-    .filter(|(mode, _)| has(mode))
-    .map(|(_, short)| *short)
-    .collect::<Vec<_>>()
-    .join(",")
+    [("ReadWriteOnce", "RWO"), ("ReadOnlyMany", "ROX"), ("ReadWriteMany", "RWX"), ("ReadWriteOncePod", "RWOP")]
+        .iter()
+        .filter(|(mode, _)| has(mode))
+        .map(|(_, short)| *short)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An `intstr.IntOrString` as its `String()` prints it.
@@ -101,20 +87,12 @@ pub(super) fn list_with_more(all: &[String], max: usize) -> String {
     if all.len() > max {
         return format!("{shown} + {} more...", all.len() - max);
     }
-    if shown.is_empty() {
-        "<unset>".into()
-    } else {
-        shown
-    }
+    if shown.is_empty() { "<unset>".into() } else { shown }
 }
 
 /// Go's `net.JoinHostPort`: IPv6 hosts get brackets.
 pub(super) fn host_port(host: &str, port: i64) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 #[cfg(test)]
@@ -124,10 +102,7 @@ mod tests {
 
     #[test]
     fn label_maps_print_sorted_or_none() {
-        assert_eq!(
-            labels(Some(&json!({"tier": "web", "app": "shop"}))),
-            "app=shop,tier=web"
-        );
+        assert_eq!(labels(Some(&json!({"tier": "web", "app": "shop"}))), "app=shop,tier=web");
         assert_eq!(labels(Some(&json!({}))), "<none>");
         assert_eq!(labels(None), "<none>");
     }
@@ -138,10 +113,7 @@ mod tests {
             "matchLabels": {"app": "web"},
             "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "dev"]}, {"key": "canary", "operator": "DoesNotExist"}],
         });
-        assert_eq!(
-            format_label_selector(Some(&sel)),
-            "app=web,!canary,env in (dev,prod)"
-        );
+        assert_eq!(format_label_selector(Some(&sel)), "app=web,!canary,env in (dev,prod)");
         assert_eq!(format_label_selector(Some(&json!({}))), "<none>");
         assert_eq!(format_label_selector(None), "<none>");
         let bad = json!({"matchExpressions": [{"key": "a", "operator": "Near"}]});
@@ -151,21 +123,14 @@ mod tests {
 
     #[test]
     fn access_modes_use_short_names_in_upstream_order() {
-        let modes = [
-            json!("ReadWriteMany"),
-            json!("ReadWriteOnce"),
-            json!("ReadWriteOnce"),
-        ];
+        let modes = [json!("ReadWriteMany"), json!("ReadWriteOnce"), json!("ReadWriteOnce")];
         assert_eq!(access_modes(&modes), "RWO,RWX");
         assert_eq!(access_modes(&[]), "");
     }
 
     #[test]
     fn long_lists_are_cut_after_the_maximum() {
-        let all: Vec<String> = ["a", "b", "c", "d", "e"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let all: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
         assert_eq!(list_with_more(&all, 3), "a,b,c + 2 more...");
         assert_eq!(list_with_more(&all[..2], 3), "a,b");
         assert_eq!(list_with_more(&[], 3), "<unset>");

@@ -145,11 +145,7 @@ fn find_close(chars: &[char], open: usize) -> Option<usize> {
 fn unquote(s: &str) -> Option<String> {
     let s = s.trim();
     let q = s.chars().next()?;
-    if (q == '\'' || q == '"') && s.len() >= 2 && s.ends_with(q) {
-        Some(s[1..s.len() - 1].to_string())
-    } else {
-        None
-    }
+    if (q == '\'' || q == '"') && s.len() >= 2 && s.ends_with(q) { Some(s[1..s.len() - 1].to_string()) } else { None }
 }
 
 fn parse_bracket(inner: &str) -> Option<Step> {
@@ -171,7 +167,8 @@ fn parse_bracket(inner: &str) -> Option<Step> {
 }
 
 fn parse_filter(text: &str) -> Option<Filter> {
-    const OPS: [(&str, Op); 6] = [("==", Op::Eq), ("!=", Op::Ne), ("<=", Op::Le), (">=", Op::Ge), ("<", Op::Lt), (">", Op::Gt)];
+    const OPS: [(&str, Op); 6] =
+        [("==", Op::Eq), ("!=", Op::Ne), ("<=", Op::Le), (">=", Op::Ge), ("<", Op::Lt), (">", Op::Gt)];
     let split = OPS.iter().find_map(|(sym, op)| text.split_once(sym).map(|(l, r)| (l, *op, r)));
     let (lhs, test) = match split {
         Some((l, op, r)) => {

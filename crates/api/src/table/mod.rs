@@ -77,9 +77,7 @@ impl IncludeObject {
             "None" => Ok(IncludeObject::None),
             "Metadata" | "" => Ok(IncludeObject::Metadata),
             "Object" => Ok(IncludeObject::Object),
-            other => Err(TableError::UnrecognizedIncludeObject {
-                value: other.to_string(),
-            }),
+            other => Err(TableError::UnrecognizedIncludeObject { value: other.to_string() }),
         }
     }
 }
@@ -96,13 +94,7 @@ struct Column {
 
 impl Column {
     const fn new(name: &'static str, kind: &'static str, description: &'static str) -> Self {
-        Column {
-            name,
-            kind,
-            format: "",
-            description,
-            priority: 0,
-        }
+        Column { name, kind, format: "", description, priority: 0 }
     }
 
     const fn string(name: &'static str, description: &'static str) -> Self {
@@ -119,18 +111,12 @@ impl Column {
 
     /// Shown by kubectl only with `-o wide`.
     const fn wide(self) -> Self {
-        Column {
-            priority: 1,
-            ..self
-        }
+        Column { priority: 1, ..self }
     }
 
     /// Marks the column holding the object's name (kubectl uses it for `-o name`-like output).
     const fn named(self) -> Self {
-        Column {
-            format: "name",
-            ..self
-        }
+        Column { format: "name", ..self }
     }
 
     fn to_json(self) -> Value {
@@ -149,14 +135,9 @@ const NAME: Column = Column::string("Name", docs::META_NAME).named();
 /// The `Age` column: the object's `creationTimestamp` as a human duration.
 const AGE: Column = Column::string("Age", docs::META_CREATION);
 /// The wide `Containers` column of workload printers.
-const CONTAINERS: Column =
-    Column::string("Containers", "Names of each container in the template.").wide();
+const CONTAINERS: Column = Column::string("Containers", "Names of each container in the template.").wide();
 /// The wide `Images` column of workload printers.
-const IMAGES: Column = Column::string(
-    "Images",
-    "Images referenced by each container in the template.",
-)
-.wide();
+const IMAGES: Column = Column::string("Images", "Images referenced by each container in the template.").wide();
 
 /// The printer of one kind: its columns and how one object becomes one row.
 struct Printer {
@@ -177,14 +158,7 @@ impl Printer {
         columns: &'static [Column],
         cells: fn(&Value, Timestamp) -> Vec<Value>,
     ) -> Self {
-        Printer {
-            group,
-            kind,
-            columns,
-            cells,
-            conditions: None,
-            order: None,
-        }
+        Printer { group, kind, columns, cells, conditions: None, order: None }
     }
 }
 
@@ -200,10 +174,7 @@ const PRINTERS: &[&[Printer]] = &[
 ];
 
 fn printer(group: &str, kind: &str) -> Option<&'static Printer> {
-    PRINTERS
-        .iter()
-        .flat_map(|printers| printers.iter())
-        .find(|p| p.group == group && p.kind == kind)
+    PRINTERS.iter().flat_map(|printers| printers.iter()).find(|p| p.group == group && p.kind == kind)
 }
 
 /// Whether upstream has a dedicated printer for the kind (otherwise it prints `Name` and
@@ -232,10 +203,8 @@ pub fn row_cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Va
 /// The default convertor prints the creation time itself (RFC 3339, UTC, whole seconds); a
 /// missing one is Go's zero time.
 fn default_cells(obj: &Value) -> Vec<Value> {
-    let created = object::timestamp(obj, "/metadata/creationTimestamp").map_or_else(
-        || "0001-01-01T00:00:00Z".to_string(),
-        |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-    );
+    let created = object::timestamp(obj, "/metadata/creationTimestamp")
+        .map_or_else(|| "0001-01-01T00:00:00Z".to_string(), |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
     vec![object::name(obj).into(), created.into()]
 }
 
@@ -260,14 +229,8 @@ pub fn table(
         .into_iter()
         .map(|obj| {
             let mut row = Map::new();
-            row.insert(
-                "cells".into(),
-                Value::Array(row_cells(group, kind, obj, now)),
-            );
-            let conditions = printer
-                .and_then(|p| p.conditions)
-                .map(|f| f(obj))
-                .unwrap_or_default();
+            row.insert("cells".into(), Value::Array(row_cells(group, kind, obj, now)));
+            let conditions = printer.and_then(|p| p.conditions).map(|f| f(obj)).unwrap_or_default();
             if !conditions.is_empty() {
                 row.insert("conditions".into(), Value::Array(conditions));
             }
@@ -277,11 +240,7 @@ pub fn table(
         .collect();
     // Upstream's printers return an empty slice for an empty list, the default convertor a nil
     // one; clients see `[]` and `null` respectively.
-    let rows = if rows.is_empty() && printer.is_none() {
-        Value::Null
-    } else {
-        Value::Array(rows)
-    };
+    let rows = if rows.is_empty() && printer.is_none() { Value::Null } else { Value::Array(rows) };
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -295,18 +254,11 @@ pub fn table(
 fn table_metadata(list_meta: &Value) -> Value {
     let mut meta = Map::new();
     for key in ["resourceVersion", "continue"] {
-        if let Some(value) = list_meta
-            .get(key)
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-        {
+        if let Some(value) = list_meta.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()) {
             meta.insert(key.into(), value.into());
         }
     }
-    if let Some(count) = list_meta
-        .get("remainingItemCount")
-        .filter(|v| v.is_number())
-    {
+    if let Some(count) = list_meta.get("remainingItemCount").filter(|v| v.is_number()) {
         meta.insert("remainingItemCount".into(), count.clone());
     }
     Value::Object(meta)
@@ -338,10 +290,7 @@ mod tests {
         assert_eq!(IncludeObject::parse("None"), Ok(IncludeObject::None));
         assert_eq!(IncludeObject::parse("Object"), Ok(IncludeObject::Object));
         let err = IncludeObject::parse("all").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            r#"unrecognized includeObject value: "all""#
-        );
+        assert_eq!(err.to_string(), r#"unrecognized includeObject value: "all""#);
     }
 
     #[test]
@@ -350,26 +299,17 @@ mod tests {
         assert_eq!(columns.len(), 2);
         assert_eq!(columns[0]["name"], "Name");
         assert_eq!(columns[0]["format"], "name");
-        assert!(
-            columns[0]["description"]
-                .as_str()
-                .unwrap()
-                .starts_with("Name must be unique within a namespace.")
-        );
+        assert!(columns[0]["description"].as_str().unwrap().starts_with("Name must be unique within a namespace."));
         assert_eq!(columns[1]["name"], "Created At");
         assert_eq!(columns[1]["type"], "date");
         assert_eq!(columns[1]["priority"], 0);
-        let role =
-            json!({"metadata": {"name": "reader", "creationTimestamp": "2024-04-30T10:00:00Z"}});
+        let role = json!({"metadata": {"name": "reader", "creationTimestamp": "2024-04-30T10:00:00Z"}});
         assert_eq!(
             row_cells("rbac.authorization.k8s.io", "Role", &role, now()),
             vec![json!("reader"), json!("2024-04-30T10:00:00Z")]
         );
         let no_time = json!({"metadata": {"name": "x"}});
-        assert_eq!(
-            row_cells("", "LimitRange", &no_time, now())[1],
-            "0001-01-01T00:00:00Z"
-        );
+        assert_eq!(row_cells("", "LimitRange", &no_time, now())[1], "0001-01-01T00:00:00Z");
     }
 
     #[test]
@@ -378,28 +318,12 @@ mod tests {
         let first = columns[0].as_object().unwrap();
         let keys: Vec<&str> = first.keys().map(String::as_str).collect();
         assert_eq!(keys, ["name", "type", "format", "description", "priority"]);
-        let names: Vec<&str> = columns
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> = columns.iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(
             names,
-            [
-                "Name",
-                "Ready",
-                "Status",
-                "Restarts",
-                "Age",
-                "IP",
-                "Node",
-                "Nominated Node",
-                "Readiness Gates"
-            ]
+            ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node", "Nominated Node", "Readiness Gates"]
         );
-        let wide: Vec<i64> = columns
-            .iter()
-            .map(|c| c["priority"].as_i64().unwrap())
-            .collect();
+        let wide: Vec<i64> = columns.iter().map(|c| c["priority"].as_i64().unwrap()).collect();
         assert_eq!(wide, [0, 0, 0, 0, 0, 1, 1, 1, 1]);
     }
 
@@ -410,23 +334,13 @@ mod tests {
             let cells = (printer.cells)(&empty, now());
             // Upstream's IPAddress printer adds an age cell its columns do not declare.
             let extra = usize::from(printer.kind == "IPAddress");
-            assert_eq!(
-                cells.len(),
-                printer.columns.len() + extra,
-                "{}/{}",
-                printer.group,
-                printer.kind
-            );
+            assert_eq!(cells.len(), printer.columns.len() + extra, "{}/{}", printer.group, printer.kind);
         }
     }
 
     #[test]
     fn no_kind_has_two_printers() {
-        let all: Vec<(&str, &str)> = PRINTERS
-            .iter()
-            .flat_map(|p| p.iter())
-            .map(|p| (p.group, p.kind))
-            .collect();
+        let all: Vec<(&str, &str)> = PRINTERS.iter().flat_map(|p| p.iter()).map(|p| (p.group, p.kind)).collect();
         for (i, key) in all.iter().enumerate() {
             assert!(!all[i + 1..].contains(key), "duplicate printer {key:?}");
         }
@@ -441,20 +355,10 @@ mod tests {
             "status": {"phase": "Pending"},
         });
         let list_meta = json!({"resourceVersion": "42", "continue": "", "remainingItemCount": 3, "selfLink": "/x"});
-        let t = table(
-            "",
-            "Pod",
-            std::slice::from_ref(&pod),
-            &list_meta,
-            IncludeObject::default(),
-            now(),
-        );
+        let t = table("", "Pod", std::slice::from_ref(&pod), &list_meta, IncludeObject::default(), now());
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
-        assert_eq!(
-            t["metadata"],
-            json!({"resourceVersion": "42", "remainingItemCount": 3})
-        );
+        assert_eq!(t["metadata"], json!({"resourceVersion": "42", "remainingItemCount": 3}));
         assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);
         let row = &t["rows"][0];
         assert_eq!(row["cells"][0], "web");
@@ -470,46 +374,18 @@ mod tests {
     fn table_rows_hold_the_full_object_or_null_as_asked() {
         let cm = json!({"metadata": {"name": "cfg"}, "data": {"a": "1"}});
         let objects = std::slice::from_ref(&cm);
-        let full = table(
-            "",
-            "ConfigMap",
-            objects,
-            &json!({}),
-            IncludeObject::Object,
-            now(),
-        );
+        let full = table("", "ConfigMap", objects, &json!({}), IncludeObject::Object, now());
         assert_eq!(full["rows"][0]["object"], cm);
-        let none = table(
-            "",
-            "ConfigMap",
-            objects,
-            &json!({}),
-            IncludeObject::None,
-            now(),
-        );
+        let none = table("", "ConfigMap", objects, &json!({}), IncludeObject::None, now());
         assert_eq!(none["rows"][0]["object"], Value::Null);
         assert_eq!(none["metadata"], json!({}));
     }
 
     #[test]
     fn empty_lists_print_empty_rows_or_null_for_the_default_convertor() {
-        let printed = table(
-            "",
-            "Pod",
-            &[],
-            &json!({"resourceVersion": "7"}),
-            IncludeObject::None,
-            now(),
-        );
+        let printed = table("", "Pod", &[], &json!({"resourceVersion": "7"}), IncludeObject::None, now());
         assert_eq!(printed["rows"], json!([]));
-        let default = table(
-            "",
-            "LimitRange",
-            &[],
-            &json!({}),
-            IncludeObject::None,
-            now(),
-        );
+        let default = table("", "LimitRange", &[], &json!({}), IncludeObject::None, now());
         assert_eq!(default["rows"], Value::Null);
     }
 

@@ -10,58 +10,19 @@ use super::object::{age, get, has, list, name, opt_int, opt_text, text};
 use super::{AGE, Column, NAME, Printer, docs};
 
 pub(super) const PRINTERS: &[Printer] = &[
-    Printer::new(
-        "networking.k8s.io",
-        "Ingress",
-        INGRESS_COLUMNS,
-        ingress_cells,
-    ),
-    Printer::new(
-        "networking.k8s.io",
-        "IngressClass",
-        INGRESS_CLASS_COLUMNS,
-        ingress_class_cells,
-    ),
-    Printer::new(
-        "networking.k8s.io",
-        "NetworkPolicy",
-        NETWORK_POLICY_COLUMNS,
-        network_policy_cells,
-    ),
-    Printer::new(
-        "discovery.k8s.io",
-        "EndpointSlice",
-        ENDPOINT_SLICE_COLUMNS,
-        endpoint_slice_cells,
-    ),
-    Printer::new(
-        "networking.k8s.io",
-        "ServiceCIDR",
-        SERVICE_CIDR_COLUMNS,
-        service_cidr_cells,
-    ),
-    Printer::new(
-        "networking.k8s.io",
-        "IPAddress",
-        IP_ADDRESS_COLUMNS,
-        ip_address_cells,
-    ),
+    Printer::new("networking.k8s.io", "Ingress", INGRESS_COLUMNS, ingress_cells),
+    Printer::new("networking.k8s.io", "IngressClass", INGRESS_CLASS_COLUMNS, ingress_class_cells),
+    Printer::new("networking.k8s.io", "NetworkPolicy", NETWORK_POLICY_COLUMNS, network_policy_cells),
+    Printer::new("discovery.k8s.io", "EndpointSlice", ENDPOINT_SLICE_COLUMNS, endpoint_slice_cells),
+    Printer::new("networking.k8s.io", "ServiceCIDR", SERVICE_CIDR_COLUMNS, service_cidr_cells),
+    Printer::new("networking.k8s.io", "IPAddress", IP_ADDRESS_COLUMNS, ip_address_cells),
 ];
 
 const INGRESS_COLUMNS: &[Column] = &[
     NAME,
-    Column::string(
-        "Class",
-        "The name of the IngressClass resource that should be used for additional configuration",
-    ),
-    Column::string(
-        "Hosts",
-        "Hosts that incoming requests are matched against before the ingress rule",
-    ),
-    Column::string(
-        "Address",
-        "Address is a list containing ingress points for the load-balancer",
-    ),
+    Column::string("Class", "The name of the IngressClass resource that should be used for additional configuration"),
+    Column::string("Hosts", "Hosts that incoming requests are matched against before the ingress rule"),
+    Column::string("Address", "Address is a list containing ingress points for the load-balancer"),
     Column::string("Ports", "Ports of TLS configurations that open"),
     AGE,
 ];
@@ -86,20 +47,12 @@ fn ingress_hosts(rules: &[Value]) -> String {
         return "*".into();
     }
     let joined = hosts.join(",");
-    if more {
-        format!("{joined} + {} more...", rules.len() - MAX)
-    } else {
-        joined
-    }
+    if more { format!("{joined} + {} more...", rules.len() - MAX) } else { joined }
 }
 
 fn ingress_cells(ing: &Value, now: Timestamp) -> Vec<Value> {
     let class = opt_text(ing, "/spec/ingressClassName").unwrap_or("<none>");
-    let ports = if list(ing, "/spec/tls").is_empty() {
-        "80"
-    } else {
-        "80, 443"
-    };
+    let ports = if list(ing, "/spec/tls").is_empty() { "80" } else { "80, 443" };
     vec![
         name(ing).into(),
         class.into(),
@@ -112,14 +65,8 @@ fn ingress_cells(ing: &Value, now: Timestamp) -> Vec<Value> {
 
 const INGRESS_CLASS_COLUMNS: &[Column] = &[
     NAME,
-    Column::string(
-        "Controller",
-        "Controller that is responsible for handling this class",
-    ),
-    Column::string(
-        "Parameters",
-        "A reference to a resource with additional parameters",
-    ),
+    Column::string("Controller", "Controller that is responsible for handling this class"),
+    Column::string("Parameters", "A reference to a resource with additional parameters"),
     AGE,
 ];
 
@@ -131,30 +78,16 @@ fn ingress_class_cells(class: &Value, now: Timestamp) -> Vec<Value> {
             None => format!("{}/{}", text(p, "/kind"), text(p, "/name")),
         },
     };
-    vec![
-        name(class).into(),
-        text(class, "/spec/controller").into(),
-        parameters.into(),
-        age(class, now).into(),
-    ]
+    vec![name(class).into(), text(class, "/spec/controller").into(), parameters.into(), age(class, now).into()]
 }
 
-const NETWORK_POLICY_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("Pod-Selector", docs::NETWORK_POLICY_POD_SELECTOR),
-    AGE,
-];
+const NETWORK_POLICY_COLUMNS: &[Column] =
+    &[NAME, Column::string("Pod-Selector", docs::NETWORK_POLICY_POD_SELECTOR), AGE];
 
 fn network_policy_cells(np: &Value, now: Timestamp) -> Vec<Value> {
     // podSelector is a struct, not a pointer, upstream: an absent one selects every pod.
-    let selector = get(np, "/spec/podSelector")
-        .cloned()
-        .unwrap_or_else(|| serde_json::json!({}));
-    vec![
-        name(np).into(),
-        format_label_selector(Some(&selector)).into(),
-        age(np, now).into(),
-    ]
+    let selector = get(np, "/spec/podSelector").cloned().unwrap_or_else(|| serde_json::json!({}));
+    vec![name(np).into(), format_label_selector(Some(&selector)).into(), age(np, now).into()]
 }
 
 const ENDPOINT_SLICE_COLUMNS: &[Column] = &[
@@ -188,37 +121,20 @@ fn endpoint_slice_cells(slice: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
-const SERVICE_CIDR_COLUMNS: &[Column] =
-    &[NAME, Column::string("CIDRs", docs::SERVICE_CIDR_CIDRS), AGE];
+const SERVICE_CIDR_COLUMNS: &[Column] = &[NAME, Column::string("CIDRs", docs::SERVICE_CIDR_CIDRS), AGE];
 
 fn service_cidr_cells(cidr: &Value, now: Timestamp) -> Vec<Value> {
-    let cidrs: Vec<&str> = list(cidr, "/spec/cidrs")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    vec![
-        name(cidr).into(),
-        cidrs.join(",").into(),
-        age(cidr, now).into(),
-    ]
+    let cidrs: Vec<&str> = list(cidr, "/spec/cidrs").iter().filter_map(Value::as_str).collect();
+    vec![name(cidr).into(), cidrs.join(",").into(), age(cidr, now).into()]
 }
 
-const IP_ADDRESS_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("ParentRef", docs::IP_ADDRESS_PARENT_REF),
-];
+const IP_ADDRESS_COLUMNS: &[Column] = &[NAME, Column::string("ParentRef", docs::IP_ADDRESS_PARENT_REF)];
 
 fn ip_address_cells(ip: &Value, now: Timestamp) -> Vec<Value> {
     let parent = if has(ip, "/spec/parentRef") {
-        let (group, resource) = (
-            text(ip, "/spec/parentRef/group"),
-            text(ip, "/spec/parentRef/resource"),
-        );
-        let mut parent = if group.is_empty() {
-            resource.to_lowercase()
-        } else {
-            format!("{resource}.{group}").to_lowercase()
-        };
+        let (group, resource) = (text(ip, "/spec/parentRef/group"), text(ip, "/spec/parentRef/resource"));
+        let mut parent =
+            if group.is_empty() { resource.to_lowercase() } else { format!("{resource}.{group}").to_lowercase() };
         let namespace = text(ip, "/spec/parentRef/namespace");
         if !namespace.is_empty() {
             parent = format!("{parent}/{namespace}");
@@ -261,18 +177,12 @@ mod tests {
             ]
         );
         let bare = json!({"metadata": {"name": "x"}, "spec": {"defaultBackend": {}}});
-        assert_eq!(
-            ingress_cells(&bare, now())[1..5],
-            [json!("<none>"), json!("*"), json!(""), json!("80")]
-        );
+        assert_eq!(ingress_cells(&bare, now())[1..5], [json!("<none>"), json!("*"), json!(""), json!("80")]);
     }
 
     #[test]
     fn ingress_hosts_are_cut_after_three() {
-        let rules: Vec<Value> = ["a", "b", "", "c", "d"]
-            .iter()
-            .map(|h| json!({"host": h}))
-            .collect();
+        let rules: Vec<Value> = ["a", "b", "", "c", "d"].iter().map(|h| json!({"host": h})).collect();
         assert_eq!(ingress_hosts(&rules), "a,b,c + 2 more...");
         assert_eq!(ingress_hosts(&rules[..3]), "a,b");
         assert_eq!(ingress_hosts(&rules[..4]), "a,b,c");
@@ -284,10 +194,7 @@ mod tests {
             "parameters": {"apiGroup": "k8s.example.com", "kind": "IngressParameters", "name": "external-lb"}}});
         assert_eq!(
             ingress_class_cells(&class, now())[1..3],
-            [
-                json!("tugboat.dev/ingress"),
-                json!("IngressParameters.k8s.example.com/external-lb")
-            ]
+            [json!("tugboat.dev/ingress"), json!("IngressParameters.k8s.example.com/external-lb")]
         );
     }
 
@@ -306,17 +213,10 @@ mod tests {
             "endpoints": [{"addresses": ["10.42.0.5"]}, {"addresses": ["10.42.0.6", "10.42.0.7", "10.42.0.8"]}]});
         assert_eq!(
             endpoint_slice_cells(&slice, now())[1..4],
-            [
-                json!("IPv4"),
-                json!("80,metrics,*"),
-                json!("10.42.0.5,10.42.0.6,10.42.0.7 + 1 more...")
-            ]
+            [json!("IPv4"), json!("80,metrics,*"), json!("10.42.0.5,10.42.0.6,10.42.0.7 + 1 more...")]
         );
         let empty = json!({"metadata": {"name": "e"}, "addressType": "IPv6"});
-        assert_eq!(
-            endpoint_slice_cells(&empty, now())[2..4],
-            [json!("<unset>"), json!("<unset>")]
-        );
+        assert_eq!(endpoint_slice_cells(&empty, now())[2..4], [json!("<unset>"), json!("<unset>")]);
     }
 
     #[test]
@@ -324,11 +224,7 @@ mod tests {
         let ip = json!({"metadata": {"name": "10.43.0.10"}, "spec": {"parentRef": {"group": "", "resource": "services", "namespace": "kube-system", "name": "kube-dns"}}});
         assert_eq!(
             ip_address_cells(&ip, now()),
-            [
-                json!("10.43.0.10"),
-                json!("services/kube-system/kube-dns"),
-                json!("<unknown>")
-            ]
+            [json!("10.43.0.10"), json!("services/kube-system/kube-dns"), json!("<unknown>")]
         );
     }
 }

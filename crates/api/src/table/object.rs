@@ -43,9 +43,7 @@ pub(super) fn flag(obj: &Value, pointer: &str) -> bool {
 
 /// A list field, empty when absent.
 pub(super) fn list<'a>(obj: &'a Value, pointer: &str) -> &'a [Value] {
-    get(obj, pointer)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
+    get(obj, pointer).and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 /// The number of entries of a list or map field (`len()` in Go), 0 when absent.
@@ -95,10 +93,7 @@ pub(super) fn deleting(obj: &Value) -> bool {
 /// The status of the first condition of `kind` in a `conditions` list, as upstream's
 /// `hasJobCondition`-style lookups do (later duplicates are ignored).
 pub(super) fn condition_status<'a>(conditions: &'a [Value], kind: &str) -> Option<&'a str> {
-    conditions
-        .iter()
-        .find(|c| text(c, "/type") == kind)
-        .map(|c| text(c, "/status"))
+    conditions.iter().find(|c| text(c, "/type") == kind).map(|c| text(c, "/status"))
 }
 
 #[cfg(test)]

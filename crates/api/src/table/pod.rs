@@ -3,26 +3,16 @@
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::object::{
-    age, condition_status, deleting, flag, get, has, int, list, name, since, text, timestamp,
-};
+use super::object::{age, condition_status, deleting, flag, get, has, int, list, name, since, text, timestamp};
 use super::{AGE, Column, NAME, Printer, docs};
 
-pub(super) const PRINTERS: &[Printer] = &[Printer {
-    conditions: Some(row_conditions),
-    ..Printer::new("", "Pod", POD_COLUMNS, cells)
-}];
+pub(super) const PRINTERS: &[Printer] =
+    &[Printer { conditions: Some(row_conditions), ..Printer::new("", "Pod", POD_COLUMNS, cells) }];
 
 const POD_COLUMNS: &[Column] = &[
     NAME,
-    Column::string(
-        "Ready",
-        "The aggregate readiness state of this pod for accepting traffic.",
-    ),
-    Column::string(
-        "Status",
-        "The aggregate status of the containers in this pod.",
-    ),
+    Column::string("Ready", "The aggregate readiness state of this pod for accepting traffic."),
+    Column::string("Status", "The aggregate status of the containers in this pod."),
     Column::string(
         "Restarts",
         "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
@@ -38,10 +28,7 @@ const POD_COLUMNS: &[Column] = &[
 /// in old versions, dashboards today).
 fn row_conditions(pod: &Value) -> Vec<Value> {
     match text(pod, "/status/phase") {
-        "Succeeded" => vec![completed(
-            "Succeeded",
-            "The pod has completed successfully.",
-        )],
+        "Succeeded" => vec![completed("Succeeded", "The pod has completed successfully.")],
         "Failed" => vec![completed("Failed", "The pod failed.")],
         _ => Vec::new(),
     }
@@ -67,40 +54,24 @@ fn last_termination(status: &Value) -> Option<Option<Timestamp>> {
 /// `Signal:9` / `ExitCode:1` for a termination without a reason.
 fn exit_reason(terminated: &Value) -> String {
     let signal = int(terminated, "/signal");
-    if signal != 0 {
-        format!("Signal:{signal}")
-    } else {
-        format!("ExitCode:{}", int(terminated, "/exitCode"))
-    }
+    if signal != 0 { format!("Signal:{signal}") } else { format!("ExitCode:{}", int(terminated, "/exitCode")) }
 }
 
 fn cells(pod: &Value, now: Timestamp) -> Vec<Value> {
     let phase = text(pod, "/status/phase");
     let status_reason = text(pod, "/status/reason");
     let conditions = list(pod, "/status/conditions");
-    let mut reason = if status_reason.is_empty() {
-        phase.to_string()
-    } else {
-        status_reason.to_string()
-    };
-    if conditions
-        .iter()
-        .any(|c| text(c, "/type") == "PodScheduled" && text(c, "/reason") == "SchedulingGated")
-    {
+    let mut reason = if status_reason.is_empty() { phase.to_string() } else { status_reason.to_string() };
+    if conditions.iter().any(|c| text(c, "/type") == "PodScheduled" && text(c, "/reason") == "SchedulingGated") {
         reason = "SchedulingGated".into();
     }
 
     let init_specs = list(pod, "/spec/initContainers");
     // A sidecar is an init container that keeps running (`restartPolicy: Always`).
     let is_sidecar = |container: &str| {
-        init_specs
-            .iter()
-            .any(|c| text(c, "/name") == container && text(c, "/restartPolicy") == "Always")
+        init_specs.iter().any(|c| text(c, "/name") == container && text(c, "/restartPolicy") == "Always")
     };
-    let sidecars = init_specs
-        .iter()
-        .filter(|c| text(c, "/restartPolicy") == "Always")
-        .count();
+    let sidecars = init_specs.iter().filter(|c| text(c, "/restartPolicy") == "Always").count();
     let total = list(pod, "/spec/containers").len() + sidecars;
 
     let mut ready = 0;
@@ -109,10 +80,7 @@ fn cells(pod: &Value, now: Timestamp) -> Vec<Value> {
     let mut last_restart = None;
     let mut last_sidecar_restart = None;
     let mut initializing = false;
-    for (i, status) in list(pod, "/status/initContainerStatuses")
-        .iter()
-        .enumerate()
-    {
+    for (i, status) in list(pod, "/status/initContainerStatuses").iter().enumerate() {
         let sidecar = is_sidecar(text(status, "/name"));
         restarts += int(status, "/restartCount");
         if let Some(finished) = last_termination(status) {
@@ -125,9 +93,7 @@ fn cells(pod: &Value, now: Timestamp) -> Vec<Value> {
             }
         }
         let terminated = get(status, "/state/terminated");
-        let waiting_reason = get(status, "/state/waiting")
-            .map(|w| text(w, "/reason"))
-            .unwrap_or("");
+        let waiting_reason = get(status, "/state/waiting").map(|w| text(w, "/reason")).unwrap_or("");
         if terminated.is_some_and(|t| int(t, "/exitCode") == 0) {
             continue;
         }
@@ -160,19 +126,13 @@ fn cells(pod: &Value, now: Timestamp) -> Vec<Value> {
             if let Some(finished) = last_termination(status) {
                 last_restart = later(last_restart, finished);
             }
-            let waiting_reason = get(status, "/state/waiting")
-                .map(|w| text(w, "/reason"))
-                .unwrap_or("");
+            let waiting_reason = get(status, "/state/waiting").map(|w| text(w, "/reason")).unwrap_or("");
             let terminated = get(status, "/state/terminated");
             if !waiting_reason.is_empty() {
                 reason = waiting_reason.into();
             } else if let Some(t) = terminated {
                 let terminated_reason = text(t, "/reason");
-                reason = if terminated_reason.is_empty() {
-                    exit_reason(t)
-                } else {
-                    terminated_reason.into()
-                };
+                reason = if terminated_reason.is_empty() { exit_reason(t) } else { terminated_reason.into() };
             } else if flag(status, "/ready") && has(status, "/state/running") {
                 has_running = true;
                 ready += 1;
@@ -180,9 +140,7 @@ fn cells(pod: &Value, now: Timestamp) -> Vec<Value> {
         }
         // A pod whose last container completed while another still runs is not done.
         if reason == "Completed" && has_running {
-            let pod_ready = conditions
-                .iter()
-                .any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True");
+            let pod_ready = conditions.iter().any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True");
             reason = if pod_ready { "Running" } else { "NotReady" }.into();
         }
     }
@@ -200,24 +158,15 @@ fn cells(pod: &Value, now: Timestamp) -> Vec<Value> {
 
     // Upstream's internal pods always list the primary IP in podIPs; v1 objects may only
     // carry podIP.
-    let ip = list(pod, "/status/podIPs")
-        .first()
-        .map_or_else(|| text(pod, "/status/podIP"), |ip| text(ip, "/ip"));
+    let ip = list(pod, "/status/podIPs").first().map_or_else(|| text(pod, "/status/podIP"), |ip| text(ip, "/ip"));
     let none_if_empty = |s: &str| {
-        if s.is_empty() {
-            "<none>".to_string()
-        } else {
-            s.to_string()
-        }
+        if s.is_empty() { "<none>".to_string() } else { s.to_string() }
     };
     let gates = list(pod, "/spec/readinessGates");
     let readiness_gates = if gates.is_empty() {
         "<none>".to_string()
     } else {
-        let passing = gates
-            .iter()
-            .filter(|g| condition_true(conditions, text(g, "/conditionType")))
-            .count();
+        let passing = gates.iter().filter(|g| condition_true(conditions, text(g, "/conditionType"))).count();
         format!("{passing}/{}", gates.len())
     };
 
@@ -267,33 +216,21 @@ mod tests {
     }
 
     fn row(p: &Value) -> Vec<String> {
-        cells(p, now())
-            .iter()
-            .map(|c| c.as_str().unwrap().to_string())
-            .collect()
+        cells(p, now()).iter().map(|c| c.as_str().unwrap().to_string()).collect()
     }
 
     #[test]
     fn one_of_two_ready_with_recent_restarts_shows_ready_count_and_restart_age() {
         let mut app = running("app", true, 3);
-        app["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": "2024-05-01T11:58:00Z"}});
+        app["lastState"] =
+            json!({"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": "2024-05-01T11:58:00Z"}});
         let p = pod(
             two_containers(),
             json!({"phase": "Running", "podIP": "10.42.0.7", "podIPs": [{"ip": "10.42.0.7"}], "containerStatuses": [app, running("log", false, 0)]}),
         );
         assert_eq!(
             row(&p),
-            [
-                "web-0",
-                "1/2",
-                "Running",
-                "3 (2m ago)",
-                "2d5h",
-                "10.42.0.7",
-                "node-1",
-                "<none>",
-                "<none>"
-            ]
+            ["web-0", "1/2", "Running", "3 (2m ago)", "2d5h", "10.42.0.7", "node-1", "<none>", "<none>"]
         );
     }
 
@@ -309,10 +246,7 @@ mod tests {
 
     #[test]
     fn pending_pod_without_statuses_shows_its_phase_and_no_ip() {
-        let p = pod(
-            json!({"containers": [{"name": "app"}]}),
-            json!({"phase": "Pending"}),
-        );
+        let p = pod(json!({"containers": [{"name": "app"}]}), json!({"phase": "Pending"}));
         let r = row(&p);
         assert_eq!(&r[1..4], ["0/1", "Pending", "0"]);
         assert_eq!(&r[5..], ["<none>", "<none>", "<none>", "<none>"]);
@@ -321,10 +255,8 @@ mod tests {
     #[test]
     fn waiting_reason_of_a_container_becomes_the_status() {
         let creating = json!({"name": "app", "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}});
-        let p = pod(
-            json!({"containers": [{"name": "app"}]}),
-            json!({"phase": "Pending", "containerStatuses": [creating]}),
-        );
+        let p =
+            pod(json!({"containers": [{"name": "app"}]}), json!({"phase": "Pending", "containerStatuses": [creating]}));
         assert_eq!(row(&p)[2], "ContainerCreating");
 
         let crashing = json!({
@@ -332,28 +264,22 @@ mod tests {
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
             "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-05-01T11:59:30Z"}},
         });
-        let p = pod(
-            json!({"containers": [{"name": "app"}]}),
-            json!({"phase": "Running", "containerStatuses": [crashing]}),
-        );
+        let p =
+            pod(json!({"containers": [{"name": "app"}]}), json!({"phase": "Running", "containerStatuses": [crashing]}));
         assert_eq!(&row(&p)[1..4], ["0/1", "CrashLoopBackOff", "5 (30s ago)"]);
     }
 
     #[test]
     fn terminated_containers_show_reason_or_exit_code() {
         let done = json!({"name": "app", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
-        let p = pod(
-            json!({"containers": [{"name": "app"}]}),
-            json!({"phase": "Succeeded", "containerStatuses": [done]}),
-        );
+        let p =
+            pod(json!({"containers": [{"name": "app"}]}), json!({"phase": "Succeeded", "containerStatuses": [done]}));
         assert_eq!(row(&p)[2], "Completed");
         assert_eq!(row_conditions(&p)[0]["reason"], "Succeeded");
 
         let killed = json!({"name": "app", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 137, "signal": 9}}});
-        let p = pod(
-            json!({"containers": [{"name": "app"}]}),
-            json!({"phase": "Failed", "containerStatuses": [killed]}),
-        );
+        let p =
+            pod(json!({"containers": [{"name": "app"}]}), json!({"phase": "Failed", "containerStatuses": [killed]}));
         assert_eq!(row(&p)[2], "Signal:9");
     }
 
@@ -370,32 +296,23 @@ mod tests {
         let spec = json!({"initContainers": [{"name": "migrate"}, {"name": "seed"}], "containers": [{"name": "app"}]});
         let done = json!({"name": "migrate", "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
         let running_init = json!({"name": "seed", "restartCount": 0, "state": {"running": {}}});
-        let p = pod(
-            spec.clone(),
-            json!({"phase": "Pending", "initContainerStatuses": [done.clone(), running_init]}),
-        );
+        let p = pod(spec.clone(), json!({"phase": "Pending", "initContainerStatuses": [done.clone(), running_init]}));
         assert_eq!(&row(&p)[1..3], ["0/1", "Init:1/2"]);
 
         let failing = json!({"name": "seed", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
             "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-05-01T11:55:00Z"}}});
-        let p = pod(
-            spec.clone(),
-            json!({"phase": "Pending", "initContainerStatuses": [done.clone(), failing]}),
-        );
+        let p = pod(spec.clone(), json!({"phase": "Pending", "initContainerStatuses": [done.clone(), failing]}));
         assert_eq!(&row(&p)[2..4], ["Init:CrashLoopBackOff", "4 (5m ago)"]);
 
-        let error =
-            json!({"name": "seed", "restartCount": 0, "state": {"terminated": {"exitCode": 2}}});
-        let p = pod(
-            spec,
-            json!({"phase": "Pending", "initContainerStatuses": [done, error]}),
-        );
+        let error = json!({"name": "seed", "restartCount": 0, "state": {"terminated": {"exitCode": 2}}});
+        let p = pod(spec, json!({"phase": "Pending", "initContainerStatuses": [done, error]}));
         assert_eq!(row(&p)[2], "Init:ExitCode:2");
     }
 
     #[test]
     fn started_sidecars_count_as_ready_containers() {
-        let spec = json!({"initContainers": [{"name": "proxy", "restartPolicy": "Always"}], "containers": [{"name": "app"}]});
+        let spec =
+            json!({"initContainers": [{"name": "proxy", "restartPolicy": "Always"}], "containers": [{"name": "app"}]});
         let proxy = json!({"name": "proxy", "ready": true, "started": true, "restartCount": 1, "state": {"running": {}},
             "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-05-01T11:50:00Z"}}});
         let status = json!({
@@ -404,10 +321,7 @@ mod tests {
             "initContainerStatuses": [proxy],
             "containerStatuses": [running("app", true, 0)],
         });
-        assert_eq!(
-            &row(&pod(spec, status))[1..4],
-            ["2/2", "Running", "1 (10m ago)"]
-        );
+        assert_eq!(&row(&pod(spec, status))[1..4], ["2/2", "Running", "1 (10m ago)"]);
     }
 
     #[test]
@@ -427,10 +341,7 @@ mod tests {
     #[test]
     fn scheduling_gated_pods_say_so() {
         let status = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]});
-        assert_eq!(
-            row(&pod(json!({"containers": [{"name": "app"}]}), status))[2],
-            "SchedulingGated"
-        );
+        assert_eq!(row(&pod(json!({"containers": [{"name": "app"}]}), status))[2], "SchedulingGated");
     }
 
     #[test]
@@ -440,9 +351,6 @@ mod tests {
             "phase": "Running", "nominatedNodeName": "node-2", "podIPs": [{"ip": "fd00::7"}, {"ip": "10.0.0.7"}],
             "conditions": [{"type": "lb/ready", "status": "True"}, {"type": "dns/ready", "status": "False"}],
         });
-        assert_eq!(
-            &row(&pod(spec, status))[5..],
-            ["fd00::7", "<none>", "node-2", "1/2"]
-        );
+        assert_eq!(&row(&pod(spec, status))[5..], ["fd00::7", "<none>", "node-2", "1/2"]);
     }
 }

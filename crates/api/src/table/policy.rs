@@ -12,60 +12,20 @@ use super::object::{age, count, get, has, int, list, name, opt_int, text};
 use super::{AGE, Column, NAME, Printer, docs};
 
 pub(super) const PRINTERS: &[Printer] = &[
-    Printer::new(
-        "rbac.authorization.k8s.io",
-        "RoleBinding",
-        ROLE_BINDING_COLUMNS,
-        binding_cells,
-    ),
-    Printer::new(
-        "rbac.authorization.k8s.io",
-        "ClusterRoleBinding",
-        CLUSTER_ROLE_BINDING_COLUMNS,
-        binding_cells,
-    ),
-    Printer::new(
-        "certificates.k8s.io",
-        "CertificateSigningRequest",
-        CSR_COLUMNS,
-        csr_cells,
-    ),
-    Printer::new(
-        "certificates.k8s.io",
-        "ClusterTrustBundle",
-        TRUST_BUNDLE_COLUMNS,
-        trust_bundle_cells,
-    ),
-    Printer::new(
-        "admissionregistration.k8s.io",
-        "MutatingWebhookConfiguration",
-        WEBHOOK_COLUMNS,
-        webhook_cells,
-    ),
-    Printer::new(
-        "admissionregistration.k8s.io",
-        "ValidatingWebhookConfiguration",
-        WEBHOOK_COLUMNS,
-        webhook_cells,
-    ),
-    Printer::new(
-        "admissionregistration.k8s.io",
-        "ValidatingAdmissionPolicy",
-        VAP_COLUMNS,
-        vap_cells,
-    ),
+    Printer::new("rbac.authorization.k8s.io", "RoleBinding", ROLE_BINDING_COLUMNS, binding_cells),
+    Printer::new("rbac.authorization.k8s.io", "ClusterRoleBinding", CLUSTER_ROLE_BINDING_COLUMNS, binding_cells),
+    Printer::new("certificates.k8s.io", "CertificateSigningRequest", CSR_COLUMNS, csr_cells),
+    Printer::new("certificates.k8s.io", "ClusterTrustBundle", TRUST_BUNDLE_COLUMNS, trust_bundle_cells),
+    Printer::new("admissionregistration.k8s.io", "MutatingWebhookConfiguration", WEBHOOK_COLUMNS, webhook_cells),
+    Printer::new("admissionregistration.k8s.io", "ValidatingWebhookConfiguration", WEBHOOK_COLUMNS, webhook_cells),
+    Printer::new("admissionregistration.k8s.io", "ValidatingAdmissionPolicy", VAP_COLUMNS, vap_cells),
     Printer::new(
         "admissionregistration.k8s.io",
         "ValidatingAdmissionPolicyBinding",
         POLICY_BINDING_COLUMNS,
         policy_binding_cells,
     ),
-    Printer::new(
-        "admissionregistration.k8s.io",
-        "MutatingAdmissionPolicy",
-        MAP_COLUMNS,
-        map_cells,
-    ),
+    Printer::new("admissionregistration.k8s.io", "MutatingAdmissionPolicy", MAP_COLUMNS, map_cells),
     Printer::new(
         "admissionregistration.k8s.io",
         "MutatingAdmissionPolicyBinding",
@@ -74,12 +34,7 @@ pub(super) const PRINTERS: &[Printer] = &[
     ),
     Printer {
         order: Some(flow_schema_order),
-        ..Printer::new(
-            "flowcontrol.apiserver.k8s.io",
-            "FlowSchema",
-            FLOW_SCHEMA_COLUMNS,
-            flow_schema_cells,
-        )
+        ..Printer::new("flowcontrol.apiserver.k8s.io", "FlowSchema", FLOW_SCHEMA_COLUMNS, flow_schema_cells)
     },
     Printer::new(
         "flowcontrol.apiserver.k8s.io",
@@ -104,30 +59,18 @@ const CLUSTER_ROLE_BINDING_COLUMNS: &[Column] = &[
     AGE,
     Column::string("Users", "Users in the clusterRoleBinding").wide(),
     Column::string("Groups", "Groups in the clusterRoleBinding").wide(),
-    Column::string(
-        "ServiceAccounts",
-        "ServiceAccounts in the clusterRoleBinding",
-    )
-    .wide(),
+    Column::string("ServiceAccounts", "ServiceAccounts in the clusterRoleBinding").wide(),
 ];
 
 fn binding_cells(binding: &Value, now: Timestamp) -> Vec<Value> {
-    let role = format!(
-        "{}/{}",
-        text(binding, "/roleRef/kind"),
-        text(binding, "/roleRef/name")
-    );
+    let role = format!("{}/{}", text(binding, "/roleRef/kind"), text(binding, "/roleRef/name"));
     let (mut users, mut groups, mut service_accounts) = (Vec::new(), Vec::new(), Vec::new());
     for subject in list(binding, "/subjects") {
         match text(subject, "/kind") {
             "User" => users.push(text(subject, "/name").to_string()),
             "Group" => groups.push(text(subject, "/name").to_string()),
             "ServiceAccount" => {
-                service_accounts.push(format!(
-                    "{}/{}",
-                    text(subject, "/namespace"),
-                    text(subject, "/name")
-                ));
+                service_accounts.push(format!("{}/{}", text(subject, "/namespace"), text(subject, "/name")));
             }
             _ => {}
         }
@@ -177,10 +120,8 @@ fn csr_cells(csr: &Value, now: Timestamp) -> Vec<Value> {
         "" => "<none>",
         signer => signer,
     };
-    let requested = opt_int(csr, "/spec/expirationSeconds").map_or_else(
-        || "<none>".into(),
-        |s| human_duration(SignedDuration::from_secs(s)),
-    );
+    let requested = opt_int(csr, "/spec/expirationSeconds")
+        .map_or_else(|| "<none>".into(), |s| human_duration(SignedDuration::from_secs(s)));
     vec![
         name(csr).into(),
         age(csr, now).into(),
@@ -191,10 +132,7 @@ fn csr_cells(csr: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
-const TRUST_BUNDLE_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("SignerName", docs::CTB_SPEC_SIGNER_NAME),
-];
+const TRUST_BUNDLE_COLUMNS: &[Column] = &[NAME, Column::string("SignerName", docs::CTB_SPEC_SIGNER_NAME)];
 
 fn trust_bundle_cells(bundle: &Value, _now: Timestamp) -> Vec<Value> {
     let signer = match text(bundle, "/spec/signerName") {
@@ -206,25 +144,16 @@ fn trust_bundle_cells(bundle: &Value, _now: Timestamp) -> Vec<Value> {
 
 const WEBHOOK_COLUMNS: &[Column] = &[
     NAME,
-    Column::integer(
-        "Webhooks",
-        "Webhooks indicates the number of webhooks registered in this configuration",
-    ),
+    Column::integer("Webhooks", "Webhooks indicates the number of webhooks registered in this configuration"),
     AGE,
 ];
 
 fn webhook_cells(config: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(config).into(),
-        count(config, "/webhooks").into(),
-        age(config, now).into(),
-    ]
+    vec![name(config).into(), count(config, "/webhooks").into(), age(config, now).into()]
 }
 
-const PARAM_KIND: Column = Column::string(
-    "ParamKind",
-    "ParamKind specifies the kind of resources used to parameterize this policy",
-);
+const PARAM_KIND: Column =
+    Column::string("ParamKind", "ParamKind specifies the kind of resources used to parameterize this policy");
 
 const VAP_COLUMNS: &[Column] = &[
     NAME,
@@ -238,21 +167,14 @@ const VAP_COLUMNS: &[Column] = &[
 
 const MAP_COLUMNS: &[Column] = &[
     NAME,
-    Column::integer(
-        "Mutations",
-        "Mutation indicates the number of mutations rules defined in this configuration",
-    ),
+    Column::integer("Mutations", "Mutation indicates the number of mutations rules defined in this configuration"),
     PARAM_KIND,
     AGE,
 ];
 
 fn param_kind(policy: &Value) -> String {
     if has(policy, "/spec/paramKind") {
-        format!(
-            "{}/{}",
-            text(policy, "/spec/paramKind/apiVersion"),
-            text(policy, "/spec/paramKind/kind")
-        )
+        format!("{}/{}", text(policy, "/spec/paramKind/apiVersion"), text(policy, "/spec/paramKind/kind"))
     } else {
         "<unset>".into()
     }
@@ -278,36 +200,22 @@ fn map_cells(policy: &Value, now: Timestamp) -> Vec<Value> {
 
 const POLICY_BINDING_COLUMNS: &[Column] = &[
     NAME,
-    Column::string(
-        "PolicyName",
-        "PolicyName indicates the policy definition which the policy binding binded to",
-    ),
-    Column::string(
-        "ParamRef",
-        "ParamRef indicates the param resource which sets the configration param",
-    ),
+    Column::string("PolicyName", "PolicyName indicates the policy definition which the policy binding binded to"),
+    Column::string("ParamRef", "ParamRef indicates the param resource which sets the configration param"),
     AGE,
 ];
 
 /// A label selector as Go's generated `String()` method prints the struct: upstream shows a
 /// selecting parameter reference that way.
 fn selector_struct_string(selector: &Value) -> String {
-    let mut labels: Vec<(&String, &Value)> = get(selector, "/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().collect())
-        .unwrap_or_default();
+    let mut labels: Vec<(&String, &Value)> =
+        get(selector, "/matchLabels").and_then(Value::as_object).map(|m| m.iter().collect()).unwrap_or_default();
     labels.sort_by(|a, b| a.0.cmp(b.0));
-    let labels: String = labels
-        .iter()
-        .map(|(k, v)| format!("{k}: {},", v.as_str().unwrap_or("")))
-        .collect();
+    let labels: String = labels.iter().map(|(k, v)| format!("{k}: {},", v.as_str().unwrap_or(""))).collect();
     let expressions: String = list(selector, "/matchExpressions")
         .iter()
         .map(|e| {
-            let values: Vec<&str> = list(e, "/values")
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
+            let values: Vec<&str> = list(e, "/values").iter().filter_map(Value::as_str).collect();
             format!(
                 "LabelSelectorRequirement{{Key:{},Operator:{},Values:[{}],}},",
                 text(e, "/key"),
@@ -331,12 +239,7 @@ fn policy_binding_cells(binding: &Value, now: Timestamp) -> Vec<Value> {
             (param, namespace) => format!("{namespace}/{param}"),
         },
     };
-    vec![
-        name(binding).into(),
-        text(binding, "/spec/policyName").into(),
-        param.into(),
-        age(binding, now).into(),
-    ]
+    vec![name(binding).into(), text(binding, "/spec/policyName").into(), param.into(), age(binding, now).into()]
 }
 
 const FLOW_SCHEMA_COLUMNS: &[Column] = &[
@@ -345,10 +248,7 @@ const FLOW_SCHEMA_COLUMNS: &[Column] = &[
     Column::string("MatchingPrecedence", docs::FLOW_SCHEMA_PRECEDENCE),
     Column::string("DistinguisherMethod", docs::FLOW_SCHEMA_DISTINGUISHER),
     AGE,
-    Column::string(
-        "MissingPL",
-        "references a broken or non-existent PriorityLevelConfiguration",
-    ),
+    Column::string("MissingPL", "references a broken or non-existent PriorityLevelConfiguration"),
 ];
 
 /// Defaulting gives flow schemas a matching precedence of 1000.
@@ -358,9 +258,7 @@ fn matching_precedence(fs: &Value) -> i64 {
 
 /// Flow schemas list in the order the API server matches them: by precedence, then name.
 fn flow_schema_order(a: &Value, b: &Value) -> Ordering {
-    matching_precedence(a)
-        .cmp(&matching_precedence(b))
-        .then_with(|| name(a).cmp(name(b)))
+    matching_precedence(a).cmp(&matching_precedence(b)).then_with(|| name(a).cmp(name(b)))
 }
 
 fn flow_schema_cells(fs: &Value, now: Timestamp) -> Vec<Value> {
@@ -394,13 +292,10 @@ const PRIORITY_LEVEL_COLUMNS: &[Column] = &[
 
 fn priority_level_cells(pl: &Value, now: Timestamp) -> Vec<Value> {
     let none = || Value::from("<none>");
-    let (mut shares, mut queues, mut hand_size, mut queue_length) =
-        (none(), none(), none(), none());
+    let (mut shares, mut queues, mut hand_size, mut queue_length) = (none(), none(), none(), none());
     if let Some(limited) = get(pl, "/spec/limited") {
         // The API's defaults, for levels stored before defaulting.
-        shares = opt_int(limited, "/nominalConcurrencyShares")
-            .unwrap_or(30)
-            .into();
+        shares = opt_int(limited, "/nominalConcurrencyShares").unwrap_or(30).into();
         if let Some(queuing) = get(limited, "/limitResponse/queuing") {
             let or_default = |pointer: &str, default: i64| match int(queuing, pointer) {
                 0 => default,
@@ -411,15 +306,7 @@ fn priority_level_cells(pl: &Value, now: Timestamp) -> Vec<Value> {
             queue_length = or_default("/queueLengthLimit", 50).into();
         }
     }
-    vec![
-        name(pl).into(),
-        text(pl, "/spec/type").into(),
-        shares,
-        queues,
-        hand_size,
-        queue_length,
-        age(pl, now).into(),
-    ]
+    vec![name(pl).into(), text(pl, "/spec/type").into(), shares, queues, hand_size, queue_length, age(pl, now).into()]
 }
 
 #[cfg(test)]
@@ -471,55 +358,34 @@ mod tests {
         let denied = json!({"metadata": {"name": "x"}, "status": {"conditions": [{"type": "Approved"}, {"type": "Denied"}, {"type": "Failed"}]}});
         assert_eq!(
             csr_cells(&denied, now())[2..],
-            [
-                json!("<none>"),
-                json!(""),
-                json!("<none>"),
-                json!("Denied,Failed")
-            ]
+            [json!("<none>"), json!(""), json!("<none>"), json!("Denied,Failed")]
         );
     }
 
     #[test]
     fn webhook_configurations_count_their_webhooks() {
-        let config = json!({"metadata": {"name": "policy"}, "webhooks": [{"name": "a.example.com"}, {"name": "b.example.com"}]});
+        let config =
+            json!({"metadata": {"name": "policy"}, "webhooks": [{"name": "a.example.com"}, {"name": "b.example.com"}]});
         assert_eq!(webhook_cells(&config, now())[1], 2);
-        assert_eq!(
-            webhook_cells(&json!({"metadata": {"name": "empty"}}), now())[1],
-            0
-        );
+        assert_eq!(webhook_cells(&json!({"metadata": {"name": "empty"}}), now())[1], 0);
     }
 
     #[test]
     fn admission_policies_and_bindings() {
         let vap = json!({"metadata": {"name": "replicas"}, "spec": {"paramKind": {"apiVersion": "v1", "kind": "ConfigMap"}, "validations": [{"expression": "true"}]}});
+        assert_eq!(vap_cells(&vap, now())[1..3], [json!(1), json!("v1/ConfigMap")]);
+        let binding =
+            |param: Value| json!({"metadata": {"name": "b"}, "spec": {"policyName": "replicas", "paramRef": param}});
         assert_eq!(
-            vap_cells(&vap, now())[1..3],
-            [json!(1), json!("v1/ConfigMap")]
-        );
-        let binding = |param: Value| json!({"metadata": {"name": "b"}, "spec": {"policyName": "replicas", "paramRef": param}});
-        assert_eq!(
-            policy_binding_cells(
-                &binding(json!({"name": "limits", "namespace": "prod"})),
-                now()
-            )[2],
+            policy_binding_cells(&binding(json!({"name": "limits", "namespace": "prod"})), now())[2],
             "prod/limits"
         );
+        assert_eq!(policy_binding_cells(&binding(json!({"name": "limits"})), now())[2], "*/limits");
         assert_eq!(
-            policy_binding_cells(&binding(json!({"name": "limits"})), now())[2],
-            "*/limits"
-        );
-        assert_eq!(
-            policy_binding_cells(
-                &binding(json!({"selector": {"matchLabels": {"env": "prod"}}})),
-                now()
-            )[2],
+            policy_binding_cells(&binding(json!({"selector": {"matchLabels": {"env": "prod"}}})), now())[2],
             "&LabelSelector{MatchLabels:map[string]string{env: prod,},MatchExpressions:[]LabelSelectorRequirement{},}"
         );
-        assert_eq!(
-            policy_binding_cells(&json!({"metadata": {"name": "b"}, "spec": {}}), now())[2],
-            "<unset>"
-        );
+        assert_eq!(policy_binding_cells(&json!({"metadata": {"name": "b"}, "spec": {}}), now())[2], "<unset>");
     }
 
     #[test]
@@ -532,10 +398,7 @@ mod tests {
         all.sort_by(flow_schema_order);
         let names: Vec<&str> = all.iter().map(name).collect();
         assert_eq!(names, ["exempt", "a", "b"]);
-        assert_eq!(
-            flow_schema_cells(&all[0], now())[1..4],
-            [json!("workload-low"), json!(1), json!("ByUser")]
-        );
+        assert_eq!(flow_schema_cells(&all[0], now())[1..4], [json!("workload-low"), json!(1), json!("ByUser")]);
         assert_eq!(flow_schema_cells(&all[0], now())[5], "False");
         assert_eq!(
             flow_schema_cells(&json!({"metadata": {"name": "n"}}), now())[3..],
@@ -549,24 +412,12 @@ mod tests {
             "limitResponse": {"type": "Queue", "queuing": {"queues": 128, "handSize": 6, "queueLengthLimit": 50}}}}});
         assert_eq!(
             priority_level_cells(&limited, now())[1..6],
-            [
-                json!("Limited"),
-                json!(100),
-                json!(128),
-                json!(6),
-                json!(50)
-            ]
+            [json!("Limited"), json!(100), json!(128), json!(6), json!(50)]
         );
-        let exempt =
-            json!({"metadata": {"name": "exempt"}, "spec": {"type": "Exempt", "exempt": {}}});
+        let exempt = json!({"metadata": {"name": "exempt"}, "spec": {"type": "Exempt", "exempt": {}}});
         assert_eq!(
             priority_level_cells(&exempt, now())[2..6],
-            [
-                json!("<none>"),
-                json!("<none>"),
-                json!("<none>"),
-                json!("<none>")
-            ]
+            [json!("<none>"), json!("<none>"), json!("<none>"), json!("<none>")]
         );
     }
 }

@@ -38,14 +38,7 @@ fn split(s: &str) -> Option<Parts<'_>> {
     while pos < end && b[pos] == b'0' {
         pos += 1;
     }
-    let done = |num, denom, suffix| {
-        Some(Parts {
-            negative,
-            num,
-            denom,
-            suffix,
-        })
-    };
+    let done = |num, denom, suffix| Some(Parts { negative, num, denom, suffix });
     if pos >= end {
         return done("0", "", "");
     }
@@ -140,12 +133,7 @@ pub fn canonical_quantity(quantity: &str) -> Option<String> {
         Format::DecimalSi | Format::DecimalExponent => {
             let scale = exponent - denom_len;
             let precision = 18 - (num_len + denom_len);
-            if precision >= 0
-                && scale >= -9
-                && scale % 3 == 0
-                && !digits.ends_with("000")
-                && !digits.starts_with('0')
-            {
+            if precision >= 0 && scale >= -9 && scale % 3 == 0 && !digits.ends_with("000") && !digits.starts_with('0') {
                 return Some(quantity.into());
             }
         }
@@ -202,20 +190,14 @@ pub fn canonical_quantity(quantity: &str) -> Option<String> {
         let below_1024 = magnitude < 1024 * unit;
         let integral = scale >= 0 || magnitude % unit == 0;
         if !below_1024 && integral {
-            let mut value = if scale >= 0 {
-                magnitude.checked_mul(pow10(u32::try_from(scale).ok()?)?)?
-            } else {
-                magnitude / unit
-            };
+            let mut value =
+                if scale >= 0 { magnitude.checked_mul(pow10(u32::try_from(scale).ok()?)?)? } else { magnitude / unit };
             let mut times = 0;
             while value >= 1024 && value % 1024 == 0 {
                 value /= 1024;
                 times += 1;
             }
-            let suffix = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
-                .get(times)
-                .copied()
-                .unwrap_or("");
+            let suffix = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"].get(times).copied().unwrap_or("");
             return Some(format!("{sign}{value}{suffix}"));
         }
         format = Format::DecimalSi;

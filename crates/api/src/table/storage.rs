@@ -12,42 +12,12 @@ use super::{AGE, Column, NAME, Printer, docs};
 pub(super) const PRINTERS: &[Printer] = &[
     Printer::new("", "PersistentVolume", PV_COLUMNS, pv_cells),
     Printer::new("", "PersistentVolumeClaim", PVC_COLUMNS, pvc_cells),
-    Printer::new(
-        "storage.k8s.io",
-        "StorageClass",
-        STORAGE_CLASS_COLUMNS,
-        storage_class_cells,
-    ),
-    Printer::new(
-        "storage.k8s.io",
-        "VolumeAttributesClass",
-        VAC_COLUMNS,
-        vac_cells,
-    ),
-    Printer::new(
-        "storage.k8s.io",
-        "CSIDriver",
-        CSI_DRIVER_COLUMNS,
-        csi_driver_cells,
-    ),
-    Printer::new(
-        "storage.k8s.io",
-        "CSINode",
-        CSI_NODE_COLUMNS,
-        csi_node_cells,
-    ),
-    Printer::new(
-        "storage.k8s.io",
-        "VolumeAttachment",
-        VOLUME_ATTACHMENT_COLUMNS,
-        volume_attachment_cells,
-    ),
-    Printer::new(
-        "storage.k8s.io",
-        "CSIStorageCapacity",
-        CSI_CAPACITY_COLUMNS,
-        csi_capacity_cells,
-    ),
+    Printer::new("storage.k8s.io", "StorageClass", STORAGE_CLASS_COLUMNS, storage_class_cells),
+    Printer::new("storage.k8s.io", "VolumeAttributesClass", VAC_COLUMNS, vac_cells),
+    Printer::new("storage.k8s.io", "CSIDriver", CSI_DRIVER_COLUMNS, csi_driver_cells),
+    Printer::new("storage.k8s.io", "CSINode", CSI_NODE_COLUMNS, csi_node_cells),
+    Printer::new("storage.k8s.io", "VolumeAttachment", VOLUME_ATTACHMENT_COLUMNS, volume_attachment_cells),
+    Printer::new("storage.k8s.io", "CSIStorageCapacity", CSI_CAPACITY_COLUMNS, csi_capacity_cells),
 ];
 
 /// The beta annotation still takes precedence over `storageClassName`, as upstream's helpers
@@ -55,9 +25,7 @@ pub(super) const PRINTERS: &[Printer] = &[
 const BETA_STORAGE_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
 
 fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    get(obj, "/metadata/annotations")
-        .and_then(|a| a.get(key))
-        .and_then(Value::as_str)
+    get(obj, "/metadata/annotations").and_then(|a| a.get(key)).and_then(Value::as_str)
 }
 
 const PV_COLUMNS: &[Column] = &[
@@ -76,21 +44,12 @@ const PV_COLUMNS: &[Column] = &[
 
 fn pv_cells(pv: &Value, now: Timestamp) -> Vec<Value> {
     let claim = if has(pv, "/spec/claimRef") {
-        format!(
-            "{}/{}",
-            text(pv, "/spec/claimRef/namespace"),
-            text(pv, "/spec/claimRef/name")
-        )
+        format!("{}/{}", text(pv, "/spec/claimRef/namespace"), text(pv, "/spec/claimRef/name"))
     } else {
         String::new()
     };
-    let phase = if deleting(pv) {
-        "Terminating"
-    } else {
-        text(pv, "/status/phase")
-    };
-    let class = annotation(pv, BETA_STORAGE_CLASS_ANNOTATION)
-        .unwrap_or_else(|| text(pv, "/spec/storageClassName"));
+    let phase = if deleting(pv) { "Terminating" } else { text(pv, "/status/phase") };
+    let class = annotation(pv, BETA_STORAGE_CLASS_ANNOTATION).unwrap_or_else(|| text(pv, "/spec/storageClassName"));
     vec![
         name(pv).into(),
         quantity_cell(get(pv, "/spec/capacity/storage")).into(),
@@ -99,9 +58,7 @@ fn pv_cells(pv: &Value, now: Timestamp) -> Vec<Value> {
         phase.into(),
         claim.into(),
         class.into(),
-        opt_text(pv, "/spec/volumeAttributesClassName")
-            .unwrap_or("<unset>")
-            .into(),
+        opt_text(pv, "/spec/volumeAttributesClassName").unwrap_or("<unset>").into(),
         text(pv, "/status/reason").into(),
         age(pv, now).into(),
         opt_text(pv, "/spec/volumeMode").unwrap_or("<unset>").into(),
@@ -121,23 +78,15 @@ const PVC_COLUMNS: &[Column] = &[
 ];
 
 fn pvc_cells(pvc: &Value, now: Timestamp) -> Vec<Value> {
-    let phase = if deleting(pvc) {
-        "Terminating"
-    } else {
-        text(pvc, "/status/phase")
-    };
+    let phase = if deleting(pvc) { "Terminating" } else { text(pvc, "/status/phase") };
     let volume = text(pvc, "/spec/volumeName");
     // Capacity and access modes are the bound volume's, shown only once there is one.
     let (capacity, modes) = if volume.is_empty() {
         (String::new(), String::new())
     } else {
-        (
-            quantity_cell(get(pvc, "/status/capacity/storage")),
-            access_modes(list(pvc, "/status/accessModes")),
-        )
+        (quantity_cell(get(pvc, "/status/capacity/storage")), access_modes(list(pvc, "/status/accessModes")))
     };
-    let class = annotation(pvc, BETA_STORAGE_CLASS_ANNOTATION)
-        .unwrap_or_else(|| text(pvc, "/spec/storageClassName"));
+    let class = annotation(pvc, BETA_STORAGE_CLASS_ANNOTATION).unwrap_or_else(|| text(pvc, "/spec/storageClassName"));
     vec![
         name(pvc).into(),
         phase.into(),
@@ -145,13 +94,9 @@ fn pvc_cells(pvc: &Value, now: Timestamp) -> Vec<Value> {
         capacity.into(),
         modes.into(),
         class.into(),
-        opt_text(pvc, "/spec/volumeAttributesClassName")
-            .unwrap_or("<unset>")
-            .into(),
+        opt_text(pvc, "/spec/volumeAttributesClassName").unwrap_or("<unset>").into(),
         age(pvc, now).into(),
-        opt_text(pvc, "/spec/volumeMode")
-            .unwrap_or("<unset>")
-            .into(),
+        opt_text(pvc, "/spec/volumeMode").unwrap_or("<unset>").into(),
     ]
 }
 
@@ -166,12 +111,9 @@ const STORAGE_CLASS_COLUMNS: &[Column] = &[
 
 /// The default class is marked in its name, by the GA or the beta annotation.
 fn is_default_class(obj: &Value) -> bool {
-    [
-        "storageclass.kubernetes.io/is-default-class",
-        "storageclass.beta.kubernetes.io/is-default-class",
-    ]
-    .iter()
-    .any(|key| annotation(obj, key) == Some("true"))
+    ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
+        .iter()
+        .any(|key| annotation(obj, key) == Some("true"))
 }
 
 fn storage_class_cells(sc: &Value, now: Timestamp) -> Vec<Value> {
@@ -183,34 +125,20 @@ fn storage_class_cells(sc: &Value, now: Timestamp) -> Vec<Value> {
         display.into(),
         text(sc, "/provisioner").into(),
         opt_text(sc, "/reclaimPolicy").unwrap_or("Delete").into(),
-        opt_text(sc, "/volumeBindingMode")
-            .unwrap_or("Immediate")
-            .into(),
+        opt_text(sc, "/volumeBindingMode").unwrap_or("Immediate").into(),
         flag(sc, "/allowVolumeExpansion").into(),
         age(sc, now).into(),
     ]
 }
 
-const VAC_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("DriverName", docs::VAC_DRIVER_NAME),
-    AGE,
-];
+const VAC_COLUMNS: &[Column] = &[NAME, Column::string("DriverName", docs::VAC_DRIVER_NAME), AGE];
 
 fn vac_cells(vac: &Value, now: Timestamp) -> Vec<Value> {
     let mut display = name(vac).to_string();
-    if annotation(
-        vac,
-        "volumeattributesclass.alpha.kubernetes.io/is-default-class",
-    ) == Some("true")
-    {
+    if annotation(vac, "volumeattributesclass.alpha.kubernetes.io/is-default-class") == Some("true") {
         display.push_str(" (default)");
     }
-    vec![
-        display.into(),
-        text(vac, "/driverName").into(),
-        age(vac, now).into(),
-    ]
+    vec![display.into(), text(vac, "/driverName").into(), age(vac, now).into()]
 }
 
 const CSI_DRIVER_COLUMNS: &[Column] = &[
@@ -225,29 +153,16 @@ const CSI_DRIVER_COLUMNS: &[Column] = &[
 ];
 
 fn csi_driver_cells(driver: &Value, now: Timestamp) -> Vec<Value> {
-    let modes: Vec<&str> = list(driver, "/spec/volumeLifecycleModes")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let modes = if modes.is_empty() {
-        "<none>".to_string()
-    } else {
-        modes.join(",")
-    };
+    let modes: Vec<&str> = list(driver, "/spec/volumeLifecycleModes").iter().filter_map(Value::as_str).collect();
+    let modes = if modes.is_empty() { "<none>".to_string() } else { modes.join(",") };
     let token_requests = match get(driver, "/spec/tokenRequests").and_then(Value::as_array) {
-        Some(requests) => requests
-            .iter()
-            .map(|r| text(r, "/audience"))
-            .collect::<Vec<_>>()
-            .join(","),
+        Some(requests) => requests.iter().map(|r| text(r, "/audience")).collect::<Vec<_>>().join(","),
         None => "<unset>".to_string(),
     };
     vec![
         name(driver).into(),
         // Drivers need attaching unless they say otherwise.
-        opt_flag(driver, "/spec/attachRequired")
-            .unwrap_or(true)
-            .into(),
+        opt_flag(driver, "/spec/attachRequired").unwrap_or(true).into(),
         flag(driver, "/spec/podInfoOnMount").into(),
         flag(driver, "/spec/storageCapacity").into(),
         token_requests.into(),
@@ -257,21 +172,11 @@ fn csi_driver_cells(driver: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
-const CSI_NODE_COLUMNS: &[Column] = &[
-    NAME,
-    Column::integer(
-        "Drivers",
-        "Drivers indicates the number of CSI drivers registered on the node",
-    ),
-    AGE,
-];
+const CSI_NODE_COLUMNS: &[Column] =
+    &[NAME, Column::integer("Drivers", "Drivers indicates the number of CSI drivers registered on the node"), AGE];
 
 fn csi_node_cells(node: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(node).into(),
-        count(node, "/spec/drivers").into(),
-        age(node, now).into(),
-    ]
+    vec![name(node).into(), count(node, "/spec/drivers").into(), age(node, now).into()]
 }
 
 const VOLUME_ATTACHMENT_COLUMNS: &[Column] = &[
@@ -306,11 +211,7 @@ fn csi_capacity_cells(capacity: &Value, _now: Timestamp) -> Vec<Value> {
         Some(q) => quantity_cell(Some(q)),
         None => "<unset>".to_string(),
     };
-    vec![
-        name(capacity).into(),
-        text(capacity, "/storageClassName").into(),
-        amount.into(),
-    ]
+    vec![name(capacity).into(), text(capacity, "/storageClassName").into(), amount.into()]
 }
 
 #[cfg(test)]
@@ -368,26 +269,12 @@ mod tests {
         });
         assert_eq!(
             pvc_cells(&pvc, now())[1..7],
-            [
-                json!("Pending"),
-                json!(""),
-                json!(""),
-                json!(""),
-                json!("local-path"),
-                json!("<unset>")
-            ]
+            [json!("Pending"), json!(""), json!(""), json!(""), json!("local-path"), json!("<unset>")]
         );
         pvc["spec"]["volumeName"] = json!("pvc-1f2e");
-        pvc["status"] = json!({"phase": "Bound", "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"]});
-        assert_eq!(
-            pvc_cells(&pvc, now())[1..5],
-            [
-                json!("Bound"),
-                json!("pvc-1f2e"),
-                json!("1Gi"),
-                json!("RWO,ROX")
-            ]
-        );
+        pvc["status"] =
+            json!({"phase": "Bound", "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"]});
+        assert_eq!(pvc_cells(&pvc, now())[1..5], [json!("Bound"), json!("pvc-1f2e"), json!("1Gi"), json!("RWO,ROX")]);
     }
 
     #[test]
@@ -412,20 +299,10 @@ mod tests {
             "tokenRequests": [{"audience": "vault"}, {"audience": "aws"}]}});
         assert_eq!(
             csi_driver_cells(&driver, now())[1..7],
-            [
-                json!(true),
-                json!(true),
-                json!(false),
-                json!("vault,aws"),
-                json!(false),
-                json!("Persistent,Ephemeral")
-            ]
+            [json!(true), json!(true), json!(false), json!("vault,aws"), json!(false), json!("Persistent,Ephemeral")]
         );
         let bare = json!({"metadata": {"name": "d"}});
-        assert_eq!(
-            csi_driver_cells(&bare, now())[4..7],
-            [json!("<unset>"), json!(false), json!("<none>")]
-        );
+        assert_eq!(csi_driver_cells(&bare, now())[4..7], [json!("<unset>"), json!(false), json!("<none>")]);
     }
 
     #[test]
@@ -435,22 +312,10 @@ mod tests {
         let va = json!({"metadata": {"name": "csi-1"}, "spec": {"attacher": "hostpath.csi.k8s.io", "nodeName": "n1", "source": {"persistentVolumeName": "pv-1"}}, "status": {"attached": true}});
         assert_eq!(
             volume_attachment_cells(&va, now())[1..5],
-            [
-                json!("hostpath.csi.k8s.io"),
-                json!("pv-1"),
-                json!("n1"),
-                json!(true)
-            ]
+            [json!("hostpath.csi.k8s.io"), json!("pv-1"), json!("n1"), json!(true)]
         );
-        let cap =
-            json!({"metadata": {"name": "c"}, "storageClassName": "fast", "capacity": "2048Mi"});
-        assert_eq!(
-            csi_capacity_cells(&cap, now())[1..],
-            [json!("fast"), json!("2Gi")]
-        );
-        assert_eq!(
-            csi_capacity_cells(&json!({"metadata": {"name": "c"}}), now())[2],
-            "<unset>"
-        );
+        let cap = json!({"metadata": {"name": "c"}, "storageClassName": "fast", "capacity": "2048Mi"});
+        assert_eq!(csi_capacity_cells(&cap, now())[1..], [json!("fast"), json!("2Gi")]);
+        assert_eq!(csi_capacity_cells(&json!({"metadata": {"name": "c"}}), now())[2], "<unset>");
     }
 }

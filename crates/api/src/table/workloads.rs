@@ -6,46 +6,21 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use super::duration::human_duration;
-use super::format::{
-    bool_ptr, container_cells, format_label_selector, int_or_string, label_selector, labels,
-};
-use super::object::{
-    age, condition_status, deleting, get, int, list, name, opt_int, opt_text, since, text,
-    timestamp,
-};
+use super::format::{bool_ptr, container_cells, format_label_selector, int_or_string, label_selector, labels};
+use super::object::{age, condition_status, deleting, get, int, list, name, opt_int, opt_text, since, text, timestamp};
 use super::quantity::{quantity_cell, quantity_ptr_cell};
 use super::{AGE, CONTAINERS, Column, IMAGES, NAME, Printer, docs};
 
 pub(super) const PRINTERS: &[Printer] = &[
     Printer::new("apps", "Deployment", DEPLOYMENT_COLUMNS, deployment_cells),
     Printer::new("apps", "ReplicaSet", REPLICA_SET_COLUMNS, replica_set_cells),
-    Printer::new(
-        "apps",
-        "StatefulSet",
-        STATEFUL_SET_COLUMNS,
-        stateful_set_cells,
-    ),
+    Printer::new("apps", "StatefulSet", STATEFUL_SET_COLUMNS, stateful_set_cells),
     Printer::new("apps", "DaemonSet", DAEMON_SET_COLUMNS, daemon_set_cells),
-    Printer::new(
-        "apps",
-        "ControllerRevision",
-        CONTROLLER_REVISION_COLUMNS,
-        controller_revision_cells,
-    ),
-    Printer::new(
-        "",
-        "ReplicationController",
-        REPLICATION_CONTROLLER_COLUMNS,
-        replication_controller_cells,
-    ),
+    Printer::new("apps", "ControllerRevision", CONTROLLER_REVISION_COLUMNS, controller_revision_cells),
+    Printer::new("", "ReplicationController", REPLICATION_CONTROLLER_COLUMNS, replication_controller_cells),
     Printer::new("batch", "Job", JOB_COLUMNS, job_cells),
     Printer::new("batch", "CronJob", CRON_JOB_COLUMNS, cron_job_cells),
-    Printer::new(
-        "autoscaling",
-        "HorizontalPodAutoscaler",
-        HPA_COLUMNS,
-        hpa_cells,
-    ),
+    Printer::new("autoscaling", "HorizontalPodAutoscaler", HPA_COLUMNS, hpa_cells),
     Printer::new("policy", "PodDisruptionBudget", PDB_COLUMNS, pdb_cells),
 ];
 
@@ -71,12 +46,7 @@ fn deployment_cells(d: &Value, now: Timestamp) -> Vec<Value> {
     let [names, images] = container_cells(d, "/spec/template/spec/containers");
     vec![
         name(d).into(),
-        format!(
-            "{}/{}",
-            int(d, "/status/readyReplicas"),
-            desired_replicas(d)
-        )
-        .into(),
+        format!("{}/{}", int(d, "/status/readyReplicas"), desired_replicas(d)).into(),
         int(d, "/status/updatedReplicas").into(),
         int(d, "/status/availableReplicas").into(),
         age(d, now).into(),
@@ -136,24 +106,14 @@ fn replication_controller_cells(rc: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
-const STATEFUL_SET_COLUMNS: &[Column] = &[
-    NAME,
-    Column::string("Ready", "Number of the pod with ready state"),
-    AGE,
-    CONTAINERS,
-    IMAGES,
-];
+const STATEFUL_SET_COLUMNS: &[Column] =
+    &[NAME, Column::string("Ready", "Number of the pod with ready state"), AGE, CONTAINERS, IMAGES];
 
 fn stateful_set_cells(ss: &Value, now: Timestamp) -> Vec<Value> {
     let [names, images] = container_cells(ss, "/spec/template/spec/containers");
     vec![
         name(ss).into(),
-        format!(
-            "{}/{}",
-            int(ss, "/status/readyReplicas"),
-            desired_replicas(ss)
-        )
-        .into(),
+        format!("{}/{}", int(ss, "/status/readyReplicas"), desired_replicas(ss)).into(),
         age(ss, now).into(),
         names,
         images,
@@ -207,15 +167,9 @@ fn controller_revision_cells(rev: &Value, now: Timestamp) -> Vec<Value> {
             |owner| {
                 // `daemonset.apps/name`: the lower-cased group kind, as upstream's
                 // formatResourceName prints it; the bare name when there is no kind.
-                let group = text(owner, "/apiVersion")
-                    .rsplit_once('/')
-                    .map_or("", |(group, _)| group);
+                let group = text(owner, "/apiVersion").rsplit_once('/').map_or("", |(group, _)| group);
                 let kind = text(owner, "/kind");
-                let group_kind = if group.is_empty() {
-                    kind.to_string()
-                } else {
-                    format!("{kind}.{group}")
-                };
+                let group_kind = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
                 if group_kind.is_empty() {
                     text(owner, "/name").to_string()
                 } else {
@@ -223,12 +177,7 @@ fn controller_revision_cells(rev: &Value, now: Timestamp) -> Vec<Value> {
                 }
             },
         );
-    vec![
-        name(rev).into(),
-        controller.into(),
-        int(rev, "/revision").into(),
-        age(rev, now).into(),
-    ]
+    vec![name(rev).into(), controller.into(), int(rev, "/revision").into(), age(rev, now).into()]
 }
 
 const JOB_COLUMNS: &[Column] = &[
@@ -269,10 +218,7 @@ fn job_cells(job: &Value, now: Timestamp) -> Vec<Value> {
             _ => format!("{succeeded}/1"),
         },
     };
-    let duration = match (
-        timestamp(job, "/status/startTime"),
-        timestamp(job, "/status/completionTime"),
-    ) {
+    let duration = match (timestamp(job, "/status/startTime"), timestamp(job, "/status/completionTime")) {
         (None, _) => String::new(),
         (Some(start), None) => human_duration(now.duration_since(start)),
         (Some(start), Some(end)) => human_duration(end.duration_since(start)),
@@ -364,15 +310,10 @@ fn hpa_targets(specs: &[Value], statuses: &[Value]) -> String {
             let status = statuses.get(i);
             // The status of the same index, if it has the source of this metric type.
             let current = |source: &str| status.and_then(|s| get(s, source));
-            let utilization =
-                |v: Option<&Value>| v.and_then(Value::as_i64).map(|u| format!("{u}%"));
+            let utilization = |v: Option<&Value>| v.and_then(Value::as_i64).map(|u| format!("{u}%"));
             match text(spec, "/type") {
                 source @ ("External" | "Object") => {
-                    let key = if source == "External" {
-                        "/external"
-                    } else {
-                        "/object"
-                    };
+                    let key = if source == "External" { "/external" } else { "/object" };
                     let target = get(spec, key).unwrap_or(&Value::Null);
                     if let Some(average) = get(target, "/target/averageValue") {
                         let now = current(key)
@@ -380,44 +321,29 @@ fn hpa_targets(specs: &[Value], statuses: &[Value]) -> String {
                             .map_or_else(|| "<unknown>".into(), |v| quantity_cell(Some(v)));
                         format!("{now}/{} (avg)", quantity_cell(Some(average)))
                     } else {
-                        let now = current(key).map_or_else(
-                            || "<unknown>".into(),
-                            |c| quantity_ptr_cell(get(c, "/current/value")),
-                        );
+                        let now = current(key)
+                            .map_or_else(|| "<unknown>".into(), |c| quantity_ptr_cell(get(c, "/current/value")));
                         format!("{now}/{}", quantity_ptr_cell(get(target, "/target/value")))
                     }
                 }
                 "Pods" => {
-                    let now = current("/pods").map_or_else(
-                        || "<unknown>".into(),
-                        |c| quantity_ptr_cell(get(c, "/current/averageValue")),
-                    );
-                    format!(
-                        "{now}/{}",
-                        quantity_ptr_cell(get(spec, "/pods/target/averageValue"))
-                    )
+                    let now = current("/pods")
+                        .map_or_else(|| "<unknown>".into(), |c| quantity_ptr_cell(get(c, "/current/averageValue")));
+                    format!("{now}/{}", quantity_ptr_cell(get(spec, "/pods/target/averageValue")))
                 }
                 source @ ("Resource" | "ContainerResource") => {
-                    let key = if source == "Resource" {
-                        "/resource"
-                    } else {
-                        "/containerResource"
-                    };
+                    let key = if source == "Resource" { "/resource" } else { "/containerResource" };
                     let target = get(spec, key).unwrap_or(&Value::Null);
                     let resource = text(target, "/name");
                     if let Some(average) = get(target, "/target/averageValue") {
-                        let now = current(key).map_or_else(
-                            || "<unknown>".into(),
-                            |c| quantity_ptr_cell(get(c, "/current/averageValue")),
-                        );
+                        let now = current(key)
+                            .map_or_else(|| "<unknown>".into(), |c| quantity_ptr_cell(get(c, "/current/averageValue")));
                         format!("{resource}: {now}/{}", quantity_cell(Some(average)))
                     } else {
-                        let now = utilization(
-                            current(key).and_then(|c| get(c, "/current/averageUtilization")),
-                        )
-                        .unwrap_or_else(|| "<unknown>".into());
-                        let goal = utilization(get(target, "/target/averageUtilization"))
-                            .unwrap_or_else(|| "<auto>".into());
+                        let now = utilization(current(key).and_then(|c| get(c, "/current/averageUtilization")))
+                            .unwrap_or_else(|| "<unknown>".into());
+                        let goal =
+                            utilization(get(target, "/target/averageUtilization")).unwrap_or_else(|| "<auto>".into());
                         format!("{resource}: {now}/{goal}")
                     }
                 }
@@ -427,24 +353,15 @@ fn hpa_targets(specs: &[Value], statuses: &[Value]) -> String {
         .collect();
     const MAX: usize = 2;
     if entries.len() > MAX {
-        return format!(
-            "{} + {} more...",
-            entries[..MAX].join(", "),
-            entries.len() - MAX
-        );
+        return format!("{} + {} more...", entries[..MAX].join(", "), entries.len() - MAX);
     }
     entries.join(", ")
 }
 
 fn hpa_cells(hpa: &Value, now: Timestamp) -> Vec<Value> {
-    let target_ref = format!(
-        "{}/{}",
-        text(hpa, "/spec/scaleTargetRef/kind"),
-        text(hpa, "/spec/scaleTargetRef/name")
-    );
+    let target_ref = format!("{}/{}", text(hpa, "/spec/scaleTargetRef/kind"), text(hpa, "/spec/scaleTargetRef/name"));
     let (specs, statuses) = hpa_metrics(hpa);
-    let min_pods =
-        opt_int(hpa, "/spec/minReplicas").map_or_else(|| "<unset>".into(), |m| m.to_string());
+    let min_pods = opt_int(hpa, "/spec/minReplicas").map_or_else(|| "<unset>".into(), |m| m.to_string());
     vec![
         name(hpa).into(),
         target_ref.into(),
@@ -458,18 +375,9 @@ fn hpa_cells(hpa: &Value, now: Timestamp) -> Vec<Value> {
 
 const PDB_COLUMNS: &[Column] = &[
     NAME,
-    Column::string(
-        "Min Available",
-        "The minimum number of pods that must be available.",
-    ),
-    Column::string(
-        "Max Unavailable",
-        "The maximum number of pods that may be unavailable.",
-    ),
-    Column::integer(
-        "Allowed Disruptions",
-        "Calculated number of pods that may be disrupted at this time.",
-    ),
+    Column::string("Min Available", "The minimum number of pods that must be available."),
+    Column::string("Max Unavailable", "The maximum number of pods that may be unavailable."),
+    Column::integer("Allowed Disruptions", "Calculated number of pods that may be disrupted at this time."),
     AGE,
 ];
 
@@ -530,14 +438,8 @@ mod tests {
         assert_eq!(cells[1..4], [json!(3), json!(3), json!(1)]);
         assert_eq!(cells[7], "app=web,pod-template-hash=5d9c");
         let rc = json!({"metadata": {"name": "old"}, "spec": {"selector": {"app": "old"}}});
-        assert_eq!(
-            replication_controller_cells(&rc, now())[1..4],
-            [json!(1), json!(0), json!(0)]
-        );
-        assert_eq!(
-            replication_controller_cells(&rc, now())[5..],
-            [json!(""), json!(""), json!("app=old")]
-        );
+        assert_eq!(replication_controller_cells(&rc, now())[1..4], [json!(1), json!(0), json!(0)]);
+        assert_eq!(replication_controller_cells(&rc, now())[5..], [json!(""), json!(""), json!("app=old")]);
     }
 
     #[test]
@@ -548,17 +450,7 @@ mod tests {
             "template": {"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}, "containers": [{"name": "a", "image": "agent:1"}]}}},
             "status": {"desiredNumberScheduled": 3, "currentNumberScheduled": 3, "numberReady": 2, "updatedNumberScheduled": 3, "numberAvailable": 2}});
         let cells = daemon_set_cells(&ds, now());
-        assert_eq!(
-            cells[1..7],
-            [
-                json!(3),
-                json!(3),
-                json!(2),
-                json!(3),
-                json!(2),
-                json!("kubernetes.io/os=linux")
-            ]
-        );
+        assert_eq!(cells[1..7], [json!(3), json!(3), json!(2), json!(3), json!(2), json!("kubernetes.io/os=linux")]);
         assert_eq!(cells[10], "app=agent");
     }
 
@@ -567,10 +459,7 @@ mod tests {
         let rev = json!({"metadata": {"name": "agent-7f", "ownerReferences": [
             {"apiVersion": "v1", "kind": "Pod", "name": "x"},
             {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "controller": true}]}, "revision": 4});
-        assert_eq!(
-            controller_revision_cells(&rev, now())[1..3],
-            [json!("daemonset.apps/agent"), json!(4)]
-        );
+        assert_eq!(controller_revision_cells(&rev, now())[1..3], [json!("daemonset.apps/agent"), json!(4)]);
         let orphan = json!({"metadata": {"name": "o"}, "revision": 1});
         assert_eq!(controller_revision_cells(&orphan, now())[1], "<none>");
     }
@@ -598,16 +487,12 @@ mod tests {
             ]
         );
         let running = json!({"metadata": {"name": "w"}, "spec": {"parallelism": 3}, "status": {"startTime": "2024-05-01T11:57:00Z"}});
-        assert_eq!(
-            job_cells(&running, now())[1..4],
-            [json!("Running"), json!("0/1 of 3"), json!("3m")]
-        );
-        let failed = json!({"metadata": {"name": "f"}, "status": {"conditions": [{"type": "Failed", "status": "True"}]}});
-        assert_eq!(
-            job_cells(&failed, now())[1..4],
-            [json!("Failed"), json!("0/1"), json!("")]
-        );
-        let suspended = json!({"metadata": {"name": "s"}, "status": {"conditions": [{"type": "Suspended", "status": "True"}]}});
+        assert_eq!(job_cells(&running, now())[1..4], [json!("Running"), json!("0/1 of 3"), json!("3m")]);
+        let failed =
+            json!({"metadata": {"name": "f"}, "status": {"conditions": [{"type": "Failed", "status": "True"}]}});
+        assert_eq!(job_cells(&failed, now())[1..4], [json!("Failed"), json!("0/1"), json!("")]);
+        let suspended =
+            json!({"metadata": {"name": "s"}, "status": {"conditions": [{"type": "Suspended", "status": "True"}]}});
         assert_eq!(job_cells(&suspended, now())[1], "Suspended");
         let deleting = json!({"metadata": {"name": "d", "deletionTimestamp": "2024-05-01T11:59:00Z"}, "status": {"conditions": [{"type": "Suspended", "status": "True"}]}});
         assert_eq!(job_cells(&deleting, now())[1], "Terminating");
@@ -622,24 +507,12 @@ mod tests {
         });
         assert_eq!(
             cron_job_cells(&cj, now())[1..7],
-            [
-                json!("0 3 * * *"),
-                json!("<none>"),
-                json!("False"),
-                json!(1),
-                json!("9h"),
-                json!("<unknown>")
-            ]
+            [json!("0 3 * * *"), json!("<none>"), json!("False"), json!(1), json!("9h"), json!("<unknown>")]
         );
         let never = json!({"metadata": {"name": "n"}, "spec": {"timeZone": "Etc/UTC"}});
         assert_eq!(
             cron_job_cells(&never, now())[2..6],
-            [
-                json!("Etc/UTC"),
-                json!("<unset>"),
-                json!(0),
-                json!("<none>")
-            ]
+            [json!("Etc/UTC"), json!("<unset>"), json!(0), json!("<none>")]
         );
     }
 
@@ -670,10 +543,7 @@ mod tests {
     fn autoscaling_v1_hpa_prints_its_cpu_target() {
         let hpa = json!({"metadata": {"name": "web"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5, "targetCPUUtilizationPercentage": 80},
             "status": {"currentReplicas": 1}});
-        assert_eq!(
-            hpa_cells(&hpa, now())[2..4],
-            [json!("cpu: <unknown>/80%"), json!("<unset>")]
-        );
+        assert_eq!(hpa_cells(&hpa, now())[2..4], [json!("cpu: <unknown>/80%"), json!("<unset>")]);
         let none = json!({"metadata": {"name": "x"}, "spec": {"maxReplicas": 5}});
         assert_eq!(hpa_cells(&none, now())[2], "<none>");
     }
@@ -684,8 +554,7 @@ mod tests {
             json!({"type": "External", "external": {"metric": {"name": "queue"}, "target": {"type": "AverageValue", "averageValue": "30"}}}),
             json!({"type": "Object", "object": {"target": {"type": "Value", "value": "2k"}}}),
         ];
-        let statuses =
-            [json!({"type": "External", "external": {"current": {"averageValue": "12"}}})];
+        let statuses = [json!({"type": "External", "external": {"current": {"averageValue": "12"}}})];
         assert_eq!(hpa_targets(&specs, &statuses), "12/30 (avg), <unknown>/2k");
         let pods = [json!({"type": "Pods", "pods": {"target": {"averageValue": "100m"}}})];
         let current = [json!({"type": "Pods", "pods": {"current": {"averageValue": "50m"}}})];
@@ -694,15 +563,10 @@ mod tests {
 
     #[test]
     fn pdb_prints_bounds_or_na() {
-        let pdb = json!({"metadata": {"name": "web"}, "spec": {"minAvailable": "50%"}, "status": {"disruptionsAllowed": 1}});
-        assert_eq!(
-            pdb_cells(&pdb, now())[1..4],
-            [json!("50%"), json!("N/A"), json!(1)]
-        );
+        let pdb =
+            json!({"metadata": {"name": "web"}, "spec": {"minAvailable": "50%"}, "status": {"disruptionsAllowed": 1}});
+        assert_eq!(pdb_cells(&pdb, now())[1..4], [json!("50%"), json!("N/A"), json!(1)]);
         let max = json!({"metadata": {"name": "db"}, "spec": {"maxUnavailable": 1}});
-        assert_eq!(
-            pdb_cells(&max, now())[1..4],
-            [json!("N/A"), json!("1"), json!(0)]
-        );
+        assert_eq!(pdb_cells(&max, now())[1..4], [json!("N/A"), json!("1"), json!(0)]);
     }
 }

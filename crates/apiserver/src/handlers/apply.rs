@@ -20,13 +20,7 @@ use crate::response::Body;
 const APPLY_PATCH: &str = "application/apply-patch+yaml";
 
 pub(crate) fn is_apply_patch(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|c| {
-        c.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .eq_ignore_ascii_case(APPLY_PATCH)
-    })
+    content_type.is_some_and(|c| c.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(APPLY_PATCH))
 }
 
 /// `group/version, Kind=kind`, as upstream prints a GroupVersionKind.
@@ -43,9 +37,7 @@ fn configuration(call: &Call<'_>) -> Result<Value, ApiError> {
     }
     let config = codec::decode_yaml(&call.body)?;
     if !config.is_object() {
-        return Err(ApiError::bad_request(
-            "error decoding YAML: the applied configuration must be an object",
-        ));
+        return Err(ApiError::bad_request("error decoding YAML: the applied configuration must be an object"));
     }
     let text = |p: &str| config.pointer(p).and_then(Value::as_str).unwrap_or("");
     if text("/apiVersion") != call.rt.api_version() || text("/kind") != call.rt.kind {
@@ -76,22 +68,13 @@ fn configuration(call: &Call<'_>) -> Result<Value, ApiError> {
 /// Whether an error is the NotFound of the object itself (rather than, say, of its namespace).
 fn object_not_found(call: &Call<'_>, e: &ApiError) -> bool {
     e.code == 404
-        && e.details
-            .as_ref()
-            .is_some_and(|d| d.name.as_deref() == Some(call.name()) && d.kind == call.rt.plural)
+        && e.details.as_ref().is_some_and(|d| d.name.as_deref() == Some(call.name()) && d.kind == call.rt.plural)
 }
 
-pub(crate) async fn apply(
-    call: &Call<'_>,
-    subresource: Option<&str>,
-) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn apply(call: &Call<'_>, subresource: Option<&str>) -> Result<Response<Body>, ApiError> {
     let dry_run = call.query.dry_run()?;
     field_validation(call)?;
-    let manager = call
-        .query
-        .get("fieldManager")
-        .unwrap_or_default()
-        .to_owned();
+    let manager = call.query.get("fieldManager").unwrap_or_default().to_owned();
     let force = match call.query.get("force") {
         None | Some("" | "false" | "0") => false,
         Some("true" | "1") => true,
@@ -107,25 +90,17 @@ pub(crate) async fn apply(
     for _ in 0..5 {
         let updated = call
             .srv
-            .update_object_as(
-                call.rt,
-                call.ns(),
-                call.name(),
-                subresource,
-                dry_run,
-                Some(&manager),
-                |current| {
-                    let mut applied = call.srv.with_field_manager(call.rt, subresource, |fm| {
-                        fm.apply(Some(current), &config, &manager, force, &now)
-                    })?;
-                    // Only a resourceVersion in the configuration is a precondition; without
-                    // one, a concurrent write makes the apply start over.
-                    if config.pointer("/metadata/resourceVersion").is_none() {
-                        applied["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
-                    }
-                    Ok(Mutation::Applied(applied))
-                },
-            )
+            .update_object_as(call.rt, call.ns(), call.name(), subresource, dry_run, Some(&manager), |current| {
+                let mut applied = call.srv.with_field_manager(call.rt, subresource, |fm| {
+                    fm.apply(Some(current), &config, &manager, force, &now)
+                })?;
+                // Only a resourceVersion in the configuration is a precondition; without
+                // one, a concurrent write makes the apply start over.
+                if config.pointer("/metadata/resourceVersion").is_none() {
+                    applied["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+                }
+                Ok(Mutation::Applied(applied))
+            })
             .await;
         match updated {
             Ok((out, _)) => return Ok(call.object(200, &out)),
@@ -149,46 +124,23 @@ async fn create(
     now: &str,
     dry_run: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let mut obj = call.srv.with_field_manager(call.rt, None, |fm| {
-        fm.apply(None, config, manager, force, now)
-    })?;
-    if let Some(uid) = obj
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .filter(|u| !u.is_empty())
-    {
+    let mut obj = call.srv.with_field_manager(call.rt, None, |fm| fm.apply(None, config, manager, force, now))?;
+    if let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str).filter(|u| !u.is_empty()) {
         return Err(ApiError::conflict(
             call.rt.subject(),
             call.name(),
-            &format!(
-                "uid mismatch: the provided object specified uid {uid}, and no existing object was found"
-            ),
+            &format!("uid mismatch: the provided object specified uid {uid}, and no existing object was found"),
         ));
     }
-    if obj
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .is_some_and(|s| !s.is_empty())
-    {
-        return Err(ApiError::bad_request(
-            "resourceVersion should not be set on objects to be created",
-        ));
+    if obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
     }
     check_namespace(call, &mut obj)?;
     let managed = take_managed_fields(&mut obj);
     let mut admitted = call.srv.admit_new(call.rt, obj)?;
-    if let (Some(meta), Some(m)) = (
-        admitted
-            .object
-            .get_mut("metadata")
-            .and_then(Value::as_object_mut),
-        managed,
-    ) {
+    if let (Some(meta), Some(m)) = (admitted.object.get_mut("metadata").and_then(Value::as_object_mut), managed) {
         meta.insert("managedFields".into(), m);
     }
-    let created = call
-        .srv
-        .store_new(call.rt, admitted.object, dry_run)
-        .await?;
+    let created = call.srv.store_new(call.rt, admitted.object, dry_run).await?;
     Ok(call.object(201, &created))
 }

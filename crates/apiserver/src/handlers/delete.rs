@@ -98,11 +98,16 @@ impl DeleteOptions {
         if let Some(p) = &o.propagation
             && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
         {
-            return Err(ApiError::invalid("", "DeleteOptions", "", &[tug_api::field::FieldError::not_supported(
-                &tug_api::field::FieldPath::new("propagationPolicy"),
-                json!(p),
-                &["Foreground", "Background", "Orphan", "nil"],
-            )]));
+            return Err(ApiError::invalid(
+                "",
+                "DeleteOptions",
+                "",
+                &[tug_api::field::FieldError::not_supported(
+                    &tug_api::field::FieldPath::new("propagationPolicy"),
+                    json!(p),
+                    &["Foreground", "Background", "Orphan", "nil"],
+                )],
+            ));
         }
         if let Some(g) = o.grace_period
             && g < 0
@@ -127,7 +132,9 @@ pub(crate) async fn delete(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
     }
     match delete_object(call.srv, call.rt, call.ns(), call.name(), &opts).await? {
         Deleted::Pending(obj) => Ok(call.object(if opts.orphan_dependents_false { 202 } else { 200 }, &obj)),
-        Deleted::Now(obj) if RETURN_DELETED_OBJECT.contains(&(&*call.rt.group, &*call.rt.kind)) => Ok(call.object(200, &obj)),
+        Deleted::Now(obj) if RETURN_DELETED_OBJECT.contains(&(&*call.rt.group, &*call.rt.kind)) => {
+            Ok(call.object(200, &obj))
+        }
         Deleted::Now(obj) => {
             let uid = obj.pointer("/metadata/uid").and_then(Value::as_str);
             Ok(response::json(200, &status::success_status(call.rt.subject(), call.name(), uid)))
@@ -202,7 +209,9 @@ pub(crate) async fn delete_object(
             return Err(ApiError::conflict(
                 rt.subject(),
                 name,
-                &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in meta: {rev}"),
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in meta: {rev}"
+                ),
             ));
         }
         let grace = grace_period(rt, &current, opts);

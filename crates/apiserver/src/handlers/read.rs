@@ -57,7 +57,10 @@ impl Filter {
                 return Err(ApiError::bad_request(if supported.len() > 2 {
                     format!("field label not supported: {}", r.field)
                 } else {
-                    format!("\"{}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"", r.field)
+                    format!(
+                        "\"{}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+                        r.field
+                    )
                 }));
             }
         }
@@ -69,8 +72,7 @@ impl Filter {
     }
 
     pub fn matches(&self, rt: &ResourceType, obj: &Value) -> bool {
-        self.labels.matches_json(obj.pointer("/metadata/labels"))
-            && self.fields.matches(|f| rt.ops.field_label(obj, f))
+        self.labels.matches_json(obj.pointer("/metadata/labels")) && self.fields.matches(|f| rt.ops.field_label(obj, f))
     }
 }
 
@@ -82,10 +84,13 @@ fn encode_continue(revision: Revision, next_key: &str) -> String {
 }
 
 fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), ApiError> {
-    let invalid = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token.trim_end_matches('='))
-        .map_err(|_| invalid())?;
+    let invalid = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let raw =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| invalid())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| invalid())?;
     let (Some(rv), Some(start)) = (v["rv"].as_i64(), v["start"].as_str()) else { return Err(invalid()) };
     if v["v"] != "meta.k8s.io/v1" || !start.starts_with(prefix) || rv <= 0 {
@@ -104,11 +109,7 @@ pub(crate) struct Page {
 
 /// Reads up to `limit` matching objects under `prefix`, scanning further pages of the store
 /// when the selectors filter some out, as upstream's paged list does.
-pub(crate) async fn list_page(
-    call: &Call<'_>,
-    prefix: &str,
-    filter: &Filter,
-) -> Result<Page, ApiError> {
+pub(crate) async fn list_page(call: &Call<'_>, prefix: &str, filter: &Filter) -> Result<Page, ApiError> {
     let limit = match call.query.int("limit")? {
         Some(l) if l > 0 => l as usize,
         _ => 0,
@@ -188,7 +189,15 @@ pub(crate) async fn list(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     if call.accept == Accept::Json && call.rt.storage_version {
         // Fast path: splice the stored bytes into the list without parsing them.
         let mut out = BytesMut::with_capacity(256 + page.items.iter().map(|kv| kv.value.len() + 32).sum::<usize>());
-        out.put_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[", call.rt.list_kind, call.rt.api_version(), meta).as_bytes());
+        out.put_slice(
+            format!(
+                "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+                call.rt.list_kind,
+                call.rt.api_version(),
+                meta
+            )
+            .as_bytes(),
+        );
         for (i, kv) in page.items.iter().enumerate() {
             if i > 0 {
                 out.put_u8(b',');

@@ -95,7 +95,11 @@ async fn scale(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let dry_run = call.query.dry_run()?;
     let patch = if call.req.verb == Verb::Patch { Some(write::parse_patch(call)?) } else { None };
     let body = if patch.is_none() { Some(body_object(call)?) } else { None };
-    let manager = if patch.is_some() { write::manager(call, "PatchOptions", Some(false))? } else { write::manager(call, "UpdateOptions", None)? };
+    let manager = if patch.is_some() {
+        write::manager(call, "PatchOptions", Some(false))?
+    } else {
+        write::manager(call, "UpdateOptions", None)?
+    };
     let (out, _) = call
         .srv
         .update_object_as(call.rt, call.ns(), call.name(), Some("scale"), dry_run, Some(&manager), |current| {
@@ -114,11 +118,16 @@ async fn scale(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
                 Some(v) => v.as_i64().ok_or_else(|| ApiError::bad_request("spec.replicas must be an integer"))?,
             };
             if replicas < 0 {
-                return Err(ApiError::invalid("autoscaling", "Scale", call.name(), &[FieldError::invalid(
-                    &FieldPath::new("spec").key("replicas"),
-                    json!(replicas),
-                    "must be greater than or equal to 0",
-                )]));
+                return Err(ApiError::invalid(
+                    "autoscaling",
+                    "Scale",
+                    call.name(),
+                    &[FieldError::invalid(
+                        &FieldPath::new("spec").key("replicas"),
+                        json!(replicas),
+                        "must be greater than or equal to 0",
+                    )],
+                ));
             }
             let pinned = desired.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty());
             let mut next = current.clone();
@@ -144,7 +153,12 @@ pub(crate) async fn bind(call: &Call<'_>, pod_name: Option<&str>) -> Result<Resp
     let name = pod_name.unwrap_or(call.name()).to_string();
     let node = body.pointer("/target/name").and_then(Value::as_str).filter(|n| !n.is_empty());
     let Some(node) = node else {
-        return Err(ApiError::invalid("", "Binding", &name, &[FieldError::required(&FieldPath::new("target").key("name"), "")]));
+        return Err(ApiError::invalid(
+            "",
+            "Binding",
+            &name,
+            &[FieldError::required(&FieldPath::new("target").key("name"), "")],
+        ));
     };
     let registry = call.srv.registry();
     let pods = registry.lookup("", "v1", "pods").expect("pods are served");
@@ -158,7 +172,11 @@ pub(crate) async fn bind(call: &Call<'_>, pod_name: Option<&str>) -> Result<Resp
             return Err(ApiError::conflict(pods.subject(), &name, "Precondition failed: UID mismatch"));
         }
         if crate::objects::is_deleting(&pod) {
-            return Err(ApiError::conflict(pods.subject(), &name, "pod is being deleted, cannot be assigned to a host"));
+            return Err(ApiError::conflict(
+                pods.subject(),
+                &name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
         }
         if let Some(existing) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict(
@@ -182,7 +200,10 @@ pub(crate) async fn bind(call: &Call<'_>, pod_name: Option<&str>) -> Result<Resp
             Err(e) => return Err(store_error(pods, &name, e)),
         }
     }
-    Ok(response::json(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    Ok(response::json(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 /// `pods/eviction`: a delete that respects PodDisruptionBudgets.
@@ -219,7 +240,11 @@ async fn check_disruption_budgets(call: &Call<'_>, pod: &Value) -> Result<(), Ap
     for kv in list.items {
         let pdb = codec::decode_stored(&kv)?;
         let Some(sel) = pdb.pointer("/spec/selector") else { continue };
-        let Ok(sel) = serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(sel.clone()) else { continue };
+        let Ok(sel) =
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(sel.clone())
+        else {
+            continue;
+        };
         let Ok(sel) = LabelSelector::from_label_selector(&sel) else { continue };
         if sel.is_empty() || !sel.matches_json(labels) {
             continue;
@@ -268,12 +293,20 @@ async fn finalize(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let finalizers = body.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
     let (out, _) = call
         .srv
-        .update_object_as(call.rt, None, call.name(), Some("finalize"), call.query.dry_run()?, Some(&write::manager(call, "UpdateOptions", None)?), |current| {
-            let mut next = current.clone();
-            next["spec"]["finalizers"] = finalizers.clone();
-            next["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
-            Ok(Mutation::Write(next))
-        })
+        .update_object_as(
+            call.rt,
+            None,
+            call.name(),
+            Some("finalize"),
+            call.query.dry_run()?,
+            Some(&write::manager(call, "UpdateOptions", None)?),
+            |current| {
+                let mut next = current.clone();
+                next["spec"]["finalizers"] = finalizers.clone();
+                next["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+                Ok(Mutation::Write(next))
+            },
+        )
         .await?;
     Ok(call.object(200, &out))
 }

@@ -93,16 +93,26 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let start = match (send_initial, rv) {
         (Some("true"), _) => {
             if call.query.get("resourceVersionMatch") != Some("NotOlderThan") {
-                return Err(ApiError::invalid("", "ListOptions", "", &[tug_api::field::FieldError::forbidden(
-                    &tug_api::field::FieldPath::new("resourceVersionMatch"),
-                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-                )]));
+                return Err(ApiError::invalid(
+                    "",
+                    "ListOptions",
+                    "",
+                    &[tug_api::field::FieldError::forbidden(
+                        &tug_api::field::FieldPath::new("resourceVersionMatch"),
+                        "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                    )],
+                ));
             }
             if !bookmarks {
-                return Err(ApiError::invalid("", "ListOptions", "", &[tug_api::field::FieldError::forbidden(
-                    &tug_api::field::FieldPath::new("allowWatchBookmarks"),
-                    "sendInitialEvents requires setting allowWatchBookmarks to true",
-                )]));
+                return Err(ApiError::invalid(
+                    "",
+                    "ListOptions",
+                    "",
+                    &[tug_api::field::FieldError::forbidden(
+                        &tug_api::field::FieldPath::new("allowWatchBookmarks"),
+                        "sendInitialEvents requires setting allowWatchBookmarks to true",
+                    )],
+                ));
             }
             Start::WithInitialState
         }
@@ -126,7 +136,8 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     // errors such as a bad selector or a compacted revision are reported synchronously.
     let (initial, after) = match start {
         Start::WithInitialState => {
-            let list = srv.store.list(&prefix, ListOptions::default()).await.map_err(|e| store_error(call.rt, "", e))?;
+            let list =
+                srv.store.list(&prefix, ListOptions::default()).await.map_err(|e| store_error(call.rt, "", e))?;
             (Some(list.items), list.revision)
         }
         Start::After(r) => (None, r),

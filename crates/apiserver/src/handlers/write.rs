@@ -170,7 +170,9 @@ pub(crate) async fn update(call: &Call<'_>, subresource: Option<&str>) -> Result
     let warnings = strict_check(call, &obj)?;
     let (out, _) = call
         .srv
-        .update_object_as(call.rt, call.ns(), call.name(), subresource, dry_run, Some(&manager), |_| Ok(Mutation::Write(obj.clone())))
+        .update_object_as(call.rt, call.ns(), call.name(), subresource, dry_run, Some(&manager), |_| {
+            Ok(Mutation::Write(obj.clone()))
+        })
         .await?;
     Ok(response::with_warnings(call.object(200, &out), &warnings))
 }
@@ -216,11 +218,13 @@ pub(crate) fn apply_patch_to(
 ) -> Result<Value, ApiError> {
     let PatchKind(pt, doc) = kind;
     let result = match (pt, strategic) {
-        (PatchType::Json, _) => patch::json::apply_json_patch(current, doc).map_err(|e| match e.upstream_status_code() {
-            413 => ApiError::request_entity_too_large(patch::json::MAX_COPY_BYTES),
-            422 => ApiError { code: 422, reason: "Invalid", message: e.to_string(), details: None },
-            _ => ApiError::bad_request(e.to_string()),
-        })?,
+        (PatchType::Json, _) => {
+            patch::json::apply_json_patch(current, doc).map_err(|e| match e.upstream_status_code() {
+                413 => ApiError::request_entity_too_large(patch::json::MAX_COPY_BYTES),
+                422 => ApiError { code: 422, reason: "Invalid", message: e.to_string(), details: None },
+                _ => ApiError::bad_request(e.to_string()),
+            })?
+        }
         (PatchType::Merge, _) | (PatchType::Strategic, None) => patch::merge::apply_merge_patch(current, doc),
         (PatchType::Strategic, Some((schema, name))) => {
             patch::strategic::apply_strategic_merge_patch(current, doc, schema, name)
@@ -259,7 +263,9 @@ pub(crate) fn parse_patch(call: &Call<'_>) -> Result<(PatchType, Value), ApiErro
     let doc: Value = serde_json::from_slice(&call.body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: invalid JSON: {e}")))?;
     match (pt, &doc) {
-        (PatchType::Json, Value::Array(_)) | (PatchType::Merge | PatchType::Strategic, Value::Object(_)) => Ok((pt, doc)),
+        (PatchType::Json, Value::Array(_)) | (PatchType::Merge | PatchType::Strategic, Value::Object(_)) => {
+            Ok((pt, doc))
+        }
         (PatchType::Json, _) => Err(ApiError::bad_request("json patch must be a JSON array of operations")),
         _ => Err(ApiError::bad_request("patch must be a JSON object")),
     }

@@ -41,7 +41,10 @@ pub fn root(registry: &Registry) -> Value {
         for v in &g.versions {
             let p = gv_path(g.group, v);
             let custom = registry.resources_in(g.group, v).any(|rt| rt.custom).then(|| registry.generation());
-            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc_hash(&p, custom))}));
+            paths.insert(
+                p.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc_hash(&p, custom))}),
+            );
         }
     }
     json!({"paths": paths})
@@ -90,10 +93,18 @@ fn resource_paths(rt: &ResourceType, schema: &str, paths: &mut Map<String, Value
     let item = format!("{collection}/{{name}}");
     let write_params = vec![
         query_param("dryRun", "When present, indicates that modifications should not be persisted."),
-        query_param("fieldManager", "fieldManager is a name associated with the actor or entity that is making these changes."),
-        query_param("fieldValidation", "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields. Valid values are: Ignore, Warn, Strict."),
+        query_param(
+            "fieldManager",
+            "fieldManager is a name associated with the actor or entity that is making these changes.",
+        ),
+        query_param(
+            "fieldValidation",
+            "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields. Valid values are: Ignore, Warn, Strict.",
+        ),
     ];
-    let mut path_params = vec![json!({"name": "name", "in": "path", "required": true, "description": format!("name of the {}", rt.kind), "schema": {"type": "string", "uniqueItems": true}})];
+    let mut path_params = vec![
+        json!({"name": "name", "in": "path", "required": true, "description": format!("name of the {}", rt.kind), "schema": {"type": "string", "uniqueItems": true}}),
+    ];
     let mut coll_params = Vec::new();
     if rt.namespaced {
         let ns = json!({"name": "namespace", "in": "path", "required": true, "description": "object name and auth scope, such as for teams and projects", "schema": {"type": "string", "uniqueItems": true}});
@@ -104,33 +115,42 @@ fn resource_paths(rt: &ResourceType, schema: &str, paths: &mut Map<String, Value
     let list_schema = format!("{schema}List");
     let mut coll = Map::new();
     if rt.supports("list") {
-        coll.insert("get".into(), json!({
-            "description": format!("list or watch objects of kind {}", rt.kind),
-            "operationId": op_id("list", rt, rt.namespaced, ""),
-            "responses": {"200": json_response(&list_schema)},
-            "x-kubernetes-action": "list",
-            "x-kubernetes-group-version-kind": gvk,
-        }));
+        coll.insert(
+            "get".into(),
+            json!({
+                "description": format!("list or watch objects of kind {}", rt.kind),
+                "operationId": op_id("list", rt, rt.namespaced, ""),
+                "responses": {"200": json_response(&list_schema)},
+                "x-kubernetes-action": "list",
+                "x-kubernetes-group-version-kind": gvk,
+            }),
+        );
     }
     if rt.supports("create") {
-        coll.insert("post".into(), json!({
-            "description": format!("create a {}", rt.kind),
-            "operationId": op_id("create", rt, rt.namespaced, ""),
-            "parameters": write_params,
-            "requestBody": body,
-            "responses": {"200": json_response(schema), "201": json_response(schema), "202": json_response(schema)},
-            "x-kubernetes-action": "post",
-            "x-kubernetes-group-version-kind": gvk,
-        }));
+        coll.insert(
+            "post".into(),
+            json!({
+                "description": format!("create a {}", rt.kind),
+                "operationId": op_id("create", rt, rt.namespaced, ""),
+                "parameters": write_params,
+                "requestBody": body,
+                "responses": {"200": json_response(schema), "201": json_response(schema), "202": json_response(schema)},
+                "x-kubernetes-action": "post",
+                "x-kubernetes-group-version-kind": gvk,
+            }),
+        );
     }
     if rt.supports("deletecollection") {
-        coll.insert("delete".into(), json!({
-            "description": format!("delete collection of {}", rt.kind),
-            "operationId": op_id("deletecollection", rt, rt.namespaced, ""),
-            "responses": {"200": json_response("io.k8s.apimachinery.pkg.apis.meta.v1.Status")},
-            "x-kubernetes-action": "deletecollection",
-            "x-kubernetes-group-version-kind": gvk,
-        }));
+        coll.insert(
+            "delete".into(),
+            json!({
+                "description": format!("delete collection of {}", rt.kind),
+                "operationId": op_id("deletecollection", rt, rt.namespaced, ""),
+                "responses": {"200": json_response("io.k8s.apimachinery.pkg.apis.meta.v1.Status")},
+                "x-kubernetes-action": "deletecollection",
+                "x-kubernetes-group-version-kind": gvk,
+            }),
+        );
     }
     if !coll_params.is_empty() {
         coll.insert("parameters".into(), Value::Array(coll_params));
@@ -155,35 +175,44 @@ fn resource_paths(rt: &ResourceType, schema: &str, paths: &mut Map<String, Value
             }
         };
         if rt.supports("get") {
-            ops.insert("get".into(), json!({
-                "description": format!("read the specified {}", rt.kind),
-                "operationId": op_id("read", rt, rt.namespaced, &suffix),
-                "responses": {"200": json_response(target)},
-                "x-kubernetes-action": "get",
-                "x-kubernetes-group-version-kind": target_kind,
-            }));
+            ops.insert(
+                "get".into(),
+                json!({
+                    "description": format!("read the specified {}", rt.kind),
+                    "operationId": op_id("read", rt, rt.namespaced, &suffix),
+                    "responses": {"200": json_response(target)},
+                    "x-kubernetes-action": "get",
+                    "x-kubernetes-group-version-kind": target_kind,
+                }),
+            );
         }
         if rt.supports("update") {
-            ops.insert("put".into(), json!({
-                "description": format!("replace the specified {}", rt.kind),
-                "operationId": op_id("replace", rt, rt.namespaced, &suffix),
-                "parameters": write_params,
-                "requestBody": {"content": {"*/*": {"schema": schema_ref(target)}}, "required": true},
-                "responses": {"200": json_response(target), "201": json_response(target)},
-                "x-kubernetes-action": "put",
-                "x-kubernetes-group-version-kind": target_kind,
-            }));
+            ops.insert(
+                "put".into(),
+                json!({
+                    "description": format!("replace the specified {}", rt.kind),
+                    "operationId": op_id("replace", rt, rt.namespaced, &suffix),
+                    "parameters": write_params,
+                    "requestBody": {"content": {"*/*": {"schema": schema_ref(target)}}, "required": true},
+                    "responses": {"200": json_response(target), "201": json_response(target)},
+                    "x-kubernetes-action": "put",
+                    "x-kubernetes-group-version-kind": target_kind,
+                }),
+            );
         }
         if rt.supports("patch") {
-            ops.insert("patch".into(), json!({
-                "description": format!("partially update the specified {}", rt.kind),
-                "operationId": op_id("patch", rt, rt.namespaced, &suffix),
-                "parameters": write_params,
-                "requestBody": patch_body,
-                "responses": {"200": json_response(target), "201": json_response(target)},
-                "x-kubernetes-action": "patch",
-                "x-kubernetes-group-version-kind": target_kind,
-            }));
+            ops.insert(
+                "patch".into(),
+                json!({
+                    "description": format!("partially update the specified {}", rt.kind),
+                    "operationId": op_id("patch", rt, rt.namespaced, &suffix),
+                    "parameters": write_params,
+                    "requestBody": patch_body,
+                    "responses": {"200": json_response(target), "201": json_response(target)},
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": target_kind,
+                }),
+            );
         }
         ops.insert("parameters".into(), Value::Array(path_params.clone()));
     };
@@ -202,7 +231,10 @@ fn resource_paths(rt: &ResourceType, schema: &str, paths: &mut Map<String, Value
     for sub in rt.subresources {
         let (target, kind) = match *sub {
             "status" => (schema.to_string(), gvk.clone()),
-            "scale" => ("io.k8s.api.autoscaling.v1.Scale".to_string(), json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})),
+            "scale" => (
+                "io.k8s.api.autoscaling.v1.Scale".to_string(),
+                json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+            ),
             _ => continue,
         };
         let mut ops = Map::new();
@@ -212,7 +244,10 @@ fn resource_paths(rt: &ResourceType, schema: &str, paths: &mut Map<String, Value
 }
 
 /// Every definition `roots` refer to, directly or through others.
-fn referenced<'a>(definition: impl Fn(&str) -> Option<&'a Value>, roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+fn referenced<'a>(
+    definition: impl Fn(&str) -> Option<&'a Value>,
+    roots: impl IntoIterator<Item = String>,
+) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut queue: VecDeque<String> = roots.into_iter().collect();
     while let Some(name) = queue.pop_front() {

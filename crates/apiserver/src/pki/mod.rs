@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData as _, SanType,
 };
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -65,9 +65,7 @@ pub enum PkiError {
     Read { path: PathBuf, source: io::Error },
     #[error("writing {path}")]
     Write { path: PathBuf, source: io::Error },
-    #[error(
-        "cannot read the ca key {path}; the ca is never regenerated while its certificate exists"
-    )]
+    #[error("cannot read the ca key {path}; the ca is never regenerated while its certificate exists")]
     ReadCaKey { path: PathBuf, source: io::Error },
     #[error(
         "the ca certificate {cert} exists but its key {key} does not; restore the key, or remove both files to create a new ca (every kubeconfig and node must then be given the new ca)"
@@ -82,37 +80,21 @@ pub enum PkiError {
     #[error("parsing the private key {path}")]
     ParseKey { path: PathBuf, source: rcgen::Error },
     #[error("reading pem from {path}")]
-    ParsePem {
-        path: PathBuf,
-        source: x509_parser::nom::Err<PEMError>,
-    },
+    ParsePem { path: PathBuf, source: x509_parser::nom::Err<PEMError> },
     #[error("parsing the certificate {path}")]
-    ParseCert {
-        path: PathBuf,
-        source: x509_parser::nom::Err<X509Error>,
-    },
+    ParseCert { path: PathBuf, source: x509_parser::nom::Err<X509Error> },
     #[error("using {path} as the issuing ca")]
     CaIssuer { path: PathBuf, source: rcgen::Error },
-    #[error(
-        "cannot put {count} organizations in the certificate for {common_name}: at most one is supported"
-    )]
+    #[error("cannot put {count} organizations in the certificate for {common_name}: at most one is supported")]
     TooManyOrganizations { common_name: String, count: usize },
     #[error("generating the certificate for {common_name}")]
-    Generate {
-        common_name: String,
-        source: rcgen::Error,
-    },
+    Generate { common_name: String, source: rcgen::Error },
     #[error("building the tls client certificate verifier")]
-    ClientVerifier {
-        source: rustls::server::VerifierBuilderError,
-    },
+    ClientVerifier { source: rustls::server::VerifierBuilderError },
     #[error("building the tls server configuration")]
     ServerConfig { source: rustls::Error },
     #[error("encoding the kubeconfig {path}")]
-    EncodeKubeconfig {
-        path: PathBuf,
-        source: serde_yaml::Error,
-    },
+    EncodeKubeconfig { path: PathBuf, source: serde_yaml::Error },
 }
 
 /// The names the serving certificate must carry.
@@ -177,9 +159,7 @@ pub struct ClusterPki {
 impl fmt::Debug for ClusterPki {
     // Private keys stay out of logs: show only where the files are.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterPki")
-            .field("tls_dir", &self.tls_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("ClusterPki").field("tls_dir", &self.tls_dir).finish_non_exhaustive()
     }
 }
 
@@ -192,10 +172,7 @@ impl ClusterPki {
             .recursive(true)
             .mode(0o700)
             .create(&tls_dir)
-            .map_err(|source| PkiError::CreateDir {
-                path: tls_dir.clone(),
-                source,
-            })?;
+            .map_err(|source| PkiError::CreateDir { path: tls_dir.clone(), source })?;
 
         let (ca_pem, ca_der, issuer) = load_or_create_ca(&tls_dir)?;
 
@@ -225,14 +202,7 @@ impl ClusterPki {
             }
         };
 
-        Ok(Self {
-            tls_dir,
-            ca_pem,
-            ca_der,
-            issuer,
-            serving,
-            admin,
-        })
+        Ok(Self { tls_dir, ca_pem, ca_der, issuer, serving, admin })
     }
 
     /// The directory holding the PEM files.
@@ -269,14 +239,11 @@ impl ClusterPki {
         // one provider is compiled in.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.ca_der.clone())
-            .map_err(|source| PkiError::ServerConfig { source })?;
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|source| PkiError::ClientVerifier { source })?;
+        roots.add(self.ca_der.clone()).map_err(|source| PkiError::ServerConfig { source })?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|source| PkiError::ClientVerifier { source })?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|source| PkiError::ServerConfig { source })?
@@ -297,24 +264,14 @@ impl ClusterPki {
     /// A subject with two organizations is refused rather than silently cut to one: rcgen keeps
     /// one value per attribute type (rcgen issue #81). Kubernetes' own client certificates
     /// (`system:nodes`, `system:masters`) need only one.
-    pub fn issue_client_cert(
-        &self,
-        common_name: &str,
-        organizations: &[&str],
-    ) -> Result<(String, String), PkiError> {
+    pub fn issue_client_cert(&self, common_name: &str, organizations: &[&str]) -> Result<(String, String), PkiError> {
         let (cert_pem, key) = sign_client(&self.issuer, common_name, organizations)?;
         Ok((cert_pem, key.serialize_pem()))
     }
 
     /// Writes a kubeconfig that connects to `server_url` as `system:admin`.
     pub fn write_admin_kubeconfig(&self, path: &Path, server_url: &str) -> Result<(), PkiError> {
-        write_kubeconfig(
-            path,
-            server_url,
-            &self.ca_pem,
-            &self.admin.cert_pem,
-            &self.admin.key_pem,
-        )
+        write_kubeconfig(path, server_url, &self.ca_pem, &self.admin.cert_pem, &self.admin.key_pem)
     }
 }
 
@@ -353,22 +310,15 @@ pub fn write_kubeconfig(
         "current-context": "default",
         "preferences": {},
     });
-    let yaml = serde_yaml::to_string(&config).map_err(|source| PkiError::EncodeKubeconfig {
-        path: path.to_owned(),
-        source,
-    })?;
+    let yaml = serde_yaml::to_string(&config)
+        .map_err(|source| PkiError::EncodeKubeconfig { path: path.to_owned(), source })?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(|source| PkiError::CreateDir {
-            path: parent.to_owned(),
-            source,
-        })?;
+        fs::create_dir_all(parent).map_err(|source| PkiError::CreateDir { path: parent.to_owned(), source })?;
     }
     write_file(path, yaml.as_bytes(), KEY_MODE)
 }
 
-fn load_or_create_ca(
-    tls_dir: &Path,
-) -> Result<(String, CertificateDer<'static>, Issuer<'static, KeyPair>), PkiError> {
+fn load_or_create_ca(tls_dir: &Path) -> Result<(String, CertificateDer<'static>, Issuer<'static, KeyPair>), PkiError> {
     let cert_path = tls_dir.join(CA_CERT);
     let key_path = tls_dir.join(CA_KEY);
     let cert = read_if_exists(&cert_path)?;
@@ -376,72 +326,40 @@ fn load_or_create_ca(
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(source) => {
-            return Err(PkiError::ReadCaKey {
-                path: key_path,
-                source,
-            });
+            return Err(PkiError::ReadCaKey { path: key_path, source });
         }
     };
     match (cert, key) {
         (None, None) => create_ca(tls_dir),
-        (Some(_), None) => Err(PkiError::CaKeyMissing {
-            cert: cert_path,
-            key: key_path,
-        }),
-        (None, Some(_)) => Err(PkiError::CaCertMissing {
-            cert: cert_path,
-            key: key_path,
-        }),
+        (Some(_), None) => Err(PkiError::CaKeyMissing { cert: cert_path, key: key_path }),
+        (None, Some(_)) => Err(PkiError::CaCertMissing { cert: cert_path, key: key_path }),
         (Some(cert), Some(key)) => {
             let key = parse_key(&key_path, &key)?;
             let cert_der = pem_to_der(&cert_path, &cert)?;
             let parsed = parse_der(&cert_path, &cert_der)?;
             if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
-                return Err(PkiError::CaKeyMismatch {
-                    cert: cert_path,
-                    key: key_path,
-                });
+                return Err(PkiError::CaKeyMismatch { cert: cert_path, key: key_path });
             }
-            let issuer =
-                Issuer::from_ca_cert_der(&cert_der, key).map_err(|source| PkiError::CaIssuer {
-                    path: cert_path.clone(),
-                    source,
-                })?;
-            Ok((
-                String::from_utf8_lossy(&cert).into_owned(),
-                cert_der,
-                issuer,
-            ))
+            let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+                .map_err(|source| PkiError::CaIssuer { path: cert_path.clone(), source })?;
+            Ok((String::from_utf8_lossy(&cert).into_owned(), cert_der, issuer))
         }
     }
 }
 
-fn create_ca(
-    tls_dir: &Path,
-) -> Result<(String, CertificateDer<'static>, Issuer<'static, KeyPair>), PkiError> {
+fn create_ca(tls_dir: &Path) -> Result<(String, CertificateDer<'static>, Issuer<'static, KeyPair>), PkiError> {
     let common_name = format!("tugboat-ca@{}", unix_now().as_secs());
-    let generate = |source| PkiError::Generate {
-        common_name: common_name.clone(),
-        source,
-    };
+    let generate = |source| PkiError::Generate { common_name: common_name.clone(), source };
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(&common_name, &[]);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, CA_VALIDITY);
     let cert = params.self_signed(&key).map_err(generate)?;
     // The key goes first: a crash between the two writes then leaves a key without a certificate,
     // which is reported, rather than a certificate whose key is lost for good.
-    write_file(
-        &tls_dir.join(CA_KEY),
-        key.serialize_pem().as_bytes(),
-        KEY_MODE,
-    )?;
+    write_file(&tls_dir.join(CA_KEY), key.serialize_pem().as_bytes(), KEY_MODE)?;
     write_file(&tls_dir.join(CA_CERT), cert.pem().as_bytes(), CERT_MODE)?;
     tracing::info!(common_name, "created the cluster ca");
     Ok((cert.pem(), cert.der().clone(), Issuer::new(params, key)))
@@ -456,12 +374,7 @@ enum Stored {
 
 /// Loads a leaf certificate and key. Files that cannot be reused are `Ok(Stored::Unusable)`; an
 /// `Err` is an I/O failure that re-issuing would not fix.
-fn load_leaf(
-    tls_dir: &Path,
-    cert_name: &str,
-    key_name: &str,
-    ca_der: &[u8],
-) -> Result<Stored, PkiError> {
+fn load_leaf(tls_dir: &Path, cert_name: &str, key_name: &str, ca_der: &[u8]) -> Result<Stored, PkiError> {
     let cert_path = tls_dir.join(cert_name);
     let key_path = tls_dir.join(key_name);
     let (Some(cert), Some(key)) = (read_if_exists(&cert_path)?, read_if_exists(&key_path)?) else {
@@ -482,13 +395,10 @@ fn load_leaf(
     if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
         return Ok(Stored::Unusable("key does not match certificate"));
     }
-    if parsed.issuer().as_raw() != ca.subject().as_raw()
-        || parsed.verify_signature(Some(ca.public_key())).is_err()
-    {
+    if parsed.issuer().as_raw() != ca.subject().as_raw() || parsed.verify_signature(Some(ca.public_key())).is_err() {
         return Ok(Stored::Unusable("not issued by the current ca"));
     }
-    let expires =
-        Duration::from_secs(u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0));
+    let expires = Duration::from_secs(u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0));
     if expires.saturating_sub(unix_now()) < RENEW_BEFORE {
         return Ok(Stored::Unusable("expires within 90 days"));
     }
@@ -502,11 +412,7 @@ fn load_leaf(
 
 /// The requested names the serving certificate lacks, listed for the log, or `None` when it has
 /// them all.
-fn missing_sans(
-    cert_path: &Path,
-    leaf: &Leaf,
-    opts: &PkiOptions,
-) -> Result<Option<String>, PkiError> {
+fn missing_sans(cert_path: &Path, leaf: &Leaf, opts: &PkiOptions) -> Result<Option<String>, PkiError> {
     let parsed = parse_der(cert_path, &leaf.cert_der)?;
     let mut ips = BTreeSet::new();
     let mut names = BTreeSet::new();
@@ -532,31 +438,15 @@ fn missing_sans(
         .iter()
         .filter(|ip| !ips.contains(ip))
         .map(ToString::to_string)
-        .chain(
-            opts.dns_sans
-                .iter()
-                .filter(|dns| !names.contains(&dns.to_ascii_lowercase()))
-                .cloned(),
-        )
+        .chain(opts.dns_sans.iter().filter(|dns| !names.contains(&dns.to_ascii_lowercase())).cloned())
         .collect();
     Ok((!missing.is_empty()).then(|| missing.join(",")))
 }
 
-fn issue_serving(
-    tls_dir: &Path,
-    issuer: &Issuer<'_, KeyPair>,
-    opts: &PkiOptions,
-) -> Result<Leaf, PkiError> {
-    let generate = |source| PkiError::Generate {
-        common_name: SERVING_CN.to_owned(),
-        source,
-    };
+fn issue_serving(tls_dir: &Path, issuer: &Issuer<'_, KeyPair>, opts: &PkiOptions) -> Result<Leaf, PkiError> {
+    let generate = |source| PkiError::Generate { common_name: SERVING_CN.to_owned(), source };
     let mut params = leaf_params(SERVING_CN, &[], ExtendedKeyUsagePurpose::ServerAuth);
-    params.subject_alt_names = opts
-        .ip_sans
-        .iter()
-        .map(|ip| SanType::IpAddress(*ip))
-        .collect();
+    params.subject_alt_names = opts.ip_sans.iter().map(|ip| SanType::IpAddress(*ip)).collect();
     for dns in &opts.dns_sans {
         let name = dns.clone().try_into().map_err(generate)?;
         params.subject_alt_names.push(SanType::DnsName(name));
@@ -572,30 +462,16 @@ fn sign_client(
     organizations: &[&str],
 ) -> Result<(String, KeyPair), PkiError> {
     if organizations.len() > 1 {
-        return Err(PkiError::TooManyOrganizations {
-            common_name: common_name.to_owned(),
-            count: organizations.len(),
-        });
+        return Err(PkiError::TooManyOrganizations { common_name: common_name.to_owned(), count: organizations.len() });
     }
-    let generate = |source| PkiError::Generate {
-        common_name: common_name.to_owned(),
-        source,
-    };
-    let params = leaf_params(
-        common_name,
-        organizations,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
+    let generate = |source| PkiError::Generate { common_name: common_name.to_owned(), source };
+    let params = leaf_params(common_name, organizations, ExtendedKeyUsagePurpose::ClientAuth);
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
     let cert = params.signed_by(&key, issuer).map_err(generate)?;
     Ok((cert.pem(), key))
 }
 
-fn leaf_params(
-    common_name: &str,
-    organizations: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-) -> CertificateParams {
+fn leaf_params(common_name: &str, organizations: &[&str], usage: ExtendedKeyUsagePurpose) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(common_name, organizations);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -626,12 +502,7 @@ fn write_leaf(
     write_file(&tls_dir.join(key_name), key_pem.as_bytes(), KEY_MODE)?;
     write_file(&tls_dir.join(cert_name), cert_pem.as_bytes(), CERT_MODE)?;
     let cert_der = pem_to_der(&tls_dir.join(cert_name), cert_pem.as_bytes())?;
-    Ok(Leaf {
-        cert_pem,
-        cert_der,
-        key_pem,
-        key_der: PrivatePkcs8KeyDer::from(key.serialize_der()),
-    })
+    Ok(Leaf { cert_pem, cert_der, key_pem, key_der: PrivatePkcs8KeyDer::from(key.serialize_der()) })
 }
 
 fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
@@ -642,66 +513,45 @@ fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
 }
 
 fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, PkiError> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(PkiError::Read { path: path.to_owned(), source }),
     }
 }
 
 fn parse_key(path: &Path, pem: &[u8]) -> Result<KeyPair, PkiError> {
-    KeyPair::from_pem(&String::from_utf8_lossy(pem)).map_err(|source| PkiError::ParseKey {
-        path: path.to_owned(),
-        source,
-    })
+    KeyPair::from_pem(&String::from_utf8_lossy(pem))
+        .map_err(|source| PkiError::ParseKey { path: path.to_owned(), source })
 }
 
 fn pem_to_der(path: &Path, pem: &[u8]) -> Result<CertificateDer<'static>, PkiError> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|source| PkiError::ParsePem {
-        path: path.to_owned(),
-        source,
-    })?;
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|source| PkiError::ParsePem { path: path.to_owned(), source })?;
     Ok(CertificateDer::from(pem.contents))
 }
 
 fn parse_der<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, PkiError> {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, cert)| cert)
-        .map_err(|source| PkiError::ParseCert {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| PkiError::ParseCert { path: path.to_owned(), source })
 }
 
 /// Replaces `path` through a temporary file and a rename, so that a crash never leaves a
 /// truncated key or certificate behind.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let write_err = |source| PkiError::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let write_err = |source| PkiError::Write { path: path.to_owned(), source };
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(write_err)?;
+    let mut file =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(write_err)?;
     // `mode` only applies when the file is created; a temporary file left by a crash keeps its
     // old permissions unless they are set again.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(write_err)?;
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(write_err)?;
     file.write_all(contents).map_err(write_err)?;
     file.sync_all().map_err(write_err)?;
     fs::rename(&tmp, path).map_err(write_err)

@@ -3,14 +3,7 @@ use std::net::Ipv6Addr;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-const ALL_FILES: [&str; 6] = [
-    CA_CERT,
-    CA_KEY,
-    SERVING_CERT,
-    SERVING_KEY,
-    ADMIN_CERT,
-    ADMIN_KEY,
-];
+const ALL_FILES: [&str; 6] = [CA_CERT, CA_KEY, SERVING_CERT, SERVING_KEY, ADMIN_CERT, ADMIN_KEY];
 
 fn options() -> PkiOptions {
     PkiOptions::new(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)), "cluster.local")
@@ -20,10 +13,7 @@ fn options() -> PkiOptions {
 }
 
 fn snapshot(dir: &Path) -> Vec<Vec<u8>> {
-    ALL_FILES
-        .iter()
-        .map(|name| fs::read(dir.join("tls").join(name)).unwrap())
-        .collect()
+    ALL_FILES.iter().map(|name| fs::read(dir.join("tls").join(name)).unwrap()).collect()
 }
 
 fn mode(path: &Path) -> u32 {
@@ -35,21 +25,11 @@ fn sans(pem: &str) -> (Vec<IpAddr>, Vec<String>) {
     let cert = parse_der(Path::new("test"), &der).unwrap();
     let mut ips = Vec::new();
     let mut names = Vec::new();
-    for name in &cert
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names
-    {
+    for name in &cert.subject_alternative_name().unwrap().unwrap().value.general_names {
         match name {
             GeneralName::DNSName(dns) => names.push(dns.to_string()),
-            GeneralName::IPAddress(b) if b.len() == 4 => {
-                ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()))
-            }
-            GeneralName::IPAddress(b) => {
-                ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()))
-            }
+            GeneralName::IPAddress(b) if b.len() == 4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap())),
+            GeneralName::IPAddress(b) => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap())),
             _ => {}
         }
     }
@@ -96,13 +76,7 @@ fn first_start_creates_ca_and_certificates_with_private_keys_readable_only_by_ow
     let ca_der = pem_to_der(&tls, pki.ca_pem().as_bytes()).unwrap();
     let ca = parse_der(&tls, &ca_der).unwrap();
     assert!(ca.is_ca());
-    let ca_cn = ca
-        .subject()
-        .iter_common_name()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap();
+    let ca_cn = ca.subject().iter_common_name().next().unwrap().as_str().unwrap();
     assert!(ca_cn.starts_with("tugboat-ca@"), "{ca_cn}");
     let ca_life = ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp();
     assert!(ca_life >= (CA_VALIDITY.as_secs() as i64), "{ca_life}");
@@ -111,30 +85,14 @@ fn first_start_creates_ca_and_certificates_with_private_keys_readable_only_by_ow
     assert!(ips.contains(&IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1))));
     assert!(ips.contains(&IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10))));
     assert!(!ips.contains(&IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
-    assert!(
-        names
-            .iter()
-            .any(|n| n == "kubernetes.default.svc.cluster.local")
-    );
+    assert!(names.iter().any(|n| n == "kubernetes.default.svc.cluster.local"));
 
     let admin_der = pem_to_der(&tls, pki.admin_cert_pem().as_bytes()).unwrap();
     let admin = parse_der(&tls, &admin_der).unwrap();
     assert!(admin.verify_signature(Some(ca.public_key())).is_ok());
-    let admin_cn = admin
-        .subject()
-        .iter_common_name()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap();
+    let admin_cn = admin.subject().iter_common_name().next().unwrap().as_str().unwrap();
     assert_eq!(admin_cn, ADMIN_USER);
-    let admin_o = admin
-        .subject()
-        .iter_organization()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap();
+    let admin_o = admin.subject().iter_organization().next().unwrap().as_str().unwrap();
     assert_eq!(admin_o, ADMIN_GROUP);
     let life = admin.validity().not_after.timestamp() - admin.validity().not_before.timestamp();
     assert!(life < 400 * DAY.as_secs() as i64, "{life}");
@@ -197,10 +155,7 @@ fn serving_certificate_from_another_ca_is_reissued() {
         fs::copy(foreign.join(name), tls.join(name)).unwrap();
     }
     let pki = ClusterPki::load_or_create(dir.path(), &options()).unwrap();
-    assert_ne!(
-        pki.serving_cert_pem(),
-        fs::read_to_string(foreign.join(SERVING_CERT)).unwrap()
-    );
+    assert_ne!(pki.serving_cert_pem(), fs::read_to_string(foreign.join(SERVING_CERT)).unwrap());
 }
 
 #[test]
@@ -225,10 +180,7 @@ fn unreadable_ca_key_is_reported_as_such() {
     fs::create_dir(&key).unwrap();
     let err = ClusterPki::load_or_create(dir.path(), &options()).unwrap_err();
     assert!(matches!(err, PkiError::ReadCaKey { .. }), "{err:?}");
-    assert!(
-        err.to_string().starts_with("cannot read the ca key"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("cannot read the ca key"), "{err}");
 }
 
 #[test]
@@ -237,11 +189,7 @@ fn ca_key_of_another_ca_is_rejected() {
     let other = tempfile::tempdir().unwrap();
     ClusterPki::load_or_create(dir.path(), &options()).unwrap();
     ClusterPki::load_or_create(other.path(), &options()).unwrap();
-    fs::copy(
-        other.path().join("tls").join(CA_KEY),
-        dir.path().join("tls").join(CA_KEY),
-    )
-    .unwrap();
+    fs::copy(other.path().join("tls").join(CA_KEY), dir.path().join("tls").join(CA_KEY)).unwrap();
     let err = ClusterPki::load_or_create(dir.path(), &options()).unwrap_err();
     assert!(matches!(err, PkiError::CaKeyMismatch { .. }), "{err:?}");
 }
@@ -251,10 +199,7 @@ fn server_config_offers_h2_and_http11() {
     let dir = tempfile::tempdir().unwrap();
     let pki = ClusterPki::load_or_create(dir.path(), &options()).unwrap();
     let config = pki.server_config().unwrap();
-    assert_eq!(
-        config.alpn_protocols,
-        [b"h2".to_vec(), b"http/1.1".to_vec()]
-    );
+    assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
 }
 
 #[test]
@@ -262,9 +207,7 @@ fn issued_client_certificate_is_signed_by_the_ca_and_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let pki = ClusterPki::load_or_create(dir.path(), &options()).unwrap();
     let before = snapshot(dir.path());
-    let (cert_pem, key_pem) = pki
-        .issue_client_cert("system:node:node-b", &["system:nodes"])
-        .unwrap();
+    let (cert_pem, key_pem) = pki.issue_client_cert("system:node:node-b", &["system:nodes"]).unwrap();
     assert_eq!(snapshot(dir.path()), before);
     let ca_der = pem_to_der(Path::new("ca"), pki.ca_pem().as_bytes()).unwrap();
     let ca = parse_der(Path::new("ca"), &ca_der).unwrap();
@@ -272,10 +215,7 @@ fn issued_client_certificate_is_signed_by_the_ca_and_not_stored() {
     let cert = parse_der(Path::new("node"), &der).unwrap();
     assert!(cert.verify_signature(Some(ca.public_key())).is_ok());
     let key = KeyPair::from_pem(&key_pem).unwrap();
-    assert_eq!(
-        cert.public_key().raw,
-        key.subject_public_key_info().as_slice()
-    );
+    assert_eq!(cert.public_key().raw, key.subject_public_key_info().as_slice());
 }
 
 #[test]
@@ -283,10 +223,7 @@ fn client_certificate_with_two_organizations_is_refused_rather_than_truncated() 
     let dir = tempfile::tempdir().unwrap();
     let pki = ClusterPki::load_or_create(dir.path(), &options()).unwrap();
     let err = pki.issue_client_cert("bob", &["devs", "ops"]).unwrap_err();
-    assert!(
-        matches!(err, PkiError::TooManyOrganizations { count: 2, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, PkiError::TooManyOrganizations { count: 2, .. }), "{err:?}");
 }
 
 #[test]
@@ -294,16 +231,12 @@ fn admin_kubeconfig_embeds_ca_and_client_credentials_with_mode_0600() {
     let dir = tempfile::tempdir().unwrap();
     let pki = ClusterPki::load_or_create(dir.path(), &options()).unwrap();
     let path = dir.path().join("cred").join("admin.kubeconfig");
-    pki.write_admin_kubeconfig(&path, "https://127.0.0.1:6443")
-        .unwrap();
+    pki.write_admin_kubeconfig(&path, "https://127.0.0.1:6443").unwrap();
     assert_eq!(mode(&path), 0o600);
 
-    let config: serde_json::Value =
-        serde_yaml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let config: serde_json::Value = serde_yaml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     let decode = |v: &serde_json::Value| {
-        let b = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().unwrap())
-            .unwrap();
+        let b = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
         String::from_utf8(b).unwrap()
     };
     assert_eq!(config["current-context"], "default");
@@ -312,15 +245,9 @@ fn admin_kubeconfig_embeds_ca_and_client_credentials_with_mode_0600() {
     let cluster = &config["clusters"][0];
     assert_eq!(cluster["name"], "default");
     assert_eq!(cluster["cluster"]["server"], "https://127.0.0.1:6443");
-    assert_eq!(
-        decode(&cluster["cluster"]["certificate-authority-data"]),
-        pki.ca_pem()
-    );
+    assert_eq!(decode(&cluster["cluster"]["certificate-authority-data"]), pki.ca_pem());
     let user = &config["users"][0]["user"];
-    assert_eq!(
-        decode(&user["client-certificate-data"]),
-        pki.admin_cert_pem()
-    );
+    assert_eq!(decode(&user["client-certificate-data"]), pki.admin_cert_pem());
     assert_eq!(decode(&user["client-key-data"]), pki.admin_key_pem());
 }
 

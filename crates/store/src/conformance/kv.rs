@@ -17,24 +17,12 @@ pub async fn empty_store_is_at_revision_zero(store: Arc<dyn Store>) {
 }
 
 pub async fn create_then_get_returns_value_and_revisions(store: Arc<dyn Store>) {
-    let rev = store
-        .create("/registry/pods/default/a", val("one"))
-        .await
-        .unwrap();
+    let rev = store.create("/registry/pods/default/a", val("one")).await.unwrap();
     assert_eq!(rev, 1, "the first write is revision 1");
-    let kv = store
-        .get("/registry/pods/default/a")
-        .await
-        .unwrap()
-        .expect("created key");
+    let kv = store.get("/registry/pods/default/a").await.unwrap().expect("created key");
     assert_eq!(
         kv,
-        KeyValue {
-            key: "/registry/pods/default/a".into(),
-            value: val("one"),
-            create_revision: rev,
-            mod_revision: rev,
-        }
+        KeyValue { key: "/registry/pods/default/a".into(), value: val("one"), create_revision: rev, mod_revision: rev }
     );
     assert_eq!(store.current_revision().await.unwrap(), rev);
 }
@@ -42,11 +30,7 @@ pub async fn create_then_get_returns_value_and_revisions(store: Arc<dyn Store>) 
 pub async fn get_of_missing_key_returns_none(store: Arc<dyn Store>) {
     store.create("/a", val("x")).await.unwrap();
     assert_eq!(store.get("/b").await.unwrap(), None);
-    assert_eq!(
-        store.get("/a/").await.unwrap(),
-        None,
-        "a prefix of a key is not the key"
-    );
+    assert_eq!(store.get("/a/").await.unwrap(), None, "a prefix of a key is not the key");
 }
 
 pub async fn create_of_existing_key_fails_with_already_exists(store: Arc<dyn Store>) {
@@ -56,11 +40,7 @@ pub async fn create_of_existing_key_fails_with_already_exists(store: Arc<dyn Sto
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
     assert_eq!(store.get("/a").await.unwrap().unwrap().value, val("first"));
-    assert_eq!(
-        store.current_revision().await.unwrap(),
-        rev,
-        "a failed write has no revision"
-    );
+    assert_eq!(store.current_revision().await.unwrap(), rev, "a failed write has no revision");
 }
 
 pub async fn every_successful_write_advances_the_revision_by_one(store: Arc<dyn Store>) {
@@ -75,29 +55,20 @@ pub async fn every_successful_write_advances_the_revision_by_one(store: Arc<dyn 
     assert_eq!(store.current_revision().await.unwrap(), 4);
 }
 
-pub async fn update_with_current_revision_replaces_value_and_keeps_create_revision(
-    store: Arc<dyn Store>,
-) {
+pub async fn update_with_current_revision_replaces_value_and_keeps_create_revision(store: Arc<dyn Store>) {
     let created = store.create("/a", val("1")).await.unwrap();
     store.create("/other", val("x")).await.unwrap();
     let updated = store.update("/a", val("2"), created).await.unwrap();
     assert!(updated > created);
     let kv = store.get("/a").await.unwrap().unwrap();
-    assert_eq!(
-        (kv.value, kv.create_revision, kv.mod_revision),
-        (val("2"), created, updated)
-    );
+    assert_eq!((kv.value, kv.create_revision, kv.mod_revision), (val("2"), created, updated));
 }
 
 pub async fn update_with_stale_revision_conflicts_and_carries_current_value(store: Arc<dyn Store>) {
     let created = store.create("/a", val("1")).await.unwrap();
     let updated = store.update("/a", val("2"), created).await.unwrap();
     match store.update("/a", val("3"), created).await {
-        Err(StoreError::Conflict {
-            key,
-            expected,
-            current,
-        }) => {
+        Err(StoreError::Conflict { key, expected, current }) => {
             assert_eq!(key, "/a");
             assert_eq!(expected, created);
             assert_eq!(current.value, val("2"));
@@ -153,10 +124,7 @@ pub async fn delete_of_missing_key_fails_with_not_found(store: Arc<dyn Store>) {
         Err(StoreError::NotFound { key }) => assert_eq!(key, "/a"),
         other => panic!("expected NotFound, got {other:?}"),
     }
-    assert!(matches!(
-        store.delete("/never", Some(1)).await,
-        Err(StoreError::NotFound { .. })
-    ));
+    assert!(matches!(store.delete("/never", Some(1)).await, Err(StoreError::NotFound { .. })));
 }
 
 pub async fn recreated_key_gets_a_new_create_revision(store: Arc<dyn Store>) {
@@ -181,11 +149,7 @@ pub async fn values_round_trip_byte_for_byte(store: Arc<dyn Store>) {
         store.create(key, value.clone()).await.unwrap();
     }
     for (key, value) in &cases {
-        assert_eq!(
-            &store.get(key).await.unwrap().expect("stored").value,
-            value,
-            "value of {key}"
-        );
+        assert_eq!(&store.get(key).await.unwrap().expect("stored").value, value, "value of {key}");
     }
     let listed = store.list("/", ListOptions::default()).await.unwrap();
     assert_eq!(listed.items.len(), cases.len());
@@ -210,9 +174,7 @@ pub async fn concurrent_creates_of_one_key_have_exactly_one_winner(store: Arc<dy
     assert_eq!(store.current_revision().await.unwrap(), winners[0]);
 }
 
-pub async fn hundred_concurrent_writers_are_acknowledged_with_distinct_revisions(
-    store: Arc<dyn Store>,
-) {
+pub async fn hundred_concurrent_writers_are_acknowledged_with_distinct_revisions(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..100)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -221,10 +183,7 @@ pub async fn hundred_concurrent_writers_are_acknowledged_with_distinct_revisions
         .collect();
     let mut revisions = BTreeSet::new();
     for task in tasks {
-        assert!(
-            revisions.insert(task.await.unwrap().unwrap()),
-            "revisions are distinct"
-        );
+        assert!(revisions.insert(task.await.unwrap().unwrap()), "revisions are distinct");
     }
     let expected: BTreeSet<Revision> = (1..=100).collect();
     assert_eq!(revisions, expected);
@@ -238,28 +197,13 @@ pub async fn failed_writes_in_a_concurrent_burst_do_not_affect_the_others(store:
     for i in 0..10 {
         let (s1, s2, s3) = (Arc::clone(&store), Arc::clone(&store), Arc::clone(&store));
         tasks.push(tokio::spawn(async move {
-            (
-                "update",
-                s1.update("/burst/shared", val(&i.to_string()), base)
-                    .await
-                    .map(|_| ()),
-            )
+            ("update", s1.update("/burst/shared", val(&i.to_string()), base).await.map(|_| ()))
         }));
         tasks.push(tokio::spawn(async move {
-            (
-                "create",
-                s2.create(&format!("/burst/new/{i}"), val("n"))
-                    .await
-                    .map(|_| ()),
-            )
+            ("create", s2.create(&format!("/burst/new/{i}"), val("n")).await.map(|_| ()))
         }));
         tasks.push(tokio::spawn(async move {
-            (
-                "delete",
-                s3.delete(&format!("/burst/missing/{i}"), None)
-                    .await
-                    .map(|_| ()),
-            )
+            ("delete", s3.delete(&format!("/burst/missing/{i}"), None).await.map(|_| ()))
         }));
     }
     let (mut updated, mut conflicts, mut created, mut not_found) = (0, 0, 0, 0);

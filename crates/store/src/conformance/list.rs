@@ -19,40 +19,14 @@ pub async fn list_returns_keys_under_prefix_in_key_order(store: Arc<dyn Store>) 
         store.create(key, val(key)).await.unwrap();
     }
     let current = store.current_revision().await.unwrap();
-    let pods = store
-        .list("/registry/pods/", ListOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        keys(&pods.items),
-        [
-            "/registry/pods/ns1/a",
-            "/registry/pods/ns1/b",
-            "/registry/pods/ns2/a"
-        ]
-    );
+    let pods = store.list("/registry/pods/", ListOptions::default()).await.unwrap();
+    assert_eq!(keys(&pods.items), ["/registry/pods/ns1/a", "/registry/pods/ns1/b", "/registry/pods/ns2/a"]);
     assert_eq!(pods.items[0].value, val("/registry/pods/ns1/a"));
-    assert_eq!(
-        (pods.revision, pods.more, pods.remaining),
-        (current, false, 0)
-    );
-    let ns1 = store
-        .list("/registry/pods/ns1/", ListOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        keys(&ns1.items),
-        ["/registry/pods/ns1/a", "/registry/pods/ns1/b"]
-    );
-    let without_slash = store
-        .list("/registry/pod", ListOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        without_slash.items.len(),
-        6,
-        "a plain string prefix matches every neighbour"
-    );
+    assert_eq!((pods.revision, pods.more, pods.remaining), (current, false, 0));
+    let ns1 = store.list("/registry/pods/ns1/", ListOptions::default()).await.unwrap();
+    assert_eq!(keys(&ns1.items), ["/registry/pods/ns1/a", "/registry/pods/ns1/b"]);
+    let without_slash = store.list("/registry/pod", ListOptions::default()).await.unwrap();
+    assert_eq!(without_slash.items.len(), 6, "a plain string prefix matches every neighbour");
 }
 
 pub async fn list_with_empty_prefix_returns_every_key(store: Arc<dyn Store>) {
@@ -66,17 +40,11 @@ pub async fn list_with_empty_prefix_returns_every_key(store: Arc<dyn Store>) {
 
 pub async fn list_pages_with_limit_and_inclusive_start_key(store: Arc<dyn Store>) {
     for name in ["a", "b", "c", "d", "e"] {
-        store
-            .create(&format!("/p/{name}"), val(name))
-            .await
-            .unwrap();
+        store.create(&format!("/p/{name}"), val(name)).await.unwrap();
     }
     store.create("/q/a", val("outside")).await.unwrap();
-    let page = |limit: usize, start: Option<&str>| ListOptions {
-        limit,
-        start_key: start.map(str::to_owned),
-        revision: None,
-    };
+    let page =
+        |limit: usize, start: Option<&str>| ListOptions { limit, start_key: start.map(str::to_owned), revision: None };
 
     let first = store.list("/p/", page(2, None)).await.unwrap();
     assert_eq!(keys(&first.items), ["/p/a", "/p/b"]);
@@ -93,17 +61,10 @@ pub async fn list_pages_with_limit_and_inclusive_start_key(store: Arc<dyn Store>
     assert_eq!((last.more, last.remaining), (false, 0));
 
     let exact = store.list("/p/", page(5, None)).await.unwrap();
-    assert_eq!(
-        (exact.items.len(), exact.more, exact.remaining),
-        (5, false, 0)
-    );
+    assert_eq!((exact.items.len(), exact.more, exact.remaining), (5, false, 0));
 
     let before_prefix = store.list("/p/", page(0, Some("/a"))).await.unwrap();
-    assert_eq!(
-        before_prefix.items.len(),
-        5,
-        "a start key before the prefix starts at the prefix"
-    );
+    assert_eq!(before_prefix.items.len(), 5, "a start key before the prefix starts at the prefix");
     let past_prefix = store.list("/p/", page(0, Some("/p0"))).await.unwrap();
     assert!(past_prefix.items.is_empty());
 }
@@ -111,64 +72,25 @@ pub async fn list_pages_with_limit_and_inclusive_start_key(store: Arc<dyn Store>
 pub async fn list_at_old_revision_shows_the_state_then(store: Arc<dyn Store>) {
     let [r1, r2, r3, r4, r5] = write_history(store.as_ref()).await;
     let state = |items: &[KeyValue]| -> Vec<(String, Bytes, Revision, Revision)> {
-        items
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key.clone(),
-                    kv.value.clone(),
-                    kv.create_revision,
-                    kv.mod_revision,
-                )
-            })
-            .collect()
+        items.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.create_revision, kv.mod_revision)).collect()
     };
 
     let at_r2 = store.list("/h/", at(r2)).await.unwrap();
     assert_eq!(at_r2.revision, r2);
-    assert_eq!(
-        state(&at_r2.items),
-        [
-            ("/h/a".into(), val("a1"), r1, r1),
-            ("/h/b".into(), val("b1"), r2, r2)
-        ]
-    );
+    assert_eq!(state(&at_r2.items), [("/h/a".into(), val("a1"), r1, r1), ("/h/b".into(), val("b1"), r2, r2)]);
     let at_r3 = store.list("/h/", at(r3)).await.unwrap();
-    assert_eq!(
-        state(&at_r3.items),
-        [
-            ("/h/a".into(), val("a2"), r1, r3),
-            ("/h/b".into(), val("b1"), r2, r2)
-        ]
-    );
+    assert_eq!(state(&at_r3.items), [("/h/a".into(), val("a2"), r1, r3), ("/h/b".into(), val("b1"), r2, r2)]);
     let at_r4 = store.list("/h/", at(r4)).await.unwrap();
     assert_eq!(keys(&at_r4.items), ["/h/a"]);
     let at_r5 = store.list("/h/", at(r5)).await.unwrap();
     assert_eq!(keys(&at_r5.items), ["/h/a", "/h/c"]);
-    assert_eq!(
-        store.list("/h/", at(0)).await.unwrap().revision,
-        r5,
-        "revision 0 means latest"
-    );
+    assert_eq!(store.list("/h/", at(0)).await.unwrap().revision, r5, "revision 0 means latest");
 
-    let paged = store
-        .list(
-            "/h/",
-            ListOptions {
-                limit: 1,
-                start_key: None,
-                revision: Some(r2),
-            },
-        )
-        .await;
+    let paged = store.list("/h/", ListOptions { limit: 1, start_key: None, revision: Some(r2) }).await;
     let paged = paged.unwrap();
     assert_eq!(keys(&paged.items), ["/h/a"]);
     assert_eq!((paged.more, paged.remaining), (true, 1));
-    let rest = ListOptions {
-        limit: 1,
-        start_key: Some("/h/a\0".into()),
-        revision: Some(r2),
-    };
+    let rest = ListOptions { limit: 1, start_key: Some("/h/a\0".into()), revision: Some(r2) };
     let rest = store.list("/h/", rest).await.unwrap();
     assert_eq!(keys(&rest.items), ["/h/b"]);
     assert_eq!((rest.more, rest.remaining), (false, 0));
@@ -203,17 +125,10 @@ pub async fn compaction_keeps_reads_at_and_after_the_compacted_revision(store: A
     store.compact(r3).await.unwrap();
     assert_eq!(store.compacted_revision().await.unwrap(), r3);
     for (rev, expected) in [r3, r4, r5].into_iter().zip(before) {
-        assert_eq!(
-            store.list("/h/", at(rev)).await.unwrap().items,
-            expected,
-            "at {rev}"
-        );
+        assert_eq!(store.list("/h/", at(rev)).await.unwrap().items, expected, "at {rev}");
     }
     match store.list("/h/", at(r2)).await {
-        Err(StoreError::Compacted {
-            requested,
-            compacted,
-        }) => {
+        Err(StoreError::Compacted { requested, compacted }) => {
             assert_eq!((requested, compacted), (r2, r3));
         }
         other => panic!("expected Compacted, got {other:?}"),
@@ -222,37 +137,18 @@ pub async fn compaction_keeps_reads_at_and_after_the_compacted_revision(store: A
 
     // Compacting past a deletion forgets the key entirely, and later writes still work.
     store.compact(r5).await.unwrap();
-    assert_eq!(
-        keys(&store.list("/h/", at(r5)).await.unwrap().items),
-        ["/h/a", "/h/c"]
-    );
+    assert_eq!(keys(&store.list("/h/", at(r5)).await.unwrap().items), ["/h/a", "/h/c"]);
     let r6 = store.create("/h/b", val("b2")).await.unwrap();
-    assert_eq!(
-        store.get("/h/b").await.unwrap().unwrap().create_revision,
-        r6
-    );
+    assert_eq!(store.get("/h/b").await.unwrap().unwrap().create_revision, r6);
 }
 
 pub async fn compaction_is_idempotent_and_refuses_old_or_future_revisions(store: Arc<dyn Store>) {
     let [_, r2, r3, ..] = write_history(store.as_ref()).await;
     let current = store.current_revision().await.unwrap();
     store.compact(r3).await.unwrap();
-    store
-        .compact(r3)
-        .await
-        .expect("compacting again at the same revision does nothing");
-    assert!(matches!(
-        store.compact(r2).await,
-        Err(StoreError::Compacted { .. })
-    ));
-    assert!(matches!(
-        store.compact(current + 1).await,
-        Err(StoreError::FutureRevision { .. })
-    ));
+    store.compact(r3).await.expect("compacting again at the same revision does nothing");
+    assert!(matches!(store.compact(r2).await, Err(StoreError::Compacted { .. })));
+    assert!(matches!(store.compact(current + 1).await, Err(StoreError::FutureRevision { .. })));
     assert_eq!(store.compacted_revision().await.unwrap(), r3);
-    assert_eq!(
-        store.current_revision().await.unwrap(),
-        current,
-        "compaction is not a write"
-    );
+    assert_eq!(store.current_revision().await.unwrap(), current, "compaction is not a write");
 }

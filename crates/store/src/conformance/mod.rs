@@ -36,9 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{
-    EventKind, KeyValue, ListOptions, Revision, Store, StoreError, WatchEvent, WatchStream,
-};
+use crate::{EventKind, KeyValue, ListOptions, Revision, Store, StoreError, WatchEvent, WatchStream};
 
 /// How long a test waits for an expected watch event before declaring it lost.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -117,9 +115,7 @@ fn val(text: &str) -> Bytes {
 }
 
 async fn next_item(stream: &mut WatchStream) -> Option<Result<WatchEvent, StoreError>> {
-    tokio::time::timeout(EVENT_TIMEOUT, stream.next())
-        .await
-        .expect("timed out waiting for a watch event")
+    tokio::time::timeout(EVENT_TIMEOUT, stream.next()).await.expect("timed out waiting for a watch event")
 }
 
 async fn next_event(stream: &mut WatchStream) -> WatchEvent {
@@ -142,10 +138,7 @@ fn keys(items: &[KeyValue]) -> Vec<&str> {
 }
 
 fn at(revision: Revision) -> ListOptions {
-    ListOptions {
-        revision: Some(revision),
-        ..ListOptions::default()
-    }
+    ListOptions { revision: Some(revision), ..ListOptions::default() }
 }
 
 /// The history several tests read: returns the revisions of its five writes.

@@ -9,24 +9,16 @@ pub async fn watch_from_before_compacted_revision_fails_with_compacted(store: Ar
     let [r1, _, r3, ..] = write_history(store.as_ref()).await;
     store.compact(r3).await.unwrap();
     match store.watch("/h/", r1).await {
-        Err(StoreError::Compacted {
-            requested,
-            compacted,
-        }) => {
+        Err(StoreError::Compacted { requested, compacted }) => {
             assert_eq!((requested, compacted), (r1, r3));
         }
         Err(other) => panic!("expected Compacted, got {other:?}"),
         Ok(_) => panic!("expected Compacted, got a watch"),
     }
-    assert!(
-        store.watch("/h/", 0).await.is_ok(),
-        "watching from now is always possible"
-    );
+    assert!(store.watch("/h/", 0).await.is_ok(), "watching from now is always possible");
 }
 
-pub async fn watch_from_compacted_revision_replays_later_changes_with_previous_values(
-    store: Arc<dyn Store>,
-) {
+pub async fn watch_from_compacted_revision_replays_later_changes_with_previous_values(store: Arc<dyn Store>) {
     let [_, _, r3, r4, r5] = write_history(store.as_ref()).await;
     let r6 = store.update("/h/a", val("a3"), r3).await.unwrap();
     store.compact(r3).await.unwrap();
@@ -34,85 +26,32 @@ pub async fn watch_from_compacted_revision_replays_later_changes_with_previous_v
 
     let deleted = next_event(&mut watch).await;
     assert_event(&deleted, EventKind::Delete, "/h/b", "b1", r4);
-    assert_eq!(
-        deleted.prev.as_ref().map(|p| p.value.clone()),
-        Some(val("b1"))
-    );
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Put,
-        "/h/c",
-        "c1",
-        r5,
-    );
+    assert_eq!(deleted.prev.as_ref().map(|p| p.value.clone()), Some(val("b1")));
+    assert_event(&next_event(&mut watch).await, EventKind::Put, "/h/c", "c1", r5);
     let updated = next_event(&mut watch).await;
     assert_event(&updated, EventKind::Put, "/h/a", "a3", r6);
-    let prev = updated
-        .prev
-        .expect("an update reports the value it replaced");
+    let prev = updated.prev.expect("an update reports the value it replaced");
     assert_eq!((prev.value, prev.mod_revision), (val("a2"), r3));
 }
 
 pub async fn watch_replays_history_after_revision_then_follows_live(store: Arc<dyn Store>) {
     let [r1, r2, r3, r4, r5] = write_history(store.as_ref()).await;
     let mut watch = store.watch("/h/", r1).await.unwrap();
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Put,
-        "/h/b",
-        "b1",
-        r2,
-    );
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Put,
-        "/h/a",
-        "a2",
-        r3,
-    );
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Delete,
-        "/h/b",
-        "b1",
-        r4,
-    );
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Put,
-        "/h/c",
-        "c1",
-        r5,
-    );
+    assert_event(&next_event(&mut watch).await, EventKind::Put, "/h/b", "b1", r2);
+    assert_event(&next_event(&mut watch).await, EventKind::Put, "/h/a", "a2", r3);
+    assert_event(&next_event(&mut watch).await, EventKind::Delete, "/h/b", "b1", r4);
+    assert_event(&next_event(&mut watch).await, EventKind::Put, "/h/c", "c1", r5);
     let r6 = store.create("/h/d", val("d1")).await.unwrap();
     let r7 = store.update("/h/d", val("d2"), r6).await.unwrap();
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Put,
-        "/h/d",
-        "d1",
-        r6,
-    );
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Put,
-        "/h/d",
-        "d2",
-        r7,
-    );
+    assert_event(&next_event(&mut watch).await, EventKind::Put, "/h/d", "d1", r6);
+    assert_event(&next_event(&mut watch).await, EventKind::Put, "/h/d", "d2", r7);
 }
 
 pub async fn watch_from_zero_reports_only_changes_after_it_starts(store: Arc<dyn Store>) {
     write_history(store.as_ref()).await;
     let mut watch = store.watch("/h/", 0).await.unwrap();
     let rev = store.create("/h/new", val("n")).await.unwrap();
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Put,
-        "/h/new",
-        "n",
-        rev,
-    );
+    assert_event(&next_event(&mut watch).await, EventKind::Put, "/h/new", "n", rev);
 }
 
 pub async fn watch_from_future_revision_skips_changes_up_to_it(store: Arc<dyn Store>) {
@@ -121,50 +60,20 @@ pub async fn watch_from_future_revision_skips_changes_up_to_it(store: Arc<dyn St
     for i in 1..=3 {
         store.create(&format!("/f/{i}"), val("x")).await.unwrap();
     }
-    assert_event(
-        &next_event(&mut watch).await,
-        EventKind::Put,
-        "/f/3",
-        "x",
-        now + 3,
-    );
+    assert_event(&next_event(&mut watch).await, EventKind::Put, "/f/3", "x", now + 3);
 }
 
 pub async fn watch_reports_only_keys_under_its_prefix(store: Arc<dyn Store>) {
-    let start = store
-        .create("/registry/pods/ns/old", val("old"))
-        .await
-        .unwrap();
+    let start = store.create("/registry/pods/ns/old", val("old")).await.unwrap();
     let mut live = store.watch("/registry/pods/", 0).await.unwrap();
-    store
-        .create("/registry/podtemplates/ns/x", val("t"))
-        .await
-        .unwrap();
+    store.create("/registry/podtemplates/ns/x", val("t")).await.unwrap();
     store.create("/registry/pods", val("bare")).await.unwrap();
-    store
-        .create("/registry/podsx/y", val("near"))
-        .await
-        .unwrap();
-    let rev = store
-        .create("/registry/pods/ns/a", val("pod"))
-        .await
-        .unwrap();
-    assert_event(
-        &next_event(&mut live).await,
-        EventKind::Put,
-        "/registry/pods/ns/a",
-        "pod",
-        rev,
-    );
+    store.create("/registry/podsx/y", val("near")).await.unwrap();
+    let rev = store.create("/registry/pods/ns/a", val("pod")).await.unwrap();
+    assert_event(&next_event(&mut live).await, EventKind::Put, "/registry/pods/ns/a", "pod", rev);
 
     let mut replayed = store.watch("/registry/pods/", start).await.unwrap();
-    assert_event(
-        &next_event(&mut replayed).await,
-        EventKind::Put,
-        "/registry/pods/ns/a",
-        "pod",
-        rev,
-    );
+    assert_event(&next_event(&mut replayed).await, EventKind::Put, "/registry/pods/ns/a", "pod", rev);
 
     let mut wide = store.watch("/registry/pod", start).await.unwrap();
     let mut seen = Vec::new();
@@ -173,12 +82,7 @@ pub async fn watch_reports_only_keys_under_its_prefix(store: Arc<dyn Store>) {
     }
     assert_eq!(
         seen,
-        [
-            "/registry/podtemplates/ns/x",
-            "/registry/pods",
-            "/registry/podsx/y",
-            "/registry/pods/ns/a"
-        ],
+        ["/registry/podtemplates/ns/x", "/registry/pods", "/registry/podsx/y", "/registry/pods/ns/a"],
         "a prefix without a trailing slash matches every neighbour"
     );
 }
@@ -189,11 +93,7 @@ pub async fn watch_events_carry_the_previous_value(store: Arc<dyn Store>) {
     let mut live = store.watch("/e/", 0).await.unwrap();
     let created = store.create("/e/a", val("1")).await.unwrap();
     let updated = store.update("/e/a", val("2"), created).await.unwrap();
-    let deleted = store
-        .delete("/e/a", Some(updated))
-        .await
-        .unwrap()
-        .mod_revision;
+    let deleted = store.delete("/e/a", Some(updated)).await.unwrap().mod_revision;
     let mut replayed = store.watch("/e/", created - 1).await.unwrap();
 
     for (how, watch) in [("live", &mut live), ("replayed", &mut replayed)] {
@@ -205,21 +105,13 @@ pub async fn watch_events_carry_the_previous_value(store: Arc<dyn Store>) {
         assert_event(&update, EventKind::Put, "/e/a", "2", updated);
         assert_eq!(update.kv.create_revision, created);
         let prev = update.prev.expect("update has a previous value");
-        assert_eq!(
-            (prev.value, prev.mod_revision),
-            (val("1"), created),
-            "{how}"
-        );
+        assert_eq!((prev.value, prev.mod_revision), (val("1"), created), "{how}");
 
         let delete = next_event(watch).await;
         assert_event(&delete, EventKind::Delete, "/e/a", "2", deleted);
         assert_eq!(delete.kv.create_revision, created, "{how}");
         let prev = delete.prev.expect("delete has a previous value");
-        assert_eq!(
-            (prev.value, prev.mod_revision),
-            (val("2"), updated),
-            "{how}"
-        );
+        assert_eq!((prev.value, prev.mod_revision), (val("2"), updated), "{how}");
     }
 }
 
@@ -231,10 +123,7 @@ pub async fn watch_started_during_concurrent_writes_has_no_gap_or_duplicate(stor
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 for i in 0..PER_WRITER {
-                    store
-                        .create(&format!("/w/{w}/{i}"), val("v"))
-                        .await
-                        .unwrap();
+                    store.create(&format!("/w/{w}/{i}"), val("v")).await.unwrap();
                 }
             })
         })
@@ -290,32 +179,19 @@ pub async fn dropping_the_store_ends_watches_with_closed(store: Arc<dyn Store>) 
     let mut watch = store.watch("/", 0).await.unwrap();
     let rev = store.create("/a", val("1")).await.unwrap();
     drop(store);
-    assert_eq!(
-        next_event(&mut watch).await.revision(),
-        rev,
-        "events before the drop arrive"
-    );
-    assert!(matches!(
-        next_item(&mut watch).await,
-        Some(Err(StoreError::Closed))
-    ));
+    assert_eq!(next_event(&mut watch).await.revision(), rev, "events before the drop arrive");
+    assert!(matches!(next_item(&mut watch).await, Some(Err(StoreError::Closed))));
     assert!(next_item(&mut watch).await.is_none());
 }
 
 /// Run on a store built with a watch buffer of `watch_buffer` events.
-pub async fn lagging_watcher_gets_lagged_error_then_resumes_from_history(
-    store: Arc<dyn Store>,
-    watch_buffer: usize,
-) {
+pub async fn lagging_watcher_gets_lagged_error_then_resumes_from_history(store: Arc<dyn Store>, watch_buffer: usize) {
     // Start past revision 0, which a watch would read as "from now".
     let start = store.create("/before", val("x")).await.unwrap();
     let mut slow = store.watch("/lag/", 0).await.unwrap();
     let total = watch_buffer * 2 + 5;
     for i in 0..total {
-        store
-            .create(&format!("/lag/{i:04}"), val("v"))
-            .await
-            .unwrap();
+        store.create(&format!("/lag/{i:04}"), val("v")).await.unwrap();
     }
     let mut items = Vec::new();
     while let Some(item) = next_item(&mut slow).await {
@@ -325,17 +201,10 @@ pub async fn lagging_watcher_gets_lagged_error_then_resumes_from_history(
         Some(Err(StoreError::WatcherLagged { missed })) => assert!(*missed > 0),
         other => panic!("expected the stream to end with WatcherLagged, got {other:?}"),
     }
-    assert!(
-        items[..items.len() - 1].iter().all(Result::is_ok),
-        "only the last item fails"
-    );
+    assert!(items[..items.len() - 1].iter().all(Result::is_ok), "only the last item fails");
 
     // The remedy: watch again from the last revision seen, which replays from history.
-    let resume_from = items
-        .iter()
-        .rev()
-        .find_map(|i| i.as_ref().ok())
-        .map_or(start, |e| e.revision());
+    let resume_from = items.iter().rev().find_map(|i| i.as_ref().ok()).map_or(start, |e| e.revision());
     let mut resumed = store.watch("/lag/", resume_from).await.unwrap();
     let last = store.current_revision().await.unwrap();
     let mut next = resume_from + 1;

@@ -29,8 +29,8 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::watch::{self, EventSender};
 use crate::{
-    DEFAULT_WATCH_BUFFER, KeyValue, ListOptions, ListResult, Revision, Store, StoreError,
-    WatchEvent, WatchStream, rules,
+    DEFAULT_WATCH_BUFFER, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream,
+    rules,
 };
 use reader::ReadPool;
 use writer::{Committed, Request, WriterHandle, WriterSetup};
@@ -52,11 +52,7 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self {
-            readers: 4,
-            watch_buffer: DEFAULT_WATCH_BUFFER,
-            max_batch: 512,
-        }
+        Self { readers: 4, watch_buffer: DEFAULT_WATCH_BUFFER, max_batch: 512 }
     }
 }
 
@@ -102,12 +98,7 @@ impl SqliteStore {
             max_batch: options.max_batch,
         })?;
         let readers = Arc::new(ReadPool::new(PathBuf::from(path), label, options.readers));
-        Ok(SqliteStore {
-            readers,
-            writer: Some(writer),
-            events,
-            committed,
-        })
+        Ok(SqliteStore { readers, writer: Some(writer), events, committed })
     }
 
     /// Hands `request` to the writer and waits until it is durable (or refused).
@@ -116,10 +107,7 @@ impl SqliteStore {
         request: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .as_ref()
-            .ok_or(StoreError::Closed)?
-            .send(request(reply))?;
+        self.writer.as_ref().ok_or(StoreError::Closed)?.send(request(reply))?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -143,48 +131,27 @@ impl Store for SqliteStore {
 
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StoreError> {
         let prefix = prefix.to_owned();
-        self.readers
-            .read(move |snapshot| snapshot.list(&prefix, &opts))
-            .await
+        self.readers.read(move |snapshot| snapshot.list(&prefix, &opts)).await
     }
 
     async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
         let prefix = prefix.to_owned();
-        self.readers
-            .read(move |snapshot| snapshot.count(&prefix))
-            .await
+        self.readers.read(move |snapshot| snapshot.count(&prefix)).await
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision, StoreError> {
         let key = key.to_owned();
-        self.write(|reply| Request::Create { key, value, reply })
-            .await
+        self.write(|reply| Request::Create { key, value, reply }).await
     }
 
-    async fn update(
-        &self,
-        key: &str,
-        value: Bytes,
-        expected: Revision,
-    ) -> Result<Revision, StoreError> {
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<Revision, StoreError> {
         let key = key.to_owned();
-        self.write(|reply| Request::Update {
-            key,
-            value,
-            expected,
-            reply,
-        })
-        .await
+        self.write(|reply| Request::Update { key, value, expected, reply }).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
         let key = key.to_owned();
-        self.write(|reply| Request::Delete {
-            key,
-            expected,
-            reply,
-        })
-        .await
+        self.write(|reply| Request::Delete { key, expected, reply }).await
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
@@ -212,17 +179,11 @@ impl Store for SqliteStore {
             upto: snapshot,
             buffered: first.into_iter(),
         };
-        Ok(watch::follow(
-            replay.into_stream(),
-            live,
-            prefix.to_owned(),
-            after.max(snapshot),
-        ))
+        Ok(watch::follow(replay.into_stream(), live, prefix.to_owned(), after.max(snapshot)))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.write(|reply| Request::Compact { revision, reply })
-            .await
+        self.write(|reply| Request::Compact { revision, reply }).await
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
@@ -277,10 +238,7 @@ impl Replay {
             .read(move |snapshot| {
                 // A compaction since the watch started may have removed rows still to replay.
                 if snapshot.compacted > cursor {
-                    return Err(StoreError::Compacted {
-                        requested: cursor,
-                        compacted: snapshot.compacted,
-                    });
+                    return Err(StoreError::Compacted { requested: cursor, compacted: snapshot.compacted });
                 }
                 snapshot.replay(&prefix, cursor, upto, REPLAY_CHUNK)
             })

@@ -15,9 +15,7 @@ use rusqlite::{Connection, Transaction, params};
 use tokio::sync::Semaphore;
 
 use super::schema::{open_reader, sqlite_error};
-use crate::{
-    EventKind, KeyValue, ListOptions, ListResult, Revision, StoreError, WatchEvent, rules,
-};
+use crate::{EventKind, KeyValue, ListOptions, ListResult, Revision, StoreError, WatchEvent, rules};
 
 /// Read-only connections shared by all reads; at most `size` reads run at once.
 pub(super) struct ReadPool {
@@ -47,10 +45,7 @@ impl ReadPool {
         T: Send + 'static,
         F: FnOnce(&Snapshot<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| StoreError::Closed)?;
         let pool = Arc::clone(self);
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -58,8 +53,7 @@ impl ReadPool {
                 Some(conn) => conn,
                 None => open_reader(&pool.path, &pool.label)?,
             };
-            let result =
-                Snapshot::begin(&mut conn, &pool.label).and_then(|snapshot| read(&snapshot));
+            let result = Snapshot::begin(&mut conn, &pool.label).and_then(|snapshot| read(&snapshot));
             pool.put_back(conn);
             result
         });
@@ -75,25 +69,16 @@ impl ReadPool {
     /// connection and its close checkpoints the WAL into the main file.
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
     fn take_idle(&self) -> Option<Connection> {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
 
     fn put_back(&self, conn: Connection) {
         if !self.closed.load(Ordering::Acquire) {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+            self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
         }
     }
 }
@@ -115,12 +100,7 @@ impl<'c> Snapshot<'c> {
             .prepare_cached("SELECT revision, compacted FROM meta WHERE id = 1")
             .and_then(|mut stmt| stmt.query_row([], |row| Ok((row.get(0)?, row.get(1)?))))
             .map_err(&err)?;
-        Ok(Self {
-            tx,
-            label,
-            revision,
-            compacted,
-        })
+        Ok(Self { tx, label, revision, compacted })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -128,10 +108,8 @@ impl<'c> Snapshot<'c> {
     }
 
     pub(super) fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT value, create_rev, mod_rev FROM kv WHERE key = ?1")
-            .map_err(self.err())?;
+        let mut stmt =
+            self.tx.prepare_cached("SELECT value, create_rev, mod_rev FROM kv WHERE key = ?1").map_err(self.err())?;
         let mut rows = stmt.query([key]).map_err(self.err())?;
         let Some(row) = rows.next().map_err(self.err())? else {
             return Ok(None);
@@ -162,11 +140,7 @@ impl<'c> Snapshot<'c> {
         };
         let end = prefix_end(prefix);
         // SQLite reads a negative LIMIT as "no limit".
-        let limit = if opts.limit == 0 {
-            -1
-        } else {
-            i64::try_from(opts.limit).unwrap_or(i64::MAX)
-        };
+        let limit = if opts.limit == 0 { -1 } else { i64::try_from(opts.limit).unwrap_or(i64::MAX) };
         let latest = revision == self.revision;
 
         let (items_sql, remaining_sql) = if latest {
@@ -216,12 +190,7 @@ impl<'c> Snapshot<'c> {
             }
             _ => 0,
         };
-        Ok(ListResult {
-            items,
-            revision,
-            more: remaining > 0,
-            remaining,
-        })
+        Ok(ListResult { items, revision, more: remaining > 0, remaining })
     }
 
     /// Up to `limit` changes under `prefix` with revisions in `(after, upto]`, in order.
@@ -246,9 +215,7 @@ impl<'c> Snapshot<'c> {
             )
             .map_err(self.err())?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut rows = stmt
-            .query(params![after, upto, prefix, prefix_end(prefix), limit])
-            .map_err(self.err())?;
+        let mut rows = stmt.query(params![after, upto, prefix, prefix_end(prefix), limit]).map_err(self.err())?;
         let mut events = Vec::new();
         while let Some(row) = rows.next().map_err(self.err())? {
             let row = LogRow::read(row).map_err(self.err())?;
@@ -295,38 +262,21 @@ impl LogRow {
     }
 
     fn into_event(self, label: &str) -> Result<WatchEvent, StoreError> {
-        let prev = match (
-            self.prev_revision,
-            self.prev_value,
-            self.prev_create_revision,
-        ) {
-            (Some(mod_revision), Some(value), Some(create_revision)) => Some(KeyValue {
-                key: self.key.clone(),
-                value: Bytes::from(value),
-                create_revision,
-                mod_revision,
-            }),
+        let prev = match (self.prev_revision, self.prev_value, self.prev_create_revision) {
+            (Some(mod_revision), Some(value), Some(create_revision)) => {
+                Some(KeyValue { key: self.key.clone(), value: Bytes::from(value), create_revision, mod_revision })
+            }
             _ => None,
         };
         let broken = |what: &str| StoreError::Corrupt {
             path: label.to_owned(),
-            reason: format!(
-                "history row {} for key {} has no {what}",
-                self.revision, self.key
-            ),
+            reason: format!("history row {} for key {} has no {what}", self.revision, self.key),
         };
         if self.deleted {
             // A deletion reports the value it removed, which lives in the replaced version.
             let removed = prev.clone().ok_or_else(|| broken("previous version"))?;
-            let kv = KeyValue {
-                mod_revision: self.revision,
-                ..removed
-            };
-            return Ok(WatchEvent {
-                kind: EventKind::Delete,
-                kv,
-                prev,
-            });
+            let kv = KeyValue { mod_revision: self.revision, ..removed };
+            return Ok(WatchEvent { kind: EventKind::Delete, kv, prev });
         }
         let value = self.value.ok_or_else(|| broken("value"))?;
         let kv = KeyValue {
@@ -335,11 +285,7 @@ impl LogRow {
             create_revision: self.create_revision,
             mod_revision: self.revision,
         };
-        Ok(WatchEvent {
-            kind: EventKind::Put,
-            kv,
-            prev,
-        })
+        Ok(WatchEvent { kind: EventKind::Put, kv, prev })
     }
 }
 
@@ -371,10 +317,7 @@ mod tests {
 
     #[test]
     fn prefix_end_advances_the_last_character() {
-        assert_eq!(
-            prefix_end("/registry/pods/"),
-            Value::Text("/registry/pods0".into())
-        );
+        assert_eq!(prefix_end("/registry/pods/"), Value::Text("/registry/pods0".into()));
         assert_eq!(prefix_end("a\u{D7FF}"), Value::Text("a\u{E000}".into()));
         assert_eq!(prefix_end("a\u{10FFFF}"), Value::Text("b".into()));
     }
@@ -384,11 +327,7 @@ mod tests {
         assert_eq!(prefix_end(""), Value::Blob(Vec::new()));
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let after: bool = conn
-            .query_row(
-                "SELECT ?1 < ?2",
-                rusqlite::params!["\u{10FFFF}\u{10FFFF}", prefix_end("")],
-                |r| r.get(0),
-            )
+            .query_row("SELECT ?1 < ?2", rusqlite::params!["\u{10FFFF}\u{10FFFF}", prefix_end("")], |r| r.get(0))
             .unwrap();
         assert!(after);
     }

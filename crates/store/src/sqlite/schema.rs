@@ -61,23 +61,17 @@ pub(super) struct Meta {
 /// Maps an error from SQLite about the file at `label`; damage becomes [`StoreError::Corrupt`].
 pub(super) fn sqlite_error(label: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| match source.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
-            path: label.to_owned(),
-            reason: source.to_string(),
-        },
-        _ => StoreError::Sqlite {
-            path: label.to_owned(),
-            source,
-        },
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt { path: label.to_owned(), reason: source.to_string() }
+        }
+        _ => StoreError::Sqlite { path: label.to_owned(), source },
     }
 }
 
 /// Opens (creating if absent) the store's file for writing and checks it can be trusted.
 pub(super) fn open_writer(path: &Path, label: &str) -> Result<(Connection, Meta), StoreError> {
     let err = sqlite_error(label);
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).map_err(&err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
 
@@ -87,17 +81,14 @@ pub(super) fn open_writer(path: &Path, label: &str) -> Result<(Connection, Meta)
 
     // Durability: every commit waits for the WAL to reach the disk, so an acknowledged write
     // survives a crash or power loss. WAL lets readers proceed while the writer commits.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
-        .map_err(&err)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0)).map_err(&err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt {
             path: label.to_owned(),
             reason: format!("cannot switch to write-ahead logging (journal mode is {mode})"),
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(&err)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
 
     if fresh {
         let tx = conn.transaction().map_err(&err)?;
@@ -105,16 +96,9 @@ pub(super) fn open_writer(path: &Path, label: &str) -> Result<(Connection, Meta)
         tx.commit().map_err(&err)?;
     }
     let meta = conn
-        .query_row(
-            "SELECT revision, compacted FROM meta WHERE id = 1",
-            [],
-            |row| {
-                Ok(Meta {
-                    revision: row.get(0)?,
-                    compacted: row.get(1)?,
-                })
-            },
-        )
+        .query_row("SELECT revision, compacted FROM meta WHERE id = 1", [], |row| {
+            Ok(Meta { revision: row.get(0)?, compacted: row.get(1)? })
+        })
         .map_err(&err)?;
     Ok((conn, meta))
 }
@@ -133,11 +117,8 @@ pub(super) fn open_reader(path: &Path, label: &str) -> Result<Connection, StoreE
 fn quick_check(conn: &Connection, label: &str) -> Result<(), StoreError> {
     let err = sqlite_error(label);
     let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(&err)?;
-    let findings: Vec<String> = stmt
-        .query_map([], |row| row.get(0))
-        .map_err(&err)?
-        .collect::<Result<_, _>>()
-        .map_err(&err)?;
+    let findings: Vec<String> =
+        stmt.query_map([], |row| row.get(0)).map_err(&err)?.collect::<Result<_, _>>().map_err(&err)?;
     match findings.as_slice() {
         [ok] if ok == "ok" => Ok(()),
         _ => Err(StoreError::Corrupt {
@@ -150,30 +131,17 @@ fn quick_check(conn: &Connection, label: &str) -> Result<(), StoreError> {
 /// Tells a new empty file (`true`) from an existing Tugboat store (`false`); refuses the rest.
 fn identify(conn: &Connection, label: &str) -> Result<bool, StoreError> {
     let err = sqlite_error(label);
-    let application_id: i32 = conn
-        .pragma_query_value(None, "application_id", |row| row.get(0))
-        .map_err(&err)?;
-    let version: i32 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(&err)?;
-    let objects: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
-        .map_err(&err)?;
-    let refuse = |reason: String| {
-        Err(StoreError::Corrupt {
-            path: label.to_owned(),
-            reason,
-        })
-    };
+    let application_id: i32 = conn.pragma_query_value(None, "application_id", |row| row.get(0)).map_err(&err)?;
+    let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(&err)?;
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0)).map_err(&err)?;
+    let refuse = |reason: String| Err(StoreError::Corrupt { path: label.to_owned(), reason });
     match (application_id, objects) {
         (0, 0) => Ok(true),
         (APPLICATION_ID, _) if version == SCHEMA_VERSION => Ok(false),
-        (APPLICATION_ID, _) => refuse(format!(
-            "schema version {version} is not the supported version {SCHEMA_VERSION}"
-        )),
-        _ => refuse(format!(
-            "not a Tugboat store (application id {application_id:#x}, {objects} schema objects)"
-        )),
+        (APPLICATION_ID, _) => {
+            refuse(format!("schema version {version} is not the supported version {SCHEMA_VERSION}"))
+        }
+        _ => refuse(format!("not a Tugboat store (application id {application_id:#x}, {objects} schema objects)")),
     }
 }
 

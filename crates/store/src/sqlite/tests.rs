@@ -15,10 +15,7 @@ use crate::{ListOptions, Store, StoreError, WatchEvent, WatchStream};
 
 async fn fresh(watch_buffer: usize) -> (Arc<dyn Store>, TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let options = SqliteOptions {
-        watch_buffer,
-        ..SqliteOptions::default()
-    };
+    let options = SqliteOptions { watch_buffer, ..SqliteOptions::default() };
     let store = SqliteStore::open_with(&db_path(&dir), options).expect("open a new store");
     (Arc::new(store), dir)
 }
@@ -35,9 +32,7 @@ fn val(text: &str) -> Bytes {
 
 async fn next_item(watch: &mut WatchStream) -> Option<Result<WatchEvent, StoreError>> {
     let next = futures::StreamExt::next(watch);
-    tokio::time::timeout(Duration::from_secs(20), next)
-        .await
-        .expect("watch item in time")
+    tokio::time::timeout(Duration::from_secs(20), next).await.expect("watch item in time")
 }
 
 fn expect_corrupt(path: &Path) -> String {
@@ -60,47 +55,24 @@ async fn reopened_store_keeps_data_revisions_and_compaction() {
         compacted_at = store.update("/k/kept", val("2"), kept).await.unwrap();
         store.compact(compacted_at).await.unwrap();
         // The newest write is a deletion: the revision must survive without a key holding it.
-        last = store
-            .delete("/k/gone", Some(gone))
-            .await
-            .unwrap()
-            .mod_revision;
+        last = store.delete("/k/gone", Some(gone)).await.unwrap().mod_revision;
     }
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.current_revision().await.unwrap(), last);
     assert_eq!(store.compacted_revision().await.unwrap(), compacted_at);
     let kv = store.get("/k/kept").await.unwrap().unwrap();
-    assert_eq!(
-        (kv.value, kv.create_revision, kv.mod_revision),
-        (val("2"), kept, compacted_at)
-    );
+    assert_eq!((kv.value, kv.create_revision, kv.mod_revision), (val("2"), kept, compacted_at));
     assert_eq!(store.get("/k/gone").await.unwrap(), None);
 
-    let old = ListOptions {
-        revision: Some(compacted_at),
-        ..ListOptions::default()
-    };
+    let old = ListOptions { revision: Some(compacted_at), ..ListOptions::default() };
     let at_compaction = store.list("/k/", old).await.unwrap();
-    assert_eq!(
-        at_compaction.items.len(),
-        2,
-        "both keys existed at the compacted revision"
-    );
-    let older = ListOptions {
-        revision: Some(kept),
-        ..ListOptions::default()
-    };
-    assert!(matches!(
-        store.list("/k/", older).await,
-        Err(StoreError::Compacted { .. })
-    ));
+    assert_eq!(at_compaction.items.len(), 2, "both keys existed at the compacted revision");
+    let older = ListOptions { revision: Some(kept), ..ListOptions::default() };
+    assert!(matches!(store.list("/k/", older).await, Err(StoreError::Compacted { .. })));
 
     let mut watch = store.watch("/k/", compacted_at).await.unwrap();
     let replayed = next_item(&mut watch).await.unwrap().unwrap();
-    assert_eq!(
-        (replayed.revision(), replayed.kv.key.as_str()),
-        (last, "/k/gone")
-    );
+    assert_eq!((replayed.revision(), replayed.kv.key.as_str()), (last, "/k/gone"));
     assert_eq!(store.create("/k/new", val("n")).await.unwrap(), last + 1);
 }
 
@@ -115,10 +87,7 @@ async fn closing_folds_the_log_into_the_main_file() {
     }
     let wal = dir.path().join("state.db-wal");
     let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    assert_eq!(
-        wal_len, 0,
-        "the write-ahead log is checkpointed and truncated on close"
-    );
+    assert_eq!(wal_len, 0, "the write-ahead log is checkpointed and truncated on close");
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.get("/a").await.unwrap().unwrap().value, val("1"));
 }
@@ -127,16 +96,10 @@ async fn closing_folds_the_log_into_the_main_file() {
 fn file_that_is_not_a_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
-    let junk: Vec<u8> = (0..8192u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let junk: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&path, &junk).unwrap();
     expect_corrupt(&path);
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        junk,
-        "the refused file is left untouched"
-    );
+    assert_eq!(std::fs::read(&path).unwrap(), junk, "the refused file is left untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,10 +110,7 @@ async fn store_with_damaged_pages_is_refused() {
         let store = SqliteStore::open(&path).unwrap();
         let value = Bytes::from(vec![7u8; 1024]);
         for i in 0..300 {
-            store
-                .create(&format!("/d/{i:04}"), value.clone())
-                .await
-                .unwrap();
+            store.create(&format!("/d/{i:04}"), value.clone()).await.unwrap();
         }
     }
     let len = std::fs::metadata(&path).unwrap().len();
@@ -162,10 +122,7 @@ async fn store_with_damaged_pages_is_refused() {
     file.sync_all().unwrap();
     drop(file);
     let reason = expect_corrupt(&path);
-    assert!(
-        reason.contains("integrity check failed"),
-        "reason: {reason}"
-    );
+    assert!(reason.contains("integrity check failed"), "reason: {reason}");
 }
 
 #[test]
@@ -173,9 +130,7 @@ fn foreign_sqlite_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
     let other = rusqlite::Connection::open(&path).unwrap();
-    other
-        .execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT);")
-        .unwrap();
+    other.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT);").unwrap();
     drop(other);
     let reason = expect_corrupt(&path);
     assert!(reason.contains("not a Tugboat store"), "reason: {reason}");
@@ -225,10 +180,7 @@ async fn compaction_during_a_long_replay_fails_the_watch_instead_of_skipping() {
     let (store, _dir) = fresh(crate::DEFAULT_WATCH_BUFFER).await;
     let mut rev = store.create("/c/key", val("0")).await.unwrap();
     for i in 1..=(super::REPLAY_CHUNK * 2) {
-        rev = store
-            .update("/c/key", val(&i.to_string()), rev)
-            .await
-            .unwrap();
+        rev = store.update("/c/key", val(&i.to_string()), rev).await.unwrap();
     }
     let mut watch = store.watch("/c/", 1).await.unwrap();
     // The first chunk was read when the watch started; compact past it before the next.
@@ -237,13 +189,6 @@ async fn compaction_during_a_long_replay_fails_the_watch_instead_of_skipping() {
     while let Some(item) = next_item(&mut watch).await {
         items.push(item);
     }
-    assert_eq!(
-        items.len(),
-        super::REPLAY_CHUNK + 1,
-        "one chunk, then the error, then the end"
-    );
-    assert!(matches!(
-        items.last(),
-        Some(Err(StoreError::Compacted { .. }))
-    ));
+    assert_eq!(items.len(), super::REPLAY_CHUNK + 1, "one chunk, then the error, then the end");
+    assert!(matches!(items.last(), Some(Err(StoreError::Compacted { .. }))));
 }

@@ -24,26 +24,10 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// A write waiting for the writer, with where to send its answer.
 pub(super) enum Request {
-    Create {
-        key: String,
-        value: Bytes,
-        reply: Reply<Revision>,
-    },
-    Update {
-        key: String,
-        value: Bytes,
-        expected: Revision,
-        reply: Reply<Revision>,
-    },
-    Delete {
-        key: String,
-        expected: Option<Revision>,
-        reply: Reply<KeyValue>,
-    },
-    Compact {
-        revision: Revision,
-        reply: Reply<()>,
-    },
+    Create { key: String, value: Bytes, reply: Reply<Revision> },
+    Update { key: String, value: Bytes, expected: Revision, reply: Reply<Revision> },
+    Delete { key: String, expected: Option<Revision>, reply: Reply<KeyValue> },
+    Compact { revision: Revision, reply: Reply<()> },
 }
 
 impl Request {
@@ -103,10 +87,7 @@ impl WriterHandle {
         let thread = std::thread::Builder::new()
             .name("tug-store-writer".into())
             .spawn(move || writer.run(inbox))
-            .map_err(|source| StoreError::WriterThread {
-                path: label,
-                source,
-            })?;
+            .map_err(|source| StoreError::WriterThread { path: label, source })?;
         Ok(Self { requests, thread })
     }
 
@@ -175,11 +156,7 @@ struct Applied<T> {
 
 impl<T> Applied<T> {
     fn answer(answer: T) -> Self {
-        Self {
-            answer,
-            event: None,
-            compacted: None,
-        }
+        Self { answer, event: None, compacted: None }
     }
 }
 
@@ -212,15 +189,8 @@ impl Writer {
 
     fn write_group(&mut self, batch: Vec<Request>) {
         let size = batch.len();
-        let mut group = Group {
-            revision: self.revision,
-            compacted: self.compacted,
-            events: Vec::new(),
-        };
-        let mut tx = match self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-        {
+        let mut group = Group { revision: self.revision, compacted: self.compacted, events: Vec::new() };
+        let mut tx = match self.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(source) => {
                 let source = Arc::new(source);
@@ -230,10 +200,7 @@ impl Writer {
                 return;
             }
         };
-        let answers: Vec<Answer> = batch
-            .into_iter()
-            .map(|r| apply(&mut tx, &self.label, &mut group, r))
-            .collect();
+        let answers: Vec<Answer> = batch.into_iter().map(|r| apply(&mut tx, &self.label, &mut group, r)).collect();
 
         let changed = group.revision != self.revision || group.compacted != self.compacted;
         let committed = if changed {
@@ -251,9 +218,7 @@ impl Writer {
             tracing::error!(path = %self.label, error = %source, size, "store commit failed");
             let source = Arc::new(source);
             for answer in answers {
-                answer
-                    .failed_with(commit_failed(&self.label, &source))
-                    .send();
+                answer.failed_with(commit_failed(&self.label, &source)).send();
             }
             return;
         }
@@ -263,12 +228,8 @@ impl Writer {
         self.compacted = group.compacted;
         // Publish the revisions before the events: a watcher that reads the current revision
         // as "now" must not find it older than an event it already missed.
-        self.committed
-            .revision
-            .store(self.revision, Ordering::Release);
-        self.committed
-            .compacted
-            .store(self.compacted, Ordering::Release);
+        self.committed.revision.store(self.revision, Ordering::Release);
+        self.committed.compacted.store(self.compacted, Ordering::Release);
         for event in group.events {
             // No receivers is not an error: nobody is watching.
             let _ = self.events.send(Arc::new(event));
@@ -280,10 +241,7 @@ impl Writer {
 }
 
 fn commit_failed(label: &str, source: &Arc<rusqlite::Error>) -> StoreError {
-    StoreError::CommitFailed {
-        path: label.to_owned(),
-        source: Arc::clone(source),
-    }
+    StoreError::CommitFailed { path: label.to_owned(), source: Arc::clone(source) }
 }
 
 /// Applies one request inside its own savepoint, so its failure undoes only its own changes.
@@ -294,30 +252,17 @@ fn apply(tx: &mut Transaction<'_>, label: &str, group: &mut Group, request: Requ
             let result = isolated(tx, label, group, |conn| create(conn, next, key, value));
             Answer::Revision(reply, result)
         }
-        Request::Update {
-            key,
-            value,
-            expected,
-            reply,
-        } => {
-            let result = isolated(tx, label, group, |conn| {
-                update(conn, next, key, value, expected)
-            });
+        Request::Update { key, value, expected, reply } => {
+            let result = isolated(tx, label, group, |conn| update(conn, next, key, value, expected));
             Answer::Revision(reply, result)
         }
-        Request::Delete {
-            key,
-            expected,
-            reply,
-        } => {
+        Request::Delete { key, expected, reply } => {
             let result = isolated(tx, label, group, |conn| delete(conn, next, key, expected));
             Answer::Deleted(reply, result)
         }
         Request::Compact { revision, reply } => {
             let (current, compacted) = (group.revision, group.compacted);
-            let result = isolated(tx, label, group, |conn| {
-                compact(conn, current, compacted, revision)
-            });
+            let result = isolated(tx, label, group, |conn| compact(conn, current, compacted, revision));
             Answer::Compacted(reply, result)
         }
     }
@@ -391,47 +336,20 @@ fn append_log(
         "INSERT INTO log (rev, key, value, create_rev, prev_rev, deleted)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![
-        revision,
-        key,
-        value,
-        create_revision,
-        prev_revision,
-        value.is_none()
-    ])?;
+    .execute(params![revision, key, value, create_revision, prev_revision, value.is_none()])?;
     Ok(())
 }
 
-fn create(
-    conn: &Connection,
-    revision: Revision,
-    key: String,
-    value: Bytes,
-) -> Result<Applied<Revision>, OpError> {
+fn create(conn: &Connection, revision: Revision, key: String, value: Bytes) -> Result<Applied<Revision>, OpError> {
     if current(conn, &key)?.is_some() {
         return Err(StoreError::AlreadyExists { key }.into());
     }
-    conn.prepare_cached(
-        "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)",
-    )?
-    .execute(params![key, &value[..], revision])?;
+    conn.prepare_cached("INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)")?
+        .execute(params![key, &value[..], revision])?;
     append_log(conn, revision, &key, Some(&value), revision, None)?;
-    let kv = KeyValue {
-        key,
-        value,
-        create_revision: revision,
-        mod_revision: revision,
-    };
-    let event = WatchEvent {
-        kind: EventKind::Put,
-        kv,
-        prev: None,
-    };
-    Ok(Applied {
-        answer: revision,
-        event: Some(event),
-        compacted: None,
-    })
+    let kv = KeyValue { key, value, create_revision: revision, mod_revision: revision };
+    let event = WatchEvent { kind: EventKind::Put, kv, prev: None };
+    Ok(Applied { answer: revision, event: Some(event), compacted: None })
 }
 
 fn update(
@@ -443,32 +361,15 @@ fn update(
 ) -> Result<Applied<Revision>, OpError> {
     let found = current(conn, &key)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
     let prev = rules::check_expected(found, Some(expected))?;
-    conn.prepare_cached("UPDATE kv SET value = ?2, mod_rev = ?3 WHERE key = ?1")?
-        .execute(params![key, &value[..], revision])?;
-    append_log(
-        conn,
-        revision,
-        &key,
-        Some(&value),
-        prev.create_revision,
-        Some(prev.mod_revision),
-    )?;
-    let kv = KeyValue {
+    conn.prepare_cached("UPDATE kv SET value = ?2, mod_rev = ?3 WHERE key = ?1")?.execute(params![
         key,
-        value,
-        create_revision: prev.create_revision,
-        mod_revision: revision,
-    };
-    let event = WatchEvent {
-        kind: EventKind::Put,
-        kv,
-        prev: Some(prev),
-    };
-    Ok(Applied {
-        answer: revision,
-        event: Some(event),
-        compacted: None,
-    })
+        &value[..],
+        revision
+    ])?;
+    append_log(conn, revision, &key, Some(&value), prev.create_revision, Some(prev.mod_revision))?;
+    let kv = KeyValue { key, value, create_revision: prev.create_revision, mod_revision: revision };
+    let event = WatchEvent { kind: EventKind::Put, kv, prev: Some(prev) };
+    Ok(Applied { answer: revision, event: Some(event), compacted: None })
 }
 
 fn delete(
@@ -479,30 +380,11 @@ fn delete(
 ) -> Result<Applied<KeyValue>, OpError> {
     let found = current(conn, &key)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
     let prev = rules::check_expected(found, expected)?;
-    conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?
-        .execute([&key])?;
-    append_log(
-        conn,
-        revision,
-        &key,
-        None,
-        prev.create_revision,
-        Some(prev.mod_revision),
-    )?;
-    let deleted = KeyValue {
-        mod_revision: revision,
-        ..prev.clone()
-    };
-    let event = WatchEvent {
-        kind: EventKind::Delete,
-        kv: deleted.clone(),
-        prev: Some(prev),
-    };
-    Ok(Applied {
-        answer: deleted,
-        event: Some(event),
-        compacted: None,
-    })
+    conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([&key])?;
+    append_log(conn, revision, &key, None, prev.create_revision, Some(prev.mod_revision))?;
+    let deleted = KeyValue { mod_revision: revision, ..prev.clone() };
+    let event = WatchEvent { kind: EventKind::Delete, kv: deleted.clone(), prev: Some(prev) };
+    Ok(Applied { answer: deleted, event: Some(event), compacted: None })
 }
 
 /// Deletes the history no read at `target` or later can need.
@@ -528,9 +410,5 @@ fn compact(
     .execute(params![compacted, target])?;
     conn.prepare_cached("DELETE FROM log WHERE rev > ?1 AND rev <= ?2 AND deleted = 1")?
         .execute(params![compacted, target])?;
-    Ok(Applied {
-        answer: (),
-        event: None,
-        compacted: Some(target),
-    })
+    Ok(Applied { answer: (), event: None, compacted: Some(target) })
 }

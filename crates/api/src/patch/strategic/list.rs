@@ -9,8 +9,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    Kind, PATCH_DIRECTIVE, Patcher, Path, Position, SET_ELEMENT_ORDER, StrategicPatchError,
-    directive_field, kind_name, scalar_kind, without_directives,
+    Kind, PATCH_DIRECTIVE, Patcher, Path, Position, SET_ELEMENT_ORDER, StrategicPatchError, directive_field, kind_name,
+    scalar_kind, without_directives,
 };
 
 impl<'s> Patcher<'s> {
@@ -30,10 +30,7 @@ impl<'s> Patcher<'s> {
         let kind = element_kind(&[&original, &patch], path)?;
         if kind != Kind::Map {
             if deletes_from_list {
-                return Ok(original
-                    .into_iter()
-                    .filter(|value| !patch.contains(value))
-                    .collect());
+                return Ok(original.into_iter().filter(|value| !patch.contains(value)).collect());
             }
             let mut merged: Vec<Value> = Vec::with_capacity(original.len() + patch.len());
             for value in original.iter().chain(&patch) {
@@ -42,21 +39,11 @@ impl<'s> Patcher<'s> {
                 }
             }
             let (named, server_only) = partition(merged, &patch, merge_key, path)?;
-            return normalize_element_order(
-                named,
-                server_only,
-                &patch,
-                &original,
-                merge_key,
-                kind,
-                path,
-            );
+            return normalize_element_order(named, server_only, &patch, &original, merge_key, kind, path);
         }
 
         let Some(key) = merge_key else {
-            return Err(StrategicPatchError::NoMergeKey {
-                path: path.render(),
-            });
+            return Err(StrategicPatchError::NoMergeKey { path: path.render() });
         };
         let (original, patch) = apply_element_directives(original, patch, key, path)?;
         let mut merged = original.clone();
@@ -65,22 +52,15 @@ impl<'s> Patcher<'s> {
                 unreachable!("element_kind checked that every element is an object");
             };
             let value = merge_key_value(element, key, path)?;
-            match merged
-                .iter()
-                .position(|candidate| candidate.get(key) == Some(value))
-            {
+            match merged.iter().position(|candidate| candidate.get(key) == Some(value)) {
                 Some(index) => {
                     let segment = format!("[{key:?}={value}]");
                     let current = match std::mem::take(&mut merged[index]) {
                         Value::Object(current) => current,
                         _ => unreachable!("element_kind checked that every element is an object"),
                     };
-                    merged[index] = Value::Object(self.merge_objects(
-                        current,
-                        element.clone(),
-                        items,
-                        path.child(&segment),
-                    )?);
+                    merged[index] =
+                        Value::Object(self.merge_objects(current, element.clone(), items, path.child(&segment))?);
                 }
                 None => merged.push(Value::Object(element.clone())),
             }
@@ -98,11 +78,7 @@ impl<'s> Patcher<'s> {
         position: &Position<'s>,
         path: Path<'_>,
     ) -> Result<(), StrategicPatchError> {
-        let directives: Vec<String> = patch
-            .keys()
-            .filter(|key| key.starts_with(SET_ELEMENT_ORDER))
-            .cloned()
-            .collect();
+        let directives: Vec<String> = patch.keys().filter(|key| key.starts_with(SET_ELEMENT_ORDER)).cloned().collect();
         for directive in directives {
             let Some(order) = patch.shift_remove(&directive) else {
                 continue;
@@ -120,42 +96,20 @@ impl<'s> Patcher<'s> {
             let original_list = list_at(original, &field, field_path)?;
             let patch_list = list_at(patch, &field, field_path)?;
             let plan = self.list_field(position, &field, path)?;
-            validate_order(
-                patch_list.as_deref().unwrap_or_default(),
-                &order,
-                plan.merge_key,
-                field_path,
-            )?;
+            validate_order(patch_list.as_deref().unwrap_or_default(), &order, plan.merge_key, field_path)?;
             let merged = match (&original_list, patch_list.clone()) {
                 (Some(original_list), None) => original_list.clone(),
-                (None, Some(patch_list)) => patch_list
-                    .into_iter()
-                    .filter_map(without_directives)
-                    .collect(),
-                (Some(original_list), Some(patch_list)) => self.merge_list_field(
-                    original_list.clone(),
-                    patch_list,
-                    &plan,
-                    false,
-                    field_path,
-                )?,
+                (None, Some(patch_list)) => patch_list.into_iter().filter_map(without_directives).collect(),
+                (Some(original_list), Some(patch_list)) => {
+                    self.merge_list_field(original_list.clone(), patch_list, &plan, false, field_path)?
+                }
                 (None, None) => continue,
             };
             let (named, server_only) = partition(merged, &order, plan.merge_key, field_path)?;
             let original_list = original_list.unwrap_or_default();
-            let kind = element_kind(
-                &[&original_list, patch_list.as_deref().unwrap_or_default()],
-                field_path,
-            )?;
-            let ordered = normalize_element_order(
-                named,
-                server_only,
-                &order,
-                &original_list,
-                plan.merge_key,
-                kind,
-                field_path,
-            )?;
+            let kind = element_kind(&[&original_list, patch_list.as_deref().unwrap_or_default()], field_path)?;
+            let ordered =
+                normalize_element_order(named, server_only, &order, &original_list, plan.merge_key, kind, field_path)?;
             original.insert(field.clone(), Value::Array(ordered));
             patch.shift_remove(&field);
         }
@@ -183,22 +137,16 @@ fn element_kind(lists: &[&[Value]], path: Path<'_>) -> Result<Kind, StrategicPat
         let kind = scalar_kind(value);
         match found {
             None if kind == Kind::List => {
-                return Err(StrategicPatchError::ListOfLists {
-                    path: path.render(),
-                });
+                return Err(StrategicPatchError::ListOfLists { path: path.render() });
             }
             None => found = Some(kind),
             Some(first) if first != kind => {
-                return Err(StrategicPatchError::MixedElementTypes {
-                    path: path.render(),
-                });
+                return Err(StrategicPatchError::MixedElementTypes { path: path.render() });
             }
             Some(_) => {}
         }
     }
-    found.ok_or_else(|| StrategicPatchError::NoElements {
-        path: path.render(),
-    })
+    found.ok_or_else(|| StrategicPatchError::NoElements { path: path.render() })
 }
 
 /// Element directives in a merged list of objects: `$patch: delete` removes the original's
@@ -227,23 +175,14 @@ fn apply_element_directives(
             // Other elements may still carry directives, so keep scanning.
             Some("replace") => replace = true,
             Some("merge") => {
-                return Err(StrategicPatchError::MergeDirectiveInList {
-                    path: path.render(),
-                });
+                return Err(StrategicPatchError::MergeDirectiveInList { path: path.render() });
             }
             _ => {
-                return Err(StrategicPatchError::UnknownPatchType {
-                    path: path.render(),
-                    value: directive.clone(),
-                });
+                return Err(StrategicPatchError::UnknownPatchType { path: path.render(), value: directive.clone() });
             }
         }
     }
-    if replace {
-        Ok((plain, Vec::new()))
-    } else {
-        Ok((original, plain))
-    }
+    if replace { Ok((plain, Vec::new())) } else { Ok((original, plain)) }
 }
 
 /// Splits `merged` into the elements `by` names (by merge key, or by value for scalars) and the
@@ -299,13 +238,7 @@ fn normalize_element_order(
 ) -> Result<Vec<Value>, StrategicPatchError> {
     let named = sort_by_order(named, patch_order, merge_key, kind, path)?;
     let server_only = sort_by_order(server_only, server_order, merge_key, kind, path)?;
-    Ok(interleave(
-        server_only,
-        named,
-        server_order,
-        merge_key,
-        kind,
-    ))
+    Ok(interleave(server_only, named, server_order, merge_key, kind))
 }
 
 /// Stable-sorts `values` by their position in `order`; elements deleting by `$patch` go last.
@@ -324,9 +257,7 @@ fn sort_by_order(
             };
             merge_key_value(element, key, path)?;
         }
-        values
-            .into_iter()
-            .partition(|value| value.get(PATCH_DIRECTIVE).and_then(Value::as_str) != Some("delete"))
+        values.into_iter().partition(|value| value.get(PATCH_DIRECTIVE).and_then(Value::as_str) != Some("delete"))
     } else {
         (values, Vec::new())
     };
@@ -355,10 +286,7 @@ fn interleave(
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (Some(l), Some(r)) => {
-                match (
-                    index_in(server_order, l, merge_key, kind),
-                    index_in(server_order, r, merge_key, kind),
-                ) {
+                match (index_in(server_order, l, merge_key, kind), index_in(server_order, r, merge_key, kind)) {
                     (Some(li), Some(ri)) => li < ri,
                     _ => false,
                 }
@@ -375,8 +303,7 @@ fn index_in(list: &[Value], value: &Value, merge_key: Option<&str>, kind: Kind) 
     if kind == Kind::Map {
         let key = merge_key.unwrap_or_default();
         let wanted = value.get(key);
-        list.iter()
-            .position(|candidate| candidate.get(key) == wanted)
+        list.iter().position(|candidate| candidate.get(key) == wanted)
     } else {
         list.iter().position(|candidate| candidate == value)
     }
@@ -414,13 +341,8 @@ fn validate_order(
         let same = match merge_key {
             None => *element == order[next_order],
             Some(key) => {
-                let (Value::Object(left), Value::Object(right)) = (element, &order[next_order])
-                else {
-                    let odd = if element.is_object() {
-                        &order[next_order]
-                    } else {
-                        element
-                    };
+                let (Value::Object(left), Value::Object(right)) = (element, &order[next_order]) else {
+                    let odd = if element.is_object() { &order[next_order] } else { element };
                     return Err(unexpected_type(path, "map", odd));
                 };
                 merge_key_value(left, key, path)? == merge_key_value(right, key, path)?
@@ -432,9 +354,7 @@ fn validate_order(
         next_order += 1;
     }
     if next_element < elements.len() && next_order >= order.len() {
-        return Err(StrategicPatchError::SetElementOrderMismatch {
-            path: path.render(),
-        });
+        return Err(StrategicPatchError::SetElementOrderMismatch { path: path.render() });
     }
     Ok(())
 }
@@ -444,27 +364,17 @@ fn merge_key_value<'v>(
     key: &str,
     path: Path<'_>,
 ) -> Result<&'v Value, StrategicPatchError> {
-    element
-        .get(key)
-        .ok_or_else(|| StrategicPatchError::MissingMergeKey {
-            path: path.render(),
-            merge_key: key.to_owned(),
-            element: Value::Object(element.clone()),
-        })
+    element.get(key).ok_or_else(|| StrategicPatchError::MissingMergeKey {
+        path: path.render(),
+        merge_key: key.to_owned(),
+        element: Value::Object(element.clone()),
+    })
 }
 
 fn missing_merge_key(path: Path<'_>, key: &str, element: &Value) -> StrategicPatchError {
-    StrategicPatchError::MissingMergeKey {
-        path: path.render(),
-        merge_key: key.to_owned(),
-        element: element.clone(),
-    }
+    StrategicPatchError::MissingMergeKey { path: path.render(), merge_key: key.to_owned(), element: element.clone() }
 }
 
 fn unexpected_type(path: Path<'_>, expected: &'static str, actual: &Value) -> StrategicPatchError {
-    StrategicPatchError::UnexpectedType {
-        path: path.render(),
-        expected,
-        actual: kind_name(actual),
-    }
+    StrategicPatchError::UnexpectedType { path: path.render(), expected, actual: kind_name(actual) }
 }

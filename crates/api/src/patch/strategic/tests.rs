@@ -27,8 +27,7 @@ fn apply(def_name: &str, original: Value, patch: Value) -> Value {
 }
 
 fn apply_err(def_name: &str, original: Value, patch: Value) -> StrategicPatchError {
-    apply_strategic_merge_patch(&original, &patch, &SCHEMAS, def_name)
-        .expect_err("patch should fail")
+    apply_strategic_merge_patch(&original, &patch, &SCHEMAS, def_name).expect_err("patch should fail")
 }
 
 /// A Deployment whose pod template has the given containers.
@@ -61,11 +60,7 @@ fn containers(object: &Value) -> &Value {
 }
 
 fn names(list: &Value) -> Vec<&str> {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|item| item["name"].as_str().unwrap())
-        .collect()
+    list.as_array().unwrap().iter().map(|item| item["name"].as_str().unwrap()).collect()
 }
 
 fn nginx() -> Value {
@@ -86,10 +81,7 @@ fn container_fields_merge_into_the_container_with_the_same_name() {
     );
     let nginx = &containers(&patched)[0];
     assert_eq!(nginx["image"], "nginx:1.27");
-    assert_eq!(
-        nginx["ports"],
-        json!([{"containerPort": 80, "protocol": "TCP"}])
-    );
+    assert_eq!(nginx["ports"], json!([{"containerPort": 80, "protocol": "TCP"}]));
     assert_eq!(names(&nginx["env"]), ["A", "B"]);
     assert_eq!(patched["spec"]["replicas"], 2);
 }
@@ -116,10 +108,7 @@ fn env_merges_by_name_and_ports_by_container_port() {
         }]})),
     );
     let nginx = &containers(&patched)[0];
-    assert_eq!(
-        nginx["env"],
-        json!([{"name": "A", "value": "1"}, {"name": "B", "value": "changed"}])
-    );
+    assert_eq!(nginx["env"], json!([{"name": "A", "value": "1"}, {"name": "B", "value": "changed"}]));
     assert_eq!(
         nginx["ports"],
         json!([{"containerPort": 80, "protocol": "TCP", "name": "http"}, {"containerPort": 443}])
@@ -143,10 +132,7 @@ fn kubectl_apply_patch_with_set_element_order_keeps_the_declared_order() {
     let patched = apply(DEPLOYMENT, deployment(json!([nginx()])), patch);
     assert_eq!(names(containers(&patched)), ["nginx", "sidecar"]);
     let nginx = &containers(&patched)[0];
-    assert_eq!(
-        nginx["env"],
-        json!([{"name": "A", "value": "1"}, {"name": "B", "value": "3"}])
-    );
+    assert_eq!(nginx["env"], json!([{"name": "A", "value": "1"}, {"name": "B", "value": "3"}]));
     assert!(nginx.get("$setElementOrder/env").is_none());
     assert_eq!(nginx["image"], "nginx:1.25");
 }
@@ -161,10 +147,7 @@ fn set_element_order_places_server_only_elements_by_their_original_neighbours() 
         "$setElementOrder/containers": [{"name": "b"}, {"name": "a"}, {"name": "d"}, {"name": "c"}]
     }));
     let patched = apply(DEPLOYMENT, original, patch);
-    assert_eq!(
-        names(containers(&patched)),
-        ["b", "a", "x", "y", "w", "d", "c"]
-    );
+    assert_eq!(names(containers(&patched)), ["b", "a", "x", "y", "w", "d", "c"]);
     assert_eq!(containers(&patched)[1]["image"], "a");
 }
 
@@ -184,8 +167,7 @@ fn set_element_order_inserts_new_elements_where_it_says() {
 #[test]
 fn without_set_element_order_new_elements_follow_the_patch_elements_they_trail() {
     let original = deployment(json!([{"name": "a"}, {"name": "b"}, {"name": "c"}]));
-    let patch =
-        template_patch(json!({"containers": [{"name": "b", "image": "b2"}, {"name": "d"}]}));
+    let patch = template_patch(json!({"containers": [{"name": "b", "image": "b2"}, {"name": "d"}]}));
     let patched = apply(DEPLOYMENT, original, patch);
     assert_eq!(names(containers(&patched)), ["a", "b", "d", "c"]);
 }
@@ -206,10 +188,7 @@ fn patch_replace_element_replaces_the_whole_list() {
         {"$patch": "replace"}
     ]}));
     let patched = apply(DEPLOYMENT, original, patch);
-    assert_eq!(
-        containers(&patched),
-        &json!([{"name": "only", "image": "x"}])
-    );
+    assert_eq!(containers(&patched), &json!([{"name": "only", "image": "x"}]));
 }
 
 #[test]
@@ -225,39 +204,22 @@ fn patch_replace_on_a_map_replaces_it() {
 
 #[test]
 fn patch_delete_on_a_map_leaves_it_empty() {
-    let patched = apply(
-        DEPLOYMENT,
-        deployment(json!([nginx()])),
-        json!({"metadata": {"labels": {"$patch": "delete"}}}),
-    );
+    let patched =
+        apply(DEPLOYMENT, deployment(json!([nginx()])), json!({"metadata": {"labels": {"$patch": "delete"}}}));
     assert_eq!(patched["metadata"]["labels"], json!({}));
 }
 
 #[test]
 fn patch_merge_directive_is_rejected_on_maps_and_list_elements() {
-    let error = apply_err(
-        DEPLOYMENT,
-        deployment(json!([nginx()])),
-        json!({"metadata": {"labels": {"$patch": "merge"}}}),
-    );
-    assert_eq!(
-        error,
-        StrategicPatchError::UnknownPatchType {
-            path: ".metadata.labels".into(),
-            value: json!("merge")
-        }
-    );
+    let error =
+        apply_err(DEPLOYMENT, deployment(json!([nginx()])), json!({"metadata": {"labels": {"$patch": "merge"}}}));
+    assert_eq!(error, StrategicPatchError::UnknownPatchType { path: ".metadata.labels".into(), value: json!("merge") });
     let error = apply_err(
         DEPLOYMENT,
         deployment(json!([nginx()])),
         template_patch(json!({"containers": [{"name": "nginx", "$patch": "merge"}]})),
     );
-    assert_eq!(
-        error,
-        StrategicPatchError::MergeDirectiveInList {
-            path: ".spec.template.spec.containers".into()
-        }
-    );
+    assert_eq!(error, StrategicPatchError::MergeDirectiveInList { path: ".spec.template.spec.containers".into() });
 }
 
 #[test]
@@ -267,10 +229,7 @@ fn unknown_patch_directive_value_is_rejected() {
         deployment(json!([nginx()])),
         template_patch(json!({"containers": [{"name": "nginx", "$patch": "shred"}]})),
     );
-    assert!(matches!(
-        error,
-        StrategicPatchError::UnknownPatchType { .. }
-    ));
+    assert!(matches!(error, StrategicPatchError::UnknownPatchType { .. }));
 }
 
 #[test]
@@ -311,21 +270,10 @@ fn retain_keys_rejects_a_patch_setting_fields_it_does_not_list() {
         "rollingUpdate": {"maxSurge": 1}
     }}});
     let error = apply_err(DEPLOYMENT, deployment(json!([nginx()])), patch);
-    assert_eq!(
-        error,
-        StrategicPatchError::InvalidRetainKeys {
-            path: ".spec.strategy".into()
-        }
-    );
-    let error = apply_err(
-        DEPLOYMENT,
-        deployment(json!([nginx()])),
-        json!({"spec": {"strategy": {"$retainKeys": "type"}}}),
-    );
-    assert!(matches!(
-        error,
-        StrategicPatchError::InvalidRetainKeys { .. }
-    ));
+    assert_eq!(error, StrategicPatchError::InvalidRetainKeys { path: ".spec.strategy".into() });
+    let error =
+        apply_err(DEPLOYMENT, deployment(json!([nginx()])), json!({"spec": {"strategy": {"$retainKeys": "type"}}}));
+    assert!(matches!(error, StrategicPatchError::InvalidRetainKeys { .. }));
 }
 
 #[test]
@@ -383,10 +331,7 @@ fn service_selector_merges_per_key() {
     let original = json!({"spec": {"selector": {"app": "web", "tier": "front"}}});
     let patch = json!({"spec": {"selector": {"tier": "back"}}});
     let patched = apply(SERVICE, original, patch);
-    assert_eq!(
-        patched["spec"]["selector"],
-        json!({"app": "web", "tier": "back"})
-    );
+    assert_eq!(patched["spec"]["selector"], json!({"app": "web", "tier": "back"}));
 }
 
 #[test]
@@ -410,18 +355,11 @@ fn owner_references_merge_by_uid() {
 #[test]
 fn finalizers_are_unioned_and_delete_from_primitive_list_removes_them() {
     let original = json!({"metadata": {"finalizers": ["a", "b"]}});
-    let patched = apply(
-        POD,
-        original.clone(),
-        json!({"metadata": {"finalizers": ["c", "a"]}}),
-    );
+    let patched = apply(POD, original.clone(), json!({"metadata": {"finalizers": ["c", "a"]}}));
     assert_eq!(patched["metadata"]["finalizers"], json!(["c", "a", "b"]));
 
-    let patched = apply(
-        POD,
-        original,
-        json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"], "finalizers": ["d"]}}),
-    );
+    let patched =
+        apply(POD, original, json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"], "finalizers": ["d"]}}));
     assert_eq!(patched["metadata"]["finalizers"], json!(["d", "b"]));
 }
 
@@ -443,10 +381,7 @@ fn set_element_order_orders_a_list_of_scalars() {
         "finalizers": ["d"]
     }});
     let patched = apply(POD, original, patch);
-    assert_eq!(
-        patched["metadata"]["finalizers"],
-        json!(["c", "d", "a", "b"])
-    );
+    assert_eq!(patched["metadata"]["finalizers"], json!(["c", "d", "a", "b"]));
 }
 
 #[test]
@@ -457,10 +392,7 @@ fn tolerations_have_no_merge_key_and_are_replaced_whole() {
     ]}});
     let patch = json!({"spec": {"tolerations": [{"key": "c", "operator": "Exists"}]}});
     let patched = apply(POD, original, patch);
-    assert_eq!(
-        patched["spec"]["tolerations"],
-        json!([{"key": "c", "operator": "Exists"}])
-    );
+    assert_eq!(patched["spec"]["tolerations"], json!([{"key": "c", "operator": "Exists"}]));
 }
 
 #[test]
@@ -498,13 +430,8 @@ fn replace_strategy_replaces_a_struct_whole() {
     let patch = json!({"spec": {"selector": {"matchExpressions": [
         {"key": "app", "operator": "In", "values": ["b"]}
     ]}}});
-    let patched = apply_strategic_merge_patch(
-        &original,
-        &patch,
-        &set,
-        "io.k8s.api.policy.v1.PodDisruptionBudget",
-    )
-    .unwrap();
+    let patched =
+        apply_strategic_merge_patch(&original, &patch, &set, "io.k8s.api.policy.v1.PodDisruptionBudget").unwrap();
     assert_eq!(patched["spec"]["selector"], patch["spec"]["selector"]);
     assert_eq!(patched["spec"]["minAvailable"], 1);
 }
@@ -530,11 +457,7 @@ fn new_values_lose_their_nulls_and_directive_elements() {
 
 #[test]
 fn a_value_of_another_type_replaces_the_original() {
-    let patched = apply(
-        POD,
-        json!({"metadata": {"labels": {"a": "b"}}}),
-        json!({"metadata": {"labels": "oops"}}),
-    );
+    let patched = apply(POD, json!({"metadata": {"labels": {"a": "b"}}}), json!({"metadata": {"labels": "oops"}}));
     assert_eq!(patched["metadata"]["labels"], "oops");
 }
 
@@ -550,23 +473,16 @@ fn custom_resources_fall_back_to_json_merge_patch() {
         "size": {"h": null, "d": 3}
     }});
     let patched = apply("com.example.v1.Widget", original, patch);
-    assert_eq!(
-        patched["spec"],
-        json!({"items": [{"name": "c", "$patch": "delete"}], "size": {"w": 1, "d": 3}})
-    );
+    assert_eq!(patched["spec"], json!({"items": [{"name": "c", "$patch": "delete"}], "size": {"w": 1, "d": 3}}));
 }
 
 #[test]
 fn free_form_fields_merge_as_json_merge_patch() {
     // ControllerRevision.data is a RawExtension: no schema below it.
-    let original =
-        json!({"data": {"spec": {"template": {"$patch": "replace", "a": 1}}, "b": [1, 2]}});
+    let original = json!({"data": {"spec": {"template": {"$patch": "replace", "a": 1}}, "b": [1, 2]}});
     let patch = json!({"data": {"spec": {"template": {"c": 2}}, "b": [3]}});
     let patched = apply("io.k8s.api.apps.v1.ControllerRevision", original, patch);
-    assert_eq!(
-        patched["data"],
-        json!({"spec": {"template": {"$patch": "replace", "a": 1, "c": 2}}, "b": [3]})
-    );
+    assert_eq!(patched["data"], json!({"spec": {"template": {"$patch": "replace", "a": 1, "c": 2}}, "b": [3]}));
 }
 
 #[test]
@@ -574,10 +490,7 @@ fn fields_the_schema_lacks_merge_as_json_merge_patch() {
     let original = json!({"spec": {"futureField": {"list": [1], "keep": true}}});
     let patch = json!({"spec": {"futureField": {"list": [2]}}});
     let patched = apply(DEPLOYMENT, original, patch);
-    assert_eq!(
-        patched["spec"]["futureField"],
-        json!({"list": [2], "keep": true})
-    );
+    assert_eq!(patched["spec"]["futureField"], json!({"list": [2], "keep": true}));
 }
 
 #[test]
@@ -607,10 +520,7 @@ fn errors_inside_merged_elements_name_the_element() {
     let StrategicPatchError::MissingMergeKey { path, .. } = error else {
         panic!("unexpected error {error}");
     };
-    assert_eq!(
-        path,
-        r#".spec.template.spec.containers["name"="nginx"].env"#
-    );
+    assert_eq!(path, r#".spec.template.spec.containers["name"="nginx"].env"#);
 }
 
 #[test]
@@ -619,15 +529,8 @@ fn set_element_order_that_contradicts_the_patch_list_is_rejected() {
         "$setElementOrder/containers": [{"name": "b"}, {"name": "a"}],
         "containers": [{"name": "a"}, {"name": "b"}]
     }));
-    let error = apply_err(
-        DEPLOYMENT,
-        deployment(json!([{"name": "a"}, {"name": "b"}])),
-        patch,
-    );
-    assert!(matches!(
-        error,
-        StrategicPatchError::SetElementOrderMismatch { .. }
-    ));
+    let error = apply_err(DEPLOYMENT, deployment(json!([{"name": "a"}, {"name": "b"}])), patch);
+    assert!(matches!(error, StrategicPatchError::SetElementOrderMismatch { .. }));
 }
 
 #[test]
@@ -637,66 +540,30 @@ fn malformed_directive_keys_are_rejected() {
         deployment(json!([nginx()])),
         template_patch(json!({"$setElementOrderContainers": [{"name": "nginx"}]})),
     );
-    assert!(matches!(
-        error,
-        StrategicPatchError::InvalidSetElementOrder { .. }
-    ));
+    assert!(matches!(error, StrategicPatchError::InvalidSetElementOrder { .. }));
     let error = apply_err(
         POD,
         json!({"metadata": {"finalizers": ["a"]}}),
         json!({"metadata": {"$deleteFromPrimitiveList": ["a"]}}),
     );
-    assert!(matches!(
-        error,
-        StrategicPatchError::InvalidDeleteFromPrimitiveList { .. }
-    ));
-    let error = apply_err(
-        POD,
-        json!({"metadata": {}}),
-        json!({"metadata": {"$setElementOrder/finalizers": "a"}}),
-    );
-    assert!(matches!(
-        error,
-        StrategicPatchError::UnexpectedType {
-            expected: "list",
-            ..
-        }
-    ));
+    assert!(matches!(error, StrategicPatchError::InvalidDeleteFromPrimitiveList { .. }));
+    let error = apply_err(POD, json!({"metadata": {}}), json!({"metadata": {"$setElementOrder/finalizers": "a"}}));
+    assert!(matches!(error, StrategicPatchError::UnexpectedType { expected: "list", .. }));
 }
 
 #[test]
 fn merged_lists_must_hold_one_kind_of_scalar_and_no_lists() {
-    let error = apply_err(
-        POD,
-        json!({"metadata": {"finalizers": ["a"]}}),
-        json!({"metadata": {"finalizers": [1]}}),
-    );
-    assert!(matches!(
-        error,
-        StrategicPatchError::MixedElementTypes { .. }
-    ));
-    let error = apply_err(
-        POD,
-        json!({"metadata": {"finalizers": [["a"]]}}),
-        json!({"metadata": {"finalizers": [["b"]]}}),
-    );
+    let error = apply_err(POD, json!({"metadata": {"finalizers": ["a"]}}), json!({"metadata": {"finalizers": [1]}}));
+    assert!(matches!(error, StrategicPatchError::MixedElementTypes { .. }));
+    let error =
+        apply_err(POD, json!({"metadata": {"finalizers": [["a"]]}}), json!({"metadata": {"finalizers": [["b"]]}}));
     assert!(matches!(error, StrategicPatchError::ListOfLists { .. }));
 }
 
 #[test]
 fn documents_must_be_objects() {
-    assert_eq!(
-        apply_err(POD, json!([]), json!({})),
-        StrategicPatchError::NotAnObject {
-            document: Document::Original
-        }
-    );
-    assert_eq!(
-        apply_err(POD, json!({}), json!("x")),
-        StrategicPatchError::NotAnObject {
-            document: Document::Patch
-        }
-    );
+    assert_eq!(apply_err(POD, json!([]), json!({})), StrategicPatchError::NotAnObject { document: Document::Original });
+    assert_eq!(apply_err(POD, json!({}), json!("x")), StrategicPatchError::NotAnObject { document: Document::Patch });
 }
 
 #[test]
@@ -716,19 +583,13 @@ fn set_element_order_for_a_new_list_drops_elements_with_directives() {
         ]
     }});
     let patched = apply(POD, json!({"spec": {}}), patch);
-    assert_eq!(
-        patched["spec"],
-        json!({"initContainers": [{"name": "a", "image": "a"}, {"name": "b", "image": "b"}]})
-    );
+    assert_eq!(patched["spec"], json!({"initContainers": [{"name": "a", "image": "a"}, {"name": "b", "image": "b"}]}));
 }
 
 #[test]
 fn directive_errors_at_the_top_name_the_root() {
     assert_eq!(
         apply_err(POD, json!({}), json!({"$patch": "merge"})),
-        StrategicPatchError::UnknownPatchType {
-            path: ".".into(),
-            value: json!("merge")
-        }
+        StrategicPatchError::UnknownPatchType { path: ".".into(), value: json!("merge") }
     );
 }

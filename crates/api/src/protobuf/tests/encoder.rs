@@ -79,11 +79,8 @@ impl Msg {
 /// A request body: the magic and a `runtime.Unknown` with the type, the object, and the empty
 /// `contentEncoding` and `contentType` upstream always writes.
 pub(crate) fn envelope(api_version: &str, kind: &str, object: Msg) -> Vec<u8> {
-    let unknown = Msg::new()
-        .msg(1, Msg::new().string(1, api_version).string(2, kind))
-        .msg(2, object)
-        .string(3, "")
-        .string(4, "");
+    let unknown =
+        Msg::new().msg(1, Msg::new().string(1, api_version).string(2, kind)).msg(2, object).string(3, "").string(4, "");
     let mut body = MAGIC.to_vec();
     body.extend(unknown.into_bytes());
     body

@@ -5,13 +5,11 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::{
-    admissionregistration::v1 as admissionregistration, apps::v1 as apps,
-    authentication::v1 as authentication, authorization::v1 as authorization,
-    autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2, batch::v1 as batch,
-    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, events::v1 as events, flowcontrol::v1 as flowcontrol,
-    networking::v1 as networking, node::v1 as node, policy::v1 as policy, rbac::v1 as rbac,
-    scheduling::v1 as scheduling, storage::v1 as storage,
+    admissionregistration::v1 as admissionregistration, apps::v1 as apps, authentication::v1 as authentication,
+    authorization::v1 as authorization, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2,
+    batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events, flowcontrol::v1 as flowcontrol, networking::v1 as networking,
+    node::v1 as node, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use schemars::generate::SchemaSettings;
@@ -147,9 +145,7 @@ fn json_names_match_k8s_openapi_schemas_of_every_served_kind() {
         if ours != theirs {
             let only_ours: Vec<_> = ours.difference(&theirs).collect();
             let only_theirs: Vec<_> = theirs.difference(&ours).collect();
-            mismatches.push(format!(
-                "{definition}: table only {only_ours:?}, schema only {only_theirs:?}"
-            ));
+            mismatches.push(format!("{definition}: table only {only_ours:?}, schema only {only_theirs:?}"));
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));

@@ -102,8 +102,5 @@ fn pdb_min_available_percentage_is_a_string_and_status_zeros_stay() {
 #[test]
 fn quota_hard_limits_are_quantity_strings() {
     let quota = decoded("create-quota");
-    assert_eq!(
-        quota["spec"]["hard"],
-        serde_json::json!({"cpu": "1500m", "memory": "1Gi", "pods": "2"})
-    );
+    assert_eq!(quota["spec"]["hard"], serde_json::json!({"cpu": "1500m", "memory": "1Gi", "pods": "2"}));
 }

@@ -35,93 +35,49 @@ fn pod_template(labels: &[(&str, &str)], spec: Msg) -> Msg {
 #[test]
 fn deployment_with_strategy_resources_probes_env_and_volumes() {
     let web = container("web", "nginx:1.27")
-        .msg(
-            6,
-            Msg::new()
-                .string(1, "http")
-                .int(2, 0)
-                .int(3, 80)
-                .string(4, "TCP")
-                .string(5, ""),
-        )
+        .msg(6, Msg::new().string(1, "http").int(2, 0).int(3, 80).string(4, "TCP").string(5, ""))
         .msg(
             7,
-            Msg::new().string(1, "PASSWORD").string(2, "").msg(
-                3,
-                Msg::new().msg(
-                    4,
-                    Msg::new()
-                        .msg(1, Msg::new().string(1, "db"))
-                        .string(2, "password"),
-                ),
-            ),
+            Msg::new()
+                .string(1, "PASSWORD")
+                .string(2, "")
+                .msg(3, Msg::new().msg(4, Msg::new().msg(1, Msg::new().string(1, "db")).string(2, "password"))),
         )
         .msg(
             8,
-            Msg::new()
-                .entry_msg(1, "memory", quantity("128Mi"))
-                .entry_msg(1, "cpu", quantity("500m"))
-                .entry_msg(2, "cpu", quantity("250m")),
+            Msg::new().entry_msg(1, "memory", quantity("128Mi")).entry_msg(1, "cpu", quantity("500m")).entry_msg(
+                2,
+                "cpu",
+                quantity("250m"),
+            ),
         )
-        .msg(
-            9,
-            Msg::new()
-                .string(1, "config")
-                .bool(2, true)
-                .string(3, "/etc/web"),
-        )
+        .msg(9, Msg::new().string(1, "config").bool(2, true).string(3, "/etc/web"))
         .msg(
             10,
             Msg::new()
-                .msg(
-                    1,
-                    Msg::new().msg(
-                        2,
-                        Msg::new()
-                            .string(1, "/healthz")
-                            .msg(2, int_or_string_str("http")),
-                    ),
-                )
+                .msg(1, Msg::new().msg(2, Msg::new().string(1, "/healthz").msg(2, int_or_string_str("http"))))
                 .int(2, 5)
                 .int(3, 0)
                 .int(4, 10)
                 .int(5, 0)
                 .int(6, 3),
         );
-    let volume = Msg::new().string(1, "config").msg(
-        2,
-        Msg::new().msg(
-            19,
-            Msg::new()
-                .msg(1, Msg::new().string(1, "web-config"))
-                .int(3, 0o644),
-        ),
-    );
+    let volume = Msg::new()
+        .string(1, "config")
+        .msg(2, Msg::new().msg(19, Msg::new().msg(1, Msg::new().string(1, "web-config")).int(3, 0o644)));
     let spec = Msg::new()
         .int(1, 0)
         .msg(2, Msg::new().entry(1, "app", "web"))
-        .msg(
-            3,
-            pod_template(
-                &[("app", "web")],
-                Msg::new().msg(1, volume).msg(2, web).string(3, "Always"),
-            ),
-        )
+        .msg(3, pod_template(&[("app", "web")], Msg::new().msg(1, volume).msg(2, web).string(3, "Always")))
         .msg(
             4,
-            Msg::new().string(1, "RollingUpdate").msg(
-                2,
-                Msg::new()
-                    .msg(1, int_or_string_int(0))
-                    .msg(2, int_or_string_str("25%")),
-            ),
+            Msg::new()
+                .string(1, "RollingUpdate")
+                .msg(2, Msg::new().msg(1, int_or_string_int(0)).msg(2, int_or_string_str("25%"))),
         )
         .int(5, 0)
         .bool(7, false);
-    let object = Msg::new()
-        .msg(1, object_meta("web", &[("app", "web")]))
-        .msg(2, spec)
-        .msg(3, Msg::new());
+    let object = Msg::new().msg(1, object_meta("web", &[("app", "web")])).msg(2, spec).msg(3, Msg::new());
 
     let decoded = decode("apps/v1", "Deployment", object);
     let expected = json!({
@@ -172,23 +128,14 @@ fn deployment_with_strategy_resources_probes_env_and_volumes() {
 fn map_keys_come_out_sorted_as_go_writes_them() {
     let meta = object_meta("x", &[("zeta", "1"), ("alpha", "2"), ("mid", "3")]);
     let decoded = decode("v1", "ConfigMap", Msg::new().msg(1, meta));
-    let keys: Vec<&String> = decoded["metadata"]["labels"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .collect();
+    let keys: Vec<&String> = decoded["metadata"]["labels"].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["alpha", "mid", "zeta"]);
 }
 
 #[test]
 fn service_ports_with_numeric_and_named_target_ports() {
     let port = |name: &str, port: i64, target: Msg| {
-        Msg::new()
-            .string(1, name)
-            .string(2, "TCP")
-            .int(3, port)
-            .msg(4, target)
-            .int(5, 0)
+        Msg::new().string(1, name).string(2, "TCP").int(3, port).msg(4, target).int(5, 0)
     };
     let spec = Msg::new()
         .msg(1, port("http", 80, int_or_string_int(8080)))
@@ -198,10 +145,7 @@ fn service_ports_with_numeric_and_named_target_ports() {
         .string(4, "ClusterIP")
         .string(7, "")
         .bool(13, false);
-    let object = Msg::new()
-        .msg(1, object_meta("web", &[]))
-        .msg(2, spec)
-        .msg(3, Msg::new().msg(1, Msg::new()));
+    let object = Msg::new().msg(1, object_meta("web", &[])).msg(2, spec).msg(3, Msg::new().msg(1, Msg::new()));
     let decoded = decode("v1", "Service", object);
     assert_eq!(
         decoded,
@@ -229,21 +173,9 @@ fn job_keeps_zero_and_false_pointer_fields() {
         .int(2, 1)
         .int(7, 0)
         .bool(5, false)
-        .msg(
-            6,
-            pod_template(
-                &[],
-                Msg::new()
-                    .msg(2, container("work", "busybox"))
-                    .string(3, "Never"),
-            ),
-        )
+        .msg(6, pod_template(&[], Msg::new().msg(2, container("work", "busybox")).string(3, "Never")))
         .bool(10, false);
-    let decoded = decode(
-        "batch/v1",
-        "Job",
-        Msg::new().msg(1, object_meta("once", &[])).msg(2, spec),
-    );
+    let decoded = decode("batch/v1", "Job", Msg::new().msg(1, object_meta("once", &[])).msg(2, spec));
     assert_eq!(
         decoded["spec"],
         json!({
@@ -264,10 +196,7 @@ fn job_keeps_zero_and_false_pointer_fields() {
 fn secret_bytes_and_string_data_and_immutable() {
     let object = Msg::new()
         .msg(1, object_meta("tls", &[]))
-        .msg(
-            2,
-            Msg::new().string(1, "tls.key").bytes(2, &[0, 1, 2, 0xff]),
-        )
+        .msg(2, Msg::new().string(1, "tls.key").bytes(2, &[0, 1, 2, 0xff]))
         .msg(2, Msg::new().string(1, "empty"))
         .entry(4, "note", "plain")
         .string(3, "kubernetes.io/tls")
@@ -290,15 +219,8 @@ fn secret_bytes_and_string_data_and_immutable() {
 #[test]
 fn container_name_without_omitempty_stays_even_when_empty() {
     let spec = Msg::new().msg(2, container("", "busybox"));
-    let decoded = decode(
-        "v1",
-        "Pod",
-        Msg::new().msg(1, object_meta("p", &[])).msg(2, spec),
-    );
-    assert_eq!(
-        decoded["spec"]["containers"][0],
-        json!({"name": "", "image": "busybox"})
-    );
+    let decoded = decode("v1", "Pod", Msg::new().msg(1, object_meta("p", &[])).msg(2, spec));
+    assert_eq!(decoded["spec"]["containers"][0], json!({"name": "", "image": "busybox"}));
 }
 
 #[test]
@@ -306,12 +228,7 @@ fn events_carry_micro_time_and_time() {
     let object = Msg::new()
         .msg(1, object_meta("e", &[]))
         .msg(2, Msg::new().int(1, 1_704_164_705).int(2, 123_456_000))
-        .msg(
-            3,
-            Msg::new()
-                .int(1, 2)
-                .msg(2, Msg::new().int(1, 1_704_164_706)),
-        )
+        .msg(3, Msg::new().int(1, 2).msg(2, Msg::new().int(1, 1_704_164_706)))
         .string(4, "tug-controller")
         .string(7, "Started")
         .msg(13, Msg::new().int(1, 1_704_164_700))
@@ -319,10 +236,7 @@ fn events_carry_micro_time_and_time() {
         .int(15, 0);
     let decoded = decode("events.k8s.io/v1", "Event", object);
     assert_eq!(decoded["eventTime"], "2024-01-02T03:05:05.123456Z");
-    assert_eq!(
-        decoded["series"],
-        json!({"count": 2, "lastObservedTime": "2024-01-02T03:05:06.000000Z"})
-    );
+    assert_eq!(decoded["series"], json!({"count": 2, "lastObservedTime": "2024-01-02T03:05:06.000000Z"}));
     assert_eq!(decoded["deprecatedFirstTimestamp"], "2024-01-02T03:05:00Z");
     // A zero Time without omitzero marshals as null, as Go writes it.
     assert_eq!(decoded["deprecatedLastTimestamp"], Value::Null);
@@ -331,14 +245,9 @@ fn events_carry_micro_time_and_time() {
 
 #[test]
 fn creation_timestamp_is_written_when_set() {
-    let meta = Msg::new()
-        .string(1, "x")
-        .msg(8, Msg::new().int(1, 1_704_164_705));
+    let meta = Msg::new().string(1, "x").msg(8, Msg::new().int(1, 1_704_164_705));
     let decoded = decode("v1", "Namespace", Msg::new().msg(1, meta));
-    assert_eq!(
-        decoded["metadata"]["creationTimestamp"],
-        "2024-01-02T03:05:05Z"
-    );
+    assert_eq!(decoded["metadata"]["creationTimestamp"], "2024-01-02T03:05:05Z");
 }
 
 #[test]
@@ -387,31 +296,17 @@ fn managed_fields_and_owner_references() {
 fn controller_revision_data_is_the_embedded_json() {
     let object = Msg::new()
         .msg(1, object_meta("rev", &[]))
-        .msg(
-            2,
-            Msg::new().bytes(1, br#"{"spec":{"template":{"$patch":"replace"}}}"#),
-        )
+        .msg(2, Msg::new().bytes(1, br#"{"spec":{"template":{"$patch":"replace"}}}"#))
         .int(3, 4);
     let decoded = decode("apps/v1", "ControllerRevision", object);
-    assert_eq!(
-        decoded["data"],
-        json!({"spec": {"template": {"$patch": "replace"}}})
-    );
+    assert_eq!(decoded["data"], json!({"spec": {"template": {"$patch": "replace"}}}));
     assert_eq!(decoded["revision"], 4);
 }
 
 #[test]
 fn raw_extension_holding_a_protobuf_envelope_is_decoded_too() {
-    let inner = envelope(
-        "v1",
-        "ConfigMap",
-        Msg::new()
-            .msg(1, object_meta("inner", &[]))
-            .entry(2, "a", "b"),
-    );
-    let list = Msg::new()
-        .msg(1, Msg::new())
-        .msg(2, Msg::new().bytes(1, &inner));
+    let inner = envelope("v1", "ConfigMap", Msg::new().msg(1, object_meta("inner", &[])).entry(2, "a", "b"));
+    let list = Msg::new().msg(1, Msg::new()).msg(2, Msg::new().bytes(1, &inner));
     let decoded = decode("v1", "List", list);
     assert_eq!(
         decoded["items"],
@@ -426,11 +321,7 @@ fn extra_values_are_arrays_of_strings() {
         .string(4, "devs")
         .entry_msg(5, "scopes", Msg::new().string(1, "read").string(1, "write"))
         .entry_msg(5, "empty", Msg::new());
-    let decoded = decode(
-        "authorization.k8s.io/v1",
-        "SubjectAccessReview",
-        Msg::new().msg(2, spec),
-    );
+    let decoded = decode("authorization.k8s.io/v1", "SubjectAccessReview", Msg::new().msg(2, spec));
     assert_eq!(
         decoded["spec"],
         json!({"user": "alice", "groups": ["devs"], "extra": {"empty": [], "scopes": ["read", "write"]}})
@@ -446,10 +337,7 @@ fn repeated_numbers_decode_packed_or_one_by_one() {
     for security_context in [one_by_one, packed] {
         let spec = Msg::new().msg(14, security_context);
         let decoded = decode("v1", "Pod", Msg::new().msg(2, spec));
-        assert_eq!(
-            decoded["spec"]["securityContext"],
-            json!({"supplementalGroups": [1000, -1]})
-        );
+        assert_eq!(decoded["spec"]["securityContext"], json!({"supplementalGroups": [1000, -1]}));
     }
 }
 
@@ -469,29 +357,19 @@ fn unknown_fields_are_skipped() {
 
 #[test]
 fn a_message_field_written_twice_is_merged() {
-    let object = Msg::new()
-        .msg(1, Msg::new().string(1, "x"))
-        .msg(1, Msg::new().entry(11, "app", "web"));
+    let object = Msg::new().msg(1, Msg::new().string(1, "x")).msg(1, Msg::new().entry(11, "app", "web"));
     let decoded = decode("v1", "ConfigMap", object);
-    assert_eq!(
-        decoded["metadata"],
-        json!({"name": "x", "labels": {"app": "web"}})
-    );
+    assert_eq!(decoded["metadata"], json!({"name": "x", "labels": {"app": "web"}}));
 }
 
 #[test]
 fn wrong_wire_type_names_the_field_and_its_path() {
     let spec = Msg::new().string(1, "three");
     let err = decode_err("apps/v1", "Deployment", Msg::new().msg(2, spec));
-    assert_eq!(
-        err.to_string(),
-        "proto: wrong wireType = 2 for field replicas at spec.replicas"
-    );
+    assert_eq!(err.to_string(), "proto: wrong wireType = 2 for field replicas at spec.replicas");
 
     let bad_port = Msg::new().string(3, "eighty");
-    let containers = Msg::new()
-        .msg(2, container("a", "x"))
-        .msg(2, container("b", "y").msg(6, bad_port));
+    let containers = Msg::new().msg(2, container("a", "x")).msg(2, container("b", "y").msg(6, bad_port));
     let err = decode_err("v1", "Pod", Msg::new().msg(2, containers));
     assert_eq!(
         err.to_string(),
@@ -501,9 +379,7 @@ fn wrong_wire_type_names_the_field_and_its_path() {
 
 #[test]
 fn errors_inside_inline_fields_and_maps_name_the_json_path() {
-    let volume = Msg::new()
-        .string(1, "v")
-        .msg(2, Msg::new().msg(19, Msg::new().string(3, "rw")));
+    let volume = Msg::new().string(1, "v").msg(2, Msg::new().msg(19, Msg::new().string(3, "rw")));
     let err = decode_err("v1", "Pod", Msg::new().msg(2, Msg::new().msg(1, volume)));
     assert_eq!(
         err.to_string(),
@@ -529,10 +405,7 @@ fn truncated_object_is_an_unexpected_eof() {
 
 #[test]
 fn meta_kinds_decode_under_any_served_group_version() {
-    let options = Msg::new()
-        .int(1, 0)
-        .msg(2, Msg::new().string(1, "uid-1"))
-        .string(4, "Foreground");
+    let options = Msg::new().int(1, 0).msg(2, Msg::new().string(1, "uid-1")).string(4, "Foreground");
     let decoded = decode("apps/v1", "DeleteOptions", options);
     assert_eq!(
         decoded,
@@ -545,16 +418,8 @@ fn meta_kinds_decode_under_any_served_group_version() {
 
 #[test]
 fn proto_names_that_differ_from_json_names_use_the_json_ones() {
-    let params = Msg::new()
-        .string(1, "example.com")
-        .string(2, "Params")
-        .string(3, "p");
-    let object = Msg::new()
-        .msg(1, object_meta("c", &[]))
-        .msg(2, Msg::new().string(1, "ctrl").msg(2, params));
+    let params = Msg::new().string(1, "example.com").string(2, "Params").string(3, "p");
+    let object = Msg::new().msg(1, object_meta("c", &[])).msg(2, Msg::new().string(1, "ctrl").msg(2, params));
     let decoded = decode("networking.k8s.io/v1", "IngressClass", object);
-    assert_eq!(
-        decoded["spec"]["parameters"],
-        json!({"apiGroup": "example.com", "kind": "Params", "name": "p"})
-    );
+    assert_eq!(decoded["spec"]["parameters"], json!({"apiGroup": "example.com", "kind": "Params", "name": "p"}));
 }

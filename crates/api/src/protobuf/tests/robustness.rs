@@ -65,10 +65,7 @@ fn random_objects_of_every_common_kind_never_panic() {
         ("autoscaling/v2", "HorizontalPodAutoscaler"),
         ("networking.k8s.io/v1", "Ingress"),
         ("events.k8s.io/v1", "Event"),
-        (
-            "admissionregistration.k8s.io/v1",
-            "ValidatingAdmissionPolicy",
-        ),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
     ];
     let mut rng = Rng(42);
     for _ in 0..5_000 {
@@ -97,10 +94,7 @@ fn deeply_nested_envelopes_stop_at_the_depth_limit() {
     }
     let err = decode_request_body(&body).unwrap_err();
     assert!(matches!(err, ProtobufError::TooDeep { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .starts_with("object nesting exceeds 100 levels at items[0].items[0].items[0]")
-    );
+    assert!(err.to_string().starts_with("object nesting exceeds 100 levels at items[0].items[0].items[0]"));
 }
 
 #[test]

@@ -41,16 +41,10 @@ pub fn schema(v3: &Value) -> Value {
                 out.insert(key.clone(), reference(value));
             }
             "allOf" if single_ref.is_some() => {
-                out.insert(
-                    "$ref".into(),
-                    reference(&Value::from(single_ref.unwrap_or_default())),
-                );
+                out.insert("$ref".into(), reference(&Value::from(single_ref.unwrap_or_default())));
             }
             "allOf" => {
-                let all = value
-                    .as_array()
-                    .map(|a| a.iter().map(schema).collect())
-                    .unwrap_or_default();
+                let all = value.as_array().map(|a| a.iter().map(schema).collect()).unwrap_or_default();
                 out.insert(key.clone(), Value::Array(all));
             }
             "properties" => {
@@ -68,22 +62,14 @@ pub fn schema(v3: &Value) -> Value {
                 out.insert(key.clone(), items);
             }
             "additionalProperties" => {
-                out.insert(
-                    key.clone(),
-                    if value.is_object() {
-                        schema(value)
-                    } else {
-                        value.clone()
-                    },
-                );
+                out.insert(key.clone(), if value.is_object() { schema(value) } else { value.clone() });
             }
             "oneOf" | "anyOf" => {
                 // Upstream's v2 spells its scalar one-of types (int-or-string, quantity) as
                 // strings; any other union has no v2 form and is left untyped.
-                let scalar_string = value.as_array().is_some_and(|alts| {
-                    alts.iter()
-                        .any(|a| a.get("type").and_then(Value::as_str) == Some("string"))
-                });
+                let scalar_string = value
+                    .as_array()
+                    .is_some_and(|alts| alts.iter().any(|a| a.get("type").and_then(Value::as_str) == Some("string")));
                 if scalar_string && !object.contains_key("type") {
                     out.insert("type".into(), "string".into());
                 }
@@ -117,17 +103,7 @@ pub fn path_item(v3: &Value) -> Value {
         if METHODS.contains(&key.as_str()) {
             out.insert(key.clone(), operation(value));
         } else if key == "parameters" {
-            out.insert(
-                key.clone(),
-                Value::Array(
-                    value
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(parameter)
-                        .collect(),
-                ),
-            );
+            out.insert(key.clone(), Value::Array(value.as_array().into_iter().flatten().map(parameter).collect()));
         } else if key.starts_with("x-") || key == "$ref" {
             out.insert(key.clone(), value.clone());
         }
@@ -151,8 +127,7 @@ fn parameter(v3: &Value) -> Value {
             "$ref" => {
                 out.insert(key.clone(), value.clone());
             }
-            "style" | "explode" | "allowReserved" | "example" | "examples" | "content"
-            | "deprecated" => {}
+            "style" | "explode" | "allowReserved" | "example" | "examples" | "content" | "deprecated" => {}
             _ => {
                 out.insert(key.clone(), value.clone());
             }
@@ -174,11 +149,7 @@ fn status_text(code: &str) -> &'static str {
 
 /// The first schema of a v3 `content` map, in v2 form.
 fn content_schema(content: Option<&Value>) -> Option<Value> {
-    content?
-        .as_object()?
-        .values()
-        .find_map(|media| media.get("schema"))
-        .map(schema)
+    content?.as_object()?.values().find_map(|media| media.get("schema")).map(schema)
 }
 
 fn push_unique(list: &mut Vec<Value>, media: &str) {
@@ -196,13 +167,7 @@ fn operation(v3: &Value) -> Value {
     let mut produces = Vec::new();
     let mut parameters = Vec::new();
     if let Some(body) = op.get("requestBody") {
-        for media in body
-            .get("content")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(k, _)| k)
-        {
+        for media in body.get("content").and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
             push_unique(&mut consumes, media);
         }
         let mut p = json!({"in": "body", "name": "body"});
@@ -217,54 +182,27 @@ fn operation(v3: &Value) -> Value {
     if consumes.is_empty() {
         consumes.push("*/*".into());
     }
-    parameters.extend(
-        op.get("parameters")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(parameter),
-    );
+    parameters.extend(op.get("parameters").and_then(Value::as_array).into_iter().flatten().map(parameter));
     let mut responses = Map::new();
-    for (code, r) in op
-        .get("responses")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-    {
+    for (code, r) in op.get("responses").and_then(Value::as_object).into_iter().flatten() {
         let content = r.get("content");
-        for media in content
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(k, _)| k)
-        {
+        for media in content.and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
             push_unique(&mut produces, media);
         }
-        let description = r
-            .get("description")
-            .and_then(Value::as_str)
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| status_text(code));
+        let description =
+            r.get("description").and_then(Value::as_str).filter(|d| !d.is_empty()).unwrap_or_else(|| status_text(code));
         let mut v2 = json!({"description": description});
         if let Some(s) = content_schema(content) {
             v2["schema"] = s;
         }
         responses.insert(code.clone(), v2);
     }
-    responses
-        .entry("401")
-        .or_insert_with(|| json!({"description": status_text("401")}));
+    responses.entry("401").or_insert_with(|| json!({"description": status_text("401")}));
     if produces.is_empty() {
         produces.push("application/json".into());
     }
     let mut out = Map::new();
-    for key in [
-        "tags",
-        "summary",
-        "description",
-        "externalDocs",
-        "operationId",
-    ] {
+    for key in ["tags", "summary", "description", "externalDocs", "operationId"] {
         if let Some(v) = op.get(key) {
             out.insert(key.into(), v.clone());
         }

@@ -11,11 +11,10 @@
 use serde_json::{Map, Value};
 
 use super::fields::{
-    AdditionalPropertiesItem, Any, BodyParameter, Definitions, Document, ExternalDocs,
-    FormDataParameterSubSchema, HeaderParameterSubSchema, Info, ItemsItem, JsonReference, NamedAny,
-    NamedPathItem, NamedResponseValue, NamedSchema, NonBodyParameter, Operation, Parameter,
-    ParametersItem, PathItem, PathParameterSubSchema, Paths, PrimitivesItems, Properties,
-    QueryParameterSubSchema, Response, ResponseValue, Responses, Schema, SchemaItem, TypeItem,
+    AdditionalPropertiesItem, Any, BodyParameter, Definitions, Document, ExternalDocs, FormDataParameterSubSchema,
+    HeaderParameterSubSchema, Info, ItemsItem, JsonReference, NamedAny, NamedPathItem, NamedResponseValue, NamedSchema,
+    NonBodyParameter, Operation, Parameter, ParametersItem, PathItem, PathParameterSubSchema, Paths, PrimitivesItems,
+    Properties, QueryParameterSubSchema, Response, ResponseValue, Responses, Schema, SchemaItem, TypeItem,
 };
 use super::wire::Writer;
 
@@ -54,9 +53,7 @@ pub fn document(doc: &Value) -> Vec<u8> {
     if let Some(definitions) = doc.get("definitions").and_then(Value::as_object) {
         w.message(Document::definitions, |w| {
             for (name, def) in definitions {
-                w.message(Definitions::additional_properties, |w| {
-                    named_schema(w, name, def)
-                });
+                w.message(Definitions::additional_properties, |w| named_schema(w, name, def));
             }
         });
     }
@@ -80,12 +77,7 @@ fn path_item(w: &mut Writer, item: &Value) {
             w.message(field, |w| operation(w, op));
         }
     }
-    for p in item
-        .get("parameters")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for p in item.get("parameters").and_then(Value::as_array).into_iter().flatten() {
         w.message(PathItem::parameters, |w| parameters_item(w, p));
     }
     extensions(w, PathItem::vendor_extension, item);
@@ -101,12 +93,7 @@ fn operation(w: &mut Writer, op: &Map<String, Value>) {
     w.string(Operation::operation_id, str_of(op, "operationId"));
     strings(w, Operation::produces, op.get("produces"));
     strings(w, Operation::consumes, op.get("consumes"));
-    for p in op
-        .get("parameters")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for p in op.get("parameters").and_then(Value::as_array).into_iter().flatten() {
         w.message(Operation::parameters, |w| parameters_item(w, p));
     }
     if let Some(responses) = op.get("responses").and_then(Value::as_object) {
@@ -128,17 +115,13 @@ fn operation(w: &mut Writer, op: &Map<String, Value>) {
 fn response_value(w: &mut Writer, r: &Value) {
     let Some(r) = r.as_object() else { return };
     if let Some(reference) = r.get("$ref").and_then(Value::as_str) {
-        w.message(ResponseValue::json_reference, |w| {
-            json_reference(w, reference, r)
-        });
+        w.message(ResponseValue::json_reference, |w| json_reference(w, reference, r));
         return;
     }
     w.message(ResponseValue::response, |w| {
         w.string(Response::description, str_of(r, "description"));
         if let Some(s) = r.get("schema") {
-            w.message(Response::schema, |w| {
-                w.message(SchemaItem::schema, |w| schema(w, s))
-            });
+            w.message(Response::schema, |w| w.message(SchemaItem::schema, |w| schema(w, s)));
         }
         extensions(w, Response::vendor_extension, r);
     });
@@ -152,9 +135,7 @@ fn json_reference(w: &mut Writer, reference: &str, object: &Map<String, Value>) 
 fn parameters_item(w: &mut Writer, p: &Value) {
     let Some(p) = p.as_object() else { return };
     if let Some(reference) = p.get("$ref").and_then(Value::as_str) {
-        w.message(ParametersItem::json_reference, |w| {
-            json_reference(w, reference, p)
-        });
+        w.message(ParametersItem::json_reference, |w| json_reference(w, reference, p));
         return;
     }
     w.message(ParametersItem::parameter, |w| {
@@ -243,14 +224,10 @@ macro_rules! sub_schema_numbers {
     };
 }
 
-const QUERY: SubSchemaNumbers = sub_schema_numbers!(
-    QueryParameterSubSchema,
-    Some(QueryParameterSubSchema::allow_empty_value)
-);
-const FORM_DATA: SubSchemaNumbers = sub_schema_numbers!(
-    FormDataParameterSubSchema,
-    Some(FormDataParameterSubSchema::allow_empty_value)
-);
+const QUERY: SubSchemaNumbers =
+    sub_schema_numbers!(QueryParameterSubSchema, Some(QueryParameterSubSchema::allow_empty_value));
+const FORM_DATA: SubSchemaNumbers =
+    sub_schema_numbers!(FormDataParameterSubSchema, Some(FormDataParameterSubSchema::allow_empty_value));
 const PATH: SubSchemaNumbers = sub_schema_numbers!(PathParameterSubSchema, None);
 const HEADER: SubSchemaNumbers = sub_schema_numbers!(HeaderParameterSubSchema, None);
 const PRIMITIVES_ITEMS: SubSchemaNumbers = SubSchemaNumbers {
@@ -313,12 +290,7 @@ fn sub_schema(w: &mut Writer, p: &Map<String, Value>, n: &SubSchemaNumbers) {
     w.int64(n.max_items, i64_of(p, "maxItems"));
     w.int64(n.min_items, i64_of(p, "minItems"));
     w.bool(n.unique_items, bool_of(p, "uniqueItems"));
-    for v in p
-        .get("enum")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for v in p.get("enum").and_then(Value::as_array).into_iter().flatten() {
         any(w, n.enum_, v);
     }
     w.double(n.multiple_of, f64_of(p, "multipleOf"));
@@ -354,27 +326,20 @@ pub(super) fn schema(w: &mut Writer, s: &Value) {
     w.int64(Schema::max_properties, i64_of(s, "maxProperties"));
     w.int64(Schema::min_properties, i64_of(s, "minProperties"));
     strings(w, Schema::required, s.get("required"));
-    for v in s
-        .get("enum")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for v in s.get("enum").and_then(Value::as_array).into_iter().flatten() {
         any(w, Schema::enum_, v);
     }
     match s.get("additionalProperties") {
-        Some(Value::Bool(b)) => w.message(Schema::additional_properties, |w| {
-            w.bool_always(AdditionalPropertiesItem::boolean, *b)
-        }),
+        Some(Value::Bool(b)) => {
+            w.message(Schema::additional_properties, |w| w.bool_always(AdditionalPropertiesItem::boolean, *b))
+        }
         Some(inner @ Value::Object(_)) => w.message(Schema::additional_properties, |w| {
             w.message(AdditionalPropertiesItem::schema, |w| schema(w, inner))
         }),
         _ => {}
     }
     match s.get("type") {
-        Some(Value::String(t)) => {
-            w.message(Schema::type_, |w| w.repeated_string(TypeItem::value, t))
-        }
+        Some(Value::String(t)) => w.message(Schema::type_, |w| w.repeated_string(TypeItem::value, t)),
         Some(Value::Array(types)) => w.message(Schema::type_, |w| {
             for t in types.iter().filter_map(Value::as_str) {
                 w.repeated_string(TypeItem::value, t);
@@ -383,9 +348,7 @@ pub(super) fn schema(w: &mut Writer, s: &Value) {
         _ => {}
     }
     match s.get("items") {
-        Some(one @ Value::Object(_)) => w.message(Schema::items, |w| {
-            w.message(ItemsItem::schema, |w| schema(w, one))
-        }),
+        Some(one @ Value::Object(_)) => w.message(Schema::items, |w| w.message(ItemsItem::schema, |w| schema(w, one))),
         Some(Value::Array(many)) => w.message(Schema::items, |w| {
             for item in many {
                 w.message(ItemsItem::schema, |w| schema(w, item));
@@ -393,20 +356,13 @@ pub(super) fn schema(w: &mut Writer, s: &Value) {
         }),
         _ => {}
     }
-    for sub in s
-        .get("allOf")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for sub in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
         w.message(Schema::all_of, |w| schema(w, sub));
     }
     if let Some(properties) = s.get("properties").and_then(Value::as_object) {
         w.message(Schema::properties, |w| {
             for (name, p) in properties {
-                w.message(Properties::additional_properties, |w| {
-                    named_schema(w, name, p)
-                });
+                w.message(Properties::additional_properties, |w| named_schema(w, name, p));
             }
         });
     }
@@ -449,12 +405,7 @@ pub(super) fn yaml(value: &Value) -> String {
 }
 
 fn strings(w: &mut Writer, field: u32, list: Option<&Value>) {
-    for s in list
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for s in list.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
         w.repeated_string(field, s);
     }
 }

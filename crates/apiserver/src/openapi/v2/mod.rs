@@ -33,8 +33,7 @@ use crate::server::ApiServer;
 
 /// The protobuf media type kubectl asks for, and the one upstream answers with (Go's
 /// `mime.ParseMediaType`, which client-go applies to every response, rejects the `@` form).
-pub const PROTOBUF_CONTENT_TYPE: &str =
-    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+pub const PROTOBUF_CONTENT_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 /// The older spelling of the protobuf media type, still accepted in `Accept`.
 const PROTOBUF_AT_SUBTYPE: &str = "com.github.proto-openapi.spec.v2@v1.0+protobuf";
 const PROTOBUF_SUBTYPE: &str = "com.github.proto-openapi.spec.v2.v1.0+protobuf";
@@ -76,21 +75,13 @@ pub fn document(srv: &ApiServer) -> Value {
             let Ok(v3) = super::group_version(srv, &registry, g.group, version) else {
                 continue;
             };
-            for (path, item) in v3
-                .get("paths")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
+            for (path, item) in v3.get("paths").and_then(Value::as_object).into_iter().flatten() {
                 paths.insert(path.clone(), convert::path_item(item));
             }
         }
     }
     let mut definitions: BTreeMap<String, Value> = match srv.schemas().to_components_json() {
-        Value::Object(defs) => defs
-            .into_iter()
-            .map(|(name, def)| (name, convert::schema(&def)))
-            .collect(),
+        Value::Object(defs) => defs.into_iter().map(|(name, def)| (name, convert::schema(&def))).collect(),
         _ => BTreeMap::new(),
     };
     for rt in registry.all().filter(|rt| rt.custom) {
@@ -120,19 +111,8 @@ fn build(srv: &ApiServer) -> Served {
     let json = serde_json::to_vec(&doc).unwrap_or_default();
     let protobuf = to_protobuf(&doc);
     let digest = ring::digest::digest(&ring::digest::SHA512, &json);
-    let etag = format!(
-        "\"{}\"",
-        digest
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<String>()
-    );
-    Served {
-        json: json.into(),
-        protobuf: protobuf.into(),
-        etag,
-    }
+    let etag = format!("\"{}\"", digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<String>());
+    Served { json: json.into(), protobuf: protobuf.into(), etag }
 }
 
 /// The served document, built on first use after each registry change (off the async workers:
@@ -164,10 +144,7 @@ pub enum Format {
 /// Upstream's negotiation: the clauses by decreasing quality, the first that matches JSON or
 /// one of the two protobuf spellings wins; no `Accept` means `*/*`, which is JSON.
 pub fn negotiate(accept: Option<&str>) -> Option<Format> {
-    let header = accept
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .unwrap_or("*/*");
+    let header = accept.map(str::trim).filter(|h| !h.is_empty()).unwrap_or("*/*");
     let mut clauses: Vec<(f32, &str, &str)> = header
         .split(',')
         .filter_map(|clause| {
@@ -184,28 +161,20 @@ pub fn negotiate(accept: Option<&str>) -> Option<Format> {
         .collect();
     // Stable: equal qualities keep the client's order.
     clauses.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let offered = [
-        ("json", Format::Json),
-        (PROTOBUF_AT_SUBTYPE, Format::Protobuf),
-        (PROTOBUF_SUBTYPE, Format::Protobuf),
-    ];
+    let offered =
+        [("json", Format::Json), (PROTOBUF_AT_SUBTYPE, Format::Protobuf), (PROTOBUF_SUBTYPE, Format::Protobuf)];
     clauses.iter().find_map(|(_, ty, sub)| {
         if !ty.eq_ignore_ascii_case("application") && *ty != "*" {
             return None;
         }
-        offered
-            .iter()
-            .find(|(s, _)| sub.eq_ignore_ascii_case(s) || *sub == "*")
-            .map(|(_, f)| *f)
+        offered.iter().find(|(s, _)| sub.eq_ignore_ascii_case(s) || *sub == "*").map(|(_, f)| *f)
     })
 }
 
 /// Whether an `If-None-Match` header names `etag`.
 fn matches_etag(if_none_match: Option<&str>, etag: &str) -> bool {
     if_none_match.is_some_and(|h| {
-        h.split(',')
-            .map(str::trim)
-            .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+        h.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
     })
 }
 
@@ -233,11 +202,7 @@ pub async fn serve(
         Format::Protobuf => (served.protobuf.clone(), PROTOBUF_CONTENT_TYPE),
     };
     let not_modified = matches_etag(if_none_match, &served.etag);
-    let mut resp = Response::new(response::full(if not_modified {
-        Bytes::new()
-    } else {
-        body
-    }));
+    let mut resp = Response::new(response::full(if not_modified { Bytes::new() } else { body }));
     if not_modified {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
     }

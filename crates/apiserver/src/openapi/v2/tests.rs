@@ -79,17 +79,11 @@ fn one_len(b: &[u8], field: u32) -> &[u8] {
 }
 
 fn string(b: &[u8], field: u32) -> String {
-    all_len(b, field)
-        .first()
-        .map(|s| String::from_utf8(s.to_vec()).expect("utf-8"))
-        .unwrap_or_default()
+    all_len(b, field).first().map(|s| String::from_utf8(s.to_vec()).expect("utf-8")).unwrap_or_default()
 }
 
 fn strings(b: &[u8], field: u32) -> Vec<String> {
-    all_len(b, field)
-        .into_iter()
-        .map(|s| String::from_utf8(s.to_vec()).expect("utf-8"))
-        .collect()
+    all_len(b, field).into_iter().map(|s| String::from_utf8(s.to_vec()).expect("utf-8")).collect()
 }
 
 fn varint(b: &[u8], field: u32) -> Option<u64> {
@@ -101,10 +95,7 @@ fn varint(b: &[u8], field: u32) -> Option<u64> {
 
 /// `repeated NamedX` entries as (name, value bytes).
 fn named(b: &[u8], field: u32) -> Vec<(String, &[u8])> {
-    all_len(b, field)
-        .into_iter()
-        .map(|entry| (string(entry, 1), one_len(entry, 2)))
-        .collect()
+    all_len(b, field).into_iter().map(|entry| (string(entry, 1), one_len(entry, 2))).collect()
 }
 
 /// A message's `vendor_extension` entries as (name, YAML parsed back).
@@ -113,10 +104,7 @@ fn extensions(b: &[u8], field: u32) -> Vec<(String, Value)> {
         .into_iter()
         .map(|(name, any)| {
             let yaml = string(any, fields::Any::yaml);
-            (
-                name,
-                serde_yaml::from_str(&yaml).expect("extension is YAML"),
-            )
+            (name, serde_yaml::from_str(&yaml).expect("extension is YAML"))
         })
         .collect()
 }
@@ -156,10 +144,7 @@ fn field_numbers_match_the_proto() {
     let mut checked = 0;
     while let Some(name) = facts.next() {
         assert_eq!(facts.next(), Some("="));
-        let number: u32 = facts
-            .next()
-            .and_then(|n| n.parse().ok())
-            .expect("a field number");
+        let number: u32 = facts.next().and_then(|n| n.parse().ok()).expect("a field number");
         let (message, field) = name.split_once('.').expect("Message.field");
         let ours = TABLE
             .iter()
@@ -176,10 +161,7 @@ fn field_numbers_are_unique_per_message() {
     let mut seen = HashSet::new();
     for (message, field, number) in TABLE {
         assert!(*number > 0);
-        assert!(
-            seen.insert((*message, *number)),
-            "{message} uses {number} twice ({field})"
-        );
+        assert!(seen.insert((*message, *number)), "{message} uses {number} twice ({field})");
     }
 }
 
@@ -231,25 +213,16 @@ fn schema_round_trips_through_the_decoder() {
     encode::schema(&mut w, &schema);
     let b = w.into_bytes();
     assert_eq!(string(&b, Schema::description), "a thing");
-    assert_eq!(
-        strings(one_len(&b, Schema::type_), TypeItem::value),
-        ["object"]
-    );
+    assert_eq!(strings(one_len(&b, Schema::type_), TypeItem::value), ["object"]);
     assert_eq!(strings(&b, Schema::required), ["containers", "name"]);
-    let props = named(
-        one_len(&b, Schema::properties),
-        Properties::additional_properties,
-    );
+    let props = named(one_len(&b, Schema::properties), Properties::additional_properties);
     let names: Vec<&str> = props.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["containers", "labels", "free", "replicas"]);
 
     let containers = props[0].1;
     let items = all_len(one_len(containers, Schema::items), ItemsItem::schema);
     assert_eq!(items.len(), 1);
-    assert_eq!(
-        string(items[0], Schema::_ref),
-        "#/definitions/io.k8s.api.core.v1.Container"
-    );
+    assert_eq!(string(items[0], Schema::_ref), "#/definitions/io.k8s.api.core.v1.Container");
     assert_eq!(
         extensions(containers, Schema::vendor_extension),
         [
@@ -258,21 +231,9 @@ fn schema_round_trips_through_the_decoder() {
         ]
     );
 
-    let labels_values = one_len(
-        one_len(props[1].1, Schema::additional_properties),
-        Ap::schema,
-    );
-    assert_eq!(
-        strings(one_len(labels_values, Schema::type_), TypeItem::value),
-        ["string"]
-    );
-    assert_eq!(
-        varint(
-            one_len(props[2].1, Schema::additional_properties),
-            Ap::boolean
-        ),
-        Some(0)
-    );
+    let labels_values = one_len(one_len(props[1].1, Schema::additional_properties), Ap::schema);
+    assert_eq!(strings(one_len(labels_values, Schema::type_), TypeItem::value), ["string"]);
+    assert_eq!(varint(one_len(props[2].1, Schema::additional_properties), Ap::boolean), Some(0));
 
     let replicas = props[3].1;
     assert_eq!(string(replicas, Schema::format), "int32");
@@ -282,10 +243,7 @@ fn schema_round_trips_through_the_decoder() {
 
     assert_eq!(
         extensions(&b, Schema::vendor_extension),
-        [(
-            "x-kubernetes-group-version-kind".to_string(),
-            schema["x-kubernetes-group-version-kind"].clone()
-        )]
+        [("x-kubernetes-group-version-kind".to_string(), schema["x-kubernetes-group-version-kind"].clone())]
     );
 }
 
@@ -293,18 +251,14 @@ fn schema_round_trips_through_the_decoder() {
 /// carries the kind, and look for a `fieldValidation` query parameter on it.
 fn patch_supports_field_validation(doc: &[u8], gvk: &Value) -> Option<bool> {
     use fields::{
-        Document, NonBodyParameter, Operation, Parameter, ParametersItem, PathItem, Paths,
-        QueryParameterSubSchema as Q,
+        Document, NonBodyParameter, Operation, Parameter, ParametersItem, PathItem, Paths, QueryParameterSubSchema as Q,
     };
     for (_, item) in named(one_len(doc, Document::paths), Paths::path) {
         let Some(patch) = all_len(item, PathItem::patch).first().copied() else {
             continue;
         };
         let kinds = extensions(patch, Operation::vendor_extension);
-        if !kinds
-            .iter()
-            .any(|(n, v)| n == "x-kubernetes-group-version-kind" && v == gvk)
-        {
+        if !kinds.iter().any(|(n, v)| n == "x-kubernetes-group-version-kind" && v == gvk) {
             continue;
         }
         return Some(all_len(patch, Operation::parameters).into_iter().any(|p| {
@@ -321,39 +275,23 @@ fn patch_supports_field_validation(doc: &[u8], gvk: &Value) -> Option<bool> {
 #[test]
 fn path_item_round_trips_with_its_parameters_and_responses() {
     use fields::{
-        BodyParameter, NamedResponseValue, NonBodyParameter, Operation, Parameter, ParametersItem,
-        PathItem, PathParameterSubSchema as P, Response, ResponseValue, Responses, Schema,
-        SchemaItem,
+        BodyParameter, NamedResponseValue, NonBodyParameter, Operation, Parameter, ParametersItem, PathItem,
+        PathParameterSubSchema as P, Response, ResponseValue, Responses, Schema, SchemaItem,
     };
     let doc = single_path_document();
     let bytes = encode::document(&doc);
     let gvk = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
     assert_eq!(patch_supports_field_validation(&bytes, &gvk), Some(true));
-    assert_eq!(
-        patch_supports_field_validation(
-            &bytes,
-            &json!({"group": "", "version": "v1", "kind": "Pod"})
-        ),
-        None
-    );
+    assert_eq!(patch_supports_field_validation(&bytes, &json!({"group": "", "version": "v1", "kind": "Pod"})), None);
 
-    let paths = named(
-        one_len(&bytes, fields::Document::paths),
-        fields::Paths::path,
-    );
+    let paths = named(one_len(&bytes, fields::Document::paths), fields::Paths::path);
     assert_eq!(paths.len(), 1);
-    assert_eq!(
-        paths[0].0,
-        "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
-    );
+    assert_eq!(paths[0].0, "/apis/apps/v1/namespaces/{namespace}/deployments/{name}");
     let item = paths[0].1;
     let shared = all_len(item, PathItem::parameters);
     assert_eq!(shared.len(), 2);
     let name = one_len(
-        one_len(
-            one_len(shared[0], ParametersItem::parameter),
-            Parameter::non_body_parameter,
-        ),
+        one_len(one_len(shared[0], ParametersItem::parameter), Parameter::non_body_parameter),
         NonBodyParameter::path_parameter_sub_schema,
     );
     assert_eq!(string(name, P::name), "name");
@@ -361,18 +299,9 @@ fn path_item_round_trips_with_its_parameters_and_responses() {
     assert_eq!(string(name, P::type_), "string");
 
     let patch = one_len(item, PathItem::patch);
-    assert_eq!(
-        string(patch, Operation::operation_id),
-        "patchAppsV1NamespacedDeployment"
-    );
-    assert!(
-        strings(patch, Operation::consumes)
-            .contains(&"application/strategic-merge-patch+json".to_string())
-    );
-    let first = one_len(
-        all_len(patch, Operation::parameters)[0],
-        ParametersItem::parameter,
-    );
+    assert_eq!(string(patch, Operation::operation_id), "patchAppsV1NamespacedDeployment");
+    assert!(strings(patch, Operation::consumes).contains(&"application/strategic-merge-patch+json".to_string()));
+    let first = one_len(all_len(patch, Operation::parameters)[0], ParametersItem::parameter);
     let body = one_len(first, Parameter::body_parameter);
     assert_eq!(string(body, BodyParameter::in_), "body");
     assert_eq!(
@@ -380,24 +309,12 @@ fn path_item_round_trips_with_its_parameters_and_responses() {
         "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
     );
 
-    let responses = all_len(
-        one_len(patch, Operation::responses),
-        Responses::response_code,
-    );
-    let ok = responses
-        .iter()
-        .find(|r| string(r, NamedResponseValue::name) == "200")
-        .expect("a 200 response");
-    let ok = one_len(
-        one_len(ok, NamedResponseValue::value),
-        ResponseValue::response,
-    );
+    let responses = all_len(one_len(patch, Operation::responses), Responses::response_code);
+    let ok = responses.iter().find(|r| string(r, NamedResponseValue::name) == "200").expect("a 200 response");
+    let ok = one_len(one_len(ok, NamedResponseValue::value), ResponseValue::response);
     assert_eq!(string(ok, Response::description), "OK");
     let schema = one_len(one_len(ok, Response::schema), SchemaItem::schema);
-    assert_eq!(
-        string(schema, Schema::_ref),
-        "#/definitions/io.k8s.api.apps.v1.Deployment"
-    );
+    assert_eq!(string(schema, Schema::_ref), "#/definitions/io.k8s.api.apps.v1.Deployment");
 }
 
 /// One v3 path item, as the v3 builder makes it, converted.
@@ -447,10 +364,7 @@ fn v3_shapes_become_upstream_v2_shapes() {
         v2["properties"]["metadata"],
         json!({"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "description": "m"})
     );
-    assert_eq!(
-        v2["properties"]["port"],
-        json!({"description": "p", "format": "int-or-string", "type": "string"})
-    );
+    assert_eq!(v2["properties"]["port"], json!({"description": "p", "format": "int-or-string", "type": "string"}));
     assert_eq!(v2["properties"]["amount"], json!({"type": "string"}));
     assert_eq!(v2["properties"]["maybe"], json!({"type": "string"}));
 }
@@ -458,11 +372,7 @@ fn v3_shapes_become_upstream_v2_shapes() {
 // ---- the served document ----
 
 fn server() -> ApiServer {
-    ApiServer::new(
-        Arc::new(tug_store::memory::MemoryStore::new()),
-        None,
-        ServerOptions::default(),
-    )
+    ApiServer::new(Arc::new(tug_store::memory::MemoryStore::new()), None, ServerOptions::default())
 }
 
 fn served_document() -> &'static (Value, Vec<u8>) {
@@ -478,21 +388,12 @@ fn served_document() -> &'static (Value, Vec<u8>) {
 fn document_says_swagger_2_and_kubernetes_version() {
     let (doc, bytes) = served_document();
     assert_eq!(doc["swagger"], "2.0");
-    assert_eq!(
-        doc["info"],
-        json!({"title": "Kubernetes", "version": "v1.36.0"})
-    );
+    assert_eq!(doc["info"], json!({"title": "Kubernetes", "version": "v1.36.0"}));
     assert_eq!(string(bytes, fields::Document::swagger), "2.0");
     let info = one_len(bytes, fields::Document::info);
     assert_eq!(string(info, fields::Info::version), "v1.36.0");
-    let definitions = named(
-        one_len(bytes, fields::Document::definitions),
-        fields::Definitions::additional_properties,
-    );
-    assert_eq!(
-        definitions.len(),
-        doc["definitions"].as_object().map_or(0, |d| d.len())
-    );
+    let definitions = named(one_len(bytes, fields::Document::definitions), fields::Definitions::additional_properties);
+    assert_eq!(definitions.len(), doc["definitions"].as_object().map_or(0, |d| d.len()));
     let paths = named(one_len(bytes, fields::Document::paths), fields::Paths::path);
     assert_eq!(paths.len(), doc["paths"].as_object().map_or(0, |d| d.len()));
 }
@@ -520,11 +421,7 @@ fn every_patch_operation_accepts_field_validation() {
         json!({"group": "apps", "version": "v1", "kind": "Deployment"}),
         json!({"group": "", "version": "v1", "kind": "ConfigMap"}),
     ] {
-        assert_eq!(
-            patch_supports_field_validation(bytes, &gvk),
-            Some(true),
-            "{gvk}"
-        );
+        assert_eq!(patch_supports_field_validation(bytes, &gvk), Some(true), "{gvk}");
     }
 }
 
@@ -559,9 +456,7 @@ fn document_references_only_existing_definitions() {
     let mut refs = 0;
     walk(doc, &mut String::new(), &mut |at, v| {
         if let Some(r) = v.get("$ref").and_then(Value::as_str) {
-            let name = r
-                .strip_prefix("#/definitions/")
-                .unwrap_or_else(|| panic!("{at}: $ref {r}"));
+            let name = r.strip_prefix("#/definitions/").unwrap_or_else(|| panic!("{at}: $ref {r}"));
             assert!(definitions.contains_key(name), "{at}: dangling $ref {r}");
             refs += 1;
         }
@@ -574,18 +469,14 @@ fn document_references_only_existing_definitions() {
 /// The rules kube-openapi's `pkg/util/proto` (kubectl's parser) enforces on every definition;
 /// one violation makes kubectl reject the whole document.
 fn check_parsable(at: &str, s: &Value) {
-    let Some(o) = s.as_object() else {
-        panic!("{at}: schema is not an object")
-    };
+    let Some(o) = s.as_object() else { panic!("{at}: schema is not an object") };
     for key in ["oneOf", "anyOf", "nullable", "not"] {
         assert!(!o.contains_key(key), "{at}: v3-only keyword {key}");
     }
     if o.contains_key("$ref") {
         assert!(!o.contains_key("type"), "{at}: a reference with a type");
         assert!(
-            o.get("properties")
-                .and_then(Value::as_object)
-                .is_none_or(|p| p.is_empty()),
+            o.get("properties").and_then(Value::as_object).is_none_or(|p| p.is_empty()),
             "{at}: a reference with properties"
         );
         return;
@@ -596,12 +487,7 @@ fn check_parsable(at: &str, s: &Value) {
         Some(other) => panic!("{at}: type {other}"),
     };
     let recurse_properties = || {
-        for (name, p) in o
-            .get("properties")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
+        for (name, p) in o.get("properties").and_then(Value::as_object).into_iter().flatten() {
             check_parsable(&format!("{at}.{name}"), p);
         }
     };
@@ -614,13 +500,8 @@ fn check_parsable(at: &str, s: &Value) {
             }
         }
         Some("array") => {
-            let items = o
-                .get("items")
-                .unwrap_or_else(|| panic!("{at}: array without items"));
-            assert!(
-                items.is_object(),
-                "{at}: array must have exactly one item schema"
-            );
+            let items = o.get("items").unwrap_or_else(|| panic!("{at}: array without items"));
+            assert!(items.is_object(), "{at}: array must have exactly one item schema");
             check_parsable(&format!("{at}[]"), items);
         }
         Some("string" | "integer" | "number" | "boolean") => {}
@@ -632,32 +513,19 @@ fn check_parsable(at: &str, s: &Value) {
 fn every_definition_parses_as_kubectl_parses_it() {
     let (doc, _) = served_document();
     let definitions = doc["definitions"].as_object().expect("definitions");
-    assert!(
-        definitions.len() > 400,
-        "only {} definitions",
-        definitions.len()
-    );
+    assert!(definitions.len() > 400, "only {} definitions", definitions.len());
     for (name, def) in definitions {
         check_parsable(name, def);
     }
     let int_or_string = &definitions["io.k8s.apimachinery.pkg.util.intstr.IntOrString"];
-    assert_eq!(
-        (&int_or_string["type"], &int_or_string["format"]),
-        (&json!("string"), &json!("int-or-string"))
-    );
-    assert_eq!(
-        definitions["io.k8s.apimachinery.pkg.api.resource.Quantity"]["type"],
-        "string"
-    );
+    assert_eq!((&int_or_string["type"], &int_or_string["format"]), (&json!("string"), &json!("int-or-string")));
+    assert_eq!(definitions["io.k8s.apimachinery.pkg.api.resource.Quantity"]["type"], "string");
     let deployment = &definitions["io.k8s.api.apps.v1.Deployment"];
     assert_eq!(
         deployment["x-kubernetes-group-version-kind"],
         json!([{"group": "apps", "kind": "Deployment", "version": "v1"}])
     );
-    assert_eq!(
-        deployment["properties"]["spec"]["$ref"],
-        "#/definitions/io.k8s.api.apps.v1.DeploymentSpec"
-    );
+    assert_eq!(deployment["properties"]["spec"]["$ref"], "#/definitions/io.k8s.api.apps.v1.DeploymentSpec");
     let containers = &definitions["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
     assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
     assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
@@ -667,28 +535,19 @@ fn every_definition_parses_as_kubectl_parses_it() {
 fn protobuf_definitions_carry_kinds_and_merge_keys() {
     use fields::{Definitions, Document, NamedSchema, Properties, Schema};
     let (_, bytes) = served_document();
-    let definitions = all_len(
-        one_len(bytes, Document::definitions),
-        Definitions::additional_properties,
-    );
+    let definitions = all_len(one_len(bytes, Document::definitions), Definitions::additional_properties);
     let pod_spec = definitions
         .iter()
         .find(|d| string(d, NamedSchema::name) == "io.k8s.api.core.v1.PodSpec")
         .map(|d| one_len(d, NamedSchema::value))
         .expect("PodSpec");
-    let containers = named(
-        one_len(pod_spec, Schema::properties),
-        Properties::additional_properties,
-    )
-    .into_iter()
-    .find(|(n, _)| n == "containers")
-    .expect("containers")
-    .1;
+    let containers = named(one_len(pod_spec, Schema::properties), Properties::additional_properties)
+        .into_iter()
+        .find(|(n, _)| n == "containers")
+        .expect("containers")
+        .1;
     let ext = extensions(containers, Schema::vendor_extension);
-    assert!(
-        ext.contains(&("x-kubernetes-patch-merge-key".to_string(), json!("name"))),
-        "{ext:?}"
-    );
+    assert!(ext.contains(&("x-kubernetes-patch-merge-key".to_string(), json!("name"))), "{ext:?}");
     let deployment = definitions
         .iter()
         .find(|d| string(d, NamedSchema::name) == "io.k8s.api.apps.v1.Deployment")
@@ -712,22 +571,10 @@ fn negotiation_follows_upstream() {
     assert_eq!(negotiate(Some("")), Some(Format::Json));
     assert_eq!(negotiate(Some("application/json")), Some(Format::Json));
     assert_eq!(negotiate(Some("*/*")), Some(Format::Json));
+    assert_eq!(negotiate(Some("application/com.github.proto-openapi.spec.v2@v1.0+protobuf")), Some(Format::Protobuf));
+    assert_eq!(negotiate(Some("application/com.github.proto-openapi.spec.v2.v1.0+protobuf")), Some(Format::Protobuf));
     assert_eq!(
-        negotiate(Some(
-            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
-        )),
-        Some(Format::Protobuf)
-    );
-    assert_eq!(
-        negotiate(Some(
-            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
-        )),
-        Some(Format::Protobuf)
-    );
-    assert_eq!(
-        negotiate(Some(
-            "application/json;q=0.5, application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
-        )),
+        negotiate(Some("application/json;q=0.5, application/com.github.proto-openapi.spec.v2@v1.0+protobuf")),
         Some(Format::Protobuf)
     );
     assert_eq!(negotiate(Some("application/yaml")), None);
@@ -747,25 +594,16 @@ fn etags_match_quoted_lists_and_wildcards() {
 async fn serves_protobuf_json_and_not_modified() {
     use http_body_util::BodyExt;
     let srv = server();
-    let proto = super::serve(
-        &srv,
-        Some("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
-        None,
-    )
-    .await
-    .expect("served");
+    let proto = super::serve(&srv, Some("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"), None)
+        .await
+        .expect("served");
     assert_eq!(proto.status(), 200);
-    assert_eq!(
-        proto.headers()["content-type"],
-        super::PROTOBUF_CONTENT_TYPE
-    );
+    assert_eq!(proto.headers()["content-type"], super::PROTOBUF_CONTENT_TYPE);
     let etag = proto.headers()["etag"].to_str().expect("ascii").to_string();
     let body = proto.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(string(&body, fields::Document::swagger), "2.0");
 
-    let json = super::serve(&srv, Some("application/json"), None)
-        .await
-        .expect("served");
+    let json = super::serve(&srv, Some("application/json"), None).await.expect("served");
     assert_eq!(json.headers()["content-type"], "application/json");
     assert_eq!(json.headers()["etag"].to_str().expect("ascii"), etag);
     let body = json.into_body().collect().await.expect("body").to_bytes();
@@ -774,8 +612,6 @@ async fn serves_protobuf_json_and_not_modified() {
 
     let cached = super::serve(&srv, None, Some(&etag)).await.expect("served");
     assert_eq!(cached.status(), 304);
-    let err = super::serve(&srv, Some("application/yaml"), None)
-        .await
-        .expect_err("not acceptable");
+    let err = super::serve(&srv, Some("application/yaml"), None).await.expect_err("not acceptable");
     assert_eq!(err.code, 406);
 }
