@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 use tug_api::schema::SchemaSet;
 use tug_api::{ApiError, Registry, ResourceType};
 use tug_store::Store;
@@ -198,7 +198,7 @@ impl ApiServer {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let span = info_span!("request", %method, %path);
+        let span = debug_span!("request", %method, %path);
         let (resp, labels) = async {
             let Some(user) = self.authenticate(req.headers(), cert_user) else {
                 return (response::error(&ApiError::unauthorized()), None);
