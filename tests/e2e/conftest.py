@@ -2,6 +2,7 @@
 
 - `tug`: one `tug server --disable-agent` for the whole session (see support.TugServer).
 - `fresh_server`: a server of the test's own, for tests that need an empty cluster.
+- `start_server`: `start_server(*extra_args)` starts more servers of the test's own.
 - `kubectl`: a kubectl runner, parametrized over the newest and oldest supported versions.
 - `kube_client`: a `kubernetes.client.ApiClient` configured from the server's kubeconfig.
 - `namespace`: a namespace of the test's own on the session server.
@@ -36,8 +37,8 @@ def _tug_binary() -> Path:
     return binary
 
 
-def _start(workdir: Path) -> TugServer:
-    server = TugServer.start(_tug_binary(), workdir)
+def _start(workdir: Path, extra_args: list[str] | None = None) -> TugServer:
+    server = TugServer.start(_tug_binary(), workdir, extra_args)
     _servers.append(server)
     return server
 
@@ -62,6 +63,25 @@ def fresh_server(tmp_path):
     server.stop()
     if crashed:
         pytest.fail(f"tug server exited on its own with code {server.exit_code} during the test")
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """`start_server(*extra_args) -> TugServer`: servers for this test only, started with extra
+    command-line flags (stopped afterwards)."""
+    started: list[TugServer] = []
+
+    def start(*extra_args: str) -> TugServer:
+        server = _start(tmp_path / f"tug-{len(started)}", list(extra_args))
+        started.append(server)
+        return server
+
+    yield start
+    crashed = [s for s in started if s.crashed()]
+    for server in started:
+        server.stop()
+    if crashed:
+        pytest.fail(f"tug server exited on its own with code {crashed[0].exit_code} during the test")
 
 
 @pytest.fixture(params=KUBECTL_VERSIONS, ids=lambda v: f"kubectl-{v}")

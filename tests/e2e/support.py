@@ -192,6 +192,7 @@ class TugServer:
     creds: Credentials | None = None
     stopped_by_us: bool = False
     exit_code: int | None = None
+    extra_args: list[str] = field(default_factory=list)
     _log_file: object = field(default=None, repr=False)
 
     @property
@@ -203,10 +204,14 @@ class TugServer:
         return self.data_dir / "kubeconfig.yaml"
 
     @classmethod
-    def start(cls, binary: Path, workdir: Path) -> "TugServer":
+    def start(cls, binary: Path, workdir: Path, extra_args: list[str] | None = None) -> "TugServer":
+        """Starts `tug server` in `workdir`; `extra_args` are added to its command line."""
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True)
-        server = cls(binary=binary, data_dir=data_dir, port=free_port(), log_path=workdir / "tug.log")
+        server = cls(
+            binary=binary, data_dir=data_dir, port=free_port(), log_path=workdir / "tug.log",
+            extra_args=list(extra_args or []),
+        )  # fmt: skip
         server._log_file = open(server.log_path, "wb")
         server._launch()
         return server
@@ -228,6 +233,7 @@ class TugServer:
             "--https-listen-port", str(server.port),
             "--bind-address", "127.0.0.1",
             "--disable-agent",
+            *self.extra_args,
         ]  # fmt: skip
         server._log_file.write(f"$ {' '.join(args)}\n".encode())
         server._log_file.flush()

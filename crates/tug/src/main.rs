@@ -35,6 +35,12 @@ enum Command {
         #[arg(long)]
         kubeconfig: std::path::PathBuf,
     },
+    /// Run the scheduler alone against a cluster's API server.
+    Scheduler {
+        /// The kubeconfig to reach the API server with.
+        #[arg(long)]
+        kubeconfig: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,6 +67,15 @@ fn main() -> std::process::ExitCode {
                 let client = client_from_kubeconfig(&kubeconfig).await?;
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 let run = tokio::spawn(tug_controllers::run(client, shutdown.clone()));
+                server::wait_for_signal().await;
+                shutdown.cancel();
+                let _ = run.await;
+                Ok(())
+            }
+            Command::Scheduler { kubeconfig } => {
+                let client = client_from_kubeconfig(&kubeconfig).await?;
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let run = tokio::spawn(tug_scheduler::run(client, shutdown.clone()));
                 server::wait_for_signal().await;
                 shutdown.cancel();
                 let _ = run.await;

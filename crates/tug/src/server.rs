@@ -60,6 +60,10 @@ pub struct ServerArgs {
     #[arg(long)]
     pub disable_agent: bool,
 
+    /// Do not run the scheduler inside the server (run `tug scheduler` elsewhere instead).
+    #[arg(long)]
+    pub disable_scheduler: bool,
+
     /// Extra names (DNS or IP) for the serving certificate.
     #[arg(long = "tls-san")]
     pub tls_san: Vec<String>,
@@ -167,11 +171,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
     // The controllers are API clients like any other: they connect with the admin kubeconfig.
     let client = crate::client_from_kubeconfig(&kubeconfig).await?;
-    let controllers = tokio::spawn(tug_controllers::run(client, shutdown.clone()));
+    let controllers = tokio::spawn(tug_controllers::run(client.clone(), shutdown.clone()));
+    let scheduler = {
+        let shutdown = shutdown.clone();
+        let enabled = !args.disable_scheduler;
+        tokio::spawn(async move {
+            if enabled {
+                tug_scheduler::run(client, shutdown).await;
+            }
+        })
+    };
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();
-    let _ = tokio::join!(serving, crds, controllers);
+    let _ = tokio::join!(serving, crds, controllers, scheduler);
     Ok(())
 }
 

@@ -1,0 +1,436 @@
+//! The scheduler's main loop (upstream's `scheduler.go` and `schedule_one.go`): informers
+//! (kube-runtime reflectors) of nodes and pods feed the queue; each cycle pops one pod, builds
+//! a snapshot, runs the framework, assumes the pod on the chosen node and binds it in the
+//! background; a pod that fits nowhere gets `PodScheduled=False` and a `FailedScheduling`
+//! event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::framework::{CycleState, Framework, NodeInfo, ScheduleError};
+use crate::queue::SchedulingQueue;
+
+/// The name pods put in `spec.schedulerName` to be scheduled by us (the default).
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+
+/// Pods assumed on a node between the decision and the informer seeing the binding.
+type Assumed = Arc<Mutex<HashMap<String, Arc<Pod>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn pod_key(pod: &Pod) -> String {
+    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// Whether this scheduler should place the pod.
+pub fn responsible_for(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or(SCHEDULER_NAME) == SCHEDULER_NAME
+}
+
+/// What of a pending pod, when it changes, may change where it fits.
+fn pod_fingerprint(pod: &Pod) -> String {
+    json!([pod.spec, pod.metadata.labels, pod.metadata.annotations]).to_string()
+}
+
+/// What of a node, when it changes, may let unschedulable pods fit.
+fn node_fingerprint(node: &Node) -> String {
+    json!([node.spec, node.metadata.labels, node.status.as_ref().map(|s| &s.allocatable)]).to_string()
+}
+
+/// The nodes with the pods on them, bound or assumed.
+pub fn snapshot(nodes: &[Arc<Node>], pods: &[Arc<Pod>], assumed: &HashMap<String, Arc<Pod>>) -> Vec<NodeInfo> {
+    let mut infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::new(n.clone())).collect();
+    infos.sort_by(|a, b| a.name().cmp(b.name()));
+    let index: HashMap<String, usize> = infos.iter().enumerate().map(|(i, n)| (n.name().to_string(), i)).collect();
+    let mut place = |pod: &Arc<Pod>| {
+        if let Some(&i) = node_name(pod).and_then(|n| index.get(n)) {
+            infos[i].add_pod(pod.clone());
+        }
+    };
+    let mut bound = std::collections::HashSet::new();
+    for pod in pods.iter().filter(|p| node_name(p).is_some() && !is_terminal(p)) {
+        bound.insert(pod_key(pod));
+        place(pod);
+    }
+    for (key, pod) in assumed {
+        if !bound.contains(key) {
+            place(pod);
+        }
+    }
+    infos
+}
+
+/// Shared by the loop, the event handlers and the binding tasks.
+struct Scheduler {
+    client: Client,
+    framework: Arc<Framework>,
+    queue: Arc<SchedulingQueue>,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    assumed: Assumed,
+    /// The last FailedScheduling event per pod uid: (event name, count, message).
+    events: Mutex<HashMap<String, (String, i32, String)>>,
+}
+
+/// Runs the scheduler with the default profile until `shutdown`.
+pub async fn run(client: Client, shutdown: CancellationToken) {
+    let framework = Arc::new(crate::plugins::default_framework(client.clone()));
+    run_with(client, framework, shutdown).await
+}
+
+/// Runs the scheduler with `framework` until `shutdown`.
+pub async fn run_with(client: Client, framework: Arc<Framework>, shutdown: CancellationToken) {
+    let (nodes, node_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let sched = Arc::new(Scheduler {
+        client: client.clone(),
+        framework,
+        queue: Arc::new(SchedulingQueue::new()),
+        nodes,
+        pods,
+        assumed: Arc::default(),
+        events: Mutex::default(),
+    });
+    let node_task = tokio::spawn(watch_nodes(sched.clone(), Api::all(client.clone()), node_writer));
+    let pod_task = tokio::spawn(watch_pods(sched.clone(), Api::all(client), pod_writer));
+    let tick_task = tokio::spawn(flush_periodically(sched.queue.clone()));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = scheduling_loop(sched.clone()) => {}
+    }
+    node_task.abort();
+    pod_task.abort();
+    tick_task.abort();
+}
+
+async fn flush_periodically(queue: Arc<SchedulingQueue>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        queue.flush_backoff_completed();
+        n += 1;
+        if n.is_multiple_of(30) {
+            queue.flush_unschedulable_left_over();
+        }
+    }
+}
+
+async fn watch_nodes(sched: Arc<Scheduler>, api: Api<Node>, writer: reflector::store::Writer<Node>) {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                let print = node_fingerprint(&node);
+                match seen.insert(node.name_any(), print.clone()) {
+                    None => sched.queue.move_all_to_active_or_backoff("NodeAdd"),
+                    Some(old) if old != print => sched.queue.move_all_to_active_or_backoff("NodeUpdate"),
+                    Some(_) => {}
+                }
+            }
+            Ok(watcher::Event::Delete(node)) => {
+                seen.remove(&node.name_any());
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "node watch failed; retrying"),
+        }
+    }
+}
+
+async fn watch_pods(sched: Arc<Scheduler>, api: Api<Pod>, writer: reflector::store::Writer<Pod>) {
+    let mut pending: HashMap<String, String> = HashMap::new();
+    let mut stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                let key = pod_key(&pod);
+                if node_name(&pod).is_some() || is_terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
+                    pending.remove(&key);
+                    sched.queue.delete(&key);
+                    if node_name(&pod).is_some() {
+                        lock(&sched.assumed).remove(&key);
+                    }
+                    continue;
+                }
+                if !responsible_for(&pod) {
+                    continue;
+                }
+                let print = pod_fingerprint(&pod);
+                let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+                match pending.insert(key.clone(), print.clone()) {
+                    None => sched.queue.add(&key, priority),
+                    Some(old) if old != print => sched.queue.update(&key, priority),
+                    Some(_) => {}
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                let key = pod_key(&pod);
+                pending.remove(&key);
+                sched.queue.delete(&key);
+                lock(&sched.assumed).remove(&key);
+                if let Some(uid) = pod.uid() {
+                    lock(&sched.events).remove(&uid);
+                }
+                if node_name(&pod).is_some() {
+                    sched.queue.move_all_to_active_or_backoff("AssignedPodDelete");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "pod watch failed; retrying"),
+        }
+    }
+}
+
+async fn scheduling_loop(sched: Arc<Scheduler>) {
+    if sched.nodes.wait_until_ready().await.is_err() || sched.pods.wait_until_ready().await.is_err() {
+        warn!("the scheduler's informers stopped before they synced");
+        return;
+    }
+    info!("scheduler started");
+    loop {
+        let (key, cycle) = sched.queue.pop().await;
+        let span = info_span!("schedule_one", pod = %key, cycle);
+        schedule_one(&sched, &key, cycle).instrument(span).await;
+    }
+}
+
+async fn schedule_one(sched: &Arc<Scheduler>, key: &str, cycle: u64) {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let Some(pod) = sched.pods.get(&ObjectRef::new(name).within(ns)) else {
+        sched.queue.done(key);
+        return;
+    };
+    if node_name(&pod).is_some() || pod.metadata.deletion_timestamp.is_some() || !responsible_for(&pod) {
+        sched.queue.done(key);
+        return;
+    }
+    let nodes = {
+        let assumed = lock(&sched.assumed);
+        snapshot(&sched.nodes.state(), &sched.pods.state(), &assumed)
+    };
+    let mut state = CycleState::new();
+    let result = sched.framework.schedule_pod(&mut state, &pod, &nodes);
+    let node = match result {
+        Ok(r) => r.node,
+        // No nodes at all counts as unschedulable too, as upstream: a node event retries it.
+        Err(e @ (ScheduleError::Unschedulable { .. } | ScheduleError::NoNodes)) => {
+            debug!(message = %e, "pod is unschedulable");
+            sched.queue.add_unschedulable(key, cycle);
+            record_failure(sched.clone(), pod, "Unschedulable", e.to_string());
+            return;
+        }
+        Err(e) => {
+            debug!(error = %e, "scheduling failed");
+            sched.queue.add_backoff(key);
+            record_failure(sched.clone(), pod, "SchedulerError", e.to_string());
+            return;
+        }
+    };
+    // Assume: the next cycles count the pod on its node before the binding is seen.
+    let mut placed = (*pod).clone();
+    placed.spec.get_or_insert_default().node_name = Some(node.clone());
+    lock(&sched.assumed).insert(key.to_string(), Arc::new(placed));
+    let reserved = sched.framework.run_reserve(&mut state, &pod, &node);
+    if !reserved.is_success() {
+        lock(&sched.assumed).remove(key);
+        sched.queue.add_backoff(key);
+        record_failure(
+            sched.clone(),
+            pod,
+            "SchedulerError",
+            format!("running Reserve plugin {}: {}", reserved.plugin, reserved.message()),
+        );
+        return;
+    }
+    // The binding cycle runs beside the next scheduling cycles.
+    let sched = sched.clone();
+    let key = key.to_string();
+    tokio::spawn(
+        async move {
+            let status = sched.framework.run_bind(&state, &pod, &node).await;
+            if status.is_success() {
+                info!(node = %node, "pod bound");
+                sched.queue.done(&key);
+                let message = format!("Successfully assigned {key} to {node}");
+                if let Err(e) = post_event(&sched.client, &pod, "Normal", "Scheduled", &message).await {
+                    debug!(error = %e, "recording the Scheduled event failed");
+                }
+                return;
+            }
+            warn!(node = %node, error = %status.message(), "binding failed");
+            sched.framework.run_unreserve(&mut state, &pod, &node);
+            lock(&sched.assumed).remove(&key);
+            sched.queue.add_backoff(&key);
+            record_failure(sched.clone(), pod, "SchedulerError", status.message());
+        }
+        .in_current_span(),
+    );
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+}
+
+/// The pod's conditions with `PodScheduled=False` set, or `None` if it already says so.
+pub fn unschedulable_conditions(pod: &Pod, reason: &str, message: &str) -> Option<Value> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let mut out = Vec::with_capacity(conditions.len() + 1);
+    let mut transition = now();
+    for c in conditions {
+        if c.type_ == "PodScheduled" {
+            if c.status == "False" && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message) {
+                return None;
+            }
+            if c.status == "False"
+                && let Some(t) = c.last_transition_time
+            {
+                transition = t.0.to_string();
+            }
+            continue;
+        }
+        out.push(serde_json::to_value(c).unwrap_or(Value::Null));
+    }
+    out.push(json!({
+        "type": "PodScheduled", "status": "False", "reason": reason, "message": message,
+        "lastProbeTime": null, "lastTransitionTime": transition,
+    }));
+    Some(Value::Array(out))
+}
+
+/// Writes `PodScheduled=False` and a `FailedScheduling` event, in the background.
+fn record_failure(sched: Arc<Scheduler>, pod: Arc<Pod>, reason: &'static str, message: String) {
+    tokio::spawn(
+        async move {
+            let ns = pod.namespace().unwrap_or_default();
+            if let Err(e) = emit_event(&sched, &pod, &ns, &message).await {
+                debug!(error = %e, "recording the FailedScheduling event failed");
+            }
+            if let Some(conditions) = unschedulable_conditions(&pod, reason, &message) {
+                let api: Api<Pod> = Api::namespaced(sched.client.clone(), &ns);
+                let patch = Patch::Merge(json!({"status": {"conditions": conditions}}));
+                if let Err(e) = api.patch_status(&pod.name_any(), &PatchParams::default(), &patch).await {
+                    debug!(error = %e, "writing the PodScheduled condition failed");
+                }
+            }
+        }
+        .in_current_span(),
+    );
+}
+
+/// A `FailedScheduling` Warning event; repeats of the same message bump the event's count.
+async fn emit_event(sched: &Scheduler, pod: &Pod, ns: &str, message: &str) -> Result<(), kube::Error> {
+    let api: Api<Event> = Api::namespaced(sched.client.clone(), ns);
+    let uid = pod.uid().unwrap_or_default();
+    let previous = lock(&sched.events).get(&uid).cloned();
+    if let Some((name, count, last)) = previous
+        && last == message
+    {
+        let patch = Patch::Merge(json!({"count": count + 1, "lastTimestamp": now()}));
+        if api.patch(&name, &PatchParams::default(), &patch).await.is_ok() {
+            lock(&sched.events).insert(uid, (name, count + 1, last));
+            return Ok(());
+        }
+    }
+    let name = post_event(&sched.client, pod, "Warning", "FailedScheduling", message).await?;
+    lock(&sched.events).insert(uid, (name, 1, message.to_string()));
+    Ok(())
+}
+
+/// Posts a core/v1 event about `pod` from the scheduler; returns its name.
+async fn post_event(
+    client: &Client,
+    pod: &Pod,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) -> Result<String, kube::Error> {
+    let ns = pod.namespace().unwrap_or_default();
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let now = now();
+    let name = format!("{}.{:x}", pod.name_any(), jiff::Timestamp::now().as_nanosecond());
+    let event: Event = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "involvedObject": {
+            "apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod.name_any(), "uid": pod.uid(),
+            "resourceVersion": pod.resource_version(),
+        },
+        "reason": reason,
+        "message": message,
+        "type": type_,
+        "source": {"component": SCHEDULER_NAME},
+        "reportingComponent": SCHEDULER_NAME,
+        "reportingInstance": SCHEDULER_NAME,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    api.create(&PostParams::default(), &event).await?;
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::testing::pod;
+
+    fn arc_pod(v: Value) -> Arc<Pod> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn snapshot_counts_bound_and_assumed_pods_but_not_finished_ones() {
+        let nodes = vec![Arc::new(serde_json::from_value::<Node>(json!({"metadata": {"name": "n"}})).unwrap())];
+        let bound =
+            arc_pod(json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"nodeName": "n", "containers": []}}));
+        let done = arc_pod(
+            json!({"metadata": {"name": "b", "namespace": "d"}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Succeeded"}}),
+        );
+        let assumed_pod =
+            arc_pod(json!({"metadata": {"name": "c", "namespace": "d"}, "spec": {"nodeName": "n", "containers": []}}));
+        let assumed = HashMap::from([("d/c".to_string(), assumed_pod), ("d/a".to_string(), bound.clone())]);
+        let snap = snapshot(&nodes, &[bound, done], &assumed);
+        assert_eq!(snap[0].pods.len(), 2);
+    }
+
+    #[test]
+    fn only_pods_for_the_default_scheduler_are_ours() {
+        assert!(responsible_for(&pod(json!({}))));
+        assert!(responsible_for(&pod(json!({"schedulerName": "default-scheduler"}))));
+        assert!(!responsible_for(&pod(json!({"schedulerName": "other"}))));
+    }
+
+    #[test]
+    fn the_condition_is_written_once_per_message() {
+        let p = pod(json!({}));
+        let c = unschedulable_conditions(&p, "Unschedulable", "0/1 nodes are available").unwrap();
+        assert_eq!(c[0]["type"], "PodScheduled");
+        assert_eq!(c[0]["status"], "False");
+        let mut with: Pod = p.clone();
+        with.status = Some(serde_json::from_value(json!({"conditions": c})).unwrap());
+        assert!(unschedulable_conditions(&with, "Unschedulable", "0/1 nodes are available").is_none());
+        assert!(unschedulable_conditions(&with, "Unschedulable", "0/2 nodes are available").is_some());
+    }
+}
