@@ -185,6 +185,33 @@ def test_scale_down_deletes_the_pod_with_the_lowest_deletion_cost(kube_client, n
     assert cheap not in {p.metadata.name for p in left}
 
 
+def test_failed_creations_set_replica_failure_and_warn_until_fixed(kube_client, namespace):
+    # A template finalizer that is no qualified name passes the ReplicaSet's validation (as
+    # upstream's) but not the pod's, so every create fails.
+    c = Cluster(kube_client, namespace)
+    manifest = replicaset("broken", 3, "broken")
+    manifest["spec"]["template"]["metadata"]["finalizers"] = ["not a finalizer!"]
+    rs = c.apps.create_namespaced_replica_set(namespace, manifest)
+
+    def failure():
+        status = c.rs("broken").status
+        conditions = (status.conditions if status else None) or []
+        return next((x for x in conditions if x.type == "ReplicaFailure"), None)
+
+    cond = wait_for(failure, "the ReplicaFailure condition", TIMEOUT)
+    assert (cond.status, cond.reason) == ("True", "FailedCreate")
+    assert "finalizers" in cond.message, cond.message
+    warnings = wait_for(lambda: c.events("FailedCreate"), "FailedCreate events", TIMEOUT)
+    assert all(e.type == "Warning" and e.message.startswith("Error creating: ") for e in warnings)
+    assert not c.owned_by(rs.metadata.uid)
+
+    c.apps.patch_namespaced_replica_set(
+        "broken", namespace, [{"op": "remove", "path": "/spec/template/metadata/finalizers"}]
+    )
+    c.pod_count(rs.metadata.uid, 3)
+    wait_for(lambda: failure() is None and c.settled("broken", 3), "the condition to clear", TIMEOUT)
+
+
 def test_a_deleted_pod_is_replaced(kubectl, kube_client, namespace):
     c = Cluster(kube_client, namespace)
     apply(kubectl, namespace, replicaset("web", 2, "web"))

@@ -226,7 +226,11 @@ impl<K: Workload> Manager<K> {
                 self.enqueue(cur);
             }
             // The sync of a workload that is gone has nothing to do: clean up here.
-            Change::Delete(o) => self.expectations.delete(&key_of(&**o)),
+            Change::Delete(o) => {
+                let key = key_of(&**o);
+                self.expectations.delete(&key);
+                self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            }
         }
     }
 
