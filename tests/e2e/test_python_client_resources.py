@@ -77,10 +77,20 @@ def test_python_client_deployment_crud(kube_client, namespace):
     assert container.termination_message_policy == "File"
 
     read = apps.read_namespaced_deployment("web", namespace)
-    assert read.metadata.resource_version == created.metadata.resource_version
+    assert read.metadata.uid == created.metadata.uid
+    assert read.metadata.generation == 1
 
-    read.spec.replicas = 3
-    replaced = apps.replace_namespaced_deployment("web", namespace, read)
+    # Read, modify, write; the Deployment controller writes the object too (its revision
+    # annotation and status), so a write may meet a conflict and is then retried on a new read.
+    for _ in range(20):
+        read.spec.replicas = 3
+        try:
+            replaced = apps.replace_namespaced_deployment("web", namespace, read)
+            break
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            read = apps.read_namespaced_deployment("web", namespace)
     assert replaced.spec.replicas == 3
     assert replaced.metadata.generation == 2
 

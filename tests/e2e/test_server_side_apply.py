@@ -4,6 +4,7 @@ kubectl), the Python client, raw HTTP, and Helm 4 (which applies server-side by 
 import json
 import os
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -45,6 +46,22 @@ def live(tug, path: str) -> dict:
     return resp.json()
 
 
+def settled(tug, path: str) -> dict:
+    """The object once the controllers are done with it (the Deployment controller writes its
+    revision annotation and status after a create): its resourceVersion held for a second."""
+    last = live(tug, path)
+    stable_since = time.monotonic()
+    deadline = stable_since + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        cur = live(tug, path)
+        if cur["metadata"]["resourceVersion"] != last["metadata"]["resourceVersion"]:
+            last, stable_since = cur, time.monotonic()
+        elif time.monotonic() - stable_since >= 1.0:
+            return cur
+    pytest.fail(f"{path} kept changing for 30s")
+
+
 def managers(obj: dict) -> dict:
     """manager name -> its managedFields entry."""
     return {e["manager"]: e for e in obj["metadata"].get("managedFields", [])}
@@ -67,6 +84,7 @@ def test_kubectl_apply_server_side_twice_is_a_no_op(kubectl, tug, namespace):
     assert container["."] == {} and container["f:image"] == {}
     # Defaults were filled in by the create path.
     assert created["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    created = settled(tug, path)
 
     second = apply(kubectl, namespace, deployment())
     assert second.stdout.strip() == "deployment.apps/web serverside-applied"

@@ -3,6 +3,7 @@
 //! Each controller lives in its own module, named as upstream's `pkg/controller/<name>`, and
 //! reaches cluster state only through the Kubernetes API with a kube-rs client (design rule 1),
 //! so any of them can be swapped for upstream's and they exercise our API as real clients do.
+pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod garbagecollector;
@@ -32,6 +33,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         })
     };
     let ns = tokio::spawn(namespace::run(client.clone(), shutdown.clone()));
-    let rs = tokio::spawn(replicaset::run(client, shutdown));
-    let _ = tokio::join!(gc, ns, rs);
+    let rs = tokio::spawn(replicaset::run(client.clone(), shutdown.clone()));
+    let deploy = tokio::spawn(deployment::run(client, shutdown));
+    let _ = tokio::join!(gc, ns, rs, deploy);
 }
