@@ -69,7 +69,11 @@ impl Sample {
 
 fn config_map(name: String) -> ConfigMap {
     ConfigMap {
-        metadata: ObjectMeta { name: Some(name), labels: Some(BTreeMap::from([("bench".into(), "yes".into())])), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name),
+            labels: Some(BTreeMap::from([("bench".into(), "yes".into())])),
+            ..Default::default()
+        },
         data: Some(BTreeMap::from([("payload".into(), "x".repeat(1000))])),
         ..Default::default()
     }
@@ -131,7 +135,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let port = free_port()?;
     let exe = std::env::current_exe().context("finding the tug binary")?;
     let mut child = tokio::process::Command::new(exe)
-        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1", "--https-listen-port", &port.to_string(), "--data-dir"])
+        .args([
+            "server",
+            "--disable-agent",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            &port.to_string(),
+            "--data-dir",
+        ])
         .arg(&data)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -172,7 +184,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ));
         let ns = format!("bench-{clients}");
         ns_api
-            .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() })
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() },
+                    ..Default::default()
+                },
+            )
             .await?;
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         let a = api.clone();
@@ -211,7 +229,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Watch fan-out.
     let ns = "bench-watch".to_string();
     ns_api
-        .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() },
+        )
         .await?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let rv = api.list(&ListParams::default().limit(1)).await?.metadata.resource_version.unwrap_or_default();
@@ -246,13 +267,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&tmp);
 
-    println!("tug bench apiserver: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), jiff::Timestamp::now());
+    println!(
+        "tug bench apiserver: {} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        jiff::Timestamp::now()
+    );
     println!();
     for l in &out {
         println!("{l}");
     }
     println!();
-    println!("watch fan-out: {delivered} events to {} watchers in {:.2} s = {fanout:.0} events/s", args.watchers, (last - start).as_secs_f64());
+    println!(
+        "watch fan-out: {delivered} events to {} watchers in {:.2} s = {fanout:.0} events/s",
+        args.watchers,
+        (last - start).as_secs_f64()
+    );
     for (clients, ratio, p99) in ratios {
         println!(
             "API create rate / raw store create rate at {clients} clients: {:.0}%  (p99 create {:.2} ms)",

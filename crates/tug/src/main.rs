@@ -95,7 +95,8 @@ fn main() -> std::process::ExitCode {
 /// A Kubernetes client for the cluster a kubeconfig names.
 pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<kube::Client> {
     use anyhow::Context;
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading {}", path.display()))?;

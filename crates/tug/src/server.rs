@@ -104,13 +104,16 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
             Ok(Arc::new(store))
         }
         "memory" => Ok(Arc::new(tug_store::memory::MemoryStore::new())),
-        other => bail!("unsupported --datastore-endpoint {other:?}: use sqlite or memory (etcd support is not built yet)"),
+        other => {
+            bail!("unsupported --datastore-endpoint {other:?}: use sqlite or memory (etcd support is not built yet)")
+        }
     }
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     // One server per data directory: a second one would write the same datastore.
     let lock_path = args.data_dir.join("server.lock");
     let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
@@ -139,7 +142,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         };
     }
     let pki = ClusterPki::load_or_create(&args.data_dir, &pki_opts).context("loading the cluster certificates")?;
-    let tokens = TokenFile::ensure(&args.data_dir.join("token-file.csv"), args.token.as_deref()).context("preparing the token file")?;
+    let tokens = TokenFile::ensure(&args.data_dir.join("token-file.csv"), args.token.as_deref())
+        .context("preparing the token file")?;
     let store = open_store(&args).await?;
 
     let options = ServerOptions {
@@ -154,10 +158,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let addr = SocketAddr::new(args.bind_address, args.https_listen_port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-    let local_url_host = if args.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { args.bind_address };
+    let local_url_host =
+        if args.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { args.bind_address };
     let kubeconfig = args.data_dir.join("kubeconfig.yaml");
-    pki.write_admin_kubeconfig(&kubeconfig, &format!("https://{}", SocketAddr::new(local_url_host, args.https_listen_port)))
-        .context("writing the admin kubeconfig")?;
+    pki.write_admin_kubeconfig(
+        &kubeconfig,
+        &format!("https://{}", SocketAddr::new(local_url_host, args.https_listen_port)),
+    )
+    .context("writing the admin kubeconfig")?;
     let tls = Arc::new(pki.server_config().context("building the TLS configuration")?);
     if !args.disable_agent {
         warn!("the node agent is not built yet: this server runs the control plane only (as with --disable-agent)");

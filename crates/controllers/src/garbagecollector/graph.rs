@@ -122,8 +122,12 @@ impl Graph {
     /// with a propagation finalizer.
     pub fn resync_items(&self) -> (Vec<String>, Vec<String>) {
         let owned = self.nodes.values().filter(|n| !n.owners.is_empty()).map(|n| n.uid.clone()).collect();
-        let deleting =
-            self.nodes.values().filter(|n| n.deleting && n.has_propagation_finalizer()).map(|n| n.uid.clone()).collect();
+        let deleting = self
+            .nodes
+            .values()
+            .filter(|n| n.deleting && n.has_propagation_finalizer())
+            .map(|n| n.uid.clone())
+            .collect();
         (owned, deleting)
     }
 }
@@ -141,7 +145,13 @@ mod tests {
             name: uid.into(),
             owners: owners
                 .iter()
-                .map(|o| OwnerReference { api_version: "v1".into(), kind: "ConfigMap".into(), name: (*o).into(), uid: (*o).into(), ..Default::default() })
+                .map(|o| OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    name: (*o).into(),
+                    uid: (*o).into(),
+                    ..Default::default()
+                })
                 .collect(),
             deleting: false,
             finalizers: vec![],

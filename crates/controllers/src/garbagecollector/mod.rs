@@ -22,8 +22,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
-use kube::discovery::{ApiResource, Discovery, Scope, verbs};
 use kube::core::PartialObjectMeta;
+use kube::discovery::{ApiResource, Discovery, Scope, verbs};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -50,7 +50,14 @@ pub enum Error {
     #[error("discovering the served resources")]
     Discovery(#[source] kube::Error),
     #[error("{action} {kind} {namespace}/{name}")]
-    Api { action: &'static str, kind: String, namespace: String, name: String, #[source] source: kube::Error },
+    Api {
+        action: &'static str,
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// What a live read says of an owner.
@@ -101,7 +108,11 @@ impl Collector {
     }
 
     fn api_for(&self, ar: &ApiResource, namespaced: bool, ns: &str) -> Api<DynamicObject> {
-        if namespaced { Api::namespaced_with(self.client.clone(), ns, ar) } else { Api::all_with(self.client.clone(), ar) }
+        if namespaced {
+            Api::namespaced_with(self.client.clone(), ns, ar)
+        } else {
+            Api::all_with(self.client.clone(), ar)
+        }
     }
 
     /// Reads an owner live, since the graph may lag behind.
@@ -122,7 +133,13 @@ impl Collector {
             }
             // Gone, or replaced by a namesake with another uid.
             Ok(_) => Ok(OwnerState::Dangling),
-            Err(source) => Err(Error::Api { action: "reading", kind: owner.kind.clone(), namespace: ns.into(), name: owner.name.clone(), source }),
+            Err(source) => Err(Error::Api {
+                action: "reading",
+                kind: owner.kind.clone(),
+                namespace: ns.into(),
+                name: owner.name.clone(),
+                source,
+            }),
         }
     }
 
@@ -143,7 +160,13 @@ impl Collector {
         }
         let Some((ar, namespaced)) = self.resolve(&node.api_version, &node.kind) else { return Ok(()) };
         let api = self.api_for(&ar, namespaced, &node.namespace);
-        let err = |action, source| Error::Api { action, kind: node.kind.clone(), namespace: node.namespace.clone(), name: node.name.clone(), source };
+        let err = |action, source| Error::Api {
+            action,
+            kind: node.kind.clone(),
+            namespace: node.namespace.clone(),
+            name: node.name.clone(),
+            source,
+        };
         if solid > 0 {
             // The object stays; references to owners that are gone or going are dropped.
             if dangling.is_empty() && waiting.is_empty() {
@@ -198,7 +221,15 @@ impl Collector {
                 match remove_owner_references(&api, &dep.name, &dep.uid, &[node.uid.as_str()]).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                    Err(source) => return Err(Error::Api { action: "orphaning", kind: dep.kind.clone(), namespace: dep.namespace.clone(), name: dep.name.clone(), source }),
+                    Err(source) => {
+                        return Err(Error::Api {
+                            action: "orphaning",
+                            kind: dep.kind.clone(),
+                            namespace: dep.namespace.clone(),
+                            name: dep.name.clone(),
+                            source,
+                        });
+                    }
                 }
             }
             return self.remove_finalizer(&owner_api, &node, ORPHAN).await;
@@ -222,11 +253,24 @@ impl Collector {
             {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
         ]);
         debug!(kind = %node.kind, name = %node.name, finalizer, "removing finalizer");
-        match api.patch(&node.name, &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(patch).expect("valid json patch"))).await {
+        match api
+            .patch(
+                &node.name,
+                &PatchParams::default(),
+                &Patch::Json::<()>(serde_json::from_value(patch).expect("valid json patch")),
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             // Changed meanwhile: the watch brings the new state and the item comes back.
             Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(()),
-            Err(source) => Err(Error::Api { action: "removing finalizer of", kind: node.kind.clone(), namespace: node.namespace.clone(), name: node.name.clone(), source }),
+            Err(source) => Err(Error::Api {
+                action: "removing finalizer of",
+                kind: node.kind.clone(),
+                namespace: node.namespace.clone(),
+                name: node.name.clone(),
+                source,
+            }),
         }
     }
 }
@@ -239,7 +283,12 @@ const REDISCOVER_DELAY: Duration = Duration::from_secs(1);
 /// Removes owner references (by uid) from an object: a strategic merge patch where the
 /// resource supports one, else (custom resources answer 415) a JSON merge patch of the
 /// remaining references, pinned to the resourceVersion it was computed from, as upstream does.
-async fn remove_owner_references(api: &Api<DynamicObject>, name: &str, uid: &str, gone: &[&str]) -> Result<(), kube::Error> {
+async fn remove_owner_references(
+    api: &Api<DynamicObject>,
+    name: &str,
+    uid: &str,
+    gone: &[&str],
+) -> Result<(), kube::Error> {
     let removals: Vec<_> = gone.iter().map(|u| json!({"$patch": "delete", "uid": u})).collect();
     let patch = json!({"metadata": {"uid": uid, "ownerReferences": removals}});
     match api.patch(name, &PatchParams::default(), &Patch::Strategic(patch)).await {
@@ -276,7 +325,8 @@ impl Collector {
         }
         *self.kinds.write().unwrap_or_else(|e| e.into_inner()) = kinds;
         let mut monitors = self.monitors.lock().expect("monitors lock");
-        let keys: HashSet<(String, String)> = watched.iter().map(|ar| (ar.api_version.clone(), ar.plural.clone())).collect();
+        let keys: HashSet<(String, String)> =
+            watched.iter().map(|ar| (ar.api_version.clone(), ar.plural.clone())).collect();
         monitors.retain(|key, stop| {
             let keep = keys.contains(key);
             if !keep {
@@ -300,7 +350,9 @@ impl Collector {
     /// Asks for a rediscovery whenever a CustomResourceDefinition changes, so that the
     /// resources it defines are watched (or no longer) without waiting for the periodic one.
     async fn watch_definitions(self: Arc<Self>, stop: CancellationToken) {
-        let ar = ApiResource::erase::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(&());
+        let ar = ApiResource::erase::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(&());
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(self.client.clone(), &ar);
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
@@ -348,7 +400,8 @@ impl Collector {
                 watcher::Event::InitDone => {
                     // Objects that vanished while the watch was down.
                     if let Some(seen) = listing.take() {
-                        let gone = self.graph.lock().expect("graph lock").missing_of_kind(&ar.api_version, &ar.kind, &seen);
+                        let gone =
+                            self.graph.lock().expect("graph lock").missing_of_kind(&ar.api_version, &ar.kind, &seen);
                         for uid in gone {
                             self.forget(&uid);
                         }

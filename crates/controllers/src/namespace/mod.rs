@@ -30,9 +30,18 @@ pub enum Error {
     #[error("discovering the served resources")]
     Discovery(#[source] kube::Error),
     #[error("deleting {resource} in namespace {namespace}")]
-    DeleteContent { namespace: String, resource: String, #[source] source: kube::Error },
+    DeleteContent {
+        namespace: String,
+        resource: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("finalizing namespace {namespace}")]
-    Finalize { namespace: String, #[source] source: kube::Error },
+    Finalize {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 struct Context {
@@ -111,19 +120,34 @@ async fn set_deletion_conditions(api: &Api<Namespace>, ns: &Namespace, left: &Re
     let content = if left.by_resource.is_empty() {
         ("False", "ContentRemoved", "All content successfully removed".to_string())
     } else {
-        let list: Vec<String> = left.by_resource.iter().map(|(r, n)| format!("{r} has {n} resource instances")).collect();
+        let list: Vec<String> =
+            left.by_resource.iter().map(|(r, n)| format!("{r} has {n} resource instances")).collect();
         ("True", "SomeResourcesRemain", format!("Some resources are remaining: {}", list.join(", ")))
     };
     let finalizers = if left.by_finalizer.is_empty() {
         ("False", "ContentHasNoFinalizers", "All content-preserving finalizers finished".to_string())
     } else {
-        let list: Vec<String> = left.by_finalizer.iter().map(|(f, n)| format!("{f} in {n} resource instances")).collect();
-        ("True", "SomeFinalizersRemain", format!("Some content in the namespace has finalizers remaining: {}", list.join(", ")))
+        let list: Vec<String> =
+            left.by_finalizer.iter().map(|(f, n)| format!("{f} in {n} resource instances")).collect();
+        (
+            "True",
+            "SomeFinalizersRemain",
+            format!("Some content in the namespace has finalizers remaining: {}", list.join(", ")),
+        )
     };
     let wanted = [
-        ("NamespaceDeletionDiscoveryFailure", ("False", "ResourcesDiscovered", "All resources successfully discovered".to_string())),
-        ("NamespaceDeletionGroupVersionParsingFailure", ("False", "ParsedGroupVersions", "All legacy kube types successfully parsed".to_string())),
-        ("NamespaceDeletionContentFailure", ("False", "ContentDeleted", "All content successfully deleted, may be waiting on finalization".to_string())),
+        (
+            "NamespaceDeletionDiscoveryFailure",
+            ("False", "ResourcesDiscovered", "All resources successfully discovered".to_string()),
+        ),
+        (
+            "NamespaceDeletionGroupVersionParsingFailure",
+            ("False", "ParsedGroupVersions", "All legacy kube types successfully parsed".to_string()),
+        ),
+        (
+            "NamespaceDeletionContentFailure",
+            ("False", "ContentDeleted", "All content successfully deleted, may be waiting on finalization".to_string()),
+        ),
         ("NamespaceContentRemaining", content),
         ("NamespaceFinalizersRemaining", finalizers),
     ];
@@ -133,7 +157,9 @@ async fn set_deletion_conditions(api: &Api<Namespace>, ns: &Namespace, left: &Re
     let mut changed = false;
     for (kind, (status, reason, message)) in wanted {
         let old = existing.iter().find(|c| c.type_ == kind);
-        let same = old.is_some_and(|c| c.status == status && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(&message));
+        let same = old.is_some_and(|c| {
+            c.status == status && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(&message)
+        });
         changed |= !same;
         let transition = match old {
             Some(c) if c.status == status => c.last_transition_time.clone(),
@@ -163,11 +189,15 @@ async fn delete_content(client: &Client, ns: &str) -> Result<Remaining, Error> {
     for group in discovery.groups() {
         // One version per group: other versions are views of the same objects.
         for (ar, caps) in group.recommended_resources() {
-            if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::LIST) || !caps.supports_operation(verbs::DELETE) {
+            if caps.scope != Scope::Namespaced
+                || !caps.supports_operation(verbs::LIST)
+                || !caps.supports_operation(verbs::DELETE)
+            {
                 continue;
             }
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-            let failed = |source| Error::DeleteContent { namespace: ns.to_string(), resource: ar.plural.clone(), source };
+            let failed =
+                |source| Error::DeleteContent { namespace: ns.to_string(), resource: ar.plural.clone(), source };
             if caps.supports_operation(verbs::DELETE_COLLECTION) {
                 ignore_not_found(api.delete_collection(&DeleteParams::background(), &ListParams::default()).await)
                     .map_err(failed)?;
