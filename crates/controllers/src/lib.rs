@@ -7,6 +7,7 @@ pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod garbagecollector;
+mod informer;
 pub mod namespace;
 pub mod replicaset;
 

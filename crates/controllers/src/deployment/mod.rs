@@ -24,16 +24,15 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::events::Recorder;
+use crate::informer::{self, Change};
 use crate::replicaset::{backoff, controller_of};
 
 /// Deployments synced at once (upstream's `--concurrent-deployment-syncs` default).
@@ -74,15 +73,29 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
 
     let d_tx = tx.clone();
-    let d_informer = watch(Api::<Deployment>::all(client.clone()), d_writer, shutdown.clone(), move |d, _| {
-        let _ = d_tx.send(ObjectRef::from_obj(d));
-    });
+    let d_informer = informer::run(
+        Api::<Deployment>::all(client.clone()),
+        d_writer,
+        shutdown.clone(),
+        move |change: Change<Deployment>| {
+            for d in change.objects() {
+                let _ = d_tx.send(ObjectRef::from_obj(&**d));
+            }
+        },
+    );
     let m = manager.clone();
-    let rs_informer = watch(Api::<ReplicaSet>::all(client), rs_writer, shutdown.clone(), move |rs, _| {
-        for d in m.deployments_for(rs) {
-            let _ = tx.send(d);
-        }
-    });
+    let rs_informer = informer::run(
+        Api::<ReplicaSet>::all(client),
+        rs_writer,
+        shutdown.clone(),
+        move |change: Change<ReplicaSet>| {
+            for rs in change.objects() {
+                for d in m.deployments_for(rs) {
+                    let _ = tx.send(d);
+                }
+            }
+        },
+    );
     let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(Ok::<_, Infallible>)
         .take_until(shutdown.clone().cancelled_owned());
@@ -103,42 +116,6 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
     info!("starting deployment controller");
     tokio::join!(d_informer, rs_informer, workers);
-}
-
-/// Keeps `writer`'s store from a watch of `api`, calling `handler` with each object that
-/// changed (and whether it was deleted), until `shutdown`.
-async fn watch<K, H>(api: Api<K>, mut writer: reflector::store::Writer<K>, shutdown: CancellationToken, handler: H)
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    H: Fn(&K, bool),
-{
-    let reader = writer.as_reader();
-    let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = events.next() => next,
-        };
-        let event = match next {
-            None => return,
-            Some(Ok(event)) => event,
-            Some(Err(e)) => {
-                warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
-                continue;
-            }
-        };
-        writer.apply_watcher_event(&event);
-        match &event {
-            Event::Apply(obj) => handler(obj, false),
-            Event::Delete(obj) => handler(obj, true),
-            Event::InitDone => {
-                for obj in reader.state() {
-                    handler(&obj, false);
-                }
-            }
-            Event::Init | Event::InitApply(_) => {}
-        }
-    }
 }
 
 /// The controller's caches and clients.

@@ -16,7 +16,6 @@
 //! This module must not touch other controllers' objects beyond the pods it owns or adopts.
 
 mod claim;
-mod informer;
 pub mod pod_control;
 pub mod ranking;
 pub mod status;
@@ -42,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::events::Recorder;
 use crate::expectations::Expectations;
-use informer::Change;
+use crate::informer::{self, Change};
 use pod_control::{PodControl, PodError, SLOW_START_INITIAL_BATCH, slow_start_batch};
 use status::ManageFailure;
 use workload::Workload;

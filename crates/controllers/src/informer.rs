@@ -21,6 +21,17 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+impl<K> Change<K> {
+    /// The objects a change is about: both states of an update, so that work keyed by the old
+    /// state (e.g. a former owner) is found too.
+    pub fn objects(&self) -> Vec<&Arc<K>> {
+        match self {
+            Change::Add(o) | Change::Delete(o) => vec![o],
+            Change::Update(old, new) => vec![old, new],
+        }
+    }
+}
+
 /// One change seen by an informer.
 pub enum Change<K> {
     Add(Arc<K>),
