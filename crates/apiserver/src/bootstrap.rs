@@ -7,6 +7,9 @@ use tug_api::ApiError;
 
 use crate::server::ApiServer;
 
+/// How often the store's history is compacted (upstream's default `--etcd-compaction-interval`).
+const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The namespaces every cluster has.
 pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
@@ -28,6 +31,7 @@ impl ApiServer {
         self.reconcile_kubernetes_service().await?;
         // Serve the custom resources of the definitions already stored before answering.
         self.sync_custom_resources().await?;
+        self.start_compaction();
         // Like upstream's endpoint reconciler, keep the service pointing at this server even if
         // someone edits or deletes it.
         let srv = self.clone();
@@ -42,6 +46,27 @@ impl ApiServer {
             }
         });
         Ok(())
+    }
+
+    /// Compacts the store history every five minutes, as upstream's apiserver does: each round
+    /// forgets what came before the revision the previous round saw, so watches and paged lists
+    /// can resume from anything less than five to ten minutes old.
+    fn start_compaction(&self) {
+        let srv = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COMPACTION_INTERVAL);
+            tick.tick().await;
+            let mut previous = None;
+            loop {
+                tick.tick().await;
+                if let Some(rev) = previous
+                    && let Err(e) = srv.store.compact(rev).await
+                {
+                    tracing::warn!(error = %e, revision = rev, "compacting the datastore");
+                }
+                previous = srv.store.current_revision().await.ok().filter(|r| *r > 0);
+            }
+        });
     }
 
     /// The `kubernetes` service in `default`, and its endpoints at this server.

@@ -8,7 +8,7 @@ use tug_api::selector::LabelSelector;
 use tug_api::{ApiError, ResourceType, custom, status};
 use tug_store::StoreError;
 
-use super::delete::{DeleteOptions, Deleted, delete_object};
+use super::delete::{DeleteOptions, delete_object};
 use super::write::{self, check_type};
 use super::{Call, body_object};
 use crate::codec;
@@ -225,9 +225,7 @@ async fn evict(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     if running {
         check_disruption_budgets(call, &pod).await?;
     }
-    match delete_object(call.srv, pods, ns, name, &opts).await? {
-        Deleted::Now(_) | Deleted::Pending(_) => {}
-    }
+    delete_object(call.srv, pods, ns, name, &opts).await?;
     Ok(response::json(201, &status::success_status(pods.subject(), name, None)))
 }
 

@@ -143,11 +143,9 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         Start::After(r) => (None, r),
     };
     let stream = match srv.store.watch(&prefix, after).await {
-        Ok(s) => Some(s),
-        Err(StoreError::Compacted { requested, compacted }) => {
-            let _ = (requested, compacted);
-            None
-        }
+        Ok(s) => Ok(s),
+        // Answered with an ERROR event in the stream, as upstream does, not an HTTP error.
+        Err(StoreError::Compacted { compacted, .. }) => Err(compacted),
         Err(e) => return Err(store_error(call.rt, "", e)),
     };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
@@ -157,10 +155,12 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
             let tx = tx.clone();
             async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
         };
-        let Some(mut stream) = stream else {
-            let compacted = srv.store.compacted_revision().await.unwrap_or(0);
-            let _ = send(enc.error(&ApiError::too_old_resource_version(after, compacted))).await;
-            return;
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(compacted) => {
+                let _ = send(enc.error(&ApiError::too_old_resource_version(after, compacted))).await;
+                return;
+            }
         };
         if let Some(items) = initial {
             for kv in items {
@@ -261,10 +261,7 @@ fn translate(srv: &ApiServer, rt: &ResourceType, filter: &Filter, ev: &WatchEven
             let new_matches = filter.matches(rt, &new);
             let old_matches = match &ev.prev {
                 None => false,
-                Some(p) if filter.is_everything() => {
-                    let _ = p;
-                    true
-                }
+                Some(_) if filter.is_everything() => true,
                 Some(p) => decode(p, p.mod_revision).is_some_and(|o| filter.matches(rt, &o)),
             };
             match (old_matches, new_matches) {
