@@ -7,6 +7,10 @@
 - `kube_client`: a `kubernetes.client.ApiClient` configured from the server's kubeconfig.
 - `namespace`: a namespace of the test's own on the session server.
 - `make_namespace`: more namespaces of the test's own, made on demand.
+- `sim_cluster` (module scope): a server of the module's own with 3 simulated nodes, on which
+  pods become Running and Ready (see support.SimNodes).
+- `start_sim_nodes`: `start_sim_nodes(server, count, *extra_args)` adds simulated nodes to a
+  server for this test only.
 
 The binary comes from $TUG_BIN (scripts/test.sh sets it), else target/debug/tug.
 Outside CI a missing binary or tool skips the tests that need it; under CI=true
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO_ROOT, TOOLS_BIN, Kubectl, TugServer, require, unique_name
+from support import REPO_ROOT, TOOLS_BIN, Kubectl, SimNodes, TugServer, require, unique_name
 
 KUBECTL_VERSIONS = ["1.36", "1.27"]
 
@@ -132,6 +136,71 @@ def make_namespace(request, tug):
         tug.request("DELETE", f"/api/v1/namespaces/{name}")
 
 
+class SimCluster:
+    """A server with simulated nodes: .server, .nodes (SimNodes), .node_names,
+    .kubectl(*args, version=..., check=True, input=None), .client (a Python ApiClient)."""
+
+    def __init__(self, server: TugServer, nodes: SimNodes):
+        self.server = server
+        self.nodes = nodes
+        self.node_names = nodes.names
+        self._client = None
+
+    def kubectl(self, *args: str, version: str = KUBECTL_VERSIONS[0], **kwargs):
+        binary = TOOLS_BIN / f"kubectl-{version}"
+        require(binary.exists(), f"{binary} missing: run scripts/install-test-deps.sh")
+        return Kubectl.for_version(version, binary, self.server)(*args, **kwargs)
+
+    @property
+    def client(self):
+        if self._client is None:
+            from kubernetes import config
+
+            self._client = config.new_client_from_config(config_file=str(self.server.kubeconfig))
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+_sim_nodes: list[SimNodes] = []
+
+
+@pytest.fixture(scope="module")
+def sim_cluster(tmp_path_factory):
+    """A server for the test module with 3 simulated nodes (see SimCluster)."""
+    workdir = tmp_path_factory.mktemp("sim-cluster")
+    server = _start(workdir)
+    nodes = SimNodes.start(_tug_binary(), server, 3)
+    _sim_nodes.append(nodes)
+    cluster = SimCluster(server, nodes)
+    yield cluster
+    cluster.close()
+    nodes.stop()
+    crashed = server.crashed()
+    server.stop()
+    if crashed:
+        pytest.fail(f"tug server exited on its own with code {server.exit_code} during the module")
+
+
+@pytest.fixture
+def start_sim_nodes():
+    """`start_sim_nodes(server, count, *extra_args) -> SimNodes`: simulated nodes for this test
+    (stopped afterwards)."""
+    started: list[SimNodes] = []
+
+    def start(server: TugServer, count: int = 1, *extra_args: str) -> SimNodes:
+        nodes = SimNodes.start(_tug_binary(), server, count, *extra_args)
+        started.append(nodes)
+        _sim_nodes.append(nodes)
+        return nodes
+
+    yield start
+    for nodes in started:
+        nodes.stop()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Shows the servers' logs when something failed, or a server died on its own."""
     failed = bool(terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"))
@@ -139,3 +208,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if failed or server.crashed() or (server.exit_code not in (None, 0) and not server.stopped_by_us):
             terminalreporter.section(f"tug server log {server.log_path} (last 300 lines)")
             terminalreporter.write_line(server.log_tail())
+    if failed:
+        for nodes in _sim_nodes:
+            terminalreporter.section(f"tug sim-nodes log {nodes.log_path} (last 100 lines)")
+            try:
+                text = nodes.log_path.read_text(errors="replace")
+            except OSError as e:
+                text = f"(no log: {e})"
+            terminalreporter.write_line("\n".join(text.splitlines()[-100:]))

@@ -315,6 +315,72 @@ class TugServer:
         return "\n".join(tail)
 
 
+# --- simulated nodes ---------------------------------------------------------------
+
+
+@dataclass
+class SimNodes:
+    """A running `tug sim-nodes` against one server: nodes that renew their Leases and play
+    their pods' lifecycle without containers (see crates/simnode)."""
+
+    names: list[str]
+    process: subprocess.Popen
+    log_path: Path
+    _log_file: object = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, binary: Path, server: "TugServer", count: int, *extra_args: str, prefix: str | None = None) -> "SimNodes":
+        """Starts the simulator and waits until all its nodes are registered and Ready."""
+        prefix = prefix or unique_name("sim")[:40] + "-"
+        log_path = server.data_dir.parent / f"sim-nodes-{prefix.rstrip('-')}.log"
+        log_file = open(log_path, "wb")
+        args = [
+            str(binary), "sim-nodes", "--kubeconfig", str(server.kubeconfig),
+            "--count", str(count), "--name-prefix", prefix, *extra_args,
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        sim = cls(names=[f"{prefix}{i}" for i in range(count)], process=process, log_path=log_path, _log_file=log_file)
+
+        def all_ready():
+            if process.poll() is not None:
+                raise AssertionError(f"tug sim-nodes exited with {process.returncode}:\n{log_path.read_text()}")
+            for name in sim.names:
+                resp = server.request("GET", f"/api/v1/nodes/{name}")
+                if resp.status != 200:
+                    return False
+                conditions = (resp.json().get("status") or {}).get("conditions") or []
+                if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                    return False
+            return True
+
+        try:
+            wait_for(all_ready, f"{count} simulated nodes Ready", timeout=30)
+        except BaseException:
+            sim.stop()
+            raise
+        return sim
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stops the simulator: its nodes go silent (Leases no longer renewed), as when their
+        kubelets stop; the Node objects stay."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        if self._log_file and not self._log_file.closed:
+            self._log_file.close()
+
+
 # --- kubectl -----------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod server;
+mod sim_nodes;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,8 @@ enum Command {
         #[arg(long)]
         kubeconfig: std::path::PathBuf,
     },
+    /// Simulate nodes (no containers) for testing and measuring the control plane at scale.
+    SimNodes(sim_nodes::SimNodesArgs),
     /// Run the scheduler alone against a cluster's API server.
     Scheduler {
         /// The kubeconfig to reach the API server with.
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Bench(BenchCommand::Apiserver(args)) => bench::run(args).await,
+            Command::SimNodes(args) => sim_nodes::run(args).await,
             Command::ControllerManager { kubeconfig } => {
                 let client = client_from_kubeconfig(&kubeconfig).await?;
                 let shutdown = tokio_util::sync::CancellationToken::new();

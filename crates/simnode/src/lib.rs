@@ -1,0 +1,108 @@
+//! Simulated nodes: the role KWOK and kubemark's hollow nodes play upstream.
+//!
+//! A simulated node is a Node object whose kubelet is this crate: it registers the Node with
+//! capacity, conditions and addresses, renews its Lease in `kube-node-lease` as a kubelet does,
+//! and plays the pods bound to it through their lifecycle without running anything: they get an
+//! IP, become Running and Ready, terminate or restart as their annotations say, and are removed
+//! for good once the API marks them for deletion. Thousands of such nodes run in one process, so
+//! the control plane (scheduler, controllers, API server) can be tested and measured at scale on
+//! one machine.
+//!
+//! Like every component above the API it talks to the cluster only through the Kubernetes API
+//! (a kube-rs client). It writes only its own Nodes and Leases and the status of pods bound to
+//! them.
+//!
+//! Pods are steered by annotations (all optional):
+//! - `sim.tugboat.dev/ready: "false"`: containers run but never become ready;
+//! - `sim.tugboat.dev/exit-code: "N"`: containers terminate with exit code N ...
+//! - `sim.tugboat.dev/run-seconds: "S"`: ... after running S seconds (default 0).
+//!
+//! A terminated container follows the pod's restartPolicy as the kubelet would: the pod
+//! Succeeds or Fails, or the container restarts after a CrashLoopBackOff delay.
+
+mod ipam;
+mod node;
+mod pod;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Taint;
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use node::NodeShape;
+pub use pod::{Behaviour, Step, plan};
+
+/// Annotation: containers never become ready when `"false"`.
+pub const ANNOTATION_READY: &str = "sim.tugboat.dev/ready";
+/// Annotation: the exit code containers terminate with.
+pub const ANNOTATION_EXIT_CODE: &str = "sim.tugboat.dev/exit-code";
+/// Annotation: how long containers run before terminating (with an exit code set).
+pub const ANNOTATION_RUN_SECONDS: &str = "sim.tugboat.dev/run-seconds";
+/// Annotation on every simulated Node, so tools can tell them from real ones.
+pub const ANNOTATION_SIMULATED: &str = "sim.tugboat.dev/node";
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node names are `<name_prefix><index>` for index 0..count.
+    pub name_prefix: String,
+    pub count: usize,
+    pub shape: NodeShape,
+    /// Extra labels on every node.
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+impl Config {
+    /// The simulated nodes' names, in index order.
+    pub fn node_names(&self) -> Vec<String> {
+        (0..self.count).map(|i| format!("{}{i}", self.name_prefix)).collect()
+    }
+}
+
+/// Why simulated nodes could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("registering node {node}")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Registers the nodes, then keeps them alive and plays their pods until `shutdown`. When it
+/// returns the nodes go silent (their Leases are no longer renewed), as when a node's kubelet
+/// stops; they are not deleted.
+pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let names = config.node_names();
+    let pod_networks = Arc::new(ipam::PodNetworks::default());
+    for (index, name) in names.iter().enumerate() {
+        node::register(&client, &config, index, name, &pod_networks)
+            .await
+            .map_err(|source| Error::Register { node: name.clone(), source })?;
+    }
+    info!(count = names.len(), prefix = %config.name_prefix, "simulated nodes registered");
+
+    let mut tasks = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        tasks.push(tokio::spawn(node::heartbeat(
+            client.clone(),
+            config.clone(),
+            index,
+            name.clone(),
+            pod_networks.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let ours: HashMap<String, String> =
+        names.into_iter().enumerate().map(|(index, name)| (name, node::node_address(index))).collect();
+    pod::run(client, Arc::new(ours), pod_networks, shutdown).await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}
