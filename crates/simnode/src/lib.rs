@@ -27,8 +27,10 @@ mod pod;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Taint;
 use kube::Client;
+use kube::runtime::reflector;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -54,6 +56,12 @@ pub struct Config {
     /// Extra labels on every node.
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
+    /// With N > 0, node i gets the label `topology.kubernetes.io/zone=zone-<i mod N>`.
+    pub zones: usize,
+    /// Play the pods bound to the nodes (off for benchmarks that only measure binding).
+    pub play_pods: bool,
+    /// Delete the nodes and their Leases on shutdown.
+    pub cleanup: bool,
 }
 
 impl Config {
@@ -74,35 +82,81 @@ pub enum Error {
     },
 }
 
-/// Registers the nodes, then keeps them alive and plays their pods until `shutdown`. When it
-/// returns the nodes go silent (their Leases are no longer renewed), as when a node's kubelet
-/// stops; they are not deleted.
+/// Registers the nodes, then keeps them alive and (with `play_pods`) plays their pods until
+/// `shutdown`. When it returns the nodes go silent (their Leases are no longer renewed), as when
+/// a node's kubelet stops; they are deleted only with `cleanup`.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    register(client, config).await?.run(shutdown).await;
+    Ok(())
+}
+
+/// Nodes registered by [`register`], not yet kept alive.
+pub struct Registered {
+    client: Client,
+    config: Config,
+    names: Vec<String>,
+    pod_networks: Arc<ipam::PodNetworks>,
+}
+
+/// Registers the nodes (Node with a Ready status, and a Lease), 32 at a time.
+pub async fn register(client: Client, config: Config) -> Result<Registered, Error> {
     let names = config.node_names();
     let pod_networks = Arc::new(ipam::PodNetworks::default());
-    for (index, name) in names.iter().enumerate() {
-        node::register(&client, &config, index, name, &pod_networks)
-            .await
-            .map_err(|source| Error::Register { node: name.clone(), source })?;
-    }
+    let registered = futures::stream::iter(names.clone().into_iter().enumerate())
+        .map(|(index, name)| {
+            let (client, config, nets) = (client.clone(), config.clone(), pod_networks.clone());
+            async move {
+                node::register(&client, &config, index, &name, &nets)
+                    .await
+                    .map_err(|source| Error::Register { node: name, source })
+            }
+        })
+        .buffer_unordered(node::REGISTER_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    registered.into_iter().collect::<Result<Vec<()>, Error>>()?;
     info!(count = names.len(), prefix = %config.name_prefix, "simulated nodes registered");
+    Ok(Registered { client, config, names, pod_networks })
+}
 
-    let mut tasks = Vec::new();
-    for (index, name) in names.iter().enumerate() {
-        tasks.push(tokio::spawn(node::heartbeat(
+impl Registered {
+    /// Keeps the nodes alive and plays their pods until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Registered { client, config, names, pod_networks } = self;
+        let (nodes, writer) = reflector::store();
+        let indexes: Arc<HashMap<String, usize>> =
+            Arc::new(names.iter().enumerate().map(|(index, name)| (name.clone(), index)).collect());
+        let mut tasks = vec![tokio::spawn(node::watch(
             client.clone(),
             config.clone(),
-            index,
-            name.clone(),
+            indexes,
             pod_networks.clone(),
+            writer,
             shutdown.clone(),
-        )));
+        ))];
+        for (index, name) in names.iter().enumerate() {
+            tasks.push(tokio::spawn(node::heartbeat(
+                client.clone(),
+                config.clone(),
+                index,
+                name.clone(),
+                nodes.clone(),
+                shutdown.clone(),
+            )));
+        }
+        if config.play_pods {
+            let ours: HashMap<String, String> =
+                names.iter().enumerate().map(|(index, name)| (name.clone(), node::node_address(index))).collect();
+            pod::run(client.clone(), Arc::new(ours), pod_networks, shutdown.clone()).await;
+        } else {
+            shutdown.cancelled().await;
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        if config.cleanup {
+            node::remove(&client, &names).await;
+            info!(count = names.len(), "simulated nodes removed");
+        }
     }
-    let ours: HashMap<String, String> =
-        names.into_iter().enumerate().map(|(index, name)| (name, node::node_address(index))).collect();
-    pod::run(client, Arc::new(ours), pod_networks, shutdown).await;
-    for task in tasks {
-        let _ = task.await;
-    }
-    Ok(())
 }

@@ -1,17 +1,23 @@
 //! A simulated node's own objects: its Node (registered once, status refreshed like a kubelet's)
 //! and its Lease in `kube-node-lease` (renewed every 10 s, as the kubelet's node lease is).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus};
 use k8s_openapi::api::core::v1::{DaemonEndpoint, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -24,9 +30,11 @@ use crate::{ANNOTATION_SIMULATED, Config};
 const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
 /// The Lease duration the kubelet writes (`nodeLeaseDurationSeconds`).
 const LEASE_DURATION_SECONDS: i32 = 40;
-/// Node status is re-posted every this many lease renewals (a minute), as the kubelet re-posts
+/// Node status is re-posted every this many lease renewals (5 minutes), as the kubelet re-posts
 /// an unchanged status every `nodeStatusReportFrequency`.
-const STATUS_EVERY_RENEWALS: u32 = 6;
+const STATUS_EVERY_RENEWALS: u32 = 30;
+/// Nodes registered (or removed) at once.
+pub const REGISTER_CONCURRENCY: usize = 32;
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// The resources every simulated node offers, as quantity strings.
@@ -49,7 +57,7 @@ pub(crate) fn node_address(index: usize) -> String {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 1)) + index as u32).to_string()
 }
 
-fn node_object(config: &Config, name: &str) -> Node {
+fn node_object(config: &Config, index: usize, name: &str) -> Node {
     let mut labels: BTreeMap<String, String> = [
         ("kubernetes.io/hostname", name),
         ("kubernetes.io/os", "linux"),
@@ -60,6 +68,9 @@ fn node_object(config: &Config, name: &str) -> Node {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    if config.zones > 0 {
+        labels.insert("topology.kubernetes.io/zone".into(), format!("zone-{}", index % config.zones));
+    }
     labels.extend(config.labels.clone());
     Node {
         metadata: ObjectMeta {
@@ -101,7 +112,13 @@ fn node_status(config: &Config, index: usize, name: &str, previous: Option<&Node
         ("ephemeral-storage".to_string(), Quantity(config.shape.ephemeral_storage.clone())),
     ]);
     let mut conditions = vec![
-        condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", now),
+        condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+            now,
+        ),
         condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", now),
         condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", now),
         condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", now),
@@ -150,7 +167,7 @@ pub async fn register(
     nets: &PodNetworks,
 ) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = match nodes.create(&PostParams::default(), &node_object(config, name)).await {
+    let node = match nodes.create(&PostParams::default(), &node_object(config, index, name)).await {
         Ok(node) => node,
         Err(kube::Error::Api(e)) if e.code == 409 => nodes.get(name).await?,
         Err(e) => return Err(e),
@@ -171,7 +188,8 @@ async fn renew_lease(client: &Client, node: &Node) -> Result<(), kube::Error> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let name = node.name_any();
     let now = MicroTime(Timestamp::now());
-    let renew = json!({ "spec": { "holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now } });
+    let renew =
+        json!({ "spec": { "holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now } });
     match leases.patch(&name, &PatchParams::default(), &Patch::Merge(renew)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => {
@@ -204,18 +222,17 @@ async fn renew_lease(client: &Client, node: &Node) -> Result<(), kube::Error> {
     }
 }
 
-/// Keeps one node alive until `shutdown`: renews its Lease every 10 s and re-posts its status
-/// every minute, picking up the podCIDR the node IPAM controller gives it.
+/// Keeps one node alive until `shutdown`: renews its Lease every 10 s (one request, as the
+/// kubelet's lease controller) and re-posts its status every 5 minutes from the cached Node.
 pub async fn heartbeat(
     client: Client,
     config: Config,
     index: usize,
     name: String,
-    nets: std::sync::Arc<PodNetworks>,
+    nodes: Store<Node>,
     shutdown: CancellationToken,
 ) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let mut have_pod_cidr = false;
+    let api: Api<Node> = Api::all(client.clone());
     // Spread the nodes' renewals over the interval instead of renewing them all at once.
     let mut delay = LEASE_RENEW_INTERVAL.mul_f64(fastrand::f64());
     for tick in 1u32.. {
@@ -224,35 +241,82 @@ pub async fn heartbeat(
             _ = tokio::time::sleep(delay) => {}
         }
         delay = LEASE_RENEW_INTERVAL;
-        let node = match nodes.get(&name).await {
-            Ok(node) => node,
-            Err(e) => {
-                warn!(node = %name, error = %e, "reading the simulated node failed");
-                continue;
-            }
-        };
-        if !have_pod_cidr && let Some(cidr) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
-            nets.set_range(&name, index, Some(cidr));
-            have_pod_cidr = true;
-        }
+        let Some(node) = nodes.get(&ObjectRef::new(&name)) else { continue };
         if let Err(e) = renew_lease(&client, &node).await {
             warn!(node = %name, error = %e, "renewing the node lease failed");
         }
+        if tick % STATUS_EVERY_RENEWALS == 0
+            && let Err(e) = post_status(&api, &config, index, &node).await
+        {
+            warn!(node = %name, error = %e, "posting the node status failed");
+        }
+        debug!(node = %name, "heartbeat");
+    }
+}
+
+/// Watches the simulated nodes: picks up the podCIDR the node IPAM controller assigns, and
+/// reports a node Ready again at once when something (the node lifecycle controller, after this
+/// process was paused) marked it otherwise, as a kubelet does. Fills `writer` for the
+/// heartbeats.
+pub async fn watch(
+    client: Client,
+    config: Config,
+    indexes: Arc<HashMap<String, usize>>,
+    nets: Arc<PodNetworks>,
+    writer: Writer<Node>,
+    shutdown: CancellationToken,
+) {
+    let api: Api<Node> = Api::all(client);
+    let mut nodes =
+        watcher(api.clone(), watcher::Config::default()).default_backoff().reflect(writer).applied_objects().boxed();
+    loop {
+        let node = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = nodes.next() => match next {
+                None => return,
+                Some(Ok(node)) => node,
+                Some(Err(e)) => {
+                    warn!(error = %e, "watching nodes failed; retrying");
+                    continue;
+                }
+            },
+        };
+        let name = node.name_any();
+        let Some(&index) = indexes.get(&name) else { continue };
+        nets.set_range(&name, index, node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()));
         let ready = node
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
             .is_some_and(|c| c.status == "True");
-        // A node marked Unknown by the node lifecycle controller (e.g. after this process was
-        // paused) reports itself Ready again at once, as a kubelet does.
-        if (!ready || tick % STATUS_EVERY_RENEWALS == 0)
-            && let Err(e) = post_status(&nodes, &config, index, &node).await
-        {
+        if !ready && let Err(e) = post_status(&api, &config, index, &node).await {
             warn!(node = %name, error = %e, "posting the node status failed");
         }
-        debug!(node = %name, "heartbeat");
     }
+}
+
+/// Deletes the simulated nodes and their Leases (`--cleanup`).
+pub async fn remove(client: &Client, names: &[String]) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    futures::stream::iter(names.to_vec())
+        .for_each_concurrent(REGISTER_CONCURRENCY, |name| {
+            let (nodes, leases) = (nodes.clone(), leases.clone());
+            async move {
+                for result in [
+                    nodes.delete(&name, &Default::default()).await.map(|_| ()),
+                    leases.delete(&name, &Default::default()).await.map(|_| ()),
+                ] {
+                    match result {
+                        Ok(()) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => warn!(node = %name, error = %e, "removing the simulated node failed"),
+                    }
+                }
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -266,22 +330,27 @@ mod tests {
             shape: NodeShape::default(),
             labels: BTreeMap::from([("zone".into(), "a".into())]),
             taints: vec![],
+            zones: 0,
+            play_pods: true,
+            cleanup: false,
         }
     }
 
     #[test]
     fn nodes_carry_standard_labels_and_the_configured_ones() {
-        let node = node_object(&config(), "sim-1");
+        let node = node_object(&Config { zones: 2, ..config() }, 3, "sim-1");
         let labels = node.metadata.labels.unwrap();
         assert_eq!(labels["kubernetes.io/hostname"], "sim-1");
         assert_eq!(labels["kubernetes.io/os"], "linux");
         assert_eq!(labels["zone"], "a");
+        assert_eq!(labels["topology.kubernetes.io/zone"], "zone-1");
     }
 
     #[test]
     fn a_healthy_status_keeps_earlier_transition_times() {
         let first = node_status(&config(), 1, "sim-1", None);
-        let ready = |s: &NodeStatus| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").cloned().unwrap();
+        let ready =
+            |s: &NodeStatus| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").cloned().unwrap();
         let mut earlier = first.clone();
         for c in earlier.conditions.as_mut().unwrap() {
             c.last_transition_time = Some(Time("2020-01-01T00:00:00Z".parse().unwrap()));

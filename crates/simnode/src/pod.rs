@@ -184,7 +184,8 @@ pub fn plan(pod: &Pod, now: Timestamp, pod_ip: &str, host_ip: &str) -> Step {
                 }
             }
         } else if state.waiting.is_some() {
-            let finished = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.finished_at.as_ref());
+            let finished =
+                cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.finished_at.as_ref());
             let restart_at = after(finished.map_or(now, |t| t.0), restart_backoff(cs.restart_count));
             if now >= restart_at {
                 cs.state = Some(running_since(now));
@@ -202,7 +203,9 @@ pub fn plan(pod: &Pod, now: Timestamp, pod_ip: &str, host_ip: &str) -> Step {
     }
     let all_terminated = statuses.iter().all(|s| s.state.as_ref().is_some_and(|st| st.terminated.is_some()));
     if all_terminated {
-        let failed = statuses.iter().any(|s| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code != 0));
+        let failed = statuses
+            .iter()
+            .any(|s| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code != 0));
         status.phase = Some(if failed { "Failed" } else { "Succeeded" }.into());
     }
     let init_statuses: Vec<ContainerStatus> = spec
@@ -258,7 +261,13 @@ fn running_since(now: Timestamp) -> ContainerState {
 
 /// The pod's conditions as the kubelet computes them; conditions owned by others (PodScheduled,
 /// DisruptionTarget, readiness gates) are kept as they are.
-fn conditions(pod: &Pod, old: &PodStatus, containers: &[ContainerStatus], phase: Option<&str>, now: Timestamp) -> Vec<PodCondition> {
+fn conditions(
+    pod: &Pod,
+    old: &PodStatus,
+    containers: &[ContainerStatus],
+    phase: Option<&str>,
+    now: Timestamp,
+) -> Vec<PodCondition> {
     let existing = old.conditions.clone().unwrap_or_default();
     let unready: Vec<&str> = containers.iter().filter(|c| !c.ready).map(|c| c.name.as_str()).collect();
     let completed = phase == Some("Succeeded");
@@ -304,7 +313,11 @@ fn conditions(pod: &Pod, old: &PodStatus, containers: &[ContainerStatus], phase:
         match result.iter_mut().find(|c| c.type_ == kind) {
             Some(c) => {
                 let since = if c.status == condition.status { c.last_transition_time.clone() } else { Some(Time(now)) };
-                *c = PodCondition { last_transition_time: since, observed_generation: c.observed_generation, ..condition };
+                *c = PodCondition {
+                    last_transition_time: since,
+                    observed_generation: c.observed_generation,
+                    ..condition
+                };
             }
             None => result.push(condition),
         }
@@ -371,7 +384,12 @@ fn error_policy(pod: Arc<Pod>, error: &kube::Error, _ctx: Arc<Context>) -> Actio
 }
 
 /// Plays every pod bound to one of `nodes` until `shutdown`.
-pub async fn run(client: Client, nodes: Arc<HashMap<String, String>>, nets: Arc<PodNetworks>, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    nodes: Arc<HashMap<String, String>>,
+    nets: Arc<PodNetworks>,
+    shutdown: CancellationToken,
+) {
     let (reader, writer) = reflector::store();
     let released = nets.clone();
     let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
@@ -414,7 +432,9 @@ mod tests {
                 name: Some("p".into()),
                 namespace: Some("ns".into()),
                 uid: Some("u1".into()),
-                annotations: Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()),
+                annotations: Some(
+                    annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                ),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -425,7 +445,11 @@ mod tests {
             }),
             status: Some(PodStatus {
                 phase: Some("Pending".into()),
-                conditions: Some(vec![PodCondition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() }]),
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
         }
@@ -484,7 +508,8 @@ mod tests {
             post(&mut p, at(2));
             let status = p.status.as_ref().unwrap();
             assert_eq!(status.phase.as_deref(), Some(phase));
-            let terminated = status.container_statuses.as_ref().unwrap()[0].state.as_ref().unwrap().terminated.clone().unwrap();
+            let terminated =
+                status.container_statuses.as_ref().unwrap()[0].state.as_ref().unwrap().terminated.clone().unwrap();
             assert_eq!(terminated.exit_code, code.parse::<i32>().unwrap());
             assert_eq!(terminated.reason.as_deref(), Some(reason));
             assert_eq!(condition(&p, "Ready"), "False");
@@ -522,7 +547,8 @@ mod tests {
     #[test]
     fn readiness_gates_hold_ready_until_their_condition_is_true() {
         let mut p = pod(&[], "Always");
-        p.spec.as_mut().unwrap().readiness_gates = Some(vec![PodReadinessGate { condition_type: "example.com/lb".into() }]);
+        p.spec.as_mut().unwrap().readiness_gates =
+            Some(vec![PodReadinessGate { condition_type: "example.com/lb".into() }]);
         post(&mut p, at(0));
         assert_eq!(condition(&p, "ContainersReady"), "True");
         assert_eq!(condition(&p, "Ready"), "False");

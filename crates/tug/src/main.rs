@@ -49,7 +49,11 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// The API server: creates, gets, lists and watch fan-out against the raw store.
-    Apiserver(bench::BenchArgs),
+    Apiserver(bench::apiserver::BenchArgs),
+    /// The scheduler: pods bound per second with simulated nodes (scheduler_perf's shape).
+    Scheduler(bench::scheduler::SchedulerBenchArgs),
+    /// The controller manager: a large Deployment created, rolled and deleted on simulated nodes.
+    Controllers(bench::controllers::ControllersBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,7 +69,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
-            Command::Bench(BenchCommand::Apiserver(args)) => bench::run(args).await,
+            Command::Bench(BenchCommand::Apiserver(args)) => bench::apiserver::run(args).await,
+            Command::Bench(BenchCommand::Scheduler(args)) => bench::scheduler::run(args).await,
+            Command::Bench(BenchCommand::Controllers(args)) => bench::controllers::run(args).await,
             Command::SimNodes(args) => sim_nodes::run(args).await,
             Command::ControllerManager { kubeconfig } => {
                 let client = client_from_kubeconfig(&kubeconfig).await?;

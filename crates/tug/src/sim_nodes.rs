@@ -29,12 +29,18 @@ pub struct SimNodesArgs {
     /// How many pods each node takes.
     #[arg(long, default_value = "110")]
     pods: String,
-    /// A label for every node, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
+    /// Labels for every node, KEY=VALUE (comma-separated or repeated).
+    #[arg(long = "labels", visible_alias = "label", value_name = "KEY=VALUE", value_delimiter = ',')]
     labels: Vec<String>,
-    /// A taint for every node, KEY[=VALUE]:EFFECT (repeatable).
-    #[arg(long = "taint", value_name = "KEY[=VALUE]:EFFECT")]
+    /// Taints for every node, KEY[=VALUE]:EFFECT (comma-separated or repeated).
+    #[arg(long = "taints", visible_alias = "taint", value_name = "KEY[=VALUE]:EFFECT", value_delimiter = ',')]
     taints: Vec<String>,
+    /// Spread the nodes over N zones: node i gets `topology.kubernetes.io/zone=zone-<i mod N>`.
+    #[arg(long, default_value_t = 0)]
+    zones: usize,
+    /// Delete the nodes and their Leases on exit (by default they stay, and go NotReady).
+    #[arg(long)]
+    cleanup: bool,
 }
 
 fn parse_label(text: &str) -> anyhow::Result<(String, String)> {
@@ -63,6 +69,9 @@ pub async fn run(args: SimNodesArgs) -> anyhow::Result<()> {
         shape: NodeShape { cpu: args.cpu, memory: args.memory, pods: args.pods, ..NodeShape::default() },
         labels,
         taints,
+        zones: args.zones,
+        play_pods: true,
+        cleanup: args.cleanup,
     };
     let client = crate::client_from_kubeconfig(&args.kubeconfig).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();

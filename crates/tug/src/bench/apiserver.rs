@@ -1,19 +1,18 @@
-//! `tug bench apiserver`: the API server's throughput, latency and memory, each measured
-//! against a baseline taken in the same run.
+//! `tug bench apiserver`: the API server's throughput, latency and memory.
 //!
-//! It starts a real `tug server` (this binary, re-executed) on a fresh data directory, reads its
-//! idle RSS, and drives it over HTTPS with a kube-rs client: creates, gets and lists with 1, 16
+//! It starts a real `tug server`, reads its idle RSS, and drives it: creates, gets and lists with 1, 16
 //! and 64 concurrent clients, and the events per second 100 watchers receive. The baseline is
 //! the raw create rate of the same store backend (SQLite in a separate directory, same
 //! machine, same moment), so the ratio says what the API layer costs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
+
+use super::{Scratch, ServerUnderTest};
 use clap::Args;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -113,15 +112,6 @@ where
     Ok(Sample { ops: total, elapsed: start.elapsed(), latencies })
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 async fn raw_store_baseline(dir: &Path, clients: usize, total: usize) -> anyhow::Result<tug_store::bench::BenchReport> {
     let path = dir.join(format!("raw-{clients}.db"));
     let store = tokio::task::spawn_blocking(move || tug_store::sqlite::SqliteStore::open(&path)).await??;
@@ -129,46 +119,13 @@ async fn raw_store_baseline(dir: &Path, clients: usize, total: usize) -> anyhow:
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let tmp = std::env::temp_dir().join(format!("tug-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
-    let data = tmp.join("server");
-    let port = free_port()?;
-    let exe = std::env::current_exe().context("finding the tug binary")?;
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "server",
-            "--disable-agent",
-            "--bind-address",
-            "127.0.0.1",
-            "--https-listen-port",
-            &port.to_string(),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting tug server")?;
-    let pid = child.id().context("server pid")?;
-    let kubeconfig = data.join("kubeconfig.yaml");
-    let started = Instant::now();
-    let client = loop {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("tug server did not become ready within 30 s");
-        }
-        if kubeconfig.exists()
-            && let Ok(c) = crate::client_from_kubeconfig(&kubeconfig).await
-            && c.apiserver_version().await.is_ok()
-        {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let scratch = Scratch::new("apiserver")?;
+    let tmp = scratch.0.clone();
+    let server = ServerUnderTest::start(&tmp, &[]).await?;
+    let client = server.client.clone();
     // Let the controllers settle before reading the idle footprint.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_rss = rss_kib(pid).unwrap_or(0);
+    let idle_rss = server.rss_mib();
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let mut out = Vec::new();
     out.push("| operation | clients | rate | p50 | p99 |".to_string());
@@ -263,16 +220,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let delivered = expected * args.watchers;
     let fanout = delivered as f64 / (last - start).as_secs_f64();
-    let busy_rss = rss_kib(pid).unwrap_or(0);
-    let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(&tmp);
+    let busy_rss = server.rss_mib();
+    server.stop().await;
 
-    println!(
-        "tug bench apiserver: {} cores, {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        jiff::Timestamp::now()
-    );
-    println!();
+    super::header("apiserver");
     for l in &out {
         println!("{l}");
     }
@@ -289,6 +240,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             p99.as_secs_f64() * 1e3
         );
     }
-    println!("server RSS: idle {:.1} MiB, after the run {:.1} MiB", idle_rss as f64 / 1024.0, busy_rss as f64 / 1024.0);
+    println!("server RSS: idle {idle_rss:.1} MiB, after the run {busy_rss:.1} MiB");
     Ok(())
 }
