@@ -45,16 +45,27 @@ pub fn encode_for_storage(obj: &Value) -> Result<Bytes, ApiError> {
         meta.remove("resourceVersion");
         meta.remove("selfLink");
     }
+    // apiVersion, kind and metadata first (k8s-openapi serialises fields alphabetically, so a
+    // ControllerRevision's `data`, which holds a template with its own metadata, would come
+    // first): [`stored_to_wire`] then finds the object's metadata within a few bytes.
+    if let Value::Object(map) = &mut obj {
+        let mut ordered = serde_json::Map::with_capacity(map.len());
+        for key in ["apiVersion", "kind", "metadata"] {
+            if let Some(v) = map.remove(key) {
+                ordered.insert(key.to_string(), v);
+            }
+        }
+        ordered.extend(std::mem::take(map));
+        *map = ordered;
+    }
     serde_json::to_vec(&obj).map(Bytes::from).map_err(ApiError::internal)
 }
 
 /// A stored object's bytes with its resourceVersion set, as clients receive it.
 pub fn stored_to_wire(value: &[u8], revision: Revision) -> Bytes {
-    const META: &[u8] = b"\"metadata\":{";
-    let Some(at) = find(value, META) else {
+    let Some(insert_at) = top_level_metadata(value) else {
         return Bytes::copy_from_slice(value);
     };
-    let insert_at = at + META.len();
     let mut out = BytesMut::with_capacity(value.len() + 32);
     out.put_slice(&value[..insert_at]);
     out.put_slice(b"\"resourceVersion\":\"");
@@ -67,8 +78,42 @@ pub fn stored_to_wire(value: &[u8], revision: Revision) -> Bytes {
     out.freeze()
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// The position just inside the `{` that opens the top-level object's `metadata` value. Nested
+/// objects (a template's metadata) and strings are skipped, whatever the key order.
+fn top_level_metadata(value: &[u8]) -> Option<usize> {
+    let skip_space = |mut i: usize| {
+        while value.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < value.len() && value[i] != b'"' {
+                    i += if value[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 && value.get(start..=i) == Some(b"\"metadata\"") {
+                    let colon = skip_space(i + 1);
+                    if value.get(colon) == Some(&b':') {
+                        let open = skip_space(colon + 1);
+                        if value.get(open) == Some(&b'{') {
+                            return Some(open + 1);
+                        }
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A stored object parsed, with its resourceVersion.
@@ -142,6 +187,24 @@ pub fn negotiate(accept: Option<&str>) -> Result<Accept, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_top_level_metadata_gets_the_resource_version_whatever_comes_first() {
+        // As stored before objects were written metadata-first: a ControllerRevision's data
+        // holds a template with metadata of its own, and a string may contain the key too.
+        let stored = br#"{"apiVersion":"apps/v1","data":{"spec":{"template":{"metadata":{"labels":{}}}},"note":"\"metadata\":{"},"kind":"ControllerRevision","metadata" : {"name":"r"},"revision":1}"#;
+        let v: Value = serde_json::from_slice(&stored_to_wire(stored, 9)).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "9");
+        assert!(v["data"]["spec"]["template"]["metadata"].get("resourceVersion").is_none());
+        assert!(stored_to_wire(br#"{"data":{"metadata":{}}}"#, 3).as_ref() == br#"{"data":{"metadata":{}}}"#);
+    }
+
+    #[test]
+    fn objects_are_stored_with_their_metadata_first() {
+        let obj = serde_json::json!({"apiVersion": "apps/v1", "data": {"x": 1}, "kind": "ControllerRevision", "metadata": {"name": "r", "resourceVersion": "5"}, "revision": 1});
+        let stored = encode_for_storage(&obj).unwrap();
+        assert!(stored.starts_with(br#"{"apiVersion":"apps/v1","kind":"ControllerRevision","metadata":{"name":"r"}"#));
+    }
 
     #[test]
     fn resource_version_is_spliced_into_stored_bytes() {
