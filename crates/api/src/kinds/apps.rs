@@ -261,6 +261,25 @@ impl Kind for StatefulSet {
     }
 }
 
+/// The annotation upstream stores a DaemonSet's template generation in.
+pub const DAEMONSET_TEMPLATE_GENERATION: &str = "deprecated.daemonset.template.generation";
+
+fn template_generation(ds: &DaemonSet) -> i64 {
+    ds.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DAEMONSET_TEMPLATE_GENERATION))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+}
+
+fn set_template_generation(ds: &mut DaemonSet, generation: i64) {
+    ds.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(DAEMONSET_TEMPLATE_GENERATION.to_string(), generation.to_string());
+}
+
 impl Kind for DaemonSet {
     fn set_defaults(&mut self) {
         let Some(spec) = &mut self.spec else { return };
@@ -281,6 +300,16 @@ impl Kind for DaemonSet {
 
     fn prepare_for_create(&mut self) {
         self.status = None;
+        set_template_generation(self, 1);
+    }
+
+    /// Upstream keeps the DaemonSet's template generation (an internal field) in this
+    /// annotation: carried over on every update, and one more when the template changes. The
+    /// controller labels pods with it (`pod-template-generation`).
+    fn prepare_for_update(&mut self, old: &Self) {
+        let previous = template_generation(old);
+        let changed = self.spec.as_ref().map(|s| &s.template) != old.spec.as_ref().map(|s| &s.template);
+        set_template_generation(self, if changed { previous + 1 } else { previous.max(1) });
     }
 
     fn validate(&self, errs: &mut Vec<FieldError>) {
@@ -308,3 +337,34 @@ impl Kind for DaemonSet {
 }
 
 impl Kind for ControllerRevision {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::{KindOps, Typed};
+    use serde_json::Value;
+
+    fn daemon_set(image: &str) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "ds", "namespace": "default"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "ds"}},
+                "template": {"metadata": {"labels": {"app": "ds"}}, "spec": {"containers": [{"name": "c", "image": image}]}}
+            }
+        })
+    }
+
+    #[test]
+    fn daemon_set_template_generation_starts_at_one_and_counts_template_changes() {
+        let ops = Typed::<DaemonSet>::default();
+        let generation = |v: &Value| v["metadata"]["annotations"][DAEMONSET_TEMPLATE_GENERATION].clone();
+        let created = ops.admit_create(daemon_set("a")).unwrap().object;
+        assert_eq!(generation(&created), "1");
+        // A client's update that drops the annotation cannot reset it.
+        let same = ops.admit_update(daemon_set("a"), &created).unwrap().object;
+        assert_eq!(generation(&same), "1");
+        let changed = ops.admit_update(daemon_set("b"), &same).unwrap().object;
+        assert_eq!(generation(&changed), "2");
+    }
+}

@@ -49,6 +49,10 @@ pub trait Kind:
     /// What the create strategy resets or fills in before validation (e.g. a new pod's phase).
     fn prepare_for_create(&mut self) {}
 
+    /// What the update strategy carries over from the stored object or derives from the
+    /// change, before validation (e.g. a DaemonSet's template generation).
+    fn prepare_for_update(&mut self, _old: &Self) {}
+
     /// Validation of the whole object (metadata is validated generically before this).
     fn validate(&self, _errs: &mut Vec<FieldError>) {}
 
@@ -188,6 +192,7 @@ impl<T: Kind> KindOps for Typed<T> {
         let mut typed = Self::decode(&obj)?;
         let old_typed = Self::decode(old)?;
         typed.set_defaults();
+        typed.prepare_for_update(&old_typed);
         let mut errs = Vec::new();
         validate_object_meta(typed.metadata(), T::NAME_RULE, is_namespaced::<T>(), &mut errs);
         typed.validate(&mut errs);
