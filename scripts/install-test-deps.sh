@@ -48,6 +48,12 @@ mkdir -p "$BIN" "$STAMPS"
 APT_PACKAGES=(
   python3        # the interpreter for the e2e suite's venv and for unpacking the kubectl wheels
   python3-venv   # `python3 -m venv` (Debian splits venv/ensurepip out of python3)
+  busybox-static   # the test images' /bin/busybox (scripts/build-test-images.sh)
+  umoci            # builds the test images as an OCI layout
+  skopeo           # pushes the test images to the local registries
+  docker-registry  # local OCI registries on loopback (tests/e2e/test_images.py)
+  apache2-utils    # htpasswd: bcrypt passwords for the basic-auth registry
+  openssl          # the basic-auth registry's test CA and certificate
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -168,6 +168,12 @@ impl ApiServer {
         if rt.group.is_empty() && rt.kind == "Service" {
             self.allocate_service(obj, None, dry_run).await?;
         }
+        if rt.group.is_empty() && rt.kind == "Pod" {
+            self.admit_pod_service_account(obj).await?;
+        }
+        if rt.group.is_empty() && rt.kind == "Pod" {
+            default_toleration_seconds(obj);
+        }
         Ok(())
     }
 
@@ -529,9 +535,61 @@ fn invalid_node_port(name: &str, index: usize, value: i64, detail: &str) -> ApiE
     )
 }
 
+/// Upstream's DefaultTolerationSeconds plugin: a pod that does not tolerate the
+/// `not-ready`/`unreachable` NoExecute taints gets tolerations for them lasting 300 seconds, so
+/// that it is evicted from a failed node after five minutes. (Upstream also runs it on updates,
+/// where it cannot change anything since tolerations cannot be removed.)
+pub(crate) fn default_toleration_seconds(pod: &mut Value) {
+    const SECONDS: i64 = 300;
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else { return };
+    let tolerates = |key: &str| {
+        list.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let e = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            (k == key || k.is_empty()) && (e == "NoExecute" || e.is_empty())
+        })
+    };
+    let missing: Vec<&str> = ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"]
+        .into_iter()
+        .filter(|k| !tolerates(k))
+        .collect();
+    for key in missing {
+        list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": SECONDS}));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_get_default_not_ready_and_unreachable_tolerations() {
+        let mut pod = json!({"spec": {"containers": []}});
+        default_toleration_seconds(&mut pod);
+        let t = pod["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["key"], "node.kubernetes.io/not-ready");
+        assert_eq!(t[1]["key"], "node.kubernetes.io/unreachable");
+        assert_eq!(t[1]["tolerationSeconds"], 300);
+        assert_eq!(t[1]["effect"], "NoExecute");
+    }
+
+    #[test]
+    fn existing_tolerations_of_those_taints_are_kept_as_they_are() {
+        let mut pod = json!({"spec": {"tolerations": [
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}
+        ]}});
+        default_toleration_seconds(&mut pod);
+        let t = pod["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["tolerationSeconds"], 5);
+        assert_eq!(t[1]["key"], "node.kubernetes.io/not-ready");
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_toleration_seconds(&mut all);
+        assert_eq!(all["spec"]["tolerations"].as_array().unwrap().len(), 1);
+    }
 
     #[test]
     fn cidr_parses_and_masks() {

@@ -22,6 +22,7 @@ pub mod pki;
 mod request;
 mod response;
 mod server;
+pub mod serviceaccount;
 
 pub use admission::Ipv4Cidr;
 pub use bootstrap::SYSTEM_NAMESPACES;

@@ -67,6 +67,8 @@ pub struct Inner {
     schemas: OnceLock<SchemaSet>,
     pub(crate) openapi_v2: openapi::v2::Cache,
     pub(crate) crd_state: crate::crd::State,
+    /// Signs and accepts service account tokens; see [`ApiServer::set_token_issuer`].
+    pub(crate) token_issuer: OnceLock<Arc<crate::serviceaccount::TokenIssuer>>,
 }
 
 /// The API server; cheap to clone.
@@ -97,6 +99,7 @@ impl ApiServer {
             schemas: OnceLock::new(),
             openapi_v2: Default::default(),
             crd_state: Default::default(),
+            token_issuer: OnceLock::new(),
         }))
     }
 
@@ -184,11 +187,14 @@ impl ApiServer {
         }
     }
 
-    fn authenticate(&self, headers: &HeaderMap, cert_user: Option<UserInfo>) -> Option<UserInfo> {
+    async fn authenticate(&self, headers: &HeaderMap, cert_user: Option<UserInfo>) -> Option<UserInfo> {
         if let Some(token) =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(authn::bearer_token)
         {
-            return self.tokens.as_ref().and_then(|t| t.authenticate_bearer(token));
+            if let Some(user) = self.tokens.as_ref().and_then(|t| t.authenticate_bearer(token)) {
+                return Some(user);
+            }
+            return self.authenticate_service_account_token(token).await;
         }
         cert_user
     }
@@ -200,7 +206,7 @@ impl ApiServer {
         let path = req.uri().path().to_string();
         let span = debug_span!("request", %method, %path);
         let (resp, labels) = async {
-            let Some(user) = self.authenticate(req.headers(), cert_user) else {
+            let Some(user) = self.authenticate(req.headers(), cert_user).await else {
                 return (response::error(&ApiError::unauthorized()), None);
             };
             match self.route(req, &user).await {
@@ -240,6 +246,11 @@ impl ApiServer {
     ) -> (Result<Response<Body>, ApiError>, Option<(String, String, String)>) {
         let query = Query::parse(req.uri().query());
         let method = req.method().clone();
+        if method == Method::GET
+            && let Some(doc) = self.service_account_discovery(req.uri().path())
+        {
+            return (doc.map(|d| response::json(200, &d)), None);
+        }
         let route = match request::route(&method, req.uri().path(), &query) {
             Ok(r) => r,
             Err(e) => return (Err(e), None),

@@ -3,20 +3,56 @@
 //! Each controller lives in its own module, named as upstream's `pkg/controller/<name>`, and
 //! reaches cluster state only through the Kubernetes API with a kube-rs client (design rule 1),
 //! so any of them can be swapped for upstream's and they exercise our API as real clients do.
+pub mod cronjob;
+pub mod daemon;
 pub mod deployment;
+pub mod endpoint;
+pub mod endpointslice;
+pub mod endpointslicemirroring;
 pub mod events;
 pub mod expectations;
 pub mod garbagecollector;
+pub mod history;
 mod informer;
+pub mod job;
+pub mod leaderelection;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
+pub mod rootcacertpublisher;
+pub mod serviceaccount;
+pub mod statefulset;
+pub mod ttlafterfinished;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+/// What the controllers are configured with: the controller manager's flags.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The cluster CA bundle (PEM) published as `kube-root-ca.crt` in every namespace
+    /// (`--root-ca-file`); without it there is no publisher, as upstream.
+    pub root_ca: Option<String>,
+    /// Pod CIDRs for nodes (`--cluster-cidr`, `--node-cidr-mask-size`); `None` allocates none.
+    pub node_ipam: Option<(nodeipam::Ipv4Net, u8)>,
+    /// `--node-monitor-grace-period` and the node lifecycle controller's other timings.
+    pub node_lifecycle: nodelifecycle::Options,
+    /// `--terminated-pod-gc-threshold` and the pod garbage collector's other timings.
+    pub pod_gc: podgc::Options,
+}
+
 /// Runs every controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(client: Client, options: Options, shutdown: CancellationToken) {
+    let node_ipam =
+        options.node_ipam.map(|(cidr, mask)| tokio::spawn(nodeipam::run(client.clone(), cidr, mask, shutdown.clone())));
+    let node_lifecycle = tokio::spawn(nodelifecycle::run(client.clone(), options.node_lifecycle, shutdown.clone()));
+    let pod_gc = tokio::spawn(podgc::run(client.clone(), options.pod_gc, shutdown.clone()));
+    let service_accounts = tokio::spawn(serviceaccount::run(client.clone(), shutdown.clone()));
+    let root_ca =
+        options.root_ca.map(|ca| tokio::spawn(rootcacertpublisher::run(client.clone(), ca, shutdown.clone())));
     let gc = {
         let (client, shutdown) = (client.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -34,7 +70,25 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         })
     };
     let ns = tokio::spawn(namespace::run(client.clone(), shutdown.clone()));
+    let endpoints = tokio::spawn(endpoint::run(client.clone(), shutdown.clone()));
+    let endpoint_slices = tokio::spawn(endpointslice::run(client.clone(), shutdown.clone()));
+    let mirroring = tokio::spawn(endpointslicemirroring::run(client.clone(), shutdown.clone()));
     let rs = tokio::spawn(replicaset::run(client.clone(), shutdown.clone()));
+    let sts = tokio::spawn(statefulset::run(client.clone(), shutdown.clone()));
+    let daemon_sets = tokio::spawn(daemon::run(client.clone(), shutdown.clone()));
+    let jobs = tokio::spawn(job::run(client.clone(), shutdown.clone()));
+    let cronjobs = tokio::spawn(cronjob::run(client.clone(), shutdown.clone()));
+    let ttl = tokio::spawn(ttlafterfinished::run(client.clone(), shutdown.clone()));
     let deploy = tokio::spawn(deployment::run(client, shutdown));
-    let _ = tokio::join!(gc, ns, rs, deploy);
+    let _ = tokio::join!(gc, ns, rs, deploy, sts, daemon_sets);
+    let _ = tokio::join!(endpoints, endpoint_slices, mirroring);
+    let _ = tokio::join!(jobs, cronjobs, ttl);
+    let _ = service_accounts.await;
+    let _ = tokio::join!(node_lifecycle, pod_gc);
+    if let Some(node_ipam) = node_ipam {
+        let _ = node_ipam.await;
+    }
+    if let Some(root_ca) = root_ca {
+        let _ = root_ca.await;
+    }
 }

@@ -28,6 +28,8 @@ struct PodInfo {
     priority: i32,
     /// When the pod last failed (its backoff runs from here).
     failed_at: Option<Instant>,
+    /// The plugins that rejected it in its last attempt (for queueing hints).
+    unschedulable_plugins: Vec<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -178,12 +180,20 @@ impl SchedulingQueue {
     /// The attempt started at `cycle` found no node: the pod waits for an event, or backs off
     /// at once if an event came during the attempt.
     pub fn add_unschedulable(&self, key: &str, cycle: u64) {
+        self.add_unschedulable_by(key, cycle, Vec::new());
+    }
+
+    /// [`add_unschedulable`](Self::add_unschedulable), remembering which plugins rejected the
+    /// pod so that [`move_if`](Self::move_if) can ask their queueing hints.
+    pub fn add_unschedulable_by(&self, key: &str, cycle: u64, plugins: Vec<&'static str>) {
         let now = Instant::now();
         let mut q = self.lock();
         if !q.in_flight.remove(key) {
             return; // deleted meanwhile
         }
-        q.infos.entry(key.to_string()).or_default().failed_at = Some(now);
+        let info = q.infos.entry(key.to_string()).or_default();
+        info.failed_at = Some(now);
+        info.unschedulable_plugins = plugins;
         if q.move_request_cycle >= cycle {
             q.requeue_after_backoff(key.to_string(), now);
         } else {
@@ -214,6 +224,27 @@ impl SchedulingQueue {
         let keys: Vec<PodKey> = q.unschedulable.drain().map(|(k, _)| k).collect();
         tracing::debug!(event, pods = keys.len(), "moving unschedulable pods");
         for key in keys {
+            q.requeue_after_backoff(key, now);
+        }
+        q.move_request_cycle = q.scheduling_cycle;
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// A cluster event that helps only some unschedulable pods (upstream's queueing hints):
+    /// a pod moves if `helps(key, plugins that rejected it)` says so; the others keep waiting.
+    pub fn move_if(&self, event: &str, helps: impl Fn(&str, &[&'static str]) -> bool) {
+        let now = Instant::now();
+        let mut q = self.lock();
+        let keys: Vec<PodKey> = q
+            .unschedulable
+            .keys()
+            .filter(|k| helps(k, q.infos.get(*k).map_or(&[][..], |i| &i.unschedulable_plugins)))
+            .cloned()
+            .collect();
+        tracing::debug!(event, pods = keys.len(), "moving unschedulable pods the event may help");
+        for key in keys {
+            q.unschedulable.remove(&key);
             q.requeue_after_backoff(key, now);
         }
         q.move_request_cycle = q.scheduling_cycle;
@@ -367,6 +398,21 @@ mod tests {
             q.flush_backoff_completed();
             assert_eq!(q.lens().0, 1);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queueing_hints_move_only_the_pods_an_event_may_help() {
+        let q = SchedulingQueue::new();
+        q.add("ns/ports", 0);
+        q.add("ns/cpu", 0);
+        let (a, ca) = pop_now(&q).await.unwrap();
+        let (b, cb) = pop_now(&q).await.unwrap();
+        q.add_unschedulable_by(&a, ca, vec!["NodePorts"]);
+        q.add_unschedulable_by(&b, cb, vec!["NodeResourcesFit"]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        q.move_if("AssignedPodDelete", |_, plugins| plugins != ["NodePorts"]);
+        assert_eq!(q.lens(), (1, 0, 1));
+        assert_eq!(pop_now(&q).await.unwrap().0, "ns/cpu");
     }
 
     #[tokio::test(start_paused = true)]

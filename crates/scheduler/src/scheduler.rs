@@ -1,8 +1,9 @@
 //! The scheduler's main loop (upstream's `scheduler.go` and `schedule_one.go`): informers
 //! (kube-runtime reflectors) of nodes and pods feed the queue; each cycle pops one pod, builds
-//! a snapshot, runs the framework, assumes the pod on the chosen node and binds it in the
-//! background; a pod that fits nowhere gets `PodScheduled=False` and a `FailedScheduling`
-//! event.
+//! a snapshot, runs the framework of the pod's profile, assumes the pod on the chosen node and
+//! binds it in the background; a pod that fits nowhere gets `PodScheduled=False` and a
+//! `FailedScheduling` event, and when preemption chose a node for it, `nominatedNodeName`
+//! while its victims are evicted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -18,7 +19,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::framework::{CycleState, Framework, NodeInfo, ScheduleError};
+use crate::cache::InformerListers;
+use crate::config::SchedulerConfig;
+use crate::framework::{CycleState, Framework, NodeInfo, Nomination, ScheduleError};
 use crate::queue::SchedulingQueue;
 
 /// The name pods put in `spec.schedulerName` to be scheduled by us (the default).
@@ -43,9 +46,14 @@ fn is_terminal(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
-/// Whether this scheduler should place the pod.
+/// The pod's `spec.schedulerName` (the default when unset).
+fn scheduler_name(pod: &Pod) -> &str {
+    pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or(SCHEDULER_NAME)
+}
+
+/// Whether the default profile should place the pod.
 pub fn responsible_for(pod: &Pod) -> bool {
-    pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or(SCHEDULER_NAME) == SCHEDULER_NAME
+    scheduler_name(pod) == SCHEDULER_NAME
 }
 
 /// What of a pending pod, when it changes, may change where it fits.
@@ -81,10 +89,54 @@ pub fn snapshot(nodes: &[Arc<Node>], pods: &[Arc<Pod>], assumed: &HashMap<String
     infos
 }
 
+fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// Counts pending pods nominated to a node by preemption, of at least `for_pod`'s priority,
+/// on that node, so that the room freed for them is not taken by others (upstream runs the
+/// filters "with nominated pods").
+pub fn add_nominated_pods(
+    infos: &mut [NodeInfo],
+    pods: &[Arc<Pod>],
+    assumed: &HashMap<String, Arc<Pod>>,
+    for_pod: &Pod,
+) {
+    let own = priority(for_pod);
+    for p in pods {
+        let Some(nominated) = p.status.as_ref().and_then(|s| s.nominated_node_name.as_deref()) else { continue };
+        if nominated.is_empty()
+            || node_name(p).is_some()
+            || is_terminal(p)
+            || p.metadata.deletion_timestamp.is_some()
+            || p.metadata.uid == for_pod.metadata.uid
+            || priority(p) < own
+            || assumed.contains_key(&pod_key(p))
+        {
+            continue;
+        }
+        if let Some(info) = infos.iter_mut().find(|n| n.name() == nominated) {
+            info.add_pod(p.clone());
+        }
+    }
+}
+
+/// The queueing hints for an assigned pod's deletion: every plugin but NodePorts may be
+/// helped by any deletion; NodePorts only by one that frees a port the pod wants.
+fn assigned_pod_delete_helps(pods: &Store<Pod>, key: &str, plugins: &[&'static str], deleted: &Pod) -> bool {
+    if plugins.is_empty() || plugins.iter().any(|p| *p != crate::plugins::node_ports::NAME) {
+        return true;
+    }
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    pods.get(&ObjectRef::new(name).within(ns))
+        .is_none_or(|waiting| crate::plugins::node_ports::is_schedulable_after_pod_deleted(&waiting, deleted))
+}
+
 /// Shared by the loop, the event handlers and the binding tasks.
 struct Scheduler {
     client: Client,
-    framework: Arc<Framework>,
+    /// One framework per profile, by scheduler name.
+    profiles: HashMap<String, Arc<Framework>>,
     queue: Arc<SchedulingQueue>,
     nodes: Store<Node>,
     pods: Store<Pod>,
@@ -95,17 +147,44 @@ struct Scheduler {
 
 /// Runs the scheduler with the default profile until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let framework = Arc::new(crate::plugins::default_framework(client.clone()));
-    run_with(client, framework, shutdown).await
+    run_with_config(client, SchedulerConfig::default(), shutdown).await
 }
 
-/// Runs the scheduler with `framework` until `shutdown`.
+/// Runs the scheduler with the profiles of `config` until `shutdown`.
+pub async fn run_with_config(client: Client, config: SchedulerConfig, shutdown: CancellationToken) {
+    let (listers, tasks) = InformerListers::start(&client);
+    let shared: Arc<dyn crate::framework::Listers> = Arc::new(listers.clone());
+    let profiles = config
+        .profiles
+        .iter()
+        .map(|p| (p.scheduler_name.clone(), Arc::new(crate::plugins::build(p, shared.clone(), Some(&client)))))
+        .collect();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        ready = listers.wait_until_ready() => {
+            if ready {
+                run_profiles(client, profiles, shutdown).await;
+            } else {
+                warn!("the scheduler's informers stopped before they synced");
+            }
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Runs the scheduler with `framework` as the default profile until `shutdown`.
 pub async fn run_with(client: Client, framework: Arc<Framework>, shutdown: CancellationToken) {
+    run_profiles(client, HashMap::from([(SCHEDULER_NAME.to_string(), framework)]), shutdown).await
+}
+
+async fn run_profiles(client: Client, profiles: HashMap<String, Arc<Framework>>, shutdown: CancellationToken) {
     let (nodes, node_writer) = reflector::store();
     let (pods, pod_writer) = reflector::store();
     let sched = Arc::new(Scheduler {
         client: client.clone(),
-        framework,
+        profiles,
         queue: Arc::new(SchedulingQueue::new()),
         nodes,
         pods,
@@ -161,6 +240,7 @@ async fn watch_nodes(sched: Arc<Scheduler>, api: Api<Node>, writer: reflector::s
 
 async fn watch_pods(sched: Arc<Scheduler>, api: Api<Pod>, writer: reflector::store::Writer<Pod>) {
     let mut pending: HashMap<String, String> = HashMap::new();
+    let mut bound: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).boxed();
     while let Some(ev) = stream.next().await {
         match ev {
@@ -171,10 +251,21 @@ async fn watch_pods(sched: Arc<Scheduler>, api: Api<Pod>, writer: reflector::sto
                     sched.queue.delete(&key);
                     if node_name(&pod).is_some() {
                         lock(&sched.assumed).remove(&key);
+                        let waiting = sched.queue.lens().2 > 0;
+                        if !is_terminal(&pod) {
+                            // A pod newly on a node may satisfy pending pods' pod affinity or
+                            // spread (upstream's AssignedPodAdd event).
+                            if bound.insert(key) && waiting {
+                                sched.queue.move_all_to_active_or_backoff("AssignedPodAdd");
+                            }
+                        } else if bound.remove(&key) && waiting {
+                            // A finished pod no longer holds its node's resources.
+                            sched.queue.move_all_to_active_or_backoff("AssignedPodTerminal");
+                        }
                     }
                     continue;
                 }
-                if !responsible_for(&pod) {
+                if !sched.profiles.contains_key(scheduler_name(&pod)) {
                     continue;
                 }
                 let print = pod_fingerprint(&pod);
@@ -188,13 +279,17 @@ async fn watch_pods(sched: Arc<Scheduler>, api: Api<Pod>, writer: reflector::sto
             Ok(watcher::Event::Delete(pod)) => {
                 let key = pod_key(&pod);
                 pending.remove(&key);
+                bound.remove(&key);
                 sched.queue.delete(&key);
                 lock(&sched.assumed).remove(&key);
                 if let Some(uid) = pod.uid() {
                     lock(&sched.events).remove(&uid);
                 }
                 if node_name(&pod).is_some() {
-                    sched.queue.move_all_to_active_or_backoff("AssignedPodDelete");
+                    let pods = &sched.pods;
+                    sched.queue.move_if("AssignedPodDelete", |key, plugins| {
+                        assigned_pod_delete_helps(pods, key, plugins, &pod)
+                    });
                 }
             }
             Ok(_) => {}
@@ -222,22 +317,37 @@ async fn schedule_one(sched: &Arc<Scheduler>, key: &str, cycle: u64) {
         sched.queue.done(key);
         return;
     };
-    if node_name(&pod).is_some() || pod.metadata.deletion_timestamp.is_some() || !responsible_for(&pod) {
+    let Some(framework) = sched.profiles.get(scheduler_name(&pod)).cloned() else {
+        sched.queue.done(key);
+        return;
+    };
+    if node_name(&pod).is_some() || pod.metadata.deletion_timestamp.is_some() {
         sched.queue.done(key);
         return;
     }
     let nodes = {
         let assumed = lock(&sched.assumed);
-        snapshot(&sched.nodes.state(), &sched.pods.state(), &assumed)
+        let pods = sched.pods.state();
+        let mut infos = snapshot(&sched.nodes.state(), &pods, &assumed);
+        add_nominated_pods(&mut infos, &pods, &assumed, &pod);
+        infos
     };
     let mut state = CycleState::new();
-    let result = sched.framework.schedule_pod(&mut state, &pod, &nodes);
+    let result = framework.schedule_pod(&mut state, &pod, &nodes);
     let node = match result {
         Ok(r) => r.node,
         // No nodes at all counts as unschedulable too, as upstream: a node event retries it.
         Err(e @ (ScheduleError::Unschedulable { .. } | ScheduleError::NoNodes)) => {
             debug!(message = %e, "pod is unschedulable");
-            sched.queue.add_unschedulable(key, cycle);
+            if let ScheduleError::Unschedulable { nomination: Some(n), .. } = &e {
+                info!(node = %n.node, victims = n.victims.len(), "preempting");
+                tokio::spawn(preempt(sched.clone(), pod.clone(), n.clone()).in_current_span());
+            }
+            let plugins = match &e {
+                ScheduleError::Unschedulable { plugins, .. } => plugins.clone(),
+                _ => Vec::new(),
+            };
+            sched.queue.add_unschedulable_by(key, cycle, plugins);
             record_failure(sched.clone(), pod, "Unschedulable", e.to_string());
             return;
         }
@@ -252,7 +362,7 @@ async fn schedule_one(sched: &Arc<Scheduler>, key: &str, cycle: u64) {
     let mut placed = (*pod).clone();
     placed.spec.get_or_insert_default().node_name = Some(node.clone());
     lock(&sched.assumed).insert(key.to_string(), Arc::new(placed));
-    let reserved = sched.framework.run_reserve(&mut state, &pod, &node);
+    let reserved = framework.run_reserve(&mut state, &pod, &node);
     if !reserved.is_success() {
         lock(&sched.assumed).remove(key);
         sched.queue.add_backoff(key);
@@ -269,24 +379,78 @@ async fn schedule_one(sched: &Arc<Scheduler>, key: &str, cycle: u64) {
     let key = key.to_string();
     tokio::spawn(
         async move {
-            let status = sched.framework.run_bind(&state, &pod, &node).await;
+            let status = framework.run_bind(&state, &pod, &node).await;
             if status.is_success() {
                 info!(node = %node, "pod bound");
                 sched.queue.done(&key);
                 let message = format!("Successfully assigned {key} to {node}");
-                if let Err(e) = post_event(&sched.client, &pod, "Normal", "Scheduled", &message).await {
+                if let Err(e) =
+                    post_event(&sched.client, &pod, scheduler_name(&pod), "Normal", "Scheduled", &message).await
+                {
                     debug!(error = %e, "recording the Scheduled event failed");
                 }
                 return;
             }
             warn!(node = %node, error = %status.message(), "binding failed");
-            sched.framework.run_unreserve(&mut state, &pod, &node);
+            framework.run_unreserve(&mut state, &pod, &node);
             lock(&sched.assumed).remove(&key);
             sched.queue.add_backoff(&key);
             record_failure(sched.clone(), pod, "SchedulerError", status.message());
         }
         .in_current_span(),
     );
+}
+
+/// Carries out a preemption (upstream's `prepareCandidate`): the preemptor is nominated to
+/// the node, and each victim gets the `DisruptionTarget` condition, a `Preempted` event and is
+/// deleted (gracefully; its kubelet finishes the deletion).
+async fn preempt(sched: Arc<Scheduler>, pod: Arc<Pod>, nomination: Nomination) {
+    let ns = pod.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(sched.client.clone(), &ns);
+    let patch = Patch::Merge(json!({"status": {"nominatedNodeName": nomination.node}}));
+    if let Err(e) = pods.patch_status(&pod.name_any(), &PatchParams::default(), &patch).await {
+        warn!(error = %e, "writing nominatedNodeName failed");
+    }
+    for v in &nomination.victims {
+        let api: Api<Pod> = Api::namespaced(sched.client.clone(), &v.namespace);
+        let cached = sched.pods.get(&ObjectRef::new(&v.name).within(&v.namespace));
+        if let Some(victim) = &cached {
+            let message = format!("{}: preempting to accommodate a higher priority pod", scheduler_name(&pod));
+            let mut conditions: Vec<Value> = victim
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|c| c.type_ != "DisruptionTarget")
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                .collect();
+            conditions.push(json!({
+                "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": message, "lastTransitionTime": now(),
+            }));
+            let patch = Patch::Merge(json!({"status": {"conditions": conditions}}));
+            if let Err(e) = api.patch_status(&v.name, &PatchParams::default(), &patch).await {
+                debug!(victim = %v.name, error = %e, "writing the DisruptionTarget condition failed");
+            }
+            let message = format!("Preempted by pod {} on node {}", pod.uid().unwrap_or_default(), nomination.node);
+            if let Err(e) =
+                post_event(&sched.client, victim, scheduler_name(&pod), "Normal", "Preempted", &message).await
+            {
+                debug!(error = %e, "recording the Preempted event failed");
+            }
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some(v.uid.clone()), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(&v.name, &params).await {
+            Ok(_) => {
+                info!(victim = %format!("{}/{}", v.namespace, v.name), node = %nomination.node, "victim preempted")
+            }
+            Err(e) => warn!(victim = %v.name, error = %e, "deleting a preemption victim failed"),
+        }
+    }
 }
 
 fn now() -> String {
@@ -353,15 +517,17 @@ async fn emit_event(sched: &Scheduler, pod: &Pod, ns: &str, message: &str) -> Re
             return Ok(());
         }
     }
-    let name = post_event(&sched.client, pod, "Warning", "FailedScheduling", message).await?;
+    let name = post_event(&sched.client, pod, scheduler_name(pod), "Warning", "FailedScheduling", message).await?;
     lock(&sched.events).insert(uid, (name, 1, message.to_string()));
     Ok(())
 }
 
 /// Posts a core/v1 event about `pod` from the scheduler; returns its name.
+/// Events are reported by the profile (its scheduler name), as upstream's per-profile recorders.
 async fn post_event(
     client: &Client,
     pod: &Pod,
+    component: &str,
     type_: &str,
     reason: &str,
     message: &str,
@@ -379,9 +545,9 @@ async fn post_event(
         "reason": reason,
         "message": message,
         "type": type_,
-        "source": {"component": SCHEDULER_NAME},
-        "reportingComponent": SCHEDULER_NAME,
-        "reportingInstance": SCHEDULER_NAME,
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
         "firstTimestamp": now,
         "lastTimestamp": now,
         "count": 1,
@@ -413,6 +579,31 @@ mod tests {
         let assumed = HashMap::from([("d/c".to_string(), assumed_pod), ("d/a".to_string(), bound.clone())]);
         let snap = snapshot(&nodes, &[bound, done], &assumed);
         assert_eq!(snap[0].pods.len(), 2);
+    }
+
+    #[test]
+    fn nominated_pods_of_at_least_equal_priority_hold_their_node() {
+        let nodes = vec![Arc::new(serde_json::from_value::<Node>(json!({"metadata": {"name": "n"}})).unwrap())];
+        let nominated = |name: &str, priority: i32| {
+            arc_pod(json!({
+                "metadata": {"name": name, "namespace": "d", "uid": name},
+                "spec": {"priority": priority, "containers": []},
+                "status": {"nominatedNodeName": "n"},
+            }))
+        };
+        let pods = vec![nominated("high", 1000), nominated("low", 0)];
+        let me: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "me", "namespace": "d", "uid": "me"}, "spec": {"priority": 500, "containers": []}}),
+        )
+        .unwrap();
+        let mut infos = snapshot(&nodes, &[], &HashMap::new());
+        add_nominated_pods(&mut infos, &pods, &HashMap::new(), &me);
+        let names: Vec<_> = infos[0].pods.iter().map(|p| p.name_any()).collect();
+        assert_eq!(names, vec!["high"]);
+        // The nominated pod itself does not count against itself.
+        let mut infos = snapshot(&nodes, &[], &HashMap::new());
+        add_nominated_pods(&mut infos, &pods, &HashMap::new(), &pods[0]);
+        assert!(infos[0].pods.is_empty());
     }
 
     #[test]

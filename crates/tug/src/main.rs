@@ -2,6 +2,7 @@
 //! components together; the components themselves live in their crates.
 
 mod bench;
+mod images;
 mod server;
 mod sim_nodes;
 
@@ -35,14 +36,30 @@ enum Command {
         /// The kubeconfig to reach the API server with.
         #[arg(long)]
         kubeconfig: std::path::PathBuf,
+        /// The cluster CA bundle (PEM) published to every namespace as the `kube-root-ca.crt`
+        /// ConfigMap. Defaults to the CA of the kubeconfig.
+        #[arg(long)]
+        root_ca_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        node_controllers: server::NodeControllerArgs,
+        #[command(flatten)]
+        leader_election: server::LeaderElectionArgs,
     },
     /// Simulate nodes (no containers) for testing and measuring the control plane at scale.
     SimNodes(sim_nodes::SimNodesArgs),
+    /// Manage the node's container images: pull, list, remove, import.
+    Images(images::ImagesArgs),
     /// Run the scheduler alone against a cluster's API server.
     Scheduler {
         /// The kubeconfig to reach the API server with.
         #[arg(long)]
         kubeconfig: std::path::PathBuf,
+        /// A KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1) file: profiles,
+        /// plugins and their args.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        leader_election: server::LeaderElectionArgs,
     },
 }
 
@@ -73,23 +90,29 @@ fn main() -> std::process::ExitCode {
             Command::Bench(BenchCommand::Scheduler(args)) => bench::scheduler::run(args).await,
             Command::Bench(BenchCommand::Controllers(args)) => bench::controllers::run(args).await,
             Command::SimNodes(args) => sim_nodes::run(args).await,
-            Command::ControllerManager { kubeconfig } => {
+            Command::Images(args) => images::run(args).await,
+            Command::ControllerManager { kubeconfig, root_ca_file, node_controllers, leader_election } => {
                 let client = client_from_kubeconfig(&kubeconfig).await?;
-                let shutdown = tokio_util::sync::CancellationToken::new();
-                let run = tokio::spawn(tug_controllers::run(client, shutdown.clone()));
-                server::wait_for_signal().await;
-                shutdown.cancel();
-                let _ = run.await;
-                Ok(())
+                let mut options = tug_controllers::Options {
+                    root_ca: root_ca(&kubeconfig, root_ca_file.as_deref())?,
+                    ..Default::default()
+                };
+                node_controllers.apply(&mut options);
+                let election = leader_election.config("kube-controller-manager");
+                let work_client = client.clone();
+                let work = move |token| tug_controllers::run(work_client, options, token);
+                run_until_signal(client, election, work).await
             }
-            Command::Scheduler { kubeconfig } => {
+            Command::Scheduler { kubeconfig, config, leader_election } => {
+                let config = match config {
+                    Some(path) => tug_scheduler::SchedulerConfig::load(&path)?,
+                    None => tug_scheduler::SchedulerConfig::default(),
+                };
                 let client = client_from_kubeconfig(&kubeconfig).await?;
-                let shutdown = tokio_util::sync::CancellationToken::new();
-                let run = tokio::spawn(tug_scheduler::run(client, shutdown.clone()));
-                server::wait_for_signal().await;
-                shutdown.cancel();
-                let _ = run.await;
-                Ok(())
+                let election = leader_election.config("kube-scheduler");
+                let work_client = client.clone();
+                let work = move |token| tug_scheduler::run_with_config(work_client, config, token);
+                run_until_signal(client, election, work).await
             }
         }
     });
@@ -102,6 +125,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs a standalone component (under leader election if `election`) until a signal; losing
+/// the lease is an error, so the process exits non-zero as upstream's components do.
+async fn run_until_signal<F, Fut>(
+    client: kube::Client,
+    election: Option<tug_controllers::leaderelection::Config>,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut run = tokio::spawn(server::run_elected(client, election, shutdown.clone(), work));
+    tokio::select! {
+        _ = server::wait_for_signal() => {
+            shutdown.cancel();
+            let _ = run.await;
+            Ok(())
+        }
+        result = &mut run => Ok(result??),
+    }
+}
+
 /// A Kubernetes client for the cluster a kubeconfig names.
 pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<kube::Client> {
     use anyhow::Context;
@@ -111,6 +157,41 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<ku
         .await
         .with_context(|| format!("loading {}", path.display()))?;
     kube::Client::try_from(config).context("building the API client")
+}
+
+/// The CA bundle of `--root-ca-file`, or else the one the kubeconfig trusts for its current
+/// cluster (`certificate-authority-data` or the `certificate-authority` file).
+fn root_ca(kubeconfig: &std::path::Path, root_ca_file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    use anyhow::Context;
+    use base64::Engine as _;
+    if let Some(path) = root_ca_file {
+        return std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map(Some);
+    }
+    let config =
+        kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let context_name = config.current_context.clone().unwrap_or_default();
+    let cluster_name = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone());
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|c| cluster_name.as_ref().is_none_or(|n| &c.name == n))
+        .and_then(|c| c.cluster.as_ref());
+    let Some(cluster) = cluster else { return Ok(None) };
+    if let Some(data) = &cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .context("decoding the kubeconfig's certificate-authority-data")?;
+        return String::from_utf8(pem).context("the kubeconfig's certificate authority is not PEM text").map(Some);
+    }
+    match &cluster.certificate_authority {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}")).map(Some),
+        None => Ok(None),
+    }
 }
 
 fn init_logging(verbose: u8) {

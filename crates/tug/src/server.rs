@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tug_apiserver::authn::TokenFile;
 use tug_apiserver::pki::{ClusterPki, PkiOptions};
+use tug_apiserver::serviceaccount::{SigningKey, TokenIssuer};
 use tug_apiserver::{ApiServer, Ipv4Cidr, ServerOptions};
 use tug_store::Store;
 
@@ -64,9 +65,20 @@ pub struct ServerArgs {
     #[arg(long)]
     pub disable_scheduler: bool,
 
+    /// Do not run the controller manager inside the server (run `tug controller-manager`
+    /// elsewhere instead).
+    #[arg(long)]
+    pub disable_controller_manager: bool,
+
     /// Extra names (DNS or IP) for the serving certificate.
     #[arg(long = "tls-san")]
     pub tls_san: Vec<String>,
+
+    #[command(flatten)]
+    pub node_controllers: NodeControllerArgs,
+
+    #[command(flatten)]
+    pub leader_election: LeaderElectionArgs,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -153,6 +165,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         port: args.https_listen_port,
     };
     let server = ApiServer::new(store, Some(tokens), options);
+    let sa_key = SigningKey::load_or_create(pki.tls_dir()).context("loading the service account signing key")?;
+    server.set_token_issuer(TokenIssuer::new(sa_key));
     server.bootstrap().await.context("creating the cluster's built-in objects")?;
     server.set_ready();
 
@@ -179,13 +193,35 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
     // The controllers are API clients like any other: they connect with the admin kubeconfig.
     let client = crate::client_from_kubeconfig(&kubeconfig).await?;
-    let controllers = tokio::spawn(tug_controllers::run(client.clone(), shutdown.clone()));
+    let mut options = tug_controllers::Options { root_ca: Some(pki.ca_pem().to_string()), ..Default::default() };
+    args.node_controllers.apply(&mut options);
+    let controllers = {
+        let (client, shutdown, election) = (client.clone(), shutdown.clone(), args.leader_election.clone());
+        // A lost lease only pauses the controllers of a server: it stands for election again.
+        let enabled = !args.disable_controller_manager;
+        tokio::spawn(async move {
+            while enabled && !shutdown.is_cancelled() {
+                let (client2, options) = (client.clone(), options.clone());
+                let elected = election.config("kube-controller-manager");
+                let work = move |token| tug_controllers::run(client2, options, token);
+                if run_elected(client.clone(), elected, shutdown.clone(), work).await.is_ok() {
+                    break;
+                }
+            }
+        })
+    };
     let scheduler = {
         let shutdown = shutdown.clone();
         let enabled = !args.disable_scheduler;
+        let election = args.leader_election.clone();
         tokio::spawn(async move {
-            if enabled {
-                tug_scheduler::run(client, shutdown).await;
+            while enabled && !shutdown.is_cancelled() {
+                let scheduler_client = client.clone();
+                let work = move |token| tug_scheduler::run(scheduler_client, token);
+                let elected = election.config("kube-scheduler");
+                if run_elected(client.clone(), elected, shutdown.clone(), work).await.is_ok() {
+                    break;
+                }
             }
         })
     };
@@ -205,5 +241,139 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Flags of the node controllers (IPAM, lifecycle, pod GC), shared by `tug server` and
+/// `tug controller-manager`; names as upstream's kube-controller-manager (and k3s's).
+#[derive(Args, Debug, Clone)]
+pub struct NodeControllerArgs {
+    /// IPv4 range the nodes' pod CIDRs are allocated from.
+    #[arg(long, default_value = tug_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: tug_controllers::nodeipam::Ipv4Net,
+
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = tug_controllers::nodeipam::DEFAULT_NODE_CIDR_MASK_SIZE)]
+    pub node_cidr_mask_size: u8,
+
+    /// How long a node may go without a heartbeat (Lease or status) before it is marked
+    /// unhealthy (e.g. 40s, 1m).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+
+    /// Terminated pods kept before the oldest are deleted; 0 keeps them all.
+    #[arg(long, default_value_t = tug_controllers::podgc::TERMINATED_POD_GC_THRESHOLD)]
+    pub terminated_pod_gc_threshold: usize,
+
+    /// How often the pod garbage collector runs (upstream's fixed 20s; for tests).
+    #[arg(long, default_value = "20s", value_parser = parse_duration, hide = true)]
+    pub pod_gc_period: std::time::Duration,
+
+    /// How long a node must be gone before its pods are orphans (upstream's fixed 40s; for tests).
+    #[arg(long, default_value = "40s", value_parser = parse_duration, hide = true)]
+    pub pod_gc_orphan_quarantine: std::time::Duration,
+}
+
+impl NodeControllerArgs {
+    /// Sets the node controllers' part of the controller options.
+    pub fn apply(&self, options: &mut tug_controllers::Options) {
+        options.node_ipam = Some((self.cluster_cidr, self.node_cidr_mask_size));
+        options.node_lifecycle.node_monitor_grace_period = self.node_monitor_grace_period;
+        options.pod_gc.terminated_pod_gc_threshold = self.terminated_pod_gc_threshold;
+        options.pod_gc.gc_period = self.pod_gc_period;
+        options.pod_gc.quarantine = self.pod_gc_orphan_quarantine;
+    }
+}
+
+/// Leader election flags, as upstream's components name them.
+#[derive(Args, Debug, Clone)]
+pub struct LeaderElectionArgs {
+    /// Take a Lease in kube-system before working, so that only one copy works at a time.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: bool,
+
+    /// How long a non-leader waits after the last observed renewal before taking over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: std::time::Duration,
+
+    /// How long the leader keeps trying to renew before it stops leading.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: std::time::Duration,
+
+    /// How long candidates wait between attempts to acquire or renew.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: std::time::Duration,
+}
+
+impl LeaderElectionArgs {
+    /// The election on lease `kube-system/<lease>`, unless `--leader-elect=false`.
+    pub fn config(&self, lease: &str) -> Option<tug_controllers::leaderelection::Config> {
+        self.leader_elect.then(|| tug_controllers::leaderelection::Config {
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+            ..tug_controllers::leaderelection::Config::new(lease)
+        })
+    }
+}
+
+/// Runs `work` while leading `election` (or at once without one); see
+/// [`tug_controllers::leaderelection::run`].
+pub async fn run_elected<F, Fut>(
+    client: kube::Client,
+    election: Option<tug_controllers::leaderelection::Config>,
+    shutdown: CancellationToken,
+    work: F,
+) -> Result<(), tug_controllers::leaderelection::Error>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    match election {
+        None => {
+            work(shutdown).await;
+            Ok(())
+        }
+        Some(config) => tug_controllers::leaderelection::run(client, config, shutdown, work).await,
+    }
+}
+
+/// A duration as Go writes them: `40s`, `1m30s`, `500ms`, `2h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().map_err(|_| format!("{s:?} is not a duration like 40s"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("{s:?} is not a duration like 40s (units ms, s, m, h)")),
+        };
+        total += value * factor;
+        rest = &rest[unit_len..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_are_parsed_as_go_writes_them() {
+        assert_eq!(parse_duration("40s"), Ok(Duration::from_secs(40)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("40").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

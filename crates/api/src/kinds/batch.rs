@@ -24,13 +24,13 @@ impl Kind for Job {
             spec.parallelism = Some(1);
         }
         spec.parallelism.get_or_insert(1);
-        spec.backoff_limit.get_or_insert(6);
+        // With a per-index limit the Job-wide one is effectively off, as upstream defaults it.
+        spec.backoff_limit.get_or_insert(if spec.backoff_limit_per_index.is_some() { i32::MAX } else { 6 });
         spec.completion_mode.get_or_insert_with(|| "NonIndexed".into());
         spec.suspend.get_or_insert(false);
         spec.manual_selector.get_or_insert(false);
-        if spec.pod_failure_policy.is_none() {
-            spec.pod_replacement_policy.get_or_insert_with(|| "TerminatingOrFailed".into());
-        }
+        let replacement = if spec.pod_failure_policy.is_some() { "Failed" } else { "TerminatingOrFailed" };
+        spec.pod_replacement_policy.get_or_insert_with(|| replacement.into());
         if let Some(s) = &mut spec.template.spec {
             default_pod_spec(s);
         }
@@ -133,6 +133,17 @@ impl Kind for CronJob {
             errs.push(FieldError::required(&path.key("schedule"), ""));
         } else if !is_cron_schedule(&spec.schedule) {
             errs.push(FieldError::invalid(&path.key("schedule"), json!(spec.schedule), "unparseable cron schedule"));
+        } else if spec.time_zone.is_some() && spec.schedule.contains("TZ") {
+            errs.push(FieldError::invalid(
+                &path.key("schedule"),
+                json!(spec.schedule),
+                "cannot use both timeZone field and TZ or CRON_TZ in schedule",
+            ));
+        }
+        if let Some(tz) = &spec.time_zone
+            && jiff::tz::TimeZone::get(tz).is_err()
+        {
+            errs.push(FieldError::invalid(&path.key("timeZone"), json!(tz), &format!("unknown time zone {tz}")));
         }
         if let Some(p) = &spec.concurrency_policy {
             const POLICIES: [&str; 3] = ["Allow", "Forbid", "Replace"];

@@ -29,6 +29,7 @@ pub(crate) async fn serve(call: &Call<'_>, sub: &str) -> Result<Response<Body>, 
         ("scale", Verb::Get | Verb::Update | Verb::Patch) => scale(call).await,
         ("binding", Verb::Create) => bind(call, None).await,
         ("eviction", Verb::Create) => evict(call).await,
+        ("token", Verb::Create) => crate::serviceaccount::create_token(call).await,
         ("log" | "exec" | "attach" | "portforward" | "proxy", _) => node_agent_subresource(call, sub).await,
         _ => Err(ApiError::method_not_allowed(verb.as_str(), call.rt.subject())),
     }

@@ -6,13 +6,15 @@
 //! Reserve work on the cycle's snapshot ([`NodeInfo`]s) and never call the API; only Bind does.
 
 mod cycle_state;
+mod listers;
 mod node_info;
 mod runtime;
 mod status;
 
 pub use cycle_state::CycleState;
+pub use listers::{Listers, StaticListers};
 pub use node_info::{NodeInfo, Resource, pod_requests};
-pub use runtime::{Framework, NodeScore, ScheduleError, ScheduleResult};
+pub use runtime::{Framework, NodeScore, Nomination, ScheduleError, ScheduleResult, Victim};
 pub use status::{Code, NodeToStatus, Status};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -36,16 +38,37 @@ pub trait FilterPlugin: Plugin {
     fn filter(&self, state: &CycleState, pod: &Pod, node: &NodeInfo) -> Status;
 }
 
-/// Runs when no node passed the filters (upstream: preemption). Its message joins the pod's
-/// failure message after `preemption: ` style prefixes the plugin chooses.
-pub trait PostFilterPlugin: Plugin {
-    fn post_filter(&self, state: &CycleState, pod: &Pod, nodes: &[NodeInfo], statuses: &NodeToStatus) -> Status;
+/// What a PostFilter answers: a status (its message joins the pod's failure message) and, on
+/// success, the node the pod is nominated to once the victims are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostFilterResult {
+    pub status: Status,
+    pub nomination: Option<Nomination>,
 }
 
-/// Runs once per cycle before scoring, over the feasible nodes. [`Code::Skip`] skips the
-/// plugin's Score for this cycle.
+impl From<Status> for PostFilterResult {
+    fn from(status: Status) -> Self {
+        Self { status, nomination: None }
+    }
+}
+
+/// Runs when no node passed the filters (upstream: preemption). It may run the profile's
+/// PreFilter and Filter plugins again through `fw` on a changed snapshot (a dry run).
+pub trait PostFilterPlugin: Plugin {
+    fn post_filter(
+        &self,
+        state: &CycleState,
+        pod: &Pod,
+        nodes: &[NodeInfo],
+        statuses: &NodeToStatus,
+        fw: &Framework,
+    ) -> PostFilterResult;
+}
+
+/// Runs once per cycle before scoring, over the feasible nodes (`all` is the whole snapshot).
+/// [`Code::Skip`] skips the plugin's Score for this cycle.
 pub trait PreScorePlugin: Plugin {
-    fn pre_score(&self, state: &mut CycleState, pod: &Pod, nodes: &[&NodeInfo]) -> Status;
+    fn pre_score(&self, state: &mut CycleState, pod: &Pod, nodes: &[&NodeInfo], all: &[NodeInfo]) -> Status;
 }
 
 /// Ranks a feasible node; scores are normalised to `0..=MAX_NODE_SCORE` then weighted.

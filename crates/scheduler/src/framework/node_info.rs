@@ -55,6 +55,16 @@ impl Resource {
         }
     }
 
+    pub fn sub(&mut self, o: &Resource) {
+        self.milli_cpu -= o.milli_cpu;
+        self.memory -= o.memory;
+        self.ephemeral_storage -= o.ephemeral_storage;
+        self.allowed_pod_number -= o.allowed_pod_number;
+        for (k, v) in &o.scalar {
+            *self.scalar.entry(k.clone()).or_default() -= v;
+        }
+    }
+
     /// Keeps, per resource, the larger of the two.
     pub fn max_with(&mut self, o: &Resource) {
         self.milli_cpu = self.milli_cpu.max(o.milli_cpu);
@@ -183,6 +193,15 @@ impl NodeInfo {
         self.requested.add(&pod_requests(&pod, false));
         self.non_zero_requested.add(&pod_requests(&pod, true));
         self.pods.push(pod);
+    }
+
+    /// Takes the pod with `uid` off the node (a preemption dry run); returns it if it was there.
+    pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<Pod>> {
+        let i = self.pods.iter().position(|p| p.metadata.uid.as_deref() == Some(uid))?;
+        let pod = self.pods.remove(i);
+        self.requested.sub(&pod_requests(&pod, false));
+        self.non_zero_requested.sub(&pod_requests(&pod, true));
+        Some(pod)
     }
 }
 

@@ -27,12 +27,28 @@ pub struct ScheduleResult {
     pub feasible_nodes: usize,
 }
 
+/// A pod preemption would evict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Victim {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// Where preemption makes room for the pod, and whom it evicts for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nomination {
+    pub node: String,
+    pub victims: Vec<Victim>,
+}
+
 /// Why a cycle found no node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    /// The pod fits no node; the message is upstream's FitError text.
+    /// The pod fits no node; the message is upstream's FitError text. With a nomination,
+    /// preemption chose a node to free for it.
     #[error("{message}")]
-    Unschedulable { message: String, plugins: Vec<&'static str> },
+    Unschedulable { message: String, plugins: Vec<&'static str>, nomination: Option<Nomination> },
     #[error("no nodes available to schedule pods")]
     NoNodes,
     #[error("running {plugin}: {message}")]
@@ -63,36 +79,27 @@ impl Framework {
         if nodes.is_empty() {
             return Err(ScheduleError::NoNodes);
         }
-        let mut skip_filter: Vec<&'static str> = Vec::new();
-        for p in &self.pre_filter {
-            let s = p.pre_filter(state, pod, nodes);
-            match s.code {
-                Code::Success => {}
-                Code::Skip => skip_filter.push(p.name()),
-                Code::Error => return Err(ScheduleError::Plugin { plugin: p.name(), message: s.message() }),
-                Code::Unschedulable | Code::UnschedulableAndUnresolvable => {
-                    // Upstream reports the PreFilter's message once instead of per node.
-                    let message = format!("0/{} nodes are available: {}.", nodes.len(), s.message());
-                    return Err(ScheduleError::Unschedulable { message, plugins: vec![p.name()] });
-                }
+        let skip_filter = match self.run_pre_filter(state, pod, nodes) {
+            Ok(skip) => skip,
+            Err((plugin, s)) if s.code == Code::Error => {
+                return Err(ScheduleError::Plugin { plugin, message: s.message() });
             }
-        }
+            Err((plugin, s)) => {
+                // Upstream reports the PreFilter's message once instead of per node.
+                let message = format!("0/{} nodes are available: {}.", nodes.len(), s.message());
+                return Err(ScheduleError::Unschedulable { message, plugins: vec![plugin], nomination: None });
+            }
+        };
         let mut statuses = NodeToStatus::default();
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         for node in nodes {
-            let mut ok = true;
-            for f in self.filter.iter().filter(|f| !skip_filter.contains(&f.name())) {
-                let s = f.filter(state, pod, node);
-                if s.code == Code::Error {
-                    return Err(ScheduleError::Plugin { plugin: f.name(), message: s.message() });
-                }
-                if s.is_rejected() {
-                    statuses.set(node.name(), s.by(f.name()));
-                    ok = false;
-                    break;
-                }
+            let s = self.run_filter(state, pod, node, &skip_filter);
+            if s.code == Code::Error {
+                return Err(ScheduleError::Plugin { plugin: s.plugin, message: s.message() });
             }
-            if ok {
+            if s.is_rejected() {
+                statuses.set(node.name(), s);
+            } else {
                 feasible.push(node);
             }
         }
@@ -101,16 +108,18 @@ impl Framework {
             let mut plugins: Vec<&'static str> = statuses.plugins().collect();
             plugins.sort_unstable();
             plugins.dedup();
+            let mut nomination = None;
             for p in &self.post_filter {
-                let s = p.post_filter(state, pod, nodes, &statuses);
-                if s.is_success() {
+                let r = p.post_filter(state, pod, nodes, &statuses, self);
+                if r.status.is_success() {
+                    nomination = r.nomination;
                     break;
                 }
-                if !s.message().is_empty() {
-                    message.push_str(&format!(" {}.", s.message()));
+                if !r.status.message().is_empty() {
+                    message.push_str(&format!(" {}.", r.status.message()));
                 }
             }
-            return Err(ScheduleError::Unschedulable { message, plugins });
+            return Err(ScheduleError::Unschedulable { message, plugins, nomination });
         }
         let result = |node: &str| ScheduleResult {
             node: node.to_string(),
@@ -120,8 +129,50 @@ impl Framework {
         if feasible.len() == 1 {
             return Ok(result(feasible[0].name()));
         }
-        let totals = self.score_nodes(state, pod, &feasible)?;
+        let totals = self.score_nodes(state, pod, &feasible, nodes)?;
         Ok(result(&select_host(&totals)))
+    }
+
+    /// Runs every PreFilter; returns the plugins whose Filter is skipped, or the plugin that
+    /// rejected the pod (or failed) with its status.
+    pub fn run_pre_filter(
+        &self,
+        state: &mut CycleState,
+        pod: &Pod,
+        nodes: &[NodeInfo],
+    ) -> Result<Vec<&'static str>, (&'static str, Status)> {
+        let mut skip: Vec<&'static str> = Vec::new();
+        for p in &self.pre_filter {
+            let s = p.pre_filter(state, pod, nodes);
+            match s.code {
+                Code::Success => {}
+                Code::Skip => skip.push(p.name()),
+                _ => return Err((p.name(), s.by(p.name()))),
+            }
+        }
+        Ok(skip)
+    }
+
+    /// Runs the Filter plugins (but those in `skip`) on one node; the first rejection or
+    /// error wins, tagged with its plugin.
+    pub fn run_filter(&self, state: &CycleState, pod: &Pod, node: &NodeInfo, skip: &[&'static str]) -> Status {
+        for f in self.filter.iter().filter(|f| !skip.contains(&f.name())) {
+            let s = f.filter(state, pod, node);
+            if s.code == Code::Error || s.is_rejected() {
+                return s.by(f.name());
+            }
+        }
+        Status::success()
+    }
+
+    /// A dry run on a changed snapshot (preemption): whether `pod` fits `nodes[index]`, with
+    /// PreFilter state computed afresh over `nodes`.
+    pub fn fits(&self, pod: &Pod, nodes: &[NodeInfo], index: usize) -> Status {
+        let mut state = CycleState::new();
+        match self.run_pre_filter(&mut state, pod, nodes) {
+            Ok(skip) => self.run_filter(&state, pod, &nodes[index], &skip),
+            Err((_, s)) => s,
+        }
     }
 
     /// PreScore, Score, NormalizeScore and weights: each feasible node's total.
@@ -130,10 +181,11 @@ impl Framework {
         state: &mut CycleState,
         pod: &Pod,
         feasible: &[&NodeInfo],
+        all: &[NodeInfo],
     ) -> Result<Vec<NodeScore>, ScheduleError> {
         let mut skip: Vec<&'static str> = Vec::new();
         for p in &self.pre_score {
-            let s = p.pre_score(state, pod, feasible);
+            let s = p.pre_score(state, pod, feasible, all);
             match s.code {
                 Code::Success => {}
                 Code::Skip => skip.push(p.name()),
@@ -274,7 +326,8 @@ mod tests {
             err,
             ScheduleError::Unschedulable {
                 message: "0/1 nodes are available: 1 rejected.".into(),
-                plugins: vec!["RejectNamed"]
+                plugins: vec!["RejectNamed"],
+                nomination: None,
             }
         );
         let err = fw.schedule_pod(&mut CycleState::new(), &pod(json!({"containers": []})), &[]).unwrap_err();

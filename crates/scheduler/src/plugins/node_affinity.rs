@@ -110,7 +110,7 @@ impl FilterPlugin for NodeAffinity {
 }
 
 impl PreScorePlugin for NodeAffinity {
-    fn pre_score(&self, _: &mut CycleState, pod: &Pod, _: &[&NodeInfo]) -> Status {
+    fn pre_score(&self, _: &mut CycleState, pod: &Pod, _: &[&NodeInfo], _: &[NodeInfo]) -> Status {
         let preferred = pod
             .spec
             .as_ref()

@@ -66,7 +66,7 @@ impl FilterPlugin for TaintToleration {
 struct PreferTolerations(Vec<Toleration>);
 
 impl PreScorePlugin for TaintToleration {
-    fn pre_score(&self, state: &mut CycleState, pod: &Pod, _: &[&NodeInfo]) -> Status {
+    fn pre_score(&self, state: &mut CycleState, pod: &Pod, _: &[&NodeInfo], _: &[NodeInfo]) -> Status {
         let tols = tolerations(pod)
             .iter()
             .filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule"))
@@ -147,7 +147,7 @@ mod tests {
             tainted(json!([{"key": "a", "effect": "PreferNoSchedule"}, {"key": "b", "effect": "PreferNoSchedule"}])),
         ];
         let mut state = CycleState::new();
-        TaintToleration.pre_score(&mut state, &p, &nodes.iter().collect::<Vec<_>>());
+        TaintToleration.pre_score(&mut state, &p, &nodes.iter().collect::<Vec<_>>(), &nodes);
         let mut scores: Vec<NodeScore> = nodes
             .iter()
             .enumerate()

@@ -18,6 +18,12 @@ impl Default for BalancedAllocation {
     }
 }
 
+impl BalancedAllocation {
+    pub fn new(resources: Vec<ResourceSpec>) -> Self {
+        Self { resources }
+    }
+}
+
 impl Plugin for BalancedAllocation {
     fn name(&self) -> &'static str {
         NAME
@@ -25,7 +31,7 @@ impl Plugin for BalancedAllocation {
 }
 
 impl PreScorePlugin for BalancedAllocation {
-    fn pre_score(&self, _: &mut CycleState, _: &Pod, _: &[&NodeInfo]) -> Status {
+    fn pre_score(&self, _: &mut CycleState, _: &Pod, _: &[&NodeInfo], _: &[NodeInfo]) -> Status {
         // NodeResourcesFit's PreScore already leaves the pod's scoring request in the state.
         Status::success()
     }

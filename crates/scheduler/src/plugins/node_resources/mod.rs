@@ -1,10 +1,12 @@
 //! NodeResourcesFit and NodeResourcesBalancedAllocation: whether a node has room for the pod's
 //! requests (cpu, memory, ephemeral storage, pod count, extended resources), and how to rank
-//! nodes by what would be left (LeastAllocated) and by how even the use would be.
+//! nodes by what would be left (LeastAllocated, the default), by how full they would be
+//! (MostAllocated, to pack), or by a piecewise-linear function of the utilisation
+//! (RequestedToCapacityRatio); and by how even the use would be (BalancedAllocation).
 
 mod balanced_allocation;
 
-pub use balanced_allocation::BalancedAllocation;
+pub use balanced_allocation::{BalancedAllocation, NAME as BALANCED_NAME};
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -17,15 +19,34 @@ pub const FIT_NAME: &str = "NodeResourcesFit";
 const PRE_SCORE_KEY: &str = "PreScoreNodeResourcesFit";
 
 /// A scored resource and its weight in the average (upstream's default: cpu and memory, 1 each).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceSpec {
-    pub name: &'static str,
+    pub name: String,
     pub weight: i64,
 }
 
 pub fn default_resources() -> Vec<ResourceSpec> {
-    vec![ResourceSpec { name: "cpu", weight: 1 }, ResourceSpec { name: "memory", weight: 1 }]
+    vec![ResourceSpec { name: "cpu".into(), weight: 1 }, ResourceSpec { name: "memory".into(), weight: 1 }]
 }
+
+/// One point of a RequestedToCapacityRatio shape: utilisation 0..=100 -> score 0..=10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapePoint {
+    pub utilization: i64,
+    pub score: i64,
+}
+
+/// Upstream's `scoringStrategy.type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScoringStrategy {
+    LeastAllocated,
+    MostAllocated,
+    /// Points sorted by utilisation.
+    RequestedToCapacityRatio(Vec<ShapePoint>),
+}
+
+/// Upstream's `maxCustomPriorityScore`: shape scores run 0..=10 and are scaled to 0..=100.
+const MAX_CUSTOM_PRIORITY_SCORE: i64 = 10;
 
 /// The amount of one resource in `r`.
 fn amount(r: &Resource, name: &str) -> i64 {
@@ -44,12 +65,12 @@ fn allocatable_and_requested(node: &NodeInfo, pod_request: &Resource, resources:
     resources
         .iter()
         .map(|r| {
-            let pod = amount(pod_request, r.name);
-            let scalar = !matches!(r.name, "cpu" | "memory" | "ephemeral-storage" | "pods");
+            let pod = amount(pod_request, &r.name);
+            let scalar = !matches!(r.name.as_str(), "cpu" | "memory" | "ephemeral-storage" | "pods");
             if scalar && pod == 0 {
                 return (0, 0);
             }
-            (amount(&node.allocatable, r.name), amount(&node.non_zero_requested, r.name) + pod)
+            (amount(&node.allocatable, &r.name), amount(&node.non_zero_requested, &r.name) + pod)
         })
         .collect()
 }
@@ -63,14 +84,21 @@ fn scoring_request(state: &CycleState, pod: &Pod) -> Resource {
     state.read::<PreScoreState>(PRE_SCORE_KEY).map(|s| s.0.clone()).unwrap_or_else(|| pod_requests(pod, true))
 }
 
-/// NodeResourcesFit with the LeastAllocated scoring strategy (upstream's default).
+/// NodeResourcesFit with a scoring strategy (LeastAllocated by default).
 pub struct Fit {
+    strategy: ScoringStrategy,
     resources: Vec<ResourceSpec>,
 }
 
 impl Default for Fit {
     fn default() -> Self {
-        Self { resources: default_resources() }
+        Self { strategy: ScoringStrategy::LeastAllocated, resources: default_resources() }
+    }
+}
+
+impl Fit {
+    pub fn new(strategy: ScoringStrategy, resources: Vec<ResourceSpec>) -> Self {
+        Self { strategy, resources }
     }
 }
 
@@ -134,7 +162,7 @@ impl FilterPlugin for Fit {
 }
 
 impl PreScorePlugin for Fit {
-    fn pre_score(&self, state: &mut CycleState, pod: &Pod, _: &[&NodeInfo]) -> Status {
+    fn pre_score(&self, state: &mut CycleState, pod: &Pod, _: &[&NodeInfo], _: &[NodeInfo]) -> Status {
         state.write(PRE_SCORE_KEY, PreScoreState(pod_requests(pod, true)));
         Status::success()
     }
@@ -147,20 +175,68 @@ fn least_requested_score(requested: i64, capacity: i64) -> i64 {
     (capacity - requested) * MAX_NODE_SCORE / capacity
 }
 
+fn most_requested_score(requested: i64, capacity: i64) -> i64 {
+    if capacity == 0 {
+        return 0;
+    }
+    // Pods without requests count upstream's defaults, which may exceed a small node.
+    requested.min(capacity) * MAX_NODE_SCORE / capacity
+}
+
+/// Upstream's `buildBrokenLinearFunction` over a shape already scaled to 0..=100 scores.
+fn broken_linear(shape: &[ShapePoint], utilization: i64) -> i64 {
+    for (i, p) in shape.iter().enumerate() {
+        if utilization <= p.utilization {
+            if i == 0 {
+                return p.score;
+            }
+            let prev = shape[i - 1];
+            return prev.score
+                + (p.score - prev.score) * (utilization - prev.utilization) / (p.utilization - prev.utilization);
+        }
+    }
+    shape.last().map_or(0, |p| p.score)
+}
+
 impl ScorePlugin for Fit {
-    /// LeastAllocated: the weighted average of the share of each resource left free.
+    /// The weighted average over the scored resources of the strategy's per-resource score.
     fn score(&self, state: &CycleState, pod: &Pod, node: &NodeInfo) -> Result<i64, Status> {
         let request = scoring_request(state, pod);
         let pairs = allocatable_and_requested(node, &request, &self.resources);
+        let scaled: Vec<ShapePoint> = match &self.strategy {
+            ScoringStrategy::RequestedToCapacityRatio(shape) => shape
+                .iter()
+                .map(|p| ShapePoint {
+                    utilization: p.utilization,
+                    score: p.score * (MAX_NODE_SCORE / MAX_CUSTOM_PRIORITY_SCORE),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let (mut total, mut weights) = (0, 0);
         for ((alloc, req), spec) in pairs.into_iter().zip(&self.resources) {
             if alloc == 0 {
                 continue;
             }
-            total += least_requested_score(req, alloc) * spec.weight;
+            let score = match &self.strategy {
+                ScoringStrategy::LeastAllocated => least_requested_score(req, alloc),
+                ScoringStrategy::MostAllocated => most_requested_score(req, alloc),
+                ScoringStrategy::RequestedToCapacityRatio(_) => {
+                    let utilization = if req > alloc { 100 } else { req * 100 / alloc };
+                    broken_linear(&scaled, utilization)
+                }
+            };
+            total += score * spec.weight;
             weights += spec.weight;
         }
-        Ok(if weights == 0 { 0 } else { total / weights })
+        if weights == 0 {
+            return Ok(0);
+        }
+        Ok(match self.strategy {
+            // Upstream rounds this one, and truncates the others.
+            ScoringStrategy::RequestedToCapacityRatio(_) => (total as f64 / weights as f64).round() as i64,
+            _ => total / weights,
+        })
     }
 }
 
@@ -226,6 +302,34 @@ mod tests {
         let over = sized("500m", "4Gi", "110");
         // cpu over capacity scores 0: (0 + 75) / 2
         assert_eq!(Fit::default().score(&state, &p, &over).unwrap(), 37);
+    }
+
+    #[test]
+    fn most_allocated_prefers_the_fuller_node() {
+        let state = CycleState::new();
+        let p = pod_requesting(json!({"cpu": "1", "memory": "1Gi"}));
+        let most = Fit::new(ScoringStrategy::MostAllocated, default_resources());
+        assert_eq!(most.score(&state, &p, &sized("4", "4Gi", "110")).unwrap(), 25);
+        let mut busy = sized("4", "4Gi", "110");
+        busy.add_pod(Arc::new(pod_requesting(json!({"cpu": "2", "memory": "2Gi"}))));
+        assert_eq!(most.score(&state, &p, &busy).unwrap(), 75);
+        // Over capacity counts as full.
+        assert_eq!(most.score(&state, &p, &sized("500m", "4Gi", "110")).unwrap(), (100 + 25) / 2);
+    }
+
+    #[test]
+    fn requested_to_capacity_ratio_follows_the_shape() {
+        let state = CycleState::new();
+        let p = pod_requesting(json!({"cpu": "1", "memory": "1Gi"}));
+        let shape = vec![ShapePoint { utilization: 0, score: 0 }, ShapePoint { utilization: 100, score: 10 }];
+        let ratio = Fit::new(ScoringStrategy::RequestedToCapacityRatio(shape), default_resources());
+        // 25% used: 25 on both resources.
+        assert_eq!(ratio.score(&state, &p, &sized("4", "4Gi", "110")).unwrap(), 25);
+        let falling = vec![ShapePoint { utilization: 0, score: 10 }, ShapePoint { utilization: 50, score: 0 }];
+        let ratio = Fit::new(ScoringStrategy::RequestedToCapacityRatio(falling), default_resources());
+        // 25% is half way down from 100 to 0; above 50% the last point's 0 holds.
+        assert_eq!(ratio.score(&state, &p, &sized("4", "4Gi", "110")).unwrap(), 50);
+        assert_eq!(ratio.score(&state, &p, &sized("1", "1Gi", "110")).unwrap(), 0);
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! The container runtime of the node agent: it owns images, container root filesystems, the
+//! per-container shim and cgroups, behind a CRI-shaped `Runtime` trait so that the kubelet can
+//! drive either this built-in runtime or an external CRI runtime (containerd) the same way.
+//!
+//! Today it holds the image side only ([`image`]): a content-addressed OCI image store under the
+//! agent's data directory, pulls from OCI distribution registries, and imports of OCI layouts
+//! and `docker save` archives. Root filesystems (overlayfs over the unpacked layers), the shim
+//! (the `tug` binary re-executed per container, never a fork of the async process) and cgroups
+//! come next, as modules beside `image`.
+//!
+//! This crate must not talk to the Kubernetes API or know about Pods: it is driven by the
+//! kubelet through plain Rust types, as a CRI runtime is driven through the CRI.
+
+pub mod image;
+
+use image::{Credentials, PullError, StoreError};
+
+/// CRI's image service (`PullImage`, `ListImages`, `ImageStatus`, `RemoveImage`) in Rust types:
+/// what the kubelet needs of a runtime's images, whichever runtime it drives. The container
+/// half of the CRI (`Runtime`: sandboxes and containers) joins it with the built-in runtime.
+#[async_trait::async_trait]
+pub trait ImageService: Send + Sync {
+    /// Pulls `image`, trying each of `credentials` in turn (as the kubelet does with a pod's
+    /// pull secrets), anonymously when there are none. Returns the image pulled.
+    async fn pull_image(&self, image: &str, credentials: &[Credentials]) -> Result<Image, ImageServiceError>;
+    async fn list_images(&self) -> Result<Vec<Image>, ImageServiceError>;
+    /// The image a reference or image ID names, if present.
+    async fn image_status(&self, image: &str) -> Result<Option<Image>, ImageServiceError>;
+    /// Removes the image a reference or image ID names, with all its names, and its content
+    /// where no other image shares it. Removing an absent image is not an error (as in the CRI).
+    async fn remove_image(&self, image: &str) -> Result<(), ImageServiceError>;
+}
+
+/// An image as the CRI describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The image ID: the config digest (`sha256:...`).
+    pub id: String,
+    /// Normalised `repo:tag` names.
+    pub repo_tags: Vec<String>,
+    /// `repo@sha256:...` of what each name resolved to at its registry.
+    pub repo_digests: Vec<String>,
+    pub size: u64,
+}
+
+/// Errors of an [`ImageService`].
+#[derive(Debug, thiserror::Error)]
+pub enum ImageServiceError {
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("image store task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
