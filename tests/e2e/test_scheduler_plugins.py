@@ -126,15 +126,18 @@ def test_required_affinity_co_locates_and_waits_for_its_target(fresh_server):
 def test_a_high_priority_pod_preempts_a_low_priority_one(fresh_server, start_sim_nodes):
     nodes = start_sim_nodes(fresh_server, 1, "--cpu", "2")
     node = nodes.names[0]
+    for name, extra in [("high", {}), ("high-polite", {"preemptionPolicy": "Never"})]:
+        body = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": 1000}
+        fresh_server.create("/apis/scheduling.k8s.io/v1/priorityclasses", {**body, **extra})
     # The finalizer keeps the victim visible after its deletion, to see how it was evicted.
-    create_pod(fresh_server, "low", labels={"app": "low"}, cpu="1500m", priority=0, finalizers=["tugboat.dev/e2e-hold"])
+    create_pod(fresh_server, "low", labels={"app": "low"}, cpu="1500m", finalizers=["tugboat.dev/e2e-hold"])
     wait_bound(fresh_server, "low")
-    create_pod(fresh_server, "polite", cpu="1500m", priority=1000, preemptionPolicy="Never")
+    create_pod(fresh_server, "polite", cpu="1500m", priorityClassName="high-polite")
     cond = wait_unschedulable(fresh_server, "polite")
     assert cond["message"] == (
         "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
     )
-    create_pod(fresh_server, "high", cpu="1500m", priority=1000)
+    create_pod(fresh_server, "high", cpu="1500m", priorityClassName="high")
     high = wait_for(lambda: (p := get_pod(fresh_server, "high")).get("status", {}).get("nominatedNodeName") and p,
                     "the preemptor to be nominated")  # fmt: skip
     assert high["status"]["nominatedNodeName"] == node

@@ -173,6 +173,10 @@ impl ApiServer {
         }
         if rt.group.is_empty() && rt.kind == "Pod" {
             default_toleration_seconds(obj);
+            self.admit_pod_priority(obj).await?;
+        }
+        if rt.group == "scheduling.k8s.io" && rt.kind == "PriorityClass" {
+            self.admit_priority_class(obj).await?;
         }
         Ok(())
     }
@@ -186,6 +190,9 @@ impl ApiServer {
     ) -> Result<(), ApiError> {
         if rt.group.is_empty() && rt.kind == "Service" {
             self.allocate_service(obj, Some(old), false).await?;
+        }
+        if rt.group == "scheduling.k8s.io" && rt.kind == "PriorityClass" {
+            self.admit_priority_class(obj).await?;
         }
         Ok(())
     }

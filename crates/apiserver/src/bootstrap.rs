@@ -29,6 +29,7 @@ impl ApiServer {
             .await?;
         }
         self.reconcile_kubernetes_service().await?;
+        self.ensure_system_priority_classes().await?;
         // Serve the custom resources of the definitions already stored before answering.
         self.sync_custom_resources().await?;
         self.start_compaction();

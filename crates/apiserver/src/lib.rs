@@ -17,6 +17,7 @@ mod handlers;
 mod managed_fields;
 mod metrics;
 mod objects;
+mod priority;
 mod openapi;
 pub mod pki;
 mod request;

@@ -317,8 +317,7 @@ impl Kind for Pod {
     fn set_defaults(&mut self) {
         if let Some(spec) = &mut self.spec {
             default_pod_spec(spec);
-            default_val(&mut spec.priority, 0);
-            default_str(&mut spec.preemption_policy, "PreemptLowerPriority");
+            // priority and preemptionPolicy come from the Priority admission step, as upstream.
             default_val(&mut spec.host_network, false);
         }
     }

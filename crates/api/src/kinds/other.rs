@@ -140,9 +140,58 @@ impl Kind for EndpointSlice {
     }
 }
 
+/// The highest priority a user-defined PriorityClass may have (upstream's
+/// `HighestUserDefinablePriority`); the system classes sit above it.
+pub const HIGHEST_USER_DEFINABLE_PRIORITY: i32 = 1_000_000_000;
+/// The built-in system classes and their values.
+const SYSTEM_PRIORITY_CLASSES: [(&str, i32); 2] =
+    [("system-node-critical", 2_000_001_000), ("system-cluster-critical", 2_000_000_000)];
+
 impl Kind for PriorityClass {
     fn set_defaults(&mut self) {
         self.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        if name.starts_with("system-") {
+            let problem = match SYSTEM_PRIORITY_CLASSES.iter().find(|(n, _)| *n == name) {
+                None => Some(format!("{name} is not a known system priority class")),
+                Some((_, value)) if Some(*value) != self.value => {
+                    Some(format!("value of {name} PriorityClass must be {value}"))
+                }
+                Some(_) if self.global_default == Some(true) => {
+                    Some(format!("globalDefault of {name} PriorityClass must be false"))
+                }
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                errs.push(FieldError::forbidden(
+                    &FieldPath::new("metadata").key("name"),
+                    &format!(
+                        "priority class names with 'system-' prefix are reserved for system use only. error: {problem}"
+                    ),
+                ));
+            }
+        } else if self.value.unwrap_or(0) > HIGHEST_USER_DEFINABLE_PRIORITY {
+            errs.push(FieldError::forbidden(
+                &FieldPath::new("value"),
+                &format!("maximum allowed value of a user defined priority is {HIGHEST_USER_DEFINABLE_PRIORITY}"),
+            ));
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errs: &mut Vec<FieldError>) {
+        if self.value != old.value {
+            errs.push(FieldError::forbidden(&FieldPath::new("value"), "may not be changed in an update."));
+        }
+        if self.preemption_policy != old.preemption_policy {
+            errs.push(FieldError::invalid(
+                &FieldPath::new("preemptionPolicy"),
+                json!(self.preemption_policy),
+                "field is immutable",
+            ));
+        }
     }
 }
 
