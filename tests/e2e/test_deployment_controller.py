@@ -1,7 +1,9 @@
 """The Deployment controller, driven with kubectl and the official Python client: a
 Deployment owns one ReplicaSet per pod template (named `<deployment>-<pod-template-hash>`,
 annotated with its revision), rolls out new templates with RollingUpdate or Recreate, and
-reports the rollout in its status so that `kubectl rollout status/history/undo` work.
+reports the rollout in its status so that `kubectl rollout status/history/undo` work. It
+adopts matching orphan ReplicaSets, releases owned ones whose labels stop matching, and
+carries a ReplicaSet's ReplicaFailure condition over to the Deployment.
 
 No kubelet runs here: the tests play its part by marking pods Running and Ready through the
 pods' status subresource, which the ReplicaSet controller then counts as available."""
@@ -300,3 +302,112 @@ def test_scaling_mid_rollout_is_proportional(kubectl, tug, kube_client, namespac
     sizes = {n: r.spec.replicas for n, r in sets.items()}
     assert sizes.pop(first.metadata.name) == 15
     assert list(sizes.values()) == [10]
+
+
+def owner_uids(obj) -> list:
+    return [r.uid for r in obj.metadata.owner_references or [] if r.controller]
+
+
+def test_a_matching_orphan_replica_set_is_adopted(kubectl, tug, kube_client, namespace):
+    c = Cluster(tug, kube_client, namespace)
+    orphan = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "api-orphan", "labels": {"app": "api"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "api"}},
+            "template": {
+                "metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+            },
+        },
+    }
+    stranger = json.loads(json.dumps(orphan))
+    stranger["metadata"] = {"name": "stranger", "labels": {"app": "other"}}
+    stranger["spec"]["selector"]["matchLabels"] = {"app": "other"}
+    stranger["spec"]["template"]["metadata"]["labels"] = {"app": "other"}
+    c.apps.create_namespaced_replica_set(namespace, orphan)
+    c.apps.create_namespaced_replica_set(namespace, stranger)
+    kubectl("create", "deployment", "api", "--image=nginx:1", "--replicas=1", "-n", namespace)
+    d = c.deploy("api")
+
+    adopted = wait_for(
+        lambda: (rs := c.apps.read_namespaced_replica_set("api-orphan", namespace))
+        and owner_uids(rs) == [d.metadata.uid]
+        and rs,
+        "the orphan replica set adopted by the deployment",
+        TIMEOUT,
+    )
+    (ref,) = adopted.metadata.owner_references
+    assert (ref.kind, ref.name, ref.block_owner_deletion) == ("Deployment", "api", True)
+    # Its template is not the Deployment's: the Deployment still rolls out its own set.
+    c.rollout("api", "nginx:1")
+    names = {rs.metadata.name for rs in c.replica_sets() if owner_uids(rs) == [d.metadata.uid]}
+    assert "api-orphan" in names and len(names) == 2, names
+    assert not c.apps.read_namespaced_replica_set("stranger", namespace).metadata.owner_references
+
+
+def test_a_replica_set_whose_labels_stop_matching_is_released(kubectl, tug, kube_client, namespace):
+    c = Cluster(tug, kube_client, namespace)
+    kubectl("create", "deployment", "web", "--image=nginx:1", "--replicas=1", "-n", namespace)
+    d = c.rollout("web", "nginx:1")
+    (rs,) = c.replica_sets()
+    kubectl("label", "rs", rs.metadata.name, "app=elsewhere", "--overwrite", "-n", namespace)
+
+    wait_for(
+        lambda: not c.apps.read_namespaced_replica_set(rs.metadata.name, namespace).metadata.owner_references,
+        "the deployment's owner reference removed from the relabelled replica set",
+        TIMEOUT,
+    )
+    # The Deployment has no set for its template any more and makes another one; the name
+    # of the released set is taken, so the hash moves on with a collision count.
+    def replacement():
+        d = c.deploy("web")
+        owned = [x for x in c.replica_sets() if owner_uids(x) == [d.metadata.uid]]
+        return owned if len(owned) == 1 and owned[0].metadata.name != rs.metadata.name else None
+
+    (new,) = wait_for(replacement, "a new replica set owned by the deployment", TIMEOUT)
+    assert new.metadata.labels["app"] == "web"
+    assert c.deploy("web").status.collision_count == 1
+    assert d.metadata.uid not in owner_uids(c.apps.read_namespaced_replica_set(rs.metadata.name, namespace))
+
+
+def test_replica_failure_of_a_replica_set_shows_on_the_deployment_until_it_clears(kubectl, tug, kube_client, namespace):
+    # A template finalizer that is no qualified name passes the Deployment's and ReplicaSet's
+    # validation (as upstream's) but not the pod's, so every pod creation is refused.
+    c = Cluster(tug, kube_client, namespace)
+    manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "broken"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "broken"}},
+            "template": {
+                "metadata": {"labels": {"app": "broken"}, "finalizers": ["not a finalizer!"]},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx:1"}]},
+            },
+        },
+    }
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+    def failure():
+        d = c.deploy("broken")
+        conds = (d.status and d.status.conditions) or []
+        return next((x for x in conds if x.type == "ReplicaFailure"), None)
+
+    cond = wait_for(failure, "ReplicaFailure on the deployment", TIMEOUT)
+    assert (cond.status, cond.reason) == ("True", "FailedCreate")
+    assert "finalizers" in cond.message, cond.message
+    (rs,) = c.replica_sets()
+    (rs_cond,) = [x for x in rs.status.conditions if x.type == "ReplicaFailure"]
+    assert cond.message == rs_cond.message
+    out = kubectl("describe", "deployment", "broken", "-n", namespace).stdout
+    assert "ReplicaFailure" in out and "FailedCreate" in out, out
+
+    c.apps.patch_namespaced_deployment(
+        "broken", namespace, [{"op": "remove", "path": "/spec/template/metadata/finalizers"}]
+    )
+    c.rollout("broken", "nginx:1")
+    wait_for(lambda: failure() is None, "the ReplicaFailure condition removed from the deployment", TIMEOUT)

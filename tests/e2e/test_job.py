@@ -307,3 +307,79 @@ def test_container_restarts_count_against_the_backoff_limit(sim_cluster, ns):
     assert condition(j, "Failed")["reason"] == "BackoffLimitExceeded"
     # The restarting pod was stopped.
     wait_for(lambda: not pods_of(sim_cluster, ns, "restarts"), "the pod to be deleted")
+
+
+def pods_labelled(cluster, ns, selector):
+    r = cluster.server.request("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}")
+    return r.json()["items"]
+
+
+def manual_job(name, app):
+    """A Job with a hand-written selector `app=<app>` whose pods run until annotated."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "manualSelector": True,
+            "selector": {"matchLabels": {"app": app}},
+            "completions": 1,
+            "parallelism": 1,
+            "template": {
+                "metadata": {"labels": {"app": app}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox"}]},
+            },
+        },
+    }
+
+
+def controller_uid(pod):
+    return next((r["uid"] for r in pod["metadata"].get("ownerReferences", []) if r.get("controller")), None)
+
+
+def test_a_matching_orphan_pod_is_adopted_and_counted(sim_cluster, ns):
+    stray = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stray", "labels": {"app": "adopt"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox"}]},
+    }
+    sim_cluster.server.create(f"/api/v1/namespaces/{ns}/pods", stray)
+    path = f"/api/v1/namespaces/{ns}/pods/stray"
+    wait_for(lambda: sim_cluster.server.request("GET", path).json()["status"].get("phase") == "Running", "stray runs")
+
+    uid = create(sim_cluster, ns, manual_job("adopter", "adopt"))["metadata"]["uid"]
+    pod = wait_for(
+        lambda: (p := sim_cluster.server.request("GET", path).json()) and controller_uid(p) == uid and p,
+        "the orphan pod adopted by the job",
+    )
+    (ref,) = pod["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["name"], ref["blockOwnerDeletion"]) == ("Job", "adopter", True)
+    assert TRACKING in pod["metadata"]["finalizers"]
+    # The adopted pod fills the Job's only slot: no pod of its own is created.
+    wait_for(lambda: get_job(sim_cluster, ns, "adopter")["status"].get("active") == 1, "the adopted pod active")
+    sim_cluster.kubectl("annotate", "-n", ns, "pod", "stray", f"{EXIT_CODE}=0")
+    sim_cluster.kubectl("wait", "-n", ns, "--for=condition=complete", "job/adopter", "--timeout=60s", timeout=70)
+    assert get_job(sim_cluster, ns, "adopter")["status"]["succeeded"] == 1
+    assert [p["metadata"]["name"] for p in pods_labelled(sim_cluster, ns, "app%3Dadopt")] == ["stray"]
+    assert "SuccessfulCreate" not in [r for _, r, _ in events(sim_cluster, ns, "adopter")]
+
+
+def test_a_pod_whose_labels_stop_matching_is_released_and_replaced(sim_cluster, ns):
+    uid = create(sim_cluster, ns, manual_job("releaser", "rel"))["metadata"]["uid"]
+    (pod,) = wait_for(lambda: pods_labelled(sim_cluster, ns, "app%3Drel"), "the job's pod")
+    name = pod["metadata"]["name"]
+    assert controller_uid(pod) == uid
+    sim_cluster.kubectl("label", "-n", ns, "pod", name, "app=elsewhere", "--overwrite")
+
+    path = f"/api/v1/namespaces/{ns}/pods/{name}"
+    released = wait_for(
+        lambda: (p := sim_cluster.server.request("GET", path).json()) and not p["metadata"].get("ownerReferences") and p,
+        "the relabelled pod released",
+    )
+    assert TRACKING not in released["metadata"].get("finalizers", [])
+    (replacement,) = wait_for(
+        lambda: [p for p in pods_labelled(sim_cluster, ns, "app%3Drel") if p["metadata"]["name"] != name],
+        "a replacement pod",
+    )
+    assert controller_uid(replacement) == uid

@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod convert;
+pub mod cron;
 pub mod custom;
 pub mod field;
 pub mod kinds;

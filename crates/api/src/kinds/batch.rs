@@ -9,6 +9,7 @@ use serde_json::json;
 use super::Kind;
 use super::apps::validate_workload;
 use super::core::default_pod_spec;
+use crate::cron::Schedule;
 use crate::field::{FieldError, FieldPath};
 
 const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
@@ -129,16 +130,10 @@ impl Kind for CronJob {
     fn validate(&self, errs: &mut Vec<FieldError>) {
         let path = FieldPath::new("spec");
         let spec = &self.spec;
-        if spec.schedule.trim().is_empty() {
+        if spec.schedule.is_empty() {
             errs.push(FieldError::required(&path.key("schedule"), ""));
-        } else if !is_cron_schedule(&spec.schedule) {
-            errs.push(FieldError::invalid(&path.key("schedule"), json!(spec.schedule), "unparseable cron schedule"));
-        } else if spec.time_zone.is_some() && spec.schedule.contains("TZ") {
-            errs.push(FieldError::invalid(
-                &path.key("schedule"),
-                json!(spec.schedule),
-                "cannot use both timeZone field and TZ or CRON_TZ in schedule",
-            ));
+        } else {
+            validate_schedule(&spec.schedule, errs);
         }
         if let Some(tz) = &spec.time_zone
             && jiff::tz::TimeZone::get(tz).is_err()
@@ -152,35 +147,114 @@ impl Kind for CronJob {
             }
         }
     }
+
+    /// Upstream grandfathers a `TZ=` schedule written before `spec.timeZone` existed: an update
+    /// of a CronJob whose stored schedule mentions `TZ` may keep one, unless it also sets
+    /// `timeZone`. `validate` (shared with create) has already refused it, so that error is
+    /// taken back here.
+    fn validate_update(&self, old: &Self, errs: &mut Vec<FieldError>) {
+        if !old.spec.schedule.contains("TZ") {
+            return;
+        }
+        let path = FieldPath::new("spec").key("schedule");
+        errs.retain(|e| !(e.field == path.as_str() && e.detail == NO_TZ_IN_SCHEDULE));
+        if self.spec.schedule.contains("TZ") && self.spec.time_zone.is_some() {
+            errs.push(FieldError::invalid(
+                &path,
+                json!(self.spec.schedule),
+                "cannot use both timeZone field and TZ or CRON_TZ in schedule",
+            ));
+        }
+    }
 }
 
-/// Five fields, or one of the `@hourly`-style macros, as upstream's cron parser accepts.
-fn is_cron_schedule(s: &str) -> bool {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix("TZ=").or_else(|| s.strip_prefix("CRON_TZ=")) {
-        return rest.split_once(' ').is_some_and(|(_, sched)| is_cron_schedule(sched));
+/// Upstream's refusal of a zone inside the schedule of a new CronJob.
+const NO_TZ_IN_SCHEDULE: &str = "cannot use TZ or CRON_TZ in schedule, use timeZone field instead";
+
+/// `spec.schedule` as upstream's `validateScheduleFormat` checks it on create: it must parse
+/// with robfig's standard parser (whose message is the detail) and must not mention `TZ`
+/// (the zone belongs in `spec.timeZone`).
+fn validate_schedule(schedule: &str, errs: &mut Vec<FieldError>) {
+    let path = FieldPath::new("spec").key("schedule");
+    if let Err(e) = Schedule::parse(schedule) {
+        errs.push(FieldError::invalid(&path, json!(schedule), &e.to_string()));
     }
-    if s.starts_with('@') {
-        return matches!(s, "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight" | "@hourly")
-            || s.starts_with("@every ");
+    if schedule.contains("TZ") {
+        errs.push(FieldError::invalid(&path, json!(schedule), NO_TZ_IN_SCHEDULE));
     }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    fields.len() == 5
-        && fields
-            .iter()
-            .all(|f| f.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?')))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_cron_schedule;
+    use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec};
+
+    use super::*;
+
+    fn cronjob(schedule: &str, time_zone: Option<&str>) -> CronJob {
+        CronJob {
+            spec: CronJobSpec { schedule: schedule.into(), time_zone: time_zone.map(Into::into), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    fn create_errors(cj: &CronJob) -> Vec<String> {
+        let mut errs = Vec::new();
+        cj.validate(&mut errs);
+        errs.iter().map(|e| format!("{}: {}", e.field, e.body())).collect()
+    }
+
+    fn update_errors(new: &CronJob, old: &CronJob) -> Vec<String> {
+        let mut errs = Vec::new();
+        new.validate(&mut errs);
+        new.validate_update(old, &mut errs);
+        errs.iter().map(|e| format!("{}: {}", e.field, e.body())).collect()
+    }
 
     #[test]
-    fn cron_schedules_need_five_fields_or_a_macro() {
-        assert!(is_cron_schedule("*/5 * * * *"));
-        assert!(is_cron_schedule("@hourly"));
-        assert!(is_cron_schedule("0 0 * * MON-FRI"));
-        assert!(!is_cron_schedule("* * *"));
-        assert!(!is_cron_schedule("@sometimes"));
+    fn schedules_the_cron_parser_accepts_are_valid() {
+        for s in ["*/5 * * * *", "@hourly", "@every 1h30m", "0 0 * * MON-FRI", "0 9 1-7 * ?"] {
+            assert_eq!(create_errors(&cronjob(s, None)), Vec::<String>::new(), "{s}");
+        }
+    }
+
+    #[test]
+    fn an_unparseable_schedule_is_invalid_with_the_parsers_message() {
+        assert_eq!(
+            create_errors(&cronjob("61 * * * *", None)),
+            ["spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"]
+        );
+        assert_eq!(
+            create_errors(&cronjob("* * *", None)),
+            ["spec.schedule: Invalid value: \"* * *\": expected exactly 5 fields, found 3: * * *"]
+        );
+        assert_eq!(
+            create_errors(&cronjob("@sometimes", None)),
+            ["spec.schedule: Invalid value: \"@sometimes\": unrecognized descriptor: @sometimes"]
+        );
+    }
+
+    #[test]
+    fn a_new_cronjob_cannot_name_its_zone_in_the_schedule() {
+        assert_eq!(
+            create_errors(&cronjob("TZ=UTC */5 * * * *", None)),
+            [
+                "spec.schedule: Invalid value: \"TZ=UTC */5 * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_update_may_keep_a_grandfathered_zone_prefix_but_not_with_time_zone() {
+        let old = cronjob("TZ=UTC */5 * * * *", None);
+        assert_eq!(update_errors(&cronjob("CRON_TZ=UTC 0 * * * *", None), &old), Vec::<String>::new());
+        assert_eq!(
+            update_errors(&cronjob("TZ=UTC 0 * * * *", Some("Europe/Paris")), &old),
+            [
+                "spec.schedule: Invalid value: \"TZ=UTC 0 * * * *\": cannot use both timeZone field and TZ or CRON_TZ in schedule"
+            ]
+        );
+        // Without the grandfathered schedule, a zone prefix stays refused on update too.
+        let plain = cronjob("*/5 * * * *", None);
+        assert_eq!(update_errors(&cronjob("TZ=UTC 0 * * * *", None), &plain).len(), 1);
     }
 }

@@ -6,7 +6,6 @@
 //! Each sync computes when the CronJob is next due and requeues itself for then, so no
 //! polling is needed; Job changes (a Job finishing) enqueue their CronJob.
 
-pub mod cron;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -27,13 +26,13 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
+use tug_api::cron::Schedule;
 
 use crate::events::{NORMAL, Recorder, WARNING};
 use crate::informer::{self, Change};
 use crate::job::pod_control::namespace_terminating;
 use crate::job::status::{COMPLETE, FAILED, true_condition};
 use crate::replicaset::{backoff as retry_backoff, controller_of};
-use cron::Schedule;
 
 /// The Events' source component.
 pub const COMPONENT: &str = "cronjob-controller";

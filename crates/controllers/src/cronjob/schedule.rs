@@ -5,7 +5,7 @@
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
-use super::cron::Schedule;
+use tug_api::cron::Schedule;
 
 /// More missed start times than this are reported as a warning (upstream's 100).
 pub const TOO_MANY_MISSED: i64 = 100;

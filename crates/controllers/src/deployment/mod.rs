@@ -6,12 +6,14 @@
 //! The recipe is upstream's and the ReplicaSet controller's: informers (kube-runtime
 //! watchers feeding reflector stores) only enqueue Deployment keys; kube-runtime's applier is
 //! the work queue (one key never synced twice at once, failures retried with backoff); the
-//! sync reads the caches, claims ReplicaSets (adopting matching orphans), and writes through
+//! sync reads the caches, claims ReplicaSets (adopting matching orphans, releasing owned sets
+//! that stopped matching), and writes through
 //! the API. Pods are the ReplicaSet controller's business: this module reads only
 //! ReplicaSets' status for readiness and availability.
 //!
 //! This module must not touch objects other than Deployments and the ReplicaSets they own.
 
+mod claim;
 pub mod deployment_util;
 mod progress;
 mod rolling;
@@ -55,6 +57,14 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("re-reading deployment {key} before adopting replica sets")]
+    Recheck {
+        key: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("not adopting replica sets for {key}: the deployment is gone or being deleted")]
+    CannotAdopt { key: String },
     #[error("hash collision for {key}; retrying with collision count {count}")]
     Collision { key: String, count: i32 },
 }
@@ -158,39 +168,6 @@ impl Manager {
 
     fn rs_api(&self, ns: &str) -> Api<ReplicaSet> {
         Api::namespaced(self.client.clone(), ns)
-    }
-
-    /// The ReplicaSets `d` owns after adopting matching orphans (upstream's
-    /// `getReplicaSetsForDeployment`; owned sets that stopped matching are left alone).
-    async fn claim_replica_sets(&self, d: &Deployment, selector: &Selector) -> Result<Vec<ReplicaSet>, Error> {
-        let ns = d.namespace().unwrap_or_default();
-        let uid = d.metadata.uid.clone().unwrap_or_default();
-        let key = key_of(d);
-        let mut owned = Vec::new();
-        for rs in self.replica_sets.state_filter(|rs| rs.namespace().as_deref() == Some(&ns)) {
-            match controller_of(&rs.metadata) {
-                Some(r) if r.uid == uid => owned.push((*rs).clone()),
-                Some(_) => {}
-                None if d.metadata.deletion_timestamp.is_none()
-                    && rs.metadata.deletion_timestamp.is_none()
-                    && selector.matches(rs.labels()) =>
-                {
-                    let patch = serde_json::json!({"metadata": {
-                        "ownerReferences": [d.controller_owner_ref(&()).unwrap_or_default()],
-                        "uid": rs.metadata.uid,
-                    }});
-                    match self.rs_api(&ns).patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-                        Ok(adopted) => owned.push(adopted),
-                        Err(kube::Error::Api(s)) if s.code == 404 => {}
-                        Err(source) => {
-                            return Err(Error::ReplicaSet { key, rs: rs.name_any(), action: "adopting", source });
-                        }
-                    }
-                }
-                None => {}
-            }
-        }
-        Ok(owned)
     }
 
     /// Scales `rs` to `to` and stamps the replica annotations of `d` (upstream's

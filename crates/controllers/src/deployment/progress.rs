@@ -1,6 +1,7 @@
 //! The Deployment's status (upstream's `progress.go` and `calculateStatus` of `sync.go`):
 //! replica counts summed over its ReplicaSets, the Available condition, and the Progressing
-//! condition that tracks the rollout against `progressDeadlineSeconds`.
+//! condition that tracks the rollout against `progressDeadlineSeconds`, and the ReplicaFailure
+//! condition copied from its ReplicaSets.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ const PROGRESSING: &str = "Progressing";
 const NEW_RS_AVAILABLE: &str = "NewReplicaSetAvailable";
 const TIMED_OUT: &str = "ProgressDeadlineExceeded";
 const PAUSED: &str = "DeploymentPaused";
+/// A ReplicaSet's failure to create or delete pods, carried over to its Deployment.
+const REPLICA_FAILURE: &str = "ReplicaFailure";
 
 pub(super) fn has_deadline(d: &Deployment) -> bool {
     d.spec.as_ref().and_then(|s| s.progress_deadline_seconds) != Some(i32::MAX)
@@ -153,12 +156,33 @@ pub(super) async fn sync_rollout_status(m: &Manager, d: &Deployment, sets: &Sets
             set(&mut conditions, new_condition(PROGRESSING, "False", TIMED_OUT, msg));
         }
     }
+    match replica_failure(sets) {
+        Some(c) => set(&mut conditions, c),
+        None => conditions.retain(|c| c.type_ != REPLICA_FAILURE),
+    }
     status.conditions = (!conditions.is_empty()).then_some(conditions);
     let requeue = requeue_stuck(d, &status);
     if d.status.as_ref() != Some(&status) {
         write_status(m, d, status).await?;
     }
     Ok(requeue)
+}
+
+/// Upstream's `getReplicaFailures`: the ReplicaFailure condition of the new ReplicaSet, else
+/// of the first old one that has one, as a Deployment condition (upstream's
+/// `ReplicaSetToDeploymentCondition`, both times from the set's transition time).
+fn replica_failure(sets: &Sets) -> Option<DeploymentCondition> {
+    sets.new.iter().chain(sets.old.iter()).find_map(|rs| {
+        let c = rs.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == REPLICA_FAILURE)?;
+        Some(DeploymentCondition {
+            type_: REPLICA_FAILURE.into(),
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            last_update_time: c.last_transition_time.clone(),
+            last_transition_time: c.last_transition_time.clone(),
+        })
+    })
 }
 
 /// Upstream's `DeploymentTimedOut`.
@@ -204,5 +228,59 @@ pub(super) async fn write_status(m: &Manager, d: &Deployment, status: Deployment
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(source) => Err(Error::Deployment { key: key_of(d), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn rs(name: &str, failure: Option<(&str, &str)>) -> ReplicaSet {
+        ReplicaSet {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            status: Some(ReplicaSetStatus {
+                conditions: failure.map(|(reason, message)| {
+                    vec![ReplicaSetCondition {
+                        type_: REPLICA_FAILURE.into(),
+                        status: "True".into(),
+                        reason: Some(reason.into()),
+                        message: Some(message.into()),
+                        last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
+                    }]
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_new_sets_replica_failure_wins_over_an_old_sets() {
+        let sets = Sets {
+            new: Some(rs("new", Some(("FailedCreate", "pods \"new-x\" is forbidden: exceeded quota")))),
+            old: vec![rs("old", Some(("FailedDelete", "old")))],
+            condition: None,
+        };
+        let c = replica_failure(&sets).unwrap();
+        assert_eq!((c.type_.as_str(), c.status.as_str()), ("ReplicaFailure", "True"));
+        assert_eq!(c.reason.as_deref(), Some("FailedCreate"));
+        assert_eq!(c.message.as_deref(), Some("pods \"new-x\" is forbidden: exceeded quota"));
+        assert_eq!(c.last_update_time, c.last_transition_time);
+    }
+
+    #[test]
+    fn an_old_sets_replica_failure_is_reported_when_the_new_one_has_none() {
+        let sets =
+            Sets { new: Some(rs("new", None)), old: vec![rs("old", Some(("FailedDelete", "m")))], condition: None };
+        assert_eq!(replica_failure(&sets).unwrap().reason.as_deref(), Some("FailedDelete"));
+    }
+
+    #[test]
+    fn no_replica_failure_without_a_failing_set() {
+        let sets = Sets { new: Some(rs("new", None)), old: vec![rs("old", None)], condition: None };
+        assert!(replica_failure(&sets).is_none());
     }
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 
 use super::deployment_util::{self as util, HASH_LABEL, rs_replicas, rs_status};
 use super::progress;
@@ -106,7 +106,7 @@ pub(super) async fn sets(m: &Manager, d: &Deployment, mut all: Vec<ReplicaSet>, 
             namespace: Some(ns.clone()),
             labels,
             annotations: Some(util::replica_set_annotations(d, None, new_revision)),
-            owner_references: Some(vec![d.controller_owner_ref(&()).unwrap_or_default()]),
+            owner_references: Some(vec![super::claim::controller_ref(d)]),
             ..Default::default()
         },
         spec: Some(ReplicaSetSpec {

@@ -16,10 +16,14 @@
 //! - Replacement pods wait out an exponential [`backoff`] after failures; a suspended Job's
 //!   pods are deleted (and not counted); Indexed Jobs keep one pod per pending index.
 //!
+//! - A running Job claims its pods ([`claim`]): it adopts orphans matching its selector and
+//!   releases owned pods that stopped matching.
+//!
 //! A pod whose Job is gone loses its finalizer (upstream's orphan-pod cleanup), so deleting a
-//! Job never leaves pods stuck. Adoption of orphan pods matching a Job's selector is not done.
+//! Job never leaves pods stuck.
 
 pub mod backoff;
+mod claim;
 pub mod indexed;
 pub mod pod_control;
 pub mod pod_failure_policy;
@@ -35,6 +39,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -76,6 +81,22 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("{action} pod {pod} of {key}")]
+    Claim {
+        key: String,
+        pod: String,
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("re-reading job {key} before adopting pods")]
+    Recheck {
+        key: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("not adopting pods for {key}: the job is gone or being deleted")]
+    CannotAdopt { key: String },
     #[error("updating the status of {key}")]
     Status {
         key: String,
@@ -211,6 +232,17 @@ impl Manager {
             None if has_finalizer(pod) && !matches!(change, Change::Delete(_)) => self.clean_orphan(pod.clone()),
             None => {}
         }
+        // An orphan that is new or changed its labels or reference: the Jobs it matches look
+        // at it, to adopt it (upstream's `getPodJobs`).
+        let orphan_changed = match old {
+            None => matches!(change, Change::Add(_)),
+            Some(old) => old.metadata.labels != pod.metadata.labels || controller_of(&old.metadata).is_some(),
+        };
+        if controller_of(&pod.metadata).is_none() && orphan_changed {
+            for job in self.matching_jobs(&ns, pod) {
+                self.enqueue(&job);
+            }
+        }
         // A pod moved away from a Job (its reference changed): that Job looks again.
         if let Some(old) = old
             && controller_of(&old.metadata) != controller_of(&pod.metadata)
@@ -220,17 +252,25 @@ impl Manager {
         }
     }
 
+    /// The Jobs of `namespace` whose (non-empty) selector matches the pod's labels.
+    fn matching_jobs(&self, namespace: &str, pod: &Pod) -> Vec<Arc<Job>> {
+        matching_jobs(&self.jobs, namespace, pod)
+    }
+
     /// Removes the tracking finalizer from a pod whose Job is gone (upstream's
-    /// `syncOrphanPod`), once the Job cache is known to be complete.
+    /// `syncOrphanPod`), once the Job cache is known to be complete. A pod without any
+    /// controller keeps it while an unfinished Job matching it may still adopt it.
     fn clean_orphan(&self, pod: Arc<Pod>) {
         let (jobs, pod_control) = (self.jobs.clone(), self.pod_control.clone());
         tokio::spawn(async move {
             let _ = jobs.wait_until_ready().await;
             let ns = pod.namespace().unwrap_or_default();
-            let owned = controller_of(&pod.metadata).is_some_and(|r| {
-                jobs.get(&ObjectRef::new(&r.name).within(&ns))
-                    .is_some_and(|j| j.metadata.uid.as_deref() == Some(&r.uid))
-            });
+            let owned = match controller_of(&pod.metadata) {
+                Some(r) => jobs
+                    .get(&ObjectRef::new(&r.name).within(&ns))
+                    .is_some_and(|j| j.metadata.uid.as_deref() == Some(&r.uid)),
+                None => matching_jobs(&jobs, &ns, &pod).iter().any(|j| !status::is_finished(j)),
+            };
             if owned {
                 return;
             }
@@ -239,6 +279,17 @@ impl Manager {
             }
         });
     }
+}
+
+fn matching_jobs(jobs: &Store<Job>, namespace: &str, pod: &Pod) -> Vec<Arc<Job>> {
+    jobs.state_filter(|j| {
+        j.namespace().as_deref() == Some(namespace)
+            && j.spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .and_then(|s| Selector::try_from(s).ok())
+                .is_some_and(|s| !s.selects_all() && s.matches(pod.labels()))
+    })
 }
 
 fn error_policy(job: Arc<Job>, err: &Error, m: Arc<Manager>) -> Action {

@@ -16,6 +16,7 @@ use kube::runtime::controller::Action;
 use tracing::{Instrument, debug, info_span};
 
 use super::backoff;
+use super::claim;
 use super::indexed::{self, INDEX_FAILURE_COUNT, index_of};
 use super::pod_control::{has_finalizer, new_pod};
 use super::pod_failure_policy::{Action as PolicyAction, match_pod};
@@ -83,14 +84,18 @@ async fn sync_job(job: Arc<Job>, m: Arc<Manager>, key: String) -> Result<Action,
     let ns = job.namespace();
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let selector = spec.selector.clone().map(Selector::try_from);
-    let pods: Vec<Arc<Pod>> = m.pods.state_filter(|p| {
-        p.namespace() == ns
-            && controller_of(&p.metadata).is_some_and(|r| r.uid == uid)
-            && match &selector {
-                Some(Ok(s)) => s.matches(p.labels()),
-                _ => true,
-            }
-    });
+    let pods: Vec<Arc<Pod>> = match &selector {
+        // A live Job claims its pods: adopts matching orphans, releases owned misfits.
+        Some(Ok(s)) if !s.selects_all() && !st::is_finished(&job) => claim::claim_pods(&m, &job, s).await?,
+        _ => m.pods.state_filter(|p| {
+            p.namespace() == ns
+                && controller_of(&p.metadata).is_some_and(|r| r.uid == uid)
+                && match &selector {
+                    Some(Ok(s)) => s.matches(p.labels()),
+                    _ => true,
+                }
+        }),
+    };
     if st::is_finished(&job) || job.metadata.deletion_timestamp.is_some() {
         // Nothing more is counted: let every pod go.
         for pod in pods.iter().filter(|p| has_finalizer(p)) {

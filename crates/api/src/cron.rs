@@ -9,6 +9,9 @@
 //! Next activation times are found by walking absolute time in the schedule's zone, as robfig
 //! does: on a spring-forward day the skipped local times never fire; in a fall-back hour a
 //! matching local time fires each time it occurs.
+//!
+//! Both the API's CronJob validation (`spec.schedule`, with robfig's messages) and the CronJob
+//! controller use this one parser, so what the API accepts is exactly what can be scheduled.
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;

@@ -1,0 +1,184 @@
+//! Claiming pods (upstream's `getPodsForJob` with `ClaimPods` of
+//! `pkg/controller/controller_ref_manager.go`): a Job owns the pods that carry its controller
+//! reference and match its selector. It adopts matching orphans, adding its reference and the
+//! tracking finalizer, once an uncached read shows the Job is still there and not being
+//! deleted; it releases owned pods whose labels stopped matching, deleting its reference and
+//! the finalizer in one patch.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
+use serde_json::{Value, json};
+use tracing::debug;
+
+use super::pod_control::{TRACKING_FINALIZER, controller_ref};
+use super::{Error, Manager, key_of};
+use crate::replicaset::controller_of;
+
+/// What claiming does with one pod (upstream's `ClaimObject` decision).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// Ours and matching.
+    Own,
+    /// Another controller's, or an orphan we may not take.
+    Ignore,
+    /// Ours but no longer matching: drop our controller reference.
+    Release,
+    /// A matching orphan: put our controller reference on it.
+    Adopt,
+}
+
+/// The decision for `meta` given the Job's uid, whether the Job is being deleted (it then
+/// neither adopts nor releases), and whether the labels match the Job's selector.
+pub(super) fn classify(meta: &ObjectMeta, owner_uid: &str, owner_deleting: bool, matches: bool) -> Claim {
+    match controller_of(meta) {
+        Some(r) if r.uid != owner_uid => Claim::Ignore,
+        Some(_) if matches => Claim::Own,
+        Some(_) if owner_deleting => Claim::Ignore,
+        Some(_) => Claim::Release,
+        None if owner_deleting || !matches || meta.deletion_timestamp.is_some() => Claim::Ignore,
+        None => Claim::Adopt,
+    }
+}
+
+/// The strategic merge patch adopting `pod` (upstream's `ownerRefControllerPatch` with the
+/// Job's finalizer); the uid makes it apply only to the pod that was looked at.
+fn adopt_patch(job: &Job, pod: &Pod) -> Value {
+    json!({"metadata": {
+        "ownerReferences": [controller_ref(job)],
+        "uid": pod.metadata.uid,
+        "finalizers": [TRACKING_FINALIZER],
+    }})
+}
+
+/// The strategic merge patch releasing `pod` (upstream's
+/// `GenerateDeleteOwnerRefStrategicMergeBytes` with the Job's finalizer).
+fn release_patch(owner_uid: &str, pod: &Pod) -> Value {
+    json!({"metadata": {
+        "ownerReferences": [{"$patch": "delete", "uid": owner_uid}],
+        "uid": pod.metadata.uid,
+        "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER],
+    }})
+}
+
+/// Upstream's `RecheckDeletionTimestamp`: adoption goes ahead only if an uncached read shows
+/// the same Job, not being deleted (the cache may lag a delete).
+async fn may_adopt(m: &Manager, job: &Job) -> Result<(), Error> {
+    let key = key_of(job);
+    let api: Api<Job> = Api::namespaced(m.client.clone(), &job.namespace().unwrap_or_default());
+    let fresh = api.get_opt(&job.name_any()).await.map_err(|source| Error::Recheck { key: key.clone(), source })?;
+    match fresh {
+        Some(f) if f.metadata.uid == job.metadata.uid && f.metadata.deletion_timestamp.is_none() => Ok(()),
+        _ => Err(Error::CannotAdopt { key }),
+    }
+}
+
+/// The pods of the Job's namespace it owns after adopting matching orphans (returned as the
+/// API server stored them, so with the tracking finalizer) and releasing owned pods that
+/// stopped matching.
+pub(super) async fn claim_pods(m: &Manager, job: &Job, selector: &Selector) -> Result<Vec<Arc<Pod>>, Error> {
+    let key = key_of(job);
+    let ns = job.namespace();
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let deleting = job.metadata.deletion_timestamp.is_some();
+    let api: Api<Pod> = Api::namespaced(m.client.clone(), ns.as_deref().unwrap_or_default());
+    let mut owned = Vec::new();
+    let mut rechecked = false;
+    for pod in m.pods.state_filter(|p| p.namespace() == ns) {
+        let adopting = match classify(&pod.metadata, &uid, deleting, selector.matches(pod.labels())) {
+            Claim::Own => {
+                owned.push(pod);
+                continue;
+            }
+            Claim::Ignore => continue,
+            Claim::Adopt => true,
+            Claim::Release => false,
+        };
+        if adopting && !rechecked {
+            may_adopt(m, job).await?;
+            rechecked = true;
+        }
+        let patch = if adopting { adopt_patch(job, &pod) } else { release_patch(&uid, &pod) };
+        let action = if adopting { "adopting" } else { "releasing" };
+        debug!(%key, pod = %pod.name_any(), action, "claiming pod");
+        match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(patch)).await {
+            Ok(adopted) if adopting => owned.push(Arc::new(adopted)),
+            Ok(_) => {}
+            // Gone, or (releasing) the reference is already gone or the pod is being deleted.
+            Err(kube::Error::Api(s)) if s.code == 404 || (!adopting && s.code == 422) => {}
+            Err(source) => return Err(Error::Claim { key, pod: pod.name_any(), action, source }),
+        }
+    }
+    Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn meta(controller: Option<&str>, deleting: bool) -> ObjectMeta {
+        ObjectMeta {
+            owner_references: controller.map(|uid| {
+                vec![OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: "pi".into(),
+                    uid: uid.into(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }]
+            }),
+            deletion_timestamp: deleting.then_some(Time(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn owned_matching_pods_are_kept_and_other_controllers_pods_ignored() {
+        assert_eq!(classify(&meta(Some("j1"), false), "j1", false, true), Claim::Own);
+        assert_eq!(classify(&meta(Some("other"), false), "j1", false, true), Claim::Ignore);
+    }
+
+    #[test]
+    fn owned_pods_that_stopped_matching_are_released_unless_the_job_is_deleted() {
+        assert_eq!(classify(&meta(Some("j1"), false), "j1", false, false), Claim::Release);
+        assert_eq!(classify(&meta(Some("j1"), false), "j1", true, false), Claim::Ignore);
+    }
+
+    #[test]
+    fn only_live_matching_orphans_of_a_live_job_are_adopted() {
+        assert_eq!(classify(&meta(None, false), "j1", false, true), Claim::Adopt);
+        assert_eq!(classify(&meta(None, false), "j1", false, false), Claim::Ignore);
+        assert_eq!(classify(&meta(None, true), "j1", false, true), Claim::Ignore);
+        assert_eq!(classify(&meta(None, false), "j1", true, true), Claim::Ignore);
+    }
+
+    #[test]
+    fn adoption_adds_the_tracking_finalizer_and_release_removes_it() {
+        let job = Job {
+            metadata: ObjectMeta { name: Some("pi".into()), uid: Some("j1".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let pod = Pod { metadata: ObjectMeta { uid: Some("p1".into()), ..Default::default() }, ..Default::default() };
+        let adopt = adopt_patch(&job, &pod);
+        assert_eq!(adopt["metadata"]["finalizers"], json!([TRACKING_FINALIZER]));
+        assert_eq!(adopt["metadata"]["ownerReferences"][0]["uid"], "j1");
+        assert_eq!(adopt["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(
+            release_patch("j1", &pod),
+            json!({"metadata": {
+                "ownerReferences": [{"$patch": "delete", "uid": "j1"}],
+                "uid": "p1",
+                "$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER],
+            }})
+        );
+    }
+}
