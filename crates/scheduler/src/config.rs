@@ -143,7 +143,7 @@ impl Default for Profile {
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub profiles: Vec<Profile>,
-    /// Accepted for compatibility; every feasible node is scored.
+    /// Upstream's share of nodes to find feasible before scoring (`None`: the adaptive default).
     pub percentage_of_nodes_to_score: Option<i32>,
 }
 

@@ -7,6 +7,7 @@
 //! writes the cluster only through the Kubernetes API with a kube-rs client (design rule 1); it
 //! never touches the store or the API server's internals.
 
+pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod framework;

@@ -1,9 +1,9 @@
 //! The scheduler's main loop (upstream's `scheduler.go` and `schedule_one.go`): informers
-//! (kube-runtime reflectors) of nodes and pods feed the queue; each cycle pops one pod, builds
-//! a snapshot, runs the framework of the pod's profile, assumes the pod on the chosen node and
-//! binds it in the background; a pod that fits nowhere gets `PodScheduled=False` and a
-//! `FailedScheduling` event, and when preemption chose a node for it, `nominatedNodeName`
-//! while its victims are evicted.
+//! (kube-runtime reflectors) of nodes and pods feed the queue and the node cache; each cycle
+//! pops one pod, brings its snapshot up to date from the cache, runs the framework of the
+//! pod's profile, assumes the pod on the chosen node and binds it in the background; a pod
+//! that fits nowhere gets `PodScheduled=False` and a `FailedScheduling` event, and when
+//! preemption chose a node for it, `nominatedNodeName` while its victims are evicted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,16 +19,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::backend::cache::{Cache, Snapshot};
 use crate::cache::InformerListers;
 use crate::config::SchedulerConfig;
-use crate::framework::{CycleState, Framework, NodeInfo, Nomination, ScheduleError};
+use crate::framework::{CycleState, Framework, Nomination, ScheduleError};
 use crate::queue::SchedulingQueue;
 
 /// The name pods put in `spec.schedulerName` to be scheduled by us (the default).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
-
-/// Pods assumed on a node between the decision and the informer seeing the binding.
-type Assumed = Arc<Mutex<HashMap<String, Arc<Pod>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -38,11 +36,11 @@ pub fn pod_key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-fn node_name(pod: &Pod) -> Option<&str> {
+pub(crate) fn node_name(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
 }
 
-fn is_terminal(pod: &Pod) -> bool {
+pub(crate) fn is_terminal(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
@@ -66,61 +64,6 @@ fn node_fingerprint(node: &Node) -> String {
     json!([node.spec, node.metadata.labels, node.status.as_ref().map(|s| &s.allocatable)]).to_string()
 }
 
-/// The nodes with the pods on them, bound or assumed.
-pub fn snapshot(nodes: &[Arc<Node>], pods: &[Arc<Pod>], assumed: &HashMap<String, Arc<Pod>>) -> Vec<NodeInfo> {
-    let mut infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::new(n.clone())).collect();
-    infos.sort_by(|a, b| a.name().cmp(b.name()));
-    let index: HashMap<String, usize> = infos.iter().enumerate().map(|(i, n)| (n.name().to_string(), i)).collect();
-    let mut place = |pod: &Arc<Pod>| {
-        if let Some(&i) = node_name(pod).and_then(|n| index.get(n)) {
-            infos[i].add_pod(pod.clone());
-        }
-    };
-    let mut bound = std::collections::HashSet::new();
-    for pod in pods.iter().filter(|p| node_name(p).is_some() && !is_terminal(p)) {
-        bound.insert(pod_key(pod));
-        place(pod);
-    }
-    for (key, pod) in assumed {
-        if !bound.contains(key) {
-            place(pod);
-        }
-    }
-    infos
-}
-
-fn priority(pod: &Pod) -> i32 {
-    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
-}
-
-/// Counts pending pods nominated to a node by preemption, of at least `for_pod`'s priority,
-/// on that node, so that the room freed for them is not taken by others (upstream runs the
-/// filters "with nominated pods").
-pub fn add_nominated_pods(
-    infos: &mut [NodeInfo],
-    pods: &[Arc<Pod>],
-    assumed: &HashMap<String, Arc<Pod>>,
-    for_pod: &Pod,
-) {
-    let own = priority(for_pod);
-    for p in pods {
-        let Some(nominated) = p.status.as_ref().and_then(|s| s.nominated_node_name.as_deref()) else { continue };
-        if nominated.is_empty()
-            || node_name(p).is_some()
-            || is_terminal(p)
-            || p.metadata.deletion_timestamp.is_some()
-            || p.metadata.uid == for_pod.metadata.uid
-            || priority(p) < own
-            || assumed.contains_key(&pod_key(p))
-        {
-            continue;
-        }
-        if let Some(info) = infos.iter_mut().find(|n| n.name() == nominated) {
-            info.add_pod(p.clone());
-        }
-    }
-}
-
 /// The queueing hints for an assigned pod's deletion: every plugin but NodePorts may be
 /// helped by any deletion; NodePorts only by one that frees a port the pod wants.
 fn assigned_pod_delete_helps(pods: &Store<Pod>, key: &str, plugins: &[&'static str], deleted: &Pod) -> bool {
@@ -140,7 +83,8 @@ struct Scheduler {
     queue: Arc<SchedulingQueue>,
     nodes: Store<Node>,
     pods: Store<Pod>,
-    assumed: Assumed,
+    /// The nodes with their bound and assumed pods, kept by the informers' events.
+    cache: Mutex<Cache>,
     /// The last FailedScheduling event per pod uid: (event name, count, message).
     events: Mutex<HashMap<String, (String, i32, String)>>,
 }
@@ -157,7 +101,11 @@ pub async fn run_with_config(client: Client, config: SchedulerConfig, shutdown: 
     let profiles = config
         .profiles
         .iter()
-        .map(|p| (p.scheduler_name.clone(), Arc::new(crate::plugins::build(p, shared.clone(), Some(&client)))))
+        .map(|p| {
+            let mut framework = crate::plugins::build(p, shared.clone(), Some(&client));
+            framework.percentage_of_nodes_to_score = config.percentage_of_nodes_to_score;
+            (p.scheduler_name.clone(), Arc::new(framework))
+        })
         .collect();
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -188,7 +136,7 @@ async fn run_profiles(client: Client, profiles: HashMap<String, Arc<Framework>>,
         queue: Arc::new(SchedulingQueue::new()),
         nodes,
         pods,
-        assumed: Arc::default(),
+        cache: Mutex::new(Cache::new()),
         events: Mutex::default(),
     });
     let node_task = tokio::spawn(watch_nodes(sched.clone(), Api::all(client.clone()), node_writer));
@@ -222,6 +170,7 @@ async fn watch_nodes(sched: Arc<Scheduler>, api: Api<Node>, writer: reflector::s
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                lock(&sched.cache).add_or_update_node(Arc::new(node.clone()));
                 let print = node_fingerprint(&node);
                 match seen.insert(node.name_any(), print.clone()) {
                     None => sched.queue.move_all_to_active_or_backoff("NodeAdd"),
@@ -231,6 +180,7 @@ async fn watch_nodes(sched: Arc<Scheduler>, api: Api<Node>, writer: reflector::s
             }
             Ok(watcher::Event::Delete(node)) => {
                 seen.remove(&node.name_any());
+                lock(&sched.cache).remove_node(&node.name_any());
             }
             Ok(_) => {}
             Err(e) => debug!(error = %e, "node watch failed; retrying"),
@@ -241,16 +191,25 @@ async fn watch_nodes(sched: Arc<Scheduler>, api: Api<Node>, writer: reflector::s
 async fn watch_pods(sched: Arc<Scheduler>, api: Api<Pod>, writer: reflector::store::Writer<Pod>) {
     let mut pending: HashMap<String, String> = HashMap::new();
     let mut bound: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // The pods of a (re)list, to drop from the cache those whose deletion the watch missed.
+    let mut listed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).boxed();
     while let Some(ev) = stream.next().await {
         match ev {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitDone) => lock(&sched.cache).retain_pods(&std::mem::take(&mut listed)),
+            Ok(ev @ (watcher::Event::Apply(_) | watcher::Event::InitApply(_))) => {
+                let initial = matches!(ev, watcher::Event::InitApply(_));
+                let (watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = ev else { continue };
                 let key = pod_key(&pod);
+                if initial {
+                    listed.insert(key.clone());
+                }
+                lock(&sched.cache).update_pod(Arc::new(pod.clone()));
                 if node_name(&pod).is_some() || is_terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
                     pending.remove(&key);
                     sched.queue.delete(&key);
                     if node_name(&pod).is_some() {
-                        lock(&sched.assumed).remove(&key);
                         let waiting = sched.queue.lens().2 > 0;
                         if !is_terminal(&pod) {
                             // A pod newly on a node may satisfy pending pods' pod affinity or
@@ -281,7 +240,7 @@ async fn watch_pods(sched: Arc<Scheduler>, api: Api<Pod>, writer: reflector::sto
                 pending.remove(&key);
                 bound.remove(&key);
                 sched.queue.delete(&key);
-                lock(&sched.assumed).remove(&key);
+                lock(&sched.cache).remove_pod(&key);
                 if let Some(uid) = pod.uid() {
                     lock(&sched.events).remove(&uid);
                 }
@@ -292,7 +251,6 @@ async fn watch_pods(sched: Arc<Scheduler>, api: Api<Pod>, writer: reflector::sto
                     });
                 }
             }
-            Ok(_) => {}
             Err(e) => debug!(error = %e, "pod watch failed; retrying"),
         }
     }
@@ -304,14 +262,16 @@ async fn scheduling_loop(sched: Arc<Scheduler>) {
         return;
     }
     info!("scheduler started");
+    // Kept across cycles: each cycle copies in only the nodes changed since the last one.
+    let mut snapshot = Snapshot::default();
     loop {
         let (key, cycle) = sched.queue.pop().await;
         let span = info_span!("schedule_one", pod = %key, cycle);
-        schedule_one(&sched, &key, cycle).instrument(span).await;
+        schedule_one(&sched, &mut snapshot, &key, cycle).instrument(span).await;
     }
 }
 
-async fn schedule_one(sched: &Arc<Scheduler>, key: &str, cycle: u64) {
+async fn schedule_one(sched: &Arc<Scheduler>, snapshot: &mut Snapshot, key: &str, cycle: u64) {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
     let Some(pod) = sched.pods.get(&ObjectRef::new(name).within(ns)) else {
         sched.queue.done(key);
@@ -325,15 +285,13 @@ async fn schedule_one(sched: &Arc<Scheduler>, key: &str, cycle: u64) {
         sched.queue.done(key);
         return;
     }
-    let nodes = {
-        let assumed = lock(&sched.assumed);
-        let pods = sched.pods.state();
-        let mut infos = snapshot(&sched.nodes.state(), &pods, &assumed);
-        add_nominated_pods(&mut infos, &pods, &assumed, &pod);
-        infos
-    };
+    {
+        let mut cache = lock(&sched.cache);
+        cache.update_snapshot(snapshot);
+        cache.add_nominated_pods(snapshot, &pod);
+    }
     let mut state = CycleState::new();
-    let result = framework.schedule_pod(&mut state, &pod, &nodes);
+    let result = framework.schedule_pod(&mut state, &pod, snapshot.nodes());
     let node = match result {
         Ok(r) => r.node,
         // No nodes at all counts as unschedulable too, as upstream: a node event retries it.
@@ -361,10 +319,10 @@ async fn schedule_one(sched: &Arc<Scheduler>, key: &str, cycle: u64) {
     // Assume: the next cycles count the pod on its node before the binding is seen.
     let mut placed = (*pod).clone();
     placed.spec.get_or_insert_default().node_name = Some(node.clone());
-    lock(&sched.assumed).insert(key.to_string(), Arc::new(placed));
+    lock(&sched.cache).assume_pod(key, Arc::new(placed), &node);
     let reserved = framework.run_reserve(&mut state, &pod, &node);
     if !reserved.is_success() {
-        lock(&sched.assumed).remove(key);
+        lock(&sched.cache).forget_pod(key);
         sched.queue.add_backoff(key);
         record_failure(
             sched.clone(),
@@ -393,7 +351,7 @@ async fn schedule_one(sched: &Arc<Scheduler>, key: &str, cycle: u64) {
             }
             warn!(node = %node, error = %status.message(), "binding failed");
             framework.run_unreserve(&mut state, &pod, &node);
-            lock(&sched.assumed).remove(&key);
+            lock(&sched.cache).forget_pod(&key);
             sched.queue.add_backoff(&key);
             record_failure(sched.clone(), pod, "SchedulerError", status.message());
         }
@@ -561,50 +519,6 @@ async fn post_event(
 mod tests {
     use super::*;
     use crate::plugins::testing::pod;
-
-    fn arc_pod(v: Value) -> Arc<Pod> {
-        Arc::new(serde_json::from_value(v).unwrap())
-    }
-
-    #[test]
-    fn snapshot_counts_bound_and_assumed_pods_but_not_finished_ones() {
-        let nodes = vec![Arc::new(serde_json::from_value::<Node>(json!({"metadata": {"name": "n"}})).unwrap())];
-        let bound =
-            arc_pod(json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"nodeName": "n", "containers": []}}));
-        let done = arc_pod(
-            json!({"metadata": {"name": "b", "namespace": "d"}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Succeeded"}}),
-        );
-        let assumed_pod =
-            arc_pod(json!({"metadata": {"name": "c", "namespace": "d"}, "spec": {"nodeName": "n", "containers": []}}));
-        let assumed = HashMap::from([("d/c".to_string(), assumed_pod), ("d/a".to_string(), bound.clone())]);
-        let snap = snapshot(&nodes, &[bound, done], &assumed);
-        assert_eq!(snap[0].pods.len(), 2);
-    }
-
-    #[test]
-    fn nominated_pods_of_at_least_equal_priority_hold_their_node() {
-        let nodes = vec![Arc::new(serde_json::from_value::<Node>(json!({"metadata": {"name": "n"}})).unwrap())];
-        let nominated = |name: &str, priority: i32| {
-            arc_pod(json!({
-                "metadata": {"name": name, "namespace": "d", "uid": name},
-                "spec": {"priority": priority, "containers": []},
-                "status": {"nominatedNodeName": "n"},
-            }))
-        };
-        let pods = vec![nominated("high", 1000), nominated("low", 0)];
-        let me: Pod = serde_json::from_value(
-            json!({"metadata": {"name": "me", "namespace": "d", "uid": "me"}, "spec": {"priority": 500, "containers": []}}),
-        )
-        .unwrap();
-        let mut infos = snapshot(&nodes, &[], &HashMap::new());
-        add_nominated_pods(&mut infos, &pods, &HashMap::new(), &me);
-        let names: Vec<_> = infos[0].pods.iter().map(|p| p.name_any()).collect();
-        assert_eq!(names, vec!["high"]);
-        // The nominated pod itself does not count against itself.
-        let mut infos = snapshot(&nodes, &[], &HashMap::new());
-        add_nominated_pods(&mut infos, &pods, &HashMap::new(), &pods[0]);
-        assert!(infos[0].pods.is_empty());
-    }
 
     #[test]
     fn only_pods_for_the_default_scheduler_are_ours() {

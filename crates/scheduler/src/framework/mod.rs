@@ -13,7 +13,7 @@ mod status;
 
 pub use cycle_state::CycleState;
 pub use listers::{Listers, StaticListers};
-pub use node_info::{NodeInfo, Resource, pod_requests};
+pub use node_info::{NodeInfo, Resource, has_pod_affinity, has_required_anti_affinity, pod_requests};
 pub use runtime::{Framework, NodeScore, Nomination, ScheduleError, ScheduleResult, Victim};
 pub use status::{Code, NodeToStatus, Status};
 

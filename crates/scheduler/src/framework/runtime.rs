@@ -4,6 +4,7 @@
 //! best node with ties broken at random.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -66,6 +67,30 @@ pub struct Framework {
     pub score: Vec<(Arc<dyn ScorePlugin>, i64)>,
     pub reserve: Vec<Arc<dyn ReservePlugin>>,
     pub bind: Vec<Arc<dyn BindPlugin>>,
+    /// Upstream's `percentageOfNodesToScore`: filtering stops once this share of the nodes is
+    /// found feasible; `None` or 0 is upstream's adaptive default.
+    pub percentage_of_nodes_to_score: Option<i32>,
+    /// Where the next cycle starts filtering, so that every node gets its turn.
+    pub next_start_node_index: Arc<AtomicUsize>,
+}
+
+/// Upstream's `minFeasibleNodesToFind`: below this many nodes all are evaluated.
+const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
+/// Upstream's `minFeasibleNodesPercentageToFind`.
+const MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND: usize = 5;
+
+/// How many feasible nodes a cycle looks for among `all` (upstream's `numFeasibleNodesToFind`):
+/// all of them in small clusters; otherwise the configured share, by default 50% less one
+/// point per 125 nodes (at least 5%), and never fewer than 100.
+pub fn num_feasible_nodes_to_find(percentage: Option<i32>, all: usize) -> usize {
+    if all < MIN_FEASIBLE_NODES_TO_FIND {
+        return all;
+    }
+    let percentage = match percentage {
+        Some(p) if p > 0 => (p as usize).min(100),
+        _ => 50usize.saturating_sub(all / 125).max(MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND),
+    };
+    (all * percentage / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
 }
 
 impl Framework {
@@ -92,7 +117,16 @@ impl Framework {
         };
         let mut statuses = NodeToStatus::default();
         let mut feasible: Vec<&NodeInfo> = Vec::new();
-        for node in nodes {
+        // As upstream: stop once enough feasible nodes are found, starting where the previous
+        // cycle stopped so that every node gets its turn.
+        let wanted = num_feasible_nodes_to_find(self.percentage_of_nodes_to_score, nodes.len());
+        let start = self.next_start_node_index.load(Ordering::Relaxed) % nodes.len();
+        let mut processed = 0;
+        for node in nodes[start..].iter().chain(&nodes[..start]) {
+            if feasible.len() >= wanted {
+                break;
+            }
+            processed += 1;
             let s = self.run_filter(state, pod, node, &skip_filter);
             if s.code == Code::Error {
                 return Err(ScheduleError::Plugin { plugin: s.plugin, message: s.message() });
@@ -103,6 +137,7 @@ impl Framework {
                 feasible.push(node);
             }
         }
+        self.next_start_node_index.store((start + processed) % nodes.len(), Ordering::Relaxed);
         if feasible.is_empty() {
             let mut message = statuses.fit_error_message(nodes.len());
             let mut plugins: Vec<&'static str> = statuses.plugins().collect();
@@ -123,7 +158,7 @@ impl Framework {
         }
         let result = |node: &str| ScheduleResult {
             node: node.to_string(),
-            evaluated_nodes: nodes.len(),
+            evaluated_nodes: processed,
             feasible_nodes: feasible.len(),
         };
         if feasible.len() == 1 {
@@ -360,6 +395,27 @@ mod tests {
         assert_eq!((s.code, s.plugin), (Code::Error, "Second"));
         assert_eq!(*first.2.lock().unwrap(), vec!["reserve", "unreserve"]);
         assert_eq!(*second.2.lock().unwrap(), vec!["reserve"]);
+    }
+
+    #[test]
+    fn large_clusters_evaluate_a_rotating_share_of_the_nodes() {
+        assert_eq!(num_feasible_nodes_to_find(None, 99), 99);
+        assert_eq!(num_feasible_nodes_to_find(None, 150), 100);
+        assert_eq!(num_feasible_nodes_to_find(None, 5000), 500);
+        assert_eq!(num_feasible_nodes_to_find(None, 100_000), 5000);
+        assert_eq!(num_feasible_nodes_to_find(Some(50), 1000), 500);
+        assert_eq!(num_feasible_nodes_to_find(Some(0), 1000), 420);
+        let fw = Framework { score: vec![(Arc::new(NameLength), 1)], ..Default::default() };
+        let nodes: Vec<NodeInfo> = (0..250).map(|i| node(&format!("n{i:03}"))).collect();
+        let p = pod(json!({"containers": []}));
+        let r = fw.schedule_pod(&mut CycleState::new(), &p, &nodes).unwrap();
+        // 48% of 250 nodes.
+        assert_eq!((r.evaluated_nodes, r.feasible_nodes), (120, 120));
+        // The next cycles start where the previous stopped, wrapping around.
+        assert_eq!(fw.next_start_node_index.load(Ordering::Relaxed), 120);
+        fw.schedule_pod(&mut CycleState::new(), &p, &nodes).unwrap();
+        fw.schedule_pod(&mut CycleState::new(), &p, &nodes).unwrap();
+        assert_eq!(fw.next_start_node_index.load(Ordering::Relaxed), 110);
     }
 
     #[test]

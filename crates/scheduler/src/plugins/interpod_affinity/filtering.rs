@@ -49,7 +49,9 @@ impl PreFilterPlugin for InterPodAffinity {
         let has_own = !terms.required_affinity.is_empty() || !terms.required_anti_affinity.is_empty();
         let mut any_existing_anti = false;
         for node in nodes {
-            for existing in &node.pods {
+            // Without terms of its own, only existing pods' required anti-affinity matters.
+            let candidates = if has_own { &node.pods } else { &node.pods_with_required_anti_affinity };
+            for existing in candidates {
                 if has_required_anti_affinity(existing) {
                     any_existing_anti = true;
                     for t in PodTerms::of(existing).required_anti_affinity {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
 use tug_api::selector::LabelSelector;
 
-use crate::framework::{Listers, Plugin};
+use crate::framework::{Listers, Plugin, has_pod_affinity, has_required_anti_affinity};
 
 pub const NAME: &str = "InterPodAffinity";
 /// Upstream's default `hardPodAffinityWeight`.
@@ -144,22 +144,6 @@ impl PodTerms {
 
 /// Whether the pod has any pod affinity or anti-affinity at all (upstream's
 /// `PodsWithAffinity` / `PodsWithRequiredAntiAffinity` lists in `NodeInfo`).
-fn has_pod_affinity(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
-}
-
-fn has_required_anti_affinity(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.pod_anti_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
-        .is_some_and(|t| !t.is_empty())
-}
-
 /// Namespace labels looked up once per cycle.
 struct NamespaceLabels<'a> {
     listers: &'a dyn Listers,

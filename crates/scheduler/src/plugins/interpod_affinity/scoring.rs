@@ -46,7 +46,8 @@ impl PreScorePlugin for InterPodAffinity {
         let own_ns = ns.of(pod).clone();
         let mut scores = TopologyScore::default();
         for node in all {
-            for existing in &node.pods {
+            let candidates = if has_constraints { &node.pods } else { &node.pods_with_affinity };
+            for existing in candidates {
                 let existing_has = has_pod_affinity(existing);
                 // Unless the pod has preferred terms, only pods with affinity of their own matter.
                 if !has_constraints && !existing_has {
