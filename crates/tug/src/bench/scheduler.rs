@@ -147,7 +147,9 @@ async fn create_pods(
 
 async fn run_scenario(scenario: &Scenario, clients: usize) -> anyhow::Result<Outcome> {
     let scratch = Scratch::new("scheduler")?;
-    let server = ServerUnderTest::start(&scratch.0, &[]).await?;
+    // The default cluster CIDR (10.42.0.0/16) has room for 256 nodes' /24s, as in k3s; a big
+    // cluster needs a bigger one, or thousands of nodes wait for a podCIDR.
+    let server = ServerUnderTest::start(&scratch.0, &["--cluster-cidr", "100.64.0.0/10"]).await?;
     let client = server.client.clone();
     let register_started = Instant::now();
     let config = tug_simnode::Config {
