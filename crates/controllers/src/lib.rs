@@ -3,6 +3,7 @@
 //! Each controller lives in its own module, named as upstream's `pkg/controller/<name>`, and
 //! reaches cluster state only through the Kubernetes API with a kube-rs client (design rule 1),
 //! so any of them can be swapped for upstream's and they exercise our API as real clients do.
+pub mod controller_ref;
 pub mod cronjob;
 pub mod daemon;
 pub mod deployment;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
@@ -18,33 +17,7 @@ use tracing::debug;
 
 use super::pod_control::{TRACKING_FINALIZER, controller_ref};
 use super::{Error, Manager, key_of};
-use crate::replicaset::controller_of;
-
-/// What claiming does with one pod (upstream's `ClaimObject` decision).
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Claim {
-    /// Ours and matching.
-    Own,
-    /// Another controller's, or an orphan we may not take.
-    Ignore,
-    /// Ours but no longer matching: drop our controller reference.
-    Release,
-    /// A matching orphan: put our controller reference on it.
-    Adopt,
-}
-
-/// The decision for `meta` given the Job's uid, whether the Job is being deleted (it then
-/// neither adopts nor releases), and whether the labels match the Job's selector.
-pub(super) fn classify(meta: &ObjectMeta, owner_uid: &str, owner_deleting: bool, matches: bool) -> Claim {
-    match controller_of(meta) {
-        Some(r) if r.uid != owner_uid => Claim::Ignore,
-        Some(_) if matches => Claim::Own,
-        Some(_) if owner_deleting => Claim::Ignore,
-        Some(_) => Claim::Release,
-        None if owner_deleting || !matches || meta.deletion_timestamp.is_some() => Claim::Ignore,
-        None => Claim::Adopt,
-    }
-}
+use crate::controller_ref::{Claim, can_adopt, classify};
 
 /// The strategic merge patch adopting `pod` (upstream's `ownerRefControllerPatch` with the
 /// Job's finalizer); the uid makes it apply only to the pod that was looked at.
@@ -66,15 +39,13 @@ fn release_patch(owner_uid: &str, pod: &Pod) -> Value {
     }})
 }
 
-/// Upstream's `RecheckDeletionTimestamp`: adoption goes ahead only if an uncached read shows
-/// the same Job, not being deleted (the cache may lag a delete).
+/// Adoption goes ahead only after a live read allows it ([`can_adopt`]).
 async fn may_adopt(m: &Manager, job: &Job) -> Result<(), Error> {
     let key = key_of(job);
-    let api: Api<Job> = Api::namespaced(m.client.clone(), &job.namespace().unwrap_or_default());
-    let fresh = api.get_opt(&job.name_any()).await.map_err(|source| Error::Recheck { key: key.clone(), source })?;
-    match fresh {
-        Some(f) if f.metadata.uid == job.metadata.uid && f.metadata.deletion_timestamp.is_none() => Ok(()),
-        _ => Err(Error::CannotAdopt { key }),
+    match can_adopt(&m.client, job).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::CannotAdopt { key }),
+        Err(source) => Err(Error::Recheck { key, source }),
     }
 }
 
@@ -119,47 +90,9 @@ pub(super) async fn claim_pods(m: &Manager, job: &Job, selector: &Selector) -> R
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-    use k8s_openapi::jiff::Timestamp;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
-
-    fn meta(controller: Option<&str>, deleting: bool) -> ObjectMeta {
-        ObjectMeta {
-            owner_references: controller.map(|uid| {
-                vec![OwnerReference {
-                    api_version: "batch/v1".into(),
-                    kind: "Job".into(),
-                    name: "pi".into(),
-                    uid: uid.into(),
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                }]
-            }),
-            deletion_timestamp: deleting.then_some(Time(Timestamp::UNIX_EPOCH)),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn owned_matching_pods_are_kept_and_other_controllers_pods_ignored() {
-        assert_eq!(classify(&meta(Some("j1"), false), "j1", false, true), Claim::Own);
-        assert_eq!(classify(&meta(Some("other"), false), "j1", false, true), Claim::Ignore);
-    }
-
-    #[test]
-    fn owned_pods_that_stopped_matching_are_released_unless_the_job_is_deleted() {
-        assert_eq!(classify(&meta(Some("j1"), false), "j1", false, false), Claim::Release);
-        assert_eq!(classify(&meta(Some("j1"), false), "j1", true, false), Claim::Ignore);
-    }
-
-    #[test]
-    fn only_live_matching_orphans_of_a_live_job_are_adopted() {
-        assert_eq!(classify(&meta(None, false), "j1", false, true), Claim::Adopt);
-        assert_eq!(classify(&meta(None, false), "j1", false, false), Claim::Ignore);
-        assert_eq!(classify(&meta(None, true), "j1", false, true), Claim::Ignore);
-        assert_eq!(classify(&meta(None, false), "j1", true, true), Claim::Ignore);
-    }
 
     #[test]
     fn adoption_adds_the_tracking_finalizer_and_release_removes_it() {

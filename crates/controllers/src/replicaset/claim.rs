@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 
 use super::workload::Workload;
-use super::{Error, Manager, controller_of, key_of};
+use super::{Error, Manager, key_of};
+use crate::controller_ref::{Claim, can_adopt, classify};
 
 /// The pods of `pods` (all active) that `w` owns after adopting and releasing.
 pub(super) async fn claim_pods<K: Workload>(
@@ -27,13 +27,10 @@ pub(super) async fn claim_pods<K: Workload>(
     let mut may_adopt: Option<bool> = None;
     let mut first_error = None;
     for pod in pods {
-        let matches = selector.matches(pod.labels());
-        match controller_of(&pod.metadata) {
-            Some(r) if r.uid != uid => {}
-            Some(_) if matches => claimed.push(pod),
-            // A workload being deleted keeps what it has until the collector is done.
-            Some(_) if deleting => {}
-            Some(_) => match m.pod_control.release(&**w, &pod).await {
+        match classify(&pod.metadata, &uid, deleting, selector.matches(pod.labels())) {
+            Claim::Ignore => {}
+            Claim::Own => claimed.push(pod),
+            Claim::Release => match m.pod_control.release(&**w, &pod).await {
                 Ok(()) => {}
                 // Gone, or no longer carrying the reference: released either way.
                 Err(e) if e.is_not_found() || e.is_invalid() => {}
@@ -41,8 +38,7 @@ pub(super) async fn claim_pods<K: Workload>(
                     first_error.get_or_insert(Error::Claim { key: key.clone(), source });
                 }
             },
-            None if deleting || !matches || pod.metadata.deletion_timestamp.is_some() => {}
-            None => {
+            Claim::Adopt => {
                 // Adoption needs a fresh read showing the workload is still there and not
                 // being deleted (the cache may be behind), once per sync.
                 if may_adopt.is_none() {
@@ -71,14 +67,12 @@ pub(super) async fn claim_pods<K: Workload>(
     }
 }
 
-/// Upstream's `RecheckDeletionTimestamp`: a live read of the workload, which must be the same
-/// object (uid) and not being deleted.
+/// The live read upstream's adoption needs ([`can_adopt`]), as this controller's error.
 async fn recheck<K: Workload>(m: &Manager<K>, w: &K) -> Result<(), Error> {
     let key = key_of(w);
-    let api: Api<K> = Api::namespaced(m.client.clone(), &w.namespace().unwrap_or_default());
-    let fresh = api.get_opt(&w.name_any()).await.map_err(|source| Error::Recheck { key: key.clone(), source })?;
-    match fresh {
-        Some(f) if f.meta().uid == w.meta().uid && f.meta().deletion_timestamp.is_none() => Ok(()),
-        _ => Err(Error::CannotAdopt { key }),
+    match can_adopt(&m.client, w).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::CannotAdopt { key }),
+        Err(source) => Err(Error::Recheck { key, source }),
     }
 }

@@ -117,10 +117,7 @@ fn key_of<R: Resource>(obj: &R) -> String {
     format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
 }
 
-/// The owner reference marked as controller, if any.
-pub fn controller_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references.iter().flatten().find(|r| r.controller == Some(true))
-}
+pub use crate::controller_ref::controller_of;
 
 /// The delay before retry number `failures` (client-go's default per-item limiter: 5ms doubled
 /// per failure, at most 1000s).

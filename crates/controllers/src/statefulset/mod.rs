@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::controller_ref::{Claim, can_adopt, classify, release_patch};
 use crate::events::Recorder;
 use crate::history::{History, HistoryError};
 use crate::informer::{self, Change};
@@ -246,23 +247,40 @@ impl Manager {
         let deleting = set.metadata.deletion_timestamp.is_some();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns.as_deref().unwrap_or(""));
         let mut claimed = Vec::new();
+        // One live read per sync must allow adoption (the cache may lag a delete).
+        let mut may_adopt: Option<bool> = None;
         for pod in self.pods.state_filter(|p| p.namespace() == ns) {
             let member =
                 pod.metadata.name.as_deref().and_then(utils::parent_and_ordinal).is_some_and(|(p, _)| p == name);
             let matches = member && selector.matches(pod.labels());
-            let patch = match controller_of(&pod.metadata) {
-                Some(r) if r.uid != uid => continue,
-                Some(_) if matches || deleting => {
+            let adopting = match classify(&pod.metadata, &uid, deleting, matches) {
+                Claim::Own => {
                     claimed.push(pod);
                     continue;
                 }
-                Some(_) => {
-                    json!({"metadata": {"ownerReferences": [{"$patch": "delete", "uid": uid}], "uid": pod.metadata.uid}})
+                Claim::Ignore => continue,
+                Claim::Release => false,
+                Claim::Adopt => {
+                    let allowed = match may_adopt {
+                        Some(allowed) => allowed,
+                        None => {
+                            let allowed = can_adopt(&self.client, set)
+                                .await
+                                .map_err(|source| Error::Claim { key: key.clone(), source })?;
+                            *may_adopt.insert(allowed)
+                        }
+                    };
+                    if !allowed {
+                        continue;
+                    }
+                    true
                 }
-                None if deleting || !matches || pod.metadata.deletion_timestamp.is_some() => continue,
-                None => json!({"metadata": {"ownerReferences": [utils::controller_ref(set)], "uid": pod.metadata.uid}}),
             };
-            let adopting = matches;
+            let patch = if adopting {
+                json!({"metadata": {"ownerReferences": [utils::controller_ref(set)], "uid": pod.metadata.uid}})
+            } else {
+                release_patch(&uid, pod.metadata.uid.as_deref())
+            };
             match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(patch)).await {
                 Ok(p) if adopting => claimed.push(Arc::new(p)),
                 Ok(_) => {}
