@@ -11,6 +11,7 @@
 //! This crate must not talk to the Kubernetes API or know about Pods: it is driven by the
 //! kubelet through plain Rust types, as a CRI runtime is driven through the CRI.
 
+pub mod cri;
 pub mod image;
 
 use image::{Credentials, PullError, StoreError};
