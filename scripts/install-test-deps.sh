@@ -49,6 +49,9 @@ APT_PACKAGES=(
   python3        # the interpreter for the e2e suite's venv and for unpacking the kubectl wheels
   python3-venv   # `python3 -m venv` (Debian splits venv/ensurepip out of python3)
   busybox-static   # the test images' /bin/busybox (scripts/build-test-images.sh)
+  libseccomp-dev   # libcontainer's seccomp support (build of crates/runtime)
+  pkg-config       # finds libseccomp for the build
+  runc             # baseline of the container start benchmark
   umoci            # builds the test images as an OCI layout
   skopeo           # pushes the test images to the local registries
   docker-registry  # local OCI registries on loopback (tests/e2e/test_images.py)

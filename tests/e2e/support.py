@@ -193,6 +193,9 @@ class TugServer:
     stopped_by_us: bool = False
     exit_code: int | None = None
     extra_args: list[str] = field(default_factory=list)
+    # With a node agent (`agent=True`): its node name and HTTPS port.
+    node_name: str | None = None
+    kubelet_port: int | None = None
     _log_file: object = field(default=None, repr=False)
 
     @property
@@ -204,14 +207,20 @@ class TugServer:
         return self.data_dir / "kubeconfig.yaml"
 
     @classmethod
-    def start(cls, binary: Path, workdir: Path, extra_args: list[str] | None = None) -> "TugServer":
-        """Starts `tug server` in `workdir`; `extra_args` are added to its command line."""
+    def start(
+        cls, binary: Path, workdir: Path, extra_args: list[str] | None = None, agent: bool = False
+    ) -> "TugServer":
+        """Starts `tug server` in `workdir`; `extra_args` are added to its command line. With
+        `agent`, the server runs its node agent (a node named after the workdir, on a free port)."""
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True)
         server = cls(
             binary=binary, data_dir=data_dir, port=free_port(), log_path=workdir / "tug.log",
             extra_args=list(extra_args or []),
         )  # fmt: skip
+        if agent:
+            server.node_name = f"tug-e2e-{secrets.token_hex(3)}"
+            server.kubelet_port = free_port()
         server._log_file = open(server.log_path, "wb")
         server._launch()
         return server
@@ -232,7 +241,11 @@ class TugServer:
             "--data-dir", str(self.data_dir),
             "--https-listen-port", str(server.port),
             "--bind-address", "127.0.0.1",
-            "--disable-agent",
+            *(
+                ["--node-name", self.node_name, "--kubelet-port", str(self.kubelet_port), "--node-ip", "127.0.0.1"]
+                if self.node_name
+                else ["--disable-agent"]
+            ),
             *self.extra_args,
         ]  # fmt: skip
         server._log_file.write(f"$ {' '.join(args)}\n".encode())
@@ -306,6 +319,12 @@ class TugServer:
         self.exit_code = self.process.returncode
         self._log_file.close()
 
+    def remove_containers(self) -> None:
+        """After the server stopped: kills what its node agent left running (containers, shims,
+        sandboxes) and undoes its mounts and cgroups, as `tug` itself would on pod deletion."""
+        if self.node_name:
+            cleanup_agent_leftovers(self.data_dir)
+
     def log_tail(self, lines: int = 300) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -313,6 +332,67 @@ class TugServer:
             return f"(no log: {e})"
         tail = text.splitlines()[-lines:]
         return "\n".join(tail)
+
+
+def cleanup_agent_leftovers(data_dir: Path) -> None:
+    """Kills the container processes, shims and pause processes of the node agent that used
+    `data_dir`, unmounts everything mounted below it, and removes the pod cgroups it made."""
+    containers = data_dir / "agent" / "runtime" / "containers"
+    cgroup_paths: list[str] = []
+    for config in containers.glob("*/config.json"):
+        try:
+            path = json.loads(config.read_text()).get("linux", {}).get("cgroupsPath")
+        except (OSError, ValueError):
+            continue
+        if path:
+            cgroup_paths.append(path.strip("/"))
+    controllers = [p for p in Path("/sys/fs/cgroup").iterdir() if (p / "cgroup.procs").exists()] or [
+        Path("/sys/fs/cgroup")
+    ]
+
+    def procs(path: str) -> list[int]:
+        pids = set()
+        for controller in controllers:
+            try:
+                pids.update(int(x) for x in (controller / path / "cgroup.procs").read_text().split())
+            except (OSError, ValueError):
+                pass
+        return sorted(pids)
+
+    for path in cgroup_paths:
+        for pid in procs(path):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    marker = str(data_dir).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"\0shim\0" in cmdline and marker in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    time.sleep(0.2)
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mount_point = line.split()[4].encode().decode("unicode_escape")
+        if mount_point.startswith(str(data_dir)):
+            mounts.append(mount_point)
+    for mount_point in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount_point], capture_output=True)
+    pod_cgroups = {str(Path(p).parent) for p in cgroup_paths}
+    for path in sorted(set(cgroup_paths) | pod_cgroups, key=len, reverse=True):
+        for controller in controllers:
+            try:
+                (controller / path).rmdir()
+            except OSError:
+                pass
 
 
 # --- simulated nodes ---------------------------------------------------------------
@@ -486,6 +566,14 @@ class RunningKubectl:
             )
         self.lines.append(line)
         return line
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 15) -> str:
+        """Reads lines until one satisfies `predicate` and returns it; fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line(timeout=max(0.1, deadline - time.monotonic()))
+            if predicate(line):
+                return line
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -20,6 +20,7 @@ mod objects;
 mod openapi;
 pub mod pki;
 mod priority;
+mod proxy;
 mod request;
 mod response;
 mod server;

@@ -124,7 +124,8 @@ fn resource_route(
         [r] => (*r, None, None),
         [r, n] => (*r, Some(n.to_string()), None),
         [r, n, s] => (*r, Some(n.to_string()), Some(s.to_string())),
-        // Deeper paths are proxy subpaths, which this server does not serve.
+        // `<resource>/<name>/proxy/<path...>`: the rest of the path is the proxied backend's.
+        [r, n, "proxy", ..] => (*r, Some(n.to_string()), Some("proxy".to_string())),
         _ => return Ok(Route::NotFound),
     };
     if resource == "namespaces" {

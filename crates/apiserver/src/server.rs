@@ -69,6 +69,9 @@ pub struct Inner {
     pub(crate) crd_state: crate::crd::State,
     /// Signs and accepts service account tokens; see [`ApiServer::set_token_issuer`].
     pub(crate) token_issuer: OnceLock<Arc<crate::serviceaccount::TokenIssuer>>,
+    /// Connects to node agents for logs, exec and the like; see
+    /// [`ApiServer::set_kubelet_client_config`].
+    pub(crate) kubelet_client: OnceLock<Arc<crate::proxy::KubeletClient>>,
 }
 
 /// The API server; cheap to clone.
@@ -100,6 +103,7 @@ impl ApiServer {
             openapi_v2: Default::default(),
             crd_state: Default::default(),
             token_issuer: OnceLock::new(),
+            kubelet_client: OnceLock::new(),
         }))
     }
 
@@ -318,6 +322,10 @@ impl ApiServer {
                 let Some(rt) = registry.lookup(&rr.group, &rr.version, &rr.resource) else {
                     return (Err(ApiError::path_not_found()), labels);
                 };
+                if crate::proxy::handles(rt, &rr) {
+                    // Proxied to the node agent with the body unread: upgrades need the request.
+                    return (crate::proxy::serve(self, rt, &rr, &query, req).await, labels);
+                }
                 let accept = match codec::negotiate(accept_header.as_deref()) {
                     Ok(a) => a,
                     Err(e) => return (Err(e), labels),

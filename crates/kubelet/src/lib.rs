@@ -13,5 +13,72 @@
 //! [`ImageService`]: tug_runtime::ImageService
 
 pub mod config;
+pub mod events;
+pub mod kuberuntime;
+pub mod dns;
+pub mod envvars;
+pub mod etc_hosts;
+pub mod logs;
+pub mod machine;
+pub mod node_status;
+pub mod nodelease;
+pub mod pod_manager;
+pub mod pod_workers;
+pub mod qos;
+pub mod server;
+pub mod status_manager;
+pub mod streaming;
+pub mod volumemanager;
 
 pub use config::Config;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tug_runtime::ImageService;
+use tug_runtime::cri::RuntimeService;
+
+/// Why the node agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("registering the node: {0}")]
+    Register(#[from] node_status::NodeStatusError),
+}
+
+/// Runs the node agent until `shutdown`: registers the Node and keeps its status and Lease
+/// fresh, serves the agent's HTTPS API, and runs this node's pods. On shutdown the pods'
+/// containers are left running; the next start adopts them.
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    runtime: Arc<dyn RuntimeService>,
+    images: Arc<dyn ImageService>,
+    shutdown: CancellationToken,
+) -> Result<(), KubeletError> {
+    let config = Arc::new(config);
+    node_status::register(&client, &config, images.as_ref()).await?;
+    let node_status = tokio::spawn(node_status::run(client.clone(), config.clone(), images.clone(), shutdown.clone()));
+    let server = tokio::spawn(serve_api(config.clone(), runtime.clone(), shutdown.clone()));
+    kuberuntime::ensure_qos_cgroups().await;
+
+    let recorder = Arc::new(events::EventRecorder::new(client.clone(), config.node_name.clone()));
+    let manager = Arc::new(kuberuntime::KubeRuntimeManager::new(
+        client.clone(),
+        config.clone(),
+        runtime,
+        images,
+        recorder,
+    ));
+    let status = Arc::new(status_manager::StatusManager::new(client.clone()));
+    let workers = pod_workers::PodWorkers::new(manager.clone(), status, shutdown.clone());
+    pod_manager::run(client, config.node_name.clone(), workers, manager, shutdown.clone()).await;
+    let _ = tokio::join!(node_status, server);
+    Ok(())
+}
+
+/// The agent's HTTPS API (logs, exec, attach, port-forward).
+// TODO(C2): switch to `server::serve(config, runtime, shutdown)` once server.rs lands.
+async fn serve_api(config: Arc<Config>, runtime: Arc<dyn RuntimeService>, shutdown: CancellationToken) {
+    let _ = (config, runtime);
+    shutdown.cancelled().await;
+}

@@ -11,8 +11,13 @@
 //! This crate must not talk to the Kubernetes API or know about Pods: it is driven by the
 //! kubelet through plain Rust types, as a CRI runtime is driven through the CRI.
 
+pub mod builtin;
+pub mod cgroups;
 pub mod cri;
 pub mod image;
+pub mod rootfs;
+pub mod shim;
+pub mod spec;
 
 use image::{Credentials, PullError, StoreError};
 

@@ -2,6 +2,7 @@
 //! components together; the components themselves live in their crates.
 
 mod bench;
+mod agent;
 mod images;
 mod server;
 mod sim_nodes;
@@ -74,6 +75,11 @@ enum BenchCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // The container shim: an internal, hidden subcommand that must stay single-threaded, so it
+    // is dispatched before clap and before any tokio runtime exists.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "shim") {
+        return tug_runtime::shim::main();
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

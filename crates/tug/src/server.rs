@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use tug_apiserver::authn::TokenFile;
 use tug_apiserver::pki::{ClusterPki, PkiOptions};
 use tug_apiserver::serviceaccount::{SigningKey, TokenIssuer};
@@ -79,6 +79,9 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub leader_election: LeaderElectionArgs,
+
+    #[command(flatten)]
+    pub agent: crate::agent::AgentArgs,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -167,6 +170,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let server = ApiServer::new(store, Some(tokens), options);
     let sa_key = SigningKey::load_or_create(pki.tls_dir()).context("loading the service account signing key")?;
     server.set_token_issuer(TokenIssuer::new(sa_key));
+    server.set_kubelet_client_config(
+        pki.kubelet_client_config().context("building the node agent client's TLS configuration")?,
+    );
     server.bootstrap().await.context("creating the cluster's built-in objects")?;
     server.set_ready();
 
@@ -181,9 +187,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )
     .context("writing the admin kubeconfig")?;
     let tls = Arc::new(pki.server_config().context("building the TLS configuration")?);
-    if !args.disable_agent {
-        warn!("the node agent is not built yet: this server runs the control plane only (as with --disable-agent)");
-    }
     info!(%addr, kubeconfig = %kubeconfig.display(), ready_after_ms = started.elapsed().as_millis() as u64, "tug server is ready");
     println!("kubeconfig: {}", kubeconfig.display());
 
@@ -210,6 +213,33 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let agent = if args.disable_agent {
+        None
+    } else {
+        let node_ip = args.agent.node_ip.unwrap_or(advertise);
+        let node_name = crate::agent::node_name(&args.agent);
+        let mut ips = vec![node_ip];
+        if !ips.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)) {
+            ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let (serving_cert_pem, serving_key_pem) =
+            pki.issue_kubelet_serving_cert(&node_name, &ips).context("issuing the node agent's certificate")?;
+        let identity = crate::agent::AgentIdentity {
+            node_ip,
+            serving_cert_pem,
+            serving_key_pem,
+            client_ca_pem: pki.ca_pem().to_string(),
+        };
+        let handle = crate::agent::spawn(
+            client.clone(),
+            &args.agent,
+            &args.data_dir,
+            &args.cluster_domain,
+            identity,
+            shutdown.clone(),
+        )?;
+        Some(handle)
+    };
     let scheduler = {
         let shutdown = shutdown.clone();
         let enabled = !args.disable_scheduler;
@@ -229,6 +259,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     info!("shutting down");
     shutdown.cancel();
     let _ = tokio::join!(serving, crds, controllers, scheduler);
+    if let Some(agent) = agent {
+        let _ = agent.await;
+    }
     Ok(())
 }
 

@@ -478,6 +478,14 @@ impl Kind for Secret {
 
     fn set_defaults(&mut self) {
         default_str(&mut self.type_, "Opaque");
+        // `stringData` is write-only: upstream's conversion merges it into `data` (its keys win)
+        // and never stores it, so readers and the node agent only ever see `data`.
+        if let Some(strings) = self.string_data.take() {
+            let data = self.data.get_or_insert_with(Default::default);
+            for (key, value) in strings {
+                data.insert(key, k8s_openapi::ByteString(value.into_bytes()));
+            }
+        }
     }
 
     fn validate(&self, errs: &mut Vec<FieldError>) {
@@ -673,5 +681,20 @@ mod tests {
         assert_eq!(qos_class(&spec), "Guaranteed");
         spec.containers[0].resources = Some(serde_json::from_value(json!({"requests": {"cpu": "100m"}})).unwrap());
         assert_eq!(qos_class(&spec), "Burstable");
+    }
+
+    #[test]
+    fn secret_string_data_merges_into_data_and_is_not_kept() {
+        let mut secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="},
+            "stringData": {"a": "new", "b": "plain"}
+        }))
+        .unwrap();
+        secret.set_defaults();
+        let stored = serde_json::to_value(&secret).unwrap();
+        assert_eq!(stored["data"], json!({"a": "bmV3", "b": "cGxhaW4=", "keep": "eA=="}));
+        assert!(stored.get("stringData").is_none());
+        assert_eq!(stored["type"], "Opaque");
     }
 }

@@ -1,7 +1,8 @@
 //! The cluster's certificates, kept as PEM files under `<data-dir>/tls/` the way k3s keeps them.
 //!
 //! One CA signs everything: the API server's serving certificate, the admin client certificate
-//! written into the admin kubeconfig, and the client certificates issued later to nodes that join.
+//! written into the admin kubeconfig, the client certificate the API server presents to node
+//! agents, and the client and serving certificates issued later to nodes that join.
 //! The CA is created once and never replaced while its files exist, because every kubeconfig and
 //! every node trusts it; leaf certificates are cheap and are re-issued whenever they no longer fit
 //! (missing, not issued by this CA, close to expiry, or, for the serving certificate, lacking a
@@ -46,12 +47,17 @@ const SERVING_CERT: &str = "serving.crt";
 const SERVING_KEY: &str = "serving.key";
 const ADMIN_CERT: &str = "client-admin.crt";
 const ADMIN_KEY: &str = "client-admin.key";
+const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
 
 const SERVING_CN: &str = "kube-apiserver";
 /// The identity of the admin kubeconfig: `system:masters` is bound to `cluster-admin` by the
 /// default RBAC policy, as in upstream and k3s.
 pub const ADMIN_USER: &str = "system:admin";
 pub const ADMIN_GROUP: &str = "system:masters";
+/// The identity the API server presents to node agents when it proxies logs, exec and the
+/// like, as kubeadm names it; node agents authorize it as a member of `system:masters`.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
@@ -93,6 +99,8 @@ pub enum PkiError {
     ClientVerifier { source: rustls::server::VerifierBuilderError },
     #[error("building the tls server configuration")]
     ServerConfig { source: rustls::Error },
+    #[error("building the tls client configuration for node agents")]
+    ClientConfig { source: rustls::Error },
     #[error("encoding the kubeconfig {path}")]
     EncodeKubeconfig { path: PathBuf, source: serde_yaml::Error },
 }
@@ -154,6 +162,7 @@ pub struct ClusterPki {
     issuer: Issuer<'static, KeyPair>,
     serving: Leaf,
     admin: Leaf,
+    kubelet_client: Leaf,
 }
 
 impl fmt::Debug for ClusterPki {
@@ -202,7 +211,16 @@ impl ClusterPki {
             }
         };
 
-        Ok(Self { tls_dir, ca_pem, ca_der, issuer, serving, admin })
+        let kubelet_client = match load_leaf(&tls_dir, KUBELET_CLIENT_CERT, KUBELET_CLIENT_KEY, &ca_der)? {
+            Stored::Reusable(leaf) => leaf,
+            Stored::Unusable(reason) => {
+                tracing::info!(reason, "issuing the kubelet client certificate");
+                let (cert_pem, key) = sign_client(&issuer, KUBELET_CLIENT_USER, &[ADMIN_GROUP])?;
+                write_leaf(&tls_dir, KUBELET_CLIENT_CERT, KUBELET_CLIENT_KEY, cert_pem, &key)?
+            }
+        };
+
+        Ok(Self { tls_dir, ca_pem, ca_der, issuer, serving, admin, kubelet_client })
     }
 
     /// The directory holding the PEM files.
@@ -267,6 +285,42 @@ impl ClusterPki {
     pub fn issue_client_cert(&self, common_name: &str, organizations: &[&str]) -> Result<(String, String), PkiError> {
         let (cert_pem, key) = sign_client(&self.issuer, common_name, organizations)?;
         Ok((cert_pem, key.serialize_pem()))
+    }
+
+    /// Issues a node agent's serving certificate for `node_name` and `ips` (server auth, valid for
+    /// one year) and returns `(chain_pem, key_pem)`: the certificate followed by the CA. The API
+    /// server reaches node agents by address, so every address it may use must be listed.
+    pub fn issue_kubelet_serving_cert(&self, node_name: &str, ips: &[IpAddr]) -> Result<(String, String), PkiError> {
+        let generate = |source| PkiError::Generate { common_name: node_name.to_owned(), source };
+        // The subject a kubelet's serving certificate request carries upstream.
+        let subject = format!("system:node:{node_name}");
+        let mut params = leaf_params(&subject, &["system:nodes"], ExtendedKeyUsagePurpose::ServerAuth);
+        params.subject_alt_names.push(SanType::DnsName(node_name.to_owned().try_into().map_err(generate)?));
+        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
+        Ok((format!("{}{}", cert.pem(), self.ca_pem), key.serialize_pem()))
+    }
+
+    /// The TLS configuration the API server connects to node agents with: it trusts only the
+    /// cluster CA, verifies the agent's certificate against the address it dials (IP or name),
+    /// and presents the `kube-apiserver-kubelet-client` certificate. HTTP/1.1 only, because the
+    /// streaming subresources upgrade the connection.
+    pub fn kubelet_client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).map_err(|source| PkiError::ClientConfig { source })?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|source| PkiError::ClientConfig { source })?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![self.kubelet_client.cert_der.clone()],
+                PrivateKeyDer::Pkcs8(self.kubelet_client.key_der.clone_key()),
+            )
+            .map_err(|source| PkiError::ClientConfig { source })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
     }
 
     /// Writes a kubeconfig that connects to `server_url` as `system:admin`.

@@ -3,7 +3,8 @@ use std::net::Ipv6Addr;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-const ALL_FILES: [&str; 6] = [CA_CERT, CA_KEY, SERVING_CERT, SERVING_KEY, ADMIN_CERT, ADMIN_KEY];
+const ALL_FILES: [&str; 8] =
+    [CA_CERT, CA_KEY, SERVING_CERT, SERVING_KEY, ADMIN_CERT, ADMIN_KEY, KUBELET_CLIENT_CERT, KUBELET_CLIENT_KEY];
 
 fn options() -> PkiOptions {
     PkiOptions::new(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)), "cluster.local")
@@ -263,4 +264,43 @@ fn debug_output_holds_no_key_material() {
 fn cluster_pki_can_be_shared_between_tasks() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ClusterPki>();
+}
+
+#[test]
+fn kubelet_client_certificate_is_a_master_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ClusterPki::load_or_create(dir.path(), &options()).unwrap();
+    let tls = dir.path().join("tls");
+    assert_eq!(mode(&tls.join(KUBELET_CLIENT_KEY)), 0o600);
+    let der = pem_to_der(&tls, &fs::read(tls.join(KUBELET_CLIENT_CERT)).unwrap()).unwrap();
+    let cert = parse_der(&tls, &der).unwrap();
+    assert_eq!(cert.subject().iter_common_name().next().unwrap().as_str().unwrap(), KUBELET_CLIENT_USER);
+    assert_eq!(cert.subject().iter_organization().next().unwrap().as_str().unwrap(), ADMIN_GROUP);
+    let before = fs::read(tls.join(KUBELET_CLIENT_CERT)).unwrap();
+    let second = ClusterPki::load_or_create(dir.path(), &options()).unwrap();
+    assert_eq!(fs::read(tls.join(KUBELET_CLIENT_CERT)).unwrap(), before);
+    assert_eq!(first.kubelet_client.key_pem, second.kubelet_client.key_pem);
+    let config = second.kubelet_client_config().unwrap();
+    assert!(config.client_auth_cert_resolver.has_certs());
+    assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+}
+
+#[test]
+fn kubelet_serving_certificate_names_the_node_and_its_addresses_and_chains_to_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ClusterPki::load_or_create(dir.path(), &options()).unwrap();
+    let ip = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20));
+    let (chain, key_pem) = pki.issue_kubelet_serving_cert("node-b", &[ip]).unwrap();
+    let (ips, names) = sans(&chain);
+    assert_eq!((ips, names), (vec![ip], vec!["node-b".to_string()]));
+    assert!(chain.ends_with(pki.ca_pem()), "the chain ends with the ca");
+    let der = pem_to_der(Path::new("node"), chain.as_bytes()).unwrap();
+    let cert = parse_der(Path::new("node"), &der).unwrap();
+    assert_eq!(cert.subject().iter_common_name().next().unwrap().as_str().unwrap(), "system:node:node-b");
+    let ca_der = pem_to_der(Path::new("ca"), pki.ca_pem().as_bytes()).unwrap();
+    assert!(cert.verify_signature(Some(parse_der(Path::new("ca"), &ca_der).unwrap().public_key())).is_ok());
+    let key = KeyPair::from_pem(&key_pem).unwrap();
+    assert_eq!(cert.public_key().raw, key.subject_public_key_info().as_slice());
+    let usage = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(usage.server_auth && !usage.client_auth);
 }

@@ -1,0 +1,107 @@
+//! Calls into the modules other parts of the agent own (volumes, environment, DNS, the managed
+//! /etc/hosts, and the runtime's cgroups), in the shapes the pod sync wants: errors that become
+//! waiting messages are rendered, cgroup work runs off the async threads, and failures that
+//! must not stop a pod (cgroup limits) are logged here.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use tug_runtime::cri::{DnsConfig, Mount};
+
+use crate::config::Config;
+use crate::qos::PodLimits;
+use tug_runtime::cgroups::{self, CgroupLimits};
+
+pub use crate::volumemanager::PodVolumes as Volumes;
+pub use crate::volumemanager::VolumeError as VolumeSetupError;
+
+/// `$(VAR)` expansion as upstream's `expansion` package: `$$` escapes, unknown names stay.
+pub(crate) fn expand_env(input: &str, env: &[(String, String)]) -> String {
+    crate::envvars::expand(input, env)
+}
+
+pub(crate) async fn setup_pod_volumes(
+    client: &kube::Client,
+    config: &Config,
+    pod: &Pod,
+) -> Result<Volumes, VolumeSetupError> {
+    crate::volumemanager::setup_pod_volumes(client, config, pod).await
+}
+
+pub(crate) async fn teardown_pod_volumes(config: &Config, uid: &str) -> Result<(), VolumeSetupError> {
+    crate::volumemanager::teardown_pod_volumes(config, uid).await
+}
+
+/// The container's mounts; the error is the `CreateContainerConfigError` message.
+pub(crate) fn container_mounts(
+    pod: &Pod,
+    container: &Container,
+    volumes: &Volumes,
+    env: &[(String, String)],
+) -> Result<Vec<Mount>, String> {
+    crate::volumemanager::container_mounts(pod, container, volumes, env).map_err(|e| e.to_string())
+}
+
+/// The container's environment; the error is the `CreateContainerConfigError` message.
+pub(crate) async fn container_env(
+    client: &kube::Client,
+    pod: &Pod,
+    node_name: &str,
+    host_ip: &str,
+    pod_ips: &[String],
+    container: &Container,
+) -> Result<Vec<(String, String)>, String> {
+    let ctx = crate::envvars::EnvContext { pod, node_name, host_ip, pod_ips };
+    crate::envvars::container_env(client, &ctx, container).await.map_err(|e| e.to_string())
+}
+
+pub(crate) fn dns_config(pod: &Pod, config: &Config) -> Option<DnsConfig> {
+    crate::dns::dns_config(pod, config)
+}
+
+pub(crate) fn write_etc_hosts(config: &Config, pod: &Pod, pod_ips: &[String]) -> std::io::Result<Option<PathBuf>> {
+    crate::etc_hosts::write_etc_hosts(config, pod, pod_ips).map(Some)
+}
+
+/// Creates (or updates) the pod's cgroup with its pod-level limits. A failure is logged: the
+/// containers still get their own limits from the runtime.
+pub(crate) async fn ensure_cgroup(path: &str, limits: &PodLimits) {
+    let cg = CgroupLimits {
+        cpu_shares: Some(limits.cpu_shares),
+        cpu_quota: limits.cpu_quota,
+        cpu_period: limits.cpu_quota.map(|_| crate::qos::QUOTA_PERIOD),
+        memory_limit: limits.memory_limit,
+        pids_limit: None,
+    };
+    let owned = path.to_string();
+    match tokio::task::spawn_blocking(move || cgroups::ensure(&owned, &cg)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, path, "creating the pod cgroup"),
+        Err(error) => tracing::warn!(%error, path, "creating the pod cgroup"),
+    }
+}
+
+/// Removes a pod cgroup (killing anything left in it). Idempotent.
+pub(crate) async fn remove_cgroup(path: &str) {
+    let owned = path.to_string();
+    match tokio::task::spawn_blocking(move || cgroups::remove(&owned)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, path, "removing the pod cgroup"),
+        Err(error) => tracing::warn!(%error, path, "removing the pod cgroup"),
+    }
+}
+
+/// The node-level QoS cgroups, made once at start: best-effort pods share the least weight.
+pub(crate) async fn ensure_qos_cgroups() {
+    let result = tokio::task::spawn_blocking(|| {
+        cgroups::ensure(crate::qos::KUBEPODS, &CgroupLimits::default())?;
+        cgroups::ensure(crate::qos::BURSTABLE, &CgroupLimits::default())?;
+        cgroups::ensure(crate::qos::BESTEFFORT, &CgroupLimits { cpu_shares: Some(2), ..Default::default() })
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "creating the QoS cgroups"),
+        Err(error) => tracing::warn!(%error, "creating the QoS cgroups"),
+    }
+}

@@ -1,0 +1,220 @@
+//! One worker per pod (upstream's `podWorkers`): a pod's syncs never overlap, a new update
+//! replaces one not yet picked up (updates coalesce), and each worker syncs again on its own:
+//! every second while the pod runs, so that exits, OOM kills and crash loops reach the status
+//! quickly. The runtime trait has no event stream, so polling the pod's containers at about
+//! 1 s is how exits are noticed; it is cheap against the built-in runtime's in-memory records.
+//!
+//! When the agent shuts down, workers stop where they are and leave containers running.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::kuberuntime::{KubeRuntimeManager, PodRuntimeState, Reasons};
+use crate::status_manager::{StatusInputs, StatusManager, generate_pod_status};
+
+/// How often a running pod's containers are looked at.
+const POLL: Duration = Duration::from_secs(1);
+/// How often a finished pod (or one whose sync failed) is looked at.
+const SLOW_POLL: Duration = Duration::from_secs(10);
+/// How often volume contents are refreshed (configMap/secret updates, token rotation).
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// What the pod manager tells a worker.
+#[derive(Debug, Clone)]
+pub enum PodUpdate {
+    /// The pod as the API has it now.
+    Sync(Arc<Pod>),
+    /// The pod is gone from the API (force-deleted, or deleted while the agent was away):
+    /// the last object seen.
+    Removed(Arc<Pod>),
+}
+
+impl PodUpdate {
+    fn pod(&self) -> &Arc<Pod> {
+        match self {
+            PodUpdate::Sync(p) | PodUpdate::Removed(p) => p,
+        }
+    }
+}
+
+enum Outcome {
+    Again(Duration),
+    Finished,
+}
+
+struct Inner {
+    manager: Arc<KubeRuntimeManager>,
+    status: Arc<StatusManager>,
+    workers: Mutex<HashMap<String, watch::Sender<PodUpdate>>>,
+    /// Pods whose life on this node is over; later updates about them are ignored.
+    finished: Mutex<HashSet<String>>,
+    shutdown: CancellationToken,
+}
+
+/// The set of pod workers. Cheap to clone.
+#[derive(Clone)]
+pub struct PodWorkers {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PodWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodWorkers").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PodWorkers {
+    pub fn new(manager: Arc<KubeRuntimeManager>, status: Arc<StatusManager>, shutdown: CancellationToken) -> Self {
+        PodWorkers {
+            inner: Arc::new(Inner {
+                manager,
+                status,
+                workers: Mutex::new(HashMap::new()),
+                finished: Mutex::new(HashSet::new()),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Hands an update to the pod's worker, starting one if there is none.
+    pub fn update(&self, update: PodUpdate) {
+        let uid = update.pod().metadata.uid.clone().unwrap_or_default();
+        if uid.is_empty() {
+            return;
+        }
+        if lock(&self.inner.finished).contains(&uid) {
+            if matches!(update, PodUpdate::Removed(_)) {
+                // The API's delete event after our own final DELETE: nothing will come after it.
+                lock(&self.inner.finished).remove(&uid);
+            }
+            return;
+        }
+        let mut workers = lock(&self.inner.workers);
+        if let Some(tx) = workers.get(&uid) {
+            tx.send_replace(update);
+            return;
+        }
+        let (tx, rx) = watch::channel(update);
+        workers.insert(uid.clone(), tx);
+        let inner = self.inner.clone();
+        tokio::spawn(async move { worker(inner, uid, rx).await });
+    }
+
+    /// The UIDs of pods with a worker.
+    pub fn active(&self) -> HashSet<String> {
+        lock(&self.inner.workers).keys().cloned().collect()
+    }
+}
+
+async fn worker(inner: Arc<Inner>, uid: String, mut rx: watch::Receiver<PodUpdate>) {
+    let mut reasons = Reasons::new();
+    let mut last_refresh: Option<Instant> = None;
+    loop {
+        let update = rx.borrow_and_update().clone();
+        let pod = update.pod().clone();
+        let span = tracing::info_span!(
+            "pod_sync",
+            pod = %pod.metadata.name.as_deref().unwrap_or_default(),
+            namespace = %pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod_uid = %uid,
+        );
+        let refresh = last_refresh.is_none_or(|t| t.elapsed() >= RESYNC);
+        if refresh {
+            last_refresh = Some(Instant::now());
+        }
+        let outcome = sync_once(&inner, &update, &mut reasons, refresh).instrument(span).await;
+        let wait = match outcome {
+            Outcome::Finished => break,
+            Outcome::Again(wait) => wait,
+        };
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let mut workers = lock(&inner.workers);
+    workers.remove(&uid);
+    lock(&inner.finished).insert(uid);
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+async fn write_status(inner: &Inner, pod: &Pod, state: &PodRuntimeState, reasons: &Reasons) -> Option<String> {
+    let image_ids = inner.manager.image_ids(state).await;
+    let node_ip = inner.manager.config.node_ip.to_string();
+    let inputs = StatusInputs { pod, state, reasons, image_ids: &image_ids, node_ip: &node_ip, now: SystemTime::now() };
+    let status = generate_pod_status(&inputs);
+    let phase = status.phase.clone();
+    if let Err(error) = inner.status.set_status(pod, status).await {
+        tracing::warn!(%error, "writing pod status");
+    }
+    phase
+}
+
+async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, refresh: bool) -> Outcome {
+    let manager = &inner.manager;
+    let (pod, exists) = match update {
+        PodUpdate::Removed(pod) => (pod, false),
+        PodUpdate::Sync(pod) => (pod, true),
+    };
+    if !exists || pod.metadata.deletion_timestamp.is_some() {
+        return terminate(inner, pod, exists).await;
+    }
+    if is_terminal(pod) {
+        let state = match manager.pod_state(pod.metadata.uid.as_deref().unwrap_or_default()).await {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(%error, "reading a finished pod's containers");
+                return Outcome::Again(SLOW_POLL);
+            }
+        };
+        if let Err(error) = manager.stop_finished_pod(&state).await {
+            tracing::warn!(%error, "stopping a finished pod's sandbox");
+        }
+        write_status(inner, pod, &state, reasons).await;
+        return Outcome::Again(SLOW_POLL);
+    }
+    let (state, wait) = match manager.sync_pod(pod, reasons, refresh).await {
+        Ok(state) => (state, POLL),
+        Err(error) => {
+            tracing::warn!(%error, "pod sync failed");
+            let state = manager.pod_state(pod.metadata.uid.as_deref().unwrap_or_default()).await.unwrap_or_default();
+            (state, POLL)
+        }
+    };
+    let phase = write_status(inner, pod, &state, reasons).await;
+    if matches!(phase.as_deref(), Some("Succeeded" | "Failed"))
+        && let Err(error) = manager.stop_finished_pod(&state).await
+    {
+        tracing::warn!(%error, "stopping a finished pod's sandbox");
+    }
+    Outcome::Again(wait)
+}
+
+async fn terminate(inner: &Inner, pod: &Pod, exists: bool) -> Outcome {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    if let Err(error) = inner.manager.terminate_pod(pod).await {
+        tracing::warn!(%error, "terminating pod; retrying");
+        return Outcome::Again(POLL);
+    }
+    inner.status.forget(uid);
+    if exists && let Err(error) = inner.status.delete_pod(pod).await {
+        tracing::warn!(%error, "deleting a terminated pod; retrying");
+        return Outcome::Again(POLL);
+    }
+    tracing::info!("pod terminated");
+    Outcome::Finished
+}

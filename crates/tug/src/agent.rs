@@ -1,0 +1,117 @@
+//! The node agent's flags and its start beside the control plane (`tug server`).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tug_runtime::builtin::BuiltinRuntime;
+use tug_runtime::image::{BuiltinImageService, ImageStore, PullOptions, Puller};
+use tug_runtime::shim::client::ShimBinary;
+
+/// Flags of the node agent, shared by `tug server` and `tug agent`; names as k3s's.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The node's name (default: the host name, lower-cased).
+    #[arg(long, env = "TUG_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// The address the node advertises (default: the host's primary address).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+
+    /// A label the node registers with (`key=value`); repeatable.
+    #[arg(long = "node-label", value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+
+    /// A taint the node registers with (`key=value:Effect`); repeatable.
+    #[arg(long = "node-taint", value_parser = parse_taint)]
+    pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+
+    /// The cluster DNS server written into pods' resolv.conf.
+    #[arg(long, default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+
+    /// The most pods this node runs.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+
+    /// Port of the node agent's HTTPS API (logs, exec, attach, port-forward).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+
+    /// A directory of static pod manifests the agent runs without the API server's say.
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn parse_taint(s: &str) -> Result<k8s_openapi::api::core::v1::Taint, String> {
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not key=value:Effect"))?;
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(format!("{effect:?} is not a taint effect (NoSchedule, PreferNoSchedule, NoExecute)"));
+    }
+    let (key, value) = kv.split_once('=').map_or((kv, None), |(k, v)| (k, Some(v.to_owned())));
+    Ok(k8s_openapi::api::core::v1::Taint { key: key.to_owned(), value, effect: effect.to_owned(), time_added: None })
+}
+
+/// What the agent needs from whoever starts it: its identity and certificates.
+pub struct AgentIdentity {
+    pub node_ip: IpAddr,
+    pub serving_cert_pem: String,
+    pub serving_key_pem: String,
+    pub client_ca_pem: String,
+}
+
+/// The node name the agent registers under.
+pub fn node_name(args: &AgentArgs) -> String {
+    args.node_name.clone().unwrap_or_else(|| host_name().to_lowercase())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// Starts the node agent with the built-in runtime under `data_dir/agent`; it runs until
+/// `shutdown`, leaving its containers running when it stops.
+pub fn spawn(
+    client: kube::Client,
+    args: &AgentArgs,
+    data_dir: &Path,
+    cluster_domain: &str,
+    identity: AgentIdentity,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let agent_dir = data_dir.join("agent");
+    let config = tug_kubelet::Config {
+        node_name: node_name(args),
+        node_ip: identity.node_ip,
+        hostname: host_name(),
+        agent_dir: agent_dir.clone(),
+        cluster_dns: vec![args.cluster_dns],
+        cluster_domain: cluster_domain.to_owned(),
+        max_pods: args.max_pods,
+        port: args.kubelet_port,
+        serving_cert_pem: identity.serving_cert_pem,
+        serving_key_pem: identity.serving_key_pem,
+        client_ca_pem: identity.client_ca_pem,
+        node_labels: args.node_labels.clone(),
+        node_taints: args.node_taints.clone(),
+        pod_manifest_path: args.pod_manifest_path.clone(),
+    };
+    let store = ImageStore::open(config.image_dir()).context("opening the image store")?;
+    let images = Arc::new(BuiltinImageService::new(store.clone(), Puller::new(store.clone(), PullOptions::default())));
+    let shim = ShimBinary(std::env::current_exe().context("finding the tug executable for the shims")?);
+    let runtime = Arc::new(BuiltinRuntime::new(config.runtime_dir(), store, shim).context("opening the runtime")?);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = tug_kubelet::run(client, config, runtime, images, shutdown).await {
+            tracing::error!(error = %e, "the node agent stopped");
+        }
+    }))
+}
