@@ -242,7 +242,12 @@ class TugServer:
             "--https-listen-port", str(server.port),
             "--bind-address", "127.0.0.1",
             *(
-                ["--node-name", self.node_name, "--kubelet-port", str(self.kubelet_port), "--node-ip", "127.0.0.1"]
+                [
+                    "--node-name", self.node_name, "--kubelet-port", str(self.kubelet_port), "--node-ip", "127.0.0.1",
+                    # Build machines often have less than upstream's 10% of disk free; these tests
+                    # are about running pods, not about eviction.
+                    "--eviction-hard", "memory.available<100Mi,nodefs.available<1%,imagefs.available<1%",
+                ]
                 if self.node_name
                 else ["--disable-agent"]
             ),

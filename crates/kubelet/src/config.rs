@@ -37,6 +37,83 @@ pub struct Config {
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// The directory of static pod manifests (`--pod-manifest-path`), if any.
     pub pod_manifest_path: Option<PathBuf>,
+    /// The hard eviction thresholds (`--eviction-hard`): below them the node reports memory or
+    /// disk pressure.
+    pub eviction_hard: EvictionThresholds,
+}
+
+/// Hard eviction thresholds, as upstream's `--eviction-hard` signals (`memory.available`,
+/// `nodefs.available`, `imagefs.available`), each an absolute quantity or a percentage of
+/// capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvictionThresholds {
+    pub memory_available: Threshold,
+    pub nodefs_available: Threshold,
+    pub imagefs_available: Threshold,
+}
+
+/// One eviction threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    Bytes(u64),
+    /// A fraction of capacity, 0.0 to 1.0.
+    Fraction(f64),
+}
+
+impl Threshold {
+    /// The threshold in bytes for a resource of `capacity` bytes.
+    pub fn bytes_of(self, capacity: u64) -> u64 {
+        match self {
+            Threshold::Bytes(b) => b,
+            Threshold::Fraction(f) => (capacity as f64 * f) as u64,
+        }
+    }
+}
+
+impl Default for EvictionThresholds {
+    /// Upstream's defaults: `memory.available<100Mi,nodefs.available<10%,imagefs.available<15%`.
+    fn default() -> Self {
+        EvictionThresholds {
+            memory_available: Threshold::Bytes(100 * 1024 * 1024),
+            nodefs_available: Threshold::Fraction(0.10),
+            imagefs_available: Threshold::Fraction(0.15),
+        }
+    }
+}
+
+impl std::str::FromStr for EvictionThresholds {
+    type Err = String;
+
+    /// Parses `signal<value` pairs separated by commas, as the kubelet's flag; signals not
+    /// named keep upstream's default, as the kubelet does.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut thresholds = EvictionThresholds::default();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (signal, value) = pair
+                .split_once('<')
+                .ok_or_else(|| format!("{pair:?} is not signal<value (e.g. memory.available<100Mi)"))?;
+            let threshold = if let Some(percent) = value.strip_suffix('%') {
+                let p: f64 = percent.parse().map_err(|_| format!("{value:?} is not a percentage"))?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(format!("{value:?} is not between 0% and 100%"));
+                }
+                Threshold::Fraction(p / 100.0)
+            } else {
+                let bytes = tug_api::quantity::parse(value).ok_or_else(|| format!("{value:?} is not a quantity"))?;
+                if bytes < 0.0 {
+                    return Err(format!("{value:?} is negative"));
+                }
+                Threshold::Bytes(bytes as u64)
+            };
+            match signal {
+                "memory.available" => thresholds.memory_available = threshold,
+                "nodefs.available" => thresholds.nodefs_available = threshold,
+                "imagefs.available" => thresholds.imagefs_available = threshold,
+                other => return Err(format!("unsupported eviction signal {other:?}")),
+            }
+        }
+        Ok(thresholds)
+    }
 }
 
 impl Config {
@@ -63,5 +140,22 @@ impl Config {
     /// Where the image store lives.
     pub fn image_dir(&self) -> PathBuf {
         self.agent_dir.join("images")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_thresholds_parse_like_the_kubelet_flag() {
+        let parsed: EvictionThresholds = "memory.available<200Mi, nodefs.available<1%".parse().unwrap();
+        assert_eq!(parsed.memory_available, Threshold::Bytes(200 * 1024 * 1024));
+        assert_eq!(parsed.nodefs_available, Threshold::Fraction(0.01));
+        assert_eq!(parsed.imagefs_available, Threshold::Fraction(0.15));
+        assert_eq!(Threshold::Fraction(0.1).bytes_of(1000), 100);
+        assert!("disk<1%".parse::<EvictionThresholds>().is_err());
+        assert!("memory.available=1Gi".parse::<EvictionThresholds>().is_err());
+        assert!("nodefs.available<120%".parse::<EvictionThresholds>().is_err());
     }
 }

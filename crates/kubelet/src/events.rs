@@ -67,7 +67,11 @@ impl EventRecorder {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             seen.retain(|_, r| r.at.elapsed() < AGGREGATE_WINDOW);
             match seen.get_mut(&key) {
-                Some(r) if r.last_written.elapsed() < REPEAT_INTERVAL => return,
+                Some(r) if r.last_written.elapsed() < REPEAT_INTERVAL => {
+                    // Counted now, written with the next repeat after the interval.
+                    r.count += 1;
+                    return;
+                }
                 Some(r) => {
                     r.count += 1;
                     r.last_written = Instant::now();
@@ -83,7 +87,9 @@ impl EventRecorder {
                 .await
             {
                 Ok(_) => return,
-                Err(error) => tracing::debug!(%error, event = %prev.name, "updating a repeated event; creating a new one"),
+                Err(error) => {
+                    tracing::debug!(%error, event = %prev.name, "updating a repeated event; creating a new one")
+                }
             }
         }
         let event = Event {
@@ -117,7 +123,10 @@ impl EventRecorder {
             Ok(created) => {
                 let name = created.metadata.name.unwrap_or_default();
                 let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-                seen.insert(key, Recorded { name, namespace, count: 1, at: Instant::now(), last_written: Instant::now() });
+                seen.insert(
+                    key,
+                    Recorded { name, namespace, count: 1, at: Instant::now(), last_written: Instant::now() },
+                );
             }
             Err(error) => tracing::warn!(%error, pod = %pod_name, reason, "recording event"),
         }

@@ -13,11 +13,11 @@
 //! [`ImageService`]: tug_runtime::ImageService
 
 pub mod config;
-pub mod events;
-pub mod kuberuntime;
 pub mod dns;
 pub mod envvars;
 pub mod etc_hosts;
+pub mod events;
+pub mod kuberuntime;
 pub mod logs;
 pub mod machine;
 pub mod node_status;
@@ -62,13 +62,8 @@ pub async fn run(
     kuberuntime::ensure_qos_cgroups().await;
 
     let recorder = Arc::new(events::EventRecorder::new(client.clone(), config.node_name.clone()));
-    let manager = Arc::new(kuberuntime::KubeRuntimeManager::new(
-        client.clone(),
-        config.clone(),
-        runtime,
-        images,
-        recorder,
-    ));
+    let manager =
+        Arc::new(kuberuntime::KubeRuntimeManager::new(client.clone(), config.clone(), runtime, images, recorder));
     let status = Arc::new(status_manager::StatusManager::new(client.clone()));
     let workers = pod_workers::PodWorkers::new(manager.clone(), status, shutdown.clone());
     pod_manager::run(client, config.node_name.clone(), workers, manager, shutdown.clone()).await;
@@ -76,9 +71,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The agent's HTTPS API (logs, exec, attach, port-forward).
-// TODO(C2): switch to `server::serve(config, runtime, shutdown)` once server.rs lands.
+/// The agent's HTTPS API (logs, exec, attach, port-forward). A failure to serve is logged: the
+/// pods keep running without it.
 async fn serve_api(config: Arc<Config>, runtime: Arc<dyn RuntimeService>, shutdown: CancellationToken) {
-    let _ = (config, runtime);
-    shutdown.cancelled().await;
+    if let Err(error) = server::serve(config, runtime, shutdown).await {
+        tracing::error!(%error, "the node agent's HTTPS API stopped");
+    }
 }

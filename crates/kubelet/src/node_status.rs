@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Config;
+use crate::config::{EvictionThresholds, Threshold};
 use crate::machine::{self, FsStats, MachineError, MachineInfo, PidStats, binary_si};
 use tug_runtime::{Image, ImageService, ImageServiceError};
 
@@ -42,144 +43,28 @@ const NODE_STATUS_UPDATE_RETRY: usize = 5;
 const MAX_IMAGES_IN_NODE_STATUS: usize = 50;
 /// Names listed per image (upstream's `MaxNamesPerImageInNodeStatus`).
 const MAX_NAMES_PER_IMAGE: usize = 5;
-/// The environment variable that overrides the hard eviction thresholds, in the syntax of the
-/// kubelet's `--eviction-hard` (`memory.available<100Mi,nodefs.available<10%`). A stand-in for
-/// that flag until the agent's configuration carries it: on a host whose disk is more than 85%
-/// full, upstream's defaults report DiskPressure and the node gets tainted.
-pub const EVICTION_HARD_ENV: &str = "TUG_EVICTION_HARD";
-
+/// Upstream's default `nodefs.inodesFree<5%` and `imagefs.inodesFree<5%`, not configurable here.
+const INODES_FREE_FRACTION: f64 = 0.05;
+/// Upstream sets no default `pid.available` threshold, which leaves PIDPressure unable to ever
+/// show; it is reported when fewer than this share of the kernel's pids remain.
+const PID_AVAILABLE_FRACTION: f64 = 0.05;
 /// The annotation telling the attach/detach controller that it, not the kubelet, attaches
 /// volumes for this node (upstream's kubelet sets it by default).
 const CONTROLLER_MANAGED_ATTACH_ANNOTATION: &str = "volumes.kubernetes.io/controller-managed-attach-detach";
 
-/// A hard eviction threshold: an amount, or a share of the signal's capacity.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Threshold {
-    /// Bytes (memory, filesystems) or a count (inodes, pids).
-    Quantity(u64),
-    /// A fraction of the capacity, kept as f32 like upstream's `ThresholdValue.Percentage` so
-    /// that reservations come out to the same byte.
-    Percentage(f32),
-}
-
-impl Threshold {
-    /// The threshold in the signal's unit for a capacity (upstream's `GetThresholdQuantity`:
-    /// `int64(float64(capacity) * float64(percentage))`).
-    pub fn amount(self, capacity: u64) -> u64 {
-        match self {
-            Threshold::Quantity(q) => q,
-            Threshold::Percentage(p) => ((capacity as f64) * f64::from(p)) as u64,
-        }
-    }
-
-    /// Whether `available` of `capacity` is below the threshold.
-    fn crossed(threshold: Option<Threshold>, available: u64, capacity: u64) -> bool {
-        threshold.is_some_and(|t| available < t.amount(capacity))
+/// A threshold in bytes (or a count) for a capacity. A fraction is taken as the float32 upstream
+/// parses percentages into (`int64(float64(capacity) * float64(percentage))`), so that
+/// reservations come out to upstream's byte.
+fn amount(threshold: Threshold, capacity: u64) -> u64 {
+    match threshold {
+        Threshold::Bytes(b) => b,
+        Threshold::Fraction(f) => ((capacity as f64) * f64::from(f as f32)) as u64,
     }
 }
 
-/// The hard eviction thresholds the conditions and allocatable are computed with (upstream's
-/// `evictionHard`). A signal without a threshold never reports pressure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvictionHard {
-    pub memory_available: Option<Threshold>,
-    pub nodefs_available: Option<Threshold>,
-    pub nodefs_inodes_free: Option<Threshold>,
-    pub imagefs_available: Option<Threshold>,
-    pub imagefs_inodes_free: Option<Threshold>,
-    pub pid_available: Option<Threshold>,
-}
-
-impl Default for EvictionHard {
-    /// Upstream's defaults (`memory.available<100Mi`, `nodefs.available<10%`,
-    /// `nodefs.inodesFree<5%`, `imagefs.available<15%`, `imagefs.inodesFree<5%`), plus
-    /// `pid.available<5%`: upstream sets no pid threshold by default, which leaves PIDPressure
-    /// unable to ever show.
-    fn default() -> Self {
-        EvictionHard {
-            memory_available: Some(Threshold::Quantity(100 * 1024 * 1024)),
-            nodefs_available: Some(Threshold::Percentage(0.10)),
-            nodefs_inodes_free: Some(Threshold::Percentage(0.05)),
-            imagefs_available: Some(Threshold::Percentage(0.15)),
-            imagefs_inodes_free: Some(Threshold::Percentage(0.05)),
-            pid_available: Some(Threshold::Percentage(0.05)),
-        }
-    }
-}
-
-/// An `--eviction-hard` value that cannot be parsed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EvictionHardError {
-    #[error("eviction threshold {0:?} is not of the form signal<value")]
-    Form(String),
-    #[error("unknown eviction signal {0:?}")]
-    Signal(String),
-    #[error("invalid eviction threshold value {0:?}")]
-    Value(String),
-}
-
-impl std::str::FromStr for EvictionHard {
-    type Err = EvictionHardError;
-
-    /// Parses the kubelet's `--eviction-hard` syntax. Signals not named get no threshold, as
-    /// when upstream's `evictionHard` is given. An empty string means no thresholds at all.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut hard = EvictionHard {
-            memory_available: None,
-            nodefs_available: None,
-            nodefs_inodes_free: None,
-            imagefs_available: None,
-            imagefs_inodes_free: None,
-            pid_available: None,
-        };
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (signal, value) = item.split_once('<').ok_or_else(|| EvictionHardError::Form(item.into()))?;
-            let value = value.trim();
-            let threshold = match value.strip_suffix('%') {
-                Some(p) => {
-                    let p: f32 = p.parse().map_err(|_| EvictionHardError::Value(value.into()))?;
-                    if !(0.0..=100.0).contains(&p) {
-                        return Err(EvictionHardError::Value(value.into()));
-                    }
-                    Threshold::Percentage(p / 100.0)
-                }
-                None => {
-                    let q = tug_api::quantity::parse(value).filter(|q| *q >= 0.0);
-                    Threshold::Quantity(q.ok_or_else(|| EvictionHardError::Value(value.into()))? as u64)
-                }
-            };
-            let slot = match signal.trim() {
-                "memory.available" => &mut hard.memory_available,
-                "nodefs.available" => &mut hard.nodefs_available,
-                "nodefs.inodesFree" => &mut hard.nodefs_inodes_free,
-                "imagefs.available" => &mut hard.imagefs_available,
-                "imagefs.inodesFree" => &mut hard.imagefs_inodes_free,
-                "pid.available" => &mut hard.pid_available,
-                other => return Err(EvictionHardError::Signal(other.into())),
-            };
-            *slot = Some(threshold);
-        }
-        Ok(hard)
-    }
-}
-
-/// The thresholds in force, read once.
-fn eviction_hard() -> &'static EvictionHard {
-    static HARD: std::sync::OnceLock<EvictionHard> = std::sync::OnceLock::new();
-    HARD.get_or_init(EvictionHard::from_env)
-}
-
-impl EvictionHard {
-    /// The thresholds of [`EVICTION_HARD_ENV`] when set (and valid), otherwise the defaults.
-    pub fn from_env() -> Self {
-        match std::env::var(EVICTION_HARD_ENV) {
-            Ok(value) => value.parse().unwrap_or_else(|e| {
-                warn!(error = %e, value, "ignoring an invalid {EVICTION_HARD_ENV}");
-                EvictionHard::default()
-            }),
-            Err(_) => EvictionHard::default(),
-        }
-    }
+/// Whether `available` of `capacity` is below the threshold.
+fn crossed(threshold: Threshold, available: u64, capacity: u64) -> bool {
+    available < amount(threshold, capacity)
 }
 
 /// Errors of registration and status updates.
@@ -285,7 +170,6 @@ fn quantity(s: impl Into<String>) -> Quantity {
 pub(crate) fn resources(
     config: &Config,
     observed: &Observed,
-    hard: &EvictionHard,
 ) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
     let m = &observed.machine;
     let mut capacity = BTreeMap::from([
@@ -299,10 +183,11 @@ pub(crate) fn resources(
     }
     let mut allocatable = capacity.clone();
     let hugepages: u64 = m.hugepages.iter().map(|&(_, total)| total).sum();
-    let memory_reserved = hard.memory_available.map_or(0, |t| t.amount(m.memory_capacity));
+    let hard = &config.eviction_hard;
+    let memory_reserved = amount(hard.memory_available, m.memory_capacity);
     let memory = m.memory_capacity.saturating_sub(memory_reserved).saturating_sub(hugepages);
     allocatable.insert("memory".into(), quantity(binary_si(memory)));
-    let storage_reserved = hard.nodefs_available.map_or(0, |t| t.amount(observed.nodefs.capacity));
+    let storage_reserved = amount(hard.nodefs_available, observed.nodefs.capacity);
     let storage = observed.nodefs.capacity.saturating_sub(storage_reserved);
     allocatable.insert("ephemeral-storage".into(), quantity(binary_si(storage)));
     (capacity, allocatable)
@@ -316,17 +201,16 @@ pub(crate) struct Pressure {
     pub pid: bool,
 }
 
-pub(crate) fn pressure(observed: &Observed, hard: &EvictionHard) -> Pressure {
-    let fs_low = |fs: &FsStats, bytes: Option<Threshold>, inodes: Option<Threshold>| {
-        Threshold::crossed(bytes, fs.available, fs.capacity)
-            || (fs.inodes > 0 && Threshold::crossed(inodes, fs.inodes_free, fs.inodes))
+pub(crate) fn pressure(observed: &Observed, hard: &EvictionThresholds) -> Pressure {
+    let inodes = Threshold::Fraction(INODES_FREE_FRACTION);
+    let fs_low = |fs: &FsStats, bytes: Threshold| {
+        crossed(bytes, fs.available, fs.capacity) || (fs.inodes > 0 && crossed(inodes, fs.inodes_free, fs.inodes))
     };
     let m = &observed.machine;
     Pressure {
-        memory: Threshold::crossed(hard.memory_available, m.memory_available, m.memory_capacity),
-        disk: fs_low(&observed.nodefs, hard.nodefs_available, hard.nodefs_inodes_free)
-            || fs_low(&observed.imagefs, hard.imagefs_available, hard.imagefs_inodes_free),
-        pid: Threshold::crossed(hard.pid_available, observed.pids.available(), observed.pids.max),
+        memory: crossed(hard.memory_available, m.memory_available, m.memory_capacity),
+        disk: fs_low(&observed.nodefs, hard.nodefs_available) || fs_low(&observed.imagefs, hard.imagefs_available),
+        pid: crossed(Threshold::Fraction(PID_AVAILABLE_FRACTION), observed.pids.available(), observed.pids.max),
     }
 }
 
@@ -384,13 +268,12 @@ fn status_images(images: &[Image]) -> Vec<ContainerImage> {
 pub(crate) fn node_status(
     config: &Config,
     observed: &Observed,
-    hard: &EvictionHard,
     previous: Option<&NodeStatus>,
     now: Timestamp,
 ) -> NodeStatus {
-    let (capacity, allocatable) = resources(config, observed, hard);
+    let (capacity, allocatable) = resources(config, observed);
     let mut conditions: Vec<NodeCondition> = previous.and_then(|s| s.conditions.clone()).unwrap_or_default();
-    for (kind, on, reason, message) in own_conditions(pressure(observed, hard)) {
+    for (kind, on, reason, message) in own_conditions(pressure(observed, &config.eviction_hard)) {
         let status = condition_status(on);
         let fresh = NodeCondition {
             type_: kind.to_string(),
@@ -595,7 +478,7 @@ async fn try_register(
         Err(e) => return Err(api_error("creating", name)(e)),
     };
     let observed = observe(config, images).await?;
-    let status = node_status(config, &observed, eviction_hard(), node.status.as_ref(), Timestamp::now());
+    let status = node_status(config, &observed, node.status.as_ref(), Timestamp::now());
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Strategic(status_patch(&status)))
         .await
@@ -690,7 +573,7 @@ async fn try_update(
     };
     let observed = observe(config, images).await?;
     let previous = node.status.clone().unwrap_or_default();
-    let status = node_status(config, &observed, eviction_hard(), Some(&previous), Timestamp::now());
+    let status = node_status(config, &observed, Some(&previous), Timestamp::now());
     if last_report.elapsed() < NODE_STATUS_REPORT_FREQUENCY && !status_changed(&previous, &status) {
         debug!(node = name, "node status unchanged");
         return Ok(false);
@@ -730,6 +613,7 @@ pub(crate) mod tests {
                 time_added: None,
             }],
             pod_manifest_path: None,
+            eviction_hard: Default::default(),
         }
     }
 
@@ -787,7 +671,7 @@ pub(crate) mod tests {
 
     #[test]
     fn allocatable_is_capacity_minus_the_hard_eviction_thresholds() {
-        let (capacity, allocatable) = resources(&config(), &observed(), &EvictionHard::default());
+        let (capacity, allocatable) = resources(&config(), &observed());
         assert_eq!(capacity["cpu"].0, "2");
         assert_eq!(capacity["memory"].0, "24519812Ki");
         assert_eq!(capacity["pods"].0, "110");
@@ -803,7 +687,7 @@ pub(crate) mod tests {
     #[test]
     fn the_status_reports_a_healthy_node_ready() {
         let now = at("2026-01-01T00:00:00Z");
-        let status = node_status(&config(), &observed(), &EvictionHard::default(), None, now);
+        let status = node_status(&config(), &observed(), None, now);
         let types: Vec<_> = status.conditions.as_ref().unwrap().iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]);
         let ready = cond(&status, "Ready");
@@ -831,7 +715,7 @@ pub(crate) mod tests {
         o.machine.memory_available = 50 << 20;
         o.imagefs.available = 14 << 30; // under 15% of 100Gi
         o.pids.running = o.pids.max - 10;
-        let status = node_status(&config(), &o, &EvictionHard::default(), None, Timestamp::now());
+        let status = node_status(&config(), &o, None, Timestamp::now());
         let memory = cond(&status, "MemoryPressure");
         assert_eq!((memory.status.as_str(), memory.reason.as_deref()), ("True", Some("KubeletHasInsufficientMemory")));
         assert_eq!(cond(&status, "DiskPressure").reason.as_deref(), Some("KubeletHasDiskPressure"));
@@ -839,13 +723,13 @@ pub(crate) mod tests {
         assert_eq!(cond(&status, "Ready").status, "True");
         let mut o = observed();
         o.nodefs.inodes_free = 10;
-        assert!(pressure(&o, &EvictionHard::default()).disk);
+        assert!(pressure(&o, &EvictionThresholds::default()).disk);
     }
 
     #[test]
     fn transition_times_change_only_with_the_status_and_other_conditions_stay() {
         let first = at("2026-01-01T00:00:00Z");
-        let mut previous = node_status(&config(), &observed(), &EvictionHard::default(), None, first);
+        let mut previous = node_status(&config(), &observed(), None, first);
         previous.conditions.as_mut().unwrap().insert(
             0,
             NodeCondition { type_: "NetworkUnavailable".into(), status: "False".into(), ..Default::default() },
@@ -853,7 +737,7 @@ pub(crate) mod tests {
         let later = at("2026-01-01T00:00:10Z");
         let mut o = observed();
         o.machine.memory_available = 1;
-        let next = node_status(&config(), &o, &EvictionHard::default(), Some(&previous), later);
+        let next = node_status(&config(), &o, Some(&previous), later);
         assert_eq!(next.conditions.as_ref().unwrap()[0].type_, "NetworkUnavailable");
         let ready = cond(&next, "Ready");
         assert_eq!(ready.last_transition_time, Some(Time(first)));
@@ -863,19 +747,18 @@ pub(crate) mod tests {
 
     #[test]
     fn a_heartbeat_alone_is_no_change() {
-        let previous = node_status(&config(), &observed(), &EvictionHard::default(), None, at("2026-01-01T00:00:00Z"));
-        let same =
-            node_status(&config(), &observed(), &EvictionHard::default(), Some(&previous), at("2026-01-01T00:00:10Z"));
+        let previous = node_status(&config(), &observed(), None, at("2026-01-01T00:00:00Z"));
+        let same = node_status(&config(), &observed(), Some(&previous), at("2026-01-01T00:00:10Z"));
         assert!(!status_changed(&previous, &same));
         let mut o = observed();
         o.images = Some(vec![]);
-        let changed = node_status(&config(), &o, &EvictionHard::default(), Some(&previous), at("2026-01-01T00:00:10Z"));
+        let changed = node_status(&config(), &o, Some(&previous), at("2026-01-01T00:00:10Z"));
         assert!(status_changed(&previous, &changed));
     }
 
     #[test]
     fn the_status_patch_merges_conditions_and_replaces_addresses() {
-        let status = node_status(&config(), &observed(), &EvictionHard::default(), None, Timestamp::now());
+        let status = node_status(&config(), &observed(), None, Timestamp::now());
         let patch = status_patch(&status);
         let s = &patch["status"];
         assert_eq!(s["$setElementOrder/conditions"][3], json!({"type": "Ready"}));
@@ -885,45 +768,34 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn eviction_hard_parses_the_kubelet_flag_syntax() {
-        let hard: EvictionHard = "memory.available<1Gi, nodefs.available<5%,pid.available<1000".parse().unwrap();
-        assert_eq!(hard.memory_available, Some(Threshold::Quantity(1 << 30)));
-        assert_eq!(hard.nodefs_available, Some(Threshold::Percentage(0.05)));
-        assert_eq!(hard.pid_available, Some(Threshold::Quantity(1000)));
-        assert_eq!(hard.imagefs_available, None, "signals not named get no threshold");
-        let none: EvictionHard = "".parse().unwrap();
-        assert_eq!(none.memory_available, None);
-        assert!(matches!("memory.available>1Gi".parse::<EvictionHard>(), Err(EvictionHardError::Form(_))));
-        assert!(matches!("cpu.available<1".parse::<EvictionHard>(), Err(EvictionHardError::Signal(_))));
-        assert!(matches!("nodefs.available<150%".parse::<EvictionHard>(), Err(EvictionHardError::Value(_))));
-        assert!(matches!("memory.available<lots".parse::<EvictionHard>(), Err(EvictionHardError::Value(_))));
-    }
-
-    #[test]
     fn without_thresholds_a_full_disk_is_no_pressure_and_nothing_is_reserved() {
         let mut o = observed();
         o.nodefs.available = 1;
         o.imagefs.available = 1;
-        let none: EvictionHard = "".parse().unwrap();
+        let none = EvictionThresholds {
+            memory_available: Threshold::Bytes(0),
+            nodefs_available: Threshold::Bytes(0),
+            imagefs_available: Threshold::Bytes(0),
+        };
         assert!(!pressure(&o, &none).disk);
-        assert!(pressure(&o, &EvictionHard::default()).disk);
-        let (capacity, allocatable) = resources(&config(), &o, &none);
+        assert!(pressure(&o, &EvictionThresholds::default()).disk);
+        let (capacity, allocatable) = resources(&Config { eviction_hard: none, ..config() }, &o);
         assert_eq!(capacity["memory"], allocatable["memory"]);
         assert_eq!(capacity["ephemeral-storage"], allocatable["ephemeral-storage"]);
     }
 
     #[test]
     fn condition_changes_are_announced_with_upstream_event_reasons() {
-        let first = node_status(&config(), &observed(), &EvictionHard::default(), None, Timestamp::now());
+        let first = node_status(&config(), &observed(), None, Timestamp::now());
         assert_eq!(
             condition_events(None, &first),
             ["NodeHasSufficientMemory", "NodeHasNoDiskPressure", "NodeHasSufficientPID", "NodeReady"]
         );
-        let again = node_status(&config(), &observed(), &EvictionHard::default(), Some(&first), Timestamp::now());
+        let again = node_status(&config(), &observed(), Some(&first), Timestamp::now());
         assert!(condition_events(Some(&first), &again).is_empty());
         let mut o = observed();
         o.machine.memory_available = 0;
-        let low = node_status(&config(), &o, &EvictionHard::default(), Some(&first), Timestamp::now());
+        let low = node_status(&config(), &o, Some(&first), Timestamp::now());
         assert_eq!(condition_events(Some(&first), &low), ["NodeHasInsufficientMemory"]);
     }
 

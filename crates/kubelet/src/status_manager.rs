@@ -80,7 +80,10 @@ fn api_state(s: &ContainerStatus) -> ApiState {
 
 fn waiting(reason: &str, message: Option<String>) -> ApiState {
     ApiState {
-        waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: message.filter(|m| !m.is_empty()) }),
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message: message.filter(|m| !m.is_empty()),
+        }),
         ..Default::default()
     }
 }
@@ -153,11 +156,8 @@ pub fn phase(pod: &Pod, init: &[ApiContainerStatus], app: &[ApiContainerStatus])
             Some(t) if t.exit_code == 0 => {}
             Some(_) => failed_init += 1,
             None => {
-                let last_failed = s
-                    .last_state
-                    .as_ref()
-                    .and_then(|l| l.terminated.as_ref())
-                    .is_some_and(|t| t.exit_code != 0);
+                let last_failed =
+                    s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_some_and(|t| t.exit_code != 0);
                 if last_failed { failed_init += 1 } else { pending_init += 1 }
             }
         }
@@ -256,9 +256,7 @@ pub fn generate_pod_status(inputs: &StatusInputs<'_>) -> PodStatus {
             .and_then(|s| s.readiness_gates.as_ref())
             .into_iter()
             .flatten()
-            .filter(|g| {
-                !old_conditions.iter().any(|c| c.type_ == g.condition_type && c.status == "True")
-            })
+            .filter(|g| !old_conditions.iter().any(|c| c.type_ == g.condition_type && c.status == "True"))
             .map(|g| g.condition_type.clone())
             .collect();
         if !missing.is_empty() {
@@ -277,7 +275,10 @@ pub fn generate_pod_status(inputs: &StatusInputs<'_>) -> PodStatus {
     let (init_reason, init_message) = if completed {
         (Some("PodCompleted".to_string()), None)
     } else {
-        (Some("ContainersNotInitialized".to_string()), Some(format!("containers with incomplete status: {}", names(&incomplete))))
+        (
+            Some("ContainersNotInitialized".to_string()),
+            Some(format!("containers with incomplete status: {}", names(&incomplete))),
+        )
     };
     let mine = vec![
         condition("PodReadyToStartContainers", sandbox_ready, None, None),

@@ -42,7 +42,8 @@ fn a_new_pod_is_pending_with_containers_creating() {
 #[test]
 fn a_running_pod_is_ready_with_ip_and_image_id() {
     let p = pod("Always", &["a"], &[]);
-    let s = status(&p, &ready_state(vec![container_status("c1", "a", 0, ContainerState::Running, None)]), &Reasons::new());
+    let s =
+        status(&p, &ready_state(vec![container_status("c1", "a", 0, ContainerState::Running, None)]), &Reasons::new());
     assert_eq!(s.phase.as_deref(), Some("Running"));
     assert_eq!(s.pod_ip.as_deref(), Some("10.42.0.7"));
     assert_eq!(s.pod_ips.as_ref().unwrap()[0].ip, "10.42.0.7");
@@ -62,7 +63,8 @@ fn a_running_pod_is_ready_with_ip_and_image_id() {
 fn a_readiness_probe_keeps_the_container_unready_until_probes_exist() {
     let mut p = pod("Always", &["a"], &[]);
     p.spec.as_mut().unwrap().containers[0].readiness_probe = Some(Probe::default());
-    let s = status(&p, &ready_state(vec![container_status("c1", "a", 0, ContainerState::Running, None)]), &Reasons::new());
+    let s =
+        status(&p, &ready_state(vec![container_status("c1", "a", 0, ContainerState::Running, None)]), &Reasons::new());
     assert!(!s.container_statuses.as_ref().unwrap()[0].ready);
     assert_eq!(cond(&s, "Ready").status, "False");
 }
@@ -77,7 +79,11 @@ fn readiness_gates_hold_the_pod_unready() {
     assert_eq!(cond(&s, "Ready").status, "False");
     assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("ReadinessGatesNotReady"));
     p.status = Some(PodStatus {
-        conditions: Some(vec![PodCondition { type_: "example.com/ok".into(), status: "True".into(), ..Default::default() }]),
+        conditions: Some(vec![PodCondition {
+            type_: "example.com/ok".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]),
         ..Default::default()
     });
     let s = status(&p, &st, &Reasons::new());
@@ -114,7 +120,8 @@ fn phase_follows_exit_codes_and_restart_policy() {
 fn a_terminal_phase_is_final() {
     let mut p = pod("Always", &["a"], &[]);
     p.status = Some(PodStatus { phase: Some("Failed".into()), ..Default::default() });
-    let s = status(&p, &ready_state(vec![container_status("c1", "a", 0, ContainerState::Running, None)]), &Reasons::new());
+    let s =
+        status(&p, &ready_state(vec![container_status("c1", "a", 0, ContainerState::Running, None)]), &Reasons::new());
     assert_eq!(s.phase.as_deref(), Some("Failed"));
 }
 
@@ -136,16 +143,16 @@ fn crash_loop_shows_waiting_with_last_state_and_restart_count() {
         container_status("c1", "a", 0, ContainerState::Exited, Some(1)),
     ]);
     let mut reasons = Reasons::new();
-    reasons.insert("a".into(), ("CrashLoopBackOff".into(), "back-off 10s restarting failed container=a pod=p_ns(u)".into()));
+    reasons.insert(
+        "a".into(),
+        ("CrashLoopBackOff".into(), "back-off 10s restarting failed container=a pod=p_ns(u)".into()),
+    );
     let s = status(&p, &st, &reasons);
     let cs = &s.container_statuses.as_ref().unwrap()[0];
     assert_eq!(cs.restart_count, 1);
     let w = cs.state.as_ref().unwrap().waiting.as_ref().unwrap();
     assert_eq!(w.reason.as_deref(), Some("CrashLoopBackOff"));
-    assert_eq!(
-        cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().container_id.as_deref(),
-        Some("tug://c2")
-    );
+    assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().container_id.as_deref(), Some("tug://c2"));
     assert_eq!(s.phase.as_deref(), Some("Running"));
 }
 
@@ -177,7 +184,11 @@ fn image_pull_errors_show_as_waiting_reasons() {
 #[test]
 fn init_containers_gate_the_pod() {
     let p = pod("Always", &["app"], &["init"]);
-    let s = status(&p, &ready_state(vec![container_status("c1", "init", 0, ContainerState::Running, None)]), &Reasons::new());
+    let s = status(
+        &p,
+        &ready_state(vec![container_status("c1", "init", 0, ContainerState::Running, None)]),
+        &Reasons::new(),
+    );
     assert_eq!(s.phase.as_deref(), Some("Pending"));
     assert_eq!(cond(&s, "Initialized").status, "False");
     assert_eq!(cond(&s, "Initialized").message.as_deref(), Some("containers with incomplete status: [init]"));

@@ -45,6 +45,11 @@ pub struct AgentArgs {
     /// A directory of static pod manifests the agent runs without the API server's say.
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,
+
+    /// Hard eviction thresholds: below them the node reports memory or disk pressure (and is
+    /// tainted so no new pods land on it). Upstream's defaults unless set.
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,imagefs.available<15%")]
+    pub eviction_hard: tug_kubelet::config::EvictionThresholds,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -75,7 +80,9 @@ pub fn node_name(args: &AgentArgs) -> String {
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Starts the node agent with the built-in runtime under `data_dir/agent`; it runs until
@@ -104,6 +111,7 @@ pub fn spawn(
         node_labels: args.node_labels.clone(),
         node_taints: args.node_taints.clone(),
         pod_manifest_path: args.pod_manifest_path.clone(),
+        eviction_hard: args.eviction_hard,
     };
     let store = ImageStore::open(config.image_dir()).context("opening the image store")?;
     let images = Arc::new(BuiltinImageService::new(store.clone(), Puller::new(store.clone(), PullOptions::default())));

@@ -72,6 +72,8 @@ enum BenchCommand {
     Scheduler(bench::scheduler::SchedulerBenchArgs),
     /// The controller manager: a large Deployment created, rolled and deleted on simulated nodes.
     Controllers(bench::controllers::ControllersBenchArgs),
+    /// The node agent: pod startup latency with real containers, beside bare container starts.
+    Pods(bench::pods::PodsBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,6 +97,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(BenchCommand::Apiserver(args)) => bench::apiserver::run(args).await,
             Command::Bench(BenchCommand::Scheduler(args)) => bench::scheduler::run(args).await,
             Command::Bench(BenchCommand::Controllers(args)) => bench::controllers::run(args).await,
+            Command::Bench(BenchCommand::Pods(args)) => bench::pods::run(args).await,
             Command::SimNodes(args) => sim_nodes::run(args).await,
             Command::Images(args) => images::run(args).await,
             Command::ControllerManager { kubeconfig, root_ca_file, node_controllers, leader_election } => {

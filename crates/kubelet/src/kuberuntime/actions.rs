@@ -100,9 +100,7 @@ pub fn compute_pod_actions(pod: &Pod, state: &PodRuntimeState) -> PodActions {
         let to_start: Vec<usize> = app_containers(pod)
             .iter()
             .enumerate()
-            .filter(|(_, c)| {
-                !(restart_policy(pod) == "OnFailure" && state.latest(&c.name).is_some_and(succeeded))
-            })
+            .filter(|(_, c)| !(restart_policy(pod) == "OnFailure" && state.latest(&c.name).is_some_and(succeeded)))
             .map(|(i, _)| i)
             .collect();
         if to_start.is_empty() && init_done(pod, state) && newest.is_some() {

@@ -162,7 +162,8 @@ impl ImagePuller {
             PullDecision::Pull => {}
         }
         let key = format!("{}_{image}", pod.metadata.uid.as_deref().unwrap_or_default());
-        let in_backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner()).is_in_backoff_since_update(&key, SystemTime::now());
+        let in_backoff =
+            self.backoff.lock().unwrap_or_else(|e| e.into_inner()).is_in_backoff_since_update(&key, SystemTime::now());
         if in_backoff {
             let last = self.last_error.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
             let mut message = format!("Back-off pulling image {image:?}");
@@ -191,7 +192,13 @@ impl ImagePuller {
                 self.backoff.lock().unwrap_or_else(|e| e.into_inner()).next(&key, SystemTime::now());
                 self.last_error.lock().unwrap_or_else(|e| e.into_inner()).insert(key, message.clone());
                 recorder
-                    .record(pod, field.clone(), events::WARNING, "Failed", &format!("Failed to pull image {image:?}: {message}"))
+                    .record(
+                        pod,
+                        field.clone(),
+                        events::WARNING,
+                        "Failed",
+                        &format!("Failed to pull image {image:?}: {message}"),
+                    )
                     .await;
                 recorder.record(pod, field, events::WARNING, "Failed", &format!("Error: {ERR_IMAGE_PULL}")).await;
                 Err(PullFailure { reason: ERR_IMAGE_PULL, message })

@@ -130,7 +130,9 @@ pub fn memory_capacity() -> i64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok())
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
 }
@@ -330,7 +332,8 @@ impl KubeRuntimeManager {
         if let Some(c) = init {
             self.start_container(pod, &state, &target(c), reasons).await;
         }
-        let kills: Vec<_> = actions.containers_to_kill.iter().map(|k: &ContainerToKill| (k.id.clone(), k.name.clone())).collect();
+        let kills: Vec<_> =
+            actions.containers_to_kill.iter().map(|k: &ContainerToKill| (k.id.clone(), k.name.clone())).collect();
         self.kill_containers(pod, kills, grace_period(pod)).await;
         for c in to_start {
             self.start_container(pod, &state, &target(c), reasons).await;
@@ -367,7 +370,8 @@ impl KubeRuntimeManager {
             }
         };
         let Some(delay) = waiting else { return true };
-        let message = format!("back-off {} restarting failed container={name} pod={}", go_duration(delay), format_pod(pod));
+        let message =
+            format!("back-off {} restarting failed container={name} pod={}", go_duration(delay), format_pod(pod));
         reasons.insert(name.into(), (CRASH_LOOP_BACK_OFF.into(), message));
         let event = format!("Back-off restarting failed container {name} in pod {}", format_pod(pod));
         let field = Some(container_field_path(pod, name));
@@ -441,7 +445,9 @@ impl KubeRuntimeManager {
                 return fail(CREATE_CONTAINER_ERROR, message, reasons);
             }
         };
-        self.recorder.record(pod, field.clone(), events::NORMAL, "Created", &format!("Created container: {name}")).await;
+        self.recorder
+            .record(pod, field.clone(), events::NORMAL, "Created", &format!("Created container: {name}"))
+            .await;
         if let Err(error) = self.runtime.start_container(&id).await {
             let message = error.to_string();
             self.recorder.record(pod, field, events::WARNING, "Failed", &format!("Error: {message}")).await;

@@ -1,7 +1,6 @@
 //! The pod sync against an in-memory runtime and image service, with a stand-in API server on
 //! loopback that accepts events and answers lists empty.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -9,7 +8,11 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use tug_runtime::cri::*;
+use tug_runtime::cri::{
+    Container as RuntimeContainer, ContainerConfig, ContainerFilter, ContainerState, ContainerStatus, ExecRequest,
+    ExecSyncResult, PodSandbox, PodSandboxConfig, PodSandboxState, PodSandboxStatus, RuntimeError, RuntimeService,
+    StreamSession,
+};
 use tug_runtime::image::Credentials;
 use tug_runtime::{Image, ImageService, ImageServiceError};
 
@@ -77,7 +80,11 @@ impl RuntimeService for FakeRuntime {
     }
     async fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus, RuntimeError> {
         let f = self.0.lock().unwrap();
-        f.sandboxes.iter().find(|(s, _)| s.id == id).map(|(s, _)| s.clone()).ok_or(RuntimeError::SandboxNotFound(id.into()))
+        f.sandboxes
+            .iter()
+            .find(|(s, _)| s.id == id)
+            .map(|(s, _)| s.clone())
+            .ok_or(RuntimeError::SandboxNotFound(id.into()))
     }
     async fn list_pod_sandboxes(&self) -> Result<Vec<PodSandbox>, RuntimeError> {
         let f = self.0.lock().unwrap();
@@ -124,7 +131,8 @@ impl RuntimeService for FakeRuntime {
     }
     async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
         let mut f = self.0.lock().unwrap();
-        let (c, _, _) = f.containers.iter_mut().find(|(c, _, _)| c.id == id).ok_or(RuntimeError::ContainerNotFound(id.into()))?;
+        let (c, _, _) =
+            f.containers.iter_mut().find(|(c, _, _)| c.id == id).ok_or(RuntimeError::ContainerNotFound(id.into()))?;
         c.state = ContainerState::Running;
         c.started_at = Some(SystemTime::now());
         Ok(())
@@ -143,12 +151,12 @@ impl RuntimeService for FakeRuntime {
         self.0.lock().unwrap().containers.retain(|(c, _, _)| c.id != id);
         Ok(())
     }
-    async fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<Container>, RuntimeError> {
+    async fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<RuntimeContainer>, RuntimeError> {
         let f = self.0.lock().unwrap();
         Ok(f.containers
             .iter()
             .filter(|(_, sb, _)| filter.pod_sandbox_id.as_ref().is_none_or(|want| want == sb))
-            .map(|(c, sb, _)| Container {
+            .map(|(c, sb, _)| RuntimeContainer {
                 id: c.id.clone(),
                 pod_sandbox_id: sb.clone(),
                 metadata: c.metadata.clone(),
@@ -163,7 +171,11 @@ impl RuntimeService for FakeRuntime {
     }
     async fn container_status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
         let f = self.0.lock().unwrap();
-        f.containers.iter().find(|(c, _, _)| c.id == id).map(|(c, _, _)| c.clone()).ok_or(RuntimeError::ContainerNotFound(id.into()))
+        f.containers
+            .iter()
+            .find(|(c, _, _)| c.id == id)
+            .map(|(c, _, _)| c.clone())
+            .ok_or(RuntimeError::ContainerNotFound(id.into()))
     }
     async fn exec_sync(&self, _: &str, _: &[String], _: Duration) -> Result<ExecSyncResult, RuntimeError> {
         Err(RuntimeError::Unavailable("not in the fake".into()))
@@ -228,9 +240,17 @@ async fn api_server() -> kube::Client {
                         "GET" if path.ends_with("/services") => {
                             (200, Bytes::from(r#"{"apiVersion":"v1","kind":"ServiceList","metadata":{},"items":[]}"#))
                         }
-                        _ => (404, Bytes::from(r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#)),
+                        _ => (
+                            404,
+                            Bytes::from(
+                                r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#,
+                            ),
+                        ),
                     };
-                    let resp = Response::builder().status(code).header("content-type", "application/json").body(Full::new(out));
+                    let resp = Response::builder()
+                        .status(code)
+                        .header("content-type", "application/json")
+                        .body(Full::new(out));
                     Ok::<_, Infallible>(resp.unwrap())
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
@@ -270,7 +290,7 @@ async fn a_new_pod_gets_a_sandbox_and_a_running_container_with_upstream_labels()
     assert_eq!(cfg.labels[labels::POD_UID], "u");
     assert_eq!(cfg.labels[labels::CONTAINER_NAME], "a");
     assert_eq!(cfg.log_path, std::path::PathBuf::from("a/0.log"));
-    let sandbox_cfg = &runtime.0.lock().unwrap().sandboxes[0].1;
+    let sandbox_cfg = runtime.0.lock().unwrap().sandboxes[0].1.clone();
     assert_eq!(sandbox_cfg.cgroup_parent, "/kubepods/besteffort/podu");
     assert_eq!(sandbox_cfg.labels[labels::POD_NAME], "p");
     // A second sync changes nothing.
@@ -347,5 +367,4 @@ async fn orphan_sandboxes_are_removed_and_known_ones_kept() {
     let f = runtime.0.lock().unwrap();
     let left: Vec<_> = f.sandboxes.iter().map(|(s, _)| s.labels[labels::POD_UID].clone()).collect();
     assert_eq!(left, vec!["u"]);
-    let _ = BTreeMap::<String, String>::new();
 }

@@ -27,6 +27,7 @@ pub(crate) fn config() -> Config {
         node_labels: Vec::new(),
         node_taints: Vec::new(),
         pod_manifest_path: None,
+        eviction_hard: Default::default(),
     }
 }
 

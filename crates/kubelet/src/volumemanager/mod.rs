@@ -505,6 +505,7 @@ pub(crate) fn test_config(agent_dir: &Path) -> Config {
         node_labels: Vec::new(),
         node_taints: Vec::new(),
         pod_manifest_path: None,
+        eviction_hard: Default::default(),
     }
 }
 

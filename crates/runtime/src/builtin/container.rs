@@ -36,9 +36,7 @@ impl ContainerDir {
 /// Finds the image a container config names: a reference (normalised as the store keeps it)
 /// or an image ID (`sha256:<hex>`, or a prefix of 12 hex digits or more).
 pub fn find_image(store: &ImageStore, wanted: &str) -> Result<Option<(String, ImageRecord)>, RuntimeError> {
-    let records = store
-        .list()
-        .map_err(|e| RuntimeError::Unavailable(format!("reading the image store: {e}")))?;
+    let records = store.list().map_err(|e| RuntimeError::Unavailable(format!("reading the image store: {e}")))?;
     let name = crate::image::parse_reference(wanted).ok().map(|r| crate::image::normalized_name(&r));
     if let Some(found) = records.iter().find(|(n, _)| Some(n) == name.as_ref()) {
         return Ok(Some(found.clone()));
@@ -123,8 +121,11 @@ impl BuiltinRuntime {
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io("creating", parent, e))?;
         }
-        let image_stop_signal =
-            image_config.config().as_ref().and_then(|c| c.stop_signal().clone()).and_then(|s| process::parse_signal(&s));
+        let image_stop_signal = image_config
+            .config()
+            .as_ref()
+            .and_then(|c| c.stop_signal().clone())
+            .and_then(|s| process::parse_signal(&s));
         let stop_signal =
             config.stop_signal.as_deref().and_then(process::parse_signal).or(image_stop_signal).unwrap_or(15);
         let record = ContainerRecord {

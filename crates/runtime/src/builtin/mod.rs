@@ -55,13 +55,8 @@ impl BuiltinRuntime {
     /// A runtime keeping its state under `root`, running containers from `images`, with `shim`
     /// as the executable re-run for every shim (the `tug` binary).
     pub fn new(root: impl Into<PathBuf>, images: ImageStore, shim: ShimBinary) -> Result<Self, RuntimeError> {
-        let runtime = BuiltinRuntime {
-            root: root.into(),
-            images,
-            shim,
-            log_max_size: 10 * 1024 * 1024,
-            log_max_files: 5,
-        };
+        let runtime =
+            BuiltinRuntime { root: root.into(), images, shim, log_max_size: 10 * 1024 * 1024, log_max_files: 5 };
         for dir in [runtime.root.join("sandboxes"), runtime.root.join("containers"), runtime.libcontainer_root()] {
             std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("creating", &dir, e))?;
         }
@@ -204,8 +199,8 @@ impl RuntimeService for BuiltinRuntime {
     async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecSyncResult, RuntimeError> {
         self.running_container(id)?;
         let args = self.exec_args(id, cmd.to_vec(), false);
-        let mut process =
-            shim::spawn_exec(&self.shim, &args).map_err(|e| RuntimeError::Unavailable(format!("starting exec: {e}")))?;
+        let mut process = shim::spawn_exec(&self.shim, &args)
+            .map_err(|e| RuntimeError::Unavailable(format!("starting exec: {e}")))?;
         // No input: the command sees end of file at once.
         drop(process.child.stdin.take());
         match tokio::time::timeout(timeout, process.child.wait_with_output()).await {
@@ -223,8 +218,8 @@ impl RuntimeService for BuiltinRuntime {
     async fn exec(&self, id: &str, request: &ExecRequest) -> Result<StreamSession, RuntimeError> {
         self.running_container(id)?;
         let args = self.exec_args(id, request.cmd.clone(), request.tty);
-        let process =
-            shim::spawn_exec(&self.shim, &args).map_err(|e| RuntimeError::Unavailable(format!("starting exec: {e}")))?;
+        let process = shim::spawn_exec(&self.shim, &args)
+            .map_err(|e| RuntimeError::Unavailable(format!("starting exec: {e}")))?;
         Ok(exec_session(process, request))
     }
 
@@ -294,7 +289,9 @@ fn exit_code_of(status: std::process::ExitStatus) -> i32 {
 async fn connect_in_netns(netns: Option<PathBuf>, port: u16) -> Result<tokio::net::TcpStream, RuntimeError> {
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let Some(netns) = netns else {
-        return tokio::net::TcpStream::connect(address).await.map_err(|e| RuntimeError::io("connecting to", "127.0.0.1", e));
+        return tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| RuntimeError::io("connecting to", "127.0.0.1", e));
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -313,9 +310,8 @@ async fn connect_in_netns(netns: Option<PathBuf>, port: u16) -> Result<tokio::ne
             let _ = tx.send(result);
         })
         .map_err(|e| RuntimeError::io("spawning a thread for", "port-forward", e))?;
-    let stream = rx
-        .await
-        .map_err(|_| RuntimeError::Unavailable("port-forward thread ended".into()))?
-        .map_err(|e| RuntimeError::io("connecting in the pod's network namespace to", format!("127.0.0.1:{port}"), e))?;
+    let stream = rx.await.map_err(|_| RuntimeError::Unavailable("port-forward thread ended".into()))?.map_err(|e| {
+        RuntimeError::io("connecting in the pod's network namespace to", format!("127.0.0.1:{port}"), e)
+    })?;
     tokio::net::TcpStream::from_std(stream).map_err(|e| RuntimeError::io("registering", "port-forward socket", e))
 }

@@ -84,8 +84,10 @@ impl BuiltinRuntime {
         std::fs::create_dir_all(&config.log_directory)
             .map_err(|e| RuntimeError::io("creating", &config.log_directory, e))?;
         let hostname = if host_network { host_name() } else { config.hostname.clone() };
-        std::fs::write(dir.hostname(), format!("{hostname}\n")).map_err(|e| RuntimeError::io("writing", dir.hostname(), e))?;
-        let resolv = resolv_conf(config.dns_config.as_ref()).map_err(|e| RuntimeError::io("reading", "/etc/resolv.conf", e))?;
+        std::fs::write(dir.hostname(), format!("{hostname}\n"))
+            .map_err(|e| RuntimeError::io("writing", dir.hostname(), e))?;
+        let resolv =
+            resolv_conf(config.dns_config.as_ref()).map_err(|e| RuntimeError::io("reading", "/etc/resolv.conf", e))?;
         std::fs::write(dir.resolv_conf(), resolv).map_err(|e| RuntimeError::io("writing", dir.resolv_conf(), e))?;
         if !host_ipc {
             let shm = dir.shm();

@@ -156,8 +156,12 @@ pub async fn attach(socket: &Path, stdin: bool, tty: bool) -> Result<StreamSessi
     let (stdout_session, mut stdout_task) = tokio::io::duplex(64 * 1024);
     let (stderr_session, mut stderr_task) = tokio::io::duplex(64 * 1024);
     let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+    // The writing half must outlive the writer's loop: dropping it shuts the socket down for
+    // writing, which the shim takes for the client leaving. It is dropped once reading ends.
+    let (reading_tx, reading_rx) = tokio::sync::oneshot::channel::<()>();
 
     tokio::spawn(async move {
+        let _reading = reading_tx;
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut code = None;
         let mut exit_tx = exit_tx;
@@ -240,6 +244,9 @@ pub async fn attach(socket: &Path, stdin: bool, tty: bool) -> Result<StreamSessi
                 break;
             }
         }
+        // Resolves when the reading task ends (its sender is dropped).
+        let _ = reading_rx.await;
+        drop(sock_write);
     });
 
     Ok(StreamSession {

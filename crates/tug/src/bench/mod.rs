@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod controllers;
+pub mod pods;
 pub mod scheduler;
 
 use std::path::{Path, PathBuf};
@@ -28,18 +29,20 @@ impl ServerUnderTest {
     /// Starts `tug server --disable-agent` on a free loopback port with its data in `dir`, plus
     /// `extra_args`, and waits until it answers.
     pub async fn start(dir: &Path, extra_args: &[&str]) -> anyhow::Result<ServerUnderTest> {
+        Self::launch(dir, &[&["--disable-agent"], extra_args].concat()).await
+    }
+
+    /// Starts `tug server` with its node agent (give it `--node-name`, `--kubelet-port`...).
+    pub async fn start_with_agent(dir: &Path, extra_args: &[&str]) -> anyhow::Result<ServerUnderTest> {
+        Self::launch(dir, extra_args).await
+    }
+
+    async fn launch(dir: &Path, extra_args: &[&str]) -> anyhow::Result<ServerUnderTest> {
         let data = dir.join("server");
         let port = free_port()?;
         let exe = std::env::current_exe().context("finding the tug binary")?;
         let mut child = tokio::process::Command::new(exe)
-            .args([
-                "server",
-                "--disable-agent",
-                "--bind-address",
-                "127.0.0.1",
-                "--https-listen-port",
-                &port.to_string(),
-            ])
+            .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", &port.to_string()])
             .arg("--data-dir")
             .arg(&data)
             .args(extra_args)

@@ -14,11 +14,14 @@ import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from registry import plain_registry, test_images, tug_binary  # noqa: F401  (fixtures used by name)
-from support import KUBECTL_VERSIONS, TOOLS_BIN, Kubectl, TugServer, require, wait_for
+from support import TOOLS_BIN, Kubectl, TugServer, require, wait_for
+
+KUBECTL_VERSIONS = ["1.36", "1.27"]
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +132,12 @@ def test_the_node_registers_with_the_machines_capacity_and_info(node):
     assert {"type": "InternalIP", "address": "127.0.0.1"} in status["addresses"]
     assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == node.kubelet_port
     assert got["metadata"]["labels"]["kubernetes.io/hostname"] == node.node_name
-    lease = node.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node.node_name}")
-    assert lease.status == 200 and lease.json()["spec"]["holderIdentity"] == node.node_name
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node.node_name}"
+    lease = wait_for(
+        lambda: (r := node.request("GET", lease_path)).status == 200 and r.json(), "the node's Lease", timeout=20
+    )
+    assert lease["spec"]["holderIdentity"] == node.node_name
+    assert lease["spec"]["leaseDurationSeconds"] == 40
 
 
 # --- running containers ------------------------------------------------------------------
@@ -176,7 +183,7 @@ def test_a_running_pod_reports_ready_with_ips_and_conditions(node):
 
 def test_isolation_seen_from_inside(node, k):
     name = unique("iso")
-    script = "echo pid=$$; hostname; ls /proc | grep -c '^[0-9]'; id -u"
+    script = "echo pid=$$$$; hostname; ls /proc | grep -c '^[0-9]'; id -u"
     apply_pod(node, name, ["sh", "-c", script])
     wait_phase(node, name, {"Succeeded"})
     lines = k("logs", name).stdout.split()
@@ -315,6 +322,30 @@ def test_containers_survive_an_agent_restart_and_are_readopted(node, k):
     assert after["state"]["running"]["startedAt"] == before["state"]["running"]["startedAt"]
     lines = k("logs", name, "--tail", "3").stdout.splitlines()
     assert lines == ["tick"] * 3
+
+
+def test_deleting_a_pod_leaves_no_containers_mounts_or_cgroups(node, k):
+    name = unique("gone")
+    apply_pod(node, name, ["sleep", "3600"], grace=1)
+    pod = wait_phase(node, name, {"Running"})
+    uid = pod["metadata"]["uid"]
+    container_id = container_state(pod)["containerID"].removeprefix("tug://")
+    runtime = node.data_dir / "agent" / "runtime"
+    assert (runtime / "containers" / container_id).is_dir()
+    k("delete", "pod", name, "--wait=true", timeout=40)
+
+    def mounts_of_pod():
+        return [
+            line for line in open("/proc/self/mountinfo").read().splitlines()
+            if container_id in line or uid in line
+        ]  # fmt: skip
+
+    wait_for(lambda: not (runtime / "containers" / container_id).exists(), "the container's bundle to go")
+    wait_for(lambda: not mounts_of_pod(), "the pod's mounts to go")
+    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/kubepods/*/pod{uid}")]
+    cgroups += [p for p in Path("/sys/fs/cgroup").glob(f"*/kubepods/pod{uid}")]
+    wait_for(lambda: not any(p.exists() for p in cgroups) or None, "the pod's cgroups to go")
+    assert not any(p.exists() for p in Path("/sys/fs/cgroup").glob(f"*/kubepods/**/pod{uid}"))
 
 
 # --- logs, exec, attach, cp, port-forward --------------------------------------------------------
