@@ -1,8 +1,8 @@
 //! `tug`: Kubernetes in one binary. This file parses the command line and wires the concrete
 //! components together; the components themselves live in their crates.
 
-mod bench;
 mod agent;
+mod bench;
 mod images;
 mod server;
 mod sim_nodes;
@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the server's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a control-plane server: the API server with its embedded datastore.
