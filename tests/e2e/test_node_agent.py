@@ -181,6 +181,29 @@ def test_a_running_pod_reports_ready_with_ips_and_conditions(node):
         assert conditions.get(kind) == "True", conditions
 
 
+def test_a_host_network_pod_sees_the_hosts_network_and_name(node, k):
+    name = unique("hostnet")
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "hostNetwork": True,
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": node.image, "command": ["sh", "-c", "hostname; cat /proc/net/dev"]}],
+        },
+    }
+    node.create("/api/v1/namespaces/default/pods", body)
+    pod = wait_phase(node, name, {"Succeeded", "Failed"})
+    assert pod["status"]["phase"] == "Succeeded"
+    assert pod["status"]["podIP"] == "127.0.0.1"  # a host-network pod has the node's address
+    out = k("logs", name).stdout.splitlines()
+    assert out[0] == socket.gethostname()
+    host_links = {line.split(":")[0].strip() for line in open("/proc/net/dev").read().splitlines()[2:]}
+    seen_links = {line.split(":")[0].strip() for line in out[3:]}
+    assert seen_links == host_links
+
+
 def test_isolation_seen_from_inside(node, k):
     name = unique("iso")
     script = "echo pid=$$$$; hostname; ls /proc | grep -c '^[0-9]'; id -u"

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use tug_runtime::cri::{ContainerConfig, ContainerMetadata, PodSandboxConfig, PodSandboxMetadata, RuntimeService};
 
-use super::{Scratch, ServerUnderTest, rss_mib};
+use super::{Scratch, ServerUnderTest};
 
 /// Flags of `tug bench pods`.
 #[derive(Args, Debug)]
@@ -92,7 +92,7 @@ pub async fn run(args: PodsBenchArgs) -> anyhow::Result<()> {
     let latencies = pod_startup(&client, &args).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let busy_rss = server.rss_mib();
-    let shims_rss = shim_rss(&data);
+    let shims_pss = shim_pss(&data);
     let p = |q: f64| percentile(&latencies, q);
     println!("pod startup, {} pods created at once (image present), created -> Running seen by a watch:", args.pods);
     println!("  p50 {:>7.0} ms   p99 {:>7.0} ms   max {:>7.0} ms", p(0.50), p(0.99), p(1.0));
@@ -113,7 +113,7 @@ pub async fn run(args: PodsBenchArgs) -> anyhow::Result<()> {
         args.pods,
         busy_rss - control_plane_rss
     );
-    println!("  shims of {} pods (all together)    {shims_rss:>7.1} MiB", args.pods);
+    println!("  shims of {} pods, PSS all together {shims_pss:>7.1} MiB", args.pods);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     pods.delete_collection(
@@ -360,8 +360,9 @@ async fn bare_starts_runc(
     Ok(Some(percentile(&times, 0.5)))
 }
 
-/// The shims' RSS in MiB: every `tug shim` process whose command line names `data`.
-fn shim_rss(data: &Path) -> f64 {
+/// The shims' memory in MiB: the proportional set size (shared pages of the binary counted
+/// once across them) of every `tug shim` process whose command line names `data`.
+fn shim_pss(data: &Path) -> f64 {
     let marker = data.to_string_lossy().into_owned();
     let mut total = 0.0;
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
@@ -370,10 +371,21 @@ fn shim_rss(data: &Path) -> f64 {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let text = String::from_utf8_lossy(&cmdline);
         if text.contains("\0shim\0") && text.contains(&marker) {
-            total += rss_mib(pid, "VmRSS:");
+            total += pss_mib(pid);
         }
     }
     total
+}
+
+/// A process's proportional set size in MiB, from /proc/PID/smaps_rollup; 0 when unreadable.
+fn pss_mib(pid: u32) -> f64 {
+    let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else { return 0.0 };
+    let kib: u64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    kib as f64 / 1024.0
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
