@@ -131,4 +131,38 @@ impl ApiServer {
         .await?;
         Ok(())
     }
+
+    /// Publishes ConfigMap `kube-public/cluster-info` as kubeadm does: `data.kubeconfig` holds a
+    /// kubeconfig with the cluster's `server_url` and CA and no user, so that a joining node can
+    /// learn the CA with its bootstrap token (and check it against the hash it was given).
+    /// Rewritten on every start, so a changed address is published.
+    pub async fn publish_cluster_info(&self, server_url: &str, ca_pem: &str) -> Result<(), ApiError> {
+        use base64::Engine as _;
+        let kubeconfig = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "", "cluster": {
+                "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+                "server": server_url,
+            }}],
+            "contexts": [],
+            "users": [],
+            "preferences": {},
+        });
+        let kubeconfig = serde_yaml::to_string(&kubeconfig)
+            .map_err(|e| ApiError::internal(format!("encoding the cluster-info kubeconfig: {e}")))?;
+        self.ensure_object(
+            "",
+            "v1",
+            "configmaps",
+            json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+                "data": {"kubeconfig": kubeconfig},
+            }),
+            true,
+        )
+        .await
+    }
 }

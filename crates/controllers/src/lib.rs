@@ -3,6 +3,7 @@
 //! Each controller lives in its own module, named as upstream's `pkg/controller/<name>`, and
 //! reaches cluster state only through the Kubernetes API with a kube-rs client (design rule 1),
 //! so any of them can be swapped for upstream's and they exercise our API as real clients do.
+pub mod certificates;
 pub mod controller_ref;
 pub mod cronjob;
 pub mod daemon;
@@ -43,6 +44,9 @@ pub struct Options {
     pub node_lifecycle: nodelifecycle::Options,
     /// `--terminated-pod-gc-threshold` and the pod garbage collector's other timings.
     pub pod_gc: podgc::Options,
+    /// The CA the CSR signer issues certificates with (`--cluster-signing-cert-file`,
+    /// `--cluster-signing-key-file`); without it nothing is signed, as upstream.
+    pub cluster_signing: Option<certificates::SigningCa>,
 }
 
 /// Runs every controller until `shutdown`.
@@ -54,6 +58,10 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let service_accounts = tokio::spawn(serviceaccount::run(client.clone(), shutdown.clone()));
     let root_ca =
         options.root_ca.map(|ca| tokio::spawn(rootcacertpublisher::run(client.clone(), ca, shutdown.clone())));
+    let csr_approving = tokio::spawn(certificates::csrapproving::run(client.clone(), shutdown.clone()));
+    let csr_signing = options
+        .cluster_signing
+        .map(|ca| tokio::spawn(certificates::csrsigning::run(client.clone(), ca, shutdown.clone())));
     let gc = {
         let (client, shutdown) = (client.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -88,6 +96,10 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let _ = tokio::join!(node_lifecycle, pod_gc);
     if let Some(node_ipam) = node_ipam {
         let _ = node_ipam.await;
+    }
+    let _ = csr_approving.await;
+    if let Some(csr_signing) = csr_signing {
+        let _ = csr_signing.await;
     }
     if let Some(root_ca) = root_ca {
         let _ = root_ca.await;

@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod images;
+mod join;
 mod server;
 mod sim_nodes;
 
@@ -31,6 +32,9 @@ enum Command {
     /// kubeconfig at DATA_DIR/kubeconfig.yaml and the datastore at DATA_DIR/db/state.db; later
     /// starts reuse them.
     Server(server::ServerArgs),
+    /// Join a cluster as a node: get the node's certificates from the server with the join
+    /// token (kubelet TLS bootstrapping) and run the node agent.
+    Agent(join::JoinArgs),
     /// Measure a component's throughput, latency and memory against a baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -43,6 +47,12 @@ enum Command {
         /// ConfigMap. Defaults to the CA of the kubeconfig.
         #[arg(long)]
         root_ca_file: Option<std::path::PathBuf>,
+        /// The CA certificate (PEM) the CSR signer issues cluster certificates with.
+        #[arg(long, requires = "cluster_signing_key_file")]
+        cluster_signing_cert_file: Option<std::path::PathBuf>,
+        /// The CA's private key (PEM) for `--cluster-signing-cert-file`.
+        #[arg(long, requires = "cluster_signing_cert_file")]
+        cluster_signing_key_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         node_controllers: server::NodeControllerArgs,
         #[command(flatten)]
@@ -96,16 +106,32 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Agent(args) => join::run(args).await,
             Command::Bench(BenchCommand::Apiserver(args)) => bench::apiserver::run(args).await,
             Command::Bench(BenchCommand::Scheduler(args)) => bench::scheduler::run(args).await,
             Command::Bench(BenchCommand::Controllers(args)) => bench::controllers::run(args).await,
             Command::Bench(BenchCommand::Pods(args)) => bench::pods::run(args).await,
             Command::SimNodes(args) => sim_nodes::run(args).await,
             Command::Images(args) => images::run(args).await,
-            Command::ControllerManager { kubeconfig, root_ca_file, node_controllers, leader_election } => {
+            Command::ControllerManager {
+                kubeconfig,
+                root_ca_file,
+                cluster_signing_cert_file,
+                cluster_signing_key_file,
+                node_controllers,
+                leader_election,
+            } => {
                 let client = client_from_kubeconfig(&kubeconfig).await?;
+                let cluster_signing = match (cluster_signing_cert_file, cluster_signing_key_file) {
+                    (Some(cert), Some(key)) => Some(tug_controllers::certificates::SigningCa {
+                        cert_pem: read_file(&cert)?,
+                        key_pem: read_file(&key)?,
+                    }),
+                    _ => None,
+                };
                 let mut options = tug_controllers::Options {
                     root_ca: root_ca(&kubeconfig, root_ca_file.as_deref())?,
+                    cluster_signing,
                     ..Default::default()
                 };
                 node_controllers.apply(&mut options);
@@ -157,6 +183,11 @@ where
         }
         result = &mut run => Ok(result??),
     }
+}
+
+fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// A Kubernetes client for the cluster a kubeconfig names.

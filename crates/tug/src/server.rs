@@ -174,6 +174,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         pki.kubelet_client_config().context("building the node agent client's TLS configuration")?,
     );
     server.bootstrap().await.context("creating the cluster's built-in objects")?;
+    let cluster_url = format!("https://{}", SocketAddr::new(advertise, args.https_listen_port));
+    server.publish_cluster_info(&cluster_url, pki.ca_pem()).await.context("publishing kube-public/cluster-info")?;
+    if let Some(token) = &args.token {
+        // k3s's "secure" token: joining agents check the CA they fetch against its hash.
+        let path = args.data_dir.join("node-token");
+        write_private(&path, &format!("{}\n", crate::join::node_token(pki.ca_pem(), token)))?;
+    }
     server.set_ready();
 
     let addr = SocketAddr::new(args.bind_address, args.https_listen_port);
@@ -196,7 +203,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
     // The controllers are API clients like any other: they connect with the admin kubeconfig.
     let client = crate::client_from_kubeconfig(&kubeconfig).await?;
-    let mut options = tug_controllers::Options { root_ca: Some(pki.ca_pem().to_string()), ..Default::default() };
+    let ca_key_path = pki.tls_dir().join("ca.key");
+    let cluster_signing = tug_controllers::certificates::SigningCa {
+        cert_pem: pki.ca_pem().to_string(),
+        key_pem: std::fs::read_to_string(&ca_key_path).with_context(|| format!("reading {}", ca_key_path.display()))?,
+    };
+    let mut options = tug_controllers::Options {
+        root_ca: Some(pki.ca_pem().to_string()),
+        cluster_signing: Some(cluster_signing),
+        ..Default::default()
+    };
     args.node_controllers.apply(&mut options);
     let controllers = {
         let (client, shutdown, election) = (client.clone(), shutdown.clone(), args.leader_election.clone());
@@ -263,6 +279,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let _ = agent.await;
     }
     Ok(())
+}
+
+/// Writes `contents` to `path` readable only by its owner.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // An existing file keeps its mode on open: set it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("securing {}", path.display()))?;
+    file.write_all(contents.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 pub async fn wait_for_signal() {

@@ -154,6 +154,19 @@ pub(crate) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
 
 async fn create_one(call: &Call<'_>, mut obj: Value, dry_run: bool, manager: &str) -> Result<Response<Body>, ApiError> {
     let requested = take_managed_fields(&mut obj);
+    if call.rt.group == "certificates.k8s.io" && call.rt.kind == "CertificateSigningRequest" {
+        // As upstream's CSR strategy: the requester is who created it, never what the body
+        // claims; the approver decides on it.
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("username".into(), json!(call.user.name));
+            spec.insert("groups".into(), json!(call.user.groups));
+            spec.remove("extra");
+            match &call.user.uid {
+                Some(uid) => spec.insert("uid".into(), json!(uid)),
+                None => spec.remove("uid"),
+            };
+        }
+    }
     let mut admitted = call.srv.admit_new(call.rt, obj)?;
     let warnings = unknown_fields(call, &admitted.unknown_fields)?;
     call.srv.track_write(call.rt, None, None, requested.as_ref(), &mut admitted.object, manager)?;

@@ -53,10 +53,6 @@ impl BuiltinRuntime {
         ContainerDir(self.root.join("containers").join(id))
     }
 
-    pub(super) fn load_container(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
-        records::read(&self.container_dir(id).record())?.ok_or_else(|| RuntimeError::ContainerNotFound(id.to_owned()))
-    }
-
     pub(super) async fn create(
         &self,
         sandbox: &SandboxRecord,
@@ -145,7 +141,7 @@ impl BuiltinRuntime {
             start_error: None,
             lost: false,
         };
-        records::write(&dir.record(), &record)
+        self.save_container(&record)
     }
 
     pub(super) async fn start(&self, id: &str) -> Result<(), RuntimeError> {
@@ -172,7 +168,7 @@ impl BuiltinRuntime {
                 record.started_at = Some(SystemTime::now());
                 record.shim_pid = Some(started.shim_pid);
                 record.pid = Some(started.pid);
-                records::write(&dir.record(), &record)?;
+                self.save_container(&record)?;
                 tracing::debug!(container = %id, pid = started.pid, "container started");
                 Ok(())
             }
@@ -184,7 +180,7 @@ impl BuiltinRuntime {
                 record.state = RecordedState::Exited;
                 record.finished_at = Some(SystemTime::now());
                 record.start_error = Some(message.clone());
-                records::write(&dir.record(), &record)?;
+                self.save_container(&record)?;
                 Err(RuntimeError::StartFailed(message))
             }
         }
@@ -206,7 +202,7 @@ impl BuiltinRuntime {
                 if exit.is_none() {
                     record.lost = true;
                     record.finished_at = Some(SystemTime::now());
-                    records::write(&dir.record(), record)?;
+                    self.save_container(record)?;
                 }
             }
         } else if record.state == RecordedState::Exited && record.start_error.is_none() && !record.lost {
@@ -284,7 +280,7 @@ impl BuiltinRuntime {
                 // Never started: nothing runs; it simply becomes exited.
                 record.state = RecordedState::Exited;
                 record.finished_at = Some(SystemTime::now());
-                records::write(&self.container_dir(id).record(), &record)?;
+                self.save_container(&record)?;
             }
             return Ok(());
         }
@@ -342,6 +338,9 @@ impl BuiltinRuntime {
     /// Unmounts the root filesystem and deletes the bundle directory (not the log).
     pub(super) async fn destroy_container_dir(&self, dir: &ContainerDir) -> Result<(), RuntimeError> {
         let path = dir.0.clone();
+        if let Some(id) = path.file_name().and_then(|n| n.to_str()) {
+            self.forget_container(id)?;
+        }
         tokio::task::spawn_blocking(move || {
             crate::rootfs::unmount(&path)
                 .map_err(|e| RuntimeError::Unavailable(format!("unmounting {}: {e}", path.display())))?;

@@ -22,6 +22,7 @@
 //!
 //! Logs are not here: the kubelet names each container's log path under its pod log directory.
 
+mod cache;
 mod container;
 mod process;
 mod records;
@@ -49,14 +50,21 @@ pub struct BuiltinRuntime {
     shim: ShimBinary,
     log_max_size: u64,
     log_max_files: u32,
+    cache: cache::RecordCache,
 }
 
 impl BuiltinRuntime {
     /// A runtime keeping its state under `root`, running containers from `images`, with `shim`
     /// as the executable re-run for every shim (the `tug` binary).
     pub fn new(root: impl Into<PathBuf>, images: ImageStore, shim: ShimBinary) -> Result<Self, RuntimeError> {
-        let runtime =
-            BuiltinRuntime { root: root.into(), images, shim, log_max_size: 10 * 1024 * 1024, log_max_files: 5 };
+        let runtime = BuiltinRuntime {
+            root: root.into(),
+            images,
+            shim,
+            log_max_size: 10 * 1024 * 1024,
+            log_max_files: 5,
+            cache: cache::RecordCache::default(),
+        };
         for dir in [runtime.root.join("sandboxes"), runtime.root.join("containers"), runtime.libcontainer_root()] {
             std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("creating", &dir, e))?;
         }
@@ -73,17 +81,6 @@ impl BuiltinRuntime {
 
     fn libcontainer_root(&self) -> PathBuf {
         self.root.join("libcontainer")
-    }
-
-    fn container_records(&self) -> Result<Vec<records::ContainerRecord>, RuntimeError> {
-        let mut out = Vec::new();
-        for id in records::ids_in(&self.root.join("containers"))? {
-            // A container being created has its directory before its record.
-            if let Some(record) = records::read(&self.container_dir(&id).record())? {
-                out.push(record);
-            }
-        }
-        Ok(out)
     }
 
     fn running_container(&self, id: &str) -> Result<(records::ContainerRecord, u32), RuntimeError> {
@@ -103,7 +100,7 @@ impl RuntimeService for BuiltinRuntime {
     }
 
     async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        if !self.sandbox_dir(id).record().exists() {
+        if self.load_sandbox(id).is_err() {
             return Ok(());
         }
         let containers: Vec<_> =
@@ -135,10 +132,7 @@ impl RuntimeService for BuiltinRuntime {
 
     async fn list_pod_sandboxes(&self) -> Result<Vec<PodSandbox>, RuntimeError> {
         let mut out = Vec::new();
-        for id in records::ids_in(&self.root.join("sandboxes"))? {
-            let Some(record) = records::read::<records::SandboxRecord>(&self.sandbox_dir(&id).record())? else {
-                continue;
-            };
+        for record in self.sandbox_records()? {
             out.push(PodSandbox {
                 id: record.id.clone(),
                 metadata: record.config.metadata.clone(),

@@ -61,10 +61,6 @@ impl BuiltinRuntime {
         SandboxDir(self.root.join("sandboxes").join(id))
     }
 
-    pub(super) fn load_sandbox(&self, id: &str) -> Result<SandboxRecord, RuntimeError> {
-        records::read(&self.sandbox_dir(id).record())?.ok_or_else(|| RuntimeError::SandboxNotFound(id.to_owned()))
-    }
-
     pub(super) async fn create_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError> {
         let id = records::new_id();
         let dir = self.sandbox_dir(&id);
@@ -105,7 +101,7 @@ impl BuiltinRuntime {
             pid: None,
             ips: Vec::new(),
         };
-        records::write(&dir.record(), &record)?;
+        self.save_sandbox(&record)?;
         let args = shim::SandboxArgs {
             id: id.to_owned(),
             dir: dir.0.clone(),
@@ -123,7 +119,7 @@ impl BuiltinRuntime {
         record.shim_pid = Some(started.shim_pid);
         record.pid = Some(started.pid);
         record.ready = true;
-        records::write(&dir.record(), &record)?;
+        self.save_sandbox(&record)?;
         tracing::info!(sandbox = %id, pod = %config.metadata.name, namespace = %config.metadata.namespace, pid = started.pid, "sandbox ready");
         Ok(())
     }
@@ -152,8 +148,7 @@ impl BuiltinRuntime {
     /// Kills the sandbox's pause process (its containers must be stopped first) and marks it
     /// not ready. Idempotent.
     pub(super) async fn stop_sandbox_process(&self, id: &str) -> Result<(), RuntimeError> {
-        let dir = self.sandbox_dir(id);
-        let Some(mut record) = records::read::<SandboxRecord>(&dir.record())? else { return Ok(()) };
+        let Ok(mut record) = self.load_sandbox(id) else { return Ok(()) };
         if let Some(pid) = record.pid {
             process::signal_unless_exited(pid, 9, None);
             // The pause process is reaped by its shim, which then exits.
@@ -166,7 +161,7 @@ impl BuiltinRuntime {
         }
         if record.ready {
             record.ready = false;
-            records::write(&dir.record(), &record)?;
+            self.save_sandbox(&record)?;
         }
         Ok(())
     }
@@ -174,6 +169,9 @@ impl BuiltinRuntime {
     /// Unmounts the namespace pins and the shm tmpfs and deletes the directory.
     pub(super) async fn destroy_sandbox_dir(&self, dir: &SandboxDir) -> Result<(), RuntimeError> {
         let root = dir.0.clone();
+        if let Some(id) = root.file_name().and_then(|n| n.to_str()) {
+            self.forget_sandbox(id)?;
+        }
         let shm = dir.shm();
         let pins: Vec<PathBuf> = ["net", "ipc", "uts", "pid"].iter().map(|k| dir.ns(k)).collect();
         tokio::task::spawn_blocking(move || {
