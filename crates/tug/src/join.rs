@@ -190,7 +190,7 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<()> {
 
     let identity = crate::agent::AgentIdentity {
         node_ip,
-        serving_cert_pem: format!("{}{}", serving_cert.trim_end(), format_args!("\n{ca_pem}")),
+        serving_cert_pem: format!("{}\n{ca_pem}", serving_cert.trim_end()),
         serving_key_pem: serving_key,
         client_ca_pem: ca_pem,
     };
