@@ -247,6 +247,8 @@ class TugServer:
                     # Build machines often have less than upstream's 10% of disk free; these tests
                     # are about running pods, not about eviction.
                     "--eviction-hard", "memory.available<100Mi,nodefs.available<1%,imagefs.available<1%",
+                    # Nor about image garbage collection, unless a test asks for it.
+                    *([] if "--image-gc-high-threshold" in self.extra_args else ["--image-gc-high-threshold", "100"]),
                 ]
                 if self.node_name
                 else ["--disable-agent"]

@@ -40,6 +40,8 @@ pub struct Config {
     /// The hard eviction thresholds (`--eviction-hard`): below them the node reports memory or
     /// disk pressure.
     pub eviction_hard: EvictionThresholds,
+    /// When unused images are removed (`--image-gc-high-threshold` and friends).
+    pub image_gc: crate::image_gc_manager::ImageGcPolicy,
 }
 
 /// Hard eviction thresholds, as upstream's `--eviction-hard` signals (`memory.available`,

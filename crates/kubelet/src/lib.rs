@@ -17,6 +17,7 @@ pub mod dns;
 pub mod envvars;
 pub mod etc_hosts;
 pub mod events;
+pub mod image_gc_manager;
 pub mod kuberuntime;
 pub mod logs;
 pub mod machine;
@@ -59,6 +60,8 @@ pub async fn run(
     node_status::register(&client, &config, images.as_ref()).await?;
     let node_status = tokio::spawn(node_status::run(client.clone(), config.clone(), images.clone(), shutdown.clone()));
     let server = tokio::spawn(serve_api(config.clone(), runtime.clone(), shutdown.clone()));
+    let image_gc =
+        tokio::spawn(image_gc_manager::run(config.clone(), runtime.clone(), images.clone(), shutdown.clone()));
     kuberuntime::ensure_qos_cgroups().await;
 
     let recorder = Arc::new(events::EventRecorder::new(client.clone(), config.node_name.clone()));
@@ -67,7 +70,7 @@ pub async fn run(
     let status = Arc::new(status_manager::StatusManager::new(client.clone()));
     let workers = pod_workers::PodWorkers::new(manager.clone(), status, shutdown.clone());
     pod_manager::run(client, config.node_name.clone(), workers, manager, shutdown.clone()).await;
-    let _ = tokio::join!(node_status, server);
+    let _ = tokio::join!(node_status, server, image_gc);
     Ok(())
 }
 

@@ -614,6 +614,7 @@ pub(crate) mod tests {
             }],
             pod_manifest_path: None,
             eviction_hard: Default::default(),
+            image_gc: Default::default(),
         }
     }
 

@@ -50,6 +50,23 @@ pub struct AgentArgs {
     /// tainted so no new pods land on it). Upstream's defaults unless set.
     #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,imagefs.available<15%")]
     pub eviction_hard: tug_kubelet::config::EvictionThresholds,
+
+    /// Disk usage (percent) of the image filesystem at which unused images are removed; 100
+    /// turns image garbage collection off.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+
+    /// Disk usage (percent) image garbage collection brings the image filesystem down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
+
+    /// Unused images younger than this are never removed (e.g. 2m).
+    #[arg(long, default_value = "2m", value_parser = crate::server::parse_duration)]
+    pub minimum_image_ttl_duration: std::time::Duration,
+
+    /// How often image garbage collection checks disk usage (upstream's fixed 5m; for tests).
+    #[arg(long, default_value = "5m", value_parser = crate::server::parse_duration, hide = true)]
+    pub image_gc_period: std::time::Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -112,6 +129,12 @@ pub fn spawn(
         node_taints: args.node_taints.clone(),
         pod_manifest_path: args.pod_manifest_path.clone(),
         eviction_hard: args.eviction_hard,
+        image_gc: tug_kubelet::image_gc_manager::ImageGcPolicy {
+            high_threshold_percent: args.image_gc_high_threshold,
+            low_threshold_percent: args.image_gc_low_threshold.min(args.image_gc_high_threshold),
+            minimum_age: args.minimum_image_ttl_duration,
+            period: args.image_gc_period,
+        },
     };
     let store = ImageStore::open(config.image_dir()).context("opening the image store")?;
     let images = Arc::new(BuiltinImageService::new(store.clone(), Puller::new(store.clone(), PullOptions::default())));

@@ -28,6 +28,7 @@ pub(crate) fn config() -> Config {
         node_taints: Vec::new(),
         pod_manifest_path: None,
         eviction_hard: Default::default(),
+        image_gc: Default::default(),
     }
 }
 

@@ -506,6 +506,7 @@ pub(crate) fn test_config(agent_dir: &Path) -> Config {
         node_taints: Vec::new(),
         pod_manifest_path: None,
         eviction_hard: Default::default(),
+        image_gc: Default::default(),
     }
 }
 

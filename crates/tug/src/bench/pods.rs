@@ -78,6 +78,8 @@ pub async fn run(args: PodsBenchArgs) -> anyhow::Result<()> {
             &kubelet_port,
             "--eviction-hard",
             EVICTION_HARD,
+            "--image-gc-high-threshold",
+            "100",
         ],
     )
     .await?;
