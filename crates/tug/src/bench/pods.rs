@@ -130,6 +130,16 @@ pub async fn run(args: PodsBenchArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The API forgets pods deleted with grace 0 at once; the agent then stops and removes their
+    // containers. Stopping the server before it is done would leave them running.
+    let sandboxes = data.join("agent").join("runtime").join("sandboxes");
+    let started = Instant::now();
+    while std::fs::read_dir(&sandboxes).map(|d| d.count()).unwrap_or(0) > 0 {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the agent did not remove the pods' sandboxes within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.stop().await;
     Ok(())
 }
