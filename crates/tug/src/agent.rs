@@ -1,7 +1,7 @@
 //! The node agent's flags and its start beside the control plane (`tug server`).
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -41,10 +41,6 @@ pub struct AgentArgs {
     /// Port of the node agent's HTTPS API (logs, exec, attach, port-forward).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
-
-    /// A directory of static pod manifests the agent runs without the API server's say.
-    #[arg(long)]
-    pub pod_manifest_path: Option<PathBuf>,
 
     /// Hard eviction thresholds: below them the node reports memory or disk pressure (and is
     /// tainted so no new pods land on it). Upstream's defaults unless set.
@@ -127,7 +123,8 @@ pub fn spawn(
         client_ca_pem: identity.client_ca_pem,
         node_labels: args.node_labels.clone(),
         node_taints: args.node_taints.clone(),
-        pod_manifest_path: args.pod_manifest_path.clone(),
+        // Static pods are not implemented yet, so there is no flag for their directory.
+        pod_manifest_path: None,
         eviction_hard: args.eviction_hard,
         image_gc: tug_kubelet::image_gc_manager::ImageGcPolicy {
             high_threshold_percent: args.image_gc_high_threshold,
