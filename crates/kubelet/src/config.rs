@@ -119,6 +119,30 @@ impl std::str::FromStr for EvictionThresholds {
 }
 
 impl Config {
+    /// A configuration for tests: node `node-1` at 192.168.5.10 with its data under `agent_dir`,
+    /// upstream's defaults elsewhere and no certificates.
+    #[cfg(test)]
+    pub(crate) fn for_tests(agent_dir: &std::path::Path) -> Config {
+        Config {
+            node_name: "node-1".into(),
+            node_ip: "192.168.5.10".parse().expect("an IP address"),
+            hostname: "host-1".into(),
+            agent_dir: agent_dir.to_path_buf(),
+            cluster_dns: vec!["10.43.0.10".parse().expect("an IP address")],
+            cluster_domain: "cluster.local".into(),
+            max_pods: 110,
+            port: 10250,
+            serving_cert_pem: String::new(),
+            serving_key_pem: String::new(),
+            client_ca_pem: String::new(),
+            node_labels: Vec::new(),
+            node_taints: Vec::new(),
+            pod_manifest_path: None,
+            eviction_hard: Default::default(),
+            image_gc: Default::default(),
+        }
+    }
+
     /// The directory holding every container log, one subdirectory per pod.
     pub fn log_root(&self) -> PathBuf {
         self.agent_dir.join("pods")

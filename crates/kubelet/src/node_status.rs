@@ -597,14 +597,7 @@ pub(crate) mod tests {
             node_name: "node-a".into(),
             node_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
             hostname: "host-a".into(),
-            agent_dir: "/var/lib/tug/agent".into(),
             cluster_dns: vec![],
-            cluster_domain: "cluster.local".into(),
-            max_pods: 110,
-            port: 10250,
-            serving_cert_pem: String::new(),
-            serving_key_pem: String::new(),
-            client_ca_pem: String::new(),
             node_labels: vec![("tier".into(), "edge".into())],
             node_taints: vec![k8s_openapi::api::core::v1::Taint {
                 key: "dedicated".into(),
@@ -612,9 +605,7 @@ pub(crate) mod tests {
                 effect: "NoSchedule".into(),
                 time_added: None,
             }],
-            pod_manifest_path: None,
-            eviction_hard: Default::default(),
-            image_gc: Default::default(),
+            ..Config::for_tests(std::path::Path::new("/var/lib/tug/agent"))
         }
     }
 

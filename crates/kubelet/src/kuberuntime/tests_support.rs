@@ -16,19 +16,7 @@ pub(crate) fn config() -> Config {
         node_name: "node1".into(),
         node_ip: "10.0.0.5".parse().unwrap(),
         hostname: "node1".into(),
-        agent_dir: "/var/lib/tug/agent".into(),
-        cluster_dns: vec!["10.43.0.10".parse().unwrap()],
-        cluster_domain: "cluster.local".into(),
-        max_pods: 110,
-        port: 10250,
-        serving_cert_pem: String::new(),
-        serving_key_pem: String::new(),
-        client_ca_pem: String::new(),
-        node_labels: Vec::new(),
-        node_taints: Vec::new(),
-        pod_manifest_path: None,
-        eviction_hard: Default::default(),
-        image_gc: Default::default(),
+        ..Config::for_tests(std::path::Path::new("/var/lib/tug/agent"))
     }
 }
 

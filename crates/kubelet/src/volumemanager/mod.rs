@@ -490,24 +490,7 @@ fn prepare_sub_path(volume_path: &Path, sub_path: &str) -> Result<PathBuf, Volum
 /// A node agent configuration for tests, with its data under `agent_dir`.
 #[cfg(test)]
 pub(crate) fn test_config(agent_dir: &Path) -> Config {
-    Config {
-        node_name: "node-1".into(),
-        node_ip: "192.168.5.10".parse().unwrap(),
-        hostname: "host-1".into(),
-        agent_dir: agent_dir.to_path_buf(),
-        cluster_dns: vec!["10.43.0.10".parse().unwrap()],
-        cluster_domain: "cluster.local".into(),
-        max_pods: 110,
-        port: 10250,
-        serving_cert_pem: String::new(),
-        serving_key_pem: String::new(),
-        client_ca_pem: String::new(),
-        node_labels: Vec::new(),
-        node_taints: Vec::new(),
-        pod_manifest_path: None,
-        eviction_hard: Default::default(),
-        image_gc: Default::default(),
-    }
+    Config::for_tests(agent_dir)
 }
 
 #[cfg(test)]
