@@ -242,6 +242,21 @@ def test_run_as_user_and_a_dropped_capability(node, k):
     assert effective & (1 << 5)  # CAP_KILL stays
 
 
+def test_run_as_non_root_refuses_an_image_that_runs_as_root(node):
+    refused, allowed = unique("nonroot-no"), unique("nonroot-ok")
+    apply_pod(node, refused, ["id", "-u"], securityContext={"runAsNonRoot": True})
+    apply_pod(node, allowed, ["id", "-u"], securityContext={"runAsNonRoot": True, "runAsUser": 1000})
+
+    def waiting():
+        pod = get_pod(node, refused)
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        return statuses[0].get("state", {}).get("waiting")
+
+    state = wait_for(lambda: (w := waiting()) and w.get("reason") == "CreateContainerConfigError" and w, "the refusal")
+    assert "container has runAsNonRoot and image will run as root" in state["message"]
+    assert wait_phase(node, allowed, {"Succeeded", "Failed"})["status"]["phase"] == "Succeeded"
+
+
 def test_a_memory_limit_kills_with_oomkilled(node):
     name = unique("oom")
     apply_pod(

@@ -632,8 +632,15 @@ pub(crate) mod tests {
                     repo_tags: vec!["r/small:1".into()],
                     repo_digests: vec!["r/small@sha256:aa".into()],
                     size: 10,
+                    user: None,
                 },
-                Image { id: "sha256:big".into(), repo_tags: vec!["r/big:1".into()], repo_digests: vec![], size: 1000 },
+                Image {
+                    id: "sha256:big".into(),
+                    repo_tags: vec!["r/big:1".into()],
+                    repo_digests: vec![],
+                    size: 1000,
+                    user: None,
+                },
             ]),
         }
     }
@@ -799,6 +806,7 @@ pub(crate) mod tests {
                 repo_tags: (0..7).map(|t| format!("r/i{i}:{t}")).collect(),
                 repo_digests: vec![],
                 size: i,
+                user: None,
             })
             .collect();
         let listed = status_images(&many);

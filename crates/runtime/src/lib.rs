@@ -47,6 +47,9 @@ pub struct Image {
     /// `repo@sha256:...` of what each name resolved to at its registry.
     pub repo_digests: Vec<String>,
     pub size: u64,
+    /// The image config's `User` (`name`, `uid`, `uid:gid`...), as CRI's image status reports
+    /// it for `runAsNonRoot` checks. Filled by `image_status` only (listing leaves it `None`).
+    pub user: Option<String>,
 }
 
 /// Errors of an [`ImageService`].

@@ -18,6 +18,10 @@ use crate::qos::{self, QosClass};
 pub enum ContainerConfigError {
     #[error("container's runAsUser breaks non-root policy (pod: \"{pod}\", container: {container})")]
     RunAsUserRoot { pod: String, container: String },
+    #[error(
+        "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root (pod: \"{pod}\", container: {container})"
+    )]
+    NonNumericImageUser { user: String, pod: String, container: String },
     #[error("container has runAsNonRoot and image will run as root (pod: \"{pod}\", container: {container})")]
     ImageRunsAsRoot { pod: String, container: String },
 }
@@ -33,6 +37,8 @@ pub struct ContainerInputs<'a> {
     pub restart_count: u32,
     /// The image to run (the reference or image ID already present).
     pub image: String,
+    /// The image's configured `User`, if it sets one (for the `runAsNonRoot` check).
+    pub image_user: Option<String>,
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
 }
@@ -89,21 +95,39 @@ fn effective(pod_sc: Option<&PodSecurityContext>, sc: Option<&SecurityContext>) 
 
 /// The container's security settings, checking `runAsNonRoot` (upstream's `verifyRunAsNonRoot`).
 ///
-/// The image service does not expose the image's configured user, so without a `runAsUser`
-/// a container under `runAsNonRoot` is taken to run as root, which is what images without a
-/// `USER` (all our test images) do.
-pub fn security_context(pod: &Pod, c: &Container) -> Result<LinuxSecurityContext, ContainerConfigError> {
+/// Without a `runAsUser`, the image's `User` decides: none (root), or a uid of 0, runs as root;
+/// a user name cannot be verified without reading the image's passwd file, and upstream refuses
+/// it too.
+pub fn security_context(
+    pod: &Pod,
+    c: &Container,
+    image_user: Option<&str>,
+) -> Result<LinuxSecurityContext, ContainerConfigError> {
     let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let sc = effective(pod_sc, c.security_context.as_ref());
     if sc.run_as_non_root == Some(true) {
+        let (pod_name, container) = (format_pod(pod), c.name.clone());
         match sc.run_as_user {
-            Some(0) => {
-                return Err(ContainerConfigError::RunAsUserRoot { pod: format_pod(pod), container: c.name.clone() });
-            }
-            None => {
-                return Err(ContainerConfigError::ImageRunsAsRoot { pod: format_pod(pod), container: c.name.clone() });
-            }
+            Some(0) => return Err(ContainerConfigError::RunAsUserRoot { pod: pod_name, container }),
             Some(_) => {}
+            None => {
+                // `uid`, `uid:gid`, `name` or `name:group`: the part before the colon is the user.
+                let user = image_user.map(|u| u.split(':').next().unwrap_or_default()).unwrap_or_default();
+                match user.parse::<u32>() {
+                    Ok(0) => return Err(ContainerConfigError::ImageRunsAsRoot { pod: pod_name, container }),
+                    Ok(_) => {}
+                    Err(_) if user.is_empty() => {
+                        return Err(ContainerConfigError::ImageRunsAsRoot { pod: pod_name, container });
+                    }
+                    Err(_) => {
+                        return Err(ContainerConfigError::NonNumericImageUser {
+                            user: user.to_owned(),
+                            pod: pod_name,
+                            container,
+                        });
+                    }
+                }
+            }
         }
     }
     let mut supplemental_groups: Vec<u32> = Vec::new();
@@ -148,7 +172,7 @@ pub fn security_context(pod: &Pod, c: &Container) -> Result<LinuxSecurityContext
 /// The full container config.
 pub fn container_config(inputs: &ContainerInputs<'_>) -> Result<ContainerConfig, ContainerConfigError> {
     let ContainerInputs { pod, container: c, qos: class, memory_capacity, restart_count, .. } = *inputs;
-    let security_context = security_context(pod, c)?;
+    let security_context = security_context(pod, c, inputs.image_user.as_deref())?;
     let env = &inputs.env;
     let expand_all = |l: &Option<Vec<String>>| l.iter().flatten().map(|s| expand_env(s, env)).collect::<Vec<_>>();
     let mut container_labels = Labels::new();
@@ -218,6 +242,7 @@ mod tests {
             memory_capacity: 4 << 30,
             restart_count: 3,
             image: "busybox:latest".into(),
+            image_user: None,
             env,
             mounts: Vec::new(),
         }
@@ -297,7 +322,7 @@ mod tests {
             ..Default::default()
         };
         let p = pod(c, Some(pod_sc));
-        let sc = security_context(&p, &p.spec.as_ref().unwrap().containers[0]).unwrap();
+        let sc = security_context(&p, &p.spec.as_ref().unwrap().containers[0], None).unwrap();
         assert_eq!(sc.run_as_user, Some(1000));
         assert_eq!(sc.run_as_group, Some(3000));
         assert_eq!(sc.supplemental_groups, vec![2000, 4000]);
@@ -313,7 +338,7 @@ mod tests {
     fn run_as_non_root_refuses_root() {
         let c = Container { name: "c".into(), ..Default::default() };
         let p = pod(c, Some(PodSecurityContext { run_as_non_root: Some(true), ..Default::default() }));
-        let err = security_context(&p, &p.spec.as_ref().unwrap().containers[0]).unwrap_err();
+        let err = security_context(&p, &p.spec.as_ref().unwrap().containers[0], None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "container has runAsNonRoot and image will run as root (pod: \"p_ns(u)\", container: c)"
@@ -325,14 +350,14 @@ mod tests {
         };
         let p = pod(c, Some(PodSecurityContext { run_as_non_root: Some(true), ..Default::default() }));
         assert!(matches!(
-            security_context(&p, &p.spec.as_ref().unwrap().containers[0]),
+            security_context(&p, &p.spec.as_ref().unwrap().containers[0], None),
             Err(ContainerConfigError::RunAsUserRoot { .. })
         ));
         // Without runAsNonRoot nothing is checked, and allowPrivilegeEscalation unset keeps
         // no_new_privs off, as upstream.
         let c = Container { name: "c".into(), ..Default::default() };
         let p = pod(c, None);
-        let sc = security_context(&p, &p.spec.as_ref().unwrap().containers[0]).unwrap();
+        let sc = security_context(&p, &p.spec.as_ref().unwrap().containers[0], None).unwrap();
         assert!(!sc.no_new_privs);
         assert_eq!(sc.seccomp, SeccompProfile::Unconfined);
     }
@@ -343,5 +368,24 @@ mod tests {
         let b = Container { name: "c".into(), image: Some("a:2".into()), ..Default::default() };
         assert_ne!(container_hash(&a), container_hash(&b));
         assert_eq!(container_hash(&a), container_hash(&a.clone()));
+    }
+
+    #[test]
+    fn run_as_non_root_follows_the_image_user_when_the_pod_names_no_uid() {
+        let c = Container { name: "c".into(), ..Default::default() };
+        let p = pod(c, Some(PodSecurityContext { run_as_non_root: Some(true), ..Default::default() }));
+        let container = &p.spec.as_ref().unwrap().containers[0];
+        assert!(security_context(&p, container, Some("1000")).is_ok());
+        assert!(security_context(&p, container, Some("1000:1000")).is_ok());
+        assert!(matches!(
+            security_context(&p, container, Some("0:0")),
+            Err(ContainerConfigError::ImageRunsAsRoot { .. })
+        ));
+        assert!(matches!(security_context(&p, container, None), Err(ContainerConfigError::ImageRunsAsRoot { .. })));
+        assert_eq!(
+            security_context(&p, container, Some("nobody")).unwrap_err().to_string(),
+            "container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root \
+             (pod: \"p_ns(u)\", container: c)"
+        );
     }
 }

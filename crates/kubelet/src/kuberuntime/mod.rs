@@ -419,6 +419,8 @@ impl KubeRuntimeManager {
                 propagation: MountPropagation::Private,
             });
         }
+        // The image's own user decides `runAsNonRoot` when the pod names no uid.
+        let image_user = self.images.image_status(&image).await.ok().flatten().and_then(|i| i.user);
         let inputs = ContainerInputs {
             pod,
             container: c,
@@ -426,6 +428,7 @@ impl KubeRuntimeManager {
             memory_capacity: self.memory_capacity,
             restart_count,
             image,
+            image_user,
             env,
             mounts,
         };

@@ -203,7 +203,7 @@ impl ImageService for FakeImages {
     async fn pull_image(&self, image: &str, _: &[Credentials]) -> Result<Image, ImageServiceError> {
         self.pulls.lock().unwrap().push(image.into());
         self.present.lock().unwrap().push(image.into());
-        Ok(Image { id: "sha256:cfg".into(), repo_tags: vec![image.into()], repo_digests: vec![], size: 1 })
+        Ok(Image { id: "sha256:cfg".into(), repo_tags: vec![image.into()], repo_digests: vec![], size: 1, user: None })
     }
     async fn list_images(&self) -> Result<Vec<Image>, ImageServiceError> {
         Ok(Vec::new())
@@ -215,6 +215,7 @@ impl ImageService for FakeImages {
             repo_tags: vec![],
             repo_digests: vec!["docker.io/library/busybox@sha256:man".into()],
             size: 1,
+            user: None,
         }))
     }
     async fn remove_image(&self, _: &str) -> Result<(), ImageServiceError> {

@@ -56,6 +56,7 @@ fn images(records: Vec<(String, ImageRecord)>, wanted: Option<&str>) -> Vec<Imag
             repo_tags: Vec::new(),
             repo_digests: Vec::new(),
             size: record.size,
+            user: None,
         });
         let repo = name.split_once('@').map_or_else(
             || name.rsplit_once(':').map_or(name.as_str(), |(repo, _)| repo).to_owned(),
@@ -104,7 +105,16 @@ impl ImageService for BuiltinImageService {
 
     async fn image_status(&self, image: &str) -> Result<Option<Image>, ImageServiceError> {
         let wanted = image.to_owned();
-        self.blocking(move |store| Ok(images(store.list()?, Some(&wanted)).into_iter().next())).await
+        self.blocking(move |store| {
+            let records = store.list()?;
+            let Some(mut found) = images(records.clone(), Some(&wanted)).into_iter().next() else { return Ok(None) };
+            if let Some((_, record)) = records.iter().find(|(_, r)| r.config.to_string() == found.id) {
+                let config = store.image_config(record)?;
+                found.user = config.config().as_ref().and_then(|c| c.user().clone()).filter(|u| !u.is_empty());
+            }
+            Ok(Some(found))
+        })
+        .await
     }
 
     async fn remove_image(&self, image: &str) -> Result<(), ImageServiceError> {
@@ -157,10 +167,13 @@ mod tests {
             repo_tags: vec!["example.test/app:1".into(), "example.test/app:latest".into()],
             repo_digests: vec![pinned.clone()],
             size: listed[0].size,
+            user: None,
         };
         assert_eq!(listed[0], expected);
-        assert_eq!(service.image_status("example.test/app").await.unwrap(), Some(expected.clone()));
-        assert_eq!(service.image_status(&expected.id[7..19]).await.unwrap(), Some(expected.clone()));
+        // The status also reads the image's configured user; the listing does not.
+        let with_user = Image { user: Some("1000:1000".into()), ..expected.clone() };
+        assert_eq!(service.image_status("example.test/app").await.unwrap(), Some(with_user.clone()));
+        assert_eq!(service.image_status(&expected.id[7..19]).await.unwrap(), Some(with_user));
         assert_eq!(service.image_status("example.test/other").await.unwrap(), None);
     }
 
