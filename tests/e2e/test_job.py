@@ -123,7 +123,8 @@ def test_kubectl_create_job_runs_a_pod_until_it_succeeds(sim_cluster, ns):
     assert labels["job-name"] == "hello"
     assert TRACKING in pod["metadata"]["finalizers"]
     # Without an exit code the simulated container keeps running: the job stays active.
-    wait_for(lambda: get_job(sim_cluster, ns, "hello")["status"].get("ready") == 1, "a ready pod")
+    # The job's status appears with the controller's first write: until then there is none.
+    wait_for(lambda: get_job(sim_cluster, ns, "hello").get("status", {}).get("ready") == 1, "a ready pod")
     assert get_job(sim_cluster, ns, "hello")["status"]["active"] == 1
     sim_cluster.kubectl("annotate", "-n", ns, "pod", pod["metadata"]["name"], f"{EXIT_CODE}=0")
     sim_cluster.kubectl("wait", "-n", ns, "--for=condition=complete", "job/hello", "--timeout=60s", timeout=70)
