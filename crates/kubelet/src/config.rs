@@ -35,8 +35,6 @@ pub struct Config {
     pub node_labels: Vec<(String, String)>,
     /// Taints the node registers with (`--node-taint`, `key=value:Effect`).
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
-    /// The directory of static pod manifests (`--pod-manifest-path`), if any.
-    pub pod_manifest_path: Option<PathBuf>,
     /// The hard eviction thresholds (`--eviction-hard`): below them the node reports memory or
     /// disk pressure.
     pub eviction_hard: EvictionThresholds,
@@ -137,7 +135,6 @@ impl Config {
             client_ca_pem: String::new(),
             node_labels: Vec::new(),
             node_taints: Vec::new(),
-            pod_manifest_path: None,
             eviction_hard: Default::default(),
             image_gc: Default::default(),
         }

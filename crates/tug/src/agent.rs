@@ -123,8 +123,6 @@ pub fn spawn(
         client_ca_pem: identity.client_ca_pem,
         node_labels: args.node_labels.clone(),
         node_taints: args.node_taints.clone(),
-        // Static pods are not implemented yet, so there is no flag for their directory.
-        pod_manifest_path: None,
         eviction_hard: args.eviction_hard,
         image_gc: tug_kubelet::image_gc_manager::ImageGcPolicy {
             high_threshold_percent: args.image_gc_high_threshold,

@@ -33,19 +33,13 @@ impl ContainerDir {
     }
 }
 
-/// Finds the image a container config names: a reference (normalised as the store keeps it)
-/// or an image ID (`sha256:<hex>`, or a prefix of 12 hex digits or more).
+/// Finds the image a container config names (a reference or an image ID), as the image
+/// service's status would.
 pub fn find_image(store: &ImageStore, wanted: &str) -> Result<Option<(String, ImageRecord)>, RuntimeError> {
     let records = store.list().map_err(|e| RuntimeError::Unavailable(format!("reading the image store: {e}")))?;
-    let name = crate::image::parse_reference(wanted).ok().map(|r| crate::image::normalized_name(&r));
-    if let Some(found) = records.iter().find(|(n, _)| Some(n) == name.as_ref()) {
-        return Ok(Some(found.clone()));
-    }
-    let hex = wanted.strip_prefix("sha256:").unwrap_or(wanted);
-    if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(records.into_iter().find(|(_, r)| r.config.hex().starts_with(hex)));
-    }
-    Ok(None)
+    let matches = crate::image::service::names_image(wanted);
+    let found = records.iter().find(|(name, record)| matches(name, record));
+    Ok(found.cloned())
 }
 
 impl BuiltinRuntime {
@@ -159,8 +153,8 @@ impl BuiltinRuntime {
             stdin: record.config.stdin,
             stdin_once: record.config.stdin_once,
             tty: record.config.tty,
-            log_max_size: self.log_max_size,
-            log_max_files: self.log_max_files,
+            log_max_size: super::CONTAINER_LOG_MAX_SIZE,
+            log_max_files: super::CONTAINER_LOG_MAX_FILES,
         };
         match shim::run_container(&self.shim, &args).await {
             Ok(started) => {

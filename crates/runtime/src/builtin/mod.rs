@@ -43,13 +43,16 @@ use crate::shim::client::{self as shim, ShimBinary};
 pub use container::find_image;
 pub use sandbox::resolv_conf;
 
+/// Container logs rotate at this size, keeping this many files in all (the kubelet's
+/// `containerLogMaxSize` and `containerLogMaxFiles` defaults).
+const CONTAINER_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
+const CONTAINER_LOG_MAX_FILES: u32 = 5;
+
 /// The built-in runtime rooted at one directory.
 pub struct BuiltinRuntime {
     root: PathBuf,
     images: ImageStore,
     shim: ShimBinary,
-    log_max_size: u64,
-    log_max_files: u32,
     cache: cache::RecordCache,
 }
 
@@ -57,26 +60,11 @@ impl BuiltinRuntime {
     /// A runtime keeping its state under `root`, running containers from `images`, with `shim`
     /// as the executable re-run for every shim (the `tug` binary).
     pub fn new(root: impl Into<PathBuf>, images: ImageStore, shim: ShimBinary) -> Result<Self, RuntimeError> {
-        let runtime = BuiltinRuntime {
-            root: root.into(),
-            images,
-            shim,
-            log_max_size: 10 * 1024 * 1024,
-            log_max_files: 5,
-            cache: cache::RecordCache::default(),
-        };
+        let runtime = BuiltinRuntime { root: root.into(), images, shim, cache: cache::RecordCache::default() };
         for dir in [runtime.root.join("sandboxes"), runtime.root.join("containers"), runtime.libcontainer_root()] {
             std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("creating", &dir, e))?;
         }
         Ok(runtime)
-    }
-
-    /// Container logs rotate at `max_size` bytes, keeping `max_files` files in all
-    /// (`--container-log-max-size`, `--container-log-max-files`).
-    pub fn with_log_rotation(mut self, max_size: u64, max_files: u32) -> Self {
-        self.log_max_size = max_size;
-        self.log_max_files = max_files.max(1);
-        self
     }
 
     fn libcontainer_root(&self) -> PathBuf {

@@ -29,19 +29,27 @@ impl BuiltinImageService {
     }
 }
 
-/// Groups the store's names into images by image ID. `wanted` (a reference or an ID prefix of
-/// at least 12 hex digits) keeps only the image it names.
+/// Whether a store entry is the image `wanted` names: a reference (normalised as the store keeps
+/// names) or an image ID (`sha256:<hex>`, or a prefix of at least 12 hex digits).
+pub fn names_image(wanted: &str) -> impl Fn(&str, &ImageRecord) -> bool {
+    let wanted_name = reference::parse(wanted).ok().map(|r| reference::normalized_name(&r));
+    let wanted_id = Some(wanted.strip_prefix("sha256:").unwrap_or(wanted))
+        .filter(|id| id.len() >= 12 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .map(str::to_owned);
+    move |name, record| {
+        wanted_name.as_deref() == Some(name)
+            || wanted_id.as_deref().is_some_and(|id| record.config.hex().starts_with(id))
+    }
+}
+
+/// Groups the store's names into images by image ID. `wanted` (see [`names_image`]) keeps only
+/// the image it names.
 fn images(records: Vec<(String, ImageRecord)>, wanted: Option<&str>) -> Vec<Image> {
-    let wanted_name = wanted.and_then(|w| reference::parse(w).ok()).map(|r| reference::normalized_name(&r));
-    let wanted_id = wanted
-        .map(|w| w.strip_prefix("sha256:").unwrap_or(w))
-        .filter(|id| id.len() >= 12 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-    let selected_ids: Option<Vec<String>> = wanted.map(|_| {
+    let selected_ids: Option<Vec<String>> = wanted.map(|wanted| {
+        let matches = names_image(wanted);
         records
             .iter()
-            .filter(|(name, record)| {
-                Some(name) == wanted_name.as_ref() || wanted_id.is_some_and(|id| record.config.hex().starts_with(id))
-            })
+            .filter(|(name, record)| matches(name, record))
             .map(|(_, record)| record.config.to_string())
             .collect()
     });
