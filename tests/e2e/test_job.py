@@ -208,7 +208,7 @@ def test_suspend_deletes_active_pods_and_resume_restarts_them(sim_cluster, ns):
     assert condition(j, "Suspended")["reason"] == "JobSuspended"
     assert pods_of(sim_cluster, ns, "susp") == []
     patch_job(sim_cluster, ns, "susp", {"spec": {"suspend": False}})
-    wait_for(lambda: get_job(sim_cluster, ns, "susp")["status"].get("ready") == 1, "a running pod after resuming")
+    wait_for(lambda: get_job(sim_cluster, ns, "susp").get("status", {}).get("ready") == 1, "a running pod after resuming")
     j = get_job(sim_cluster, ns, "susp")
     resumed = [c for c in j["status"]["conditions"] if c["type"] == "Suspended"][0]
     assert (resumed["status"], resumed["reason"]) == ("False", "JobResumed")
@@ -358,7 +358,7 @@ def test_a_matching_orphan_pod_is_adopted_and_counted(sim_cluster, ns):
     assert (ref["kind"], ref["name"], ref["blockOwnerDeletion"]) == ("Job", "adopter", True)
     assert TRACKING in pod["metadata"]["finalizers"]
     # The adopted pod fills the Job's only slot: no pod of its own is created.
-    wait_for(lambda: get_job(sim_cluster, ns, "adopter")["status"].get("active") == 1, "the adopted pod active")
+    wait_for(lambda: get_job(sim_cluster, ns, "adopter").get("status", {}).get("active") == 1, "the adopted pod active")
     sim_cluster.kubectl("annotate", "-n", ns, "pod", "stray", f"{EXIT_CODE}=0")
     sim_cluster.kubectl("wait", "-n", ns, "--for=condition=complete", "job/adopter", "--timeout=60s", timeout=70)
     assert get_job(sim_cluster, ns, "adopter")["status"]["succeeded"] == 1
