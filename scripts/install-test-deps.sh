@@ -57,6 +57,7 @@ APT_PACKAGES=(
   docker-registry  # local OCI registries on loopback (tests/e2e/test_images.py)
   apache2-utils    # htpasswd: bcrypt passwords for the basic-auth registry
   openssl          # the basic-auth registry's test CA and certificate
+  nftables         # nft: the pod network's hostPort and masquerade rules (crates/network)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -57,8 +57,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), KubeletError> {
     let config = Arc::new(config);
-    node_status::register(&client, &config, images.as_ref()).await?;
-    let node_status = tokio::spawn(node_status::run(client.clone(), config.clone(), images.clone(), shutdown.clone()));
+    node_status::register(&client, &config, images.as_ref(), runtime.as_ref()).await?;
+    let node_status = tokio::spawn(node_status::run(
+        client.clone(),
+        config.clone(),
+        images.clone(),
+        runtime.clone(),
+        shutdown.clone(),
+    ));
     let server = tokio::spawn(serve_api(config.clone(), runtime.clone(), shutdown.clone()));
     let image_gc =
         tokio::spawn(image_gc_manager::run(config.clone(), runtime.clone(), images.clone(), shutdown.clone()));

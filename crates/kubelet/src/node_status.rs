@@ -29,12 +29,15 @@ use tracing::{debug, info, warn};
 use crate::Config;
 use crate::config::{EvictionThresholds, Threshold};
 use crate::machine::{self, FsStats, MachineError, MachineInfo, PidStats, binary_si};
+use tug_runtime::cri::RuntimeService;
 use tug_runtime::{Image, ImageService, ImageServiceError};
 
 /// The version the node reports as its kubelet's (the upstream release Tugboat follows).
 pub const KUBELET_VERSION: &str = "v1.36.0";
 /// How often the status is computed (upstream's `nodeStatusUpdateFrequency`).
 const NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
+/// How often the runtime's readiness is checked between status updates.
+const RUNTIME_STATUS_FREQUENCY: Duration = Duration::from_secs(1);
 /// How often an unchanged status is written anyway (upstream's `nodeStatusReportFrequency`).
 const NODE_STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(5 * 60);
 /// Attempts per update, each from a fresh read of the Node (upstream's `nodeStatusUpdateRetry`).
@@ -99,9 +102,15 @@ pub(crate) struct Observed {
     pub pids: PidStats,
     /// `None` when the image list could not be read: the previous list is kept.
     pub images: Option<Vec<Image>>,
+    /// Why the runtime's network is not ready, when it is not (the Node is then not Ready).
+    pub network_not_ready: Option<String>,
 }
 
-async fn observe(config: &Config, images: &dyn ImageService) -> Result<Observed, NodeStatusError> {
+async fn observe(
+    config: &Config,
+    images: &dyn ImageService,
+    runtime: &dyn RuntimeService,
+) -> Result<Observed, NodeStatusError> {
     let (agent_dir, image_dir) = (config.agent_dir.clone(), config.image_dir());
     let (machine, nodefs, imagefs, pids) = tokio::task::spawn_blocking(move || {
         Ok::<_, MachineError>((
@@ -119,7 +128,9 @@ async fn observe(config: &Config, images: &dyn ImageService) -> Result<Observed,
             None
         }
     };
-    Ok(Observed { machine, nodefs, imagefs, pids, images })
+    let runtime_status = runtime.status().await;
+    let network_not_ready = (!runtime_status.network_ready).then_some(runtime_status.network_message);
+    Ok(Observed { machine, nodefs, imagefs, pids, images, network_not_ready })
 }
 
 /// The labels the kubelet owns on its Node (upstream's `updateDefaultLabels` keeps them right on
@@ -215,7 +226,10 @@ pub(crate) fn pressure(observed: &Observed, hard: &EvictionThresholds) -> Pressu
 }
 
 /// The conditions this agent owns, in upstream's order.
-fn own_conditions(pressure: Pressure) -> [(&'static str, bool, &'static str, &'static str); 4] {
+fn own_conditions(
+    pressure: Pressure,
+    network_not_ready: Option<&str>,
+) -> [(&'static str, bool, &'static str, String); 4] {
     let pick = |on: bool, yes: (&'static str, &'static str), no: (&'static str, &'static str)| {
         if on { (true, yes.0, yes.1) } else { (false, no.0, no.1) }
     };
@@ -234,11 +248,22 @@ fn own_conditions(pressure: Pressure) -> [(&'static str, bool, &'static str, &'s
         ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
         ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
     );
+    // Upstream's runtime state check words a network that is not ready this way.
+    let ready = match network_not_ready {
+        None => (true, "KubeletReady", "kubelet is posting ready status".to_owned()),
+        Some(why) => (
+            false,
+            "KubeletNotReady",
+            format!(
+                "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: {why}"
+            ),
+        ),
+    };
     [
-        ("MemoryPressure", mem, mem_reason, mem_message),
-        ("DiskPressure", disk, disk_reason, disk_message),
-        ("PIDPressure", pid, pid_reason, pid_message),
-        ("Ready", true, "KubeletReady", "kubelet is posting ready status"),
+        ("MemoryPressure", mem, mem_reason, mem_message.to_owned()),
+        ("DiskPressure", disk, disk_reason, disk_message.to_owned()),
+        ("PIDPressure", pid, pid_reason, pid_message.to_owned()),
+        ("Ready", ready.0, ready.1, ready.2),
     ]
 }
 
@@ -273,13 +298,14 @@ pub(crate) fn node_status(
 ) -> NodeStatus {
     let (capacity, allocatable) = resources(config, observed);
     let mut conditions: Vec<NodeCondition> = previous.and_then(|s| s.conditions.clone()).unwrap_or_default();
-    for (kind, on, reason, message) in own_conditions(pressure(observed, &config.eviction_hard)) {
+    let own = own_conditions(pressure(observed, &config.eviction_hard), observed.network_not_ready.as_deref());
+    for (kind, on, reason, message) in own {
         let status = condition_status(on);
         let fresh = NodeCondition {
             type_: kind.to_string(),
             status: status.clone(),
             reason: Some(reason.to_string()),
-            message: Some(message.to_string()),
+            message: Some(message),
             last_heartbeat_time: Some(Time(now)),
             last_transition_time: Some(Time(now)),
         };
@@ -434,10 +460,11 @@ pub async fn register(
     client: &kube::Client,
     config: &Config,
     images: &dyn ImageService,
+    runtime: &dyn RuntimeService,
 ) -> Result<(), NodeStatusError> {
     let mut step = Duration::from_millis(100);
     loop {
-        match try_register(client, config, images).await {
+        match try_register(client, config, images, runtime).await {
             Err(NodeStatusError::Api { source, .. }) if transient(&source) => {
                 warn!(node = %config.node_name, error = %source, retry_in = ?step, "registering the node failed");
                 tokio::time::sleep(step).await;
@@ -461,6 +488,7 @@ async fn try_register(
     client: &kube::Client,
     config: &Config,
     images: &dyn ImageService,
+    runtime: &dyn RuntimeService,
 ) -> Result<(), NodeStatusError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let name = config.node_name.as_str();
@@ -477,7 +505,7 @@ async fn try_register(
         }
         Err(e) => return Err(api_error("creating", name)(e)),
     };
-    let observed = observe(config, images).await?;
+    let observed = observe(config, images, runtime).await?;
     let status = node_status(config, &observed, node.status.as_ref(), Timestamp::now());
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Strategic(status_patch(&status)))
@@ -517,10 +545,11 @@ pub async fn run(
     client: kube::Client,
     config: Arc<Config>,
     images: Arc<dyn ImageService>,
+    runtime: Arc<dyn RuntimeService>,
     shutdown: CancellationToken,
 ) {
     let lease = crate::nodelease::run(client.clone(), config.node_name.clone(), shutdown.clone());
-    let status = status_loop(client, config, images, shutdown);
+    let status = status_loop(client, config, images, runtime, shutdown);
     tokio::join!(lease, status);
 }
 
@@ -528,19 +557,30 @@ async fn status_loop(
     client: kube::Client,
     config: Arc<Config>,
     images: Arc<dyn ImageService>,
+    runtime: Arc<dyn RuntimeService>,
     shutdown: CancellationToken,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
     // `register` has just posted a full status.
     let mut last_report = Instant::now();
+    let mut last_update = Instant::now();
+    let mut network_ready = runtime.status().await.network_ready;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(NODE_STATUS_UPDATE_FREQUENCY) => {}
+            _ = tokio::time::sleep(RUNTIME_STATUS_FREQUENCY) => {}
         }
+        // The runtime's readiness is looked at more often than the rest, so that the Node turns
+        // Ready as soon as the pod network is (upstream's runtime state check runs every 5 s).
+        let ready_now = runtime.status().await.network_ready;
+        if last_update.elapsed() < NODE_STATUS_UPDATE_FREQUENCY && ready_now == network_ready {
+            continue;
+        }
+        network_ready = ready_now;
+        last_update = Instant::now();
         let mut result = Ok(false);
         for _ in 0..NODE_STATUS_UPDATE_RETRY {
-            result = try_update(&client, &nodes, &config, images.as_ref(), last_report).await;
+            result = try_update(&client, &nodes, &config, images.as_ref(), runtime.as_ref(), last_report).await;
             if result.is_ok() {
                 break;
             }
@@ -560,6 +600,7 @@ async fn try_update(
     nodes: &Api<Node>,
     config: &Config,
     images: &dyn ImageService,
+    runtime: &dyn RuntimeService,
     last_report: Instant,
 ) -> Result<bool, NodeStatusError> {
     let name = config.node_name.as_str();
@@ -567,11 +608,11 @@ async fn try_update(
         Some(node) => node,
         None => {
             warn!(node = name, "the node object is gone; registering it again");
-            register(client, config, images).await?;
+            register(client, config, images, runtime).await?;
             return Ok(true);
         }
     };
-    let observed = observe(config, images).await?;
+    let observed = observe(config, images, runtime).await?;
     let previous = node.status.clone().unwrap_or_default();
     let status = node_status(config, &observed, Some(&previous), Timestamp::now());
     if last_report.elapsed() < NODE_STATUS_REPORT_FREQUENCY && !status_changed(&previous, &status) {
@@ -642,7 +683,23 @@ pub(crate) mod tests {
                     user: None,
                 },
             ]),
+            network_not_ready: None,
         }
+    }
+
+    #[test]
+    fn a_node_whose_pod_network_is_not_ready_is_not_ready_as_upstream_words_it() {
+        let observed = Observed { network_not_ready: Some("the node has no podCIDR yet".into()), ..observed() };
+        let status = node_status(&config(), &observed, None, at("2026-01-01T00:00:00Z"));
+        let ready = cond(&status, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("KubeletNotReady")));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some(
+                "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: the node has no podCIDR yet"
+            )
+        );
+        assert_eq!(cond(&status, "DiskPressure").status, "False");
     }
 
     fn cond<'a>(s: &'a NodeStatus, kind: &str) -> &'a NodeCondition {

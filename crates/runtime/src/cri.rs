@@ -366,6 +366,18 @@ pub enum RuntimeError {
     Unavailable(String),
     #[error("runtime task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// The sandbox could not join the pod network (CNI's ADD failed, in containerd's terms).
+    #[error("failed to set up the network for the sandbox: {0}")]
+    Network(#[source] tug_network::NetworkError),
+}
+
+/// Whether the runtime can run pods now (CRI `RuntimeStatus`'s `NetworkReady` condition; the
+/// built-in runtime is always `RuntimeReady` while it answers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    pub network_ready: bool,
+    /// Why the network is not ready, for the Node's Ready condition.
+    pub network_message: String,
 }
 
 impl RuntimeError {
@@ -380,6 +392,10 @@ impl RuntimeError {
 /// removing an absent one succeed.
 #[async_trait::async_trait]
 pub trait RuntimeService: Send + Sync {
+    /// The runtime's readiness; ready unless the runtime says otherwise.
+    async fn status(&self) -> RuntimeStatus {
+        RuntimeStatus { network_ready: true, network_message: String::new() }
+    }
     /// Creates and starts a sandbox: its namespaces, hostname, DNS config and network.
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError>;
     /// Stops every container of the sandbox (killing them) and tears down its network.

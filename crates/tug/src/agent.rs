@@ -7,6 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
+use tug_network::bridge::BridgeConfig;
+use tug_network::{BridgeNetwork, NetworkStatus, PodNetwork};
 use tug_runtime::builtin::BuiltinRuntime;
 use tug_runtime::image::{BuiltinImageService, ImageStore, PullOptions, Puller};
 use tug_runtime::shim::client::ShimBinary;
@@ -60,10 +62,28 @@ pub struct AgentArgs {
     #[arg(long, default_value = "2m", value_parser = crate::server::parse_duration)]
     pub minimum_image_ttl_duration: std::time::Duration,
 
+    /// The pod network between nodes, as k3s names flannel's backends: `vxlan` (an overlay;
+    /// pods' MTU is the node link's less 50), `host-gw` (routes, nodes on one L2 segment), or
+    /// `none` (no built-in pod network: pods get a loopback only).
+    #[arg(long, value_enum, default_value = "vxlan")]
+    pub flannel_backend: FlannelBackend,
+
     /// How often image garbage collection checks disk usage (upstream's fixed 5m; for tests).
     #[arg(long, default_value = "5m", value_parser = crate::server::parse_duration, hide = true)]
     pub image_gc_period: std::time::Duration,
 }
+
+/// The backends of `--flannel-backend`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlannelBackend {
+    Vxlan,
+    #[value(name = "host-gw")]
+    HostGw,
+    None,
+}
+
+/// The bridge pods attach to (k3s' name for it).
+const POD_BRIDGE: &str = "cni0";
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
@@ -134,10 +154,58 @@ pub fn spawn(
     let store = ImageStore::open(config.image_dir()).context("opening the image store")?;
     let images = Arc::new(BuiltinImageService::new(store.clone(), Puller::new(store.clone(), PullOptions::default())));
     let shim = ShimBinary(std::env::current_exe().context("finding the tug executable for the shims")?);
-    let runtime = Arc::new(BuiltinRuntime::new(config.runtime_dir(), store, shim).context("opening the runtime")?);
+    let mut runtime = BuiltinRuntime::new(config.runtime_dir(), store, shim).context("opening the runtime")?;
+    let network = match args.flannel_backend {
+        FlannelBackend::None => None,
+        backend => {
+            let node_ip = match identity.node_ip {
+                IpAddr::V4(ip) => ip,
+                IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+            };
+            let overlay_overhead = if backend == FlannelBackend::Vxlan { 50 } else { 0 };
+            let network = BridgeNetwork::new(BridgeConfig {
+                bridge: POD_BRIDGE.into(),
+                state_dir: agent_dir.join("network"),
+                node_ip,
+                overlay_overhead,
+            })
+            .context("opening the pod network")?;
+            Some(Arc::new(network))
+        }
+    };
+    if let Some(network) = &network {
+        runtime = runtime.with_network(network.clone());
+    }
+    let runtime = Arc::new(runtime);
+    if let Some(network) = network {
+        tokio::spawn(tug_network::subnet::run(
+            client.clone(),
+            config.node_name.clone(),
+            network.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(release_orphaned_addresses(network, runtime.clone(), shutdown.clone()));
+    }
     Ok(tokio::spawn(async move {
         if let Err(e) = tug_kubelet::run(client, config, runtime, images, shutdown).await {
             tracing::error!(error = %e, "the node agent stopped");
         }
     }))
+}
+
+/// Once the pod network is ready, frees what sandboxes gone while the agent was down held.
+async fn release_orphaned_addresses(
+    network: Arc<BridgeNetwork>,
+    runtime: Arc<BuiltinRuntime>,
+    shutdown: CancellationToken,
+) {
+    while network.status() != NetworkStatus::Ready {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
+    if let Err(error) = runtime.reconcile_network().await {
+        tracing::warn!(%error, "releasing the network of removed sandboxes");
+    }
 }

@@ -29,13 +29,15 @@ mod records;
 mod sandbox;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::cri::{
     Container, ContainerConfig, ContainerFilter, ContainerState, ContainerStatus, ExecRequest, ExecSyncResult,
-    NamespaceMode, PodSandbox, PodSandboxConfig, PodSandboxStatus, RuntimeError, RuntimeService, StreamSession,
+    NamespaceMode, PodSandbox, PodSandboxConfig, PodSandboxState, PodSandboxStatus, RuntimeError, RuntimeService,
+    RuntimeStatus, StreamSession,
 };
 use crate::image::ImageStore;
 use crate::shim::client::{self as shim, ShimBinary};
@@ -54,17 +56,40 @@ pub struct BuiltinRuntime {
     images: ImageStore,
     shim: ShimBinary,
     cache: cache::RecordCache,
+    /// The pod network sandboxes join; `None` leaves them with a loopback only.
+    network: Option<Arc<dyn tug_network::PodNetwork>>,
 }
 
 impl BuiltinRuntime {
     /// A runtime keeping its state under `root`, running containers from `images`, with `shim`
     /// as the executable re-run for every shim (the `tug` binary).
     pub fn new(root: impl Into<PathBuf>, images: ImageStore, shim: ShimBinary) -> Result<Self, RuntimeError> {
-        let runtime = BuiltinRuntime { root: root.into(), images, shim, cache: cache::RecordCache::default() };
+        let runtime =
+            BuiltinRuntime { root: root.into(), images, shim, cache: cache::RecordCache::default(), network: None };
         for dir in [runtime.root.join("sandboxes"), runtime.root.join("containers"), runtime.libcontainer_root()] {
             std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("creating", &dir, e))?;
         }
         Ok(runtime)
+    }
+
+    /// Sandboxes that do not use the host's network join `network` (as containerd calls its
+    /// CNI plugins).
+    pub fn with_network(mut self, network: Arc<dyn tug_network::PodNetwork>) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    /// Frees the network of every sandbox that is gone or stopped (after a restart: sandboxes
+    /// removed while the agent was down, or a crash between setup and record).
+    pub async fn reconcile_network(&self) -> Result<(), RuntimeError> {
+        let Some(network) = &self.network else { return Ok(()) };
+        let live: Vec<String> = self
+            .sandbox_records()?
+            .into_iter()
+            .filter(|r| self.sandbox_state(r) == PodSandboxState::Ready)
+            .map(|r| r.id)
+            .collect();
+        network.retain(&live).await.map_err(RuntimeError::Network)
     }
 
     fn libcontainer_root(&self) -> PathBuf {
@@ -83,6 +108,15 @@ impl BuiltinRuntime {
 
 #[async_trait]
 impl RuntimeService for BuiltinRuntime {
+    async fn status(&self) -> RuntimeStatus {
+        match self.network.as_ref().map(|n| n.status()) {
+            Some(tug_network::NetworkStatus::NotReady(message)) => {
+                RuntimeStatus { network_ready: false, network_message: message }
+            }
+            _ => RuntimeStatus { network_ready: true, network_message: String::new() },
+        }
+    }
+
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError> {
         self.create_sandbox(config).await
     }
@@ -96,7 +130,11 @@ impl RuntimeService for BuiltinRuntime {
         for container in containers {
             self.stop(&container, Duration::ZERO).await?;
         }
-        self.stop_sandbox_process(id).await
+        self.stop_sandbox_process(id).await?;
+        if let Some(network) = &self.network {
+            network.detach(id).await.map_err(RuntimeError::Network)?;
+        }
+        Ok(())
     }
 
     async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {

@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use super::records::{self, SandboxRecord};
 use super::{BuiltinRuntime, process};
-use crate::cri::{DnsConfig, NamespaceMode, PodSandboxConfig, PodSandboxState, PodSandboxStatus, RuntimeError};
+use crate::cri::{
+    DnsConfig, NamespaceMode, PodSandboxConfig, PodSandboxState, PodSandboxStatus, Protocol, RuntimeError,
+};
 use crate::shim::client as shim;
 
 /// The size of a sandbox's /dev/shm, as Docker and containerd default it.
@@ -67,6 +69,10 @@ impl BuiltinRuntime {
         let result = self.start_sandbox(&id, &dir, config).await;
         if let Err(e) = &result {
             tracing::warn!(sandbox = %id, pod = %config.metadata.name, error = %e, "sandbox failed to start; cleaning up");
+            let _ = self.stop_sandbox_process(&id).await;
+            if let Some(network) = &self.network {
+                let _ = network.detach(&id).await;
+            }
             let _ = self.destroy_sandbox_dir(&dir).await;
         }
         result.map(|()| id)
@@ -118,6 +124,12 @@ impl BuiltinRuntime {
             .map_err(|e| RuntimeError::Unavailable(format!("starting the pod sandbox: {e}")))?;
         record.shim_pid = Some(started.shim_pid);
         record.pid = Some(started.pid);
+        self.save_sandbox(&record)?;
+        if !host_network && let Some(network) = &self.network {
+            let request = attach_request(id, dir, config);
+            let attachment = network.attach(&request).await.map_err(RuntimeError::Network)?;
+            record.ips = attachment.ips.iter().map(|ip| ip.to_string()).collect();
+        }
         record.ready = true;
         self.save_sandbox(&record)?;
         tracing::info!(sandbox = %id, pod = %config.metadata.name, namespace = %config.metadata.namespace, pid = started.pid, "sandbox ready");
@@ -188,6 +200,36 @@ impl BuiltinRuntime {
             }
         })
         .await?
+    }
+}
+
+/// What the pod network needs to attach a sandbox: its namespace and hostPorts.
+fn attach_request(id: &str, dir: &SandboxDir, config: &PodSandboxConfig) -> tug_network::AttachRequest {
+    let host_ports = config
+        .port_mappings
+        .iter()
+        .map(|m| tug_network::HostPort {
+            protocol: match m.protocol {
+                Protocol::Tcp => tug_network::Protocol::Tcp,
+                Protocol::Udp => tug_network::Protocol::Udp,
+                Protocol::Sctp => tug_network::Protocol::Sctp,
+            },
+            host_port: m.host_port,
+            container_port: m.container_port,
+            // An unset or 0.0.0.0 hostIP means every address of the node.
+            host_ip: m
+                .host_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+                .filter(|ip| !ip.is_unspecified()),
+        })
+        .collect();
+    tug_network::AttachRequest {
+        sandbox_id: id.to_owned(),
+        netns: dir.ns("net"),
+        pod_namespace: config.metadata.namespace.clone(),
+        pod_name: config.metadata.name.clone(),
+        host_ports,
     }
 }
 
