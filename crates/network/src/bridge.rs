@@ -83,6 +83,11 @@ impl BridgeNetwork {
         })
     }
 
+    /// The netlink connection of the node's own namespace, for the overlay to share.
+    pub fn netlink(&self) -> rtnetlink::Handle {
+        self.handle.clone()
+    }
+
     /// The node's podCIDR, once known.
     pub fn subnet(&self) -> Option<Ipv4Net> {
         self.state.lock().unwrap().subnet.as_ref().map(|s| s.cidr)

@@ -21,6 +21,7 @@ pub mod ipam;
 pub mod link;
 pub mod netns;
 pub mod nftables;
+pub mod overlay;
 pub mod subnet;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -226,15 +226,24 @@ pub async fn configure_pod_interface(
 
 /// The MTU of the link holding `address`, if any link does.
 pub async fn mtu_of_link_with(handle: &Handle, address: Ipv4Addr) -> Result<Option<u32>, LinkError> {
+    match index_of_link_with(handle, address).await? {
+        Some(index) => mtu_by_index(handle, index).await,
+        None => Ok(None),
+    }
+}
+
+/// The index of the link holding `address`, if any link does.
+pub async fn index_of_link_with(handle: &Handle, address: Ipv4Addr) -> Result<Option<u32>, LinkError> {
     let messages: Vec<_> =
         handle.address().get().execute().try_collect().await.map_err(failed("listing", "addresses"))?;
-    let Some(index) = messages
+    Ok(messages
         .iter()
         .find(|m| m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address)))
-        .map(|m| m.header.index)
-    else {
-        return Ok(None);
-    };
+        .map(|m| m.header.index))
+}
+
+/// The MTU of link `index`.
+pub async fn mtu_by_index(handle: &Handle, index: u32) -> Result<Option<u32>, LinkError> {
     let link = match handle.link().get().match_index(index).execute().try_next().await {
         Ok(link) => link,
         Err(e) if matches!(errno(&e), Some(ENODEV) | Some(ESRCH)) => None,

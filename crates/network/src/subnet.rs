@@ -1,6 +1,7 @@
 //! The node's view of the cluster's pod networks, from the API (flannel's subnet manager in
-//! its `kube` mode): this node's `spec.podCIDR` makes the bridge network ready, and every
-//! node's podCIDR is a network pods reach without masquerade.
+//! its `kube` mode): this node's `spec.podCIDR` makes the bridge network ready, every node's
+//! podCIDR is a network pods reach without masquerade, and the overlay routes to each other
+//! node's podCIDR as that node's annotations describe, after publishing this node's own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,11 +10,13 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 
 use crate::BridgeNetwork;
+use crate::overlay::{self, Overlay};
 
 /// A node's IPv4 pod networks (`podCIDRs`, or the older single `podCIDR`).
 pub fn pod_cidrs(node: &Node) -> Vec<Ipv4Net> {
@@ -23,12 +26,18 @@ pub fn pod_cidrs(node: &Node) -> Vec<Ipv4Net> {
     all.iter().filter_map(|c| c.parse().ok()).collect()
 }
 
-/// Keeps `network` in step with the Nodes until `shutdown`.
-pub async fn run(client: kube::Client, node_name: String, network: Arc<BridgeNetwork>, shutdown: CancellationToken) {
+/// Keeps `network` and `overlay` in step with the Nodes until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    node_name: String,
+    network: Arc<BridgeNetwork>,
+    overlay: Option<Overlay>,
+    shutdown: CancellationToken,
+) {
     let nodes: Api<Node> = Api::all(client);
-    let mut events = watcher(nodes).boxed();
-    let mut known: BTreeMap<String, Vec<Ipv4Net>> = BTreeMap::new();
-    let mut listing: BTreeMap<String, Vec<Ipv4Net>> = BTreeMap::new();
+    let mut events = watcher(nodes.clone()).boxed();
+    let mut known: BTreeMap<String, Node> = BTreeMap::new();
+    let mut listing: BTreeMap<String, Node> = BTreeMap::new();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -37,14 +46,14 @@ pub async fn run(client: kube::Client, node_name: String, network: Arc<BridgeNet
         let Some(event) = event else { return };
         match event {
             Ok(Event::Apply(node)) => {
-                known.insert(node_name_of(&node), pod_cidrs(&node));
+                known.insert(node_name_of(&node), node);
             }
             Ok(Event::Delete(node)) => {
                 known.remove(&node_name_of(&node));
             }
             Ok(Event::Init) => listing.clear(),
             Ok(Event::InitApply(node)) => {
-                listing.insert(node_name_of(&node), pod_cidrs(&node));
+                listing.insert(node_name_of(&node), node);
                 continue;
             }
             Ok(Event::InitDone) => known = std::mem::take(&mut listing),
@@ -53,7 +62,7 @@ pub async fn run(client: kube::Client, node_name: String, network: Arc<BridgeNet
                 continue;
             }
         }
-        if let Err(error) = sync(&network, &node_name, &known).await {
+        if let Err(error) = sync(&nodes, &network, overlay.as_ref(), &node_name, &known).await {
             tracing::warn!(%error, "configuring the pod network");
         }
     }
@@ -68,12 +77,43 @@ fn node_name_of(node: &Node) -> String {
 }
 
 async fn sync(
+    nodes: &Api<Node>,
     network: &BridgeNetwork,
+    overlay: Option<&Overlay>,
     node_name: &str,
-    known: &BTreeMap<String, Vec<Ipv4Net>>,
+    known: &BTreeMap<String, Node>,
 ) -> Result<(), crate::NetworkError> {
-    if let Some(own) = known.get(node_name).and_then(|c| c.first()) {
-        network.set_subnet(*own).await?;
+    let own = known.get(node_name);
+    if let Some(subnet) = own.and_then(|n| pod_cidrs(n).first().copied()) {
+        network.set_subnet(subnet).await?;
+        if let (Some(overlay), Some(node)) = (overlay, own) {
+            let wanted = overlay.setup(subnet).await?;
+            publish(nodes, node, wanted).await;
+        }
     }
-    network.set_cluster_cidrs(known.values().flatten().copied().collect()).await
+    network.set_cluster_cidrs(known.values().flat_map(pod_cidrs).collect()).await?;
+    if let Some(overlay) = overlay {
+        let peers: Vec<overlay::Peer> = known
+            .iter()
+            .filter(|(name, _)| name.as_str() != node_name)
+            .filter_map(|(_, node)| overlay::peer_of(node, overlay.backend()))
+            .collect();
+        overlay.sync(&peers).await?;
+    }
+    Ok(())
+}
+
+/// Writes this node's overlay annotations unless the Node carries them already. A failure is
+/// logged: the next change of any Node retries.
+async fn publish(nodes: &Api<Node>, node: &Node, wanted: BTreeMap<String, String>) {
+    let current = node.metadata.annotations.clone().unwrap_or_default();
+    if wanted.iter().all(|(k, v)| current.get(k) == Some(v)) {
+        return;
+    }
+    let name = node_name_of(node);
+    let patch = serde_json::json!({"metadata": {"annotations": wanted}});
+    match nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => tracing::info!(node = %name, "published the node's overlay annotations"),
+        Err(error) => tracing::warn!(node = %name, %error, "publishing the node's overlay annotations"),
+    }
 }

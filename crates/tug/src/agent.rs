@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tug_network::bridge::BridgeConfig;
+use tug_network::overlay::{Backend, Overlay};
 use tug_network::{BridgeNetwork, NetworkStatus, PodNetwork};
 use tug_runtime::builtin::BuiltinRuntime;
 use tug_runtime::image::{BuiltinImageService, ImageStore, PullOptions, Puller};
@@ -80,6 +81,14 @@ pub enum FlannelBackend {
     #[value(name = "host-gw")]
     HostGw,
     None,
+}
+
+fn overlay_backend(backend: FlannelBackend) -> Option<Backend> {
+    match backend {
+        FlannelBackend::Vxlan => Some(Backend::Vxlan),
+        FlannelBackend::HostGw => Some(Backend::HostGw),
+        FlannelBackend::None => None,
+    }
 }
 
 /// The bridge pods attach to (k3s' name for it).
@@ -162,7 +171,7 @@ pub fn spawn(
                 IpAddr::V4(ip) => ip,
                 IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
             };
-            let overlay_overhead = if backend == FlannelBackend::Vxlan { 50 } else { 0 };
+            let overlay_overhead = overlay_backend(backend).map_or(0, |b| b.overhead());
             let network = BridgeNetwork::new(BridgeConfig {
                 bridge: POD_BRIDGE.into(),
                 state_dir: agent_dir.join("network"),
@@ -178,12 +187,13 @@ pub fn spawn(
     }
     let runtime = Arc::new(runtime);
     if let Some(network) = network {
-        tokio::spawn(tug_network::subnet::run(
-            client.clone(),
-            config.node_name.clone(),
-            network.clone(),
-            shutdown.clone(),
-        ));
+        let node_ip = match identity.node_ip {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        let overlay = overlay_backend(args.flannel_backend).map(|b| Overlay::new(b, node_ip, network.netlink()));
+        let node_name = config.node_name.clone();
+        tokio::spawn(tug_network::subnet::run(client.clone(), node_name, network.clone(), overlay, shutdown.clone()));
         tokio::spawn(release_orphaned_addresses(network, runtime.clone(), shutdown.clone()));
     }
     Ok(tokio::spawn(async move {
