@@ -58,6 +58,7 @@ APT_PACKAGES=(
   apache2-utils    # htpasswd: bcrypt passwords for the basic-auth registry
   openssl          # the basic-auth registry's test CA and certificate
   nftables         # nft: the pod network's hostPort and masquerade rules (crates/network)
+  containernetworking-plugins  # CNI bridge/host-local/portmap/loopback (+ iptables): crates/network cni tests
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -173,13 +173,17 @@ def free_port() -> int:
 
 def test_a_host_port_publishes_a_pod_on_the_node(node, k):
     host_port = free_port()
-    web_server(node, unique("hp"), "via-host-port", ports=[{"containerPort": 8080, "hostPort": host_port}])
+    web = web_server(node, unique("hp"), "via-host-port", ports=[{"containerPort": 8080, "hostPort": host_port}])
     # Reached through the node's address (here the loopback, the node's --node-ip).
     assert wait_for(lambda: _try_get(f"http://127.0.0.1:{host_port}/"), "the hostPort to answer") == "via-host-port"
     # And through the bridge's address from another pod.
     client = sleeper(node, unique("hpclient"))
     gateway = next(pod_cidr(node).hosts())
     out = k("exec", client["metadata"]["name"], "--", "wget", "-q", "-O", "-", f"http://{gateway}:{host_port}/",
+            check=False).stdout.strip()  # fmt: skip
+    assert out == "via-host-port"
+    # Hairpin: the pod itself through its own hostPort.
+    out = k("exec", web["metadata"]["name"], "--", "wget", "-q", "-O", "-", f"http://{gateway}:{host_port}/",
             check=False).stdout.strip()  # fmt: skip
     assert out == "via-host-port"
 

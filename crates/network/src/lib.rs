@@ -17,6 +17,7 @@
 //! containerd calls CNI plugins); this crate never touches containers or the store.
 
 pub mod bridge;
+pub mod cni;
 pub mod ipam;
 pub mod link;
 pub mod netns;
@@ -100,6 +101,8 @@ pub enum NetworkError {
     Netns { path: PathBuf, source: std::io::Error },
     #[error("{operation} {path}: {source}")]
     Io { operation: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Cni(#[from] cni::CniError),
     #[error("a network task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// `EEXIST`, `ENODEV` and `ENOENT` as netlink reports them.
 const EEXIST: i32 = 17;
@@ -151,10 +151,12 @@ pub async fn create_veth(
         .map_err(failed("attaching to the bridge", host))?;
     // Hairpin: a pod reaching its own hostPort gets the DNATed packet back out of the port it
     // came in by (the CNI bridge plugin's hairpinMode, on in k3s' configuration).
-    let hairpin = format!("/sys/class/net/{host}/brport/hairpin_mode");
-    if let Err(error) = std::fs::write(&hairpin, "1") {
-        tracing::warn!(path = %hairpin, %error, "cannot turn on hairpin mode");
-    }
+    handle
+        .link()
+        .set_port(LinkBridgePort::new(index).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(failed("turning on hairpin mode of", host))?;
     Ok(())
 }
 

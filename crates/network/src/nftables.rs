@@ -99,7 +99,14 @@ impl Ruleset {
             );
         }
         line(&mut out, 2, &format!("ct status dnat ip saddr 127.0.0.0/8 oifname {bridge} masquerade"));
-        line(&mut out, 2, &format!("ct status dnat iifname {bridge} oifname {bridge} masquerade"));
+        if let Some(pod_cidr) = self.pod_cidr {
+            // Hairpin: a pod reaching a hostPort that lands on a pod of this node (itself
+            // included). Matched by addresses, not interfaces: with br_netfilter loaded the
+            // DNATed packet may be bridged straight back rather than routed, and the answer must
+            // still come back through the node to be un-NATed.
+            let cidr = pod_cidr.trunc();
+            line(&mut out, 2, &format!("ct status dnat ip saddr {cidr} ip daddr {cidr} masquerade"));
+        }
         line(&mut out, 1, "}");
 
         line(&mut out, 1, "chain prerouting {");

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tug_network::bridge::BridgeConfig;
+use tug_network::cni::{CniConfig, CniNetwork};
 use tug_network::overlay::{Backend, Overlay};
 use tug_network::{BridgeNetwork, NetworkStatus, PodNetwork};
 use tug_runtime::builtin::BuiltinRuntime;
@@ -68,6 +69,16 @@ pub struct AgentArgs {
     /// `none` (no built-in pod network: pods get a loopback only).
     #[arg(long, value_enum, default_value = "vxlan")]
     pub flannel_backend: FlannelBackend,
+
+    /// Delegate the pod network to the CNI plugins configured in this directory (the first
+    /// `*.conflist`/`*.conf`/`*.json`, as containerd reads `/etc/cni/net.d`) instead of the
+    /// built-in bridge; no overlay runs then.
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<std::path::PathBuf>,
+
+    /// Comma-separated directories holding the CNI plugin executables (with --cni-conf-dir).
+    #[arg(long, value_name = "DIR", value_delimiter = ',', default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: Vec<std::path::PathBuf>,
 
     /// How often image garbage collection checks disk usage (upstream's fixed 5m; for tests).
     #[arg(long, default_value = "5m", value_parser = crate::server::parse_duration, hide = true)]
@@ -164,7 +175,15 @@ pub fn spawn(
     let images = Arc::new(BuiltinImageService::new(store.clone(), Puller::new(store.clone(), PullOptions::default())));
     let shim = ShimBinary(std::env::current_exe().context("finding the tug executable for the shims")?);
     let mut runtime = BuiltinRuntime::new(config.runtime_dir(), store, shim).context("opening the runtime")?;
+    let cni = args.cni_conf_dir.as_ref().map(|conf_dir| {
+        Arc::new(CniNetwork::new(CniConfig {
+            conf_dir: conf_dir.clone(),
+            bin_dirs: args.cni_bin_dir.clone(),
+            state_dir: agent_dir.join("cni"),
+        }))
+    });
     let network = match args.flannel_backend {
+        _ if cni.is_some() => None,
         FlannelBackend::None => None,
         backend => {
             let node_ip = match identity.node_ip {
@@ -185,6 +204,9 @@ pub fn spawn(
     if let Some(network) = &network {
         runtime = runtime.with_network(network.clone());
     }
+    if let Some(cni) = &cni {
+        runtime = runtime.with_network(cni.clone());
+    }
     let runtime = Arc::new(runtime);
     if let Some(network) = network {
         let node_ip = match identity.node_ip {
@@ -196,6 +218,9 @@ pub fn spawn(
         tokio::spawn(tug_network::subnet::run(client.clone(), node_name, network.clone(), overlay, shutdown.clone()));
         tokio::spawn(release_orphaned_addresses(network, runtime.clone(), shutdown.clone()));
     }
+    if let Some(cni) = cni {
+        tokio::spawn(release_orphaned_addresses(cni, runtime.clone(), shutdown.clone()));
+    }
     Ok(tokio::spawn(async move {
         if let Err(e) = tug_kubelet::run(client, config, runtime, images, shutdown).await {
             tracing::error!(error = %e, "the node agent stopped");
@@ -205,7 +230,7 @@ pub fn spawn(
 
 /// Once the pod network is ready, frees what sandboxes gone while the agent was down held.
 async fn release_orphaned_addresses(
-    network: Arc<BridgeNetwork>,
+    network: Arc<dyn PodNetwork>,
     runtime: Arc<BuiltinRuntime>,
     shutdown: CancellationToken,
 ) {

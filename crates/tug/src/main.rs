@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod dev;
 mod images;
 mod join;
 mod server;
@@ -62,6 +63,8 @@ enum Command {
     SimNodes(sim_nodes::SimNodesArgs),
     /// Manage the node's container images: pull, list, remove, import.
     Images(images::ImagesArgs),
+    /// Development tools: a real multi-node cluster on this machine (kind's role).
+    Dev(dev::DevArgs),
     /// Run the scheduler alone against a cluster's API server.
     Scheduler {
         /// The kubeconfig to reach the API server with.
@@ -86,6 +89,8 @@ enum BenchCommand {
     Controllers(bench::controllers::ControllersBenchArgs),
     /// The node agent: pod startup latency with real containers, beside bare container starts.
     Pods(bench::pods::PodsBenchArgs),
+    /// The pod network's datapath (same node, across the VXLAN overlay) against a bare veth pair.
+    Network(bench::network::NetworkBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -111,8 +116,10 @@ fn main() -> std::process::ExitCode {
             Command::Bench(BenchCommand::Scheduler(args)) => bench::scheduler::run(args).await,
             Command::Bench(BenchCommand::Controllers(args)) => bench::controllers::run(args).await,
             Command::Bench(BenchCommand::Pods(args)) => bench::pods::run(args).await,
+            Command::Bench(BenchCommand::Network(args)) => bench::network::run(args).await,
             Command::SimNodes(args) => sim_nodes::run(args).await,
             Command::Images(args) => images::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
             Command::ControllerManager {
                 kubeconfig,
                 root_ca_file,

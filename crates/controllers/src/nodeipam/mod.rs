@@ -54,8 +54,10 @@ struct Allocator {
     client: Client,
     nodes: Store<Node>,
     set: CidrSet,
-    /// Subnets handed out whose node the cache does not show with them yet.
-    in_flight: HashMap<String, String>,
+    /// Subnets handed out whose node the cache does not show with them yet: node name to
+    /// (node UID, subnet). The UID tells a node deleted and registered again under the same
+    /// name, whose old subnet is no longer its own, from one the cache is late about.
+    in_flight: HashMap<String, (String, String)>,
     recorder: Recorder,
 }
 
@@ -73,7 +75,10 @@ impl Allocator {
                 self.in_flight.remove(&name);
             }
         }
-        for cidr in self.in_flight.values() {
+        // A node gone from the cache was deleted: its pending subnet is free again.
+        let nodes = &self.nodes;
+        self.in_flight.retain(|name, _| nodes.get(&ObjectRef::new(name)).is_some());
+        for (_, cidr) in self.in_flight.values() {
             let _ = self.set.occupy(cidr);
         }
     }
@@ -83,6 +88,10 @@ impl Allocator {
             self.in_flight.remove(name);
             return Ok(());
         };
+        let uid = node.metadata.uid.clone().unwrap_or_default();
+        if self.in_flight.get(name).is_some_and(|(for_uid, _)| *for_uid != uid) {
+            self.in_flight.remove(name);
+        }
         if !pod_cidrs(&node).is_empty() || self.in_flight.contains_key(name) {
             return Ok(());
         }
@@ -104,7 +113,7 @@ impl Allocator {
         match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {
                 info!(node = %name, %cidr, "allocated pod CIDR");
-                self.in_flight.insert(name.to_string(), cidr);
+                self.in_flight.insert(name.to_string(), (uid, cidr));
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

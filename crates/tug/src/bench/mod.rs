@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod controllers;
+pub mod network;
 pub mod pods;
 pub mod scheduler;
 

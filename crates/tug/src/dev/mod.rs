@@ -1,0 +1,96 @@
+//! `tug dev ...`: tools for developing Tugboat and the software that runs on it. `tug dev cluster`
+//! plays kind's role: a real multi-node cluster on one machine, each node a network namespace
+//! on a shared bridge running `tug server` or `tug agent`.
+
+mod cleanup;
+mod cluster;
+pub mod hosts;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    #[command(subcommand)]
+    command: DevCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCommand {
+    /// A multi-node cluster on this machine: one network namespace per node on a shared
+    /// bridge, `tug server` in the first and `tug agent` in the others (what kind does).
+    ///
+    /// `up` creates it and writes DIR/kubeconfig.yaml, usable from this machine's own network
+    /// namespace; `load-image` imports an image archive into every node; `down` removes
+    /// everything `up` created (processes, containers, mounts, cgroups, links, files).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Create the cluster (tearing down what a previous cluster left in DIR first) and wait
+    /// until every node is Ready.
+    Up(UpArgs),
+    /// Import an OCI layout or archive, or a `docker save` archive, into every node's image
+    /// store (like `kind load image-archive`); prints the names imported.
+    LoadImage(LoadImageArgs),
+    /// Stop the cluster's processes and remove everything it created. Idempotent; a DIR
+    /// without a cluster is fine.
+    Down(DownArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// How many nodes: the first runs the control plane (and a node agent), the others join it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub nodes: u32,
+    /// The cluster's directory: nodes' data directories (DIR/nodes/<i>), their logs
+    /// (DIR/nodes/<i>/tug.log), DIR/kubeconfig.yaml and DIR/cluster.json.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The nodes' network: the bridge takes its first address, node i the (2+i)th.
+    #[arg(long, default_value = "172.30.0.0/24")]
+    pub subnet: ipnet::Ipv4Net,
+    /// The cluster's name: nodes are called NAME-0, NAME-1, ...
+    #[arg(long, default_value = "tug-dev")]
+    pub name: String,
+    /// How long to wait for the API server and for every node to be Ready.
+    #[arg(long, default_value = "120s", value_parser = crate::server::parse_duration)]
+    pub wait: Duration,
+    /// An extra argument for `tug server` on the first node (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// An extra argument for `tug agent` on the other nodes (repeatable).
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadImageArgs {
+    /// The cluster's directory, as given to `up`.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The archive or OCI layout directory to import.
+    pub archive: PathBuf,
+    /// The name to record the image under, overriding (or supplying) the archive's own.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// The cluster's directory, as given to `up`.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    match args.command {
+        DevCommand::Cluster(ClusterCommand::Up(args)) => cluster::up(args).await,
+        DevCommand::Cluster(ClusterCommand::LoadImage(args)) => cluster::load_image(args).await,
+        DevCommand::Cluster(ClusterCommand::Down(args)) => cluster::down(&args.dir).await,
+    }
+}
