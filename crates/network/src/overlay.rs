@@ -18,8 +18,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::neighbour::NeighbourFlags;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -176,11 +177,13 @@ impl Overlay {
         if self.backend == Backend::Vxlan && installed.device.is_none() {
             return Ok(());
         }
-        if !installed.swept {
+        let first = !installed.swept;
+        if first {
             installed.peers = self.routes_from_earlier_runs().await?;
             installed.swept = true;
         }
         let (install, remove) = plan(&installed.peers, peers, self.node_ip);
+        let changed = first || !install.is_empty() || !remove.is_empty();
         for subnet in remove {
             self.remove_route(subnet).await?;
             installed.peers.remove(&subnet);
@@ -190,6 +193,38 @@ impl Overlay {
             self.install(installed.device, &peer).await?;
             installed.peers.insert(peer.subnet, peer);
             tracing::info!(subnet = %peer.subnet, public_ip = %peer.public_ip, backend = self.backend.name(), "route to a node's pods");
+        }
+        if let (true, Some(device)) = (changed, installed.device) {
+            let current: Vec<Peer> = installed.peers.values().copied().collect();
+            self.prune_vxlan_entries(device, &current).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the neighbour and forwarding entries of the VXLAN device that no current peer
+    /// needs: those of nodes that left, or of a node's VTEP before it rejoined with a new MAC.
+    async fn prune_vxlan_entries(&self, device: u32, peers: &[Peer]) -> Result<(), NetworkError> {
+        let listing = |family| {
+            self.handle.neighbours().get().set_address_family(family).execute().try_collect::<Vec<NeighbourMessage>>()
+        };
+        let failed = |operation: &'static str| {
+            move |source| NetworkError::Link(LinkError::Netlink { operation, name: VXLAN_DEVICE.into(), source })
+        };
+        let neighbours = listing(AddressFamily::Inet).await.map_err(failed("listing the neighbours of"))?;
+        for entry in neighbours.into_iter().filter(|n| n.header.ifindex == device) {
+            let wanted = neighbour_ip(&entry).is_some_and(|ip| peers.iter().any(|p| p.subnet.network() == ip));
+            if !wanted {
+                self.handle.neighbours().del(entry).execute().await.map_err(failed("deleting a neighbour of"))?;
+            }
+        }
+        let forwarding = listing(AddressFamily::Bridge).await.map_err(failed("listing the forwarding entries of"))?;
+        for entry in forwarding.into_iter().filter(|n| n.header.ifindex == device) {
+            let Some(mac) = neighbour_mac(&entry) else { continue };
+            // The kernel's own entries (the all-zero default) are not ours to remove.
+            if mac == [0; 6] || peers.iter().any(|p| p.vtep_mac == Some(mac)) {
+                continue;
+            }
+            self.handle.neighbours().del(entry).execute().await.map_err(failed("deleting a forwarding entry of"))?;
         }
         Ok(())
     }
@@ -308,6 +343,22 @@ impl Overlay {
         }
         Ok(found)
     }
+}
+
+/// The IPv4 address a neighbour entry maps.
+fn neighbour_ip(entry: &NeighbourMessage) -> Option<Ipv4Addr> {
+    entry.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+/// The MAC address of a neighbour or forwarding entry.
+fn neighbour_mac(entry: &NeighbourMessage) -> Option<[u8; 6]> {
+    entry.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
