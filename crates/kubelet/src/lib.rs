@@ -25,6 +25,7 @@ pub mod node_status;
 pub mod nodelease;
 pub mod pod_manager;
 pub mod pod_workers;
+pub mod prober;
 pub mod qos;
 pub mod server;
 pub mod status_manager;

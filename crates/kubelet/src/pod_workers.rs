@@ -155,7 +155,16 @@ fn is_terminal(pod: &Pod) -> bool {
 async fn write_status(inner: &Inner, pod: &Pod, state: &PodRuntimeState, reasons: &Reasons) -> Option<String> {
     let image_ids = inner.manager.image_ids(state).await;
     let node_ip = inner.manager.config.node_ip.to_string();
-    let inputs = StatusInputs { pod, state, reasons, image_ids: &image_ids, node_ip: &node_ip, now: SystemTime::now() };
+    let probes = inner.manager.probes.results();
+    let inputs = StatusInputs {
+        pod,
+        state,
+        reasons,
+        image_ids: &image_ids,
+        node_ip: &node_ip,
+        now: SystemTime::now(),
+        probes: &probes,
+    };
     let status = generate_pod_status(&inputs);
     let phase = status.phase.clone();
     if let Err(error) = inner.status.set_status(pod, status).await {
@@ -181,6 +190,7 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
                 return Outcome::Again(SLOW_POLL);
             }
         };
+        manager.probes.remove_pod(pod.metadata.uid.as_deref().unwrap_or_default());
         if let Err(error) = manager.stop_finished_pod(&state).await {
             tracing::warn!(%error, "stopping a finished pod's sandbox");
         }
@@ -195,6 +205,7 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
             (state, POLL)
         }
     };
+    manager.probes.sync_pod(pod, &state, &manager.config.node_ip.to_string());
     let phase = write_status(inner, pod, &state, reasons).await;
     if matches!(phase.as_deref(), Some("Succeeded" | "Failed"))
         && let Err(error) = manager.stop_finished_pod(&state).await
@@ -206,6 +217,7 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
 
 async fn terminate(inner: &Inner, pod: &Pod, exists: bool) -> Outcome {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    inner.manager.probes.remove_pod(uid);
     if let Err(error) = inner.manager.terminate_pod(pod).await {
         tracing::warn!(%error, "terminating pod; retrying");
         return Outcome::Again(POLL);

@@ -33,6 +33,8 @@ pub struct StatusInputs<'a> {
     pub image_ids: &'a HashMap<String, String>,
     pub node_ip: &'a str,
     pub now: SystemTime,
+    /// The containers' probe results (readiness and startup decide `ready` and `started`).
+    pub probes: &'a crate::prober::ProbeResults,
 }
 
 /// A time as the API carries it: whole seconds, so that a status read back compares equal.
@@ -116,10 +118,8 @@ fn container_status(inputs: &StatusInputs<'_>, c: &Container, default_waiting: &
     }
     let running = latest.state == ContainerState::Running;
     if running {
-        // Probes are not run yet: a running container without a readiness probe is ready, one
-        // with a probe is not (it would need the probe to pass), as upstream before the first probe.
-        out.ready = c.readiness_probe.is_none();
-        out.started = Some(c.startup_probe.is_none());
+        out.ready = inputs.probes.ready(&latest.id, c);
+        out.started = Some(inputs.probes.started(&latest.id, c));
     } else if let Some((r, m)) = reason
         && should_restart(inputs.pod, Some(latest))
     {

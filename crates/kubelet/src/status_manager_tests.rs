@@ -9,7 +9,15 @@ use crate::kuberuntime::tests_support::{at, container_status, pod, sandbox};
 fn status(pod: &Pod, state: &PodRuntimeState, reasons: &Reasons) -> PodStatus {
     let mut image_ids = HashMap::new();
     image_ids.insert("sha256:abc".to_string(), "docker.io/library/busybox@sha256:def".to_string());
-    generate_pod_status(&StatusInputs { pod, state, reasons, image_ids: &image_ids, node_ip: "10.0.0.5", now: at(500) })
+    generate_pod_status(&StatusInputs {
+        pod,
+        state,
+        reasons,
+        image_ids: &image_ids,
+        node_ip: "10.0.0.5",
+        now: at(500),
+        probes: &Default::default(),
+    })
 }
 
 fn ready_state(containers: Vec<ContainerStatus>) -> PodRuntimeState {
@@ -224,6 +232,7 @@ fn transition_times_stay_while_conditions_hold() {
         image_ids: &image_ids,
         node_ip: "10.0.0.5",
         now: at(900),
+        probes: &Default::default(),
     });
     assert_eq!(first, later, "nothing changed, so nothing to write");
 }

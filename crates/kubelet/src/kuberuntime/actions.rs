@@ -156,7 +156,7 @@ pub fn compute_pod_actions(pod: &Pod, state: &PodRuntimeState) -> PodActions {
                     actions.containers_to_kill.push(ContainerToKill {
                         id: s.id.clone(),
                         name: c.name.clone(),
-                        reason: format!("Container {} definition changed", c.name),
+                        reason: format!("Container {} definition changed, will be restarted", c.name),
                     });
                     actions.containers_to_start.push(i);
                 }

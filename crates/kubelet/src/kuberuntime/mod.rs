@@ -137,6 +137,18 @@ pub fn memory_capacity() -> i64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// Every running container of `state`, to stop (pod deletion, a sandbox replaced).
+fn stops(state: &PodRuntimeState) -> Vec<ContainerToKill> {
+    state
+        .running()
+        .map(|c| ContainerToKill {
+            id: c.id.clone(),
+            name: c.metadata.name.clone(),
+            reason: format!("Stopping container {}", c.metadata.name),
+        })
+        .collect()
+}
+
 /// Runs pods' sandboxes and containers through a [`RuntimeService`].
 pub struct KubeRuntimeManager {
     pub(crate) runtime: Arc<dyn RuntimeService>,
@@ -149,6 +161,8 @@ pub struct KubeRuntimeManager {
     crash_backoff: Mutex<Backoff>,
     /// Image ID (`sha256:<config>`) to the `repo@sha256:<manifest>` the status shows.
     image_ids: Mutex<HashMap<String, String>>,
+    /// The containers' startup, liveness and readiness probes.
+    pub(crate) probes: Arc<crate::prober::ProbeManager>,
 }
 
 impl std::fmt::Debug for KubeRuntimeManager {
@@ -177,6 +191,7 @@ impl KubeRuntimeManager {
     ) -> Self {
         KubeRuntimeManager {
             puller: ImagePuller::new(client.clone(), images.clone()),
+            probes: Arc::new(crate::prober::ProbeManager::new(runtime.clone(), recorder.clone())),
             runtime,
             images,
             recorder,
@@ -254,11 +269,11 @@ impl KubeRuntimeManager {
     ) -> Result<PodRuntimeState, SyncError> {
         let uid = pod_uid(pod);
         let state = self.pod_state(uid).await?;
-        let actions = compute_pod_actions(pod, &state);
+        let mut actions = compute_pod_actions(pod, &state);
+        let probe_kills = self.probe_failures(pod, &state, &actions);
         tracing::debug!(?actions, "pod actions");
         if actions.kill_pod {
-            let running: Vec<_> = state.running().map(|c| (c.id.clone(), c.metadata.name.clone())).collect();
-            self.kill_containers(pod, running, grace_period(pod)).await;
+            self.kill_containers(pod, stops(&state), grace_period(pod)).await;
             for s in state.sandboxes.iter().filter(|s| s.state == PodSandboxState::Ready) {
                 self.runtime.stop_pod_sandbox(&s.id).await?;
             }
@@ -298,6 +313,9 @@ impl KubeRuntimeManager {
                 to_start.push(c);
             }
         }
+        for (kill, grace) in probe_kills {
+            self.kill_containers(pod, vec![kill], grace).await;
+        }
         if init.is_none() && to_start.is_empty() && actions.containers_to_kill.is_empty() {
             if refresh_volumes {
                 self.setup_volumes(pod).await?;
@@ -332,8 +350,7 @@ impl KubeRuntimeManager {
         if let Some(c) = init {
             self.start_container(pod, &state, &target(c), reasons).await;
         }
-        let kills: Vec<_> =
-            actions.containers_to_kill.iter().map(|k: &ContainerToKill| (k.id.clone(), k.name.clone())).collect();
+        let kills = std::mem::take(&mut actions.containers_to_kill);
         self.kill_containers(pod, kills, grace_period(pod)).await;
         for c in to_start {
             self.start_container(pod, &state, &target(c), reasons).await;
@@ -460,16 +477,51 @@ impl KubeRuntimeManager {
         reasons.remove(name);
     }
 
-    /// Stops containers in parallel, each with the Killing event.
-    pub async fn kill_containers(&self, pod: &Pod, containers: Vec<(String, String)>, grace: Duration) {
-        let stops = containers.into_iter().map(|(id, name)| async move {
-            let field = Some(container_field_path(pod, &name));
-            self.recorder.record(pod, field, events::NORMAL, "Killing", &format!("Stopping container {name}")).await;
-            if let Err(error) = self.runtime.stop_container(&id, grace).await {
-                tracing::warn!(%error, container = %name, "stopping container");
+    /// Stops containers in parallel, each with the Killing event saying why.
+    pub async fn kill_containers(&self, pod: &Pod, containers: Vec<ContainerToKill>, grace: Duration) {
+        let stops = containers.into_iter().map(|kill| async move {
+            let field = Some(container_field_path(pod, &kill.name));
+            self.recorder.record(pod, field, events::NORMAL, "Killing", &kill.reason).await;
+            if let Err(error) = self.runtime.stop_container(&kill.id, grace).await {
+                tracing::warn!(%error, container = %kill.name, "stopping container");
             }
         });
         futures::future::join_all(stops).await;
+    }
+
+    /// Running containers whose liveness or startup probe failed: each to kill with the
+    /// probe's `terminationGracePeriodSeconds` (else the pod's), as upstream's
+    /// `computePodActions` does. Those are dropped from `actions`' own kills.
+    fn probe_failures(
+        &self,
+        pod: &Pod,
+        state: &PodRuntimeState,
+        actions: &actions::PodActions,
+    ) -> Vec<(ContainerToKill, Duration)> {
+        let results = self.probes.results();
+        let spec = pod.spec.as_ref();
+        let containers = spec.map(|s| s.containers.iter()).into_iter().flatten();
+        let sidecars =
+            spec.and_then(|s| s.init_containers.as_ref()).into_iter().flatten().filter(|c| actions::is_sidecar(c));
+        let mut kills = Vec::new();
+        for c in containers.chain(sidecars) {
+            let Some(running) = state.latest(&c.name).filter(|s| s.state == ContainerState::Running) else { continue };
+            let Some(kind) = results.failed(&running.id) else { continue };
+            if actions.containers_to_kill.iter().any(|k| k.id == running.id) {
+                continue;
+            }
+            let probe = match kind {
+                crate::prober::ProbeKind::Startup => c.startup_probe.as_ref(),
+                _ => c.liveness_probe.as_ref(),
+            };
+            let grace = probe
+                .and_then(|p| p.termination_grace_period_seconds)
+                .map_or_else(|| grace_period(pod), |s| Duration::from_secs(s.max(0) as u64));
+            let reason =
+                format!("Container {} failed {} probe, will be restarted", c.name, kind.label().to_lowercase());
+            kills.push((ContainerToKill { id: running.id.clone(), name: c.name.clone(), reason }, grace));
+        }
+        kills
     }
 
     /// Removes exited instances beyond the newest two of each container (the current one and
@@ -503,8 +555,7 @@ impl KubeRuntimeManager {
     pub async fn terminate_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
         let uid = pod_uid(pod);
         let state = self.pod_state(uid).await?;
-        let running: Vec<_> = state.running().map(|c| (c.id.clone(), c.metadata.name.clone())).collect();
-        self.kill_containers(pod, running, grace_period(pod)).await;
+        self.kill_containers(pod, stops(&state), grace_period(pod)).await;
         self.remove_sandboxes(uid, state.sandboxes.iter().map(|s| s.id.clone()).collect()).await?;
         self.crash_backoff.lock().unwrap_or_else(|e| e.into_inner()).forget_prefix(&format!("{uid}_"));
         self.puller.forget_pod(uid);
