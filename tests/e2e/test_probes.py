@@ -1,7 +1,8 @@
-"""Container probes on a real node: readiness flips the container's ready flag, the pod's Ready
-condition and its endpoints; liveness failures restart the container; a startup probe holds
-liveness back until it passes and restarts the container when it fails; every failed run is an
-Unhealthy event worded as upstream's.
+"""Container probes and lifecycle hooks on a real node: readiness flips the container's ready flag,
+the pod's Ready condition and its endpoints; liveness failures restart the container; a startup
+probe holds liveness back until it passes and restarts the container when it fails; every failed
+run is an Unhealthy event worded as upstream's. postStart runs before the container counts as
+running and kills it when it fails; preStop (exec, sleep) runs before the stop signal.
 
 Needs root (containers); under CI=true a missing privilege fails.
 """
@@ -171,3 +172,74 @@ def test_a_failing_startup_probe_restarts_the_container(node):
     assert ("Unhealthy", "Startup probe failed: ") in [(r, m) for r, m in events if r == "Unhealthy"] or any(
         r == "Unhealthy" and m.startswith("Startup probe failed:") for r, m in events
     )
+
+
+# --- lifecycle hooks ---------------------------------------------------------------------------
+
+
+def test_post_start_runs_before_the_container_counts_as_running(node, k):
+    name = unique("poststart")
+    create_pod(
+        node, name, "while [ ! -f /tmp/post ]; do sleep 0.1; done; echo saw $(cat /tmp/post); exec sleep 3600",
+        lifecycle={"postStart": {"exec": {"command": ["sh", "-c", "echo hook-ran > /tmp/post"]}}},
+    )  # fmt: skip
+    wait_for(lambda: main_status(get_pod(node, name)).get("state", {}).get("running"), "running")
+    assert wait_for(lambda: k("logs", name, check=False).stdout.strip() or None, "the log") == "saw hook-ran"
+
+
+def test_a_failing_post_start_hook_kills_the_container(node):
+    name = unique("badpost")
+    create_pod(node, name, "exec sleep 3600",
+               lifecycle={"postStart": {"exec": {"command": ["sh", "-c", "echo nope; exit 3"]}}})  # fmt: skip
+
+    def failed_hook():
+        return [m for r, m in events_of(node, name) if r == "FailedPostStartHook"] or None
+
+    (message, *_) = wait_for(failed_hook, "the FailedPostStartHook event")
+    assert message.startswith(f'Exec lifecycle hook ([sh -c echo nope; exit 3]) for Container "main" in Pod "{name}_default(')
+    assert "exited with 3" in message and 'message: "nope\\n"' in message, message
+    assert ("Killing", "FailedPostStartHook") in events_of(node, name)
+    wait_for(lambda: main_status(get_pod(node, name)).get("restartCount", 0) >= 1 or
+             main_status(get_pod(node, name)).get("state", {}).get("waiting", {}).get("reason") == "PostStartHookError",
+             "the container killed")  # fmt: skip
+
+
+def test_pre_stop_runs_before_the_stop_signal(node, k, tmp_path):
+    name = unique("prestop")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "terminationGracePeriodSeconds": 20,
+            "volumes": [{"name": "host", "hostPath": {"path": str(shared)}}],
+            "containers": [{
+                "name": "main", "image": node.image,
+                "command": ["sh", "-c", "trap 'cat /host/prestop > /host/at-term; exit 0' TERM; sleep 3600 & wait"],
+                "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop-ran > /host/prestop"]}}},
+            }],
+        },
+    }  # fmt: skip
+    node.create("/api/v1/namespaces/default/pods", body)
+    wait_for(lambda: main_status(get_pod(node, name)).get("state", {}).get("running"), "running")
+    k("delete", "pod", name, "--wait=true", timeout=60)
+    # The TERM handler found what preStop wrote: the hook ran first.
+    assert (shared / "at-term").read_text() == "prestop-ran\n"
+
+
+def test_a_sleep_pre_stop_delays_the_stop_and_a_failing_one_is_reported(node, k):
+    slow = unique("sleepy")
+    create_pod(node, slow, "exec sleep 3600", lifecycle={"preStop": {"sleep": {"seconds": 3}}})
+    bad = unique("badstop")
+    create_pod(node, bad, "exec sleep 3600", lifecycle={"preStop": {"exec": {"command": ["sh", "-c", "exit 7"]}}})
+    for name in (slow, bad):
+        wait_for(lambda: main_status(get_pod(node, name)).get("state", {}).get("running"), "running")
+    started = time.monotonic()
+    k("delete", "pod", slow, "--wait=true", "--grace-period=10", timeout=60)
+    assert time.monotonic() - started >= 3
+    k("delete", "pod", bad, "--wait=true", timeout=60)
+    messages = [m for r, m in events_of(node, bad) if r == "FailedPreStopHook"]
+    assert messages and "exited with 7" in messages[0], messages

@@ -10,6 +10,7 @@ pub mod actions;
 pub mod backoff;
 pub mod container;
 pub mod image_pull;
+mod lifecycle;
 pub mod sandbox;
 mod seams;
 
@@ -56,6 +57,8 @@ pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
 pub const CREATE_CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";
 pub const CREATE_CONTAINER_ERROR: &str = "CreateContainerError";
 pub const RUN_CONTAINER_ERROR: &str = "RunContainerError";
+/// The waiting reason of a container whose postStart hook failed (upstream's `ErrPostStartHook`).
+pub const POST_START_HOOK_ERROR: &str = "PostStartHookError";
 
 /// Upstream's `minimumGracePeriodInSeconds`: a kill never gets less.
 const MIN_GRACE: Duration = Duration::from_secs(2);
@@ -473,7 +476,21 @@ impl KubeRuntimeManager {
             self.recorder.record(pod, field, events::WARNING, "Failed", &format!("Error: {message}")).await;
             return fail(RUN_CONTAINER_ERROR, message, reasons);
         }
-        self.recorder.record(pod, field, events::NORMAL, "Started", &format!("Started container {name}")).await;
+        self.recorder.record(pod, field.clone(), events::NORMAL, "Started", &format!("Started container {name}")).await;
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let pod_ip = t.pod_ips.first().map_or("", String::as_str);
+            let runtime = self.runtime.as_ref();
+            // The hook has no deadline of its own upstream; the pod's grace period bounds it here.
+            let limit = grace_period(pod).max(Duration::from_secs(30));
+            if let Err(message) = lifecycle::run_handler(runtime, pod, c, &id, pod_ip, hook, limit).await {
+                tracing::info!(container = %name, %message, "postStart hook failed");
+                self.recorder.record(pod, field, events::WARNING, "FailedPostStartHook", &message).await;
+                let kill =
+                    ContainerToKill { id: id.clone(), name: name.to_owned(), reason: "FailedPostStartHook".into() };
+                self.kill_containers(pod, vec![kill], grace_period(pod)).await;
+                return fail(POST_START_HOOK_ERROR, message, reasons);
+            }
+        }
         reasons.remove(name);
     }
 
@@ -481,12 +498,43 @@ impl KubeRuntimeManager {
     pub async fn kill_containers(&self, pod: &Pod, containers: Vec<ContainerToKill>, grace: Duration) {
         let stops = containers.into_iter().map(|kill| async move {
             let field = Some(container_field_path(pod, &kill.name));
-            self.recorder.record(pod, field, events::NORMAL, "Killing", &kill.reason).await;
-            if let Err(error) = self.runtime.stop_container(&kill.id, grace).await {
+            self.recorder.record(pod, field.clone(), events::NORMAL, "Killing", &kill.reason).await;
+            let mut remaining = grace;
+            // preStop runs first, inside the grace period; the stop signal gets what is left.
+            let spec = pod.spec.as_ref().map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()));
+            let container = spec.into_iter().flatten().find(|c| c.name == kill.name);
+            if let Some((c, hook)) = container.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
+                && kill.reason != "FailedPostStartHook"
+            {
+                let pod_ip = self.pod_ip(pod).await;
+                let runtime = self.runtime.as_ref();
+                let started = std::time::Instant::now();
+                let run = lifecycle::run_handler(runtime, pod, c, &kill.id, &pod_ip, hook, grace);
+                match tokio::time::timeout(grace, run).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => {
+                        self.recorder.record(pod, field, events::WARNING, "FailedPreStopHook", &message).await;
+                    }
+                    Err(_) => {
+                        tracing::info!(container = %kill.name, "preStop hook did not finish within the grace period")
+                    }
+                }
+                remaining = grace.saturating_sub(started.elapsed());
+            }
+            if let Err(error) = self.runtime.stop_container(&kill.id, remaining).await {
                 tracing::warn!(%error, container = %kill.name, "stopping container");
             }
         });
         futures::future::join_all(stops).await;
+    }
+
+    /// The pod's IP as its sandbox has it (the node's for host-network pods).
+    async fn pod_ip(&self, pod: &Pod) -> String {
+        if host_network(pod) {
+            return self.config.node_ip.to_string();
+        }
+        let state = self.pod_state(pod_uid(pod)).await.unwrap_or_default();
+        state.ready_sandbox().and_then(|s| s.ips.first().cloned()).unwrap_or_default()
     }
 
     /// Running containers whose liveness or startup probe failed: each to kill with the
