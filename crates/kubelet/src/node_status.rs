@@ -564,7 +564,10 @@ async fn status_loop(
     // `register` has just posted a full status.
     let mut last_report = Instant::now();
     let mut last_update = Instant::now();
-    let mut network_ready = runtime.status().await.network_ready;
+    // Not what the runtime says now: `register` posted an earlier look, and the network may
+    // have become ready since (the podCIDR arrives milliseconds after registration). Starting
+    // from "not ready" makes a ready network post at the first check; at worst one extra update.
+    let mut network_ready = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
