@@ -227,6 +227,8 @@ def test_pods_on_different_nodes_reach_each_other(dev_cluster, image):
         # ICMP too.
         ping = dev_cluster.kubectl("exec", f"client-{node}", "--", "ping", "-c", "1", "-W", "2", ip, check=False)
         assert ping.returncode == 0, ping.stdout + ping.stderr
+    # Both ends of the pod's veth carry the overlay's MTU: the wire's 1500 less VXLAN's 50.
+    assert "mtu 1450" in dev_cluster.kubectl("exec", "client-0", "--", "ip", "link", "show", "eth0").stdout
     # The node's own namespace reaches the remote pod through flannel.1 as well.
     route = in_node(dev_cluster, 0, "ip", "route", "get", ip)
     assert "dev flannel.1" in route

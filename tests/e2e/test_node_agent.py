@@ -317,6 +317,20 @@ def test_a_missing_image_shows_errimagepull_then_backoff(node):
     assert any(e["reason"] == "Failed" for e in events["items"]), events
 
 
+def test_the_termination_message_comes_from_the_file_or_the_log(node):
+    written = unique("tmsg")
+    apply_pod(node, written, ["sh", "-c", "echo -n 'bye from the file' > /dev/termination-log; echo noise; exit 3"])
+    fallback = unique("tlog")
+    apply_pod(node, fallback, ["sh", "-c", "echo first; echo boom; exit 1"],
+              terminationMessagePolicy="FallbackToLogsOnError")  # fmt: skip
+    custom = unique("tpath")
+    apply_pod(node, custom, ["sh", "-c", "echo done > /tmp/why"], terminationMessagePath="/tmp/why")
+    for name, message, code in ((written, "bye from the file", 3), (fallback, "first\nboom\n", 1), (custom, "done\n", 0)):
+        pod = wait_phase(node, name, {"Failed", "Succeeded"})
+        terminated = container_state(pod)["state"]["terminated"]
+        assert (terminated["exitCode"], terminated.get("message")) == (code, message), terminated
+
+
 def test_a_command_that_does_not_exist_is_a_start_error(node):
     name = unique("nocmd")
     apply_pod(node, name, ["/no/such/program"])

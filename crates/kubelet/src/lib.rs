@@ -30,6 +30,7 @@ pub mod qos;
 pub mod server;
 pub mod status_manager;
 pub mod streaming;
+pub mod termination_message;
 pub mod volumemanager;
 
 pub use config::Config;

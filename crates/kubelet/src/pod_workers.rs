@@ -154,6 +154,9 @@ fn is_terminal(pod: &Pod) -> bool {
 
 async fn write_status(inner: &Inner, pod: &Pod, state: &PodRuntimeState, reasons: &Reasons) -> Option<String> {
     let image_ids = inner.manager.image_ids(state).await;
+    let mut state = state.clone();
+    crate::termination_message::fill(&inner.manager.config, pod, &mut state);
+    let state = &state;
     let node_ip = inner.manager.config.node_ip.to_string();
     let probes = inner.manager.probes.results();
     let inputs = StatusInputs {

@@ -94,12 +94,14 @@ impl BridgeNetwork {
     }
 
     /// Sets up the bridge for `cidr` (its first address is the pods' gateway), turns on
-    /// forwarding and makes the network ready.
-    pub async fn set_subnet(&self, cidr: Ipv4Net) -> Result<(), NetworkError> {
-        if self.subnet() == Some(cidr) {
-            return Ok(());
-        }
+    /// forwarding and makes the network ready. Returns the subnets this node had before (a
+    /// node deleted and registered again gets a new podCIDR): their gateway addresses are
+    /// removed from the bridge, and the caller removes what else refers to them.
+    pub async fn set_subnet(&self, cidr: Ipv4Net) -> Result<Vec<Ipv4Net>, NetworkError> {
         let cidr = cidr.trunc();
+        if self.subnet() == Some(cidr) {
+            return Ok(Vec::new());
+        }
         let mtu = self.pod_mtu().await?;
         let bridge = &self.config.bridge;
         let bridge_index = link::ensure_bridge(&self.handle, bridge, mtu).await?;
@@ -110,9 +112,36 @@ impl BridgeNetwork {
         // A hostPort reached through 127.0.0.1 is DNATed out of the bridge; the kernel drops
         // such packets unless the bridge accepts local-net sources.
         set_sysctl(&format!("net/ipv4/conf/{bridge}/route_localnet"), "1");
+        let stale = self.forget_other_subnets(bridge_index, cidr).await?;
         tracing::info!(bridge = %bridge, subnet = %cidr, gateway = %ipam.gateway(), mtu, "pod network ready");
         self.state.lock().unwrap().subnet = Some(Subnet { cidr, ipam: Arc::new(ipam), bridge_index, mtu });
-        self.apply_rules().await
+        self.apply_rules().await?;
+        Ok(stale)
+    }
+
+    /// Removes the gateway addresses and address stores of subnets this node held before
+    /// `current` (known from the stores on disk, so also across restarts). Only our own: the
+    /// bridge may carry other agents' subnets when several share one host.
+    async fn forget_other_subnets(&self, bridge_index: u32, current: Ipv4Net) -> Result<Vec<Ipv4Net>, NetworkError> {
+        let root = self.config.state_dir.join("ipam");
+        let Ok(entries) = std::fs::read_dir(&root) else { return Ok(Vec::new()) };
+        let mut stale = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().replacen('-', "/", 1);
+            let Ok(old) = name.parse::<Ipv4Net>() else { continue };
+            if old == current {
+                continue;
+            }
+            if let Some(gateway) = old.hosts().next() {
+                link::remove_address(&self.handle, bridge_index, gateway, old.prefix_len()).await?;
+            }
+            if let Err(source) = std::fs::remove_dir_all(entry.path()) {
+                return Err(NetworkError::Io { operation: "removing", path: entry.path(), source });
+            }
+            tracing::info!(subnet = %old, "forgot a podCIDR this node no longer has");
+            stale.push(old);
+        }
+        Ok(stale)
     }
 
     /// Sets the pod networks of every node: traffic to them is not masqueraded.

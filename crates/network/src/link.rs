@@ -13,6 +13,7 @@ use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteM
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
 const ESRCH: i32 = 3;
+const EADDRNOTAVAIL: i32 = 99;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -116,6 +117,30 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)
         .collect())
 }
 
+/// Removes `address/prefix` from link `index`; nothing to do when it is not there.
+pub async fn remove_address(handle: &Handle, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+    let messages: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(failed("listing addresses of link", index.to_string()))?;
+    for message in messages.into_iter().filter(|m| m.header.index == index && m.header.prefix_len == prefix) {
+        let matches =
+            message.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address));
+        if matches {
+            match handle.address().del(message).execute().await {
+                Ok(()) => {}
+                Err(e) if matches!(errno(&e), Some(EADDRNOTAVAIL) | Some(ENODEV)) => {}
+                Err(e) => return Err(failed("removing an address from", format!("{address}/{prefix}"))(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Adds `address/prefix` to link `index` unless it is there already.
 pub async fn ensure_address(handle: &Handle, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
     match handle.address().add(index, IpAddr::V4(address), prefix).execute().await {
@@ -142,6 +167,13 @@ pub async fn create_veth(
         .execute()
         .await
         .map_err(failed("creating the veth pair", host))?;
+    // The builder's MTU is the host end's; the pod's end gets the same.
+    handle
+        .link()
+        .set(LinkUnspec::new_with_name(peer).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(failed("setting the MTU of", peer))?;
     let index = index_of(handle, host).await?.ok_or_else(|| LinkError::NotFound(host.to_owned()))?;
     handle
         .link()

@@ -171,6 +171,21 @@ impl Overlay {
         Ok(annotations(self.backend, self.node_ip, mac))
     }
 
+    /// Removes this node's addresses for podCIDRs it no longer has from the VXLAN device.
+    pub async fn forget(&self, subnets: &[Ipv4Net]) -> Result<(), NetworkError> {
+        let device = self.installed.lock().await.device;
+        let device = match device {
+            Some(index) => Some(index),
+            None => link::index_of(&self.handle, VXLAN_DEVICE).await?,
+        };
+        if let Some(index) = device {
+            for subnet in subnets {
+                link::remove_address(&self.handle, index, subnet.network(), 32).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the routes (and, with VXLAN, neighbour and forwarding entries) match `peers`.
     pub async fn sync(&self, peers: &[Peer]) -> Result<(), NetworkError> {
         let mut installed = self.installed.lock().await;

@@ -85,9 +85,12 @@ async fn sync(
 ) -> Result<(), crate::NetworkError> {
     let own = known.get(node_name);
     if let Some(subnet) = own.and_then(|n| pod_cidrs(n).first().copied()) {
-        network.set_subnet(subnet).await?;
+        let stale = network.set_subnet(subnet).await?;
         if let (Some(overlay), Some(node)) = (overlay, own) {
             let wanted = overlay.setup(subnet).await?;
+            // Only now that the device has its new address: a device left without any IPv4
+            // address loses every route through it.
+            overlay.forget(&stale).await?;
             publish(nodes, node, wanted).await;
         }
     }

@@ -91,6 +91,9 @@ enum BenchCommand {
     Pods(bench::pods::PodsBenchArgs),
     /// The pod network's datapath (same node, across the VXLAN overlay) against a bare veth pair.
     Network(bench::network::NetworkBenchArgs),
+    /// Time from a node joining a dev cluster to its pods being reachable from every node (and
+    /// back), beside the same pod start on a node already in the cluster.
+    NetworkJoin(bench::network_join::JoinBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -117,6 +120,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(BenchCommand::Controllers(args)) => bench::controllers::run(args).await,
             Command::Bench(BenchCommand::Pods(args)) => bench::pods::run(args).await,
             Command::Bench(BenchCommand::Network(args)) => bench::network::run(args).await,
+            Command::Bench(BenchCommand::NetworkJoin(args)) => bench::network_join::run(args).await,
             Command::SimNodes(args) => sim_nodes::run(args).await,
             Command::Images(args) => images::run(args).await,
             Command::Dev(args) => dev::run(args).await,

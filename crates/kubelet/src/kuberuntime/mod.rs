@@ -439,6 +439,11 @@ impl KubeRuntimeManager {
                 propagation: MountPropagation::Private,
             });
         }
+        match crate::termination_message::prepare(&self.config, pod, c, restart_count) {
+            Ok(Some(mount)) if !mounts.iter().any(|m| m.container_path == mount.container_path) => mounts.push(mount),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, container = %name, "preparing the termination message file"),
+        }
         // The image's own user decides `runAsNonRoot` when the pod names no uid.
         let image_user = self.images.image_status(&image).await.ok().flatten().and_then(|i| i.user);
         let inputs = ContainerInputs {

@@ -7,6 +7,7 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod network;
+pub mod network_join;
 pub mod pods;
 pub mod scheduler;
 

@@ -1,4 +1,4 @@
-//! `tug dev cluster up|load-image|down`.
+//! `tug dev cluster up|load-image|down|stop-node|start-node`.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -13,7 +13,7 @@ use rustix::process::{Pid, Signal, kill_process_group, test_kill_process_group};
 use serde::{Deserialize, Serialize};
 
 use super::hosts::{self, LinkNames};
-use super::{LoadImageArgs, UpArgs, cleanup};
+use super::{LoadImageArgs, NodeArgs, UpArgs, cleanup};
 
 /// The server's port inside node 0's namespace.
 const API_PORT: u16 = 6443;
@@ -41,6 +41,12 @@ struct NodeState {
     /// The process (and process group) running `tug server` or `tug agent`, once started.
     pid: Option<u32>,
     data_dir: PathBuf,
+    /// The command line `up` started the node with (program first), for `start-node`.
+    #[serde(default)]
+    argv: Vec<String>,
+    /// Whether `stop-node` stopped it (and `start-node` has not started it again).
+    #[serde(default)]
+    stopped: bool,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -48,9 +54,36 @@ fn state_path(dir: &Path) -> PathBuf {
 }
 
 fn save(dir: &Path, state: &ClusterState) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = state_path(dir);
     let text = serde_json::to_string_pretty(state).context("encoding the cluster state")?;
-    std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    // The agents' command lines hold the cluster's join token.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all((text + "\n").as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A path as a command-line argument stored in cluster.json (JSON strings are UTF-8).
+fn path_arg(path: &Path) -> anyhow::Result<String> {
+    path.to_str().map(str::to_owned).ok_or_else(|| anyhow!("{} is not valid UTF-8", path.display()))
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The command that runs `argv` (program first).
+fn command(argv: &[String]) -> anyhow::Result<Command> {
+    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("an empty command line"))?;
+    let mut command = Command::new(program);
+    command.args(args);
+    Ok(command)
 }
 
 fn load(dir: &Path) -> anyhow::Result<ClusterState> {
@@ -170,26 +203,26 @@ async fn build(args: &UpArgs, dir: &Path) -> Result<PathBuf, Failure> {
             host_veth: names.host_veth(i),
             pid: None,
             data_dir,
+            argv: Vec::new(),
+            stopped: false,
         });
         save(dir, &state)?;
         hosts::create_netns(&netns)?;
         hosts::attach_node(&names, bridge_index, i, &netns, ip, prefix, gateway).await?;
     }
 
-    let exe = std::env::current_exe().context("finding the tug binary")?;
+    let exe = path_arg(&std::env::current_exe().context("finding the tug binary")?)?;
     let mut children: Vec<(u32, Child)> = Vec::new();
     let node0 = &state.nodes[0];
-    let mut server = Command::new(&exe);
-    server
-        .arg("server")
-        .arg("--data-dir")
-        .arg(&node0.data_dir)
-        .args(["--node-name", &node0.name, "--node-ip", &server_ip.to_string()])
-        .args(["--https-listen-port", &API_PORT.to_string(), "--tls-san", &server_ip.to_string()])
-        .args(["--token", &random_hex(16)?, "--eviction-hard", EVICTION_HARD])
-        .args(&args.server_args);
-    let child = on_node(0, hosts::spawn_in(&node0.netns, server, &node0.data_dir.join("tug.log")))?;
+    let (server_ip_arg, port) = (server_ip.to_string(), API_PORT.to_string());
+    let mut argv = strings(&[&exe, "server", "--data-dir", &path_arg(&node0.data_dir)?]);
+    argv.extend(strings(&["--node-name", &node0.name, "--node-ip", &server_ip_arg]));
+    argv.extend(strings(&["--https-listen-port", &port, "--tls-san", &server_ip_arg]));
+    argv.extend(strings(&["--token", &random_hex(16)?, "--eviction-hard", EVICTION_HARD]));
+    argv.extend(args.server_args.iter().cloned());
+    let child = on_node(0, hosts::spawn_in(&node0.netns, command(&argv)?, &node0.data_dir.join("tug.log")))?;
     state.nodes[0].pid = Some(child.id());
+    state.nodes[0].argv = argv;
     children.push((0, child));
     save(dir, &state)?;
 
@@ -212,15 +245,14 @@ async fn build(args: &UpArgs, dir: &Path) -> Result<PathBuf, Failure> {
 
     for i in 1..args.nodes {
         let node = &state.nodes[i as usize];
-        let mut agent = Command::new(&exe);
-        agent
-            .args(["agent", "--server", &server_url, "--token", token.trim(), "--data-dir"])
-            .arg(&node.data_dir)
-            .args(["--node-name", &node.name, "--node-ip", &node.ip.to_string()])
-            .args(["--eviction-hard", EVICTION_HARD])
-            .args(&args.agent_args);
-        let child = on_node(i, hosts::spawn_in(&node.netns, agent, &node.data_dir.join("tug.log")))?;
+        let mut argv = strings(&[&exe, "agent", "--server", &server_url, "--token", token.trim()]);
+        argv.extend(strings(&["--data-dir", &path_arg(&node.data_dir)?]));
+        argv.extend(strings(&["--node-name", &node.name, "--node-ip", &node.ip.to_string()]));
+        argv.extend(strings(&["--eviction-hard", EVICTION_HARD]));
+        argv.extend(args.agent_args.iter().cloned());
+        let child = on_node(i, hosts::spawn_in(&node.netns, command(&argv)?, &node.data_dir.join("tug.log")))?;
         state.nodes[i as usize].pid = Some(child.id());
+        state.nodes[i as usize].argv = argv;
         children.push((i, child));
         save(dir, &state)?;
     }
@@ -367,6 +399,86 @@ pub async fn down(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node `index` of `state`, or why there is none.
+fn node_index(state: &ClusterState, index: u32) -> anyhow::Result<usize> {
+    let i = index as usize;
+    if i >= state.nodes.len() {
+        bail!(
+            "the cluster has {} nodes (0 to {}), not node {index}",
+            state.nodes.len(),
+            state.nodes.len().saturating_sub(1)
+        );
+    }
+    Ok(i)
+}
+
+/// Whether `pid` is still the `tug` process of a node of the cluster in `dir` (not a reused pid,
+/// not a zombie, whose command line is empty).
+fn still_running(dir: &Path, pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()))
+}
+
+pub async fn stop_node(args: NodeArgs) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&args.dir).with_context(|| format!("resolving {}", args.dir.display()))?;
+    let mut state = load(&dir)?;
+    let i = node_index(&state, args.node)?;
+    if let Some(pid) = state.nodes[i].pid {
+        // Only tug's own process group: the shims run in sessions of their own, so the node's
+        // containers keep running, as they do when a real node agent restarts.
+        let stopped = dir.clone();
+        tokio::task::spawn_blocking(move || stop_groups(&stopped, &[pid])).await.context("the stop task")?;
+        tracing::info!(node = args.node, pid, "stopped the node's tug process");
+    }
+    state.nodes[i].pid = None;
+    state.nodes[i].stopped = true;
+    save(&dir, &state)
+}
+
+pub async fn start_node(args: NodeArgs) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&args.dir).with_context(|| format!("resolving {}", args.dir.display()))?;
+    let deadline = Instant::now() + args.wait;
+    let mut state = load(&dir)?;
+    let i = node_index(&state, args.node)?;
+    let node = &state.nodes[i];
+    let mut children: Vec<(u32, Child)> = Vec::new();
+    if node.pid.is_some_and(|pid| still_running(&dir, pid)) {
+        tracing::info!(node = args.node, "the node's tug process is running already");
+    } else {
+        if node.argv.is_empty() {
+            bail!("{} has no command line for node {} (made by an older `up`?)", state_path(&dir).display(), args.node);
+        }
+        let log = node.data_dir.join("tug.log");
+        let child = hosts::spawn_in(&node.netns, command(&node.argv)?, &log)?;
+        tracing::info!(node = args.node, pid = child.id(), "started the node's tug process");
+        state.nodes[i].pid = Some(child.id());
+        children.push((args.node, child));
+    }
+    state.nodes[i].stopped = false;
+    save(&dir, &state)?;
+
+    let waited = if i == 0 {
+        match crate::client_from_kubeconfig(&dir.join("kubeconfig.yaml")).await {
+            Ok(client) => {
+                wait(deadline, &mut children, "the API server to answer /readyz", async || {
+                    let request = http::Request::get("/readyz").body(Vec::new()).context("building a request")?;
+                    Ok(client.request_text(request).await.is_ok_and(|body| body.trim() == "ok"))
+                })
+                .await
+            }
+            Err(error) => Err(Failure { node: Some(0), error }),
+        }
+    } else {
+        // An agent that cannot start (a bad flag, its data directory locked) exits at once.
+        let settled = Instant::now() + Duration::from_secs(1);
+        wait(deadline, &mut children, "the node's process to settle", async || Ok(Instant::now() >= settled)).await
+    };
+    waited.map_err(|failure| {
+        let tail = log_tail(&dir, args.node);
+        failure.error.context(format!("starting node {}; the last lines of its log:\n{tail}", args.node))
+    })
+}
+
 /// SIGTERM to the process groups `up` started, SIGKILL to what is left after a grace period.
 fn stop_groups(dir: &Path, pids: &[u32]) {
     let groups: Vec<Pid> = pids
@@ -388,5 +500,28 @@ fn stop_groups(dir: &Path, pids: &[u32]) {
     }
     for &group in &groups {
         let _ = kill_process_group(group, Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_json_from_before_start_node_still_loads() {
+        let old = r#"{"name":"n","bridge":"b","subnet":"172.30.0.0/24","server":"https://172.30.0.2:6443","nodes":[
+            {"name":"n-0","ip":"172.30.0.2","netns":"/d/nodes/0/netns","host_veth":"v0","pid":7,"data_dir":"/d/nodes/0"}]}"#;
+        let state: ClusterState = serde_json::from_str(old).unwrap();
+        assert!(state.nodes[0].argv.is_empty() && !state.nodes[0].stopped);
+        assert_eq!(node_index(&state, 0).unwrap(), 0);
+        assert!(node_index(&state, 1).is_err());
+    }
+
+    #[test]
+    fn a_stored_command_line_runs_its_first_word() {
+        let cmd = command(&strings(&["/bin/tug", "agent", "--node-ip", "172.30.0.3"])).unwrap();
+        assert_eq!(cmd.get_program(), "/bin/tug");
+        assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["agent", "--node-ip", "172.30.0.3"]);
+        assert!(command(&[]).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! on a shared bridge running `tug server` or `tug agent`.
 
 mod cleanup;
-mod cluster;
+pub(crate) mod cluster;
 pub mod hosts;
 
 use std::path::PathBuf;
@@ -40,6 +40,12 @@ enum ClusterCommand {
     /// Stop the cluster's processes and remove everything it created. Idempotent; a DIR
     /// without a cluster is fine.
     Down(DownArgs),
+    /// Stop one node's `tug` process (SIGTERM, SIGKILL after a grace period), leaving its
+    /// containers running as an agent restart does. Idempotent.
+    StopNode(NodeArgs),
+    /// Start a stopped node's `tug` process again with the command line `up` gave it, and wait
+    /// until it runs (for the first node, until the API server answers). Idempotent.
+    StartNode(NodeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -87,10 +93,25 @@ pub struct DownArgs {
     pub dir: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// The cluster's directory, as given to `up`.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The node's index: 0 is the control plane's node.
+    #[arg(long)]
+    pub node: u32,
+    /// How long `start-node` waits for the process (and node 0's API server).
+    #[arg(long, default_value = "60s", value_parser = crate::server::parse_duration)]
+    pub wait: Duration,
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     match args.command {
         DevCommand::Cluster(ClusterCommand::Up(args)) => cluster::up(args).await,
         DevCommand::Cluster(ClusterCommand::LoadImage(args)) => cluster::load_image(args).await,
         DevCommand::Cluster(ClusterCommand::Down(args)) => cluster::down(&args.dir).await,
+        DevCommand::Cluster(ClusterCommand::StopNode(args)) => cluster::stop_node(args).await,
+        DevCommand::Cluster(ClusterCommand::StartNode(args)) => cluster::start_node(args).await,
     }
 }
