@@ -100,8 +100,11 @@ fn log_tail(path: &Path) -> Option<String> {
         open = record.partial;
     }
     // Each line with its newline, as `kubectl logs` would print it.
-    let tail: Vec<u8> =
-        lines[lines.len().saturating_sub(FALLBACK_LINES)..].iter().flat_map(|l| l.iter().chain(b"\n")).copied().collect();
+    let tail: Vec<u8> = lines[lines.len().saturating_sub(FALLBACK_LINES)..]
+        .iter()
+        .flat_map(|l| l.iter().chain(b"\n"))
+        .copied()
+        .collect();
     let tail = &tail[tail.len().saturating_sub(FALLBACK_BYTES)..];
     Some(String::from_utf8_lossy(tail).into_owned())
 }

@@ -83,6 +83,10 @@ pub struct AgentArgs {
     /// How often image garbage collection checks disk usage (upstream's fixed 5m; for tests).
     #[arg(long, default_value = "5m", value_parser = crate::server::parse_duration, hide = true)]
     pub image_gc_period: std::time::Duration,
+
+    /// Do not run the built-in service proxy (kube-proxy's role), as k3s' flag of that name.
+    #[arg(long)]
+    pub disable_kube_proxy: bool,
 }
 
 /// The backends of `--flannel-backend`.
@@ -220,6 +224,10 @@ pub fn spawn(
     }
     if let Some(cni) = cni {
         tokio::spawn(release_orphaned_addresses(cni, runtime.clone(), shutdown.clone()));
+    }
+    if !args.disable_kube_proxy {
+        let proxy = tug_proxy::run(client.clone(), config.node_name.clone(), identity.node_ip, shutdown.clone());
+        tokio::spawn(proxy);
     }
     Ok(tokio::spawn(async move {
         if let Err(e) = tug_kubelet::run(client, config, runtime, images, shutdown).await {

@@ -74,6 +74,24 @@ pub struct ServerArgs {
     #[arg(long = "tls-san")]
     pub tls_san: Vec<String>,
 
+    /// Packaged components not to run, as k3s: `coredns` (the cluster DNS); repeatable or
+    /// comma-separated.
+    #[arg(long = "disable", value_name = "COMPONENT", value_delimiter = ',')]
+    pub disable: Vec<String>,
+
+    /// UDP and TCP address the cluster DNS serves on (default: the node address, port 53).
+    #[arg(long)]
+    pub cluster_dns_bind: Option<SocketAddr>,
+
+    /// Resolvers for names outside the cluster (IP or IP:port; repeatable); default: the
+    /// nameservers of /etc/resolv.conf.
+    #[arg(long = "cluster-dns-upstream", value_parser = parse_upstream)]
+    pub cluster_dns_upstreams: Vec<SocketAddr>,
+
+    /// Address of the cluster DNS's /metrics (default: the DNS address, port 9153).
+    #[arg(long)]
+    pub cluster_dns_metrics_bind: Option<SocketAddr>,
+
     #[command(flatten)]
     pub node_controllers: NodeControllerArgs,
 
@@ -82,6 +100,12 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub agent: crate::agent::AgentArgs,
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not an address like 192.0.2.53 or 127.0.0.1:5353"))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -229,6 +253,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let dns = if args.disable.iter().any(|c| c == "coredns") {
+        None
+    } else {
+        Some(start_dns(&args, client.clone(), advertise, shutdown.clone()).await?)
+    };
     let agent = if args.disable_agent {
         None
     } else {
@@ -275,10 +304,52 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     info!("shutting down");
     shutdown.cancel();
     let _ = tokio::join!(serving, crds, controllers, scheduler);
+    if let Some(Some(dns)) = dns {
+        let _ = dns.await;
+    }
     if let Some(agent) = agent {
         let _ = agent.await;
     }
     Ok(())
+}
+
+/// Starts the cluster DNS (crates/dns). A bind failure is fatal only for an explicit
+/// `--cluster-dns-bind`: on the default port 53 another server may hold it.
+async fn start_dns(
+    args: &ServerArgs,
+    client: kube::Client,
+    advertise: IpAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let node_ip = args.agent.node_ip.unwrap_or(advertise);
+    let listen = args.cluster_dns_bind.unwrap_or(SocketAddr::new(node_ip, 53));
+    let upstreams = if args.cluster_dns_upstreams.is_empty() {
+        tug_dns::forward::upstreams_from_resolv_conf(std::path::Path::new("/etc/resolv.conf")).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading /etc/resolv.conf: names outside the cluster will not resolve");
+            Vec::new()
+        })
+    } else {
+        args.cluster_dns_upstreams.clone()
+    };
+    let options = tug_dns::Options {
+        domain: args.cluster_domain.clone(),
+        listen,
+        upstreams,
+        metrics: Some(args.cluster_dns_metrics_bind.unwrap_or(SocketAddr::new(listen.ip(), 9153))),
+        publish: Some(tug_dns::Publish {
+            cluster_ip: args.agent.cluster_dns,
+            advertise: node_ip,
+            node_name: (!args.disable_agent).then(|| crate::agent::node_name(&args.agent)),
+        }),
+    };
+    match tug_dns::start(client, options, shutdown).await {
+        Ok((_, task)) => Ok(Some(task)),
+        Err(e) if args.cluster_dns_bind.is_none() => {
+            tracing::warn!(error = %e, "the cluster DNS is not running");
+            Ok(None)
+        }
+        Err(e) => Err(e).context("starting the cluster DNS"),
+    }
 }
 
 /// Writes `contents` to `path` readable only by its owner.

@@ -1,0 +1,237 @@
+//! The service proxy of a node (kube-proxy's role, its nftables mode): Services and
+//! EndpointSlices read through the API become one nftables table, `table ip kube-proxy`, that
+//! sends connections to a Service's virtual IP, NodePorts and external IPs to its ready
+//! endpoints.
+//!
+//! [`run`] watches both kinds with kube-runtime reflectors, and after any change (debounced, so
+//! a burst makes one sync) renders the whole table from [`serviceport::service_ports`] and
+//! applies it in one transaction ([`nftables`]). It owns nothing but that table: it never
+//! touches the pod network's own table, routes or interfaces, and never writes to the API.
+
+pub mod nftables;
+pub mod serviceport;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The pods' bridge of the built-in pod network (k3s' name).
+pub const POD_BRIDGE: &str = "cni0";
+
+/// The least time between two syncs: changes arriving meanwhile are folded into the next one
+/// (upstream's `--nftables-min-sync-period` is 1s; shorter here so a Service is usable fast).
+const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The table is rewritten this often even without changes, repairing anything that removed it.
+const RESYNC_PERIOD: Duration = Duration::from_secs(60);
+
+/// Waits after a failed sync before trying again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Programs this node's service rules until `shutdown`, then leaves them in place (as
+/// upstream does: connections keep working while the proxy restarts).
+pub async fn run(client: kube::Client, node_name: String, node_ip: IpAddr, shutdown: CancellationToken) {
+    let changed = Arc::new(Notify::new());
+    let services = watch(Api::<Service>::all(client.clone()), changed.clone(), shutdown.clone());
+    let slices = watch(Api::<EndpointSlice>::all(client), changed.clone(), shutdown.clone());
+
+    // A full sync only once both caches hold the whole list: a partial view would reject
+    // connections to services whose endpoints are not yet known.
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        ready = async { tokio::try_join!(services.wait_until_ready(), slices.wait_until_ready()) } => {
+            if ready.is_err() {
+                return;
+            }
+        }
+    }
+    tracing::info!(node = %node_name, %node_ip, "service proxy caches synced; programming the nftables table");
+
+    let mut syncer = RuleSyncer { node_name, services, slices, applied: None, last_full: tokio::time::Instant::now() };
+    sync_loop(&changed, &shutdown, &mut syncer).await;
+}
+
+/// One sync of the rules; `false` when it failed and should be retried.
+trait SyncRules {
+    fn sync(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+/// Renders the table from the caches and applies it when it changed.
+struct RuleSyncer {
+    node_name: String,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    /// The text last applied, so an unchanged table is not rewritten.
+    applied: Option<String>,
+    last_full: tokio::time::Instant,
+}
+
+impl SyncRules for RuleSyncer {
+    async fn sync(&mut self) -> bool {
+        let started = tokio::time::Instant::now();
+        let ruleset = nftables::Ruleset {
+            pod_bridge: POD_BRIDGE.to_string(),
+            service_ports: serviceport::service_ports(
+                &self.node_name,
+                self.services.state().iter().map(|s| &**s).collect::<Vec<_>>(),
+                self.slices.state().iter().map(|s| &**s).collect::<Vec<_>>(),
+            ),
+        };
+        let text = ruleset.render();
+        // Unchanged rules are not rewritten, except now and then to repair outside damage.
+        if self.applied.as_deref() == Some(&text) && self.last_full.elapsed() < RESYNC_PERIOD {
+            return true;
+        }
+        match nftables::apply(&ruleset, &text).await {
+            Ok(()) => {
+                tracing::debug!(
+                    node = %self.node_name,
+                    service_ports = ruleset.service_ports.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "synced the service rules"
+                );
+                self.applied = Some(text);
+                self.last_full = tokio::time::Instant::now();
+                true
+            }
+            Err(error) => {
+                tracing::warn!(node = %self.node_name, %error, "programming the service rules");
+                self.applied = None;
+                false
+            }
+        }
+    }
+}
+
+/// Calls `syncer` at once, then after each wake of `changed` (and at least every
+/// [`RESYNC_PERIOD`]), never twice within [`MIN_SYNC_INTERVAL`], so a burst of changes makes
+/// one sync; a failed sync (`false`) is retried after [`RETRY_DELAY`]. Returns at `shutdown`.
+async fn sync_loop(changed: &Notify, shutdown: &CancellationToken, syncer: &mut impl SyncRules) {
+    loop {
+        let started = tokio::time::Instant::now();
+        if !syncer.sync().await {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RETRY_DELAY) => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(started + MIN_SYNC_INTERVAL) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+        }
+    }
+}
+
+/// A reflector over `api`, driven on its own task until `shutdown`, waking `changed` on every
+/// event.
+fn watch<K>(api: Api<K>, changed: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default())).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = stream.next() => event,
+            };
+            match event {
+                None => return,
+                Some(Ok(_)) => changed.notify_one(),
+                Some(Err(error)) => {
+                    tracing::warn!(kind = K::kind(&()).as_ref(), %error, "watching for the service proxy")
+                }
+            }
+        }
+    });
+    reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts its calls; answers from `results`, then `true`.
+    struct Counting {
+        count: usize,
+        results: std::vec::IntoIter<bool>,
+    }
+
+    impl SyncRules for Counting {
+        async fn sync(&mut self) -> bool {
+            self.count += 1;
+            self.results.next().unwrap_or(true)
+        }
+    }
+
+    /// Runs `sync_loop` with a counting sync while `drive` makes changes, then stops it.
+    async fn syncs_during(results: Vec<bool>, drive: impl AsyncFnOnce(&Notify)) -> usize {
+        let changed = Notify::new();
+        let shutdown = CancellationToken::new();
+        let mut counting = Counting { count: 0, results: results.into_iter() };
+        let stop = async {
+            drive(&changed).await;
+            shutdown.cancel();
+        };
+        tokio::join!(sync_loop(&changed, &shutdown, &mut counting), stop);
+        counting.count
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_changes_makes_one_sync_after_the_first() {
+        let count = syncs_during(Vec::new(), async |changed: &Notify| {
+            for _ in 0..50 {
+                changed.notify_one();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        // The start, then the burst (within 100 ms of it) folded into one.
+        assert_eq!(count, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_spaced_beyond_the_interval_each_sync() {
+        let count = syncs_during(Vec::new(), async |changed: &Notify| {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                changed.notify_one();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        })
+        .await;
+        assert_eq!(count, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_sync_is_retried_and_an_idle_proxy_resyncs_periodically() {
+        let count = syncs_during(vec![false, true], async |_: &Notify| {
+            tokio::time::sleep(RETRY_DELAY + Duration::from_millis(10)).await;
+        })
+        .await;
+        assert_eq!(count, 2, "the failure, then the retry");
+        let count = syncs_during(Vec::new(), async |_: &Notify| {
+            tokio::time::sleep(RESYNC_PERIOD * 2 + Duration::from_secs(1)).await;
+        })
+        .await;
+        assert_eq!(count, 3, "the start and two periodic resyncs");
+    }
+}
