@@ -174,7 +174,7 @@ async fn measure_all(args: &JoinBenchArgs, dir: &Path, agents: &mut Vec<Child>) 
     let server_url = format!("https://{}:{API_PORT}", nth(&args.subnet, 2));
     let token_file = node_dir(dir, 0).join("node-token");
     let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
-    let bridge_index = hosts::create_bridge(&names, gateway, prefix).await?;
+    let switch = hosts::create_bridge(&names, gateway, prefix, &hosts::switch_pin(dir)).await?;
     let exe = std::env::current_exe().context("finding the tug binary")?;
 
     let mut times = Vec::new();
@@ -196,7 +196,7 @@ async fn measure_all(args: &JoinBenchArgs, dir: &Path, agents: &mut Vec<Child>) 
         std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let node_ip = nth(&args.subnet, 2 + index);
         hosts::create_netns(&node.netns)?;
-        hosts::attach_node(&names, bridge_index, index, &node.netns, node_ip, prefix, gateway).await?;
+        hosts::attach_node(&names, &switch, index, &node.netns, node_ip, prefix, gateway).await?;
         import_image(&data_dir, &args.image_archive, &args.image).await?;
         let mut agent = Command::new(&exe);
         agent

@@ -190,7 +190,7 @@ async fn build(args: &UpArgs, dir: &Path) -> Result<PathBuf, Failure> {
         nodes: Vec::new(),
     };
     save(dir, &state)?;
-    let bridge_index = hosts::create_bridge(&names, gateway, prefix).await?;
+    let switch = hosts::create_bridge(&names, gateway, prefix, &hosts::switch_pin(dir)).await?;
     for i in 0..args.nodes {
         let data_dir = dir.join("nodes").join(i.to_string());
         std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -208,7 +208,7 @@ async fn build(args: &UpArgs, dir: &Path) -> Result<PathBuf, Failure> {
         });
         save(dir, &state)?;
         hosts::create_netns(&netns)?;
-        hosts::attach_node(&names, bridge_index, i, &netns, ip, prefix, gateway).await?;
+        hosts::attach_node(&names, &switch, i, &netns, ip, prefix, gateway).await?;
     }
 
     let exe = path_arg(&std::env::current_exe().context("finding the tug binary")?)?;
@@ -388,7 +388,7 @@ pub async fn down(dir: &Path) -> anyhow::Result<()> {
     if !left.is_empty() {
         bail!("mounts are left under {}: {left:?}", dir.display());
     }
-    for path in [dir.join("nodes"), dir.join("kubeconfig.yaml"), state_path(&dir)] {
+    for path in [dir.join("nodes"), dir.join("kubeconfig.yaml"), state_path(&dir), hosts::switch_pin(&dir)] {
         let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         match removed {
             Ok(()) => {}

@@ -1,5 +1,12 @@
-//! The dev cluster's "hosts": a network namespace per node, pinned by a bind mount, joined to
-//! a bridge in the machine's own namespace by a veth pair, and processes started inside it.
+//! The dev cluster's "hosts": a network namespace per node, pinned by a bind mount, joined by a
+//! veth pair to a bridge, and processes started inside it.
+//!
+//! The bridge lives in a namespace of its own (the "switch", `DIR/switch-netns`), linked to the
+//! machine's namespace by one more veth pair whose machine end carries the subnet's first
+//! address. A bridge in the machine's own namespace would hand every frame crossing it to that
+//! namespace's netfilter when `br_netfilter` is loaded (a machine setting we must not change),
+//! where NAT rules of other software would rewrite traffic between the nodes; in the switch's
+//! own namespace we turn that off, so it behaves as a plain Ethernet switch.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -30,9 +37,15 @@ impl LinkNames {
         LinkNames { tag: hex::encode(digest)[..6].to_owned() }
     }
 
-    /// The bridge in the machine's namespace (12 characters, within IFNAMSIZ).
+    /// The machine's end of the link to the switch, holding the subnet's first address (12
+    /// characters, within IFNAMSIZ).
     pub fn bridge(&self) -> String {
         format!("tugdev{}", self.tag)
+    }
+
+    /// The switch's end of that link before it moves into the switch's namespace.
+    fn uplink_peer(&self) -> String {
+        format!("tdu{}", self.tag)
     }
 
     /// The host end of node `i`'s veth pair.
@@ -47,7 +60,7 @@ impl LinkNames {
 
     /// Whether `name` is one of this cluster's veths.
     fn owns_veth(&self, name: &str) -> bool {
-        name.strip_prefix("tdv").or_else(|| name.strip_prefix("tdp")).is_some_and(|rest| rest.starts_with(&self.tag))
+        ["tdv", "tdp", "tdu"].iter().any(|p| name.strip_prefix(p).is_some_and(|rest| rest.starts_with(&self.tag)))
     }
 }
 
@@ -83,34 +96,108 @@ fn host_handle() -> anyhow::Result<rtnetlink::Handle> {
     Ok(handle)
 }
 
-/// Creates the bridge (up, with `gateway/prefix`) in the machine's namespace. Returns its index.
-pub async fn create_bridge(names: &LinkNames, gateway: Ipv4Addr, prefix: u8) -> anyhow::Result<u32> {
-    let handle = host_handle()?;
-    let bridge = names.bridge();
-    let index =
-        link::ensure_bridge(&handle, &bridge, MTU).await.with_context(|| format!("creating bridge {bridge}"))?;
-    link::ensure_address(&handle, index, gateway, prefix).await.with_context(|| format!("addressing {bridge}"))?;
-    Ok(index)
+/// The bridge's name inside the switch's namespace (private to it).
+const SWITCH_BRIDGE: &str = "br0";
+
+/// Where the switch's namespace of the cluster in `dir` is pinned.
+pub fn switch_pin(dir: &Path) -> PathBuf {
+    dir.join("switch-netns")
 }
 
-/// Connects node `i`'s namespace at `netns` to the bridge: a veth pair, the node's end named
-/// eth0 with `address/prefix`, a default route via `gateway`, loopback up.
+/// The switch nodes plug into: its pinned namespace and the bridge's index in it.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub pin: PathBuf,
+    pub bridge_index: u32,
+}
+
+/// Creates the switch (its namespace pinned at `switch` unless it exists, the bridge in it,
+/// frames kept away from netfilter) and links it to the machine's namespace, whose end gets
+/// `gateway/prefix`. Idempotent.
+pub async fn create_bridge(names: &LinkNames, gateway: Ipv4Addr, prefix: u8, switch: &Path) -> anyhow::Result<Switch> {
+    if !is_pinned(switch) {
+        create_netns(switch)?;
+    }
+    let bridge_index = tug_network::netns::run_in(switch, |handle| async move {
+        for key in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"] {
+            // Absent when br_netfilter is not loaded: then nothing needs turning off.
+            let _ = std::fs::write(format!("/proc/sys/net/bridge/{key}"), "0");
+        }
+        link::ensure_bridge(&handle, SWITCH_BRIDGE, MTU).await
+    })
+    .await
+    .context("entering the switch's namespace")?
+    .context("creating the switch's bridge")?;
+    let handle = host_handle()?;
+    let (uplink, peer) = (names.bridge(), names.uplink_peer());
+    if link::index_of(&handle, &uplink).await?.is_none() {
+        handle
+            .link()
+            .add(rtnetlink::LinkVeth::new(&uplink, &peer).mtu(MTU).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {uplink}"))?;
+        let ns = File::open(switch).with_context(|| format!("opening {}", switch.display()))?;
+        link::move_to_netns(&handle, &peer, ns.as_raw_fd()).await.with_context(|| format!("moving {peer}"))?;
+        tug_network::netns::run_in(switch, move |handle| async move { plug(&handle, &peer, bridge_index).await })
+            .await??;
+    }
+    let index = link::index_of(&handle, &uplink).await?.ok_or_else(|| anyhow!("{uplink} vanished"))?;
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("bringing up {uplink}"))?;
+    link::ensure_address(&handle, index, gateway, prefix).await.with_context(|| format!("addressing {uplink}"))?;
+    Ok(Switch { pin: switch.to_path_buf(), bridge_index })
+}
+
+/// Whether `pin` is a mounted namespace (not just the empty file a mount point starts as).
+fn is_pinned(pin: &Path) -> bool {
+    let (Ok(pinned), Ok(own)) = (std::fs::metadata(pin), std::fs::metadata("/proc/self/ns/net")) else {
+        return false;
+    };
+    use std::os::unix::fs::MetadataExt as _;
+    pinned.dev() == own.dev()
+}
+
+/// Enslaves link `name` to the bridge and brings it up.
+async fn plug(handle: &rtnetlink::Handle, name: &str, bridge_index: u32) -> anyhow::Result<()> {
+    let index = link::index_of(handle, name).await?.ok_or_else(|| anyhow!("no link {name}"))?;
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).controller(bridge_index).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("plugging {name} into the switch"))
+}
+
+/// Connects node `i`'s namespace at `netns` to the switch: a veth pair made in the switch, its
+/// node end named eth0 with `address/prefix`, a default route via `gateway`, loopback up.
 pub async fn attach_node(
     names: &LinkNames,
-    bridge_index: u32,
+    switch: &Switch,
     i: u32,
     netns: &Path,
     address: Ipv4Addr,
     prefix: u8,
     gateway: Ipv4Addr,
 ) -> anyhow::Result<()> {
-    let handle = host_handle()?;
+    let bridge_index = switch.bridge_index;
     let (host, peer) = (names.host_veth(i), names.peer_veth(i));
-    link::create_veth(&handle, &host, &peer, MTU, bridge_index)
-        .await
-        .with_context(|| format!("creating veth {host}"))?;
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    link::move_to_netns(&handle, &peer, ns.as_raw_fd()).await.with_context(|| format!("moving {peer}"))?;
+    let ns_fd = ns.as_raw_fd();
+    let moved = peer.clone();
+    tug_network::netns::run_in(&switch.pin, move |handle| async move {
+        link::create_veth(&handle, &host, &moved, MTU, bridge_index)
+            .await
+            .with_context(|| format!("creating veth {host}"))?;
+        link::move_to_netns(&handle, &moved, ns_fd).await.with_context(|| format!("moving {moved}"))
+    })
+    .await
+    .context("entering the switch's namespace")??;
+    drop(ns);
     tug_network::netns::run_in(netns, move |handle| async move {
         link::configure_pod_interface(&handle, &peer, "eth0", address, prefix, gateway).await
     })
@@ -119,7 +206,9 @@ pub async fn attach_node(
     .with_context(|| format!("configuring eth0 in {}", netns.display()))
 }
 
-/// Deletes the bridge and every veth of this cluster left in the machine's namespace.
+/// Deletes this cluster's links left in the machine's namespace (the uplink, and the bridge and
+/// veths of clusters made before the switch had a namespace of its own). The switch's own links
+/// go with its namespace.
 pub async fn delete_links(names: &LinkNames) -> anyhow::Result<()> {
     let handle = host_handle()?;
     let links: Vec<_> = handle.link().get().execute().try_collect().await.context("listing links")?;
