@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import subprocess
 import threading
 import time
 import urllib.request
@@ -388,3 +389,27 @@ def test_metrics_count_requests_and_cache_hits(dns, upstream):
     assert metric('coredns_dns_requests_total{proto="udp"}') == before_requests + 3
     assert metric("coredns_cache_hits_total") == before_hits + 2
     assert metric("coredns_dns_request_duration_seconds_count") >= 3
+
+
+def test_tug_dns_runs_alone_with_a_kubeconfig(dns, upstream, tmp_path):
+    """`tug dns --kubeconfig FILE` (as a cluster DNS outside `tug server`) answers the same names."""
+    server, _ = dns
+    port, metrics = free_port(), free_port()
+    log = open(tmp_path / "dns.log", "wb")
+    process = subprocess.Popen(
+        [str(tug_binary()), "dns", "--kubeconfig", str(server.kubeconfig), "--bind", f"127.0.0.1:{port}",
+         "--metrics-bind", f"127.0.0.1:{metrics}", "--upstream", f"127.0.0.1:{upstream.port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        def answered():
+            try:
+                return addresses(query(("127.0.0.1", port), "kubernetes.default.svc.cluster.local")) or None
+            except OSError:  # not listening yet
+                return None
+
+        answer = wait_for(answered, "the standalone DNS to answer", timeout=20)
+        assert answer == ["10.43.0.1"]
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0, (tmp_path / "dns.log").read_text()[-2000:]

@@ -395,3 +395,12 @@ def test_a_service_without_endpoints_refuses_connections_at_once(cluster, web, c
     # And from a node's own processes to the ClusterIP.
     refused = node_get(cluster, 1, f"http://{ip}/")
     assert "refused" in refused.lower() or "couldn't connect" in refused.lower(), refused
+
+
+def test_tug_proxy_cleanup_removes_the_rules(cluster):
+    """`tug proxy --cleanup` (run on a node whose agent keeps its own proxy) removes the table."""
+    assert "table ip kube-proxy" in in_node(cluster, 2, "nft", "list", "tables")
+    in_node(cluster, 2, str(cluster.binary), "proxy", "--cleanup")
+    assert "table ip kube-proxy" not in in_node(cluster, 2, "nft", "list", "tables")
+    # Removing an absent table is fine too.
+    in_node(cluster, 2, str(cluster.binary), "proxy", "--cleanup")

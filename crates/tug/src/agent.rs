@@ -133,7 +133,12 @@ pub struct AgentIdentity {
 
 /// The node name the agent registers under.
 pub fn node_name(args: &AgentArgs) -> String {
-    args.node_name.clone().unwrap_or_else(|| host_name().to_lowercase())
+    args.node_name.clone().unwrap_or_else(default_node_name)
+}
+
+/// The node name when none is given: the host name, lower-cased.
+pub fn default_node_name() -> String {
+    host_name().to_lowercase()
 }
 
 fn host_name() -> String {

@@ -59,6 +59,40 @@ enum Command {
         #[command(flatten)]
         leader_election: server::LeaderElectionArgs,
     },
+    /// Run the service proxy alone (kube-proxy's role): Services and EndpointSlices from the
+    /// API programmed into this host's nftables table `ip kube-proxy`.
+    Proxy {
+        /// The kubeconfig to reach the API server with.
+        #[arg(long, required_unless_present = "cleanup")]
+        kubeconfig: Option<std::path::PathBuf>,
+        /// The node this host is (for `internalTrafficPolicy`/`externalTrafficPolicy: Local`);
+        /// default: the host name, lower-cased.
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Remove the proxy's rules from this host and exit.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Run the cluster DNS alone (CoreDNS's role): service and pod names from the API, other
+    /// names forwarded.
+    Dns {
+        /// The kubeconfig to reach the API server with.
+        #[arg(long)]
+        kubeconfig: std::path::PathBuf,
+        /// UDP and TCP address to serve on.
+        #[arg(long, default_value = "0.0.0.0:53")]
+        bind: std::net::SocketAddr,
+        /// The cluster's DNS domain.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Resolvers for names outside the cluster (IP:port; repeatable); default: the
+        /// nameservers of /etc/resolv.conf.
+        #[arg(long = "upstream")]
+        upstreams: Vec<std::net::SocketAddr>,
+        /// Where to serve /metrics.
+        #[arg(long, default_value = "0.0.0.0:9153")]
+        metrics_bind: std::net::SocketAddr,
+    },
     /// Simulate nodes (no containers) for testing and measuring the control plane at scale.
     SimNodes(sim_nodes::SimNodesArgs),
     /// Manage the node's container images: pull, list, remove, import.
@@ -121,6 +155,46 @@ fn main() -> std::process::ExitCode {
             Command::Bench(BenchCommand::Pods(args)) => bench::pods::run(args).await,
             Command::Bench(BenchCommand::Network(args)) => bench::network::run(args).await,
             Command::Bench(BenchCommand::NetworkJoin(args)) => bench::network_join::run(args).await,
+            Command::Proxy { kubeconfig, node_name, cleanup } => {
+                if cleanup {
+                    return tug_proxy::nftables::delete_table().await.map_err(anyhow::Error::from);
+                }
+                let kubeconfig = kubeconfig.expect("clap requires --kubeconfig without --cleanup");
+                let client = client_from_kubeconfig(&kubeconfig).await?;
+                let node_name = node_name.unwrap_or_else(agent::default_node_name);
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let proxy = tokio::spawn(tug_proxy::run(
+                    client,
+                    node_name,
+                    std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    shutdown.clone(),
+                ));
+                server::wait_for_signal().await;
+                shutdown.cancel();
+                let _ = proxy.await;
+                Ok(())
+            }
+            Command::Dns { kubeconfig, bind, cluster_domain, upstreams, metrics_bind } => {
+                let client = client_from_kubeconfig(&kubeconfig).await?;
+                let upstreams = if upstreams.is_empty() {
+                    tug_dns::forward::upstreams_from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))?
+                } else {
+                    upstreams
+                };
+                let options = tug_dns::Options {
+                    domain: cluster_domain,
+                    listen: bind,
+                    upstreams,
+                    publish: None,
+                    metrics: Some(metrics_bind),
+                };
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let (_, serving) = tug_dns::start(client, options, shutdown.clone()).await?;
+                server::wait_for_signal().await;
+                shutdown.cancel();
+                let _ = serving.await;
+                Ok(())
+            }
             Command::SimNodes(args) => sim_nodes::run(args).await,
             Command::Images(args) => images::run(args).await,
             Command::Dev(args) => dev::run(args).await,
