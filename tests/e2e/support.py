@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
@@ -339,6 +340,41 @@ class TugServer:
             return f"(no log: {e})"
         tail = text.splitlines()[-lines:]
         return "\n".join(tail)
+
+
+def node_ready(server: "TugServer") -> dict | None:
+    """The server's own Node once it reports Ready with a podCIDR (its pod network is up)."""
+    resp = server.request("GET", f"/api/v1/nodes/{server.node_name}")
+    if resp.status != 200:
+        return None
+    node = resp.json()
+    ready = [c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
+    return node if ready and ready[0]["status"] == "True" and node.get("spec", {}).get("podCIDR") else None
+
+
+@contextmanager
+def agent_server(binary: Path, workdir: Path, image: str, extra_args: list[str] | None = None, wait_ready: bool = True):
+    """A `tug server` with its node agent, for tests that run pods; `server.image` is `image`.
+    Afterwards its pods are deleted as a user would, the server stops, what its agent left
+    running is removed, and a server that died on its own fails the test."""
+    require(os.geteuid() == 0, "the node agent runs containers: needs root")
+    server = TugServer.start(binary, workdir, extra_args, agent=True)
+    try:
+        server.image = image
+        if wait_ready:
+            wait_for(lambda: node_ready(server), "the node to become Ready with a podCIDR", timeout=40)
+        yield server
+    finally:
+        crashed = server.crashed()
+        try:
+            if not crashed:
+                server.request("DELETE", "/api/v1/namespaces/default/pods?gracePeriodSeconds=0")
+                time.sleep(1)
+        finally:
+            server.stop()
+            server.remove_containers()
+        if crashed:
+            pytest.fail(f"tug server exited on its own with code {server.exit_code}\n{server.log_tail()}")
 
 
 def cleanup_agent_leftovers(data_dir: Path) -> None:

@@ -8,14 +8,13 @@ Needs root (containers); under CI=true a missing privilege fails.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
 import pytest
 
 from registry import plain_registry, test_images, tug_binary  # noqa: F401  (fixtures used by name)
-from support import TugServer, require, wait_for
+from support import TugServer, agent_server, wait_for
 
 GC_FLAGS = [
     "--image-gc-high-threshold", "1",
@@ -27,22 +26,9 @@ GC_FLAGS = [
 
 @pytest.fixture
 def node(tmp_path, plain_registry):  # noqa: F811
-    require(os.geteuid() == 0, "the node agent runs containers: needs root")
-    server = TugServer.start(tug_binary(), tmp_path / "gc", GC_FLAGS, agent=True)
-    try:
-        server.image = f"{plain_registry.address}/tugboat.test/busybox:1"
+    image = f"{plain_registry.address}/tugboat.test/busybox:1"
+    with agent_server(tug_binary(), tmp_path / "gc", image, GC_FLAGS, wait_ready=False) as server:
         yield server
-    finally:
-        crashed = server.crashed()
-        try:
-            if not crashed:
-                server.request("DELETE", "/api/v1/namespaces/default/pods?gracePeriodSeconds=0")
-                time.sleep(1)
-        finally:
-            server.stop()
-            server.remove_containers()
-        if crashed:
-            pytest.fail(f"tug server exited on its own with code {server.exit_code}\n{server.log_tail()}")
 
 
 def stored_images(server: TugServer) -> list[str]:

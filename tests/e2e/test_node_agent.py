@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from registry import plain_registry, test_images, tug_binary  # noqa: F401  (fixtures used by name)
-from support import TOOLS_BIN, Kubectl, TugServer, require, wait_for
+from support import TOOLS_BIN, Kubectl, agent_server, node_ready, require, wait_for
 
 KUBECTL_VERSIONS = ["1.36", "1.27"]
 
@@ -27,33 +27,9 @@ KUBECTL_VERSIONS = ["1.36", "1.27"]
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, plain_registry):  # noqa: F811
     """A server with its node agent, the busybox test image pushed to a local registry."""
-    require(os.geteuid() == 0, "the node agent runs containers: needs root")
-    server = TugServer.start(tug_binary(), tmp_path_factory.mktemp("agent"), agent=True)
-    try:
-        server.image = f"{plain_registry.address}/tugboat.test/busybox:1"
-        wait_for(lambda: node_ready(server), "the node to register Ready", timeout=30)
+    image = f"{plain_registry.address}/tugboat.test/busybox:1"
+    with agent_server(tug_binary(), tmp_path_factory.mktemp("agent"), image) as server:
         yield server
-    finally:
-        crashed = server.crashed()
-        try:
-            if not crashed:
-                # Delete what the tests left, as a user would; the agent cleans up.
-                server.request("DELETE", "/api/v1/namespaces/default/pods?gracePeriodSeconds=0")
-                time.sleep(1)
-        finally:
-            server.stop()
-            server.remove_containers()
-        if crashed:
-            pytest.fail(f"tug server exited on its own with code {server.exit_code}\n{server.log_tail()}")
-
-
-def node_ready(server: TugServer):
-    resp = server.request("GET", f"/api/v1/nodes/{server.node_name}")
-    if resp.status != 200:
-        return None
-    node = resp.json()
-    ready = [c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
-    return node if ready and ready[0]["status"] == "True" else None
 
 
 @pytest.fixture(params=KUBECTL_VERSIONS, ids=lambda v: f"kubectl-{v}")

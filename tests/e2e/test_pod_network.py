@@ -12,13 +12,12 @@ import ipaddress
 import os
 import socket
 import subprocess
-import time
 import urllib.request
 
 import pytest
 
 from registry import plain_registry, test_images, tug_binary  # noqa: F401  (fixtures used by name)
-from support import TOOLS_BIN, Kubectl, TugServer, require, wait_for
+from support import TOOLS_BIN, Kubectl, agent_server, node_ready, wait_for
 
 _counter = iter(range(1, 10_000))
 
@@ -29,32 +28,9 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, plain_registry):  # noqa: F811
-    require(os.geteuid() == 0, "the pod network needs root")
-    server = TugServer.start(tug_binary(), tmp_path_factory.mktemp("podnet"), agent=True)
-    try:
-        server.image = f"{plain_registry.address}/tugboat.test/busybox:1"
-        wait_for(lambda: ready_node(server), "the node to become Ready with a podCIDR", timeout=40)
+    image = f"{plain_registry.address}/tugboat.test/busybox:1"
+    with agent_server(tug_binary(), tmp_path_factory.mktemp("podnet"), image) as server:
         yield server
-    finally:
-        crashed = server.crashed()
-        try:
-            if not crashed:
-                server.request("DELETE", "/api/v1/namespaces/default/pods?gracePeriodSeconds=0")
-                time.sleep(1)
-        finally:
-            server.stop()
-            server.remove_containers()
-        if crashed:
-            pytest.fail(f"tug server exited on its own with code {server.exit_code}\n{server.log_tail()}")
-
-
-def ready_node(server: TugServer):
-    resp = server.request("GET", f"/api/v1/nodes/{server.node_name}")
-    if resp.status != 200:
-        return None
-    node = resp.json()
-    ready = [c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
-    return node if ready and ready[0]["status"] == "True" and node["spec"].get("podCIDR") else None
 
 
 @pytest.fixture
@@ -223,7 +199,7 @@ def test_addresses_survive_an_agent_restart_and_orphans_are_released(node, k):
     orphan = str(next(h for h in pod_cidr(node).hosts() if str(h) not in ipam_files(node) and h.packed[-1] > 200))
     (ipam_dir / orphan).write_text("sandbox-that-is-gone")
     node.restart()
-    wait_for(lambda: ready_node(node), "the node Ready again", timeout=40)
+    wait_for(lambda: node_ready(node), "the node Ready again", timeout=40)
     wait_for(lambda: orphan not in ipam_files(node), "the orphaned address to be released")
     after = wait_running(node, kept["metadata"]["name"])
     assert after["status"]["podIP"] == kept["status"]["podIP"]

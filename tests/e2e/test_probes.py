@@ -9,14 +9,13 @@ Needs root (containers); under CI=true a missing privilege fails.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import pytest
 
 from registry import plain_registry, test_images, tug_binary  # noqa: F401  (fixtures used by name)
-from support import TOOLS_BIN, Kubectl, TugServer, require, wait_for
+from support import TOOLS_BIN, Kubectl, agent_server, wait_for
 
 _counter = iter(range(1, 10_000))
 
@@ -27,29 +26,9 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, plain_registry):  # noqa: F811
-    require(os.geteuid() == 0, "probes run against real containers: needs root")
-    server = TugServer.start(tug_binary(), tmp_path_factory.mktemp("probes"), agent=True)
-    try:
-        server.image = f"{plain_registry.address}/tugboat.test/busybox:1"
-        wait_for(lambda: ready_node(server), "the node to become Ready", timeout=40)
+    image = f"{plain_registry.address}/tugboat.test/busybox:1"
+    with agent_server(tug_binary(), tmp_path_factory.mktemp("probes"), image) as server:
         yield server
-    finally:
-        crashed = server.crashed()
-        try:
-            if not crashed:
-                server.request("DELETE", "/api/v1/namespaces/default/pods?gracePeriodSeconds=0")
-                time.sleep(1)
-        finally:
-            server.stop()
-            server.remove_containers()
-        if crashed:
-            pytest.fail(f"tug server exited on its own with code {server.exit_code}\n{server.log_tail()}")
-
-
-def ready_node(server: TugServer):
-    node = server.request("GET", f"/api/v1/nodes/{server.node_name}").json()
-    ready = [c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
-    return ready and ready[0]["status"] == "True"
 
 
 @pytest.fixture

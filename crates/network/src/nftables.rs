@@ -151,7 +151,7 @@ fn host_port_rule(rule: &HostPortRule) -> String {
 /// A double-quoted nft string. Our strings are interface names and sandbox ids; anything that
 /// would end the string or the line is dropped rather than escaped (nft has no escapes), and
 /// the length is capped to what nft accepts.
-fn quote(text: &str) -> String {
+pub fn quote(text: &str) -> String {
     let mut clean: String = text.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
     while clean.len() > MAX_COMMENT_LEN {
         clean.pop();
@@ -184,11 +184,14 @@ pub async fn delete_table() -> Result<(), NftError> {
     Ok(())
 }
 
-fn nft_program() -> &'static str {
+/// The `nft` binary to run (Debian puts it in /usr/sbin, which a non-login PATH may lack).
+pub fn nft_program() -> &'static str {
     NFT_PATHS.into_iter().find(|path| std::path::Path::new(path).exists()).unwrap_or("nft")
 }
 
-async fn run_nft(args: &[&str], input: &str) -> Result<(), NftError> {
+/// Runs `nft` with `args`, `input` on its standard input (a whole transaction with `-f -`).
+/// Shared by every component that owns an nftables table (the pod network, the service proxy).
+pub async fn run_nft(args: &[&str], input: &str) -> Result<(), NftError> {
     let mut child = tokio::process::Command::new(nft_program())
         .args(args)
         .stdin(Stdio::piped())
@@ -211,7 +214,16 @@ async fn run_nft(args: &[&str], input: &str) -> Result<(), NftError> {
     if output.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    // A huge ruleset's error can be long: keep the log line readable.
+    if stderr.len() > 4000 {
+        let mut cut = 4000;
+        while !stderr.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        stderr.truncate(cut);
+        stderr.push_str(" ...");
+    }
     tracing::warn!(status = %output.status, %stderr, args = ?args, "nft failed");
     Err(NftError::Failed { status: output.status, stderr })
 }

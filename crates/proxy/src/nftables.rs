@@ -9,11 +9,6 @@
 //! (add table, delete table, table { ... }), so the kernel never holds half a ruleset and a
 //! removed service leaves nothing behind.
 
-use std::fmt::Write as _;
-use std::process::{ExitStatus, Stdio};
-
-use tokio::io::AsyncWriteExt;
-
 use crate::serviceport::{Endpoint, ServicePort};
 
 /// Our table, `table ip kube-proxy` (upstream's name).
@@ -22,20 +17,8 @@ pub const TABLE: &str = "kube-proxy";
 /// The mark of packets to masquerade (upstream's default `--masquerade-bit` 14).
 const MASQUERADE_MARK: &str = "0x4000";
 
-/// The `nft` binary: Debian puts it in /usr/sbin, which a non-login PATH may lack.
-const NFT_PATHS: [&str; 2] = ["/usr/sbin/nft", "/sbin/nft"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("starting nft: {source}")]
-    Spawn { source: std::io::Error },
-    #[error("writing the ruleset to nft: {source}")]
-    Write { source: std::io::Error },
-    #[error("waiting for nft: {source}")]
-    Wait { source: std::io::Error },
-    #[error("nft failed ({status}): {stderr}")]
-    Failed { status: ExitStatus, stderr: String },
-}
+pub use tug_network::nftables::NftError;
+use tug_network::nftables::{quote, run_nft};
 
 /// What the table is rendered from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -299,13 +282,6 @@ fn dispatch(port: &ServicePort, targets: &[Endpoint]) -> Vec<String> {
     rules
 }
 
-/// A double-quoted nft string; `"`, `\` and control characters are dropped (nft has no
-/// escapes). Our strings are interface names.
-fn quote(text: &str) -> String {
-    let clean: String = text.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
-    format!("\"{clean}\"")
-}
-
 /// Replaces our table with the rendered `text` of `ruleset`, atomically.
 pub async fn apply(ruleset: &Ruleset, text: &str) -> Result<(), NftError> {
     run_nft(&["-f", "-"], text).await?;
@@ -328,45 +304,6 @@ pub async fn check(ruleset: &Ruleset) -> Result<(), NftError> {
 /// Removes our table; succeeds when it is absent.
 pub async fn delete_table() -> Result<(), NftError> {
     run_nft(&["-f", "-"], &format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")).await
-}
-
-fn nft_program() -> &'static str {
-    NFT_PATHS.into_iter().find(|path| std::path::Path::new(path).exists()).unwrap_or("nft")
-}
-
-async fn run_nft(args: &[&str], input: &str) -> Result<(), NftError> {
-    let mut child = tokio::process::Command::new(nft_program())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| NftError::Spawn { source })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // nft reads all of its input before it answers; dropping stdin closes it.
-        match stdin.write_all(input.as_bytes()).await {
-            Ok(()) => {}
-            // nft exited early: its status and stderr below say why.
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
-            Err(source) => return Err(NftError::Write { source }),
-        }
-    }
-    let output = child.wait_with_output().await.map_err(|source| NftError::Wait { source })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-    // A huge ruleset's error can be long: keep the log line readable.
-    if stderr.len() > 4000 {
-        let mut cut = 4000;
-        while !stderr.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        stderr.truncate(cut);
-        let _ = write!(stderr, " ...");
-    }
-    Err(NftError::Failed { status: output.status, stderr })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::serviceport::Protocol;
+use tug_network::nftables::nft_program;
 
 fn ep(ip: &str, port: u16) -> Endpoint {
     Endpoint { ip: ip.parse().unwrap(), port }
