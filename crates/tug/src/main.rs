@@ -128,6 +128,11 @@ enum BenchCommand {
     /// Time from a node joining a dev cluster to its pods being reachable from every node (and
     /// back), beside the same pod start on a node already in the cluster.
     NetworkJoin(bench::network_join::JoinBenchArgs),
+    /// The cluster DNS: queries per second and latency over UDP beside a trivial UDP echo.
+    Dns(bench::dns::DnsBenchArgs),
+    /// The service proxy: nftables rule sync time and EndpointSlice-change-to-rule latency at
+    /// 1,000 and 10,000 services, in a private network namespace.
+    Proxy(bench::proxy::ProxyBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -155,6 +160,8 @@ fn main() -> std::process::ExitCode {
             Command::Bench(BenchCommand::Pods(args)) => bench::pods::run(args).await,
             Command::Bench(BenchCommand::Network(args)) => bench::network::run(args).await,
             Command::Bench(BenchCommand::NetworkJoin(args)) => bench::network_join::run(args).await,
+            Command::Bench(BenchCommand::Dns(args)) => bench::dns::run(args).await,
+            Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args).await,
             Command::Proxy { kubeconfig, node_name, cleanup } => {
                 if cleanup {
                     return tug_proxy::nftables::delete_table().await.map_err(anyhow::Error::from);

@@ -6,9 +6,11 @@
 
 pub mod apiserver;
 pub mod controllers;
+pub mod dns;
 pub mod network;
 pub mod network_join;
 pub mod pods;
+pub mod proxy;
 pub mod scheduler;
 
 use std::path::{Path, PathBuf};
