@@ -8,6 +8,7 @@ ControllerRevisions; failed pods are replaced; `kubectl rollout status/history/u
 The module's three nodes are shared: tests that label or taint them undo it afterwards."""
 
 import json
+import time
 
 import pytest
 from kubernetes import client
@@ -230,6 +231,10 @@ def test_max_surge_starts_the_new_pod_beside_the_old_one(ns):
     strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     ns.apply(daemonset("surge", updateStrategy=strategy))
     ns.wait_status("surge", "rolled out", **full(3))
+    # The status judges a node by its oldest pod, ordered by creationTimestamp (whole seconds),
+    # ties broken by name as upstream: the surge pod must be created in a later second than the
+    # old ones for "oldest" to mean the old pod (sim nodes roll out within the same second).
+    time.sleep(1.1)
     ns.apply(daemonset("surge", image="registry.local/agent:2", annotations=NOT_READY, updateStrategy=strategy))
 
     def doubled():
