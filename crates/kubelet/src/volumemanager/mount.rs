@@ -69,6 +69,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(r"/tmp/a\040b/c"), "/tmp/a b/c");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/end\\"), r"/end\\");
+    }
+
+    #[test]
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape("/a\\040b"), "/a b");
         assert_eq!(unescape("/plain"), "/plain");

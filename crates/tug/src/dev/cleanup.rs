@@ -119,35 +119,10 @@ pub fn kill_agent_leftovers(node_dir: &Path) {
     }
 }
 
-/// Decodes the octal escapes (`\040` for a space) of a mountinfo field.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Some(value) =
-                std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok())
-        {
-            out.push(value);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The mount points at or below `dir` in our mount namespace.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
-        .filter(|point| point.starts_with(dir))
-        .collect()
+    let points = tug_kubelet::volumemanager::mount::mount_points().unwrap_or_default();
+    points.into_iter().filter(|point| point.starts_with(dir)).collect()
 }
 
 /// Detaches every mount at or below `dir`, deepest first (lazily: a busy one goes once unused).
@@ -170,13 +145,6 @@ pub fn unmount_under(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape(r"/tmp/a\040b/c"), "/tmp/a b/c");
-        assert_eq!(unescape(r"/plain"), "/plain");
-        assert_eq!(unescape(r"/end\\"), r"/end\\");
-    }
 
     #[test]
     fn a_path_is_mentioned_only_as_itself_or_a_parent() {
