@@ -59,6 +59,10 @@ APT_PACKAGES=(
   openssl          # the basic-auth registry's test CA and certificate
   nftables         # nft: the pod network's hostPort and masquerade rules (crates/network)
   containernetworking-plugins  # CNI bridge/host-local/portmap/loopback (+ iptables): crates/network cni tests
+  protobuf-compiler  # protoc: the etcd client's build compiles etcd's gRPC protos (crates/store)
+  libprotobuf-dev    # the well-known .proto files those protos import
+  etcd-server        # etcd 3.4: the store's etcd backend tests and the e2e suite on etcd
+  etcd-client        # etcdctl: e2e tests read what the API server wrote into etcd
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

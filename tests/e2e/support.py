@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -32,6 +33,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = Path(os.environ.get("TUG_TOOLS_BIN", REPO_ROOT / ".tools" / "bin"))
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 READY_TIMEOUT_SECONDS = 30
+
+# The datastore every server of the suite runs on: sqlite (tug's default), etcd (a fresh
+# single-member etcd per server, started here) or memory.
+E2E_DATASTORE = os.environ.get("TUG_E2E_DATASTORE", "sqlite")
+ETCD_BINARY = os.environ.get("TUG_ETCD_BIN", "etcd")
 
 
 def require(condition: bool, reason: str) -> None:
@@ -181,6 +187,63 @@ def request(
 # --- the server ------------------------------------------------------------------
 
 
+class EtcdServer:
+    """A single-member etcd on loopback (Debian's etcd-server), its data under `workdir`.
+
+    The suite's servers use one each when TUG_E2E_DATASTORE=etcd, and the datastore tests start
+    their own. `kill()` and `start()` again keep the data and the ports, as a crashed member
+    that comes back."""
+
+    def __init__(self, workdir: Path):
+        require(shutil.which(ETCD_BINARY) is not None, f"no {ETCD_BINARY} binary (install Debian's etcd-server)")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        log = open(self.workdir / "etcd.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                ETCD_BINARY, "--name", "e2e", "--data-dir", str(self.workdir / "data"),
+                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"e2e={peer}", "--log-level", "warn",
+            ],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
+                conn.request("GET", "/health")
+                if json.loads(conn.getresponse().read()).get("health") == "true":
+                    return
+            except (OSError, ValueError, http.client.HTTPException):
+                pass
+            time.sleep(0.05)
+        log_text = (self.workdir / "etcd.log").read_text(errors="replace")[-3000:]
+        self.kill()
+        pytest.fail(f"etcd did not become healthy on {self.endpoint}\n{log_text}", pytrace=False)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
 @dataclass
 class TugServer:
     """A running `tug server` with its own data directory and port."""
@@ -197,6 +260,8 @@ class TugServer:
     # With a node agent (`agent=True`): its node name and HTTPS port.
     node_name: str | None = None
     kubelet_port: int | None = None
+    # With TUG_E2E_DATASTORE=etcd: the server's own etcd, kept across restart().
+    etcd: EtcdServer | None = None
     _log_file: object = field(default=None, repr=False)
 
     @property
@@ -222,13 +287,21 @@ class TugServer:
         if agent:
             server.node_name = f"tug-e2e-{secrets.token_hex(3)}"
             server.kubelet_port = free_port()
+        if "--datastore-endpoint" not in server.extra_args:
+            if E2E_DATASTORE == "etcd":
+                server.etcd = EtcdServer(workdir / "etcd")
+                server.extra_args += ["--datastore-endpoint", server.etcd.endpoint]
+                if "--token" not in server.extra_args:
+                    server.extra_args += ["--token", "e2e-cluster-token"]
+            elif E2E_DATASTORE != "sqlite":
+                server.extra_args += ["--datastore-endpoint", E2E_DATASTORE]
         server._log_file = open(server.log_path, "wb")
         server._launch()
         return server
 
     def restart(self) -> None:
         """Stops the server and starts it again on the same data directory and port."""
-        self.stop()
+        self.stop(keep_datastore=True)
         self.stopped_by_us = False
         self.exit_code = None
         self._log_file = open(self.log_path, "ab")
@@ -307,11 +380,32 @@ class TugServer:
         assert resp.status == 201, f"POST {collection}: {resp!r}"
         return resp.json()
 
+    def kill(self) -> None:
+        """SIGKILL of the server's whole process group, as a crash or a power cut; `restart()`
+        brings it back on the same data."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.stopped_by_us = True
+        self.exit_code = self.process.returncode if self.process else None
+        if self._log_file and not self._log_file.closed:
+            self._log_file.close()
+
     def crashed(self) -> bool:
         """True when the process ended without us stopping it."""
         return self.process is not None and not self.stopped_by_us and self.process.poll() is not None
 
-    def stop(self) -> None:
+    def stop(self, keep_datastore: bool = False) -> None:
+        if not keep_datastore and self.etcd is not None:
+            # After the server: it should not see its datastore vanish while it runs.
+            try:
+                self._stop_process()
+            finally:
+                self.etcd.kill()
+            return
+        self._stop_process()
+
+    def _stop_process(self) -> None:
         if self.process is None or self.stopped_by_us:
             return
         self.stopped_by_us = self.process.poll() is None

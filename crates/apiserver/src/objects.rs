@@ -20,6 +20,7 @@ pub fn store_error(rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
             ApiError::timeout(format!("Too large resource version: {requested}, current: {current}"))
         }
         StoreError::Closed => ApiError::service_unavailable("the datastore is shutting down"),
+        StoreError::Unavailable { reason } => ApiError::service_unavailable(reason),
         other => ApiError::internal(other),
     }
 }

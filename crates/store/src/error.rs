@@ -43,6 +43,19 @@ pub enum StoreError {
     Corrupt { path: String, reason: String },
     #[error("the store is shut down")]
     Closed,
+    /// The datastore cannot serve now (etcd unreachable, without a leader, or past the request
+    /// deadline); the request may succeed later. The API answers 503.
+    #[error("the datastore is unavailable: {reason}")]
+    Unavailable { reason: String },
+    #[error("etcd {operation} failed: {source}")]
+    Etcd {
+        operation: &'static str,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    /// The datastore settings cannot be used (unreadable certificate files, half a key pair).
+    #[error("datastore configuration: {reason}")]
+    Config { reason: String },
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! history older than a revision, after which watching or reading from before it fails with
 //! [`StoreError::Compacted`].
 //!
-//! Backends: [`sqlite::SqliteStore`] (the embedded default, durable) and
-//! [`memory::MemoryStore`] (tests). The behaviour both must share is pinned by the suite in
+//! Backends: [`sqlite::SqliteStore`] (the embedded default, durable), [`etcd::EtcdStore`] (a
+//! real etcd v3 cluster, for several servers) and [`memory::MemoryStore`] (tests). The behaviour both must share is pinned by the suite in
 //! [`conformance`], which every backend's tests run. [`bench`] measures a backend's raw write
 //! rate, the baseline the API server's benchmarks compare against.
 
@@ -19,6 +19,7 @@ pub mod bench;
 #[doc(hidden)]
 pub mod conformance;
 mod error;
+pub mod etcd;
 pub mod memory;
 mod rules;
 pub mod sqlite;
@@ -32,7 +33,8 @@ use futures::Stream;
 
 pub use error::StoreError;
 
-/// A store revision. Revisions start at 1 for the first write; 0 means "none".
+/// A store revision. Every write advances it by one. The embedded backends start at 0, so their
+/// first write is 1; etcd's revisions are its own (a fresh etcd is at 1). 0 means "none".
 pub type Revision = i64;
 
 /// How many live events a backend buffers per watcher by default. A watcher that falls further
@@ -144,7 +146,7 @@ pub trait Store: Send + Sync + 'static {
     /// `FutureRevision`.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
 
-    /// The revision of the latest write (0 for an empty store).
+    /// The revision of the latest write (0 for a new embedded store).
     async fn current_revision(&self) -> Result<Revision, StoreError>;
 
     /// The oldest revision still readable (everything before it was compacted).

@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod cluster_secrets;
 mod dev;
 mod images;
 mod join;

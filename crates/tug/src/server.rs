@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cluster_secrets;
 use anyhow::{Context, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,7 @@ use tug_apiserver::pki::{ClusterPki, PkiOptions};
 use tug_apiserver::serviceaccount::{SigningKey, TokenIssuer};
 use tug_apiserver::{ApiServer, Ipv4Cidr, ServerOptions};
 use tug_store::Store;
+use tug_store::etcd::{EtcdConfig, EtcdStore};
 
 /// Flags of `tug server`; names follow k3s where it has the same flag.
 #[derive(Args, Debug)]
@@ -52,10 +54,23 @@ pub struct ServerArgs {
     #[arg(long, env = "TUG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Datastore: `sqlite` (the default, DATA_DIR/db/state.db) or `memory` (nothing persists;
-    /// for tests).
-    #[arg(long, default_value = "sqlite")]
+    /// Datastore: `sqlite` (the default, DATA_DIR/db/state.db), an etcd v3 cluster as
+    /// `http(s)://host:port[,...]` (keys under /registry, as upstream), or `memory` (nothing
+    /// persists; for tests).
+    #[arg(long, default_value = "sqlite", env = "TUG_DATASTORE_ENDPOINT")]
     pub datastore_endpoint: String,
+
+    /// CA bundle that verifies the etcd members' serving certificates.
+    #[arg(long, env = "TUG_DATASTORE_CAFILE")]
+    pub datastore_cafile: Option<PathBuf>,
+
+    /// Client certificate presented to etcd.
+    #[arg(long, env = "TUG_DATASTORE_CERTFILE")]
+    pub datastore_certfile: Option<PathBuf>,
+
+    /// Private key of the client certificate presented to etcd.
+    #[arg(long, env = "TUG_DATASTORE_KEYFILE")]
+    pub datastore_keyfile: Option<PathBuf>,
 
     /// Do not run a node agent beside the control plane.
     #[arg(long)]
@@ -143,10 +158,25 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
             Ok(Arc::new(store))
         }
         "memory" => Ok(Arc::new(tug_store::memory::MemoryStore::new())),
-        other => {
-            bail!("unsupported --datastore-endpoint {other:?}: use sqlite or memory (etcd support is not built yet)")
+        endpoints if endpoints.starts_with("http://") || endpoints.starts_with("https://") => {
+            let config = EtcdConfig {
+                endpoints: EtcdConfig::parse_endpoints(endpoints)
+                    .map_err(|e| anyhow::anyhow!("--datastore-endpoint: {e}"))?,
+                ca_file: args.datastore_cafile.clone(),
+                cert_file: args.datastore_certfile.clone(),
+                key_file: args.datastore_keyfile.clone(),
+            };
+            let store =
+                EtcdStore::connect(&config).await.with_context(|| format!("connecting to etcd at {endpoints}"))?;
+            Ok(Arc::new(store))
         }
+        other => bail!("unsupported --datastore-endpoint {other:?}: use sqlite, memory or http(s)://host:port of etcd"),
     }
+}
+
+/// Whether other servers may use the same datastore (etcd), rather than this server alone.
+fn shares_datastore(args: &ServerArgs) -> bool {
+    !matches!(args.datastore_endpoint.as_str(), "sqlite" | "" | "memory")
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -180,10 +210,33 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Err(_) => pki_opts.with_dns(san.clone()),
         };
     }
-    let pki = ClusterPki::load_or_create(&args.data_dir, &pki_opts).context("loading the cluster certificates")?;
+    let store = open_store(&args).await?;
+    // On a datastore other servers share, the cluster's CA and signing key live in it too.
+    let shared_secrets = match (shares_datastore(&args), args.token.as_deref()) {
+        (false, _) => None,
+        (true, Some(token)) => Some(token),
+        (true, None) => bail!(
+            "--token is required with an etcd datastore: the cluster's CA is stored there encrypted with it, for \
+             the other servers"
+        ),
+    };
+    if let Some(token) = shared_secrets
+        && cluster_secrets::restore(store.as_ref(), &args.data_dir, token).await?
+    {
+        info!("joined the cluster whose CA is in the datastore");
+    }
+    let mut pki = ClusterPki::load_or_create(&args.data_dir, &pki_opts).context("loading the cluster certificates")?;
+    let sa_key = SigningKey::load_or_create(pki.tls_dir()).context("loading the service account signing key")?;
+    let sa_key = match shared_secrets {
+        Some(token) if !cluster_secrets::publish(store.as_ref(), &args.data_dir, token).await? => {
+            // Another server stored its secrets first: use them (leaf certificates re-issued).
+            pki = ClusterPki::load_or_create(&args.data_dir, &pki_opts).context("loading the cluster certificates")?;
+            SigningKey::load_or_create(pki.tls_dir()).context("loading the service account signing key")?
+        }
+        _ => sa_key,
+    };
     let tokens = TokenFile::ensure(&args.data_dir.join("token-file.csv"), args.token.as_deref())
         .context("preparing the token file")?;
-    let store = open_store(&args).await?;
 
     let options = ServerOptions {
         service_cidr: args.service_cidr,
@@ -192,7 +245,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         port: args.https_listen_port,
     };
     let server = ApiServer::new(store, Some(tokens), options);
-    let sa_key = SigningKey::load_or_create(pki.tls_dir()).context("loading the service account signing key")?;
     server.set_token_issuer(TokenIssuer::new(sa_key));
     server.set_kubelet_client_config(
         pki.kubelet_client_config().context("building the node agent client's TLS configuration")?,

@@ -195,6 +195,12 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
                 _ = tx.closed() => return,
                 next = stream.next() => match next {
                     None => return,
+                    // History the watcher still needed was compacted while it followed (etcd
+                    // reports that on the stream): an ERROR event with 410, as upstream.
+                    Some(Err(StoreError::Compacted { compacted, .. })) => {
+                        let _ = send(enc.error(&ApiError::too_old_resource_version(last_rev, compacted))).await;
+                        return;
+                    }
                     Some(Err(e)) => {
                         // A watcher that fell behind is ended; the client resumes from its last
                         // resourceVersion, as after any dropped watch.

@@ -8,17 +8,20 @@ use bytes::Bytes;
 use super::val;
 use crate::{KeyValue, ListOptions, Revision, Store, StoreError};
 
-pub async fn empty_store_is_at_revision_zero(store: Arc<dyn Store>) {
-    assert_eq!(store.current_revision().await.unwrap(), 0);
+pub async fn fresh_store_is_empty_and_uncompacted(store: Arc<dyn Store>) {
+    // Where the count starts is the backend's (0 embedded, 1 on a fresh etcd).
+    let base = store.current_revision().await.unwrap();
+    assert!((0..=1).contains(&base), "a fresh store is at revision {base}");
     assert_eq!(store.compacted_revision().await.unwrap(), 0);
     let all = store.list("", ListOptions::default()).await.unwrap();
     assert!(all.items.is_empty());
-    assert_eq!(all.revision, 0);
+    assert_eq!(all.revision, base);
 }
 
 pub async fn create_then_get_returns_value_and_revisions(store: Arc<dyn Store>) {
+    let base = store.current_revision().await.unwrap();
     let rev = store.create("/registry/pods/default/a", val("one")).await.unwrap();
-    assert_eq!(rev, 1, "the first write is revision 1");
+    assert_eq!(rev, base + 1, "a write advances the revision by one");
     let kv = store.get("/registry/pods/default/a").await.unwrap().expect("created key");
     assert_eq!(
         kv,
@@ -44,6 +47,7 @@ pub async fn create_of_existing_key_fails_with_already_exists(store: Arc<dyn Sto
 }
 
 pub async fn every_successful_write_advances_the_revision_by_one(store: Arc<dyn Store>) {
+    let base = store.current_revision().await.unwrap();
     let r1 = store.create("/a", val("1")).await.unwrap();
     let r2 = store.update("/a", val("2"), r1).await.unwrap();
     assert!(store.update("/a", val("3"), r1).await.is_err());
@@ -51,8 +55,8 @@ pub async fn every_successful_write_advances_the_revision_by_one(store: Arc<dyn 
     assert!(store.delete("/missing", None).await.is_err());
     let r3 = store.delete("/a", Some(r2)).await.unwrap().mod_revision;
     let r4 = store.create("/b", val("1")).await.unwrap();
-    assert_eq!([r1, r2, r3, r4], [1, 2, 3, 4]);
-    assert_eq!(store.current_revision().await.unwrap(), 4);
+    assert_eq!([r1, r2, r3, r4], [base + 1, base + 2, base + 3, base + 4]);
+    assert_eq!(store.current_revision().await.unwrap(), base + 4);
 }
 
 pub async fn update_with_current_revision_replaces_value_and_keeps_create_revision(store: Arc<dyn Store>) {
@@ -81,11 +85,12 @@ pub async fn update_with_stale_revision_conflicts_and_carries_current_value(stor
 }
 
 pub async fn update_of_missing_key_fails_with_not_found(store: Arc<dyn Store>) {
+    let base = store.current_revision().await.unwrap();
     match store.update("/a", val("1"), 1).await {
         Err(StoreError::NotFound { key }) => assert_eq!(key, "/a"),
         other => panic!("expected NotFound, got {other:?}"),
     }
-    assert_eq!(store.current_revision().await.unwrap(), 0);
+    assert_eq!(store.current_revision().await.unwrap(), base);
 }
 
 pub async fn unguarded_delete_returns_last_value_at_deleting_revision(store: Arc<dyn Store>) {
@@ -175,6 +180,7 @@ pub async fn concurrent_creates_of_one_key_have_exactly_one_winner(store: Arc<dy
 }
 
 pub async fn hundred_concurrent_writers_are_acknowledged_with_distinct_revisions(store: Arc<dyn Store>) {
+    let base = store.current_revision().await.unwrap();
     let tasks: Vec<_> = (0..100)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -185,10 +191,10 @@ pub async fn hundred_concurrent_writers_are_acknowledged_with_distinct_revisions
     for task in tasks {
         assert!(revisions.insert(task.await.unwrap().unwrap()), "revisions are distinct");
     }
-    let expected: BTreeSet<Revision> = (1..=100).collect();
+    let expected: BTreeSet<Revision> = (base + 1..=base + 100).collect();
     assert_eq!(revisions, expected);
     assert_eq!(store.count("/many/").await.unwrap(), 100);
-    assert_eq!(store.current_revision().await.unwrap(), 100);
+    assert_eq!(store.current_revision().await.unwrap(), base + 100);
 }
 
 pub async fn failed_writes_in_a_concurrent_burst_do_not_affect_the_others(store: Arc<dyn Store>) {

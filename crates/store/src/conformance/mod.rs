@@ -52,7 +52,7 @@ pub const LAG_TEST_WATCH_BUFFER: usize = 16;
 macro_rules! store_conformance_tests {
     ($fresh:expr) => {
         $crate::store_conformance_tests!(@each $fresh;
-            empty_store_is_at_revision_zero,
+            fresh_store_is_empty_and_uncompacted,
             create_then_get_returns_value_and_revisions,
             get_of_missing_key_returns_none,
             create_of_existing_key_fails_with_already_exists,
