@@ -10,6 +10,11 @@
 #   TUG_SKIP_CARGO_TEST=1  skip the Rust tests (build + e2e only)
 #   TUG_SKIP_E2E=1       skip the end-to-end suite
 #
+# The whole e2e suite runs on the default datastore (SQLite); its API part (the
+# files in API_SUITE below) runs again with every server on etcd and on the
+# memory store (TUG_E2E_DATASTORE, see tests/e2e/support.py), so that one suite
+# holds for every backend.
+#
 # The binary is built with the dev profile: on 2 cores a release build of the
 # workspace takes about 6 minutes against about 2.5 for dev, and the dev profile
 # already optimises dependencies (opt-level 1), which is fast enough for e2e.
@@ -91,6 +96,18 @@ if [[ "${TUG_SKIP_E2E:-}" != 1 ]]; then
   else
     # pytest exits 5 when it collected no test: that is a failure here too.
     phase e2e "$PYTHON" -m pytest tests/e2e "${PYTEST_ARGS[@]}"
+    if ((${#PYTEST_ARGS[@]} == 0)); then
+      API_SUITE=(
+        tests/e2e/test_kubectl_basic.py tests/e2e/test_kubectl_get.py tests/e2e/test_kubectl_modify.py
+        tests/e2e/test_kubectl_describe_explain.py tests/e2e/test_python_client.py
+        tests/e2e/test_python_client_resources.py tests/e2e/test_bad_input.py tests/e2e/test_discovery.py
+        tests/e2e/test_server_side_apply.py tests/e2e/test_custom_resources.py
+        tests/e2e/test_namespace_lifecycle.py tests/e2e/test_garbage_collection.py
+      )
+      for datastore in etcd memory; do
+        phase "e2e-$datastore" env TUG_E2E_DATASTORE="$datastore" "$PYTHON" -m pytest "${API_SUITE[@]}"
+      done
+    fi
   fi
 fi
 

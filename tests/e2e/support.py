@@ -188,53 +188,70 @@ def request(
 
 
 class EtcdServer:
-    """A single-member etcd on loopback (Debian's etcd-server), its data under `workdir`.
+    """An etcd member on loopback (Debian's etcd-server), its data under `workdir`.
 
-    The suite's servers use one each when TUG_E2E_DATASTORE=etcd, and the datastore tests start
-    their own. `kill()` and `start()` again keep the data and the ports, as a crashed member
-    that comes back."""
+    Alone it is a single-member cluster: the suite's servers use one each when
+    TUG_E2E_DATASTORE=etcd, and the datastore tests start their own. `etcd_cluster(...)` makes
+    several members of one cluster. `kill()` and `start()` again keep the data and the ports,
+    as a crashed member that comes back."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, name: str = "e2e", start: bool = True):
         require(shutil.which(ETCD_BINARY) is not None, f"no {ETCD_BINARY} binary (install Debian's etcd-server)")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
         self.client_port = free_port()
         self.peer_port = free_port()
+        self.initial_cluster = f"{name}={self.peer_url}"
         self.process: subprocess.Popen | None = None
-        self.start()
+        if start:
+            self.start()
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def start(self) -> None:
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.launch()
+        self.wait_healthy()
+
+    def launch(self) -> None:
         log = open(self.workdir / "etcd.log", "ab")
         self.process = subprocess.Popen(
             [
-                ETCD_BINARY, "--name", "e2e", "--data-dir", str(self.workdir / "data"),
+                ETCD_BINARY, "--name", self.name, "--data-dir", str(self.workdir / "data"),
                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"e2e={peer}", "--log-level", "warn",
+                "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+                "--initial-cluster", self.initial_cluster, "--initial-cluster-token", "e2e",
+                "--log-level", "warn",
             ],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
-        deadline = time.monotonic() + 20
+
+    def healthy(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=2)
+            conn.request("GET", "/health")
+            return json.loads(conn.getresponse().read()).get("health") == "true"
+        except (OSError, ValueError, http.client.HTTPException):
+            return False
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if self.process is None or self.process.poll() is not None:
                 break
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
-                conn.request("GET", "/health")
-                if json.loads(conn.getresponse().read()).get("health") == "true":
-                    return
-            except (OSError, ValueError, http.client.HTTPException):
-                pass
+            if self.healthy():
+                return
             time.sleep(0.05)
         log_text = (self.workdir / "etcd.log").read_text(errors="replace")[-3000:]
         self.kill()
-        pytest.fail(f"etcd did not become healthy on {self.endpoint}\n{log_text}", pytrace=False)
+        pytest.fail(f"etcd {self.name} did not become healthy on {self.endpoint}\n{log_text}", pytrace=False)
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""
@@ -242,6 +259,18 @@ class EtcdServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+def etcd_cluster(workdir: Path, members: int = 3) -> list[EtcdServer]:
+    """`members` etcd members forming one cluster, started together (each waits for a quorum)."""
+    cluster = [EtcdServer(workdir / f"member-{i}", name=f"m{i}", start=False) for i in range(members)]
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster)
+    for member in cluster:
+        member.initial_cluster = initial
+        member.launch()
+    for member in cluster:
+        member.wait_healthy()
+    return cluster
 
 
 @dataclass

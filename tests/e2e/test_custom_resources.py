@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from support import parse_table, wait_for
+from support import E2E_DATASTORE, parse_table, wait_for
 
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
@@ -500,6 +500,7 @@ def test_garbage_collector_deletes_custom_resources_whose_owner_is_gone(tug, crd
     wait_for(lambda: tug.request("GET", crd.path(namespace, "dependent")).status == 404, "the custom resource to be collected", timeout=50)
 
 
+@pytest.mark.skipif(E2E_DATASTORE == "memory", reason="the memory datastore keeps nothing across a restart")
 def test_custom_resources_are_served_again_after_a_restart(fresh_server):
     definition = Definition(fresh_server, unique_group())
     definition.create()

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from support import TOOLS_BIN, EtcdServer, Kubectl, unique_name, wait_for
+from support import TOOLS_BIN, EtcdServer, Kubectl, etcd_cluster, unique_name, wait_for
 
 
 def _configmap(name: str, value: str = "v") -> dict:
@@ -128,6 +128,39 @@ def test_while_etcd_is_gone_the_api_answers_503_promptly_and_recovers_by_itself(
     assert {"before", "after"} <= names and "during" not in names
 
 
+def test_a_three_member_etcd_serves_with_one_member_down_and_answers_503_without_quorum(start_server, tmp_path):
+    members = etcd_cluster(tmp_path / "etcd3", members=3)
+    try:
+        endpoints = ",".join(m.endpoint for m in members)
+        server = start_server("--datastore-endpoint", endpoints, "--token", "three-members")
+
+        def create(name: str, timeout: float = 30):
+            return server.request("POST", "/api/v1/namespaces/default/configmaps", _configmap(name), timeout=timeout)
+
+        assert create("all-up").status == 201
+        members[0].kill()
+        # Two of three still form a quorum: every write is accepted.
+        for i in range(20):
+            resp = create(f"one-down-{i}")
+            assert resp.status == 201, f"write {i} with one member down: {resp}"
+
+        members[1].kill()
+        started = time.monotonic()
+        resp = create("no-quorum", timeout=60)
+        took = time.monotonic() - started
+        assert resp.status == 503, resp
+        assert resp.json()["reason"] == "ServiceUnavailable"
+        assert took < 15, f"the error took {took:.1f}s"
+
+        members[0].start()  # quorum again: the API recovers by itself
+        wait_for(lambda: create("recovered").status == 201, timeout=60, what="a write once quorum is back")
+        names = {i["metadata"]["name"] for i in server.request("GET", "/api/v1/namespaces/default/configmaps").json()["items"]}
+        assert {"all-up", "one-down-19", "recovered"} <= names and "no-quorum" not in names
+    finally:
+        for member in members:
+            member.kill()
+
+
 def test_a_watch_through_the_api_keeps_its_events_across_an_etcd_restart(start_server, etcd):
     server = start_server(*_on(etcd))
     client = Kubectl.for_version("1.36", TOOLS_BIN / "kubectl-1.36", server)
@@ -163,3 +196,70 @@ def test_a_damaged_sqlite_file_stops_the_server_with_a_clear_error(start_server,
     assert result.returncode != 0
     assert "unreadable" in result.stderr or "corrupt" in result.stderr.lower(), result.stderr[-2000:]
     assert db.stat().st_size > 0, "the damaged file is left for the operator, not replaced"
+
+
+def _names(server) -> set[str]:
+    return {i["metadata"]["name"] for i in server.request("GET", "/api/v1/namespaces/default/configmaps").json()["items"]}
+
+
+@pytest.mark.parametrize("datastore", ["sqlite", "etcd"])
+def test_a_snapshot_restores_every_object_it_holds(start_server, tmp_path, datastore):
+    args = []
+    if datastore == "etcd":
+        etcd = EtcdServer(tmp_path / "etcd-snap")
+        args = _on(etcd)
+    server = start_server(*args)
+    for name in ("kept-1", "kept-2", "changed"):
+        assert server.request("POST", "/api/v1/namespaces/default/configmaps", _configmap(name)).status == 201
+    snapshot = tmp_path / "snapshot.db"
+    save = subprocess.run(
+        [str(server.binary), "datastore", "snapshot", "save", str(snapshot), "--data-dir", str(server.data_dir),
+         *args[:2]],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert save.returncode == 0, save.stderr[-2000:]
+    assert "snapshot saved" in save.stdout
+
+    # Changes after the snapshot: an object added, one deleted, one changed.
+    assert server.request("POST", "/api/v1/namespaces/default/configmaps", _configmap("after")).status == 201
+    assert server.request("DELETE", "/api/v1/namespaces/default/configmaps/kept-1").status == 200
+    changed = server.request("GET", "/api/v1/namespaces/default/configmaps/changed").json()
+    changed["data"] = {"k": "new"}
+    assert server.request("PUT", "/api/v1/namespaces/default/configmaps/changed", changed).status == 200
+
+    server.stop(keep_datastore=True)
+    reset = subprocess.run(
+        [str(server.binary), "server", "--data-dir", str(server.data_dir), "--cluster-reset",
+         "--cluster-reset-restore-path", str(snapshot), *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert reset.returncode == 0, reset.stderr[-2000:]
+    assert "restored" in reset.stdout
+
+    server.restart()
+    names = _names(server)
+    assert {"kept-1", "kept-2", "changed"} <= names and "after" not in names
+    got = server.request("GET", "/api/v1/namespaces/default/configmaps/changed").json()
+    assert got["data"] == {"k": "v"}
+    # The restored cluster works: it takes writes again.
+    assert server.request("POST", "/api/v1/namespaces/default/configmaps", _configmap("post-restore")).status == 201
+    if datastore == "etcd":
+        server.stop()
+        etcd.kill()
+
+
+def test_a_damaged_snapshot_is_refused_and_changes_nothing(start_server, tmp_path):
+    server = start_server()
+    assert server.request("POST", "/api/v1/namespaces/default/configmaps", _configmap("precious")).status == 201
+    server.stop()
+    bogus = tmp_path / "bogus.db"
+    bogus.write_bytes(os.urandom(8192))
+    reset = subprocess.run(
+        [str(server.binary), "server", "--data-dir", str(server.data_dir), "--cluster-reset",
+         "--cluster-reset-restore-path", str(bogus)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert reset.returncode != 0
+    assert "not a usable Tugboat snapshot" in reset.stderr, reset.stderr[-2000:]
+    server.restart()
+    assert "precious" in _names(server)

@@ -22,6 +22,7 @@ mod error;
 pub mod etcd;
 pub mod memory;
 mod rules;
+pub mod snapshot;
 pub mod sqlite;
 mod watch;
 

@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod cluster_secrets;
+mod datastore;
 mod dev;
 mod images;
 mod join;
@@ -40,6 +41,8 @@ enum Command {
     /// Measure a component's throughput, latency and memory against a baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The datastore's backups: `tug datastore snapshot save FILE`.
+    Datastore(datastore::DatastoreCommandArgs),
     /// Run the controller manager alone against a cluster's API server.
     ControllerManager {
         /// The kubeconfig to reach the API server with.
@@ -155,6 +158,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Agent(args) => join::run(args).await,
+            Command::Datastore(args) => datastore::run(args).await,
             Command::Bench(BenchCommand::Apiserver(args)) => bench::apiserver::run(args).await,
             Command::Bench(BenchCommand::Scheduler(args)) => bench::scheduler::run(args).await,
             Command::Bench(BenchCommand::Controllers(args)) => bench::controllers::run(args).await,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cluster_secrets;
+use crate::datastore::DatastoreArgs;
 use anyhow::{Context, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +15,6 @@ use tug_apiserver::authn::TokenFile;
 use tug_apiserver::pki::{ClusterPki, PkiOptions};
 use tug_apiserver::serviceaccount::{SigningKey, TokenIssuer};
 use tug_apiserver::{ApiServer, Ipv4Cidr, ServerOptions};
-use tug_store::Store;
-use tug_store::etcd::{EtcdConfig, EtcdStore};
 
 /// Flags of `tug server`; names follow k3s where it has the same flag.
 #[derive(Args, Debug)]
@@ -54,23 +53,17 @@ pub struct ServerArgs {
     #[arg(long, env = "TUG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Datastore: `sqlite` (the default, DATA_DIR/db/state.db), an etcd v3 cluster as
-    /// `http(s)://host:port[,...]` (keys under /registry, as upstream), or `memory` (nothing
-    /// persists; for tests).
-    #[arg(long, default_value = "sqlite", env = "TUG_DATASTORE_ENDPOINT")]
-    pub datastore_endpoint: String,
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
 
-    /// CA bundle that verifies the etcd members' serving certificates.
-    #[arg(long, env = "TUG_DATASTORE_CAFILE")]
-    pub datastore_cafile: Option<PathBuf>,
+    /// Replace the datastore's contents with a snapshot (`--cluster-reset-restore-path`), then
+    /// exit. Stop every server of the cluster first; start them again without the flag.
+    #[arg(long, requires = "cluster_reset_restore_path")]
+    pub cluster_reset: bool,
 
-    /// Client certificate presented to etcd.
-    #[arg(long, env = "TUG_DATASTORE_CERTFILE")]
-    pub datastore_certfile: Option<PathBuf>,
-
-    /// Private key of the client certificate presented to etcd.
-    #[arg(long, env = "TUG_DATASTORE_KEYFILE")]
-    pub datastore_keyfile: Option<PathBuf>,
+    /// The snapshot `--cluster-reset` restores (from `tug datastore snapshot save`).
+    #[arg(long, requires = "cluster_reset")]
+    pub cluster_reset_restore_path: Option<PathBuf>,
 
     /// Do not run a node agent beside the control plane.
     #[arg(long)]
@@ -145,40 +138,6 @@ fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
-    match args.datastore_endpoint.as_str() {
-        "sqlite" | "" => {
-            let dir = args.data_dir.join("db");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let path = dir.join("state.db");
-            let store = tokio::task::spawn_blocking(move || tug_store::sqlite::SqliteStore::open(&path))
-                .await
-                .context("opening the datastore")?
-                .context("opening the sqlite datastore")?;
-            Ok(Arc::new(store))
-        }
-        "memory" => Ok(Arc::new(tug_store::memory::MemoryStore::new())),
-        endpoints if endpoints.starts_with("http://") || endpoints.starts_with("https://") => {
-            let config = EtcdConfig {
-                endpoints: EtcdConfig::parse_endpoints(endpoints)
-                    .map_err(|e| anyhow::anyhow!("--datastore-endpoint: {e}"))?,
-                ca_file: args.datastore_cafile.clone(),
-                cert_file: args.datastore_certfile.clone(),
-                key_file: args.datastore_keyfile.clone(),
-            };
-            let store =
-                EtcdStore::connect(&config).await.with_context(|| format!("connecting to etcd at {endpoints}"))?;
-            Ok(Arc::new(store))
-        }
-        other => bail!("unsupported --datastore-endpoint {other:?}: use sqlite, memory or http(s)://host:port of etcd"),
-    }
-}
-
-/// Whether other servers may use the same datastore (etcd), rather than this server alone.
-fn shares_datastore(args: &ServerArgs) -> bool {
-    !matches!(args.datastore_endpoint.as_str(), "sqlite" | "" | "memory")
-}
-
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&args.data_dir)
@@ -210,9 +169,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Err(_) => pki_opts.with_dns(san.clone()),
         };
     }
-    let store = open_store(&args).await?;
+    if let Some(snapshot) = &args.cluster_reset_restore_path {
+        return crate::datastore::restore(snapshot, &args.data_dir, &args.datastore).await;
+    }
+    let store = args.datastore.open(&args.data_dir).await?;
     // On a datastore other servers share, the cluster's CA and signing key live in it too.
-    let shared_secrets = match (shares_datastore(&args), args.token.as_deref()) {
+    let shared_secrets = match (args.datastore.is_shared(), args.token.as_deref()) {
         (false, _) => None,
         (true, Some(token)) => Some(token),
         (true, None) => bail!(

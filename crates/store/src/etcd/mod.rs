@@ -30,8 +30,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity, KvClient, TlsOptions,
+    Txn, TxnOp, TxnOpResponse,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -79,6 +79,8 @@ impl EtcdConfig {
 /// delivered the writes this store acknowledged.
 pub struct EtcdStore {
     client: Client,
+    /// How many members the client knows, which bounds retries on another one.
+    endpoints: usize,
     shared: Arc<Shared>,
     _stop_watches: DropGuard,
 }
@@ -111,6 +113,7 @@ impl EtcdStore {
         let stopped = CancellationToken::new();
         let store = EtcdStore {
             client,
+            endpoints: config.endpoints.len(),
             shared: Arc::new(Shared {
                 last_write: AtomicI64::new(0),
                 compacted_floor: AtomicI64::new(0),
@@ -124,6 +127,48 @@ impl EtcdStore {
 
     fn kv(&self) -> etcd_client::KvClient {
         self.client.kv_client()
+    }
+
+    /// Runs a read, again on another member when one cannot serve it: reads may be repeated.
+    async fn read<T, Fut>(&self, call: impl Fn(KvClient) -> Fut) -> Result<T, etcd_client::Error>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.with_retries(call, is_unavailable).await
+    }
+
+    /// Runs a write, again only when it never reached etcd (the connection could not be made):
+    /// a write that may have been applied is not repeated, its caller gets `Unavailable`.
+    async fn write<T, Fut>(&self, call: impl Fn(KvClient) -> Fut) -> Result<T, etcd_client::Error>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.with_retries(call, never_sent).await
+    }
+
+    /// The client spreads requests over the endpoints and keeps trying a member that went away
+    /// for a while, so a request that fails for want of a member is tried again, a few times
+    /// per endpoint, briefly spaced (refused connections fail fast).
+    async fn with_retries<T, Fut>(
+        &self,
+        call: impl Fn(KvClient) -> Fut,
+        retryable: fn(&etcd_client::Error) -> bool,
+    ) -> Result<T, etcd_client::Error>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let attempts = 2 * self.endpoints + 1;
+        let mut attempt = 1;
+        loop {
+            match call(self.kv()).await {
+                Err(e) if attempt < attempts && retryable(&e) => {
+                    tracing::debug!(error = %e, attempt, "etcd request failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     fn acknowledged(&self, revision: Revision) -> Revision {
@@ -237,6 +282,35 @@ pub(crate) fn etcd_error(operation: &'static str, source: etcd_client::Error) ->
     StoreError::Etcd { operation, source: Box::new(source) }
 }
 
+// The requests, as futures that own their arguments, so that a retry can make a fresh one.
+
+async fn range(
+    mut kv: KvClient,
+    key: impl Into<Vec<u8>>,
+    options: Option<GetOptions>,
+) -> Result<GetResponse, etcd_client::Error> {
+    kv.get(key, options).await
+}
+
+async fn txn_op(mut kv: KvClient, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+    kv.txn(txn).await
+}
+
+async fn compact(mut kv: KvClient, revision: Revision) -> Result<etcd_client::CompactionResponse, etcd_client::Error> {
+    kv.compact(revision, None).await
+}
+
+/// Whether a request failed before it was sent: no connection to the member could be made.
+fn never_sent(source: &etcd_client::Error) -> bool {
+    match source {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable && status.message().contains("connect error")
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
 /// Whether a failure is etcd (or the way to it) not serving now, as opposed to a request etcd
 /// refuses. Connections that break mid-call surface as several codes (Unknown, Internal with a
 /// transport message, Cancelled), so the refusals are listed and the rest counts as unavailable.
@@ -266,7 +340,7 @@ fn is_unavailable(source: &etcd_client::Error) -> bool {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self.kv().get(key, None).await.map_err(|e| etcd_error("get", e))?;
+        let response = self.read(|kv| range(kv, key, None)).await.map_err(|e| etcd_error("get", e))?;
         response.kvs().first().map(key_value).transpose()
     }
 
@@ -284,7 +358,7 @@ impl Store for EtcdStore {
         if let Some(revision) = requested {
             get = get.with_revision(revision);
         }
-        let response = match self.kv().get(start, Some(get)).await {
+        let response = match self.read(|kv| range(kv, start.clone(), Some(get.clone()))).await {
             Ok(response) => response,
             Err(e) => return Err(self.revision_error("list", requested.unwrap_or(0), e).await),
         };
@@ -297,11 +371,9 @@ impl Store for EtcdStore {
 
     async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
         let (key, end) = prefix_range(prefix);
-        let response = self
-            .kv()
-            .get(key, Some(GetOptions::new().with_range(end).with_count_only()))
-            .await
-            .map_err(|e| etcd_error("count", e))?;
+        let options = GetOptions::new().with_range(end).with_count_only();
+        let response =
+            self.read(|kv| range(kv, key.clone(), Some(options.clone()))).await.map_err(|e| etcd_error("count", e))?;
         Ok(response.count().max(0) as usize)
     }
 
@@ -311,7 +383,7 @@ impl Store for EtcdStore {
             value.to_vec(),
             None,
         )]);
-        let response = self.kv().txn(txn).await.map_err(|e| etcd_error("create", e))?;
+        let response = self.write(|kv| txn_op(kv, txn.clone())).await.map_err(|e| etcd_error("create", e))?;
         if !response.succeeded() {
             return Err(StoreError::AlreadyExists { key: key.to_string() });
         }
@@ -327,7 +399,7 @@ impl Store for EtcdStore {
             ])
             .and_then([TxnOp::put(key, value.to_vec(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let response = self.kv().txn(txn).await.map_err(|e| etcd_error("update", e))?;
+        let response = self.write(|kv| txn_op(kv, txn.clone())).await.map_err(|e| etcd_error("update", e))?;
         if response.succeeded() {
             return Ok(self.acknowledged(header_revision(response.header())));
         }
@@ -343,7 +415,7 @@ impl Store for EtcdStore {
             .when(compares)
             .and_then([TxnOp::delete(key, Some(etcd_client::DeleteOptions::new().with_prev_key()))])
             .or_else([TxnOp::get(key, None)]);
-        let response = self.kv().txn(txn).await.map_err(|e| etcd_error("delete", e))?;
+        let response = self.write(|kv| txn_op(kv, txn.clone())).await.map_err(|e| etcd_error("delete", e))?;
         if !response.succeeded() {
             // Only the revision guard can fail on a key that exists.
             return Err(guard_failure(key, expected.unwrap_or_default(), value_on_failure(&response)?));
@@ -366,7 +438,7 @@ impl Store for EtcdStore {
             // `after` fails the same way at once.
             let (key, end) = prefix_range(prefix);
             let probe = GetOptions::new().with_range(end).with_count_only().with_revision(after);
-            if let Err(e) = self.kv().get(key, Some(probe)).await {
+            if let Err(e) = self.read(|kv| range(kv, key.clone(), Some(probe.clone()))).await {
                 match self.revision_error("watch", after, e).await {
                     // Watching from a revision not written yet is allowed: it skips up to it.
                     StoreError::FutureRevision { .. } => {}
@@ -385,7 +457,7 @@ impl Store for EtcdStore {
         if !rules::compaction_needed(revision, current, compacted)? {
             return Ok(());
         }
-        match self.kv().compact(revision, None).await {
+        match self.write(|kv| compact(kv, revision)).await {
             Ok(_) => {
                 self.shared.compacted_floor.fetch_max(revision, Ordering::AcqRel);
                 Ok(())
@@ -397,8 +469,7 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let response = self
-            .kv()
-            .get(vec![0], Some(GetOptions::new().with_count_only()))
+            .read(|kv| range(kv, vec![0], Some(GetOptions::new().with_count_only())))
             .await
             .map_err(|e| etcd_error("read the revision", e))?;
         Ok(header_revision(response.header()))
@@ -416,7 +487,7 @@ impl Store for EtcdStore {
         while low < high {
             let mid = low + (high - low) / 2;
             let probe = GetOptions::new().with_count_only().with_revision(mid);
-            match self.kv().get(vec![0], Some(probe)).await {
+            match self.read(|kv| range(kv, vec![0], Some(probe.clone()))).await {
                 Ok(_) => high = mid,
                 Err(e) => match classify("find the compacted revision", e) {
                     Failure::Compacted => low = mid + 1,

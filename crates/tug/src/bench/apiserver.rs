@@ -2,8 +2,12 @@
 //!
 //! It starts a real `tug server`, reads its idle RSS, and drives it: creates, gets and lists with 1, 16
 //! and 64 concurrent clients, and the events per second 100 watchers receive. The baseline is
-//! the raw create rate of the same store backend (SQLite in a separate directory, same
-//! machine, same moment), so the ratio says what the API layer costs.
+//! the raw create rate of the same store backend (SQLite in a separate directory, or a separate
+//! etcd member, same machine, same moment), so the ratio says what the API layer costs.
+//!
+//! With `--datastore etcd` the server runs on a local etcd (Debian's etcd-server), and a second
+//! server on the same etcd measures how long a write through one takes to reach a watch on the
+//! other.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +22,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use tokio::sync::Barrier;
+use tug_store::etcd::local::LocalEtcd;
+use tug_store::etcd::{EtcdConfig, EtcdStore};
 
 /// Flags of `tug bench apiserver`.
 #[derive(Args, Debug)]
@@ -34,6 +40,16 @@ pub struct BenchArgs {
     /// Watchers in the fan-out run.
     #[arg(long, default_value_t = 100)]
     pub watchers: usize,
+    /// The datastore under test: `sqlite` (the embedded default) or `etcd` (a local member).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "etcd"])]
+    pub datastore: String,
+    /// Writes timed from one server to a watch on another (etcd only).
+    #[arg(long, default_value_t = 200)]
+    pub cross_server_writes: usize,
+}
+
+async fn start_etcd(dir: std::path::PathBuf) -> anyhow::Result<LocalEtcd> {
+    Ok(tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await??)
 }
 
 struct Sample {
@@ -112,16 +128,71 @@ where
     Ok(Sample { ops: total, elapsed: start.elapsed(), latencies })
 }
 
-async fn raw_store_baseline(dir: &Path, clients: usize, total: usize) -> anyhow::Result<tug_store::bench::BenchReport> {
+async fn raw_store_baseline(
+    dir: &Path,
+    datastore: &str,
+    clients: usize,
+    total: usize,
+) -> anyhow::Result<tug_store::bench::BenchReport> {
+    if datastore == "etcd" {
+        // A member of its own, so the server's traffic does not share it.
+        let etcd = start_etcd(dir.join(format!("raw-etcd-{clients}"))).await?;
+        let config = EtcdConfig { endpoints: vec![etcd.endpoint()], ..EtcdConfig::default() };
+        let store = EtcdStore::connect(&config).await?;
+        return Ok(tug_store::bench::bench_raw_creates(Arc::new(store), clients, total).await);
+    }
     let path = dir.join(format!("raw-{clients}.db"));
     let store = tokio::task::spawn_blocking(move || tug_store::sqlite::SqliteStore::open(&path)).await??;
     Ok(tug_store::bench::bench_raw_creates(Arc::new(store), clients, total).await)
 }
 
+/// Write-to-watch latency across two servers on one etcd: each ConfigMap is created through
+/// `writer` and timed until `reader`'s watch reports it.
+async fn cross_server_watch(writer: &kube::Client, reader: &kube::Client, writes: usize) -> anyhow::Result<Sample> {
+    let ns = "bench-cross";
+    let ns_api: Api<Namespace> = Api::all(writer.clone());
+    ns_api
+        .create(
+            &PostParams::default(),
+            &Namespace { metadata: ObjectMeta { name: Some(ns.into()), ..Default::default() }, ..Default::default() },
+        )
+        .await?;
+    let write_api: Api<ConfigMap> = Api::namespaced(writer.clone(), ns);
+    let read_api: Api<ConfigMap> = Api::namespaced(reader.clone(), ns);
+    let rv = read_api.list(&ListParams::default().limit(1)).await?.metadata.resource_version.unwrap_or_default();
+    let mut stream = read_api.watch(&WatchParams::default(), &rv).await?.boxed();
+    let mut latencies = Vec::with_capacity(writes);
+    let start = Instant::now();
+    for i in 0..writes {
+        let name = format!("x-{i}");
+        let sent = Instant::now();
+        write_api.create(&PostParams::default(), &config_map(name.clone())).await?;
+        loop {
+            match stream.next().await {
+                Some(Ok(WatchEvent::Added(cm))) if cm.metadata.name.as_deref() == Some(name.as_str()) => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("watch on the second server failed: {e}"),
+                None => bail!("watch on the second server ended"),
+            }
+        }
+        latencies.push(sent.elapsed());
+    }
+    Ok(Sample { ops: writes, elapsed: start.elapsed(), latencies })
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let scratch = Scratch::new("apiserver")?;
     let tmp = scratch.0.clone();
-    let server = ServerUnderTest::start(&tmp, &[]).await?;
+    // The server's etcd member, if any; killed when dropped, after the servers stopped.
+    let mut etcd_member = None;
+    let mut server_args: Vec<String> = Vec::new();
+    if args.datastore == "etcd" {
+        let etcd = start_etcd(tmp.join("etcd")).await?;
+        server_args = vec!["--datastore-endpoint".into(), etcd.endpoint(), "--token".into(), "bench".into()];
+        etcd_member = Some(etcd);
+    }
+    let server_flags: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let server = ServerUnderTest::start(&tmp, &server_flags).await?;
     let client = server.client.clone();
     // Let the controllers settle before reading the idle footprint.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -132,9 +203,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     out.push("|---|---|---|---|---|".to_string());
     let mut ratios = Vec::new();
     for clients in [1usize, 16, 64] {
-        let raw = raw_store_baseline(&tmp, clients, args.creates).await?;
+        let raw = raw_store_baseline(&tmp, &args.datastore, clients, args.creates).await?;
+        let backend = if args.datastore == "etcd" { "etcd" } else { "SQLite" };
         out.push(format!(
-            "| raw SQLite store create (baseline) | {clients} | {:.0}/s | {:.2} ms | {:.2} ms |",
+            "| raw {backend} store create (baseline) | {clients} | {:.0}/s | {:.2} ms | {:.2} ms |",
             raw.ops_per_sec,
             raw.p50.as_secs_f64() * 1e3,
             raw.p99.as_secs_f64() * 1e3
@@ -221,9 +293,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let delivered = expected * args.watchers;
     let fanout = delivered as f64 / (last - start).as_secs_f64();
     let busy_rss = server.rss_mib();
+    let cross = if args.datastore == "etcd" {
+        let second = ServerUnderTest::start(&tmp.join("second"), &server_flags).await?;
+        let sample = cross_server_watch(&client, &second.client, args.cross_server_writes).await?;
+        second.stop().await;
+        Some(sample)
+    } else {
+        None
+    };
     server.stop().await;
+    drop(etcd_member);
 
-    super::header("apiserver");
+    super::header(&format!("apiserver on {}", args.datastore));
     for l in &out {
         println!("{l}");
     }
@@ -241,5 +322,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!("server RSS: idle {idle_rss:.1} MiB, after the run {busy_rss:.1} MiB");
+    if let Some(cross) = cross {
+        println!(
+            "write through one server to a watch on another (same etcd), {} writes: p50 {:.2} ms, p99 {:.2} ms",
+            cross.ops,
+            cross.pct(0.5).as_secs_f64() * 1e3,
+            cross.pct(0.99).as_secs_f64() * 1e3
+        );
+    }
     Ok(())
 }
