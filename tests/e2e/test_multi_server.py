@@ -27,7 +27,8 @@ def etcd(tmp_path):
 def two_servers(start_server, etcd):
     flags = ["--datastore-endpoint", etcd.endpoint, "--token", TOKEN]
     first = start_server(*flags)
-    second = start_server(*flags)
+    # `--server` is optional on a shared datastore; given, it is checked to be of the cluster.
+    second = start_server(*flags, "--server", first.url)
     return first, second
 
 
@@ -118,6 +119,19 @@ def test_a_server_with_another_token_refuses_to_join(two_servers, etcd, tmp_path
     assert result.returncode != 0
     assert "different --token" in result.stderr, result.stderr[-2000:]
     assert first.request("GET", "/readyz").status == 200
+
+
+def test_joining_through_a_server_of_another_cluster_is_refused(start_server, etcd, tmp_path):
+    first = start_server("--datastore-endpoint", etcd.endpoint, "--token", TOKEN)
+    foreign = start_server()  # a cluster of its own, on SQLite, with another CA
+    result = subprocess.run(
+        [str(first.binary), "server", "--data-dir", str(tmp_path / "joiner"), "--https-listen-port", "1",
+         "--bind-address", "127.0.0.1", "--disable-agent", "--datastore-endpoint", etcd.endpoint,
+         "--token", TOKEN, "--server", foreign.url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "is not a server of the cluster" in result.stderr, result.stderr[-2000:]
 
 
 def test_controllers_move_to_the_other_server_when_the_active_one_is_killed(start_server, etcd):

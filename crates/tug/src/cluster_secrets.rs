@@ -25,6 +25,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tug_apiserver::pki::ClusterPki;
 use tug_store::{Store, StoreError};
 
 /// The files shared between servers, relative to the data directory.
@@ -91,6 +92,26 @@ pub async fn publish(store: &dyn Store, data_dir: &Path, token: &str) -> anyhow:
         }
         Err(e) => Err(e).context("storing the cluster's bootstrap data"),
     }
+}
+
+/// Checks that the server at `url` is one of this cluster's: it must present a certificate of
+/// the CA taken from the datastore and accept this server's admin credentials, issued by it.
+pub async fn check_peer(url: &str, pki: &ClusterPki) -> anyhow::Result<()> {
+    let uri: http::Uri = url.parse().with_context(|| format!("--server {url:?} is not a URL"))?;
+    let mut config = kube::Config::new(uri);
+    let ca = rustls_pki_types::pem::PemObject::pem_slice_iter(pki.ca_pem().as_bytes())
+        .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
+        .context("reading the cluster CA")?;
+    config.root_cert = Some(ca.into_iter().map(|d| d.to_vec()).collect());
+    config.auth_info.client_certificate_data = Some(STANDARD.encode(pki.admin_cert_pem()));
+    config.auth_info.client_key_data = Some(STANDARD.encode(pki.admin_key_pem()).into());
+    config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    config.read_timeout = Some(std::time::Duration::from_secs(10));
+    let client = kube::Client::try_from(config).context("building a client for --server")?;
+    client.apiserver_version().await.with_context(|| {
+        format!("the server at {url} is not a server of the cluster whose CA is in the datastore (or is unreachable)")
+    })?;
+    Ok(())
 }
 
 fn derive_key(token: &str, salt: &[u8]) -> LessSafeKey {

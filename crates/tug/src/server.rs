@@ -56,6 +56,12 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub datastore: DatastoreArgs,
 
+    /// A server of the cluster this one joins (`https://host:6443`). The cluster's CA comes
+    /// from the shared datastore (with `--token`); this checks that the server there belongs
+    /// to the same cluster before serving. Optional on a shared datastore, as in k3s.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+
     /// Replace the datastore's contents with a snapshot (`--cluster-reset-restore-path`), then
     /// exit. Stop every server of the cluster first; start them again without the flag.
     #[arg(long, requires = "cluster_reset_restore_path")]
@@ -197,6 +203,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         _ => sa_key,
     };
+    if let Some(url) = &args.server {
+        if shared_secrets.is_none() {
+            bail!("--server joins a cluster through its shared datastore: give --datastore-endpoint (etcd) and --token")
+        }
+        cluster_secrets::check_peer(url, &pki).await?;
+        info!(server = %url, "the server to join belongs to this cluster");
+    }
     let tokens = TokenFile::ensure(&args.data_dir.join("token-file.csv"), args.token.as_deref())
         .context("preparing the token file")?;
 
