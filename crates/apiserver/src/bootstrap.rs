@@ -4,6 +4,7 @@
 
 use serde_json::json;
 use tug_api::ApiError;
+use tug_store::StoreError;
 
 use crate::server::ApiServer;
 
@@ -60,10 +61,15 @@ impl ApiServer {
             let mut previous = None;
             loop {
                 tick.tick().await;
-                if let Some(rev) = previous
-                    && let Err(e) = srv.store.compact(rev).await
-                {
-                    tracing::warn!(error = %e, revision = rev, "compacting the datastore");
+                if let Some(rev) = previous {
+                    match srv.store.compact(rev).await {
+                        Ok(()) => {}
+                        // Another server on the same etcd compacted further already.
+                        Err(StoreError::Compacted { compacted, .. }) => {
+                            tracing::debug!(revision = rev, compacted, "the datastore was compacted by another server");
+                        }
+                        Err(e) => tracing::warn!(error = %e, revision = rev, "compacting the datastore"),
+                    }
                 }
                 previous = srv.store.current_revision().await.ok().filter(|r| *r > 0);
             }
