@@ -397,6 +397,23 @@ def test_a_service_without_endpoints_refuses_connections_at_once(cluster, web, c
     assert "refused" in refused.lower() or "couldn't connect" in refused.lower(), refused
 
 
+def test_every_nodes_proxy_reports_its_syncs_and_health(cluster, web):
+    """kube-proxy's endpoints: /metrics on 127.0.0.1:10249 and /healthz on the node's :10256."""
+    for node in range(NODES):
+        metrics = in_node(cluster, node, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:10249/metrics")
+        values = dict(
+            line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#") and " " in line
+        )
+        assert float(values["kubeproxy_sync_proxy_rules_duration_seconds_count"]) >= 1, metrics
+        assert float(values["kubeproxy_sync_proxy_rules_last_timestamp_seconds"]) > 1.7e9
+        # The web service's port and the cluster's own (kubernetes, kube-dns) at least.
+        assert float(values["kubeproxy_sync_proxy_rules_service_ports"]) >= 3
+        assert float(values["kubeproxy_sync_proxy_rules_nftables_rules"]) > 0
+        assert float(values["kubeproxy_sync_proxy_rules_endpoint_changes_total"]) >= 1
+        health = json.loads(in_node(cluster, node, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:10256/healthz"))
+        assert set(health) == {"lastUpdated", "currentTime", "nodeEligible"}, health
+
+
 def test_tug_proxy_cleanup_removes_the_rules(cluster):
     """`tug proxy --cleanup` (run on a node whose agent keeps its own proxy) removes the table."""
     assert "table ip kube-proxy" in in_node(cluster, 2, "nft", "list", "tables")

@@ -8,10 +8,11 @@
 //! applies it in one transaction ([`nftables`]). It owns nothing but that table: it never
 //! touches the pod network's own table, routes or interfaces, and never writes to the API.
 
+pub mod metrics;
 pub mod nftables;
 pub mod serviceport;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,12 +38,36 @@ const RESYNC_PERIOD: Duration = Duration::from_secs(60);
 /// Waits after a failed sync before trying again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// What a proxy serves besides rules (kube-proxy's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    /// `/metrics` (`--metrics-bind-address`, upstream's default 127.0.0.1:10249); `None`: off.
+    pub metrics_bind: Option<SocketAddr>,
+    /// `/healthz` and `/livez` (`--healthz-bind-address`, upstream's default 0.0.0.0:10256).
+    pub healthz_bind: Option<SocketAddr>,
+}
+
 /// Programs this node's service rules until `shutdown`, then leaves them in place (as
-/// upstream does: connections keep working while the proxy restarts).
-pub async fn run(client: kube::Client, node_name: String, node_ip: IpAddr, shutdown: CancellationToken) {
+/// upstream does: connections keep working while the proxy restarts). An address for the
+/// metrics or health endpoints that cannot be bound is logged and done without: the rules
+/// matter more.
+pub async fn run(client: kube::Client, config: Config, shutdown: CancellationToken) {
+    let Config { node_name, node_ip, metrics_bind, healthz_bind } = config;
+    let metrics = Arc::new(metrics::ProxyMetrics::default());
+    for (addr, which) in [(metrics_bind, metrics::Endpoints::Metrics), (healthz_bind, metrics::Endpoints::Health)] {
+        let Some(addr) = addr else { continue };
+        match metrics::listen(addr, which, metrics.clone(), shutdown.clone()).await {
+            Ok(bound) => tracing::info!(%bound, endpoints = ?which, "service proxy serving"),
+            Err(error) => {
+                tracing::error!(%addr, endpoints = ?which, %error, "cannot serve the service proxy's endpoints")
+            }
+        }
+    }
     let changed = Arc::new(Notify::new());
-    let services = watch(Api::<Service>::all(client.clone()), changed.clone(), shutdown.clone());
-    let slices = watch(Api::<EndpointSlice>::all(client), changed.clone(), shutdown.clone());
+    let services = watch(Api::<Service>::all(client.clone()), true, changed.clone(), metrics.clone(), shutdown.clone());
+    let slices = watch(Api::<EndpointSlice>::all(client), false, changed.clone(), metrics.clone(), shutdown.clone());
 
     // A full sync only once both caches hold the whole list: a partial view would reject
     // connections to services whose endpoints are not yet known.
@@ -56,8 +81,27 @@ pub async fn run(client: kube::Client, node_name: String, node_ip: IpAddr, shutd
     }
     tracing::info!(node = %node_name, %node_ip, "service proxy caches synced; programming the nftables table");
 
-    let mut syncer = RuleSyncer { node_name, services, slices, applied: None, last_full: tokio::time::Instant::now() };
+    let mut syncer =
+        RuleSyncer { node_name, services, slices, metrics, applied: None, last_full: tokio::time::Instant::now() };
     sync_loop(&changed, &shutdown, &mut syncer).await;
+}
+
+/// A bind address flag where the empty string turns the endpoint off, as upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<SocketAddr>);
+
+impl std::str::FromStr for BindAddress {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value.is_empty() {
+            return Ok(BindAddress(None));
+        }
+        value
+            .parse()
+            .map(|a| BindAddress(Some(a)))
+            .map_err(|_| format!("{value:?} is not an address like 127.0.0.1:10249"))
+    }
 }
 
 /// One sync of the rules; `false` when it failed and should be retried.
@@ -70,6 +114,7 @@ struct RuleSyncer {
     node_name: String,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    metrics: Arc<metrics::ProxyMetrics>,
     /// The text last applied, so an unchanged table is not rewritten.
     applied: Option<String>,
     last_full: tokio::time::Instant,
@@ -78,6 +123,8 @@ struct RuleSyncer {
 impl SyncRules for RuleSyncer {
     async fn sync(&mut self) -> bool {
         let started = tokio::time::Instant::now();
+        let started_at =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let ruleset = nftables::Ruleset {
             pod_bridge: POD_BRIDGE.to_string(),
             service_ports: serviceport::service_ports(
@@ -88,7 +135,9 @@ impl SyncRules for RuleSyncer {
         };
         let text = ruleset.render();
         // Unchanged rules are not rewritten, except now and then to repair outside damage.
+        let rules = nftables::Ruleset::rule_count(&text);
         if self.applied.as_deref() == Some(&text) && self.last_full.elapsed() < RESYNC_PERIOD {
+            self.metrics.synced(started_at, started.elapsed(), rules, ruleset.service_ports.len());
             return true;
         }
         match nftables::apply(&ruleset, &text).await {
@@ -99,12 +148,14 @@ impl SyncRules for RuleSyncer {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "synced the service rules"
                 );
+                self.metrics.synced(started_at, started.elapsed(), rules, ruleset.service_ports.len());
                 self.applied = Some(text);
                 self.last_full = tokio::time::Instant::now();
                 true
             }
             Err(error) => {
                 tracing::warn!(node = %self.node_name, %error, "programming the service rules");
+                self.metrics.failed(started.elapsed());
                 self.applied = None;
                 false
             }
@@ -138,8 +189,14 @@ async fn sync_loop(changed: &Notify, shutdown: &CancellationToken, syncer: &mut 
 }
 
 /// A reflector over `api`, driven on its own task until `shutdown`, waking `changed` on every
-/// event.
-fn watch<K>(api: Api<K>, changed: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+/// event (counted as a service change when `services`, else an endpoint change).
+fn watch<K>(
+    api: Api<K>,
+    services: bool,
+    changed: Arc<Notify>,
+    metrics: Arc<metrics::ProxyMetrics>,
+    shutdown: CancellationToken,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
@@ -154,7 +211,10 @@ where
             };
             match event {
                 None => return,
-                Some(Ok(_)) => changed.notify_one(),
+                Some(Ok(_)) => {
+                    metrics.queued(services);
+                    changed.notify_one();
+                }
                 Some(Err(error)) => {
                     tracing::warn!(kind = K::kind(&()).as_ref(), %error, "watching for the service proxy")
                 }

@@ -50,6 +50,15 @@ fn affinity_set(port: &ServicePort, endpoint: &Endpoint) -> String {
 
 impl Ruleset {
     /// The whole table as `nft -f` input that replaces any previous version atomically.
+    /// The rules of a rendered table: the statements inside its chains (map declarations,
+    /// chain headers and map elements are not rules).
+    pub fn rule_count(text: &str) -> usize {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("\t\t"))
+            .filter(|l| !l.starts_with('\t') && !l.starts_with("type ") && !l.starts_with("elements = "))
+            .count()
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut line = |indent: usize, text: &str| {

@@ -87,6 +87,16 @@ pub struct AgentArgs {
     /// Do not run the built-in service proxy (kube-proxy's role), as k3s' flag of that name.
     #[arg(long)]
     pub disable_kube_proxy: bool,
+
+    /// Where the service proxy serves `/metrics` (kube-proxy's `--metrics-bind-address`); an
+    /// empty value turns it off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub proxy_metrics_bind_address: tug_proxy::BindAddress,
+
+    /// Where the service proxy serves `/healthz` and `/livez` (kube-proxy's
+    /// `--healthz-bind-address`); an empty value turns it off.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub proxy_healthz_bind_address: tug_proxy::BindAddress,
 }
 
 /// The backends of `--flannel-backend`.
@@ -231,7 +241,13 @@ pub fn spawn(
         tokio::spawn(release_orphaned_addresses(cni, runtime.clone(), shutdown.clone()));
     }
     if !args.disable_kube_proxy {
-        let proxy = tug_proxy::run(client.clone(), config.node_name.clone(), identity.node_ip, shutdown.clone());
+        let proxy_config = tug_proxy::Config {
+            node_name: config.node_name.clone(),
+            node_ip: identity.node_ip,
+            metrics_bind: args.proxy_metrics_bind_address.0,
+            healthz_bind: args.proxy_healthz_bind_address.0,
+        };
+        let proxy = tug_proxy::run(client.clone(), proxy_config, shutdown.clone());
         tokio::spawn(proxy);
     }
     Ok(tokio::spawn(async move {

@@ -76,6 +76,12 @@ enum Command {
         /// Remove the proxy's rules from this host and exit.
         #[arg(long)]
         cleanup: bool,
+        /// Where to serve `/metrics`; empty: nowhere.
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        metrics_bind_address: tug_proxy::BindAddress,
+        /// Where to serve `/healthz` and `/livez`; empty: nowhere.
+        #[arg(long, default_value = "0.0.0.0:10256")]
+        healthz_bind_address: tug_proxy::BindAddress,
     },
     /// Run the cluster DNS alone (CoreDNS's role): service and pod names from the API, other
     /// names forwarded.
@@ -167,7 +173,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(BenchCommand::NetworkJoin(args)) => bench::network_join::run(args).await,
             Command::Bench(BenchCommand::Dns(args)) => bench::dns::run(args).await,
             Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args).await,
-            Command::Proxy { kubeconfig, node_name, cleanup } => {
+            Command::Proxy { kubeconfig, node_name, cleanup, metrics_bind_address, healthz_bind_address } => {
                 if cleanup {
                     return tug_proxy::nftables::delete_table().await.map_err(anyhow::Error::from);
                 }
@@ -175,12 +181,13 @@ fn main() -> std::process::ExitCode {
                 let client = client_from_kubeconfig(&kubeconfig).await?;
                 let node_name = node_name.unwrap_or_else(agent::default_node_name);
                 let shutdown = tokio_util::sync::CancellationToken::new();
-                let proxy = tokio::spawn(tug_proxy::run(
-                    client,
+                let config = tug_proxy::Config {
                     node_name,
-                    std::net::Ipv4Addr::UNSPECIFIED.into(),
-                    shutdown.clone(),
-                ));
+                    node_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    metrics_bind: metrics_bind_address.0,
+                    healthz_bind: healthz_bind_address.0,
+                };
+                let proxy = tokio::spawn(tug_proxy::run(client, config, shutdown.clone()));
                 server::wait_for_signal().await;
                 shutdown.cancel();
                 let _ = proxy.await;

@@ -175,7 +175,13 @@ async fn inside(args: ProxyBenchArgs, dir: PathBuf) -> anyhow::Result<(Vec<Row>,
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
             let client = crate::client_from_kubeconfig(&kubeconfig).await?;
-            tug_proxy::run(client, NODE_NAME.into(), Ipv4Addr::LOCALHOST.into(), proxy_stop).await;
+            let config = tug_proxy::Config {
+                node_name: NODE_NAME.into(),
+                node_ip: Ipv4Addr::LOCALHOST.into(),
+                metrics_bind: None,
+                healthz_bind: None,
+            };
+            tug_proxy::run(client, config, proxy_stop).await;
             anyhow::Ok(())
         })
     })?;
