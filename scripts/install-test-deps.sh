@@ -63,6 +63,7 @@ APT_PACKAGES=(
   libprotobuf-dev    # the well-known .proto files those protos import
   etcd-server        # etcd 3.4: the store's etcd backend tests and the e2e suite on etcd
   etcd-client        # etcdctl: e2e tests read what the API server wrote into etcd
+  conntrack          # the service proxy deletes stale UDP flows with it (tests/e2e/test_service_proxy.py)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -5,6 +5,7 @@ and a Service without endpoints refuses connections at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -296,13 +297,12 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
 """
 
 
-def test_a_udp_port_reaches_the_endpoint_of_a_hand_written_endpoint_slice(cluster):
-    """A Service without a selector, its EndpointSlice written by hand (as upstream allows),
-    pointing at a UDP echo server in the test's own namespace."""
+@contextlib.contextmanager
+def udp_echo_server():
+    """A UDP echo server on the test's uplink address (every node routes to it): yields its port."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind((f"{SUBNET_PREFIX}1", 0))
         server.settimeout(0.5)
-        port = server.getsockname()[1]
         stop = threading.Event()
 
         def echo():
@@ -316,30 +316,65 @@ def test_a_udp_port_reaches_the_endpoint_of_a_hand_written_endpoint_slice(cluste
         thread = threading.Thread(target=echo, daemon=True)
         thread.start()
         try:
-            cluster.kubectl("apply", "-f", "-", input=json.dumps({
-                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "udp-echo", "namespace": "default"},
-                "spec": {"ports": [{"name": "echo", "protocol": "UDP", "port": 5353}]},
-            }))  # fmt: skip
-            cluster.kubectl("apply", "-f", "-", input=json.dumps({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "udp-echo-manual", "namespace": "default",
-                             "labels": {"kubernetes.io/service-name": "udp-echo"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "echo", "protocol": "UDP", "port": port}],
-                "endpoints": [{"addresses": [f"{SUBNET_PREFIX}1"], "conditions": {"ready": True}}],
-            }))  # fmt: skip
-            svc = json.loads(cluster.kubectl("get", "service", "udp-echo", "-o", "json").stdout)
-            ip = svc["spec"]["clusterIP"]
-
-            def ask():
-                answer = in_node(cluster, 1, sys.executable, "-c", UDP_CLIENT, ip, "5353").strip()
-                return answer != "TIMEOUT" and answer
-
-            # From node 1's own processes: DNATed to the echo server, source the node's address.
-            assert wait_for(ask, "the UDP service to answer", timeout=20) == f"echo:ping from {SUBNET_PREFIX}3"
+            yield server.getsockname()[1]
         finally:
             stop.set()
             thread.join()
+
+
+def udp_service(cluster: DevCluster, name: str, port: int, endpoints: list[str]) -> str:
+    """A selector-less UDP Service on 5353 with a hand-written EndpointSlice (as upstream allows)
+    sending to `endpoints`:`port`; returns its cluster IP."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ports": [{"name": "echo", "protocol": "UDP", "port": 5353}]},
+    }))  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": f"{name}-manual", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "echo", "protocol": "UDP", "port": port}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}} for address in endpoints],
+    }))  # fmt: skip
+    return json.loads(cluster.kubectl("get", "service", name, "-o", "json").stdout)["spec"]["clusterIP"]
+
+
+def test_a_udp_port_reaches_the_endpoint_of_a_hand_written_endpoint_slice(cluster):
+    with udp_echo_server() as port:
+        ip = udp_service(cluster, "udp-echo", port, [f"{SUBNET_PREFIX}1"])
+
+        def ask():
+            answer = in_node(cluster, 1, sys.executable, "-c", UDP_CLIENT, ip, "5353").strip()
+            return answer != "TIMEOUT" and answer
+
+        # From node 1's own processes: DNATed to the echo server, source the node's address.
+        assert wait_for(ask, "the UDP service to answer", timeout=20) == f"echo:ping from {SUBNET_PREFIX}3"
+
+
+def test_udp_flows_to_an_endpoint_that_left_are_deleted(cluster):
+    """A UDP flow stays NATed to its first endpoint while packets keep coming; when that
+    endpoint leaves the slice, the proxy deletes the flow from the kernel's conntrack table."""
+    endpoint = f"{SUBNET_PREFIX}1"
+    with udp_echo_server() as port:
+        ip = udp_service(cluster, "udp-flush", port, [endpoint])
+
+        def flows() -> str:
+            netns = cluster.dir / "nodes" / "1" / "netns"
+            command = ["nsenter", f"--net={netns}", "conntrack", "-L", "-p", "udp", "--orig-dst", ip]
+            return subprocess.run(command, capture_output=True, text=True).stdout
+
+        def asked():
+            answer = in_node(cluster, 1, sys.executable, "-c", UDP_CLIENT, ip, "5353").strip()
+            return answer != "TIMEOUT" and answer
+
+        wait_for(asked, "the UDP service to answer", timeout=20)
+        assert f"src={endpoint}" in flows(), "the answered flow is NATed to the endpoint"
+
+        cluster.kubectl("patch", "endpointslice", "udp-flush-manual", "--type=merge", "-p",
+                        json.dumps({"endpoints": None}))  # fmt: skip
+        # Unreplied UDP entries live 30 s, answered ones 120 s: gone sooner means deleted.
+        wait_for(lambda: f"src={endpoint}" not in flows(), "the stale flow to be deleted", timeout=10)
 
 
 def resolve_in_pod(cluster: DevCluster, pod: str, name: str) -> str | None:

@@ -8,6 +8,7 @@
 //! applies it in one transaction ([`nftables`]). It owns nothing but that table: it never
 //! touches the pod network's own table, routes or interfaces, and never writes to the API.
 
+pub mod conntrack;
 pub mod metrics;
 pub mod nftables;
 pub mod serviceport;
@@ -81,8 +82,15 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
     }
     tracing::info!(node = %node_name, %node_ip, "service proxy caches synced; programming the nftables table");
 
-    let mut syncer =
-        RuleSyncer { node_name, services, slices, metrics, applied: None, last_full: tokio::time::Instant::now() };
+    let mut syncer = RuleSyncer {
+        node_name,
+        services,
+        slices,
+        metrics,
+        programmed: Vec::new(),
+        applied: None,
+        last_full: tokio::time::Instant::now(),
+    };
     sync_loop(&changed, &shutdown, &mut syncer).await;
 }
 
@@ -115,6 +123,8 @@ struct RuleSyncer {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     metrics: Arc<metrics::ProxyMetrics>,
+    /// The service ports of the table in the kernel, to find the UDP flows a change leaves stale.
+    programmed: Vec<serviceport::ServicePort>,
     /// The text last applied, so an unchanged table is not rewritten.
     applied: Option<String>,
     last_full: tokio::time::Instant,
@@ -151,6 +161,10 @@ impl SyncRules for RuleSyncer {
                 self.metrics.synced(started_at, started.elapsed(), rules, ruleset.service_ports.len());
                 self.applied = Some(text);
                 self.last_full = tokio::time::Instant::now();
+                // Only once the new rules are in: a flow deleted earlier could be re-created
+                // through the old ones.
+                conntrack::delete(&conntrack::stale(&self.programmed, &ruleset.service_ports)).await;
+                self.programmed = ruleset.service_ports;
                 true
             }
             Err(error) => {
