@@ -176,6 +176,47 @@ def test_a_node_port_answers_on_every_nodes_address_from_outside(cluster, web):
         assert body in web["pods"], body
 
 
+def load_balancer(name: str, port: int) -> str:
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": port, "targetPort": 8080}]},
+    })  # fmt: skip
+
+
+def test_a_load_balancer_service_answers_on_every_nodes_address_and_holds_its_port(cluster, web):
+    """The built-in service load balancer (k3s' servicelb): the nodes' addresses become the
+    service's ingress, each answers on the service's own port; a second service asking for
+    the same port stays pending until the first is gone."""
+
+    def ingress(name: str) -> list[str]:
+        svc = json.loads(cluster.kubectl("get", "service", name, "-o", "json").stdout)
+        return sorted(i["ip"] for i in svc.get("status", {}).get("loadBalancer", {}).get("ingress", []))
+
+    def get(url: str) -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                return resp.read().decode().strip()
+        except OSError:
+            return None
+
+    node_ips = sorted(f"{SUBNET_PREFIX}{2 + node}" for node in range(NODES))
+    cluster.kubectl("apply", "-f", "-", input=load_balancer("web-lb", 8081))
+    wait_for(lambda: ingress("web-lb") == node_ips, "the nodes' addresses as the load balancer's ingress")
+    for ip in node_ips:
+        body = wait_for(lambda: get(f"http://{ip}:8081/"), f"the load balancer on {ip}")
+        assert body in web["pods"], body
+    table = cluster.kubectl("get", "service", "web-lb").stdout
+    assert all(ip in table for ip in node_ips), table  # EXTERNAL-IP column
+
+    cluster.kubectl("apply", "-f", "-", input=load_balancer("web-lb-2", 8081))
+    time.sleep(2)  # a wrong assignment would have been written by now
+    assert ingress("web-lb-2") == [], "the port is held by web-lb"
+    cluster.kubectl("delete", "service", "web-lb")
+    wait_for(lambda: ingress("web-lb-2") == node_ips, "the freed port to go to the waiting service")
+    cluster.kubectl("delete", "service", "web-lb-2")
+
+
 def test_a_pod_reaches_its_own_service_hairpin(cluster, web):
     name = sorted(web["pods"])[0]
     answers = fetch_many(cluster, name, f"http://{web['cluster_ip']}/", 30)

@@ -88,8 +88,8 @@ pub struct ServerArgs {
     #[arg(long = "tls-san")]
     pub tls_san: Vec<String>,
 
-    /// Packaged components not to run, as k3s: `coredns` (the cluster DNS); repeatable or
-    /// comma-separated.
+    /// Packaged components not to run, as k3s: `coredns` (the cluster DNS), `servicelb` (the
+    /// service load balancer); repeatable or comma-separated.
     #[arg(long = "disable", value_name = "COMPONENT", value_delimiter = ',')]
     pub disable: Vec<String>,
 
@@ -269,11 +269,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (client, shutdown, election) = (client.clone(), shutdown.clone(), args.leader_election.clone());
         // A lost lease only pauses the controllers of a server: it stands for election again.
         let enabled = !args.disable_controller_manager;
+        // k3s' service load balancer runs with the controllers, on the server that leads.
+        let servicelb = !args.disable.iter().any(|c| c == "servicelb");
         tokio::spawn(async move {
             while enabled && !shutdown.is_cancelled() {
                 let (client2, options) = (client.clone(), options.clone());
                 let elected = election.config("kube-controller-manager");
-                let work = move |token| tug_controllers::run(client2, options, token);
+                let work = move |token: CancellationToken| async move {
+                    let lb = servicelb
+                        .then(|| tokio::spawn(tug_controllers::servicelb::run(client2.clone(), token.clone())));
+                    tug_controllers::run(client2, options, token).await;
+                    if let Some(lb) = lb {
+                        let _ = lb.await;
+                    }
+                };
                 if run_elected(client.clone(), elected, shutdown.clone(), work).await.is_ok() {
                     break;
                 }
