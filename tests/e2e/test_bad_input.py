@@ -313,3 +313,23 @@ def test_kubectl_create_with_an_unknown_field_is_refused(kubectl, store):
     assert result.returncode == 1
     assert 'strict decoding error: unknown field "bogus"' in result.stderr, result.stderr
     store.unchanged()
+
+
+def test_health_check_node_port_outside_a_local_load_balancer_is_422(tug, namespace):
+    body = {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "hc"},
+        "spec": {"type": "NodePort", "healthCheckNodePort": 31999, "ports": [{"port": 80}]},
+    }  # fmt: skip
+    status = assert_status(tug.request("POST", f"/api/v1/namespaces/{namespace}/services", body), 422, "Invalid")
+    cause = status["details"]["causes"][0]
+    assert cause["field"] == "spec.healthCheckNodePort"
+    assert "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'" in cause["message"]
+    assert tug.request("GET", f"/api/v1/namespaces/{namespace}/services/hc").status == 404
+    # Allocated when the service is a Local load balancer, and kept across an update without it.
+    body["spec"] = {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}
+    created = tug.request("POST", f"/api/v1/namespaces/{namespace}/services", body).json()
+    port = created["spec"]["healthCheckNodePort"]
+    assert 30000 <= port <= 32767
+    created["spec"].pop("healthCheckNodePort")
+    updated = tug.request("PUT", f"/api/v1/namespaces/{namespace}/services/hc", created).json()
+    assert updated["spec"]["healthCheckNodePort"] == port

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -324,6 +325,28 @@ def test_external_traffic_policy_local_answers_only_on_nodes_with_an_endpoint(cl
         with pytest.raises(TimeoutError):
             sock.connect((f"{SUBNET_PREFIX}2", node_port))
     assert node_get(cluster, 0, f"http://{solo['spec']['clusterIP']}/") == "solo"
+
+    # As a LoadBalancer, the service gets a health check node port, where each node tells the
+    # load balancer whether it has a local endpoint: 200 on the pod's node, 503 elsewhere.
+    cluster.kubectl("patch", "service", "solo", "-p", json.dumps({"spec": {"type": "LoadBalancer"}}))
+    solo = json.loads(cluster.kubectl("get", "service", "solo", "-o", "json").stdout)
+    health_port = solo["spec"]["healthCheckNodePort"]
+    assert 30000 <= health_port <= 32767 and health_port != node_port
+
+    def health(address: str) -> tuple[int, dict] | None:
+        try:
+            with urllib.request.urlopen(f"http://{address}:{health_port}/healthz", timeout=2) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+        except OSError:
+            return None
+
+    status, body = wait_for(lambda: health(f"{SUBNET_PREFIX}3"), "the health check port on the pod's node")
+    assert (status, body["localEndpoints"]) == (200, 1), body
+    assert body["service"] == {"namespace": "default", "name": "solo"}
+    status, body = wait_for(lambda: health(f"{SUBNET_PREFIX}2"), "the health check port on node 0")
+    assert (status, body["localEndpoints"]) == (503, 0), body
 
 
 UDP_CLIENT = """

@@ -381,6 +381,70 @@ impl ApiServer {
                 self.release_node_port(port, &owner).await;
             }
         }
+        self.allocate_health_check_node_port(svc, old, dry_run, claimed, &name, &owner).await
+    }
+
+    /// `spec.healthCheckNodePort`, which a LoadBalancer service with externalTrafficPolicy
+    /// Local needs (each node's proxy answers on it whether the node has a local endpoint, for
+    /// the load balancer's health checks): allocated from the NodePort range unless given, kept
+    /// on update, released when no longer needed; refused on other services, as upstream.
+    async fn allocate_health_check_node_port(
+        &self,
+        svc: &mut Value,
+        old: Option<&Value>,
+        dry_run: bool,
+        claimed: &mut Claims,
+        name: &str,
+        owner: &str,
+    ) -> Result<(), ApiError> {
+        let requested = svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_i64).unwrap_or(0);
+        let invalid = |detail: &str| {
+            let path = FieldPath::new("spec").key("healthCheckNodePort");
+            ApiError::invalid("", "Service", name, &[FieldError::invalid(&path, json!(requested), detail)])
+        };
+        let old_port = old.map(health_check_node_port_of).unwrap_or(0);
+        if !needs_health_check_node_port(svc) {
+            if requested != 0 && requested != old_port as i64 {
+                return Err(invalid(
+                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+                ));
+            }
+            svc["spec"].as_object_mut().map(|m| m.remove("healthCheckNodePort"));
+            if old_port != 0 {
+                self.release_node_port(old_port, owner).await;
+            }
+            return Ok(());
+        }
+        let port = if requested != 0 && requested == old_port as i64 {
+            old_port
+        } else if requested != 0 {
+            let (lo, hi) = self.options.node_port_range;
+            if !(lo as i64..=hi as i64).contains(&requested) {
+                return Err(invalid(&format!(
+                    "provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                )));
+            }
+            let port = requested as u16;
+            if !dry_run {
+                if !self.claim_node_port(port, owner).await? {
+                    return Err(invalid("provided port is already allocated"));
+                }
+                claimed.ports.push(port);
+            }
+            port
+        } else if old_port != 0 {
+            old_port
+        } else if dry_run {
+            self.options.node_port_range.0
+        } else {
+            let port = self.allocate_node_port(owner).await?;
+            claimed.ports.push(port);
+            port
+        };
+        if old_port != 0 && old_port != port {
+            self.release_node_port(old_port, owner).await;
+        }
+        svc["spec"]["healthCheckNodePort"] = json!(port);
         Ok(())
     }
 
@@ -481,6 +545,10 @@ impl ApiServer {
         for port in node_ports_of(obj) {
             self.release_node_port(port, &owner).await;
         }
+        let health_check = health_check_node_port_of(obj);
+        if health_check != 0 {
+            self.release_node_port(health_check, &owner).await;
+        }
     }
 }
 
@@ -515,6 +583,17 @@ fn keep_allocated_values(svc: &mut Value, old: &Value) {
             }
         }
     }
+}
+
+/// Upstream's `needsHCNodePort`: a LoadBalancer service routing external traffic to local
+/// endpoints only.
+fn needs_health_check_node_port(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+        && svc.pointer("/spec/externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+}
+
+fn health_check_node_port_of(svc: &Value) -> u16 {
+    svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_u64).map_or(0, |p| p as u16)
 }
 
 fn node_ports_of(svc: &Value) -> Vec<u16> {

@@ -9,6 +9,7 @@
 //! touches the pod network's own table, routes or interfaces, and never writes to the API.
 
 pub mod conntrack;
+pub mod healthcheck;
 pub mod metrics;
 pub mod nftables;
 pub mod serviceport;
@@ -88,6 +89,8 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         slices,
         metrics,
         programmed: Vec::new(),
+        health_checks: healthcheck::HealthCheckServers::default(),
+        shutdown: shutdown.clone(),
         applied: None,
         last_full: tokio::time::Instant::now(),
     };
@@ -125,6 +128,8 @@ struct RuleSyncer {
     metrics: Arc<metrics::ProxyMetrics>,
     /// The service ports of the table in the kernel, to find the UDP flows a change leaves stale.
     programmed: Vec<serviceport::ServicePort>,
+    health_checks: healthcheck::HealthCheckServers,
+    shutdown: CancellationToken,
     /// The text last applied, so an unchanged table is not rewritten.
     applied: Option<String>,
     last_full: tokio::time::Instant,
@@ -164,6 +169,7 @@ impl SyncRules for RuleSyncer {
                 // Only once the new rules are in: a flow deleted earlier could be re-created
                 // through the old ones.
                 conntrack::delete(&conntrack::stale(&self.programmed, &ruleset.service_ports)).await;
+                self.health_checks.sync(healthcheck::wanted(&ruleset.service_ports), &self.shutdown).await;
                 self.programmed = ruleset.service_ports;
                 true
             }

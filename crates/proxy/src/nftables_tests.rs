@@ -34,6 +34,7 @@ fn port(
         endpoints: eps,
         internal_local: false,
         external_local: false,
+        health_check_node_port: None,
     }
 }
 

@@ -76,6 +76,8 @@ pub struct ServicePort {
     /// externalTrafficPolicy Local: NodePorts and external IPs reached from outside go only
     /// to this node's endpoints, without masquerade (the client's address is kept).
     pub external_local: bool,
+    /// The service's `healthCheckNodePort` (LoadBalancer with externalTrafficPolicy Local).
+    pub health_check_node_port: Option<u16>,
 }
 
 impl ServicePort {
@@ -154,6 +156,10 @@ pub fn service_ports<'a>(
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 external_local: spec.external_traffic_policy.as_deref() == Some("Local")
                     && (node_port.is_some() || !external_ips.is_empty()),
+                health_check_node_port: spec
+                    .health_check_node_port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0),
                 port_name,
             });
         }
