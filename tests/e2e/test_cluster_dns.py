@@ -128,9 +128,9 @@ class FakeUpstream:
     """Answers `outside.test.` A 192.0.2.44 (TTL 60) and NXDOMAIN for anything else; counts
     the questions that reach it."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.port = self.sock.getsockname()[1]
         self.seen: list[str] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)

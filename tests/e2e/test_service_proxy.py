@@ -20,6 +20,7 @@ import pytest
 
 from support import TOOLS_BIN, require, wait_for
 from registry import run_checked, test_images, tug_binary  # noqa: F401
+from test_cluster_dns import FakeUpstream
 from test_dev_cluster import DevCluster, in_node, leftovers, run_pod
 
 NODES = 3
@@ -35,10 +36,15 @@ def cluster(tmp_path_factory, test_images):  # noqa: F811
     require(os.geteuid() == 0, "a dev cluster needs root (network namespaces, bridges, containers)")
     require((TOOLS_BIN / "kubectl-1.36").is_file(), f"no kubectl-1.36 in {TOOLS_BIN}")
     cluster = DevCluster(tmp_path_factory.mktemp("svc-cluster") / "c", tug_binary())
+    # The cluster DNS forwards names outside the cluster to a resolver of the test's, on the
+    # machine's end of the nodes' network (bound to every address: that one exists only once
+    # the cluster is up).
+    cluster.upstream = FakeUpstream("0.0.0.0")
     try:
         up = cluster.tug(
-            "up", "--nodes", str(NODES), "--dir", str(cluster.dir), "--name", NAME, "--subnet", f"{SUBNET_PREFIX}0/24"
-        )
+            "up", "--nodes", str(NODES), "--dir", str(cluster.dir), "--name", NAME, "--subnet", f"{SUBNET_PREFIX}0/24",
+            f"--server-arg=--cluster-dns-upstream={SUBNET_PREFIX}1:{cluster.upstream.port}",
+        )  # fmt: skip
         assert up.returncode == 0, f"up failed ({up.returncode}):\n{up.stdout}\n{up.stderr[-5000:]}"
         archive = tmp_path_factory.mktemp("svc-image") / "busybox.tar"
         run_checked("skopeo", "copy", f"oci:{test_images}:1", f"oci-archive:{archive}:tugboat.test/busybox:1")
@@ -46,6 +52,7 @@ def cluster(tmp_path_factory, test_images):  # noqa: F811
         assert loaded.returncode == 0, loaded.stderr
         yield cluster
     finally:
+        cluster.upstream.close()
         down = cluster.tug("down", "--dir", str(cluster.dir))
         assert down.returncode == 0, f"down failed ({down.returncode}):\n{down.stderr[-3000:]}"
         assert leftovers(cluster.dir) == {"mounts": [], "processes": []}
@@ -463,6 +470,11 @@ def test_pods_reach_services_by_name_through_the_cluster_dns(cluster, web, clien
     # And the name leads to the pods.
     answers = fetch_many(cluster, client, "http://web/", 6)
     assert answers and set(answers) <= set(web["pods"]), answers
+
+
+def test_a_pod_resolves_a_name_outside_the_cluster_through_the_forwarding_cluster_dns(cluster, client):
+    assert wait_for(lambda: resolve_in_pod(cluster, client, "outside.test"), "outside.test from a pod") == "192.0.2.44"
+    assert "outside.test." in cluster.upstream.seen, "the answer came from the upstream resolver"
 
 
 def test_a_service_without_endpoints_refuses_connections_at_once(cluster, web, client):
