@@ -195,7 +195,7 @@ class EtcdServer:
     several members of one cluster. `kill()` and `start()` again keep the data and the ports,
     as a crashed member that comes back."""
 
-    def __init__(self, workdir: Path, name: str = "e2e", start: bool = True):
+    def __init__(self, workdir: Path, name: str = "e2e", start: bool = True, tls: dict[str, Path] | None = None):
         require(shutil.which(ETCD_BINARY) is not None, f"no {ETCD_BINARY} binary (install Debian's etcd-server)")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -203,13 +203,17 @@ class EtcdServer:
         self.client_port = free_port()
         self.peer_port = free_port()
         self.initial_cluster = f"{name}={self.peer_url}"
+        # With `tls` (keys ca, cert, key: PEM files): clients must present a certificate of
+        # that CA, over HTTPS.
+        self.tls = tls
         self.process: subprocess.Popen | None = None
         if start:
             self.start()
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -228,6 +232,11 @@ class EtcdServer:
                 "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
                 "--initial-cluster", self.initial_cluster, "--initial-cluster-token", "e2e",
                 "--log-level", "warn",
+                *(
+                    ["--cert-file", str(self.tls["cert"]), "--key-file", str(self.tls["key"]),
+                     "--trusted-ca-file", str(self.tls["ca"]), "--client-cert-auth"]
+                    if self.tls else []
+                ),
             ],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -235,7 +244,12 @@ class EtcdServer:
 
     def healthy(self) -> bool:
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=2)
+            if self.tls:
+                ctx = ssl.create_default_context(cafile=str(self.tls["ca"]))
+                ctx.load_cert_chain(str(self.tls["client_cert"]), str(self.tls["client_key"]))
+                conn = http.client.HTTPSConnection("127.0.0.1", self.client_port, timeout=2, context=ctx)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=2)
             conn.request("GET", "/health")
             return json.loads(conn.getresponse().read()).get("health") == "true"
         except (OSError, ValueError, http.client.HTTPException):

@@ -55,6 +55,52 @@ def test_objects_live_in_etcd_under_registry_keys_with_etcds_revisions(start_ser
     assert got["metadata"]["resourceVersion"] == str(meta["kvs"][0]["mod_revision"])
 
 
+def _etcd_pki(directory) -> dict:
+    """A CA, a serving certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.crt", "-days", "2", "-subj", "/CN=etcd-test-ca")  # fmt: skip
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):  # fmt: skip
+        (directory / f"{name}.ext").write_text(ext + "\n")
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", "-subj", f"/CN=etcd-{name}")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
+    return {
+        "ca": directory / "ca.crt", "cert": directory / "server.crt", "key": directory / "server.key",
+        "client_cert": directory / "client.crt", "client_key": directory / "client.key",
+    }  # fmt: skip
+
+
+def test_a_server_reaches_etcd_over_tls_with_a_client_certificate(start_server, tmp_path):
+    pki = _etcd_pki(tmp_path / "pki")
+    etcd = EtcdServer(tmp_path / "etcd-tls", tls=pki)
+    try:
+        assert etcd.endpoint.startswith("https://")
+        server = start_server(
+            "--datastore-endpoint", etcd.endpoint, "--token", "tls-cluster",
+            "--datastore-cafile", str(pki["ca"]), "--datastore-certfile", str(pki["client_cert"]),
+            "--datastore-keyfile", str(pki["client_key"]),
+        )  # fmt: skip
+        assert server.request("POST", "/api/v1/namespaces/default/configmaps", _configmap("over-tls")).status == 201
+        # Without a client certificate etcd refuses the connection: the server does not start.
+        result = subprocess.run(
+            [str(server.binary), "server", "--data-dir", str(tmp_path / "no-cert"), "--https-listen-port", "1",
+             "--bind-address", "127.0.0.1", "--disable-agent", "--datastore-endpoint", etcd.endpoint,
+             "--token", "tls-cluster", "--datastore-cafile", str(pki["ca"])],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert "etcd" in result.stderr, result.stderr[-2000:]
+    finally:
+        etcd.kill()
+
+
 def test_a_second_server_on_the_same_etcd_sees_the_first_ones_writes(start_server, etcd):
     first = start_server(*_on(etcd))
     name = unique_name("cm")
