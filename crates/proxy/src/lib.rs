@@ -88,10 +88,9 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         services,
         slices,
         metrics,
-        programmed: Vec::new(),
+        kernel: None,
         health_checks: healthcheck::HealthCheckServers::default(),
         shutdown: shutdown.clone(),
-        applied: None,
         last_full: tokio::time::Instant::now(),
     };
     sync_loop(&changed, &shutdown, &mut syncer).await;
@@ -126,12 +125,11 @@ struct RuleSyncer {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     metrics: Arc<metrics::ProxyMetrics>,
-    /// The service ports of the table in the kernel, to find the UDP flows a change leaves stale.
-    programmed: Vec<serviceport::ServicePort>,
+    /// What the table in the kernel was rendered from, which partial syncs start from and
+    /// stale UDP flows are found against; `None` until a sync succeeded (or after one failed).
+    kernel: Option<nftables::Ruleset>,
     health_checks: healthcheck::HealthCheckServers,
     shutdown: CancellationToken,
-    /// The text last applied, so an unchanged table is not rewritten.
-    applied: Option<String>,
     last_full: tokio::time::Instant,
 }
 
@@ -148,39 +146,61 @@ impl SyncRules for RuleSyncer {
                 self.slices.state().iter().map(|s| &**s).collect::<Vec<_>>(),
             ),
         };
-        let text = ruleset.render();
-        // Unchanged rules are not rewritten, except now and then to repair outside damage.
-        let rules = nftables::Ruleset::rule_count(&text);
-        if self.applied.as_deref() == Some(&text) && self.last_full.elapsed() < RESYNC_PERIOD {
-            self.metrics.synced(started_at, started.elapsed(), rules, ruleset.service_ports.len());
-            return true;
-        }
-        match nftables::apply(&ruleset, &text).await {
-            Ok(()) => {
+        // The whole table now and then, to repair outside damage; in between, only changes.
+        let full = self.last_full.elapsed() >= RESYNC_PERIOD;
+        let result = match self.kernel.as_ref().filter(|_| !full) {
+            None => nftables::apply(&ruleset, &ruleset.render()).await.map(|()| SyncKind::Full),
+            Some(kernel) => match ruleset.render_update(kernel) {
+                None => Ok(SyncKind::Unchanged),
+                Some(update) => match nftables::apply_update(&update).await {
+                    Ok(()) => Ok(SyncKind::Partial),
+                    Err(error) => {
+                        tracing::warn!(node = %self.node_name, %error, "a partial rule sync failed; replacing the table");
+                        nftables::apply(&ruleset, &ruleset.render()).await.map(|()| SyncKind::Full)
+                    }
+                },
+            },
+        };
+        match result {
+            Ok(sync) => {
+                self.metrics.synced(started_at, started.elapsed(), ruleset.rule_count(), ruleset.service_ports.len());
+                if sync == SyncKind::Unchanged {
+                    return true;
+                }
                 tracing::debug!(
                     node = %self.node_name,
+                    ?sync,
                     service_ports = ruleset.service_ports.len(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "synced the service rules"
                 );
-                self.metrics.synced(started_at, started.elapsed(), rules, ruleset.service_ports.len());
-                self.applied = Some(text);
-                self.last_full = tokio::time::Instant::now();
+                if sync == SyncKind::Full {
+                    self.last_full = tokio::time::Instant::now();
+                }
                 // Only once the new rules are in: a flow deleted earlier could be re-created
                 // through the old ones.
-                conntrack::delete(&conntrack::stale(&self.programmed, &ruleset.service_ports)).await;
+                let before = self.kernel.as_ref().map_or(&[][..], |k| &k.service_ports[..]);
+                conntrack::delete(&conntrack::stale(before, &ruleset.service_ports)).await;
                 self.health_checks.sync(healthcheck::wanted(&ruleset.service_ports), &self.shutdown).await;
-                self.programmed = ruleset.service_ports;
+                self.kernel = Some(ruleset);
                 true
             }
             Err(error) => {
                 tracing::warn!(node = %self.node_name, %error, "programming the service rules");
                 self.metrics.failed(started.elapsed());
-                self.applied = None;
+                self.kernel = None;
                 false
             }
         }
     }
+}
+
+/// What a sync did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncKind {
+    Unchanged,
+    Partial,
+    Full,
 }
 
 /// Calls `syncer` at once, then after each wake of `changed` (and at least every

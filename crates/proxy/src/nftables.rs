@@ -7,7 +7,10 @@
 //!
 //! The table is rendered whole from [`ServicePort`]s and applied in one `nft -f` transaction
 //! (add table, delete table, table { ... }), so the kernel never holds half a ruleset and a
-//! removed service leaves nothing behind.
+//! removed service leaves nothing behind. Between those full syncs, a change is applied as a
+//! partial one ([`Ruleset::render_update`]): one transaction touching only the map elements,
+//! chains and sets of the service ports that differ, which keeps a sync short however many
+//! services there are.
 
 use crate::serviceport::{Endpoint, ServicePort};
 
@@ -49,16 +52,20 @@ fn affinity_set(port: &ServicePort, endpoint: &Endpoint) -> String {
 }
 
 impl Ruleset {
-    /// The whole table as `nft -f` input that replaces any previous version atomically.
-    /// The rules of a rendered table: the statements inside its chains (map declarations,
-    /// chain headers and map elements are not rules).
-    pub fn rule_count(text: &str) -> usize {
-        text.lines()
-            .filter_map(|l| l.strip_prefix("\t\t"))
-            .filter(|l| !l.starts_with('\t') && !l.starts_with("type ") && !l.starts_with("elements = "))
-            .count()
+    /// How many rules the table holds: the statements inside its chains (map declarations,
+    /// chain headers and map elements are not rules), counted from the parts without rendering.
+    pub fn rule_count(&self) -> usize {
+        let skeleton = Ruleset { pod_bridge: self.pod_bridge.clone(), service_ports: Vec::new() };
+        let bridge = quote(&self.pod_bridge);
+        let ports: usize = self
+            .service_ports
+            .iter()
+            .map(|p| port_parts(p, &bridge).chains.iter().map(|(_, rules)| rules.len()).sum::<usize>())
+            .sum();
+        rules_in(&skeleton.render()) + ports
     }
 
+    /// The whole table as `nft -f` input that replaces any previous version atomically.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut line = |indent: usize, text: &str| {
@@ -70,41 +77,14 @@ impl Ruleset {
         line(0, &format!("delete table ip {TABLE}"));
         line(0, &format!("table ip {TABLE} {{"));
 
-        // The verdict maps the dispatch chains look packets up in.
-        let mut service_ips = Vec::new();
-        let mut service_nodeports = Vec::new();
-        let mut no_endpoint_services = Vec::new();
-        let mut no_endpoint_nodeports = Vec::new();
-        for port in &self.service_ports {
-            let proto = port.protocol.nft_name();
-            if port.endpoints.is_empty() {
-                no_endpoint_services.push(format!("{} . {proto} . {} : goto reject-chain", port.cluster_ip, port.port));
-                for ip in &port.external_ips {
-                    no_endpoint_services.push(format!("{ip} . {proto} . {} : goto reject-chain", port.port));
-                }
-                if let Some(node_port) = port.node_port {
-                    no_endpoint_nodeports.push(format!("{proto} . {node_port} : goto reject-chain"));
-                }
-                continue;
-            }
-            if port.internal_local && port.local_endpoints.is_empty() {
-                // internalTrafficPolicy Local without an endpoint here: dropped, as upstream.
-                no_endpoint_services.push(format!("{} . {proto} . {} : drop", port.cluster_ip, port.port));
-            } else {
-                service_ips.push(format!(
-                    "{} . {proto} . {} : goto {}",
-                    port.cluster_ip,
-                    port.port,
-                    service_chain(port)
-                ));
-            }
-            for ip in &port.external_ips {
-                service_ips.push(format!("{ip} . {proto} . {} : goto {}", port.port, external_chain(port)));
-            }
-            if let Some(node_port) = port.node_port {
-                service_nodeports.push(format!("{proto} . {node_port} : goto {}", external_chain(port)));
-            }
-        }
+        let bridge = quote(&self.pod_bridge);
+        let parts: Vec<Parts> = self.service_ports.iter().map(|port| port_parts(port, &bridge)).collect();
+        let elements_of = |map: &str| -> Vec<String> {
+            parts.iter().flat_map(|p| &p.elements).filter(|(m, _)| *m == map).map(|(_, e)| e.clone()).collect()
+        };
+        let (service_ips, service_nodeports) = (elements_of(SERVICE_IPS), elements_of(SERVICE_NODEPORTS));
+        let no_endpoint_services = elements_of(NO_ENDPOINT_SERVICES);
+        let no_endpoint_nodeports = elements_of(NO_ENDPOINT_NODEPORTS);
         let map = |line: &mut dyn FnMut(usize, &str), name: &str, key: &str, elements: &[String]| {
             line(1, &format!("map {name} {{"));
             line(2, &format!("type {key} : verdict"));
@@ -115,21 +95,18 @@ impl Ruleset {
         };
         let addr_key = "ipv4_addr . inet_proto . inet_service";
         let port_key = "inet_proto . inet_service";
-        map(&mut line, "service-ips", addr_key, &service_ips);
-        map(&mut line, "service-nodeports", port_key, &service_nodeports);
-        map(&mut line, "no-endpoint-services", addr_key, &no_endpoint_services);
-        map(&mut line, "no-endpoint-nodeports", port_key, &no_endpoint_nodeports);
+        map(&mut line, SERVICE_IPS, addr_key, &service_ips);
+        map(&mut line, SERVICE_NODEPORTS, port_key, &service_nodeports);
+        map(&mut line, NO_ENDPOINT_SERVICES, addr_key, &no_endpoint_services);
+        map(&mut line, NO_ENDPOINT_NODEPORTS, port_key, &no_endpoint_nodeports);
 
         // Session affinity: one set of recent clients per endpoint, each entry expiring.
-        for port in &self.service_ports {
-            let Some(timeout) = port.affinity_timeout_seconds else { continue };
-            for endpoint in &all_endpoints(port) {
-                line(1, &format!("set {} {{", affinity_set(port, endpoint)));
-                line(2, "type ipv4_addr");
-                line(2, "flags dynamic,timeout");
-                line(2, &format!("timeout {timeout}s"));
-                line(1, "}");
-            }
+        for (name, timeout) in parts.iter().flat_map(|p| &p.sets) {
+            line(1, &format!("set {name} {{"));
+            line(2, "type ipv4_addr");
+            line(2, "flags dynamic,timeout");
+            line(2, &format!("timeout {timeout}s"));
+            line(1, "}");
         }
 
         // Base chains. The filter chains run before DNAT (-110) and reject new connections to a
@@ -203,51 +180,8 @@ impl Ruleset {
             ],
         );
 
-        let bridge = quote(&self.pod_bridge);
-        for port in self.service_ports.iter().filter(|p| !p.endpoints.is_empty()) {
-            let mut rules = Vec::new();
-            // Not from this node's pods (the node itself, another host): SNAT, so the answer
-            // comes back through this node to be un-NATed.
-            rules.push(format!("iifname != {bridge} jump mark-for-masquerade"));
-            let targets = if port.internal_local { &port.local_endpoints } else { &port.endpoints };
-            rules.extend(dispatch(port, targets));
-            chain(&mut line, &service_chain(port), &rules);
-
-            if port.node_port.is_some() || !port.external_ips.is_empty() {
-                let rules = if port.external_local {
-                    // externalTrafficPolicy Local: from outside, only this node's endpoints and
-                    // no masquerade; this node's pods and processes get the cluster policy
-                    // (upstream does the same).
-                    let mut rules = vec![
-                        format!("iifname {bridge} goto {}", service_chain(port)),
-                        "fib saddr type local jump mark-for-masquerade".to_string(),
-                        format!("fib saddr type local goto {}", service_chain(port)),
-                    ];
-                    rules.extend(dispatch(port, &port.local_endpoints));
-                    rules
-                } else {
-                    // From outside the cluster: always masqueraded.
-                    vec!["jump mark-for-masquerade".to_string(), format!("goto {}", service_chain(port))]
-                };
-                chain(&mut line, &external_chain(port), &rules);
-            }
-
-            for endpoint in &all_endpoints(port) {
-                let mut rules = Vec::new();
-                // Hairpin: a pod reaching its own service must see the answer come from the
-                // service, so it is masqueraded to the node.
-                rules.push(format!("ip saddr {} jump mark-for-masquerade", endpoint.ip));
-                if port.affinity_timeout_seconds.is_some() {
-                    rules.push(format!("update @{} {{ ip saddr }}", affinity_set(port, endpoint)));
-                }
-                rules.push(format!(
-                    "meta l4proto {} dnat to {}:{}",
-                    port.protocol.nft_name(),
-                    endpoint.ip,
-                    endpoint.port
-                ));
-                chain(&mut line, &endpoint_chain(port, endpoint), &rules);
-            }
+        for (name, rules) in parts.iter().flat_map(|p| &p.chains) {
+            chain(&mut line, name, rules);
         }
         line(0, "}");
         out
@@ -258,6 +192,216 @@ impl Ruleset {
         let active = self.service_ports.iter().filter(|p| !p.endpoints.is_empty()).count();
         let endpoints = self.service_ports.iter().map(|p| p.endpoints.len()).sum();
         (active, endpoints)
+    }
+}
+
+/// The rules in rendered table text: the lines inside chains, except chain types and map
+/// elements.
+fn rules_in(text: &str) -> usize {
+    let mut in_chain = false;
+    let mut rules = 0;
+    for line in text.lines() {
+        if line.starts_with("\tchain ") {
+            in_chain = true;
+        } else if line == "\t}" {
+            in_chain = false;
+        } else if in_chain && !line.trim_start().starts_with("type ") {
+            rules += 1;
+        }
+    }
+    rules
+}
+
+/// The verdict maps the dispatch chains look packets up in.
+const SERVICE_IPS: &str = "service-ips";
+const SERVICE_NODEPORTS: &str = "service-nodeports";
+const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+
+/// One service port's share of the table: its elements in the verdict maps, its affinity sets
+/// (name, timeout in seconds) and its chains (name, rules). The whole table is the fixed
+/// skeleton plus every port's parts, and an update changes only the parts that differ.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Parts {
+    elements: Vec<(&'static str, String)>,
+    sets: Vec<(String, u32)>,
+    chains: Vec<(String, Vec<String>)>,
+}
+
+fn port_parts(port: &ServicePort, bridge: &str) -> Parts {
+    let mut parts = Parts::default();
+    let proto = port.protocol.nft_name();
+    if port.endpoints.is_empty() {
+        parts
+            .elements
+            .push((NO_ENDPOINT_SERVICES, format!("{} . {proto} . {} : goto reject-chain", port.cluster_ip, port.port)));
+        for ip in &port.external_ips {
+            parts.elements.push((NO_ENDPOINT_SERVICES, format!("{ip} . {proto} . {} : goto reject-chain", port.port)));
+        }
+        if let Some(node_port) = port.node_port {
+            parts.elements.push((NO_ENDPOINT_NODEPORTS, format!("{proto} . {node_port} : goto reject-chain")));
+        }
+        return parts;
+    }
+    if port.internal_local && port.local_endpoints.is_empty() {
+        // internalTrafficPolicy Local without an endpoint here: dropped, as upstream.
+        parts.elements.push((NO_ENDPOINT_SERVICES, format!("{} . {proto} . {} : drop", port.cluster_ip, port.port)));
+    } else {
+        parts.elements.push((
+            SERVICE_IPS,
+            format!("{} . {proto} . {} : goto {}", port.cluster_ip, port.port, service_chain(port)),
+        ));
+    }
+    for ip in &port.external_ips {
+        parts.elements.push((SERVICE_IPS, format!("{ip} . {proto} . {} : goto {}", port.port, external_chain(port))));
+    }
+    if let Some(node_port) = port.node_port {
+        parts.elements.push((SERVICE_NODEPORTS, format!("{proto} . {node_port} : goto {}", external_chain(port))));
+    }
+    if let Some(timeout) = port.affinity_timeout_seconds {
+        for endpoint in &all_endpoints(port) {
+            parts.sets.push((affinity_set(port, endpoint), timeout));
+        }
+    }
+
+    let mut rules = Vec::new();
+    // Not from this node's pods (the node itself, another host): SNAT, so the answer comes back
+    // through this node to be un-NATed.
+    rules.push(format!("iifname != {bridge} jump mark-for-masquerade"));
+    let targets = if port.internal_local { &port.local_endpoints } else { &port.endpoints };
+    rules.extend(dispatch(port, targets));
+    parts.chains.push((service_chain(port), rules));
+
+    if port.node_port.is_some() || !port.external_ips.is_empty() {
+        let rules = if port.external_local {
+            // externalTrafficPolicy Local: from outside, only this node's endpoints and no
+            // masquerade; this node's pods and processes get the cluster policy (upstream does
+            // the same).
+            let mut rules = vec![
+                format!("iifname {bridge} goto {}", service_chain(port)),
+                "fib saddr type local jump mark-for-masquerade".to_string(),
+                format!("fib saddr type local goto {}", service_chain(port)),
+            ];
+            rules.extend(dispatch(port, &port.local_endpoints));
+            rules
+        } else {
+            // From outside the cluster: always masqueraded.
+            vec!["jump mark-for-masquerade".to_string(), format!("goto {}", service_chain(port))]
+        };
+        parts.chains.push((external_chain(port), rules));
+    }
+
+    for endpoint in &all_endpoints(port) {
+        let mut rules = Vec::new();
+        // Hairpin: a pod reaching its own service must see the answer come from the service,
+        // so it is masqueraded to the node.
+        rules.push(format!("ip saddr {} jump mark-for-masquerade", endpoint.ip));
+        if port.affinity_timeout_seconds.is_some() {
+            rules.push(format!("update @{} {{ ip saddr }}", affinity_set(port, endpoint)));
+        }
+        rules.push(format!("meta l4proto {proto} dnat to {}:{}", endpoint.ip, endpoint.port));
+        parts.chains.push((endpoint_chain(port, endpoint), rules));
+    }
+    parts
+}
+
+impl Ruleset {
+    /// The transaction that turns the table rendered from `old` into this one by touching only
+    /// the service ports that differ (upstream's partial sync): map elements deleted and added,
+    /// chains of changed ports flushed and refilled, chains and sets of gone ones deleted.
+    /// `None` when nothing differs; callers fall back to [`Ruleset::render`] when `old` is not
+    /// known to be what the kernel holds, or when the pod bridge changed.
+    pub fn render_update(&self, old: &Ruleset) -> Option<String> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let bridge = quote(&self.pod_bridge);
+        let parts_of = |ruleset: &Ruleset| -> BTreeMap<String, Parts> {
+            ruleset.service_ports.iter().map(|p| (p.id(), port_parts(p, &bridge))).collect()
+        };
+        let (before, after) = (parts_of(old), parts_of(self));
+        let changed: Vec<&String> = before
+            .keys()
+            .chain(after.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|id| before.get(*id) != after.get(*id))
+            .collect();
+        if changed.is_empty() {
+            return None;
+        }
+        let gather = |parts: &BTreeMap<String, Parts>| {
+            let mut elements = BTreeSet::new();
+            let mut sets = BTreeMap::new();
+            let mut chains = BTreeMap::new();
+            for id in &changed {
+                let Some(p) = parts.get(*id) else { continue };
+                elements.extend(p.elements.iter().cloned());
+                sets.extend(p.sets.iter().cloned());
+                chains.extend(p.chains.iter().cloned());
+            }
+            (elements, sets, chains)
+        };
+        let (old_elements, old_sets, old_chains) = gather(&before);
+        let (new_elements, new_sets, new_chains) = gather(&after);
+
+        let mut out = String::new();
+        let mut cmd = |text: String| {
+            out.push_str(&text);
+            out.push('\n');
+        };
+        // Elements first out: nothing may point at a chain about to change or go.
+        for (map, element) in old_elements.difference(&new_elements) {
+            let key = element.split(" : ").next().unwrap_or(element);
+            cmd(format!("delete element ip {TABLE} {map} {{ {key} }}"));
+        }
+        // Chains that change or go are emptied, which also drops their references to each
+        // other and to affinity sets.
+        let gone: Vec<&String> = old_chains.keys().filter(|n| !new_chains.contains_key(*n)).collect();
+        // A set that goes or changes must first lose the rules that name it.
+        let replaced_sets: Vec<String> =
+            old_sets.iter().filter(|(n, t)| new_sets.get(*n) != Some(*t)).map(|(n, _)| format!("@{n} ")).collect();
+        let names_replaced_set =
+            |rules: &[String]| rules.iter().any(|r| replaced_sets.iter().any(|s| r.contains(s.as_str())));
+        let refilled: Vec<&String> = new_chains
+            .iter()
+            .filter(|(n, rules)| old_chains.get(*n).is_some_and(|old| old != *rules || names_replaced_set(rules)))
+            .map(|(n, _)| n)
+            .collect();
+        for name in gone.iter().chain(&refilled) {
+            cmd(format!("flush chain ip {TABLE} {name}"));
+        }
+        // Sets that go or change (their timeout) are deleted, then the new ones made.
+        for (name, timeout) in &old_sets {
+            if new_sets.get(name) != Some(timeout) {
+                cmd(format!("delete set ip {TABLE} {name}"));
+            }
+        }
+        for (name, timeout) in &new_sets {
+            if old_sets.get(name) != Some(timeout) {
+                cmd(format!(
+                    "add set ip {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
+                ));
+            }
+        }
+        // New chains exist before any rule jumps to them; then every new or emptied chain is
+        // filled.
+        for name in new_chains.keys().filter(|n| !old_chains.contains_key(*n)) {
+            cmd(format!("add chain ip {TABLE} {name}"));
+        }
+        for (name, rules) in &new_chains {
+            if old_chains.contains_key(name) && !refilled.contains(&name) {
+                continue;
+            }
+            for rule in rules {
+                cmd(format!("add rule ip {TABLE} {name} {rule}"));
+            }
+        }
+        for (map, element) in new_elements.difference(&old_elements) {
+            cmd(format!("add element ip {TABLE} {map} {{ {element} }}"));
+        }
+        for name in &gone {
+            cmd(format!("delete chain ip {TABLE} {name}"));
+        }
+        Some(out)
     }
 }
 
@@ -303,6 +447,11 @@ pub async fn apply(ruleset: &Ruleset, text: &str) -> Result<(), NftError> {
         "applied the service rules"
     );
     Ok(())
+}
+
+/// Applies a partial update from [`Ruleset::render_update`] in one transaction.
+pub async fn apply_update(update: &str) -> Result<(), NftError> {
+    run_nft(&["-f", "-"], update).await
 }
 
 /// Asks the kernel whether `ruleset` would apply, without applying it (`nft --check`).

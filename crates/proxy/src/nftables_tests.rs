@@ -284,3 +284,78 @@ fn render_sends_external_traffic_with_policy_local_to_local_endpoints_without_ma
     assert_eq!(external.last().unwrap(), "drop");
     assert!(text.contains("10.43.0.13 . tcp . 80 : drop"), "{text}");
 }
+
+/// A listed table as comparable blocks: each chain's rules in order, each map's and set's
+/// contents as a sorted list (nft prints elements in its own order, and chains in the order
+/// they were created, which partial syncs change).
+fn blocks(listed: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut blocks = std::collections::BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in listed.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(header) = line
+            .strip_suffix(" {")
+            .filter(|h| h.starts_with("chain ") || h.starts_with("map ") || h.starts_with("set "))
+        {
+            current = Some((header.to_string(), Vec::new()));
+        } else if line == "}" {
+            if let Some((header, mut body)) = current.take() {
+                if !header.starts_with("chain ") {
+                    let joined = body.join(" ");
+                    body = joined
+                        .split(['{', '}', ','].as_ref())
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect();
+                    body.sort();
+                }
+                blocks.insert(header, body);
+            }
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push(line.to_string());
+        }
+    }
+    blocks
+}
+
+#[test]
+fn a_partial_sync_leaves_the_table_a_full_sync_would() {
+    if !require_root("a_partial_sync_leaves_the_table_a_full_sync_would") {
+        return;
+    }
+    let old = full_ruleset();
+    // Every kind of change: a port gone, one added, endpoints moved, affinity changed, a
+    // service losing its endpoints and one getting some.
+    let mut new = full_ruleset();
+    new.service_ports.retain(|p| p.name != "np");
+    new.service_ports.push(port("fresh", "", Protocol::Udp, "10.43.0.20", 53, vec![ep("10.42.0.20", 53)]));
+    for p in &mut new.service_ports {
+        match p.name.as_str() {
+            "web" if p.protocol == Protocol::Tcp => p.endpoints = vec![ep("10.42.0.5", 8080), ep("10.42.1.7", 8080)],
+            "sticky" => p.affinity_timeout_seconds = Some(120),
+            "local" => p.endpoints.clear(),
+            "empty" => p.endpoints = vec![ep("10.42.1.30", 443)],
+            _ => {}
+        }
+    }
+    let update = new.render_update(&old).expect("the rulesets differ");
+    assert!(new.render_update(&new).is_none(), "no change, no update");
+    let partial = in_new_netns(async || {
+        apply(&old, &old.render()).await.unwrap();
+        if let Err(error) = apply_update(&update).await {
+            panic!("the partial update was refused:\n{update}\n{error}");
+        }
+        String::from_utf8(list_table().await.stdout).unwrap()
+    });
+    let full = in_new_netns(async || {
+        apply(&new, &new.render()).await.unwrap();
+        String::from_utf8(list_table().await.stdout).unwrap()
+    });
+    assert_eq!(blocks(&partial), blocks(&full), "partial:\n{partial}\nfull:\n{full}");
+    assert!(update.lines().count() < new.render().lines().count(), "touches less than the whole table");
+}
+
+#[test]
+fn rule_count_counts_the_rules_of_the_rendered_table() {
+    let ruleset = full_ruleset();
+    assert_eq!(ruleset.rule_count(), super::rules_in(&ruleset.render()));
+}
