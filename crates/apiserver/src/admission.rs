@@ -164,9 +164,10 @@ impl ApiServer {
     ) -> Result<(), ApiError> {
         if rt.namespaced {
             self.check_namespace_open(rt, obj).await?;
+            self.admit_limit_ranges(rt, obj).await?;
         }
-        if rt.group.is_empty() && rt.kind == "Service" {
-            self.allocate_service(obj, None, dry_run).await?;
+        if rt.group.is_empty() && rt.kind == "LimitRange" {
+            crate::limitranger::admit_limit_range(obj)?;
         }
         if rt.group.is_empty() && rt.kind == "Pod" {
             self.admit_pod_service_account(obj).await?;
@@ -177,6 +178,15 @@ impl ApiServer {
         }
         if rt.group == "scheduling.k8s.io" && rt.kind == "PriorityClass" {
             self.admit_priority_class(obj).await?;
+        }
+        if rt.group.is_empty() && rt.kind == "PersistentVolumeClaim" {
+            self.admit_claim_storage_class(obj).await?;
+        }
+        // Quota comes last, as upstream's validating plugin, but before the service's
+        // allocations so that a refused service holds no addresses.
+        self.admit_resource_quota(rt, None, obj, dry_run).await?;
+        if rt.group.is_empty() && rt.kind == "Service" {
+            self.allocate_service(obj, None, dry_run).await?;
         }
         Ok(())
     }
@@ -189,7 +199,11 @@ impl ApiServer {
         obj: &mut Value,
     ) -> Result<(), ApiError> {
         if rt.group.is_empty() && rt.kind == "Service" {
+            self.admit_resource_quota(rt, Some(old), obj, false).await?;
             self.allocate_service(obj, Some(old), false).await?;
+        }
+        if rt.group.is_empty() && rt.kind == "LimitRange" {
+            crate::limitranger::admit_limit_range(obj)?;
         }
         if rt.group == "scheduling.k8s.io" && rt.kind == "PriorityClass" {
             self.admit_priority_class(obj).await?;

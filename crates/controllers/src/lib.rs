@@ -8,6 +8,7 @@ pub mod controller_ref;
 pub mod cronjob;
 pub mod daemon;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoint;
 pub mod endpointslice;
 pub mod endpointslicemirroring;
@@ -23,11 +24,13 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod rootcacertpublisher;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
 pub mod ttlafterfinished;
+pub mod volume;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +51,9 @@ pub struct Options {
     /// The CA the CSR signer issues certificates with (`--cluster-signing-cert-file`,
     /// `--cluster-signing-key-file`); without it nothing is signed, as upstream.
     pub cluster_signing: Option<certificates::SigningCa>,
+    /// Where the built-in local-path provisioner puts volumes on the nodes
+    /// (`--default-local-storage-path`); `None` when it is disabled (`--disable local-storage`).
+    pub local_storage_path: Option<std::path::PathBuf>,
 }
 
 /// Runs every controller until `shutdown`.
@@ -89,10 +95,22 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let jobs = tokio::spawn(job::run(client.clone(), shutdown.clone()));
     let cronjobs = tokio::spawn(cronjob::run(client.clone(), shutdown.clone()));
     let ttl = tokio::spawn(ttlafterfinished::run(client.clone(), shutdown.clone()));
+    let volumes = tokio::spawn(volume::persistentvolume::run(client.clone(), shutdown.clone()));
+    let ephemeral = tokio::spawn(volume::ephemeral::run(client.clone(), shutdown.clone()));
+    let local_path = options
+        .local_storage_path
+        .map(|path| tokio::spawn(volume::local_path::run(client.clone(), path, shutdown.clone())));
+    let quota = tokio::spawn(resourcequota::run(client.clone(), resourcequota::DEFAULT_RESYNC, shutdown.clone()));
+    let disruption = tokio::spawn(disruption::run(client.clone(), shutdown.clone()));
     let deploy = tokio::spawn(deployment::run(client, shutdown));
     let _ = tokio::join!(gc, ns, rs, deploy, sts, daemon_sets);
     let _ = tokio::join!(endpoints, endpoint_slices, mirroring);
     let _ = tokio::join!(jobs, cronjobs, ttl);
+    let _ = tokio::join!(quota, disruption);
+    let _ = tokio::join!(volumes, ephemeral);
+    if let Some(local_path) = local_path {
+        let _ = local_path.await;
+    }
     let _ = service_accounts.await;
     let _ = tokio::join!(node_lifecycle, pod_gc);
     if let Some(node_ipam) = node_ipam {

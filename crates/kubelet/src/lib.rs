@@ -19,6 +19,7 @@ pub mod etc_hosts;
 pub mod events;
 pub mod image_gc_manager;
 pub mod kuberuntime;
+pub mod local_path;
 pub mod logs;
 pub mod machine;
 pub mod node_status;
@@ -71,6 +72,7 @@ pub async fn run(
     let image_gc =
         tokio::spawn(image_gc_manager::run(config.clone(), runtime.clone(), images.clone(), shutdown.clone()));
     kuberuntime::ensure_qos_cgroups().await;
+    let local_path = tokio::spawn(local_path::run(client.clone(), config.node_name.clone(), shutdown.clone()));
 
     let recorder = Arc::new(events::EventRecorder::new(client.clone(), config.node_name.clone()));
     let manager =
@@ -78,7 +80,7 @@ pub async fn run(
     let status = Arc::new(status_manager::StatusManager::new(client.clone()));
     let workers = pod_workers::PodWorkers::new(manager.clone(), status, shutdown.clone());
     pod_manager::run(client, config.node_name.clone(), workers, manager, shutdown.clone()).await;
-    let _ = tokio::join!(node_status, server, image_gc);
+    let _ = tokio::join!(node_status, server, image_gc, local_path);
     Ok(())
 }
 

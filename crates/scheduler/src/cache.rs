@@ -31,7 +31,7 @@ pub struct InformerListers {
     pdbs: Store<PodDisruptionBudget>,
 }
 
-fn spawn_reflector<K>(client: &Client) -> (Store<K>, JoinHandle<()>)
+pub(crate) fn spawn_reflector<K>(client: &Client) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {

@@ -65,6 +65,8 @@ pub struct Plugins {
     #[serde(default)]
     pub reserve: PluginSet,
     #[serde(default)]
+    pub pre_bind: PluginSet,
+    #[serde(default)]
     pub bind: PluginSet,
 }
 

@@ -142,6 +142,9 @@ async fn run_profiles(client: Client, profiles: HashMap<String, Arc<Framework>>,
     let node_task = tokio::spawn(watch_nodes(sched.clone(), Api::all(client.clone()), node_writer));
     let pod_task = tokio::spawn(watch_pods(sched.clone(), Api::all(client), pod_writer));
     let tick_task = tokio::spawn(flush_periodically(sched.queue.clone()));
+    // Claims, volumes and classes changing may make pods VolumeBinding rejected fit.
+    let volume_task =
+        tokio::spawn(crate::plugins::volume_binding::watch_for_requeue(sched.client.clone(), sched.queue.clone()));
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = scheduling_loop(sched.clone()) => {}
@@ -149,6 +152,7 @@ async fn run_profiles(client: Client, profiles: HashMap<String, Arc<Framework>>,
     node_task.abort();
     pod_task.abort();
     tick_task.abort();
+    volume_task.abort();
 }
 
 async fn flush_periodically(queue: Arc<SchedulingQueue>) {

@@ -89,9 +89,14 @@ pub struct ServerArgs {
     pub tls_san: Vec<String>,
 
     /// Packaged components not to run, as k3s: `coredns` (the cluster DNS), `servicelb` (the
-    /// service load balancer); repeatable or comma-separated.
+    /// service load balancer), `local-storage` (the local-path provisioner and its
+    /// StorageClass); repeatable or comma-separated.
     #[arg(long = "disable", value_name = "COMPONENT", value_delimiter = ',')]
     pub disable: Vec<String>,
+
+    /// Where the local-path provisioner keeps volumes on the nodes (default: `<data-dir>/storage`).
+    #[arg(long = "default-local-storage-path", value_name = "PATH")]
+    pub default_local_storage_path: Option<PathBuf>,
 
     /// UDP and TCP address the cluster DNS serves on (default: the node address, port 53).
     #[arg(long)]
@@ -265,6 +270,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     args.node_controllers.apply(&mut options);
+    if !args.disable.iter().any(|c| c == "local-storage") {
+        options.local_storage_path =
+            Some(args.default_local_storage_path.clone().unwrap_or_else(|| args.data_dir.join("storage")));
+    }
     let controllers = {
         let (client, shutdown, election) = (client.clone(), shutdown.clone(), args.leader_election.clone());
         // A lost lease only pauses the controllers of a server: it stands for election again.

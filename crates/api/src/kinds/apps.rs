@@ -231,7 +231,23 @@ impl Kind for StatefulSet {
         let Some(spec) = &self.spec else {
             return errs.push(FieldError::required(&path, ""));
         };
-        validate_workload(Some(&spec.selector), Some(&spec.template), spec.replicas, &path, errs);
+        // The containers may mount the volumes of the claim templates: upstream checks the
+        // template as the pods will be, with a claim volume per template.
+        let mut template = spec.template.clone();
+        if let Some(pod) = template.spec.as_mut() {
+            for claim in spec.volume_claim_templates.iter().flatten() {
+                let name = claim.metadata.name.clone().unwrap_or_default();
+                pod.volumes.get_or_insert_default().push(k8s_openapi::api::core::v1::Volume {
+                    name: name.clone(),
+                    persistent_volume_claim: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+                        claim_name: name,
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+        validate_workload(Some(&spec.selector), Some(&template), spec.replicas, &path, errs);
         if let Some(p) = &spec.pod_management_policy {
             const POLICIES: [&str; 2] = ["OrderedReady", "Parallel"];
             if !POLICIES.contains(&p.as_str()) {
@@ -366,5 +382,24 @@ mod tests {
         assert_eq!(generation(&same), "1");
         let changed = ops.admit_update(daemon_set("b"), &same).unwrap().object;
         assert_eq!(generation(&changed), "2");
+    }
+
+    #[test]
+    fn stateful_set_containers_may_mount_their_claim_templates() {
+        let ops = Typed::<StatefulSet>::default();
+        let sts = |mount: &str| {
+            json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "db", "namespace": "default"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "db"}},
+                    "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [
+                        {"name": "c", "image": "i", "volumeMounts": [{"name": mount, "mountPath": "/data"}]}]}},
+                    "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]
+                }
+            })
+        };
+        assert!(ops.admit_create(sts("data")).is_ok());
+        assert!(ops.admit_create(sts("other")).is_err());
     }
 }

@@ -221,21 +221,47 @@ async fn evict(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         opts.precondition_rv = d.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
     }
     opts.dry_run = call.query.dry_run()?;
-    // Pods that are not running cannot be disrupted further: evict them without a budget.
+    // Pods that are not running or already terminating cannot be disrupted further: evict
+    // them without a budget (upstream's `canIgnorePDB`).
     let running = pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running");
-    if running {
+    if running && pod.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null) {
         check_disruption_budgets(call, &pod).await?;
     }
     delete_object(call.srv, pods, ns, name, &opts).await?;
     Ok(response::json(201, &status::success_status(pods.subject(), name, None)))
 }
 
-async fn check_disruption_budgets(call: &Call<'_>, pod: &Value) -> Result<(), ApiError> {
+/// Upstream's `EvictionsRetry`: how often a budget is re-read after a conflicting write.
+const EVICTION_RETRIES: usize = 5;
+/// Upstream's `MaxDisruptedPodSize`.
+const MAX_DISRUPTED_PODS: usize = 2000;
+
+fn budget_error(cause: String) -> ApiError {
+    ApiError {
+        code: 429,
+        reason: "TooManyRequests",
+        message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+        details: Some(Box::new(status::Details {
+            causes: vec![status::Cause { reason: "DisruptionBudget".into(), message: cause, field: None }],
+            ..Default::default()
+        })),
+    }
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter().any(|c| c["type"].as_str() == Some("Ready") && c["status"].as_str() == Some("True"))
+    })
+}
+
+/// The budgets in the pod's namespace whose selector matches it.
+async fn matching_budgets(call: &Call<'_>, pod: &Value) -> Result<Vec<tug_store::KeyValue>, ApiError> {
     let registry = call.srv.registry();
     let pdbs = registry.lookup("policy", "v1", "poddisruptionbudgets").expect("pdbs are served");
-    let ns = call.ns();
-    let list = call.srv.store.list(&pdbs.prefix(ns), Default::default()).await.map_err(|e| store_error(pdbs, "", e))?;
+    let list =
+        call.srv.store.list(&pdbs.prefix(call.ns()), Default::default()).await.map_err(|e| store_error(pdbs, "", e))?;
     let labels = pod.pointer("/metadata/labels");
+    let mut out = Vec::new();
     for kv in list.items {
         let pdb = codec::decode_stored(&kv)?;
         let Some(sel) = pdb.pointer("/spec/selector") else { continue };
@@ -245,44 +271,89 @@ async fn check_disruption_budgets(call: &Call<'_>, pod: &Value) -> Result<(), Ap
             continue;
         };
         let Ok(sel) = LabelSelector::from_label_selector(&sel) else { continue };
-        if sel.is_empty() || !sel.matches_json(labels) {
-            continue;
+        if sel.matches_json(labels) {
+            out.push(kv);
         }
+    }
+    Ok(out)
+}
+
+/// Upstream's eviction check: at most one budget; an unready pod may go without spending a
+/// disruption when its budget's policy allows; otherwise a disruption is spent (decremented
+/// and the pod recorded in `disruptedPods`) with a compare-and-swap, or the eviction is
+/// refused with 429.
+async fn check_disruption_budgets(call: &Call<'_>, pod: &Value) -> Result<(), ApiError> {
+    let registry = call.srv.registry();
+    let pdbs = registry.lookup("policy", "v1", "poddisruptionbudgets").expect("pdbs are served");
+    let mut matching = matching_budgets(call, pod).await?;
+    if matching.len() > 1 {
+        return Err(ApiError::internal(
+            "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+        ));
+    }
+    let Some(mut kv) = matching.pop() else { return Ok(()) };
+    let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let dry_run = call.query.dry_run()?;
+    for attempt in 0..EVICTION_RETRIES {
+        if attempt > 0 {
+            kv = match call.srv.store.get(&kv.key).await.map_err(|e| store_error(pdbs, "", e))? {
+                Some(kv) => kv,
+                None => return Ok(()),
+            };
+        }
+        let pdb = codec::decode_stored(&kv)?;
         let pdb_name = pdb.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-        let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
-        if allowed <= 0 {
-            let healthy = pdb.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0);
-            let desired = pdb.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0);
-            return Err(ApiError {
-                code: 429,
-                reason: "TooManyRequests",
-                message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
-                details: Some(Box::new(status::Details {
-                    causes: vec![status::Cause {
-                        reason: "DisruptionBudget".into(),
-                        message: format!(
-                            "The disruption budget {pdb_name} needs {desired} healthy pods and has {healthy} currently"
-                        ),
-                        field: None,
-                    }],
-                    ..Default::default()
-                })),
-            });
+        let int = |p: &str| pdb.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+        let (healthy, desired) = (int("/status/currentHealthy"), int("/status/desiredHealthy"));
+        if !is_ready(pod) {
+            if pdb.pointer("/spec/unhealthyPodEvictionPolicy").and_then(Value::as_str) == Some("AlwaysAllow") {
+                return Ok(());
+            }
+            if healthy >= desired && desired > 0 {
+                return Ok(());
+            }
+        }
+        if int("/status/observedGeneration") < int("/metadata/generation") {
+            return Err(budget_error(format!(
+                "The disruption budget {pdb_name} is still being processed by the server."
+            )));
+        }
+        let allowed = int("/status/disruptionsAllowed");
+        if allowed < 0 {
+            return Err(ApiError::forbidden(pdbs.subject(), &pdb_name, "pdb disruptions allowed is negative"));
+        }
+        let disrupted = pdb.pointer("/status/disruptedPods").and_then(Value::as_object).map_or(0, |m| m.len());
+        if disrupted > MAX_DISRUPTED_PODS {
+            return Err(ApiError::forbidden(
+                pdbs.subject(),
+                &pdb_name,
+                "DisruptedPods map too big - too many evictions not confirmed by PDB controller",
+            ));
+        }
+        if allowed == 0 {
+            return Err(budget_error(format!(
+                "The disruption budget {pdb_name} needs {desired} healthy pods and has {healthy} currently"
+            )));
+        }
+        if dry_run {
+            return Ok(());
         }
         // Spend one disruption, as upstream does, so concurrent evictions cannot overspend.
         let mut next = pdb.clone();
         next["status"]["disruptionsAllowed"] = json!(allowed - 1);
-        let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-        next["status"]["disruptedPods"][pod_name] = json!(now_rfc3339());
-        if !call.query.dry_run()? {
-            let bytes = codec::encode_for_storage(&next)?;
-            call.srv.store.update(&kv.key, bytes, kv.mod_revision).await.map_err(|e| match e {
-                StoreError::Conflict { .. } => ApiError::modified_conflict(pdbs.subject(), &pdb_name),
-                other => store_error(pdbs, &pdb_name, other),
-            })?;
+        if !next["status"]["disruptedPods"].is_object() {
+            next["status"]["disruptedPods"] = json!({});
+        }
+        next["status"]["disruptedPods"][&pod_name] = json!(now_rfc3339());
+        let bytes = codec::encode_for_storage(&next)?;
+        match call.srv.store.update(&kv.key, bytes, kv.mod_revision).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(other) => return Err(store_error(pdbs, &pdb_name, other)),
         }
     }
-    Ok(())
+    let name = kv.key.rsplit('/').next().unwrap_or_default().to_string();
+    Err(ApiError::modified_conflict(pdbs.subject(), &name))
 }
 
 /// `namespaces/<name>/finalize`: only `spec.finalizers` change.

@@ -88,6 +88,13 @@ pub trait ReservePlugin: Plugin {
     fn unreserve(&self, state: &mut CycleState, pod: &Pod, node: &str);
 }
 
+/// Prepares the cluster for the placement before it is written (e.g. binds or provisions the
+/// pod's volumes); may wait. Any failure sends the pod back to the queue.
+#[async_trait::async_trait]
+pub trait PreBindPlugin: Plugin {
+    async fn pre_bind(&self, state: &CycleState, pod: &Pod, node: &str) -> Status;
+}
+
 /// Writes the placement to the cluster. [`Code::Skip`] hands it to the next binder.
 #[async_trait::async_trait]
 pub trait BindPlugin: Plugin {

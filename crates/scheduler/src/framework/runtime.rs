@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use k8s_openapi::api::core::v1::Pod;
 
 use super::{
-    BindPlugin, Code, CycleState, FilterPlugin, NodeInfo, NodeToStatus, PostFilterPlugin, PreFilterPlugin,
-    PreScorePlugin, ReservePlugin, ScorePlugin, Status,
+    BindPlugin, Code, CycleState, FilterPlugin, NodeInfo, NodeToStatus, PostFilterPlugin, PreBindPlugin,
+    PreFilterPlugin, PreScorePlugin, ReservePlugin, ScorePlugin, Status,
 };
 
 /// A node's score at one plugin, or in total.
@@ -66,6 +66,7 @@ pub struct Framework {
     /// Score plugins with their weights.
     pub score: Vec<(Arc<dyn ScorePlugin>, i64)>,
     pub reserve: Vec<Arc<dyn ReservePlugin>>,
+    pub pre_bind: Vec<Arc<dyn PreBindPlugin>>,
     pub bind: Vec<Arc<dyn BindPlugin>>,
     /// Upstream's `percentageOfNodesToScore`: filtering stops once this share of the nodes is
     /// found feasible; `None` or 0 is upstream's adaptive default.
@@ -271,6 +272,13 @@ impl Framework {
 
     /// Asks the binders in order until one does not skip.
     pub async fn run_bind(&self, state: &CycleState, pod: &Pod, node: &str) -> Status {
+        // PreBind runs first, as upstream's binding cycle; its failure is the binding's.
+        for p in &self.pre_bind {
+            let s = p.pre_bind(state, pod, node).await;
+            if !s.is_success() && s.code != Code::Skip {
+                return s.by(p.name());
+            }
+        }
         for b in &self.bind {
             let s = b.bind(state, pod, node).await;
             if s.code != Code::Skip {

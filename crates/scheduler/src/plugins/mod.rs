@@ -14,6 +14,7 @@ pub mod node_resources;
 pub mod node_unschedulable;
 pub mod pod_topology_spread;
 pub mod taint_toleration;
+pub mod volume_binding;
 
 use std::sync::Arc;
 
@@ -21,8 +22,8 @@ use kube::Client;
 
 use crate::config::{ConfigError, PluginSet, Profile};
 use crate::framework::{
-    BindPlugin, FilterPlugin, Framework, Listers, PostFilterPlugin, PreFilterPlugin, PreScorePlugin, ReservePlugin,
-    ScorePlugin, StaticListers,
+    BindPlugin, FilterPlugin, Framework, Listers, PostFilterPlugin, PreBindPlugin, PreFilterPlugin, PreScorePlugin,
+    ReservePlugin, ScorePlugin, StaticListers,
 };
 
 /// Upstream's default score weights (`apis/config/v1/default_plugins.go`).
@@ -44,6 +45,7 @@ const DEFAULT_PLUGINS: &[(&str, i64)] = &[
     (node_affinity::NAME, weights::NODE_AFFINITY),
     (node_ports::NAME, 0),
     (node_resources::FIT_NAME, weights::NODE_RESOURCES_FIT),
+    (volume_binding::NAME, 0),
     (pod_topology_spread::NAME, weights::POD_TOPOLOGY_SPREAD),
     (interpod_affinity::NAME, weights::INTER_POD_AFFINITY),
     (default_preemption::NAME, 0),
@@ -61,6 +63,7 @@ struct Entry {
     pre_score: Option<Arc<dyn PreScorePlugin>>,
     score: Option<Arc<dyn ScorePlugin>>,
     reserve: Option<Arc<dyn ReservePlugin>>,
+    pre_bind: Option<Arc<dyn PreBindPlugin>>,
     bind: Option<Arc<dyn BindPlugin>>,
 }
 
@@ -123,6 +126,21 @@ fn instantiate(name: &str, profile: &Profile, listers: &Arc<dyn Listers>, client
                 ..Default::default()
             }
         }
+        volume_binding::NAME => {
+            // With a client the plugin reads claims, volumes and classes through informers.
+            let listers: Arc<dyn volume_binding::VolumeListers> = match client {
+                Some(c) => Arc::new(volume_binding::InformerVolumeListers::start(c)),
+                None => Arc::new(volume_binding::StaticVolumeListers::default()),
+            };
+            let p = Arc::new(volume_binding::VolumeBinding::new(listers, client.cloned()));
+            Entry {
+                pre_filter: Some(p.clone()),
+                filter: Some(p.clone()),
+                reserve: Some(p.clone()),
+                pre_bind: Some(p),
+                ..Default::default()
+            }
+        }
         default_preemption::NAME => Entry {
             post_filter: Some(Arc::new(default_preemption::DefaultPreemption::new(listers.clone()))),
             ..Default::default()
@@ -147,7 +165,9 @@ fn instantiate(name: &str, profile: &Profile, listers: &Arc<dyn Listers>, client
 /// Every plugin name a profile mentions must exist.
 pub(crate) fn check_names(profile: &Profile) -> Result<(), ConfigError> {
     let p = &profile.plugins;
-    for set in [&p.multi_point, &p.pre_filter, &p.filter, &p.post_filter, &p.pre_score, &p.score, &p.reserve, &p.bind] {
+    let sets =
+        [&p.multi_point, &p.pre_filter, &p.filter, &p.post_filter, &p.pre_score, &p.score, &p.reserve, &p.pre_bind];
+    for set in sets.into_iter().chain([&p.bind]) {
         for r in &set.enabled {
             if !DEFAULT_PLUGINS.iter().any(|(n, _)| *n == r.name) {
                 return Err(ConfigError::UnknownPlugin {
@@ -251,6 +271,11 @@ pub fn build(profile: &Profile, listers: Arc<dyn Listers>, client: Option<&Clien
             fw.reserve.push(x);
         }
     }
+    for (name, _) in at_point(&multi, &p.pre_bind) {
+        if let Some(x) = entry(&name).and_then(|e| e.pre_bind) {
+            fw.pre_bind.push(x);
+        }
+    }
     for (name, _) in at_point(&multi, &p.bind) {
         if let Some(x) = entry(&name).and_then(|e| e.bind) {
             fw.bind.push(x);
@@ -295,13 +320,21 @@ mod tests {
                 "NodeAffinity",
                 "NodePorts",
                 "NodeResourcesFit",
+                "VolumeBinding",
                 "PodTopologySpread",
                 "InterPodAffinity"
             ]
         );
         assert_eq!(
             names(&fw.pre_filter),
-            vec!["NodeAffinity", "NodePorts", "NodeResourcesFit", "PodTopologySpread", "InterPodAffinity"]
+            vec![
+                "NodeAffinity",
+                "NodePorts",
+                "NodeResourcesFit",
+                "VolumeBinding",
+                "PodTopologySpread",
+                "InterPodAffinity"
+            ]
         );
         let scores: Vec<(&str, i64)> = fw.score.iter().map(|(p, w)| (p.name(), *w)).collect();
         assert_eq!(
