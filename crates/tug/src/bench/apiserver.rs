@@ -49,6 +49,7 @@ pub struct BenchArgs {
 }
 
 async fn start_etcd(dir: std::path::PathBuf) -> anyhow::Result<LocalEtcd> {
+    std::fs::create_dir_all(&dir)?;
     Ok(tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await??)
 }
 
