@@ -15,6 +15,12 @@ pub enum LocalEtcdError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write the etcd log {}", path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no free loopback port: {0}")]
     Port(#[source] std::io::Error),
     #[error("etcd at {endpoint} did not become healthy within {waited:?}; its log: {log}")]
@@ -69,11 +75,12 @@ impl LocalEtcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = self.dir.join("etcd.log");
         let binary = Self::binary();
+        std::fs::create_dir_all(&self.dir).map_err(|source| LocalEtcdError::Log { path: log.clone(), source })?;
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
-            .map_err(|source| LocalEtcdError::Spawn { binary: binary.clone(), source })?;
+            .map_err(|source| LocalEtcdError::Log { path: log.clone(), source })?;
         let child = Command::new(&binary)
             .arg("--name=tug-local")
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
