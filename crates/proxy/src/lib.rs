@@ -4,8 +4,9 @@
 //! endpoints.
 //!
 //! [`run`] watches both kinds with kube-runtime reflectors, and after any change (debounced, so
-//! a burst makes one sync) renders the whole table from [`serviceport::service_ports`] and
-//! applies it in one transaction ([`nftables`]). It owns nothing but that table: it never
+//! a burst makes one sync) computes the service ports ([`serviceport::service_ports`]) and
+//! applies what changed since the last sync in one transaction, rewriting the whole table at
+//! start, hourly and after a failure ([`nftables`]). It owns nothing but that table: it never
 //! touches the pod network's own table, routes or interfaces, and never writes to the API.
 
 pub mod conntrack;
@@ -34,8 +35,14 @@ pub const POD_BRIDGE: &str = "cni0";
 /// (upstream's `--nftables-min-sync-period` is 1s; shorter here so a Service is usable fast).
 const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The table is rewritten this often even without changes, repairing anything that removed it.
+/// A sync runs this often even without changes (a partial one, which finds nothing to do when
+/// nothing changed).
 const RESYNC_PERIOD: Duration = Duration::from_secs(60);
+
+/// The whole table is rewritten this often, repairing anything that changed it behind the
+/// proxy's back (upstream's nftables mode: one hour). Rewriting 10,000 services takes minutes
+/// on a small machine, so a shorter period would leave no time for partial syncs.
+const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 /// Waits after a failed sync before trying again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -147,7 +154,7 @@ impl SyncRules for RuleSyncer {
             ),
         };
         // The whole table now and then, to repair outside damage; in between, only changes.
-        let full = self.last_full.elapsed() >= RESYNC_PERIOD;
+        let full = self.last_full.elapsed() >= FULL_SYNC_PERIOD;
         let result = match self.kernel.as_ref().filter(|_| !full) {
             None => nftables::apply(&ruleset, &ruleset.render()).await.map(|()| SyncKind::Full),
             Some(kernel) => match ruleset.render_update(kernel) {

@@ -7,7 +7,7 @@
 //!
 //! The table is rendered whole from [`ServicePort`]s and applied in one `nft -f` transaction
 //! (add table, delete table, table { ... }), so the kernel never holds half a ruleset and a
-//! removed service leaves nothing behind. Between those full syncs, a change is applied as a
+//! removed service leaves nothing behind. Between those full syncs (hourly), a change is applied as a
 //! partial one ([`Ruleset::render_update`]): one transaction touching only the map elements,
 //! chains and sets of the service ports that differ, which keeps a sync short however many
 //! services there are.
