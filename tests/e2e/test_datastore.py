@@ -25,6 +25,18 @@ def _on(etcd: EtcdServer, token: str = "test-cluster-token") -> list[str]:
     return ["--datastore-endpoint", etcd.endpoint, "--token", token]
 
 
+@pytest.fixture(params=["sqlite", "etcd"])
+def datastore_flags(request, tmp_path):
+    """Server flags for each backend in turn: none (the embedded SQLite) or a fresh etcd's.
+    Ask for it before `start_server`, so that the servers stop before their etcd does."""
+    if request.param == "sqlite":
+        yield []
+        return
+    etcd = EtcdServer(tmp_path / "etcd-param")
+    yield _on(etcd)
+    etcd.kill()
+
+
 @pytest.fixture
 def etcd(tmp_path):
     server = EtcdServer(tmp_path / "etcd")
@@ -111,13 +123,8 @@ def test_a_second_server_on_the_same_etcd_sees_the_first_ones_writes(start_serve
     assert got.json()["data"] == {"k": "v"}
 
 
-@pytest.mark.parametrize("datastore", ["sqlite", "etcd"])
-def test_every_acknowledged_write_survives_kill_9_of_the_server(start_server, tmp_path, datastore):
-    args = []
-    if datastore == "etcd":
-        etcd = EtcdServer(tmp_path / "etcd-kill")
-        args = _on(etcd)
-    server = start_server(*args)
+def test_every_acknowledged_write_survives_kill_9_of_the_server(datastore_flags, start_server):
+    server = start_server(*datastore_flags)
     acknowledged: list[str] = []
     stop = threading.Event()
 
@@ -145,9 +152,6 @@ def test_every_acknowledged_write_survives_kill_9_of_the_server(start_server, tm
     present = {item["metadata"]["name"] for item in listed}
     missing = [name for name in acknowledged if name not in present]
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
-    if datastore == "etcd":
-        server.stop()
-        etcd.kill()
 
 
 def test_while_etcd_is_gone_the_api_answers_503_promptly_and_recovers_by_itself(start_server, etcd):
@@ -248,12 +252,8 @@ def _names(server) -> set[str]:
     return {i["metadata"]["name"] for i in server.request("GET", "/api/v1/namespaces/default/configmaps").json()["items"]}
 
 
-@pytest.mark.parametrize("datastore", ["sqlite", "etcd"])
-def test_a_snapshot_restores_every_object_it_holds(start_server, tmp_path, datastore):
-    args = []
-    if datastore == "etcd":
-        etcd = EtcdServer(tmp_path / "etcd-snap")
-        args = _on(etcd)
+def test_a_snapshot_restores_every_object_it_holds(datastore_flags, start_server, tmp_path):
+    args = datastore_flags
     server = start_server(*args)
     for name in ("kept-1", "kept-2", "changed"):
         assert server.request("POST", "/api/v1/namespaces/default/configmaps", _configmap(name)).status == 201
@@ -289,9 +289,6 @@ def test_a_snapshot_restores_every_object_it_holds(start_server, tmp_path, datas
     assert got["data"] == {"k": "v"}
     # The restored cluster works: it takes writes again.
     assert server.request("POST", "/api/v1/namespaces/default/configmaps", _configmap("post-restore")).status == 201
-    if datastore == "etcd":
-        server.stop()
-        etcd.kill()
 
 
 def test_a_damaged_snapshot_is_refused_and_changes_nothing(start_server, tmp_path):
