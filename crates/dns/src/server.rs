@@ -234,13 +234,29 @@ pub async fn listen(
     handler: Arc<Handler>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let udp = UdpSocket::bind(addr).await?;
-    let bound = udp.local_addr()?;
-    let tcp = TcpListener::bind(bound).await?;
+    let (udp, tcp, bound) = bind_both(addr).await?;
     let task = tokio::spawn(async move {
         tokio::join!(serve_udp(udp, handler.clone(), shutdown.clone()), serve_tcp(tcp, handler, shutdown));
     });
     Ok((bound, task))
+}
+
+/// UDP and TCP sockets on one address. With port 0, the port UDP got may be taken for TCP by
+/// someone else; then another port is tried.
+async fn bind_both(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {
+    const ATTEMPTS: usize = 16;
+    let mut attempt = 1;
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        let bound = udp.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
