@@ -170,17 +170,19 @@ def test_a_cluster_ip_answers_processes_of_every_node(cluster, web):
         assert len(seen) > 1, f"node {node}: every connection went to one pod: {seen}"
 
 
-def test_a_node_port_answers_on_every_nodes_address_from_outside(cluster, web):
-    def get(url: str) -> str | None:
-        try:
-            with urllib.request.urlopen(url, timeout=3) as resp:
-                return resp.read().decode().strip()
-        except OSError:
-            return None
+def http_body(url: str) -> str | None:
+    """The body of a GET of `url` from the machine, stripped; None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.read().decode().strip()
+    except OSError:
+        return None
 
+
+def test_a_node_port_answers_on_every_nodes_address_from_outside(cluster, web):
     for node in range(NODES):
         url = f"http://{SUBNET_PREFIX}{2 + node}:{web['node_port']}/"
-        body = wait_for(lambda: get(url), f"the NodePort on node {node}")
+        body = wait_for(lambda: http_body(url), f"the NodePort on node {node}")
         assert body in web["pods"], body
 
 
@@ -201,18 +203,11 @@ def test_a_load_balancer_service_answers_on_every_nodes_address_and_holds_its_po
         svc = json.loads(cluster.kubectl("get", "service", name, "-o", "json").stdout)
         return sorted(i["ip"] for i in svc.get("status", {}).get("loadBalancer", {}).get("ingress", []))
 
-    def get(url: str) -> str | None:
-        try:
-            with urllib.request.urlopen(url, timeout=3) as resp:
-                return resp.read().decode().strip()
-        except OSError:
-            return None
-
     node_ips = sorted(f"{SUBNET_PREFIX}{2 + node}" for node in range(NODES))
     cluster.kubectl("apply", "-f", "-", input=load_balancer("web-lb", 8081))
     wait_for(lambda: ingress("web-lb") == node_ips, "the nodes' addresses as the load balancer's ingress")
     for ip in node_ips:
-        body = wait_for(lambda: get(f"http://{ip}:8081/"), f"the load balancer on {ip}")
+        body = wait_for(lambda: http_body(f"http://{ip}:8081/"), f"the load balancer on {ip}")
         assert body in web["pods"], body
     table = cluster.kubectl("get", "service", "web-lb").stdout
     assert all(ip in table for ip in node_ips), table  # EXTERNAL-IP column
