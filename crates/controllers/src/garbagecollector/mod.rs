@@ -149,15 +149,6 @@ impl Collector {
         if node.owners.is_empty() || node.deleting {
             return Ok(());
         }
-        let (mut solid, mut dangling, mut waiting) = (0, Vec::new(), Vec::new());
-        for owner in &node.owners {
-            match self.owner_state(owner, &node.namespace).await? {
-                // An owner of a kind nobody serves cannot be verified: count it as present.
-                OwnerState::Solid | OwnerState::Unknown => solid += 1,
-                OwnerState::Dangling => dangling.push(owner),
-                OwnerState::WaitingForDependents => waiting.push(owner),
-            }
-        }
         let Some((ar, namespaced)) = self.resolve(&node.api_version, &node.kind) else { return Ok(()) };
         let api = self.api_for(&ar, namespaced, &node.namespace);
         let err = |action, source| Error::Api {
@@ -167,6 +158,31 @@ impl Collector {
             name: node.name.clone(),
             source,
         };
+        // The graph may lag: an orphaning owner may already have been taken out of this
+        // object's references (and then deleted), so the owners are those of a live read, and
+        // the delete below is pinned to that read's resourceVersion, as a change since means
+        // the decision may no longer hold (the watch brings the object back to the queue).
+        let live = match api.get_metadata_opt(&node.name).await {
+            Ok(Some(live)) if live.metadata.uid.as_deref() == Some(node.uid.as_str()) => live,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(err("reading", e)),
+        };
+        if live.metadata.deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        let owners = live.metadata.owner_references.clone().unwrap_or_default();
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let (mut solid, mut dangling, mut waiting) = (0, Vec::new(), Vec::new());
+        for owner in &owners {
+            match self.owner_state(owner, &node.namespace).await? {
+                // An owner of a kind nobody serves cannot be verified: count it as present.
+                OwnerState::Solid | OwnerState::Unknown => solid += 1,
+                OwnerState::Dangling => dangling.push(owner),
+                OwnerState::WaitingForDependents => waiting.push(owner),
+            }
+        }
         if solid > 0 {
             // The object stays; references to owners that are gone or going are dropped.
             if dangling.is_empty() && waiting.is_empty() {
@@ -182,16 +198,19 @@ impl Collector {
         let has_dependents = !self.graph.lock().expect("graph lock").dependents(&node.uid).is_empty();
         let policy = if !waiting.is_empty() && has_dependents {
             PropagationPolicy::Foreground
-        } else if node.finalizers.iter().any(|f| f == ORPHAN) {
+        } else if live.metadata.finalizers.iter().flatten().any(|f| f == ORPHAN) {
             PropagationPolicy::Orphan
-        } else if node.finalizers.iter().any(|f| f == FOREGROUND) {
+        } else if live.metadata.finalizers.iter().flatten().any(|f| f == FOREGROUND) {
             PropagationPolicy::Foreground
         } else {
             PropagationPolicy::Background
         };
         let dp = DeleteParams {
             propagation_policy: Some(policy),
-            preconditions: Some(kube::api::Preconditions { uid: Some(node.uid.clone()), resource_version: None }),
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(node.uid.clone()),
+                resource_version: live.metadata.resource_version.clone(),
+            }),
             ..Default::default()
         };
         info!(kind = %node.kind, namespace = %node.namespace, name = %node.name, "deleting object whose owners are gone or going");
