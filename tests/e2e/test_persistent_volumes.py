@@ -6,6 +6,7 @@ class get the default `local-path` class; an ephemeral volume's claim is created
 provisioned on the pod's node, and deleted with the pod."""
 
 import json
+import time
 
 import pytest
 
@@ -302,3 +303,51 @@ def test_local_path_refuses_shared_access_modes(sim_cluster, ns):
     )
     assert phase(c, "-n", ns, "pvc", "shared") == "Pending"
     assert not get(c, "-n", ns, "pod", "user")["spec"].get("nodeName")
+
+
+def test_a_claim_in_use_and_its_bound_volume_are_kept_until_the_pod_and_the_claim_are_gone(sim_cluster, ns):
+    c = sim_cluster
+    cls = unique_name("manual")
+    pv = unique_name("pv-guarded")
+    c.kubectl("apply", "-f", "-", input=json.dumps(volume(pv, "1Gi", cls)))
+    apply(c, ns, claim("guarded", "1Gi", cls))
+    wait_for(lambda: phase(c, "-n", ns, "pvc", "guarded") == "Bound", "claim bound", TIMEOUT)
+    # The StorageObjectInUseProtection admission plugin's finalizers.
+    assert get(c, "-n", ns, "pvc", "guarded")["metadata"]["finalizers"] == ["kubernetes.io/pvc-protection"]
+    assert get(c, "pv", pv)["metadata"]["finalizers"] == ["kubernetes.io/pv-protection"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "user"},
+        "spec": {
+            "containers": [{"name": "c", "image": "registry.local/web:1", "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "guarded"}}],
+        },
+    }
+    apply(c, ns, pod)
+    wait_for(lambda: phase(c, "-n", ns, "pod", "user") == "Running", "pod using the claim running", TIMEOUT)
+
+    c.kubectl("-n", ns, "delete", "pvc", "guarded", "--wait=false")
+    c.kubectl("delete", "pv", pv, "--wait=false")
+    # Both only marked: the claim is in use, the volume bound. kubectl shows them Terminating.
+    wait_for(lambda: "Terminating" in c.kubectl("-n", ns, "get", "pvc", "guarded").stdout, "claim terminating", TIMEOUT)
+    assert "Terminating" in c.kubectl("get", "pv", pv).stdout
+    time.sleep(2)  # the protection controllers have had time to act, and must not have
+    assert get(c, "-n", ns, "pvc", "guarded")["metadata"]["finalizers"] == ["kubernetes.io/pvc-protection"]
+    assert get(c, "pv", pv)["status"]["phase"] == "Bound"
+    assert phase(c, "-n", ns, "pod", "user") == "Running"
+
+    # The pod gone, the claim goes; the claim gone, the (retained) volume is released and goes.
+    c.kubectl("-n", ns, "delete", "pod", "user", "--wait=false")
+    wait_for(lambda: c.kubectl("-n", ns, "get", "pvc", "guarded", check=False).returncode != 0, "claim deleted", TIMEOUT)
+    wait_for(lambda: c.kubectl("get", "pv", pv, check=False).returncode != 0, "volume deleted", TIMEOUT)
+
+
+def test_a_claim_no_pod_uses_is_deleted_at_once(sim_cluster, ns):
+    c = sim_cluster
+    apply(c, ns, claim("unused", "1Gi", unique_name("none")))
+    assert get(c, "-n", ns, "pvc", "unused")["metadata"]["finalizers"] == ["kubernetes.io/pvc-protection"]
+    started = time.monotonic()
+    c.kubectl("-n", ns, "delete", "pvc", "unused", "--timeout=20s")
+    assert time.monotonic() - started < 10
+    assert c.kubectl("-n", ns, "get", "pvc", "unused", check=False).returncode != 0

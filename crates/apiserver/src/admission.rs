@@ -182,6 +182,9 @@ impl ApiServer {
         if rt.group.is_empty() && rt.kind == "PersistentVolumeClaim" {
             self.admit_claim_storage_class(obj).await?;
         }
+        if rt.group.is_empty() {
+            crate::storageprotection::admit(&rt.kind, obj);
+        }
         // Quota comes last, as upstream's validating plugin, but before the service's
         // allocations so that a refused service holds no addresses.
         self.admit_resource_quota(rt, None, obj, dry_run).await?;

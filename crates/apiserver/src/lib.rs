@@ -28,6 +28,7 @@ mod response;
 mod server;
 pub mod serviceaccount;
 mod storageclass;
+mod storageprotection;
 
 pub use admission::Ipv4Cidr;
 pub use bootstrap::SYSTEM_NAMESPACES;

@@ -97,6 +97,8 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let ttl = tokio::spawn(ttlafterfinished::run(client.clone(), shutdown.clone()));
     let volumes = tokio::spawn(volume::persistentvolume::run(client.clone(), shutdown.clone()));
     let ephemeral = tokio::spawn(volume::ephemeral::run(client.clone(), shutdown.clone()));
+    let pvc_protection = tokio::spawn(volume::pvcprotection::run(client.clone(), shutdown.clone()));
+    let pv_protection = tokio::spawn(volume::pvprotection::run(client.clone(), shutdown.clone()));
     let local_path = options
         .local_storage_path
         .map(|path| tokio::spawn(volume::local_path::run(client.clone(), path, shutdown.clone())));
@@ -107,7 +109,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let _ = tokio::join!(endpoints, endpoint_slices, mirroring);
     let _ = tokio::join!(jobs, cronjobs, ttl);
     let _ = tokio::join!(quota, disruption);
-    let _ = tokio::join!(volumes, ephemeral);
+    let _ = tokio::join!(volumes, ephemeral, pvc_protection, pv_protection);
     if let Some(local_path) = local_path {
         let _ = local_path.await;
     }

@@ -310,10 +310,9 @@ async fn referenced_claim(ctx: &Ctx, r: &ObjectReference) -> Result<Option<Arc<P
     Ok(claim.filter(|c| c.metadata.uid == r.uid))
 }
 
+/// Volumes being deleted are synced too, as upstream does: one held by its protection
+/// finalizer must still turn Released once its claim is gone, which frees it to go.
 pub(crate) async fn sync_volume(volume: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if volume.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let Some(r) = claim_ref(&volume) else {
         set_volume_phase(&ctx, &volume, "Available", None).await?;
         return Ok(Action::await_change());
