@@ -29,6 +29,9 @@ use crate::request::{self, Query, Route};
 use crate::response::{self, Body};
 use crate::{discovery, openapi};
 
+/// How many streams one HTTP/2 connection may carry at once (kube-apiserver's default).
+const HTTP2_MAX_STREAMS: u32 = 1000;
+
 /// What the server is configured with.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -181,7 +184,10 @@ impl ApiServer {
                     let user = cert_user.clone();
                     async move { Ok::<_, std::convert::Infallible>(srv.handle(req, user).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // kube-apiserver's `--http2-max-streams-per-connection` default: a client's
+                // watches are streams of one connection, and a component keeps many open.
+                builder.http2().max_concurrent_streams(HTTP2_MAX_STREAMS);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                 tokio::select! {
                     r = conn => if let Err(e) = r { debug!(%peer, error = %e, "connection ended with an error") },

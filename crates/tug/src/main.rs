@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod client;
 mod cluster_secrets;
 mod datastore;
 mod dev;
@@ -302,7 +303,7 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<ku
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading {}", path.display()))?;
-    kube::Client::try_from(config).context("building the API client")
+    client::client(config).context("building the API client")
 }
 
 /// The CA bundle of `--root-ca-file`, or else the one the kubeconfig trusts for its current
