@@ -32,8 +32,11 @@ pub fn client(config: kube::Config) -> anyhow::Result<kube::Client> {
     http.set_connect_timeout(config.connect_timeout);
     http.set_nodelay(true);
     let tls = config.rustls_client_config().context("building the client's TLS configuration")?;
-    let https =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http2().wrap_connector(http);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http2()
+        .wrap_connector(http);
     let transport = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(true)
         .timer(TokioTimer::new())
