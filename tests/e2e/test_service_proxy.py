@@ -1,7 +1,8 @@
-"""The service proxy (kube-proxy's role, nftables mode) on a real three-node dev cluster: a
-Service's ClusterIP spreads connections over its ready pods from pods and from the nodes
-themselves, a pod reaches its own Service (hairpin), NodePorts answer on every node's address,
-and a Service without endpoints refuses connections at once."""
+"""The service proxy (kube-proxy's role) on a real three-node dev cluster, once per backend
+(`--proxy-mode nftables`, then `iptables`): a Service's ClusterIP spreads connections over its
+ready pods from pods and from the nodes themselves, a pod reaches its own Service (hairpin),
+NodePorts answer on every node's address, and a Service without endpoints refuses connections
+at once."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ REPLICAS = 3
 SERVE_HOSTNAME = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, test_images):  # noqa: F811
+# Module-scoped and parametrized: pytest runs every test on the first backend's cluster, takes
+# it down, then runs them all again on the second's.
+@pytest.fixture(scope="module", params=["nftables", "iptables"])
+def cluster(request, tmp_path_factory, test_images):  # noqa: F811
     require(os.geteuid() == 0, "a dev cluster needs root (network namespaces, bridges, containers)")
     require((TOOLS_BIN / "kubectl-1.36").is_file(), f"no kubectl-1.36 in {TOOLS_BIN}")
     cluster = DevCluster(tmp_path_factory.mktemp("svc-cluster") / "c", tug_binary())
@@ -40,10 +43,12 @@ def cluster(tmp_path_factory, test_images):  # noqa: F811
     # machine's end of the nodes' network (bound to every address: that one exists only once
     # the cluster is up).
     cluster.upstream = FakeUpstream("0.0.0.0")
+    cluster.proxy_mode = request.param
     try:
         up = cluster.tug(
             "up", "--nodes", str(NODES), "--dir", str(cluster.dir), "--name", NAME, "--subnet", f"{SUBNET_PREFIX}0/24",
             f"--server-arg=--cluster-dns-upstream={SUBNET_PREFIX}1:{cluster.upstream.port}",
+            f"--server-arg=--proxy-mode={cluster.proxy_mode}", f"--agent-arg=--proxy-mode={cluster.proxy_mode}",
         )  # fmt: skip
         assert up.returncode == 0, f"up failed ({up.returncode}):\n{up.stdout}\n{up.stderr[-5000:]}"
         archive = tmp_path_factory.mktemp("svc-image") / "busybox.tar"
@@ -524,9 +529,20 @@ def test_every_nodes_proxy_reports_its_syncs_and_health(cluster, web):
 
 
 def test_tug_proxy_cleanup_removes_the_rules(cluster):
-    """`tug proxy --cleanup` (run on a node whose agent keeps its own proxy) removes the table."""
-    assert "table ip kube-proxy" in in_node(cluster, 2, "nft", "list", "tables")
+    """`tug proxy --cleanup` (run on a node whose agent keeps its own proxy) removes the nftables
+    table or the iptables chains and the jumps to them; each backend runs without the other's."""
+    tables = in_node(cluster, 2, "nft", "list", "tables")
+    saved = in_node(cluster, 2, "iptables-save")
+    if cluster.proxy_mode == "nftables":
+        assert "table ip kube-proxy" in tables
+        assert "KUBE-" not in saved, saved
+    else:
+        assert "table ip kube-proxy" not in tables
+        for line in (":KUBE-SERVICES", ":KUBE-POSTROUTING", ":KUBE-SVC-", ":KUBE-SEP-", "-j KUBE-SERVICES"):
+            assert line in saved, f"{line} not in:\n{saved}"
     in_node(cluster, 2, str(cluster.binary), "proxy", "--cleanup")
     assert "table ip kube-proxy" not in in_node(cluster, 2, "nft", "list", "tables")
-    # Removing an absent table is fine too.
+    saved = in_node(cluster, 2, "iptables-save")
+    assert "KUBE-" not in saved, saved
+    # Removing absent rules is fine too.
     in_node(cluster, 2, str(cluster.binary), "proxy", "--cleanup")

@@ -1,16 +1,18 @@
-//! The service proxy of a node (kube-proxy's role, its nftables mode): Services and
-//! EndpointSlices read through the API become one nftables table, `table ip kube-proxy`, that
-//! sends connections to a Service's virtual IP, NodePorts and external IPs to its ready
-//! endpoints.
+//! The service proxy of a node (kube-proxy's role): Services and EndpointSlices read through
+//! the API become packet-filter rules that send connections to a Service's virtual IP,
+//! NodePorts and external IPs to its ready endpoints. Two backends, upstream's proxy modes
+//! ([`Mode`]): one nftables table, `table ip kube-proxy` ([`nftables`], the default), or
+//! upstream's iptables chains (`KUBE-SERVICES`, `KUBE-SVC-...`; [`iptables`]).
 //!
 //! [`run`] watches both kinds with kube-runtime reflectors, and after any change (debounced, so
 //! a burst makes one sync) computes the service ports ([`serviceport::service_ports`]) and
-//! applies what changed since the last sync in one transaction, rewriting the whole table at
-//! start, hourly and after a failure ([`nftables`]). It owns nothing but that table: it never
-//! touches the pod network's own table, routes or interfaces, and never writes to the API.
+//! applies what changed since the last sync, rewriting everything at start, hourly and after a
+//! failure. It owns nothing but its table or chains: it never touches the pod network's own
+//! table, routes or interfaces, and never writes to the API.
 
 pub mod conntrack;
 pub mod healthcheck;
+pub mod iptables;
 pub mod metrics;
 pub mod nftables;
 pub mod serviceport;
@@ -56,6 +58,60 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     /// `/healthz` and `/livez` (`--healthz-bind-address`, upstream's default 0.0.0.0:10256).
     pub healthz_bind: Option<SocketAddr>,
+    /// Which packet filter the rules go to (`--proxy-mode`).
+    pub mode: Mode,
+}
+
+/// The proxy's backends (upstream's `--proxy-mode` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// One nftables table, `table ip kube-proxy`.
+    #[default]
+    Nftables,
+    /// Upstream's iptables chains in the nat and filter tables.
+    Iptables,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "nftables" => Ok(Mode::Nftables),
+            "iptables" => Ok(Mode::Iptables),
+            _ => Err(format!("{value:?} is not a proxy mode (nftables, iptables)")),
+        }
+    }
+}
+
+/// A backend failed to program or remove rules.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Nftables(#[from] nftables::NftError),
+    #[error(transparent)]
+    Iptables(#[from] iptables::IptablesError),
+}
+
+/// Removes the rules of every mode but `keep`: all of them for `None` (`--cleanup`), the other
+/// mode's when starting (upstream's `platformCleanup`, so switching modes leaves nothing
+/// behind). Absent rules and an absent tool are fine; the first failure is returned after
+/// trying every mode.
+pub async fn cleanup(keep: Option<Mode>) -> Result<(), BackendError> {
+    let mut failed = None;
+    if keep != Some(Mode::Nftables) {
+        match nftables::delete_table().await {
+            Err(nftables::NftError::Spawn { source }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => failed = Some(BackendError::from(error)),
+            Ok(()) => {}
+        }
+    }
+    if keep != Some(Mode::Iptables)
+        && let Err(error) = iptables::cleanup().await
+    {
+        failed.get_or_insert(error.into());
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// Programs this node's service rules until `shutdown`, then leaves them in place (as
@@ -63,7 +119,10 @@ pub struct Config {
 /// metrics or health endpoints that cannot be bound is logged and done without: the rules
 /// matter more.
 pub async fn run(client: kube::Client, config: Config, shutdown: CancellationToken) {
-    let Config { node_name, node_ip, metrics_bind, healthz_bind } = config;
+    let Config { node_name, node_ip, metrics_bind, healthz_bind, mode } = config;
+    if let Err(error) = cleanup(Some(mode)).await {
+        tracing::warn!(?mode, %error, "removing the other proxy mode's rules");
+    }
     let metrics = Arc::new(metrics::ProxyMetrics::default());
     for (addr, which) in [(metrics_bind, metrics::Endpoints::Metrics), (healthz_bind, metrics::Endpoints::Health)] {
         let Some(addr) = addr else { continue };
@@ -88,19 +147,18 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
             }
         }
     }
-    tracing::info!(node = %node_name, %node_ip, "service proxy caches synced; programming the nftables table");
+    tracing::info!(node = %node_name, %node_ip, ?mode, "service proxy caches synced; programming the rules");
 
-    let mut syncer = RuleSyncer {
-        node_name,
-        services,
-        slices,
-        metrics,
-        kernel: None,
-        health_checks: healthcheck::HealthCheckServers::default(),
-        shutdown: shutdown.clone(),
-        last_full: tokio::time::Instant::now(),
-    };
-    sync_loop(&changed, &shutdown, &mut syncer).await;
+    match mode {
+        Mode::Nftables => {
+            let mut syncer = RuleSyncer::<nftables::Ruleset>::new(node_name, services, slices, metrics, &shutdown);
+            sync_loop(&changed, &shutdown, &mut syncer).await;
+        }
+        Mode::Iptables => {
+            let mut syncer = RuleSyncer::<iptables::Ruleset>::new(node_name, services, slices, metrics, &shutdown);
+            sync_loop(&changed, &shutdown, &mut syncer).await;
+        }
+    }
 }
 
 /// A bind address flag where the empty string turns the endpoint off, as upstream's.
@@ -126,58 +184,140 @@ trait SyncRules {
     fn sync(&mut self) -> impl Future<Output = bool> + Send;
 }
 
-/// Renders the table from the caches and applies it when it changed.
-struct RuleSyncer {
+/// The rules of one backend, rendered from the service ports: what [`RuleSyncer`] applies and
+/// remembers as the kernel's state.
+trait Rules: Sized + Send + Sync {
+    fn new(pod_bridge: &str, service_ports: Vec<serviceport::ServicePort>) -> Self;
+    fn service_ports(&self) -> &[serviceport::ServicePort];
+    fn rule_count(&self) -> usize;
+    /// Replaces every rule of the backend with these.
+    fn apply(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Turns the rules rendered from `kernel` into these, touching only what differs;
+    /// `Ok(false)` when nothing does.
+    fn update(&self, kernel: &Self) -> impl Future<Output = Result<bool, BackendError>> + Send;
+}
+
+impl Rules for nftables::Ruleset {
+    fn new(pod_bridge: &str, service_ports: Vec<serviceport::ServicePort>) -> Self {
+        nftables::Ruleset { pod_bridge: pod_bridge.to_string(), service_ports }
+    }
+
+    fn service_ports(&self) -> &[serviceport::ServicePort] {
+        &self.service_ports
+    }
+
+    fn rule_count(&self) -> usize {
+        nftables::Ruleset::rule_count(self)
+    }
+
+    async fn apply(&self) -> Result<(), BackendError> {
+        Ok(nftables::apply(self, &self.render()).await?)
+    }
+
+    async fn update(&self, kernel: &Self) -> Result<bool, BackendError> {
+        let Some(update) = self.render_update(kernel) else { return Ok(false) };
+        nftables::apply_update(&update).await?;
+        Ok(true)
+    }
+}
+
+impl Rules for iptables::Ruleset {
+    fn new(pod_bridge: &str, service_ports: Vec<serviceport::ServicePort>) -> Self {
+        let drop_invalid = !iptables::conntrack_tcp_liberal();
+        iptables::Ruleset { pod_bridge: pod_bridge.to_string(), service_ports, drop_invalid }
+    }
+
+    fn service_ports(&self) -> &[serviceport::ServicePort] {
+        &self.service_ports
+    }
+
+    fn rule_count(&self) -> usize {
+        iptables::Ruleset::rule_count(self)
+    }
+
+    async fn apply(&self) -> Result<(), BackendError> {
+        Ok(iptables::apply(self).await?)
+    }
+
+    async fn update(&self, kernel: &Self) -> Result<bool, BackendError> {
+        let Some(update) = self.render_update(kernel) else { return Ok(false) };
+        iptables::apply_update(&update).await?;
+        Ok(true)
+    }
+}
+
+/// Renders the rules from the caches and applies them when they changed.
+struct RuleSyncer<R> {
     node_name: String,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     metrics: Arc<metrics::ProxyMetrics>,
-    /// What the table in the kernel was rendered from, which partial syncs start from and
+    /// What the rules in the kernel were rendered from, which partial syncs start from and
     /// stale UDP flows are found against; `None` until a sync succeeded (or after one failed).
-    kernel: Option<nftables::Ruleset>,
+    kernel: Option<R>,
     health_checks: healthcheck::HealthCheckServers,
     shutdown: CancellationToken,
     last_full: tokio::time::Instant,
 }
 
-impl SyncRules for RuleSyncer {
+impl<R: Rules> RuleSyncer<R> {
+    fn new(
+        node_name: String,
+        services: Store<Service>,
+        slices: Store<EndpointSlice>,
+        metrics: Arc<metrics::ProxyMetrics>,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        RuleSyncer {
+            node_name,
+            services,
+            slices,
+            metrics,
+            kernel: None,
+            health_checks: healthcheck::HealthCheckServers::default(),
+            shutdown: shutdown.clone(),
+            last_full: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl<R: Rules> SyncRules for RuleSyncer<R> {
     async fn sync(&mut self) -> bool {
         let started = tokio::time::Instant::now();
         let started_at =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        let ruleset = nftables::Ruleset {
-            pod_bridge: POD_BRIDGE.to_string(),
-            service_ports: serviceport::service_ports(
+        let ruleset = R::new(
+            POD_BRIDGE,
+            serviceport::service_ports(
                 &self.node_name,
                 self.services.state().iter().map(|s| &**s).collect::<Vec<_>>(),
                 self.slices.state().iter().map(|s| &**s).collect::<Vec<_>>(),
             ),
-        };
-        // The whole table now and then, to repair outside damage; in between, only changes.
+        );
+        // Everything now and then, to repair outside damage; in between, only changes.
         let full = self.last_full.elapsed() >= FULL_SYNC_PERIOD;
         let result = match self.kernel.as_ref().filter(|_| !full) {
-            None => nftables::apply(&ruleset, &ruleset.render()).await.map(|()| SyncKind::Full),
-            Some(kernel) => match ruleset.render_update(kernel) {
-                None => Ok(SyncKind::Unchanged),
-                Some(update) => match nftables::apply_update(&update).await {
-                    Ok(()) => Ok(SyncKind::Partial),
-                    Err(error) => {
-                        tracing::warn!(node = %self.node_name, %error, "a partial rule sync failed; replacing the table");
-                        nftables::apply(&ruleset, &ruleset.render()).await.map(|()| SyncKind::Full)
-                    }
-                },
+            None => ruleset.apply().await.map(|()| SyncKind::Full),
+            Some(kernel) => match ruleset.update(kernel).await {
+                Ok(false) => Ok(SyncKind::Unchanged),
+                Ok(true) => Ok(SyncKind::Partial),
+                Err(error) => {
+                    tracing::warn!(node = %self.node_name, %error, "a partial rule sync failed; replacing the rules");
+                    ruleset.apply().await.map(|()| SyncKind::Full)
+                }
             },
         };
         match result {
             Ok(sync) => {
-                self.metrics.synced(started_at, started.elapsed(), ruleset.rule_count(), ruleset.service_ports.len());
+                let service_ports = ruleset.service_ports().len();
+                self.metrics.synced(started_at, started.elapsed(), ruleset.rule_count(), service_ports);
                 if sync == SyncKind::Unchanged {
                     return true;
                 }
                 tracing::debug!(
                     node = %self.node_name,
                     ?sync,
-                    service_ports = ruleset.service_ports.len(),
+                    service_ports,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "synced the service rules"
                 );
@@ -186,9 +326,9 @@ impl SyncRules for RuleSyncer {
                 }
                 // Only once the new rules are in: a flow deleted earlier could be re-created
                 // through the old ones.
-                let before = self.kernel.as_ref().map_or(&[][..], |k| &k.service_ports[..]);
-                conntrack::delete(&conntrack::stale(before, &ruleset.service_ports)).await;
-                self.health_checks.sync(healthcheck::wanted(&ruleset.service_ports), &self.shutdown).await;
+                let before = self.kernel.as_ref().map_or(&[][..], |k| k.service_ports());
+                conntrack::delete(&conntrack::stale(before, ruleset.service_ports())).await;
+                self.health_checks.sync(healthcheck::wanted(ruleset.service_ports()), &self.shutdown).await;
                 self.kernel = Some(ruleset);
                 true
             }
@@ -299,6 +439,14 @@ mod tests {
         };
         tokio::join!(sync_loop(&changed, &shutdown, &mut counting), stop);
         counting.count
+    }
+
+    #[test]
+    fn proxy_modes_are_upstreams_flag_values() {
+        assert_eq!("nftables".parse(), Ok(Mode::Nftables));
+        assert_eq!("iptables".parse(), Ok(Mode::Iptables));
+        assert_eq!(Mode::default(), Mode::Nftables);
+        assert!("ipvs".parse::<Mode>().unwrap_err().contains("not a proxy mode"));
     }
 
     #[tokio::test(start_paused = true)]

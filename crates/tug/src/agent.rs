@@ -97,6 +97,11 @@ pub struct AgentArgs {
     /// `--healthz-bind-address`); an empty value turns it off.
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub proxy_healthz_bind_address: tug_proxy::BindAddress,
+
+    /// Which packet filter the service proxy programs (kube-proxy's `--proxy-mode`):
+    /// `nftables`, or `iptables` with upstream's chain layout.
+    #[arg(long, default_value = "nftables")]
+    pub proxy_mode: tug_proxy::Mode,
 }
 
 /// The backends of `--flannel-backend`.
@@ -246,6 +251,7 @@ pub fn spawn(
             node_ip: identity.node_ip,
             metrics_bind: args.proxy_metrics_bind_address.0,
             healthz_bind: args.proxy_healthz_bind_address.0,
+            mode: args.proxy_mode,
         };
         let proxy = tug_proxy::run(client.clone(), proxy_config, shutdown.clone());
         tokio::spawn(proxy);

@@ -65,7 +65,7 @@ enum Command {
         leader_election: server::LeaderElectionArgs,
     },
     /// Run the service proxy alone (kube-proxy's role): Services and EndpointSlices from the
-    /// API programmed into this host's nftables table `ip kube-proxy`.
+    /// API programmed into this host's nftables table `ip kube-proxy` (or iptables chains).
     Proxy {
         /// The kubeconfig to reach the API server with.
         #[arg(long, required_unless_present = "cleanup")]
@@ -74,9 +74,12 @@ enum Command {
         /// default: the host name, lower-cased.
         #[arg(long)]
         node_name: Option<String>,
-        /// Remove the proxy's rules from this host and exit.
+        /// Remove the proxy's rules from this host (of every mode) and exit.
         #[arg(long)]
         cleanup: bool,
+        /// Which packet filter to program: `nftables` or `iptables` (upstream's chain layout).
+        #[arg(long, default_value = "nftables")]
+        proxy_mode: tug_proxy::Mode,
         /// Where to serve `/metrics`; empty: nowhere.
         #[arg(long, default_value = "127.0.0.1:10249")]
         metrics_bind_address: tug_proxy::BindAddress,
@@ -174,9 +177,16 @@ fn main() -> std::process::ExitCode {
             Command::Bench(BenchCommand::NetworkJoin(args)) => bench::network_join::run(args).await,
             Command::Bench(BenchCommand::Dns(args)) => bench::dns::run(args).await,
             Command::Bench(BenchCommand::Proxy(args)) => bench::proxy::run(args).await,
-            Command::Proxy { kubeconfig, node_name, cleanup, metrics_bind_address, healthz_bind_address } => {
+            Command::Proxy {
+                kubeconfig,
+                node_name,
+                cleanup,
+                proxy_mode,
+                metrics_bind_address,
+                healthz_bind_address,
+            } => {
                 if cleanup {
-                    return tug_proxy::nftables::delete_table().await.map_err(anyhow::Error::from);
+                    return tug_proxy::cleanup(None).await.map_err(anyhow::Error::from);
                 }
                 let kubeconfig = kubeconfig.expect("clap requires --kubeconfig without --cleanup");
                 let client = client_from_kubeconfig(&kubeconfig).await?;
@@ -187,6 +197,7 @@ fn main() -> std::process::ExitCode {
                     node_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
                     metrics_bind: metrics_bind_address.0,
                     healthz_bind: healthz_bind_address.0,
+                    mode: proxy_mode,
                 };
                 let proxy = tokio::spawn(tug_proxy::run(client, config, shutdown.clone()));
                 server::wait_for_signal().await;

@@ -180,6 +180,7 @@ async fn inside(args: ProxyBenchArgs, dir: PathBuf) -> anyhow::Result<(Vec<Row>,
                 node_ip: Ipv4Addr::LOCALHOST.into(),
                 metrics_bind: None,
                 healthz_bind: None,
+                mode: tug_proxy::Mode::Nftables,
             };
             tug_proxy::run(client, config, proxy_stop).await;
             anyhow::Ok(())
