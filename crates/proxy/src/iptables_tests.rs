@@ -1,42 +1,9 @@
 //! Rendering of the chains, and (as root) the kernel's verdict on them. Tests that talk to the
 //! kernel do so from a thread moved into a new network namespace, so no rule ever lands in the
 //! host's own namespace; the namespace vanishes with the thread.
-// unshare(CLONE_NEWNET) is an unsafe call in rustix 1 (see `in_new_netns`).
-#![allow(unsafe_code)]
-
 use super::*;
 use crate::serviceport::Protocol;
-
-fn ep(ip: &str, port: u16) -> Endpoint {
-    Endpoint { ip: ip.parse().unwrap(), port }
-}
-
-fn port(
-    name: &str,
-    port_name: &str,
-    protocol: Protocol,
-    cluster_ip: &str,
-    number: u16,
-    eps: Vec<Endpoint>,
-) -> ServicePort {
-    ServicePort {
-        namespace: "default".into(),
-        name: name.into(),
-        port_name: port_name.into(),
-        protocol,
-        cluster_ip: cluster_ip.parse().unwrap(),
-        port: number,
-        node_port: None,
-        external_ips: Vec::new(),
-        affinity_timeout_seconds: None,
-        // Endpoints in 10.42.0.0/24 are on this node.
-        local_endpoints: eps.iter().copied().filter(|e| e.ip.octets()[2] == 0).collect(),
-        endpoints: eps,
-        internal_local: false,
-        external_local: false,
-        health_check_node_port: None,
-    }
-}
+use crate::test_support::{ep, has, in_new_netns, port, require_root};
 
 fn ruleset(service_ports: Vec<ServicePort>) -> Ruleset {
     Ruleset { pod_bridge: "cni0".into(), service_ports, drop_invalid: true }
@@ -80,10 +47,6 @@ fn full_ruleset() -> Ruleset {
 
 fn lines(text: &str) -> Vec<String> {
     text.lines().map(str::to_string).collect()
-}
-
-fn has(lines: &[String], expected: &str) {
-    assert!(lines.iter().any(|l| l == expected), "missing {expected:?} in:\n{}", lines.join("\n"));
 }
 
 /// The rules of `chain` in `text` (after `-A CHAIN `), in order.
@@ -472,35 +435,6 @@ fn rule_count_counts_every_rule_of_a_full_render() {
     assert_eq!(rules.rule_count(), rendered.lines().filter(|l| l.starts_with("-A ")).count());
 }
 
-/// Root tests skip outside CI when not root, and fail under `CI=true`.
-fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root for iptables (CI=true)");
-    eprintln!("skipping {test}: needs root for iptables");
-    false
-}
-
-/// Runs `body` on a thread of its own in a new, empty network namespace (gone when the thread
-/// ends), with a current-thread tokio runtime: the iptables tools, spawned from that thread,
-/// inherit it.
-fn in_new_netns<T: Send>(body: impl AsyncFnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: only CLONE_NEWNET is unshared, which changes this thread's network
-                // namespace and nothing another thread can observe.
-                unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
-                    .expect("unshare(CLONE_NEWNET)");
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(body())
-            })
-            .join()
-            .unwrap()
-    })
-}
-
 async fn save() -> String {
     run(IPTABLES_SAVE, &[], None).await.expect("iptables-save")
 }
@@ -513,7 +447,10 @@ fn normalized(saved: &str) -> BTreeSet<String> {
 
 #[test]
 fn applied_rules_jump_from_the_builtin_chains_and_cleanup_removes_everything_in_a_new_netns() {
-    if !require_root("applied_rules_jump_from_the_builtin_chains_and_cleanup_removes_everything_in_a_new_netns") {
+    if !require_root(
+        "applied_rules_jump_from_the_builtin_chains_and_cleanup_removes_everything_in_a_new_netns",
+        "iptables",
+    ) {
         return;
     }
     let mut sctp = full_ruleset();
@@ -549,7 +486,7 @@ fn applied_rules_jump_from_the_builtin_chains_and_cleanup_removes_everything_in_
 
 #[test]
 fn a_partial_update_leaves_the_rules_a_full_apply_would_in_a_new_netns() {
-    if !require_root("a_partial_update_leaves_the_rules_a_full_apply_would_in_a_new_netns") {
+    if !require_root("a_partial_update_leaves_the_rules_a_full_apply_would_in_a_new_netns", "iptables") {
         return;
     }
     let old = full_ruleset();

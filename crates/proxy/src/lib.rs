@@ -16,6 +16,8 @@ pub mod iptables;
 pub mod metrics;
 pub mod nftables;
 pub mod serviceport;
+#[cfg(test)]
+mod test_support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

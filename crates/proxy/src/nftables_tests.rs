@@ -1,42 +1,10 @@
 //! Rendering of the table, and (as root) the kernel's verdict on it. Tests that talk to the
 //! kernel do so from a thread moved into a new network namespace, so no rule ever lands in the
 //! host's own namespace; the namespace vanishes with the thread.
-// unshare(CLONE_NEWNET) is an unsafe call in rustix 1 (see `in_new_netns`).
-#![allow(unsafe_code)]
-
 use super::*;
 use crate::serviceport::Protocol;
+use crate::test_support::{ep, has, in_new_netns, port, require_root};
 use tug_network::nftables::nft_program;
-
-fn ep(ip: &str, port: u16) -> Endpoint {
-    Endpoint { ip: ip.parse().unwrap(), port }
-}
-
-fn port(
-    name: &str,
-    port_name: &str,
-    protocol: Protocol,
-    cluster_ip: &str,
-    port: u16,
-    eps: Vec<Endpoint>,
-) -> ServicePort {
-    ServicePort {
-        namespace: "default".into(),
-        name: name.into(),
-        port_name: port_name.into(),
-        protocol,
-        cluster_ip: cluster_ip.parse().unwrap(),
-        port,
-        node_port: None,
-        external_ips: Vec::new(),
-        affinity_timeout_seconds: None,
-        local_endpoints: eps.iter().copied().filter(|e| e.ip.octets()[2] == 0).collect(),
-        endpoints: eps,
-        internal_local: false,
-        external_local: false,
-        health_check_node_port: None,
-    }
-}
 
 fn full_ruleset() -> Ruleset {
     let mut node_port = port("np", "", Protocol::Tcp, "10.43.0.7", 80, vec![ep("10.42.1.5", 8080)]);
@@ -71,10 +39,6 @@ fn full_ruleset() -> Ruleset {
 
 fn lines(text: &str) -> Vec<String> {
     text.lines().map(|line| line.trim().to_string()).collect()
-}
-
-fn has(lines: &[String], expected: &str) {
-    assert!(lines.iter().any(|l| l == expected), "missing {expected:?} in:\n{}", lines.join("\n"));
 }
 
 #[test]
@@ -184,41 +148,13 @@ fn render_of_nothing_is_the_empty_skeleton() {
     assert!(text.contains("chain services {"), "{text}");
 }
 
-/// Root tests skip outside CI when not root, and fail under `CI=true`.
-fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root for nftables (CI=true)");
-    eprintln!("skipping {test}: needs root for nftables");
-    false
-}
-
-/// Runs `body` on a thread of its own in a new, empty network namespace (gone when the thread
-/// ends), with a current-thread tokio runtime: `nft`, spawned from that thread, inherits it.
-fn in_new_netns<T: Send>(body: impl AsyncFnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: only CLONE_NEWNET is unshared, which changes this thread's network
-                // namespace and nothing another thread can observe.
-                unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
-                    .expect("unshare(CLONE_NEWNET)");
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(body())
-            })
-            .join()
-            .unwrap()
-    })
-}
-
 async fn list_table() -> std::process::Output {
     tokio::process::Command::new(nft_program()).args(["list", "table", "ip", TABLE]).output().await.unwrap()
 }
 
 #[test]
 fn kernel_accepts_rendered_rulesets() {
-    if !require_root("kernel_accepts_rendered_rulesets") {
+    if !require_root("kernel_accepts_rendered_rulesets", "nftables") {
         return;
     }
     let mut sctp = full_ruleset();
@@ -238,7 +174,7 @@ fn kernel_accepts_rendered_rulesets() {
 
 #[test]
 fn applied_ruleset_is_replaced_whole_and_removed_in_a_new_netns() {
-    if !require_root("applied_ruleset_is_replaced_whole_and_removed_in_a_new_netns") {
+    if !require_root("applied_ruleset_is_replaced_whole_and_removed_in_a_new_netns", "nftables") {
         return;
     }
     in_new_netns(async || {
@@ -319,7 +255,7 @@ fn blocks(listed: &str) -> std::collections::BTreeMap<String, Vec<String>> {
 
 #[test]
 fn a_partial_sync_leaves_the_table_a_full_sync_would() {
-    if !require_root("a_partial_sync_leaves_the_table_a_full_sync_would") {
+    if !require_root("a_partial_sync_leaves_the_table_a_full_sync_would", "nftables") {
         return;
     }
     let old = full_ruleset();
