@@ -55,6 +55,9 @@ fn subresource_facts<'a>(rt: &'a ResourceType, sub: &str) -> (&'a str, &'a str, 
 
 /// `/api/v1` or `/apis/<group>/<version>`: an `APIResourceList`.
 pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+    if group == crate::metrics_server::GROUP {
+        return (version == "v1beta1").then(crate::metrics_server::resource_list);
+    }
     let mut resources = Vec::new();
     for rt in registry.resources_in(group, version) {
         let mut r = json!({
@@ -111,13 +114,17 @@ pub fn core_versions(server_address: &str) -> Value {
 
 /// `/apis`: every named group.
 pub fn group_list(registry: &Registry) -> Value {
-    let groups: Vec<Value> =
+    let mut groups: Vec<Value> =
         registry.groups().iter().filter(|g| !g.group.is_empty()).map(|g| group_doc(g.group, &g.versions)).collect();
+    groups.push(group_doc(crate::metrics_server::GROUP, &["v1beta1"]));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>`.
 pub fn group(registry: &Registry, name: &str) -> Option<Value> {
+    if name == crate::metrics_server::GROUP {
+        return Some(crate::metrics_server::api_group());
+    }
     let g = registry.groups().into_iter().find(|g| g.group == name && !name.is_empty())?;
     let mut doc = group_doc(g.group, &g.versions);
     doc["kind"] = json!("APIGroup");
@@ -131,7 +138,7 @@ pub const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.i
 /// Aggregated discovery of the core group (`core == true`, at `/api`) or of all named groups
 /// (at `/apis`).
 pub fn aggregated(registry: &Registry, core: bool) -> Value {
-    let items: Vec<Value> = registry
+    let mut items: Vec<Value> = registry
         .groups()
         .into_iter()
         .filter(|g| g.group.is_empty() == core)
@@ -148,6 +155,9 @@ pub fn aggregated(registry: &Registry, core: bool) -> Value {
             json!({"metadata": {"name": g.group, "creationTimestamp": null}, "versions": versions})
         })
         .collect();
+    if !core {
+        items.push(crate::metrics_server::aggregated_group());
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 

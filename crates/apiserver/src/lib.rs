@@ -17,6 +17,7 @@ mod handlers;
 mod limitranger;
 mod managed_fields;
 mod metrics;
+mod metrics_server;
 mod objects;
 mod openapi;
 pub mod pki;

@@ -75,6 +75,8 @@ pub struct Inner {
     /// Connects to node agents for logs, exec and the like; see
     /// [`ApiServer::set_kubelet_client_config`].
     pub(crate) kubelet_client: OnceLock<Arc<crate::proxy::KubeletClient>>,
+    /// The built-in metrics-server's points; see [`crate::metrics_server`].
+    pub(crate) metrics_server: crate::metrics_server::MetricsServer,
 }
 
 /// The API server; cheap to clone.
@@ -107,6 +109,7 @@ impl ApiServer {
             crd_state: Default::default(),
             token_issuer: OnceLock::new(),
             kubelet_client: OnceLock::new(),
+            metrics_server: Default::default(),
         }))
     }
 
@@ -148,6 +151,8 @@ impl ApiServer {
     /// Accepts TLS connections on `listener` until `shutdown` is cancelled.
     pub async fn serve(self, listener: TcpListener, tls: Arc<rustls::ServerConfig>, shutdown: CancellationToken) {
         let acceptor = TlsAcceptor::from(tls);
+        // metrics.k8s.io is served from this server's own scrapes of the node agents.
+        tokio::spawn(self.clone().run_metrics_server(shutdown.clone()));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -319,6 +324,9 @@ impl ApiServer {
                 openapi::group_version(self, &registry, &group, &version).map(|d| response::json(200, &d))
             }
             Route::NotFound => Err(ApiError::path_not_found()),
+            Route::Resource(rr) if rr.group == crate::metrics_server::GROUP => {
+                crate::metrics_server::serve(self, &rr, &query).await
+            }
             Route::Resource(rr) => {
                 let labels = Some((
                     if rr.verb == request::Verb::Watch { "WATCH".to_string() } else { rr.verb.as_str().to_uppercase() },

@@ -29,6 +29,7 @@ pub mod pod_workers;
 pub mod prober;
 pub mod qos;
 pub mod server;
+pub mod stats;
 pub mod status_manager;
 pub mod streaming;
 pub mod termination_message;

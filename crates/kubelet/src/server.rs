@@ -1,6 +1,7 @@
 //! The node agent's HTTPS API (upstream's kubelet server on port 10250): `/healthz`, `/pods`,
-//! `/containerLogs`, and the streaming endpoints `/exec`, `/attach` and `/portForward` that the
-//! API server proxies `kubectl logs`, `exec`, `attach` and `port-forward` to.
+//! `/metrics/resource`, `/containerLogs`, and the streaming endpoints `/exec`, `/attach` and
+//! `/portForward` that the API server proxies `kubectl logs`, `exec`, `attach` and
+//! `port-forward` to.
 //!
 //! TLS with the agent's serving certificate; every client must present a certificate issued by
 //! the cluster CA (the API server's kubelet-client certificate). HTTP/1.1 with upgrades, since the
@@ -205,6 +206,8 @@ struct State {
 enum Route<'a> {
     Healthz,
     Pods,
+    /// `/metrics/resource`: the node's, pods' and containers' usage ([`crate::stats`]).
+    MetricsResource,
     ContainerLogs {
         namespace: &'a str,
         pod: &'a str,
@@ -234,6 +237,7 @@ fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
     match segments.as_slice() {
         ["healthz"] => allowed(get, Route::Healthz),
         ["pods"] => allowed(get, Route::Pods),
+        ["metrics", "resource"] => allowed(get, Route::MetricsResource),
         ["containerLogs", namespace, pod, container] => {
             allowed(get, Route::ContainerLogs { namespace, pod, container })
         }
@@ -262,6 +266,14 @@ impl State {
             let response = match route(req.method(), &path) {
                 Route::Healthz => full(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
                 Route::Pods => self.pods().await,
+                Route::MetricsResource => {
+                    let snapshot = crate::stats::snapshot(self.runtime.as_ref(), std::path::Path::new("/proc")).await;
+                    full(
+                        StatusCode::OK,
+                        crate::stats::resource_metrics::CONTENT_TYPE,
+                        crate::stats::resource_metrics::render(&snapshot),
+                    )
+                }
                 Route::ContainerLogs { namespace, pod, container } => {
                     self.container_logs(namespace, pod, container, req.uri().query()).await
                 }

@@ -456,29 +456,34 @@ pub fn usage(path: &str) -> Result<CgroupUsage, CgroupError> {
     let relative = relative(path)?;
     let mounts = Mounts::read()?;
     match detect() {
-        CgroupVersion::V1 => {
-            let memory = mounts.v1_dir("memory", &relative)?;
-            let usage = parse_u64(&memory, "memory.usage_in_bytes")?;
-            let inactive = stat_field(&read(&memory, "memory.stat")?, "total_inactive_file").unwrap_or(0);
-            let cpuacct = mounts.v1_dir("cpuacct", &relative)?;
-            Ok(CgroupUsage {
-                memory_working_set_bytes: usage.saturating_sub(inactive),
-                memory_usage_bytes: usage,
-                cpu_usage_nanos: parse_u64(&cpuacct, "cpuacct.usage")?,
-            })
-        }
-        CgroupVersion::V2 => {
-            let dir = mounts.v2_root()?.join(&relative);
-            let usage = parse_u64(&dir, "memory.current")?;
-            let inactive = stat_field(&read(&dir, "memory.stat")?, "inactive_file").unwrap_or(0);
-            let cpu_usec = stat_field(&read(&dir, "cpu.stat")?, "usage_usec").unwrap_or(0);
-            Ok(CgroupUsage {
-                memory_working_set_bytes: usage.saturating_sub(inactive),
-                memory_usage_bytes: usage,
-                cpu_usage_nanos: cpu_usec.saturating_mul(1000),
-            })
-        }
+        CgroupVersion::V1 => usage_v1(&mounts.v1_dir("memory", &relative)?, &mounts.v1_dir("cpuacct", &relative)?),
+        CgroupVersion::V2 => usage_v2(&mounts.v2_root()?.join(&relative)),
     }
+}
+
+/// Usage from a v1 cgroup's `memory` and `cpuacct` directories: the working set is
+/// `memory.usage_in_bytes` minus `total_inactive_file`, as cadvisor computes it.
+fn usage_v1(memory: &Path, cpuacct: &Path) -> Result<CgroupUsage, CgroupError> {
+    let usage = parse_u64(memory, "memory.usage_in_bytes")?;
+    let inactive = stat_field(&read(memory, "memory.stat")?, "total_inactive_file").unwrap_or(0);
+    Ok(CgroupUsage {
+        memory_working_set_bytes: usage.saturating_sub(inactive),
+        memory_usage_bytes: usage,
+        cpu_usage_nanos: parse_u64(cpuacct, "cpuacct.usage")?,
+    })
+}
+
+/// Usage from a v2 cgroup directory: `memory.current` minus `inactive_file`, and `cpu.stat`'s
+/// `usage_usec`.
+fn usage_v2(dir: &Path) -> Result<CgroupUsage, CgroupError> {
+    let usage = parse_u64(dir, "memory.current")?;
+    let inactive = stat_field(&read(dir, "memory.stat")?, "inactive_file").unwrap_or(0);
+    let cpu_usec = stat_field(&read(dir, "cpu.stat")?, "usage_usec").unwrap_or(0);
+    Ok(CgroupUsage {
+        memory_working_set_bytes: usage.saturating_sub(inactive),
+        memory_usage_bytes: usage,
+        cpu_usage_nanos: cpu_usec.saturating_mul(1000),
+    })
 }
 
 fn parse_u64(dir: &Path, file: &str) -> Result<u64, CgroupError> {
@@ -540,6 +545,38 @@ mod tests {
         assert_eq!(stat_field(text, "inactive_file"), Some(4096));
         assert_eq!(stat_field(text, "total_inactive_file"), Some(8192));
         assert_eq!(stat_field(text, "missing"), None);
+    }
+
+    #[test]
+    fn usage_is_read_from_v1_and_v2_files_with_the_inactive_file_pages_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (memory, cpuacct, unified) = (dir.path().join("memory"), dir.path().join("cpuacct"), dir.path().join("v2"));
+        for d in [&memory, &cpuacct, &unified] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(memory.join("memory.usage_in_bytes"), "10485760\n").unwrap();
+        std::fs::write(memory.join("memory.stat"), "inactive_file 1\ntotal_inactive_file 2097152\n").unwrap();
+        std::fs::write(cpuacct.join("cpuacct.usage"), "123456789\n").unwrap();
+        let v1 = usage_v1(&memory, &cpuacct).unwrap();
+        assert_eq!(
+            v1,
+            CgroupUsage { memory_working_set_bytes: 8388608, memory_usage_bytes: 10485760, cpu_usage_nanos: 123456789 }
+        );
+
+        std::fs::write(unified.join("memory.current"), "4096000\n").unwrap();
+        std::fs::write(unified.join("memory.stat"), "anon 1\ninactive_file 96000\n").unwrap();
+        std::fs::write(unified.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\n").unwrap();
+        let v2 = usage_v2(&unified).unwrap();
+        assert_eq!(
+            v2,
+            CgroupUsage { memory_working_set_bytes: 4000000, memory_usage_bytes: 4096000, cpu_usage_nanos: 2_500_000 }
+        );
+
+        // More inactive pages than usage (a racy read) is no working set rather than an underflow.
+        std::fs::write(memory.join("memory.stat"), "total_inactive_file 99999999\n").unwrap();
+        assert_eq!(usage_v1(&memory, &cpuacct).unwrap().memory_working_set_bytes, 0);
+        std::fs::remove_file(cpuacct.join("cpuacct.usage")).unwrap();
+        assert!(matches!(usage_v1(&memory, &cpuacct), Err(CgroupError::Io { .. })));
     }
 
     #[test]

@@ -380,6 +380,47 @@ pub struct RuntimeStatus {
     pub network_message: String,
 }
 
+/// CPU usage of a container or sandbox at one moment (CRI `CpuUsage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuUsage {
+    pub timestamp: SystemTime,
+    /// Cumulative CPU time consumed since the cgroup was created, in nanoseconds.
+    pub usage_core_nano_seconds: u64,
+}
+
+/// Memory usage of a container or sandbox at one moment (CRI `MemoryUsage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub timestamp: SystemTime,
+    /// Usage minus inactive file pages, as cadvisor computes it.
+    pub working_set_bytes: u64,
+    pub usage_bytes: u64,
+}
+
+/// A container's resource usage (CRI `ContainerStats`); its identity is that of the listing
+/// (`Container`'s id, metadata and labels, CRI's `ContainerAttributes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStats {
+    pub id: String,
+    pub metadata: ContainerMetadata,
+    pub labels: Labels,
+    pub cpu: CpuUsage,
+    pub memory: MemoryUsage,
+}
+
+/// A sandbox's resource usage, the whole pod cgroup, and its containers' (CRI `PodSandboxStats`
+/// with its `LinuxPodSandboxStats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSandboxStats {
+    pub id: String,
+    pub metadata: PodSandboxMetadata,
+    pub labels: Labels,
+    pub cpu: CpuUsage,
+    pub memory: MemoryUsage,
+    /// The sandbox's running containers.
+    pub containers: Vec<ContainerStats>,
+}
+
 impl RuntimeError {
     pub fn io(operation: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RuntimeError::Io { operation, path: path.into(), source }
@@ -429,4 +470,10 @@ pub trait RuntimeService: Send + Sync {
     /// Opens a TCP connection to `port` inside the sandbox's network namespace
     /// (`kubectl port-forward`).
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream, RuntimeError>;
+    /// The resource usage of every ready sandbox and its running containers
+    /// (`ListPodSandboxStats`, which the kubelet's CRI stats provider reads for
+    /// `/metrics/resource`). A runtime that keeps no statistics says so.
+    async fn list_pod_sandbox_stats(&self) -> Result<Vec<PodSandboxStats>, RuntimeError> {
+        Err(RuntimeError::Unavailable("this runtime reports no statistics".into()))
+    }
 }

@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tug_api::{ApiError, ResourceType};
 
-pub(crate) use kubelet::KubeletClient;
+pub(crate) use kubelet::{KubeletClient, empty, locate};
 
 use crate::request::{Query, ResourceRequest, Verb};
 use crate::response::Body;

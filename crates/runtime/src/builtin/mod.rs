@@ -27,6 +27,7 @@ mod container;
 mod process;
 mod records;
 mod sandbox;
+mod stats;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,8 +37,8 @@ use async_trait::async_trait;
 
 use crate::cri::{
     Container, ContainerConfig, ContainerFilter, ContainerState, ContainerStatus, ExecRequest, ExecSyncResult,
-    NamespaceMode, PodSandbox, PodSandboxConfig, PodSandboxState, PodSandboxStatus, RuntimeError, RuntimeService,
-    RuntimeStatus, StreamSession,
+    NamespaceMode, PodSandbox, PodSandboxConfig, PodSandboxState, PodSandboxStats, PodSandboxStatus, RuntimeError,
+    RuntimeService, RuntimeStatus, StreamSession,
 };
 use crate::image::ImageStore;
 use crate::shim::client::{self as shim, ShimBinary};
@@ -256,6 +257,10 @@ impl RuntimeService for BuiltinRuntime {
         let netns = (record.config.namespace_options.network != NamespaceMode::Node)
             .then(|| self.sandbox_dir(sandbox_id).ns("net"));
         connect_in_netns(netns, port).await
+    }
+
+    async fn list_pod_sandbox_stats(&self) -> Result<Vec<PodSandboxStats>, RuntimeError> {
+        self.pod_sandbox_stats().await
     }
 }
 
