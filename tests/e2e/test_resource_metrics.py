@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -103,9 +104,8 @@ def test_kubectl_top_pod_shows_a_busy_pod_near_one_core_and_an_idle_pod_near_zer
     )
     burn_cpu, burn_memory = rows[BURN]
     idle_cpu, _ = rows[IDLE]
-    # A spinning shell takes a core when the machine is otherwise quiet; the pods' cgroup gets
-    # the default cpu.shares (upstream sizes it from allocatable), so a busy machine leaves it
-    # less. Far above the idle pod either way.
+    # A spinning shell takes a core when the machine is otherwise quiet, less when it is busy;
+    # far above the idle pod either way.
     assert burn_cpu > 300, rows
     assert idle_cpu < 50, rows
     assert re.fullmatch(r"\d+Mi", burn_memory), rows
@@ -179,3 +179,12 @@ def test_metrics_api_answers_as_metrics_server(node):
     assert any(g["name"] == "metrics.k8s.io" for g in groups["groups"])
     resources = node.request("GET", "/apis/metrics.k8s.io/v1beta1").json()
     assert {(r["name"], r["kind"]) for r in resources["resources"]} == {("nodes", "NodeMetrics"), ("pods", "PodMetrics")}
+
+
+def test_the_pods_together_weigh_the_nodes_allocatable_cpu(node):
+    # Upstream's node allocatable cgroup: cpu.shares of the node's allocatable CPU, so pods
+    # compete with the host's processes as the CPUs they were promised; best-effort pods least.
+    allocatable = node.request("GET", f"/api/v1/nodes/{node.node_name}").json()["status"]["allocatable"]["cpu"]
+    cpu = Path("/sys/fs/cgroup/cpu")
+    assert (cpu / "kubepods" / "cpu.shares").read_text().strip() == str(int(allocatable) * 1024)
+    assert (cpu / "kubepods" / "besteffort" / "cpu.shares").read_text().strip() == "2"

@@ -72,7 +72,9 @@ pub async fn run(
     let server = tokio::spawn(serve_api(config.clone(), runtime.clone(), shutdown.clone()));
     let image_gc =
         tokio::spawn(image_gc_manager::run(config.clone(), runtime.clone(), images.clone(), shutdown.clone()));
-    kuberuntime::ensure_qos_cgroups().await;
+    // No CPU is reserved for the system: allocatable CPU is the machine's.
+    let cpus = machine::machine_info().map_or(1, |m| m.num_cpus);
+    kuberuntime::ensure_qos_cgroups(i64::from(cpus) * 1000).await;
     let local_path = tokio::spawn(local_path::run(client.clone(), config.node_name.clone(), shutdown.clone()));
 
     let recorder = Arc::new(events::EventRecorder::new(client.clone(), config.node_name.clone()));

@@ -91,10 +91,15 @@ pub(crate) async fn remove_cgroup(path: &str) {
     }
 }
 
-/// The node-level QoS cgroups, made once at start: best-effort pods share the least weight.
-pub(crate) async fn ensure_qos_cgroups() {
-    let result = tokio::task::spawn_blocking(|| {
-        cgroups::ensure(crate::qos::KUBEPODS, &CgroupLimits::default())?;
+/// The node-level QoS cgroups, made once at start: all pods together weigh what the node's
+/// allocatable CPU does (upstream's node allocatable cgroup), so that the pods of a busy node
+/// are not squeezed to one CPU's default weight against the host's processes; best-effort pods
+/// share the least weight.
+pub(crate) async fn ensure_qos_cgroups(allocatable_milli_cpu: i64) {
+    let pods =
+        CgroupLimits { cpu_shares: Some(crate::qos::milli_cpu_to_shares(allocatable_milli_cpu)), ..Default::default() };
+    let result = tokio::task::spawn_blocking(move || {
+        cgroups::ensure(crate::qos::KUBEPODS, &pods)?;
         cgroups::ensure(crate::qos::BURSTABLE, &CgroupLimits::default())?;
         cgroups::ensure(crate::qos::BESTEFFORT, &CgroupLimits { cpu_shares: Some(2), ..Default::default() })
     })
