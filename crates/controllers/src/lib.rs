@@ -22,6 +22,7 @@ pub mod leaderelection;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podautoscaler;
 pub mod podgc;
 pub mod replicaset;
 pub mod resourcequota;
@@ -54,6 +55,8 @@ pub struct Options {
     /// Where the built-in local-path provisioner puts volumes on the nodes
     /// (`--default-local-storage-path`); `None` when it is disabled (`--disable local-storage`).
     pub local_storage_path: Option<std::path::PathBuf>,
+    /// The horizontal pod autoscaler's flags (`--horizontal-pod-autoscaler-sync-period`, ...).
+    pub horizontal_pod_autoscaler: podautoscaler::Options,
 }
 
 /// Runs every controller until `shutdown`.
@@ -104,11 +107,12 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         .map(|path| tokio::spawn(volume::local_path::run(client.clone(), path, shutdown.clone())));
     let quota = tokio::spawn(resourcequota::run(client.clone(), resourcequota::DEFAULT_RESYNC, shutdown.clone()));
     let disruption = tokio::spawn(disruption::run(client.clone(), shutdown.clone()));
+    let hpa = tokio::spawn(podautoscaler::run(client.clone(), options.horizontal_pod_autoscaler, shutdown.clone()));
     let deploy = tokio::spawn(deployment::run(client, shutdown));
     let _ = tokio::join!(gc, ns, rs, deploy, sts, daemon_sets);
     let _ = tokio::join!(endpoints, endpoint_slices, mirroring);
     let _ = tokio::join!(jobs, cronjobs, ttl);
-    let _ = tokio::join!(quota, disruption);
+    let _ = tokio::join!(quota, disruption, hpa);
     let _ = tokio::join!(volumes, ephemeral, pvc_protection, pv_protection);
     if let Some(local_path) = local_path {
         let _ = local_path.await;

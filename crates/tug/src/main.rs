@@ -62,6 +62,8 @@ enum Command {
         #[command(flatten)]
         node_controllers: server::NodeControllerArgs,
         #[command(flatten)]
+        horizontal_pod_autoscaler: server::HpaControllerArgs,
+        #[command(flatten)]
         leader_election: server::LeaderElectionArgs,
     },
     /// Run the service proxy alone (kube-proxy's role): Services and EndpointSlices from the
@@ -235,6 +237,7 @@ fn main() -> std::process::ExitCode {
                 cluster_signing_cert_file,
                 cluster_signing_key_file,
                 node_controllers,
+                horizontal_pod_autoscaler,
                 leader_election,
             } => {
                 let client = client_from_kubeconfig(&kubeconfig).await?;
@@ -251,6 +254,7 @@ fn main() -> std::process::ExitCode {
                     ..Default::default()
                 };
                 node_controllers.apply(&mut options);
+                horizontal_pod_autoscaler.apply(&mut options);
                 let election = leader_election.config("kube-controller-manager");
                 let work_client = client.clone();
                 let work = move |token| tug_controllers::run(work_client, options, token);

@@ -115,6 +115,9 @@ pub struct ServerArgs {
     pub node_controllers: NodeControllerArgs,
 
     #[command(flatten)]
+    pub horizontal_pod_autoscaler: HpaControllerArgs,
+
+    #[command(flatten)]
     pub leader_election: LeaderElectionArgs,
 
     #[command(flatten)]
@@ -270,6 +273,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     args.node_controllers.apply(&mut options);
+    args.horizontal_pod_autoscaler.apply(&mut options);
     if !args.disable.iter().any(|c| c == "local-storage") {
         options.local_storage_path =
             Some(args.default_local_storage_path.clone().unwrap_or_else(|| args.data_dir.join("storage")));
@@ -465,6 +469,44 @@ impl NodeControllerArgs {
         options.pod_gc.terminated_pod_gc_threshold = self.terminated_pod_gc_threshold;
         options.pod_gc.gc_period = self.pod_gc_period;
         options.pod_gc.quarantine = self.pod_gc_orphan_quarantine;
+    }
+}
+
+/// Flags of the horizontal pod autoscaler controller, shared by `tug server` and
+/// `tug controller-manager`; names and defaults as upstream's kube-controller-manager.
+#[derive(Args, Debug, Clone)]
+pub struct HpaControllerArgs {
+    /// How often each HorizontalPodAutoscaler is evaluated.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
+
+    /// How far a metric may be from its target (as a ratio) before the autoscaler acts.
+    #[arg(long, default_value_t = 0.1)]
+    pub horizontal_pod_autoscaler_tolerance: f64,
+
+    /// The scale-down stabilization window of autoscalers that do not set one.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration,
+
+    /// How long after a pod starts its CPU samples may reflect its initialization.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_cpu_initialization_period: std::time::Duration,
+
+    /// How long after a pod starts an unready pod counts as never having been ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_initial_readiness_delay: std::time::Duration,
+}
+
+impl HpaControllerArgs {
+    /// Sets the autoscaler's part of the controller options.
+    pub fn apply(&self, options: &mut tug_controllers::Options) {
+        options.horizontal_pod_autoscaler = tug_controllers::podautoscaler::Options {
+            sync_period: self.horizontal_pod_autoscaler_sync_period,
+            tolerance: self.horizontal_pod_autoscaler_tolerance,
+            downscale_stabilization: self.horizontal_pod_autoscaler_downscale_stabilization,
+            cpu_initialization_period: self.horizontal_pod_autoscaler_cpu_initialization_period,
+            initial_readiness_delay: self.horizontal_pod_autoscaler_initial_readiness_delay,
+        };
     }
 }
 
