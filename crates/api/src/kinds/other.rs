@@ -43,12 +43,29 @@ impl Kind for HpaV2 {
                     .expect("static metric spec is valid"),
                 ]);
             }
+            // Upstream's `SetDefaults_HorizontalPodAutoscalerBehavior`: a behavior that is set
+            // has its unset parts filled in; an unset one stays unset (the controller applies
+            // the same rules, with its own scale-down window).
+            if let Some(behavior) = spec.behavior.as_mut() {
+                let up = behavior.scale_up.get_or_insert_with(Default::default);
+                up.stabilization_window_seconds.get_or_insert(0);
+                up.select_policy.get_or_insert_with(|| "Max".into());
+                up.policies.get_or_insert_with(|| vec![scaling_policy("Pods", 4), scaling_policy("Percent", 100)]);
+                let down = behavior.scale_down.get_or_insert_with(Default::default);
+                down.select_policy.get_or_insert_with(|| "Max".into());
+                down.policies.get_or_insert_with(|| vec![scaling_policy("Percent", 100)]);
+            }
         }
     }
 
     fn validate(&self, errs: &mut Vec<FieldError>) {
         validate_hpa_bounds(Some((self.spec.min_replicas, self.spec.max_replicas)), errs);
     }
+}
+
+/// A scaling policy over upstream's default 15 s period.
+fn scaling_policy(type_: &str, value: i32) -> k8s_openapi::api::autoscaling::v2::HPAScalingPolicy {
+    k8s_openapi::api::autoscaling::v2::HPAScalingPolicy { type_: type_.into(), value, period_seconds: 15 }
 }
 
 impl Kind for HpaV1 {
@@ -308,3 +325,41 @@ impl Kind for MutatingAdmissionPolicy {}
 impl Kind for MutatingAdmissionPolicyBinding {}
 impl Kind for FlowSchema {}
 impl Kind for PriorityLevelConfiguration {}
+
+#[cfg(test)]
+mod hpa_tests {
+    use super::*;
+
+    fn hpa(behavior: serde_json::Value) -> HpaV2 {
+        serde_json::from_value(json!({
+            "metadata": {"name": "h"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "d"}, "maxReplicas": 5, "behavior": behavior}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_behavior_that_is_set_gets_upstreams_rules_where_unset_and_keeps_its_own() {
+        let mut h = hpa(json!({"scaleDown": {"stabilizationWindowSeconds": 60}}));
+        h.set_defaults();
+        let behavior = serde_json::to_value(h.spec.behavior.unwrap()).unwrap();
+        assert_eq!(
+            behavior,
+            json!({
+                "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+                    {"type": "Pods", "value": 4, "periodSeconds": 15},
+                    {"type": "Percent", "value": 100, "periodSeconds": 15}]},
+                "scaleDown": {"stabilizationWindowSeconds": 60, "selectPolicy": "Max", "policies": [
+                    {"type": "Percent", "value": 100, "periodSeconds": 15}]}
+            })
+        );
+    }
+
+    #[test]
+    fn an_unset_behavior_stays_unset() {
+        let mut h = hpa(serde_json::Value::Null);
+        h.set_defaults();
+        assert!(h.spec.behavior.is_none());
+        assert_eq!(h.spec.min_replicas, Some(1));
+    }
+}
