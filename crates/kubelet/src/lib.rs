@@ -17,6 +17,7 @@ pub mod dns;
 pub mod envvars;
 pub mod etc_hosts;
 pub mod events;
+pub mod eviction;
 pub mod image_gc_manager;
 pub mod kuberuntime;
 pub mod local_path;

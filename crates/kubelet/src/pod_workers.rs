@@ -153,6 +153,18 @@ fn is_terminal(pod: &Pod) -> bool {
 }
 
 async fn write_status(inner: &Inner, pod: &Pod, state: &PodRuntimeState, reasons: &Reasons) -> Option<String> {
+    write_status_evicted(inner, pod, state, reasons, None).await
+}
+
+/// Writes the pod's status; with `evicted`, as upstream's eviction manager leaves it: phase
+/// `Failed`, reason `Evicted`, the why as message and a `DisruptionTarget` condition.
+async fn write_status_evicted(
+    inner: &Inner,
+    pod: &Pod,
+    state: &PodRuntimeState,
+    reasons: &Reasons,
+    evicted: Option<&str>,
+) -> Option<String> {
     let image_ids = inner.manager.image_ids(state).await;
     let mut state = state.clone();
     crate::termination_message::fill(&inner.manager.config, pod, &mut state);
@@ -168,7 +180,23 @@ async fn write_status(inner: &Inner, pod: &Pod, state: &PodRuntimeState, reasons
         now: SystemTime::now(),
         probes: &probes,
     };
-    let status = generate_pod_status(&inputs);
+    let mut status = generate_pod_status(&inputs);
+    if let Some(message) = evicted {
+        status.phase = Some("Failed".into());
+        status.reason = Some(crate::eviction::REASON.into());
+        status.message = Some(message.into());
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        conditions.retain(|c| c.type_ != crate::eviction::DISRUPTION_TARGET);
+        conditions.push(k8s_openapi::api::core::v1::PodCondition {
+            type_: crate::eviction::DISRUPTION_TARGET.into(),
+            status: "True".into(),
+            reason: Some(crate::eviction::TERMINATION_BY_KUBELET.into()),
+            message: Some(message.into()),
+            last_transition_time: Some(crate::status_manager::api_time(SystemTime::now())),
+            observed_generation: pod.metadata.generation,
+            ..Default::default()
+        });
+    }
     let phase = status.phase.clone();
     if let Err(error) = inner.status.set_status(pod, status).await {
         tracing::warn!(%error, "writing pod status");
@@ -200,6 +228,9 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
         write_status(inner, pod, &state, reasons).await;
         return Outcome::Again(SLOW_POLL);
     }
+    if refresh && let Some(message) = crate::eviction::local_storage_violation(&manager.config, pod) {
+        return evict(inner, pod, reasons, &message).await;
+    }
     let (state, wait) = match manager.sync_pod(pod, reasons, refresh).await {
         Ok(state) => (state, POLL),
         Err(error) => {
@@ -216,6 +247,25 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
         tracing::warn!(%error, "stopping a finished pod's sandbox");
     }
     Outcome::Again(wait)
+}
+
+/// Evicts a running pod: an `Evicted` event, its containers stopped at once, and the failed
+/// status written. The pod then stays on the node, finished, until it is deleted (as upstream).
+async fn evict(inner: &Inner, pod: &Pod, reasons: &Reasons, message: &str) -> Outcome {
+    let manager = &inner.manager;
+    tracing::info!(%message, "evicting pod");
+    manager.recorder.record(pod, None, crate::events::WARNING, crate::eviction::REASON, message).await;
+    manager.probes.remove_pod(pod.metadata.uid.as_deref().unwrap_or_default());
+    let state = match manager.kill_evicted_pod(pod).await {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::warn!(%error, "stopping an evicted pod's containers; retrying");
+            return Outcome::Again(POLL);
+        }
+    };
+    write_status_evicted(inner, pod, &state, reasons, Some(message)).await;
+    // The API's copy turns Failed shortly (the worker wakes on it) and is finished from then on.
+    Outcome::Again(SLOW_POLL)
 }
 
 async fn terminate(inner: &Inner, pod: &Pod, exists: bool) -> Outcome {

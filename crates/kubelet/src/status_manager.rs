@@ -233,8 +233,9 @@ pub fn generate_pod_status(inputs: &StatusInputs<'_>) -> PodStatus {
     let app: Vec<_> = app_specs.iter().map(|c| container_status(inputs, c, app_waiting)).collect();
 
     let mut phase = phase(pod, &init, &app).to_string();
-    if matches!(old.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        // A terminal phase is final.
+    let terminal = matches!(old.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if terminal {
+        // A terminal phase is final, with the reason it was reached for (e.g. `Evicted`).
         phase = old.phase.clone().unwrap_or_default();
     }
 
@@ -327,6 +328,8 @@ pub fn generate_pod_status(inputs: &StatusInputs<'_>) -> PodStatus {
         init_container_statuses: (!init_specs.is_empty()).then_some(init),
         observed_generation: pod.metadata.generation,
         nominated_node_name: old.nominated_node_name.clone(),
+        reason: if terminal { old.reason.clone() } else { None },
+        message: if terminal { old.message.clone() } else { None },
         ..Default::default()
     }
 }

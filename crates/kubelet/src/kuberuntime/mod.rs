@@ -596,6 +596,14 @@ impl KubeRuntimeManager {
 
     /// A pod that finished (Succeeded or Failed): stop its sandbox, keeping the exited
     /// containers so their logs and statuses stay readable until the pod is deleted.
+    /// Stops every container of an evicted pod at once (upstream evicts for local storage with
+    /// a zero grace period); the sandbox goes when the pod is seen finished.
+    pub async fn kill_evicted_pod(&self, pod: &Pod) -> Result<PodRuntimeState, RuntimeError> {
+        let state = self.pod_state(pod_uid(pod)).await?;
+        self.kill_containers(pod, stops(&state), Duration::ZERO).await;
+        self.pod_state(pod_uid(pod)).await
+    }
+
     pub async fn stop_finished_pod(&self, state: &PodRuntimeState) -> Result<(), RuntimeError> {
         for s in state.sandboxes.iter().filter(|s| s.state == PodSandboxState::Ready) {
             self.runtime.stop_pod_sandbox(&s.id).await?;

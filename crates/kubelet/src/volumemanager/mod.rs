@@ -140,6 +140,11 @@ fn volume_dir(config: &Config, pod_uid: &str, plugin: &str, volume: &str) -> Pat
     config.pod_dir(pod_uid).join("volumes").join(plugin).join(volume)
 }
 
+/// Where a pod's emptyDir volume `volume` lives on the node.
+pub fn empty_dir_path(config: &Config, pod_uid: &str, volume: &str) -> PathBuf {
+    volume_dir(config, pod_uid, EMPTY_DIR, volume)
+}
+
 /// Sets up (or refreshes) every volume of the pod and returns where each one is on the host.
 ///
 /// Idempotent: called at every pod sync; updates configMap/secret/downwardAPI/projected
