@@ -13,6 +13,7 @@ pub mod cron;
 pub mod custom;
 pub mod field;
 pub mod kinds;
+pub mod metrics;
 pub mod patch;
 pub mod protobuf;
 pub mod pv_helpers;

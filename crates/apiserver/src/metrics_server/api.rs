@@ -4,9 +4,9 @@
 //! field selector on `metadata.name`/`metadata.namespace`) and joined with their metrics;
 //! those without metrics yet are left out of lists and are `NotFound` on get.
 //!
-//! The types mirror `k8s.io/metrics/pkg/apis/metrics/v1beta1` (k8s-openapi has none for this
-//! group), serialised exactly as upstream: CPU in nanocores (`"1500m"`, `"123456n"`), memory in
-//! bytes in binary form (`"16Ki"`), the window as a Go duration (`"15.012s"`).
+//! The types are [`tug_api::metrics`]'s, serialised exactly as upstream: CPU in nanocores
+//! (`"1500m"`, `"123456n"`), memory in bytes in binary form (`"16Ki"`), the window as a Go
+//! duration (`"15.012s"`).
 
 use std::collections::BTreeMap;
 
@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta, Time}
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tug_api::ApiError;
+use tug_api::metrics::{ContainerMetrics, NodeMetrics, NodeMetricsList, PodMetrics, PodMetricsList};
 use tug_api::quantity::Exact;
 use tug_api::selector::{FieldSelector, LabelSelector};
 use tug_api::status::Subject;
@@ -29,67 +30,6 @@ use crate::server::ApiServer;
 pub(crate) const GROUP: &str = "metrics.k8s.io";
 pub(crate) const VERSION: &str = "v1beta1";
 const API_VERSION: &str = "metrics.k8s.io/v1beta1";
-
-/// `NodeMetrics`: the usage of a node.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct NodeMetrics {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The end of the window the usage was measured over.
-    pub timestamp: Time,
-    /// A Go duration (`metav1.Duration`).
-    pub window: String,
-    pub usage: BTreeMap<String, Quantity>,
-}
-
-/// `NodeMetricsList`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct NodeMetricsList {
-    pub kind: String,
-    pub api_version: String,
-    #[serde(default)]
-    pub metadata: ListMeta,
-    pub items: Vec<NodeMetrics>,
-}
-
-/// `PodMetrics`: the usage of each container of a pod.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct PodMetrics {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    pub timestamp: Time,
-    pub window: String,
-    pub containers: Vec<ContainerMetrics>,
-}
-
-/// `ContainerMetrics`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ContainerMetrics {
-    pub name: String,
-    pub usage: BTreeMap<String, Quantity>,
-}
-
-/// `PodMetricsList`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct PodMetricsList {
-    pub kind: String,
-    pub api_version: String,
-    #[serde(default)]
-    pub metadata: ListMeta,
-    pub items: Vec<PodMetrics>,
-}
 
 /// The legacy discovery entry of the group (in `/apis`), and `/apis/metrics.k8s.io`.
 pub(crate) fn api_group() -> Value {

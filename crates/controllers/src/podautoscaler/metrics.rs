@@ -6,20 +6,21 @@
 //! client does. When an API is not served, its requests fail and the controller reports that
 //! in the HPA's conditions and events.
 //!
-//! The PodMetrics and metric value shapes are declared here (serde) because k8s-openapi does
-//! not carry the metrics APIs.
+//! PodMetrics is [`tug_api::metrics`]'s; the custom and external metric value shapes are
+//! declared here (serde), as k8s-openapi does not carry the metrics APIs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::ListParams;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+pub use tug_api::metrics::{ContainerMetrics, PodMetrics};
 use tug_api::selector::LabelSelector;
 
 /// The window custom metrics are assumed to cover when they do not say (upstream's
@@ -120,26 +121,6 @@ pub trait MetricsClient: Send + Sync + 'static {
         namespace: &str,
         selector: &LabelSelector,
     ) -> impl Future<Output = Result<(Vec<i64>, Timestamp), MetricsError>> + Send;
-}
-
-/// metrics.k8s.io/v1beta1 PodMetrics, as metrics-server serves it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PodMetrics {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    pub timestamp: Option<Time>,
-    /// A Go duration (`15s`, `1m0s`, `10.5s`).
-    #[serde(default)]
-    pub window: String,
-    #[serde(default)]
-    pub containers: Vec<ContainerMetrics>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ContainerMetrics {
-    pub name: String,
-    #[serde(default)]
-    pub usage: BTreeMap<String, Quantity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,7 +228,7 @@ pub fn container_metrics_info(
 }
 
 fn pod_metric(m: &PodMetrics, value: i64) -> PodMetric {
-    PodMetric { value, timestamp: time_of(m.timestamp.as_ref()), window: parse_go_duration(&m.window) }
+    PodMetric { value, timestamp: time_of(Some(&m.timestamp)), window: parse_go_duration(&m.window) }
 }
 
 /// Reads the metrics APIs through the cluster's API server.
@@ -299,7 +280,7 @@ impl MetricsClient for RestMetricsClient {
         let Some(first) = items.first() else {
             return Err(MetricsError::NoMetrics { api: "resource metrics" });
         };
-        let timestamp = time_of(first.timestamp.as_ref());
+        let timestamp = time_of(Some(&first.timestamp));
         let info = if container.is_empty() {
             pod_metrics_info(&items, resource)
         } else {
@@ -465,8 +446,14 @@ mod tests {
 
     fn pm(name: &str, containers: &[(&str, &[(&str, &str)])]) -> PodMetrics {
         PodMetrics {
-            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() },
-            timestamp: None,
+            kind: None,
+            api_version: None,
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            timestamp: Time(Timestamp::UNIX_EPOCH),
             window: "15s".into(),
             containers: containers
                 .iter()
