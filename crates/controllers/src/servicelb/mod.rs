@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -31,8 +31,8 @@ pub const ENABLE_LB_LABEL: &str = "svccontroller.k3s.cattle.io/enablelb";
 /// Why a service could not be synced; retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("listing nodes")]
-    ListNodes(#[source] kube::Error),
+    #[error("the node cache never filled")]
+    NodesNotSynced(#[source] reflector::store::WriterDropped),
     #[error("writing the load balancer status of service {namespace}/{name}")]
     Status {
         namespace: String,
@@ -45,6 +45,7 @@ pub enum Error {
 struct Context {
     client: Client,
     services: Store<Service>,
+    nodes: Store<Node>,
 }
 
 /// Runs the controller until `shutdown`.
@@ -52,11 +53,14 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let services: Api<Service> = Api::all(client.clone());
     let controller = Controller::new(services, watcher::Config::default());
     let store = controller.store();
-    let ctx = Arc::new(Context { client: client.clone(), services: store });
-    // Nodes coming, going or changing readiness change every load balancer's addresses.
-    let node_changes = watcher::watcher(Api::<Node>::all(client), watcher::Config::default())
-        .touched_objects()
-        .filter_map(|node| async move { node.ok().map(|_| ()) });
+    let (nodes, writer) = reflector::store::<Node>();
+    let ctx = Arc::new(Context { client: client.clone(), services: store, nodes });
+    // Nodes coming, going or changing readiness change every load balancer's addresses; the
+    // cache they fill is what addresses are taken from.
+    let node_changes =
+        reflector::reflector(writer, watcher::watcher(Api::<Node>::all(client), watcher::Config::default()))
+            .touched_objects()
+            .filter_map(|node| async move { node.ok().map(|_| ()) });
     info!("starting service load balancer controller");
     controller
         .reconcile_all_on(node_changes)
@@ -151,9 +155,11 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
             return Ok(Action::await_change());
         }
     }
-    let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await.map_err(Error::ListNodes)?;
+    // Never from a cache still filling: a partial node list would take addresses away.
+    ctx.nodes.wait_until_ready().await.map_err(Error::NodesNotSynced)?;
+    let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| Node::clone(n)).collect();
     let desired: Vec<String> =
-        desired_ingress(&svc, &ctx.services.state(), &nodes.items).iter().map(ToString::to_string).collect();
+        desired_ingress(&svc, &ctx.services.state(), &nodes).iter().map(ToString::to_string).collect();
     if desired == current {
         return Ok(Action::await_change());
     }
