@@ -356,12 +356,14 @@ def test_external_traffic_policy_local_answers_only_on_nodes_with_an_endpoint(cl
     assert (status, body["localEndpoints"]) == (503, 0), body
 
 
+# A service whose endpoints are not programmed yet rejects (as upstream): sending can then fail
+# at once on the node itself, which counts as no answer, like a timeout.
 UDP_CLIENT = """
 import socket, sys
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
     s.settimeout(2)
-    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
     try:
+        s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
         print(s.recvfrom(100)[0].decode())
     except OSError:
         print("TIMEOUT")
