@@ -289,5 +289,10 @@ def test_cpu_load_scales_a_deployment_up_and_idleness_back_down(tmp_path, plain_
         resp = server.request("PATCH", path, json.dumps(patch), content_type="application/json-patch+json")
         assert resp.status == 200, resp
         wait_for(lambda: deployment_replicas(server, ns, "load") == 1, "the idle Deployment scaled down", timeout=120)
-        down = [e for e in events(server, ns, "load") if e["message"].startswith("New size: 1;")]
-        assert down and down[0]["message"] == "New size: 1; reason: All metrics below target", down
+        # The event is recorded after the scale is written: wait for it rather than read once.
+        down = wait_for(
+            lambda: [e for e in events(server, ns, "load") if e["message"].startswith("New size: 1;")],
+            "the scale-down event",
+            timeout=TIMEOUT,
+        )
+        assert down[0]["message"] == "New size: 1; reason: All metrics below target", down
