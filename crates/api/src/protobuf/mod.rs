@@ -31,6 +31,8 @@ mod decode;
 mod envelope;
 mod table;
 mod well_known;
+
+pub use well_known::go_duration;
 mod wire;
 
 #[cfg(test)]

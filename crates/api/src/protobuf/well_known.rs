@@ -111,7 +111,7 @@ fn duration(data: &[u8]) -> Result<Value, ProtobufError> {
 }
 
 /// Go's `time.Duration.String()`: `0s`, `1.5µs`, `100ms`, `1h0m0s`, `-2m3.5s`.
-pub(crate) fn go_duration(nanos: i64) -> String {
+pub fn go_duration(nanos: i64) -> String {
     let negative = nanos < 0;
     let mut u = nanos.unsigned_abs();
     let mut out = String::new();

@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tug_api::ApiError;
 use tug_api::metrics::{ContainerMetrics, NodeMetrics, NodeMetricsList, PodMetrics, PodMetricsList};
+use tug_api::protobuf::go_duration;
 use tug_api::quantity::Exact;
 use tug_api::selector::{FieldSelector, LabelSelector};
 use tug_api::status::Subject;
@@ -297,43 +298,6 @@ fn memory_quantity(bytes: u64) -> String {
 /// `metav1.Time` of nanoseconds since the epoch (serialised to the second).
 fn time_of(nanos: i64) -> Time {
     Time(Timestamp::from_nanosecond(i128::from(nanos)).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
-/// A duration of `nanos` as Go's `time.Duration.String()` writes it: `"15.012s"`, `"1m0.5s"`,
-/// `"500ms"`, `"0s"`.
-pub(crate) fn go_duration(nanos: i64) -> String {
-    if nanos == 0 {
-        return "0s".into();
-    }
-    let sign = if nanos < 0 { "-" } else { "" };
-    let n = nanos.unsigned_abs();
-    let fraction = |value: u64, unit: u64| {
-        let whole = value / unit;
-        let rest = value % unit;
-        if rest == 0 {
-            whole.to_string()
-        } else {
-            let width = unit.ilog10() as usize;
-            let digits = format!("{rest:0width$}");
-            format!("{whole}.{}", digits.trim_end_matches('0'))
-        }
-    };
-    if n < 1_000 {
-        return format!("{sign}{n}ns");
-    }
-    if n < 1_000_000 {
-        return format!("{sign}{}µs", fraction(n, 1_000));
-    }
-    if n < 1_000_000_000 {
-        return format!("{sign}{}ms", fraction(n, 1_000_000));
-    }
-    let seconds = fraction(n % 60_000_000_000, 1_000_000_000);
-    let minutes = n / 60_000_000_000;
-    match (minutes / 60, minutes % 60) {
-        (0, 0) => format!("{sign}{seconds}s"),
-        (0, m) => format!("{sign}{m}m{seconds}s"),
-        (h, m) => format!("{sign}{h}h{m}m{seconds}s"),
-    }
 }
 
 #[cfg(test)]
