@@ -40,6 +40,8 @@ pub struct Config {
     pub eviction_hard: EvictionThresholds,
     /// When unused images are removed (`--image-gc-high-threshold` and friends).
     pub image_gc: crate::image_gc_manager::ImageGcPolicy,
+    /// A directory (or one file) of static pod manifests (`--pod-manifest-path`).
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 /// Hard eviction thresholds, as upstream's `--eviction-hard` signals (`memory.available`,
@@ -137,6 +139,7 @@ impl Config {
             node_taints: Vec::new(),
             eviction_hard: Default::default(),
             image_gc: Default::default(),
+            pod_manifest_path: None,
         }
     }
 

@@ -30,6 +30,7 @@ pub mod pod_workers;
 pub mod prober;
 pub mod qos;
 pub mod server;
+pub mod static_pods;
 pub mod stats;
 pub mod status_manager;
 pub mod streaming;
@@ -83,7 +84,8 @@ pub async fn run(
         Arc::new(kuberuntime::KubeRuntimeManager::new(client.clone(), config.clone(), runtime, images, recorder));
     let status = Arc::new(status_manager::StatusManager::new(client.clone()));
     let workers = pod_workers::PodWorkers::new(manager.clone(), status, shutdown.clone());
-    pod_manager::run(client, config.node_name.clone(), workers, manager, shutdown.clone()).await;
+    let manifests = config.pod_manifest_path.clone();
+    pod_manager::run(client, config.node_name.clone(), manifests, workers, manager, shutdown.clone()).await;
     let _ = tokio::join!(node_status, server, image_gc, local_path);
     Ok(())
 }

@@ -110,6 +110,13 @@ impl PodWorkers {
         tokio::spawn(async move { worker(inner, uid, rx).await });
     }
 
+    /// Has the pod's status written at its next sync even if it did not change: its mirror
+    /// pod was made again and starts without one.
+    pub fn rewrite_status(&self, pod: Arc<Pod>) {
+        self.inner.status.forget(pod.metadata.uid.as_deref().unwrap_or_default());
+        self.update(PodUpdate::Sync(pod));
+    }
+
     /// The UIDs of pods with a worker.
     pub fn active(&self) -> HashSet<String> {
         lock(&self.inner.workers).keys().cloned().collect()

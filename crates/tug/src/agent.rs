@@ -64,6 +64,11 @@ pub struct AgentArgs {
     #[arg(long, default_value = "2m", value_parser = crate::server::parse_duration)]
     pub minimum_image_ttl_duration: std::time::Duration,
 
+    /// A directory (or a single file) of static pod manifests: the agent runs those pods
+    /// itself, even without the API server, and shows each in the API as a mirror pod.
+    #[arg(long, value_name = "PATH")]
+    pub pod_manifest_path: Option<std::path::PathBuf>,
+
     /// The pod network between nodes, as k3s names flannel's backends: `vxlan` (an overlay;
     /// pods' MTU is the node link's less 50), `host-gw` (routes, nodes on one L2 segment), or
     /// `none` (no built-in pod network: pods get a loopback only).
@@ -194,6 +199,7 @@ pub fn spawn(
             minimum_age: args.minimum_image_ttl_duration,
             period: args.image_gc_period,
         },
+        pod_manifest_path: args.pod_manifest_path.clone(),
     };
     let store = ImageStore::open(config.image_dir()).context("opening the image store")?;
     let images = Arc::new(BuiltinImageService::new(store.clone(), Puller::new(store.clone(), PullOptions::default())));

@@ -34,7 +34,14 @@ impl ApiServer {
     /// namespace are mounted into every container.
     pub(crate) async fn admit_pod_service_account(&self, pod: &mut Value) -> Result<(), ApiError> {
         if pod.pointer(&format!("/metadata/annotations/{}", MIRROR_ANNOTATION.replace('/', "~1"))).is_some() {
-            return Ok(());
+            // A node creates mirror pods; they must not reach what the node could not.
+            let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            return match mirror_pod_violation(pod) {
+                Some(why) => {
+                    Err(ApiError::forbidden(Subject { group: "", resource: "pods", kind: "Pod" }, pod_name, why))
+                }
+                None => Ok(()),
+            };
         }
         let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
         let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -70,6 +77,61 @@ impl ApiServer {
         }
         Ok(None)
     }
+}
+
+/// What a mirror pod may not reference, as upstream's admission words it.
+fn mirror_pod_violation(pod: &Value) -> Option<&'static str> {
+    if pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+        return Some("a mirror pod may not reference service accounts");
+    }
+    if references_secrets(pod) {
+        return Some("a mirror pod may not reference secrets");
+    }
+    let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let projects_token = volumes.iter().any(|v| {
+        v.pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .is_some_and(|sources| sources.iter().any(|s| s.get("serviceAccountToken").is_some()))
+    });
+    projects_token.then_some("a mirror pod may not use ServiceAccountToken volume projections")
+}
+
+/// Upstream's `VisitPodSecretNames`: pull secrets, secret volumes and projections, volume
+/// plugins' secret references, and every container's env and envFrom.
+fn references_secrets(pod: &Value) -> bool {
+    let non_empty = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    if non_empty(pod.pointer("/spec/imagePullSecrets")) {
+        return true;
+    }
+    let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let volume_secret = |v: &Value| {
+        v.get("secret").is_some()
+            || v.pointer("/projected/sources")
+                .and_then(Value::as_array)
+                .is_some_and(|sources| sources.iter().any(|s| s.get("secret").is_some()))
+            // azureFile names a secret directly; flexVolume, cephfs, rbd, iscsi, cinder, scaleIO,
+            // storageos and csi carry a secretRef / nodePublishSecretRef.
+            || v.as_object().is_some_and(|o| {
+                o.values().any(|source| {
+                    source.get("secretRef").is_some()
+                        || source.get("nodePublishSecretRef").is_some()
+                        || source.get("secretName").is_some()
+                })
+            })
+    };
+    if volumes.iter().any(volume_secret) {
+        return true;
+    }
+    ["/spec/containers", "/spec/initContainers", "/spec/ephemeralContainers"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .flatten()
+        .any(|c| {
+            let env = c.get("env").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            let env_from = c.get("envFrom").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            env.iter().any(|e| e.pointer("/valueFrom/secretKeyRef").is_some())
+                || env_from.iter().any(|e| e.get("secretRef").is_some())
+        })
 }
 
 /// The account a pod asks for: `serviceAccountName`, else the deprecated `serviceAccount` (as
@@ -176,6 +238,43 @@ mod tests {
 
     fn fixed() -> String {
         "abcde".into()
+    }
+
+    #[test]
+    fn mirror_pods_may_not_reach_accounts_secrets_or_tokens() {
+        let plain = pod(json!({"containers": [{"name": "c", "image": "i"}]}));
+        assert_eq!(mirror_pod_violation(&plain), None);
+        let account = pod(json!({"serviceAccountName": "builder", "containers": [{"name": "c", "image": "i"}]}));
+        assert_eq!(mirror_pod_violation(&account), Some("a mirror pod may not reference service accounts"));
+        let secret_cases = [
+            json!({"imagePullSecrets": [{"name": "s"}], "containers": [{"name": "c", "image": "i"}]}),
+            json!({"volumes": [{"name": "v", "secret": {"secretName": "s"}}], "containers": [{"name": "c", "image": "i"}]}),
+            json!({"volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": "s"}}]}}],
+                   "containers": [{"name": "c", "image": "i"}]}),
+            json!({"containers": [{"name": "c", "image": "i",
+                   "env": [{"name": "E", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
+            json!({"initContainers": [{"name": "c", "image": "i", "envFrom": [{"secretRef": {"name": "s"}}]}],
+                   "containers": [{"name": "c", "image": "i"}]}),
+            json!({"volumes": [{"name": "v", "csi": {"driver": "d", "nodePublishSecretRef": {"name": "s"}}}],
+                   "containers": [{"name": "c", "image": "i"}]}),
+        ];
+        for spec in secret_cases {
+            assert_eq!(
+                mirror_pod_violation(&pod(spec.clone())),
+                Some("a mirror pod may not reference secrets"),
+                "{spec}"
+            );
+        }
+        let token =
+            pod(json!({"volumes": [{"name": "v", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}],
+                               "containers": [{"name": "c", "image": "i"}]}));
+        assert_eq!(
+            mirror_pod_violation(&token),
+            Some("a mirror pod may not use ServiceAccountToken volume projections")
+        );
+        let config_map = pod(json!({"volumes": [{"name": "v", "configMap": {"name": "cm"}}],
+                                    "containers": [{"name": "c", "image": "i"}]}));
+        assert_eq!(mirror_pod_violation(&config_map), None, "config maps are allowed");
     }
 
     #[test]
