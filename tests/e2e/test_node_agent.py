@@ -335,6 +335,58 @@ def test_a_missing_image_shows_errimagepull_then_backoff(node):
     assert any(e["reason"] == "Failed" for e in events["items"]), events
 
 
+def test_an_unreachable_registry_shows_errimagepull_with_the_cause(node):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = unique("noreg")
+    image = f"127.0.0.1:{port}/tugboat.test/busybox:1"
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "main", "image": image}]}}  # fmt: skip
+    node.create("/api/v1/namespaces/default/pods", body)
+
+    def pull_error():
+        statuses = (get_pod(node, name).get("status", {}).get("containerStatuses")) or [{}]
+        waiting = statuses[0].get("state", {}).get("waiting") or {}
+        return waiting if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff") else None
+
+    # ErrImagePull right after each attempt, ImagePullBackOff between them: both carry the cause.
+    waiting = wait_for(pull_error, "ErrImagePull or ImagePullBackOff", timeout=60)
+    assert "connection refused" in waiting["message"].lower(), waiting
+    events = node.request("GET", f"/api/v1/namespaces/default/events?fieldSelector=involvedObject.name={name}").json()
+    failed = [e["message"] for e in events["items"] if e["reason"] == "Failed"]
+    assert any(m.startswith(f'Failed to pull image "{image}": ') for m in failed), failed
+    assert not node.crashed()
+
+
+def test_a_container_killed_from_outside_is_restarted_with_its_exit(node):
+    name = unique("killed")
+    marker = str(3000 + os.getpid() % 500 + next(_counter))
+    apply_pod(node, name, ["sleep", marker], restart="Always", grace=1)
+    wait_phase(node, name, {"Running"})
+
+    def container_pid():
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and (proc / "cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
+                    return int(proc.name)
+            except OSError:
+                pass
+        return None
+
+    pid = wait_for(container_pid, "the container's process on the host")
+    os.kill(pid, 9)
+
+    def restarted():
+        status = container_state(get_pod(node, name))
+        return status if status.get("restartCount", 0) >= 1 and "running" in status.get("state", {}) else None
+
+    status = wait_for(restarted, "the container restarted after the kill", timeout=60)
+    last = status["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (137, "Error"), last
+    assert container_pid() not in (None, pid), "a new process runs the container"
+
+
 def test_the_termination_message_comes_from_the_file_or_the_log(node):
     written = unique("tmsg")
     apply_pod(node, written, ["sh", "-c", "echo -n 'bye from the file' > /dev/termination-log; echo noise; exit 3"])

@@ -62,3 +62,20 @@ pub enum ImageServiceError {
     #[error("image store task failed")]
     Task(#[from] tokio::task::JoinError),
 }
+
+/// An error and its sources joined as one message, as Go's wrapped errors read (libcontainer
+/// nests why a start failed several levels down; a pull failure's cause is in its sources).
+/// A source already quoted by the message before it is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    message
+}

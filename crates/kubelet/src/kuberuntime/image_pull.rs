@@ -188,7 +188,8 @@ impl ImagePuller {
                 Ok(image)
             }
             Err(error) => {
-                let message = format!("failed to pull and unpack image {image:?}: {error}");
+                let message =
+                    format!("failed to pull and unpack image {image:?}: {}", tug_runtime::error_chain(&error));
                 self.backoff.lock().unwrap_or_else(|e| e.into_inner()).next(&key, SystemTime::now());
                 self.last_error.lock().unwrap_or_else(|e| e.into_inner()).insert(key, message.clone());
                 recorder

@@ -53,7 +53,7 @@ impl StaticPods {
     /// removed and the new one added.
     pub fn refresh(&mut self) -> Changes {
         let (pods, errors) = file::read_manifests(&self.path, &self.node_name);
-        let messages: BTreeSet<String> = errors.iter().map(error_chain).collect();
+        let messages: BTreeSet<String> = errors.iter().map(|e| tug_runtime::error_chain(e)).collect();
         for message in messages.difference(&self.reported) {
             tracing::warn!(error = %message, "static pod manifest skipped");
         }
@@ -85,17 +85,6 @@ impl StaticPods {
     pub fn pods(&self) -> &HashMap<String, Arc<Pod>> {
         &self.pods
     }
-}
-
-fn error_chain(error: &file::ManifestError) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 /// What the mirror task reconciles: the static pods (by UID) and the mirror pods the API has.

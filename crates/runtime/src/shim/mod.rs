@@ -31,6 +31,8 @@ pub use client::{
 
 use std::process::ExitCode;
 
+use crate::error_chain;
+
 /// The entry point of `tug shim ...` (argv[1] == "shim", argv[2] the mode). Runs without a
 /// tokio runtime and must be called before any thread is started.
 pub fn main() -> ExitCode {
@@ -44,20 +46,4 @@ pub fn main() -> ExitCode {
         Ok(protocol::Mode::Exec(args)) => exec::main(args),
         Ok(protocol::Mode::Sandbox(args)) => sandbox::main(args),
     }
-}
-
-/// An error and its sources, joined as one message (libcontainer nests the reason a start
-/// failed several levels down).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = e.source();
-    }
-    message
 }
