@@ -317,12 +317,21 @@ class TugServer:
 
     @classmethod
     def start(
-        cls, binary: Path, workdir: Path, extra_args: list[str] | None = None, agent: bool = False
+        cls,
+        binary: Path,
+        workdir: Path,
+        extra_args: list[str] | None = None,
+        agent: bool = False,
+        prepare: Callable[[Path], None] | None = None,
     ) -> "TugServer":
         """Starts `tug server` in `workdir`; `extra_args` are added to its command line. With
-        `agent`, the server runs its node agent (a node named after the workdir, on a free port)."""
+        `agent`, the server runs its node agent (a node named after the workdir, on a free port).
+        `prepare` gets the new, empty data directory before the server starts (e.g. to mount a
+        small filesystem in it)."""
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True)
+        if prepare is not None:
+            prepare(data_dir)
         server = cls(
             binary=binary, data_dir=data_dir, port=free_port(), log_path=workdir / "tug.log",
             extra_args=list(extra_args or []),
@@ -490,12 +499,19 @@ def node_ready(server: "TugServer") -> dict | None:
 
 
 @contextmanager
-def agent_server(binary: Path, workdir: Path, image: str, extra_args: list[str] | None = None, wait_ready: bool = True):
+def agent_server(
+    binary: Path,
+    workdir: Path,
+    image: str,
+    extra_args: list[str] | None = None,
+    wait_ready: bool = True,
+    prepare: Callable[[Path], None] | None = None,
+):
     """A `tug server` with its node agent, for tests that run pods; `server.image` is `image`.
     Afterwards its pods are deleted as a user would, the server stops, what its agent left
     running is removed, and a server that died on its own fails the test."""
     require(os.geteuid() == 0, "the node agent runs containers: needs root")
-    server = TugServer.start(binary, workdir, extra_args, agent=True)
+    server = TugServer.start(binary, workdir, extra_args, agent=True, prepare=prepare)
     try:
         server.image = image
         if wait_ready:

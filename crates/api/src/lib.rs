@@ -20,10 +20,12 @@ pub mod pv_helpers;
 pub mod quantity;
 pub mod quota;
 pub mod registry;
+pub mod resource;
 pub mod schema;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod taints;
 
 pub use registry::{Registry, ResourceType};
 pub use status::ApiError;

@@ -12,6 +12,7 @@
 //! [`RuntimeService`]: tug_runtime::cri::RuntimeService
 //! [`ImageService`]: tug_runtime::ImageService
 
+pub mod admission;
 pub mod config;
 pub mod dns;
 pub mod envvars;
@@ -63,12 +64,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), KubeletError> {
     let config = Arc::new(config);
-    node_status::register(&client, &config, images.as_ref(), runtime.as_ref()).await?;
+    let latest_status = Arc::new(node_status::LatestNodeStatus::default());
+    node_status::register(&client, &config, images.as_ref(), runtime.as_ref(), &latest_status).await?;
     let node_status = tokio::spawn(node_status::run(
         client.clone(),
         config.clone(),
         images.clone(),
         runtime.clone(),
+        latest_status.clone(),
         shutdown.clone(),
     ));
     let server = tokio::spawn(serve_api(config.clone(), runtime.clone(), shutdown.clone()));
@@ -83,7 +86,7 @@ pub async fn run(
     let manager =
         Arc::new(kuberuntime::KubeRuntimeManager::new(client.clone(), config.clone(), runtime, images, recorder));
     let status = Arc::new(status_manager::StatusManager::new(client.clone()));
-    let workers = pod_workers::PodWorkers::new(manager.clone(), status, shutdown.clone());
+    let workers = pod_workers::PodWorkers::new(manager.clone(), status, latest_status, shutdown.clone());
     let manifests = config.pod_manifest_path.clone();
     pod_manager::run(client, config.node_name.clone(), manifests, workers, manager, shutdown.clone()).await;
     let _ = tokio::join!(node_status, server, image_gc, local_path);

@@ -449,6 +449,21 @@ async fn record_condition_events(
     }
 }
 
+/// The node's status as the agent last computed it (conditions, allocatable), whether or not
+/// it was written: pod admission judges new pods against it.
+#[derive(Debug, Default)]
+pub struct LatestNodeStatus(std::sync::RwLock<Option<NodeStatus>>);
+
+impl LatestNodeStatus {
+    pub fn get(&self) -> Option<NodeStatus> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, status: NodeStatus) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+}
+
 /// Registers the Node: creates it, or, when a Node of this name exists (from an earlier run of
 /// this agent, or made by hand), reconciles the labels and annotation the kubelet owns on it as
 /// upstream's `tryRegisterWithAPIServer` does; then posts the full status once.
@@ -461,10 +476,11 @@ pub async fn register(
     config: &Config,
     images: &dyn ImageService,
     runtime: &dyn RuntimeService,
+    latest: &LatestNodeStatus,
 ) -> Result<(), NodeStatusError> {
     let mut step = Duration::from_millis(100);
     loop {
-        match try_register(client, config, images, runtime).await {
+        match try_register(client, config, images, runtime, latest).await {
             Err(NodeStatusError::Api { source, .. }) if transient(&source) => {
                 warn!(node = %config.node_name, error = %source, retry_in = ?step, "registering the node failed");
                 tokio::time::sleep(step).await;
@@ -489,6 +505,7 @@ async fn try_register(
     config: &Config,
     images: &dyn ImageService,
     runtime: &dyn RuntimeService,
+    latest: &LatestNodeStatus,
 ) -> Result<(), NodeStatusError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let name = config.node_name.as_str();
@@ -507,6 +524,7 @@ async fn try_register(
     };
     let observed = observe(config, images, runtime).await?;
     let status = node_status(config, &observed, node.status.as_ref(), Timestamp::now());
+    latest.set(status.clone());
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Strategic(status_patch(&status)))
         .await
@@ -546,10 +564,11 @@ pub async fn run(
     config: Arc<Config>,
     images: Arc<dyn ImageService>,
     runtime: Arc<dyn RuntimeService>,
+    latest: Arc<LatestNodeStatus>,
     shutdown: CancellationToken,
 ) {
     let lease = crate::nodelease::run(client.clone(), config.node_name.clone(), shutdown.clone());
-    let status = status_loop(client, config, images, runtime, shutdown);
+    let status = status_loop(client, config, images, runtime, latest, shutdown);
     tokio::join!(lease, status);
 }
 
@@ -558,6 +577,7 @@ async fn status_loop(
     config: Arc<Config>,
     images: Arc<dyn ImageService>,
     runtime: Arc<dyn RuntimeService>,
+    latest: Arc<LatestNodeStatus>,
     shutdown: CancellationToken,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -583,7 +603,8 @@ async fn status_loop(
         last_update = Instant::now();
         let mut result = Ok(false);
         for _ in 0..NODE_STATUS_UPDATE_RETRY {
-            result = try_update(&client, &nodes, &config, images.as_ref(), runtime.as_ref(), last_report).await;
+            result =
+                try_update(&client, &nodes, &config, images.as_ref(), runtime.as_ref(), &latest, last_report).await;
             if result.is_ok() {
                 break;
             }
@@ -604,6 +625,7 @@ async fn try_update(
     config: &Config,
     images: &dyn ImageService,
     runtime: &dyn RuntimeService,
+    latest: &LatestNodeStatus,
     last_report: Instant,
 ) -> Result<bool, NodeStatusError> {
     let name = config.node_name.as_str();
@@ -611,13 +633,14 @@ async fn try_update(
         Some(node) => node,
         None => {
             warn!(node = name, "the node object is gone; registering it again");
-            register(client, config, images, runtime).await?;
+            register(client, config, images, runtime, latest).await?;
             return Ok(true);
         }
     };
     let observed = observe(config, images, runtime).await?;
     let previous = node.status.clone().unwrap_or_default();
     let status = node_status(config, &observed, Some(&previous), Timestamp::now());
+    latest.set(status.clone());
     if last_report.elapsed() < NODE_STATUS_REPORT_FREQUENCY && !status_changed(&previous, &status) {
         debug!(node = name, "node status unchanged");
         return Ok(false);

