@@ -64,6 +64,8 @@ APT_PACKAGES=(
   etcd-server        # etcd 3.4: the store's etcd backend tests and the e2e suite on etcd
   etcd-client        # etcdctl: e2e tests read what the API server wrote into etcd
   conntrack          # the service proxy deletes stale UDP flows with it (tests/e2e/test_service_proxy.py)
+  containerd         # the CRI backend's tests start private instances (crates/runtime/tests/containerd.rs,
+                     # tests/e2e/test_containerd.py); the system service is kept off (below)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -76,7 +78,22 @@ if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # containerd's package would start and enable the system containerd; the tests run private
+  # ones. A policy-rc.d answering 101 keeps maintainer scripts from starting services.
+  policy=/usr/sbin/policy-rc.d
+  added_policy=""
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && added_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [[ -z "$added_policy" ]] || rm -f "$policy"
+  if [[ " ${missing[*]} " == *" containerd "* ]]; then
+    if [[ -d /run/systemd/system ]]; then
+      systemctl disable --now containerd.service >/dev/null 2>&1 || true
+    else
+      rm -f /etc/systemd/system/multi-user.target.wants/containerd.service
+    fi
+  fi
 else
   log "apt packages present: ${APT_PACKAGES[*]}"
 fi

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use tug_runtime::cri::{
     Container, ContainerFilter, ContainerState, ExecRequest, PodSandbox, PodSandboxState, RuntimeService,
+    StreamingRequest,
 };
 
 use crate::Config;
@@ -461,6 +462,33 @@ impl State {
             Ok(c) => c,
             Err(response) => return response,
         };
+        // A CRI runtime serves the session on its own streaming server: proxy the client there.
+        let session = match kind {
+            RemoteCommandKind::Exec => StreamingRequest::Exec {
+                container_id: target.id.clone(),
+                request: ExecRequest {
+                    cmd: options.command.clone(),
+                    tty: options.tty,
+                    stdin: options.stdin,
+                    stdout: options.stdout,
+                    stderr: options.stderr,
+                },
+            },
+            RemoteCommandKind::Attach => StreamingRequest::Attach {
+                container_id: target.id.clone(),
+                stdin: options.stdin,
+                tty: options.tty,
+                stdout: options.stdout,
+                stderr: options.stderr,
+            },
+        };
+        match self.runtime.streaming_url(&session).await {
+            Ok(Some(url)) => return streaming::proxy(req, &url).await.map(|b| b.boxed_unsync()),
+            Ok(None) => {}
+            Err(e) => {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("error executing command in container: {e}"));
+            }
+        }
         let runtime = self.runtime.clone();
         let id = target.id;
         let response = streaming::remote_command(req, options, move |options| async move {
@@ -494,6 +522,11 @@ impl State {
             Ok(_) => return text(StatusCode::NOT_FOUND, "pod does not exist"),
             Err(response) => return response,
         };
+        match self.runtime.streaming_url(&StreamingRequest::PortForward { sandbox_id: sandbox.id.clone() }).await {
+            Ok(Some(url)) => return streaming::proxy(req, &url).await.map(|b| b.boxed_unsync()),
+            Ok(None) => {}
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("error forwarding port: {e}")),
+        }
         let runtime = self.runtime.clone();
         let sandbox_id = Arc::new(sandbox.id);
         let response = streaming::port_forward(req, move |port| {

@@ -338,6 +338,22 @@ pub struct ExecRequest {
     pub stderr: bool,
 }
 
+/// A runtime's name and version, as CRI `Version` reports them: upstream's kubelet shows
+/// `<name>://<version>` as the Node's `containerRuntimeVersion` and `<name>://<id>` as container IDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeVersion {
+    pub name: String,
+    pub version: String,
+}
+
+/// A streaming session a runtime may serve itself (see [`RuntimeService::streaming_url`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamingRequest {
+    Exec { container_id: String, request: ExecRequest },
+    Attach { container_id: String, stdin: bool, tty: bool, stdout: bool, stderr: bool },
+    PortForward { sandbox_id: String },
+}
+
 /// Errors of a [`RuntimeService`].
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -369,6 +385,13 @@ pub enum RuntimeError {
     /// The sandbox could not join the pod network (CNI's ADD failed, in containerd's terms).
     #[error("failed to set up the network for the sandbox: {0}")]
     Network(#[source] tug_network::NetworkError),
+    /// A call to an external CRI runtime failed with this gRPC status ([`crate::remote`]).
+    #[error("{operation}: {}", source.message())]
+    Rpc {
+        operation: &'static str,
+        #[source]
+        source: Box<tonic::Status>,
+    },
 }
 
 /// Whether the runtime can run pods now (CRI `RuntimeStatus`'s `NetworkReady` condition; the
@@ -437,6 +460,10 @@ pub trait RuntimeService: Send + Sync {
     async fn status(&self) -> RuntimeStatus {
         RuntimeStatus { network_ready: true, network_message: String::new() }
     }
+    /// The runtime's name and version (`tug` and this crate's version for the built-in one).
+    fn runtime_version(&self) -> RuntimeVersion {
+        RuntimeVersion { name: "tug".into(), version: env!("CARGO_PKG_VERSION").into() }
+    }
     /// Creates and starts a sandbox: its namespaces, hostname, DNS config and network.
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError>;
     /// Stops every container of the sandbox (killing them) and tears down its network.
@@ -470,6 +497,15 @@ pub trait RuntimeService: Send + Sync {
     /// Opens a TCP connection to `port` inside the sandbox's network namespace
     /// (`kubectl port-forward`).
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream, RuntimeError>;
+    /// The URL of the runtime's own streaming server for this session, when the runtime serves
+    /// sessions itself (a CRI runtime answers `Exec`, `Attach` and `PortForward` with one); the
+    /// kubelet's server then proxies the client's upgraded connection there. `None` (the
+    /// built-in runtime): the session goes through [`exec`](Self::exec),
+    /// [`attach`](Self::attach) and [`port_forward`](Self::port_forward).
+    async fn streaming_url(&self, request: &StreamingRequest) -> Result<Option<String>, RuntimeError> {
+        let _ = request;
+        Ok(None)
+    }
     /// The resource usage of every ready sandbox and its running containers
     /// (`ListPodSandboxStats`, which the kubelet's CRI stats provider reads for
     /// `/metrics/resource`). A runtime that keeps no statistics says so.

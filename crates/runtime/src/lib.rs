@@ -8,6 +8,9 @@
 //! (the `tug` binary re-executed per container, never a fork of the async process) and cgroups
 //! come next, as modules beside `image`.
 //!
+//! [`remote`] is the other implementation of the same traits: a CRI v1 gRPC client driving an
+//! external runtime (containerd) on its unix socket.
+//!
 //! This crate must not talk to the Kubernetes API or know about Pods: it is driven by the
 //! kubelet through plain Rust types, as a CRI runtime is driven through the CRI.
 
@@ -15,6 +18,7 @@ pub mod builtin;
 pub mod cgroups;
 pub mod cri;
 pub mod image;
+pub mod remote;
 pub mod rootfs;
 pub mod shim;
 pub mod spec;
@@ -61,6 +65,13 @@ pub enum ImageServiceError {
     Store(#[from] StoreError),
     #[error("image store task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// A call to an external CRI runtime's image service failed ([`remote`]).
+    #[error("{operation}: {}", source.message())]
+    Rpc {
+        operation: &'static str,
+        #[source]
+        source: Box<tonic::Status>,
+    },
 }
 
 /// An error and its sources joined as one message, as Go's wrapped errors read (libcontainer

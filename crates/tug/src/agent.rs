@@ -1,7 +1,7 @@
 //! The node agent's flags and its start beside the control plane (`tug server`).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,6 +13,7 @@ use tug_network::overlay::{Backend, Overlay};
 use tug_network::{BridgeNetwork, NetworkStatus, PodNetwork};
 use tug_runtime::builtin::BuiltinRuntime;
 use tug_runtime::image::{BuiltinImageService, ImageStore, PullOptions, Puller};
+use tug_runtime::remote::RemoteRuntime;
 use tug_runtime::shim::client::ShimBinary;
 
 /// Flags of the node agent, shared by `tug server` and `tug agent`; names as k3s's.
@@ -80,6 +81,14 @@ pub struct AgentArgs {
     /// built-in bridge; no overlay runs then.
     #[arg(long, value_name = "DIR")]
     pub cni_conf_dir: Option<std::path::PathBuf>,
+
+    /// Drive an external CRI runtime at this socket (`unix:///run/containerd/containerd.sock`)
+    /// instead of the built-in one, as the kubelet's flag of that name. The runtime's own CNI
+    /// plugins give pods their network: unless another configuration is there, the agent writes
+    /// a bridge configuration for the node's podCIDR into --cni-conf-dir (default
+    /// /etc/cni/net.d, where containerd reads), as k3s does for its flannel.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub container_runtime_endpoint: Option<String>,
 
     /// Comma-separated directories holding the CNI plugin executables (with --cni-conf-dir).
     #[arg(long, value_name = "DIR", value_delimiter = ',', default_value = "/opt/cni/bin")]
@@ -167,9 +176,10 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// Starts the node agent with the built-in runtime under `data_dir/agent`; it runs until
-/// `shutdown`, leaving its containers running when it stops.
-pub fn spawn(
+/// Starts the node agent under `data_dir/agent`, with the built-in runtime or the CRI runtime
+/// of `--container-runtime-endpoint`; it runs until `shutdown`, leaving its containers running
+/// when it stops.
+pub async fn spawn(
     client: kube::Client,
     args: &AgentArgs,
     data_dir: &Path,
@@ -201,6 +211,9 @@ pub fn spawn(
         },
         pod_manifest_path: args.pod_manifest_path.clone(),
     };
+    if let Some(endpoint) = &args.container_runtime_endpoint {
+        return spawn_with_cri_runtime(client, args, config, endpoint, shutdown).await;
+    }
     let store = ImageStore::open(config.image_dir()).context("opening the image store")?;
     let images = Arc::new(BuiltinImageService::new(store.clone(), Puller::new(store.clone(), PullOptions::default())));
     let shim = ShimBinary(std::env::current_exe().context("finding the tug executable for the shims")?);
@@ -251,22 +264,68 @@ pub fn spawn(
     if let Some(cni) = cni {
         tokio::spawn(release_orphaned_addresses(cni, runtime.clone(), shutdown.clone()));
     }
-    if !args.disable_kube_proxy {
-        let proxy_config = tug_proxy::Config {
-            node_name: config.node_name.clone(),
-            node_ip: identity.node_ip,
-            metrics_bind: args.proxy_metrics_bind_address.0,
-            healthz_bind: args.proxy_healthz_bind_address.0,
-            mode: args.proxy_mode,
-        };
-        let proxy = tug_proxy::run(client.clone(), proxy_config, shutdown.clone());
-        tokio::spawn(proxy);
-    }
+    spawn_proxy(&client, args, &config, &shutdown);
     Ok(tokio::spawn(async move {
         if let Err(e) = tug_kubelet::run(client, config, runtime, images, shutdown).await {
             tracing::error!(error = %e, "the node agent stopped");
         }
     }))
+}
+
+fn spawn_proxy(client: &kube::Client, args: &AgentArgs, config: &tug_kubelet::Config, shutdown: &CancellationToken) {
+    if !args.disable_kube_proxy {
+        let proxy_config = tug_proxy::Config {
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip,
+            metrics_bind: args.proxy_metrics_bind_address.0,
+            healthz_bind: args.proxy_healthz_bind_address.0,
+            mode: args.proxy_mode,
+        };
+        tokio::spawn(tug_proxy::run(client.clone(), proxy_config, shutdown.clone()));
+    }
+}
+
+/// The node agent driving an external CRI runtime: images, sandboxes (with their network, from
+/// the runtime's CNI configuration) and containers are the runtime's.
+async fn spawn_with_cri_runtime(
+    client: kube::Client,
+    args: &AgentArgs,
+    config: tug_kubelet::Config,
+    endpoint: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let runtime = Arc::new(RemoteRuntime::connect(endpoint).await.context("connecting to the container runtime")?);
+    let conf_dir = args.cni_conf_dir.clone().unwrap_or_else(|| "/etc/cni/net.d".into());
+    tokio::spawn(write_cni_config(client.clone(), config.node_name.clone(), conf_dir, shutdown.clone()));
+    spawn_proxy(&client, args, &config, &shutdown);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = tug_kubelet::run(client, config, runtime.clone(), runtime, shutdown).await {
+            tracing::error!(error = %e, "the node agent stopped");
+        }
+    }))
+}
+
+/// Waits for the node's podCIDR (the node IPAM controller assigns it after registration) and
+/// gives the CRI runtime its CNI configuration for it.
+async fn write_cni_config(client: kube::Client, node_name: String, conf_dir: PathBuf, shutdown: CancellationToken) {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    loop {
+        if let Ok(Some(node)) = nodes.get_opt(&node_name).await
+            && let Some(cidr) = tug_network::subnet::pod_cidrs(&node).first()
+        {
+            match tug_runtime::remote::cni::ensure_bridge_config(&conf_dir, &cidr.to_string()) {
+                Ok(written) => {
+                    tracing::info!(dir = %conf_dir.display(), pod_cidr = %cidr, written, "CNI configuration for the container runtime")
+                }
+                Err(error) => tracing::error!(%error, "writing the container runtime's CNI configuration"),
+            }
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Once the pod network is ready, frees what sandboxes gone while the agent was down held.

@@ -196,7 +196,8 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     let agent =
-        crate::agent::spawn(client, &args.agent, &args.data_dir, &args.cluster_domain, identity, shutdown.clone())?;
+        crate::agent::spawn(client, &args.agent, &args.data_dir, &args.cluster_domain, identity, shutdown.clone())
+            .await?;
     info!(node = %node_name, server = %args.server, "joined the cluster");
     crate::server::wait_for_signal().await;
     info!("shutting down; containers keep running");

@@ -331,7 +331,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             &args.cluster_domain,
             identity,
             shutdown.clone(),
-        )?;
+        )
+        .await?;
         Some(handle)
     };
     let scheduler = {

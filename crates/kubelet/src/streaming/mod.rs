@@ -10,6 +10,7 @@
 //! `open` and `connect` callbacks, so the HTTP routing and container lookup stay in the server.
 
 mod portforward;
+mod proxy;
 mod remotecommand;
 mod spdy;
 mod websocket;
@@ -25,6 +26,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use tug_runtime::cri::{RuntimeError, StreamSession};
+
+pub use proxy::proxy;
 
 /// Which remote command endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
