@@ -68,7 +68,7 @@ if [[ "${TUG_SKIP_INSTALL:-}" != 1 ]]; then
   phase install bash scripts/install-test-deps.sh || { summary; exit 1; }
 fi
 
-phase build cargo build -p tug || { summary; exit 1; }
+phase build cargo build -p tug -p tug-csi || { summary; exit 1; }
 
 if [[ "${TUG_SKIP_CARGO_TEST:-}" != 1 ]]; then
   if cargo nextest --version >/dev/null 2>&1; then

@@ -102,6 +102,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let ephemeral = tokio::spawn(volume::ephemeral::run(client.clone(), shutdown.clone()));
     let pvc_protection = tokio::spawn(volume::pvcprotection::run(client.clone(), shutdown.clone()));
     let pv_protection = tokio::spawn(volume::pvprotection::run(client.clone(), shutdown.clone()));
+    let attach_detach = tokio::spawn(volume::attachdetach::run(client.clone(), shutdown.clone()));
     let local_path = options
         .local_storage_path
         .map(|path| tokio::spawn(volume::local_path::run(client.clone(), path, shutdown.clone())));
@@ -113,7 +114,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let _ = tokio::join!(endpoints, endpoint_slices, mirroring);
     let _ = tokio::join!(jobs, cronjobs, ttl);
     let _ = tokio::join!(quota, disruption, hpa);
-    let _ = tokio::join!(volumes, ephemeral, pvc_protection, pv_protection);
+    let _ = tokio::join!(volumes, ephemeral, pvc_protection, pv_protection, attach_detach);
     if let Some(local_path) = local_path {
         let _ = local_path.await;
     }

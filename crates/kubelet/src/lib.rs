@@ -26,6 +26,7 @@ pub mod logs;
 pub mod machine;
 pub mod node_status;
 pub mod nodelease;
+pub mod pluginmanager;
 pub mod pod_manager;
 pub mod pod_workers;
 pub mod prober;
@@ -81,6 +82,7 @@ pub async fn run(
     let cpus = machine::machine_info().map_or(1, |m| m.num_cpus);
     kuberuntime::ensure_qos_cgroups(i64::from(cpus) * 1000).await;
     let local_path = tokio::spawn(local_path::run(client.clone(), config.node_name.clone(), shutdown.clone()));
+    let plugins = tokio::spawn(pluginmanager::run(client.clone(), config.clone(), shutdown.clone()));
 
     let recorder = Arc::new(events::EventRecorder::new(client.clone(), config.node_name.clone()));
     let manager =
@@ -89,7 +91,7 @@ pub async fn run(
     let workers = pod_workers::PodWorkers::new(manager.clone(), status, latest_status, shutdown.clone());
     let manifests = config.pod_manifest_path.clone();
     pod_manager::run(client, config.node_name.clone(), manifests, workers, manager, shutdown.clone()).await;
-    let _ = tokio::join!(node_status, server, image_gc, local_path);
+    let _ = tokio::join!(node_status, server, image_gc, local_path, plugins);
     Ok(())
 }
 

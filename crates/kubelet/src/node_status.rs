@@ -349,6 +349,10 @@ pub(crate) fn node_status(
             system_uuid: m.system_uuid.clone(),
         }),
         images,
+        volumes_in_use: crate::volumemanager::csi::volumes_in_use(
+            config,
+            previous.and_then(|s| s.volumes_in_use.as_deref()),
+        ),
         ..previous.cloned().unwrap_or_default()
     }
 }

@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod client;
 mod cluster_secrets;
+mod csi_controller;
 mod datastore;
 mod dev;
 mod images;
@@ -115,6 +116,9 @@ enum Command {
     Images(images::ImagesArgs),
     /// Development tools: a real multi-node cluster on this machine (kind's role).
     Dev(dev::DevArgs),
+    /// Run the controller-side CSI sidecars for one driver (external-provisioner and
+    /// external-attacher roles) against its CSI socket.
+    CsiController(csi_controller::CsiControllerArgs),
     /// Run the scheduler alone against a cluster's API server.
     Scheduler {
         /// The kubeconfig to reach the API server with.
@@ -229,6 +233,7 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::SimNodes(args) => sim_nodes::run(args).await,
+            Command::CsiController(args) => csi_controller::run(args).await,
             Command::Images(args) => images::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::ControllerManager {

@@ -3,6 +3,7 @@
 //! built-in local-path provisioner that plays the part k3s gives rancher's
 //! local-path-provisioner.
 
+pub mod attachdetach;
 pub mod ephemeral;
 pub mod local_path;
 pub mod persistentvolume;

@@ -1,6 +1,7 @@
 //! Pod volumes: the kubelet's volume manager and its in-tree plugins for what pods use without
-//! a storage system (emptyDir, hostPath, configMap, secret, downwardAPI, projected) and
-//! persistentVolumeClaims bound to hostPath or local PersistentVolumes.
+//! a storage system (emptyDir, hostPath, configMap, secret, downwardAPI, projected),
+//! persistentVolumeClaims bound to hostPath or local PersistentVolumes, and CSI volumes
+//! (PersistentVolumes with `spec.csi`, inline `csi:` volumes) through [`csi`].
 //!
 //! Each volume lives under `<pod dir>/volumes/<plugin>/<volume>` with upstream's plugin
 //! directory names (`kubernetes.io~configmap`, ...), except hostPath and local volumes, which
@@ -12,6 +13,7 @@
 
 pub mod atomic_writer;
 pub mod configmap;
+pub mod csi;
 pub mod downward_api;
 pub mod empty_dir;
 pub mod host_path;
@@ -76,6 +78,8 @@ pub enum SetUpError {
     Field(#[from] FieldError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Csi(#[from] Box<csi::CsiError>),
     #[error(transparent)]
     Write(#[from] AtomicWriteError),
     #[error("{operation} {}: {source}", path.display())]
@@ -234,19 +238,21 @@ async fn setup_volume(
         return publish(dir, true, payload, fs_group).await;
     }
     if let Some(claim) = &volume.persistent_volume_claim {
-        return claim_path(source, namespace, &claim.claim_name).await;
+        return claim_path(source, config, pod, &claim.claim_name, claim.read_only == Some(true)).await;
+    }
+    if let Some(inline) = &volume.csi {
+        return Ok(csi::setup_inline(source, config, pod, volume, inline).await?);
     }
     if volume.ephemeral.is_some() {
         // The ephemeral volume controller names the claim `<pod>-<volume>`.
         let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
-        return claim_path(source, namespace, &format!("{pod_name}-{name}")).await;
+        return claim_path(source, config, pod, &format!("{pod_name}-{name}"), false).await;
     }
     Err(SetUpError::Unsupported { what: unsupported_kind(volume) })
 }
 
 fn unsupported_kind(volume: &Volume) -> &'static str {
     match volume {
-        v if v.csi.is_some() => "csi volumes",
         v if v.nfs.is_some() => "nfs volumes",
         v if v.iscsi.is_some() => "iscsi volumes",
         v if v.image.is_some() => "image volumes",
@@ -254,8 +260,16 @@ fn unsupported_kind(volume: &Volume) -> &'static str {
     }
 }
 
-/// A bound claim's volume on this node: the PersistentVolume's hostPath or local path.
-async fn claim_path(source: &dyn ObjectSource, namespace: &str, claim_name: &str) -> Result<PathBuf, SetUpError> {
+/// A bound claim's volume on this node: the PersistentVolume's hostPath or local path, or its
+/// CSI volume published for the pod.
+async fn claim_path(
+    source: &dyn ObjectSource,
+    config: &Config,
+    pod: &Pod,
+    claim_name: &str,
+    read_only: bool,
+) -> Result<PathBuf, SetUpError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let claim = source
         .persistent_volume_claim(namespace, claim_name)
         .await?
@@ -269,6 +283,9 @@ async fn claim_path(source: &dyn ObjectSource, namespace: &str, claim_name: &str
         .persistent_volume(&volume_name)
         .await?
         .ok_or_else(|| SetUpError::VolumeNotFound { name: volume_name.clone() })?;
+    if let Some(csi_source) = pv.spec.as_ref().and_then(|s| s.csi.as_ref()) {
+        return Ok(csi::setup_persistent(source, config, pod, &pv, csi_source, read_only).await?);
+    }
     let spec = pv.spec.unwrap_or_default();
     if let Some(host_path) = &spec.host_path {
         return host_path::setup(&k8s_openapi::api::core::v1::HostPathVolumeSource {
@@ -283,7 +300,7 @@ async fn claim_path(source: &dyn ObjectSource, namespace: &str, claim_name: &str
         }
         return Ok(path);
     }
-    Err(SetUpError::Unsupported { what: "persistent volumes other than hostPath and local" })
+    Err(SetUpError::Unsupported { what: "persistent volumes other than hostPath, local and CSI" })
 }
 
 /// Publishes an API-backed volume's files: the directory (on a tmpfs for `in_memory`), then the
@@ -372,6 +389,10 @@ fn set_volume_ownership_of(path: &Path, gid: i64, readonly: bool) -> std::io::Re
 /// mount remains, so that a leftover bind mount never exposes host files to the deletion.
 pub async fn teardown_pod_volumes(config: &Config, pod_uid: &str) -> Result<(), VolumeError> {
     projected::forget_pod_tokens(pod_uid);
+    // The drivers unmount their volumes first; what they leave is unmounted below.
+    if let Err(error) = csi::teardown_pod(config, pod_uid).await {
+        tracing::warn!(pod_uid, %error, "tearing down CSI volumes");
+    }
     let pod_dir = config.pod_dir(pod_uid);
     let volumes_dir = pod_dir.join("volumes");
     tokio::task::spawn_blocking(move || teardown_blocking(&pod_dir, &volumes_dir)).await.map_err(|e| {

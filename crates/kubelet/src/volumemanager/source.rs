@@ -7,6 +7,7 @@
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::storage::v1::{CSIDriver, VolumeAttachment};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
@@ -54,6 +55,13 @@ pub trait ObjectSource: Send + Sync {
         name: &str,
     ) -> Result<Option<PersistentVolumeClaim>, SourceError>;
     async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>, SourceError>;
+    /// The CSIDriver object of a CSI driver (none: upstream's defaults apply).
+    async fn csi_driver(&self, _name: &str) -> Result<Option<CSIDriver>, SourceError> {
+        Ok(None)
+    }
+    async fn volume_attachment(&self, _name: &str) -> Result<Option<VolumeAttachment>, SourceError> {
+        Ok(None)
+    }
 }
 
 /// [`ObjectSource`] over the API server.
@@ -116,6 +124,17 @@ impl ObjectSource for KubeSource {
             .get_opt(name)
             .await
             .map_err(|e| get_error("persistentvolume", "", name, e))
+    }
+
+    async fn csi_driver(&self, name: &str) -> Result<Option<CSIDriver>, SourceError> {
+        Api::<CSIDriver>::all(self.0.clone()).get_opt(name).await.map_err(|e| get_error("csidriver", "", name, e))
+    }
+
+    async fn volume_attachment(&self, name: &str) -> Result<Option<VolumeAttachment>, SourceError> {
+        Api::<VolumeAttachment>::all(self.0.clone())
+            .get_opt(name)
+            .await
+            .map_err(|e| get_error("volumeattachment", "", name, e))
     }
 }
 
