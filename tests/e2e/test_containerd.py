@@ -226,6 +226,8 @@ def test_a_pod_runs_in_containerd_with_logs_exec_and_delete(node, k):
     container = status["containerStatuses"][0]
     assert container["ready"] and container["state"].get("running"), container
     assert container["imageID"].startswith(f"{node.image.rsplit(':', 1)[0]}@sha256:"), container
+    # Upstream's `<runtime name>://<id>`, the name from CRI Version.
+    assert container["containerID"].startswith("containerd://"), container
     wait_for(lambda: k("logs", name).stdout == "hello from containerd\n", "the pod's log")
     exec_ok = k("exec", name, "--", "sh", "-c", "echo out; hostname")
     assert exec_ok.stdout == f"out\n{name}\n"
@@ -334,3 +336,56 @@ def test_pull_secrets_reach_containerd_as_credentials(node, k, auth_registry):  
     waiting = wait_for(refused, "the anonymous pull to be refused", timeout=60)
     assert "401" in waiting.get("message", "") or "nauthorized" in waiting.get("message", ""), waiting
     k("delete", "pod", "cri-secret", "cri-nosecret", "--grace-period=0", "--force")
+
+
+def test_the_node_reports_containerd_as_its_runtime(node):
+    info = node.request("GET", f"/api/v1/nodes/{node.node_name}").json()["status"]["nodeInfo"]
+    runtime, _, version = info["containerRuntimeVersion"].partition("://")
+    assert runtime == "containerd" and version[:1].isdigit(), info
+
+
+def test_a_privileged_container_runs_with_every_capability(node, k):
+    name = "cri-privileged"
+    node.create("/api/v1/namespaces/default/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "main", "image": node.image, "command": ["sh", "-c", "grep CapEff /proc/self/status; sleep 3600"],
+             "securityContext": {"privileged": True}},
+        ]},
+    })  # fmt: skip
+    running(node, name)
+    line = wait_for(lambda: k("logs", name).stdout.strip(), "the capabilities in the log")
+    effective = int(line.split()[1], 16)
+    # A privileged container gets every capability containerd has (ours: the test runs as
+    # root), CAP_SYS_ADMIN (21) among them, which no runtime's default set includes.
+    ours = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("CapEff:"))
+    assert effective & (1 << 21), line
+    assert effective == int(ours.split()[1], 16), (line, ours)
+    k("delete", "pod", name, "--grace-period=0", "--force")
+
+
+def test_a_log_past_its_size_limit_is_rotated_and_logs_keep_following(node, k):
+    """The kubelet rotates a CRI runtime's log at --container-log-max-size (10Mi): the file is
+    renamed to `0.log.<YYYYMMDD-HHMMSS>`, containerd reopens it, and `kubectl logs -f` follows
+    into the new file."""
+    name = "cri-rotate"
+    payload = "x" * 1000
+    script = f"yes {payload} | head -n 11000; i=0; while true; do i=$((i+1)); echo after $i; sleep 0.2; done"
+    k("run", name, f"--image={node.image}", "--restart=Never", "--", "sh", "-c", script)
+    uid = running(node, name)["metadata"]["uid"]
+    log_dir = node.data_dir / "agent" / "pods" / f"default_{name}_{uid}" / name
+    follower = k.start("logs", "-f", name)
+    try:
+        # The whole payload arrives before the rotation can take it away.
+        follower.wait_for_line(lambda line: line.startswith("after "), timeout=60)
+        rotated = wait_for(lambda: sorted(log_dir.glob("0.log.*")), "the log to be rotated", timeout=30)
+        assert len(rotated) == 1 and len(rotated[0].name) == len("0.log.20260101-000000"), rotated
+        assert rotated[0].stat().st_size >= 10 << 20
+        assert (log_dir / "0.log").stat().st_size < 1 << 20
+        # Lines written after the rotation reach the follower and a new reader.
+        counted = int(k("logs", "--tail=1", name).stdout.split()[1])
+        follower.wait_for_line(lambda line: line == f"after {counted + 3}", timeout=20)
+        assert payload not in k("logs", name).stdout, "the rotated content is no longer the current log"
+    finally:
+        follower.stop()
+    k("delete", "pod", name, "--grace-period=0", "--force")

@@ -7,7 +7,7 @@
 //! Like upstream, "last used" is the last time a check found a container using the image.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,19 @@ pub fn bytes_to_free(capacity: u64, available: u64, policy: &ImageGcPolicy) -> O
     Some((used as f64 - target).max(0.0) as u64)
 }
 
+/// A directory on the image filesystem: the one the runtime names (CRI `ImageFsInfo`, as
+/// upstream's CRI stats provider asks), else the kubelet's own image store.
+pub async fn image_fs_dir(config: &Config, runtime: &dyn RuntimeService) -> PathBuf {
+    match runtime.image_fs_info().await {
+        Ok(Some(info)) => info.mountpoint,
+        Ok(None) => config.image_dir(),
+        Err(error) => {
+            tracing::warn!(%error, "the runtime did not say where its images are: using the agent's image directory");
+            config.image_dir()
+        }
+    }
+}
+
 /// Runs image garbage collection until `shutdown`.
 pub async fn run(
     config: Arc<Config>,
@@ -104,8 +117,8 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(policy.period) => {}
         }
-        if let Err(error) = collect(&config.image_dir(), &policy, runtime.as_ref(), images.as_ref(), &mut records).await
-        {
+        let image_fs = image_fs_dir(&config, runtime.as_ref()).await;
+        if let Err(error) = collect(&image_fs, &policy, runtime.as_ref(), images.as_ref(), &mut records).await {
             tracing::warn!(%error, "image garbage collection");
         }
     }

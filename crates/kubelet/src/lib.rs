@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod container_log_manager;
 pub mod dns;
 pub mod envvars;
 pub mod etc_hosts;
@@ -78,6 +79,11 @@ pub async fn run(
     let server = tokio::spawn(serve_api(config.clone(), runtime.clone(), shutdown.clone()));
     let image_gc =
         tokio::spawn(image_gc_manager::run(config.clone(), runtime.clone(), images.clone(), shutdown.clone()));
+    let log_rotation = tokio::spawn(container_log_manager::run(
+        runtime.clone(),
+        container_log_manager::LogRotatePolicy::default(),
+        shutdown.clone(),
+    ));
     // No CPU is reserved for the system: allocatable CPU is the machine's.
     let cpus = machine::machine_info().map_or(1, |m| m.num_cpus);
     kuberuntime::ensure_qos_cgroups(i64::from(cpus) * 1000).await;
@@ -91,7 +97,7 @@ pub async fn run(
     let workers = pod_workers::PodWorkers::new(manager.clone(), status, latest_status, shutdown.clone());
     let manifests = config.pod_manifest_path.clone();
     pod_manager::run(client, config.node_name.clone(), manifests, workers, manager, shutdown.clone()).await;
-    let _ = tokio::join!(node_status, server, image_gc, local_path, plugins);
+    let _ = tokio::join!(node_status, server, image_gc, log_rotation, local_path, plugins);
     Ok(())
 }
 

@@ -104,6 +104,9 @@ pub(crate) struct Observed {
     pub images: Option<Vec<Image>>,
     /// Why the runtime's network is not ready, when it is not (the Node is then not Ready).
     pub network_not_ready: Option<String>,
+    /// `<name>://<version>` from the runtime's CRI `Version` (`containerd://1.6.20`), the Node's
+    /// `containerRuntimeVersion` as upstream shows it.
+    pub runtime_version: String,
 }
 
 async fn observe(
@@ -111,7 +114,8 @@ async fn observe(
     images: &dyn ImageService,
     runtime: &dyn RuntimeService,
 ) -> Result<Observed, NodeStatusError> {
-    let (agent_dir, image_dir) = (config.agent_dir.clone(), config.image_dir());
+    let image_dir = crate::image_gc_manager::image_fs_dir(config, runtime).await;
+    let agent_dir = config.agent_dir.clone();
     let (machine, nodefs, imagefs, pids) = tokio::task::spawn_blocking(move || {
         Ok::<_, MachineError>((
             machine::machine_info()?,
@@ -130,7 +134,9 @@ async fn observe(
     };
     let runtime_status = runtime.status().await;
     let network_not_ready = (!runtime_status.network_ready).then_some(runtime_status.network_message);
-    Ok(Observed { machine, nodefs, imagefs, pids, images, network_not_ready })
+    let version = runtime.runtime_version();
+    let runtime_version = format!("{}://{}", version.name, version.version);
+    Ok(Observed { machine, nodefs, imagefs, pids, images, network_not_ready, runtime_version })
 }
 
 /// The labels the kubelet owns on its Node (upstream's `updateDefaultLabels` keeps them right on
@@ -337,7 +343,7 @@ pub(crate) fn node_status(
         node_info: Some(NodeSystemInfo {
             architecture: "amd64".into(),
             boot_id: m.boot_id.clone(),
-            container_runtime_version: format!("tug://{}", env!("CARGO_PKG_VERSION")),
+            container_runtime_version: observed.runtime_version.clone(),
             kernel_version: m.kernel_version.clone(),
             // Deprecated upstream (kube-proxy's version is not the kubelet's to know): empty.
             kube_proxy_version: String::new(),
@@ -714,6 +720,7 @@ pub(crate) mod tests {
                 },
             ]),
             network_not_ready: None,
+            runtime_version: "containerd://1.6.20".into(),
         }
     }
 
@@ -788,7 +795,7 @@ pub(crate) mod tests {
         let info = status.node_info.unwrap();
         assert_eq!(info.kubelet_version, "v1.36.0");
         assert_eq!(info.os_image, "Debian GNU/Linux 12 (bookworm)");
-        assert!(info.container_runtime_version.starts_with("tug://"));
+        assert_eq!(info.container_runtime_version, "containerd://1.6.20", "from the runtime's CRI Version");
         assert_eq!(status.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
         let images = status.images.unwrap();
         assert_eq!(images[0].names.as_ref().unwrap(), &["r/big:1"]);

@@ -193,6 +193,7 @@ async fn write_status_evicted(
     let state = &state;
     let node_ip = inner.manager.config.node_ip.to_string();
     let probes = inner.manager.probes.results();
+    let runtime_name = inner.manager.runtime.runtime_version().name;
     let inputs = StatusInputs {
         pod,
         state,
@@ -201,6 +202,7 @@ async fn write_status_evicted(
         node_ip: &node_ip,
         now: SystemTime::now(),
         probes: &probes,
+        runtime_name: &runtime_name,
     };
     let mut status = generate_pod_status(&inputs);
     if let Some(message) = evicted {

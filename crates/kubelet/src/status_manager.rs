@@ -35,6 +35,9 @@ pub struct StatusInputs<'a> {
     pub now: SystemTime,
     /// The containers' probe results (readiness and startup decide `ready` and `started`).
     pub probes: &'a crate::prober::ProbeResults,
+    /// The runtime's name from CRI `Version` (`containerd`, `tug` for the built-in one): container
+    /// IDs show as `<runtime>://<id>`, as upstream's `kubecontainer.ContainerID`.
+    pub runtime_name: &'a str,
 }
 
 /// A time as the API carries it: whole seconds, so that a status read back compares equal.
@@ -43,11 +46,11 @@ pub fn api_time(t: SystemTime) -> Time {
     Time(jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or_default())
 }
 
-fn container_id(id: &str) -> String {
-    format!("tug://{id}")
+fn container_id(runtime: &str, id: &str) -> String {
+    format!("{runtime}://{id}")
 }
 
-fn terminated(s: &ContainerStatus) -> ContainerStateTerminated {
+fn terminated(runtime: &str, s: &ContainerStatus) -> ContainerStateTerminated {
     let exit_code = s.exit_code.unwrap_or(0);
     let reason = s.reason.clone().unwrap_or_else(|| if exit_code == 0 { "Completed".into() } else { "Error".into() });
     ContainerStateTerminated {
@@ -57,7 +60,7 @@ fn terminated(s: &ContainerStatus) -> ContainerStateTerminated {
         message: s.message.clone().filter(|m| !m.is_empty()),
         started_at: s.started_at.map(api_time),
         finished_at: s.finished_at.map(api_time),
-        container_id: Some(container_id(&s.id)),
+        container_id: Some(container_id(runtime, &s.id)),
     }
 }
 
@@ -66,13 +69,13 @@ fn is_terminated(s: &ContainerStatus) -> bool {
     s.state == ContainerState::Exited || (s.state == ContainerState::Created && s.exit_code.is_some())
 }
 
-fn api_state(s: &ContainerStatus) -> ApiState {
+fn api_state(runtime: &str, s: &ContainerStatus) -> ApiState {
     match s.state {
         ContainerState::Running => ApiState {
             running: Some(ContainerStateRunning { started_at: s.started_at.map(api_time) }),
             ..Default::default()
         },
-        _ if is_terminated(s) => ApiState { terminated: Some(terminated(s)), ..Default::default() },
+        _ if is_terminated(s) => ApiState { terminated: Some(terminated(runtime, s)), ..Default::default() },
         _ => ApiState {
             waiting: Some(ContainerStateWaiting { reason: Some(CONTAINER_CREATING.into()), message: None }),
             ..Default::default()
@@ -109,12 +112,13 @@ fn container_status(inputs: &StatusInputs<'_>, c: &Container, default_waiting: &
         });
         return out;
     };
-    out.container_id = Some(container_id(&latest.id));
+    out.container_id = Some(container_id(inputs.runtime_name, &latest.id));
     out.image_id = inputs.image_ids.get(&latest.image_ref).cloned().unwrap_or_else(|| latest.image_ref.clone());
     out.restart_count = i32::try_from(latest.metadata.attempt).unwrap_or(i32::MAX);
-    out.state = Some(api_state(latest));
+    out.state = Some(api_state(inputs.runtime_name, latest));
     if let Some(prev) = inputs.state.previous(&c.name).filter(|p| is_terminated(p)) {
-        out.last_state = Some(ApiState { terminated: Some(terminated(prev)), ..Default::default() });
+        out.last_state =
+            Some(ApiState { terminated: Some(terminated(inputs.runtime_name, prev)), ..Default::default() });
     }
     let running = latest.state == ContainerState::Running;
     if running {
@@ -126,7 +130,8 @@ fn container_status(inputs: &StatusInputs<'_>, c: &Container, default_waiting: &
         // A container that will be started again shows why it is waiting; what it ended with
         // becomes its last state.
         if is_terminated(latest) {
-            out.last_state = Some(ApiState { terminated: Some(terminated(latest)), ..Default::default() });
+            out.last_state =
+                Some(ApiState { terminated: Some(terminated(inputs.runtime_name, latest)), ..Default::default() });
         }
         out.state = Some(waiting(r, Some(m.clone())));
     }

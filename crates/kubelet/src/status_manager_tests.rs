@@ -7,6 +7,10 @@ use super::*;
 use crate::kuberuntime::tests_support::{at, container_status, pod, sandbox};
 
 fn status(pod: &Pod, state: &PodRuntimeState, reasons: &Reasons) -> PodStatus {
+    status_with_runtime(pod, state, reasons, "tug")
+}
+
+fn status_with_runtime(pod: &Pod, state: &PodRuntimeState, reasons: &Reasons, runtime_name: &str) -> PodStatus {
     let mut image_ids = HashMap::new();
     image_ids.insert("sha256:abc".to_string(), "docker.io/library/busybox@sha256:def".to_string());
     generate_pod_status(&StatusInputs {
@@ -17,6 +21,7 @@ fn status(pod: &Pod, state: &PodRuntimeState, reasons: &Reasons) -> PodStatus {
         node_ip: "10.0.0.5",
         now: at(500),
         probes: &Default::default(),
+        runtime_name,
     })
 }
 
@@ -233,6 +238,20 @@ fn transition_times_stay_while_conditions_hold() {
         node_ip: "10.0.0.5",
         now: at(900),
         probes: &Default::default(),
+        runtime_name: "tug",
     });
     assert_eq!(first, later, "nothing changed, so nothing to write");
+}
+
+#[test]
+fn container_ids_carry_the_runtime_name() {
+    // Upstream: `<runtime name>://<id>` from CRI Version, `containerd://...` under containerd.
+    let p = pod("Always", &["a"], &[]);
+    let prev = container_status("c1", "a", 0, ContainerState::Exited, Some(1));
+    let st = ready_state(vec![container_status("c2", "a", 1, ContainerState::Running, None), prev]);
+    let s = status_with_runtime(&p, &st, &Reasons::new(), "containerd");
+    let cs = &s.container_statuses.as_ref().unwrap()[0];
+    assert_eq!(cs.container_id.as_deref(), Some("containerd://c2"));
+    let last = cs.last_state.as_ref().and_then(|l| l.terminated.as_ref()).map(|t| t.container_id.as_deref());
+    assert_eq!(last, Some(Some("containerd://c1")));
 }

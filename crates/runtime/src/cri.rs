@@ -85,6 +85,11 @@ pub struct PodSandboxConfig {
     pub namespace_options: NamespaceOptions,
     /// Sysctls to set in the sandbox's namespaces (`spec.securityContext.sysctls`).
     pub sysctls: Labels,
+    /// Whether any container of the pod is privileged (upstream's `HasPrivilegedContainer`):
+    /// CRI runtimes refuse a privileged container in a sandbox not created privileged.
+    /// (`default`: sandboxes the built-in runtime stored before this field read back.)
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// The lifecycle state of a sandbox (CRI `PodSandboxState`).
@@ -346,6 +351,16 @@ pub struct RuntimeVersion {
     pub version: String,
 }
 
+/// The filesystem a runtime keeps its images on (CRI `ImageFsInfo`'s image filesystem): the
+/// kubelet statfs'es `mountpoint` for the image filesystem's capacity and availability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFsInfo {
+    /// A directory on that filesystem (containerd: its snapshotter's root).
+    pub mountpoint: PathBuf,
+    /// Bytes the runtime's images take there.
+    pub used_bytes: u64,
+}
+
 /// A streaming session a runtime may serve itself (see [`RuntimeService::streaming_url`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamingRequest {
@@ -505,6 +520,23 @@ pub trait RuntimeService: Send + Sync {
     async fn streaming_url(&self, request: &StreamingRequest) -> Result<Option<String>, RuntimeError> {
         let _ = request;
         Ok(None)
+    }
+    /// Where the runtime keeps its images (CRI `ImageFsInfo`). `None`: in the kubelet's own image
+    /// store (the built-in runtime), whose directory the kubelet knows.
+    async fn image_fs_info(&self) -> Result<Option<ImageFsInfo>, RuntimeError> {
+        Ok(None)
+    }
+    /// Whether the runtime rotates its containers' log files itself, as the built-in runtime's
+    /// shim does. When not (a CRI runtime), the kubelet's container log manager renames them
+    /// aside and calls [`reopen_container_log`](Self::reopen_container_log).
+    fn rotates_container_logs(&self) -> bool {
+        true
+    }
+    /// Makes a running container write to a new file at its log path, after the kubelet renamed
+    /// the old one aside (CRI `ReopenContainerLog`).
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Ok(())
     }
     /// The resource usage of every ready sandbox and its running containers
     /// (`ListPodSandboxStats`, which the kubelet's CRI stats provider reads for

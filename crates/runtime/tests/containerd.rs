@@ -344,6 +344,7 @@ fn sandbox_config(dir: &Path) -> PodSandboxConfig {
             ipc: NamespaceMode::Pod,
         },
         sysctls: Default::default(),
+        privileged: false,
     }
 }
 
@@ -397,6 +398,10 @@ async fn containerd_runs_a_pod_through_the_cri_client() {
     assert!(image.repo_tags.contains(&reference), "{image:?}");
     assert!(runtime.list_images().await.unwrap().iter().any(|i| i.id == image.id));
     assert_eq!(runtime.image_status(&reference).await.unwrap().map(|i| i.id), Some(image.id.clone()));
+    // The image filesystem is containerd's: its snapshotter's directory under its root. (Its
+    // used bytes come from a periodic scan, so they may still be 0 right after the pull.)
+    let image_fs = runtime.image_fs_info().await.unwrap().expect("containerd names its image filesystem");
+    assert!(image_fs.mountpoint.starts_with(dir.path()) && image_fs.mountpoint.is_dir(), "{image_fs:?}");
     let missing = format!("{registry}/tugboat.test/nope:1");
     assert!(runtime.pull_image(&missing, &[]).await.is_err());
     assert_eq!(runtime.image_status(&missing).await.unwrap(), None);
@@ -459,6 +464,14 @@ async fn containerd_runs_a_pod_through_the_cri_client() {
         other => panic!("start of a missing command: {other:?}"),
     }
 
+    // Rotation as the kubelet does it: rename the log aside, ReopenContainerLog; what follows
+    // goes to a new file at the log path.
+    let rotated = log_path.with_extension("log.20260101-000000");
+    std::fs::rename(&log_path, &rotated).unwrap();
+    runtime.reopen_container_log(&id).await.unwrap();
+    assert!(log_path.exists(), "containerd reopened the log at its path");
+    assert!(!runtime.rotates_container_logs(), "the kubelet rotates a CRI runtime's logs");
+
     // Stop sends SIGTERM first: the container's handler runs and its exit code is kept.
     runtime.stop_container(&id, Duration::from_secs(10)).await.unwrap();
     let status = runtime.container_status(&id).await.unwrap();
@@ -467,6 +480,7 @@ async fn containerd_runs_a_pod_through_the_cri_client() {
     assert_eq!(status.reason.as_deref(), Some("Error"));
     assert!(status.finished_at.is_some());
     assert!(std::fs::read_to_string(&log_path).unwrap().contains("stdout F bye"));
+    assert!(!std::fs::read_to_string(&rotated).unwrap().contains("bye"), "written before the rotation only");
     runtime.stop_container(&id, Duration::from_secs(1)).await.unwrap();
     for container in [&id, &bad] {
         runtime.remove_container(container).await.unwrap();

@@ -98,7 +98,19 @@ pub fn sandbox_config(
         cgroup_parent,
         namespace_options: namespace_options(pod),
         sysctls,
+        privileged: has_privileged_container(pod),
     }
+}
+
+/// Whether any container of the pod, init and ephemeral ones included, is privileged
+/// (upstream's `kubecontainer.HasPrivilegedContainer`).
+fn has_privileged_container(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else { return false };
+    let privileged =
+        |sc: Option<&k8s_openapi::api::core::v1::SecurityContext>| sc.and_then(|sc| sc.privileged).unwrap_or(false);
+    spec.containers.iter().any(|c| privileged(c.security_context.as_ref()))
+        || spec.init_containers.iter().flatten().any(|c| privileged(c.security_context.as_ref()))
+        || spec.ephemeral_containers.iter().flatten().any(|c| privileged(c.security_context.as_ref()))
 }
 
 #[cfg(test)]
@@ -149,6 +161,28 @@ mod tests {
         assert_eq!(sc.port_mappings[0].host_port, 8080);
         assert_eq!(sc.namespace_options.pid, NamespaceMode::Pod);
         assert_eq!(sc.namespace_options.network, NamespaceMode::Pod);
+        assert!(!sc.privileged, "no container asks for privilege");
+    }
+
+    #[test]
+    fn a_privileged_init_container_makes_the_sandbox_privileged() {
+        use k8s_openapi::api::core::v1::SecurityContext;
+        let privileged = Container {
+            name: "init".into(),
+            security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
+            ..Default::default()
+        };
+        let mut pod = Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container { name: "c".into(), ..Default::default() }],
+                init_containers: Some(vec![privileged]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(sandbox_config(&pod, &config(), 0, String::new(), None).privileged);
+        pod.spec.as_mut().unwrap().init_containers = None;
+        assert!(!sandbox_config(&pod, &config(), 0, String::new(), None).privileged);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use super::v1;
 use crate::Image;
 use crate::cri::{
     Container, ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatus, CpuUsage,
-    LinuxResources, LinuxSecurityContext, MemoryUsage, MountPropagation, NamespaceMode, NamespaceOptions, PodSandbox,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStats, PodSandboxStatus, Protocol, SeccompProfile,
+    ImageFsInfo, LinuxResources, LinuxSecurityContext, MemoryUsage, MountPropagation, NamespaceMode, NamespaceOptions,
+    PodSandbox, PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStats, PodSandboxStatus, Protocol,
+    SeccompProfile,
 };
 
 /// A CRI timestamp (nanoseconds since the epoch; 0 is "not set").
@@ -117,6 +118,7 @@ pub(crate) fn sandbox_config(config: &PodSandboxConfig) -> v1::PodSandboxConfig 
             cgroup_parent: config.cgroup_parent.clone(),
             security_context: Some(v1::LinuxSandboxSecurityContext {
                 namespace_options: Some(namespace_options(&config.namespace_options)),
+                privileged: config.privileged,
                 ..Default::default()
             }),
             sysctls: config.sysctls.clone().into_iter().collect(),
@@ -332,6 +334,15 @@ pub(crate) fn image_from(i: v1::Image) -> Image {
     Image { id: i.id, repo_tags: i.repo_tags, repo_digests: i.repo_digests, size: i.size, user }
 }
 
+/// The first image filesystem with a mountpoint, as upstream's stats provider reads
+/// `ImageFsInfo` (containerd reports one: its snapshotter's root).
+pub(crate) fn image_fs_from(filesystems: Vec<v1::FilesystemUsage>) -> Option<ImageFsInfo> {
+    filesystems.into_iter().find_map(|fs| {
+        let mountpoint = fs.fs_id.map(|id| id.mountpoint).filter(|m| !m.is_empty())?;
+        Some(ImageFsInfo { mountpoint: mountpoint.into(), used_bytes: fs.used_bytes.map_or(0, |v| v.value) })
+    })
+}
+
 fn cpu_from(cpu: Option<v1::CpuUsage>) -> CpuUsage {
     let cpu = cpu.unwrap_or_default();
     CpuUsage {
@@ -402,13 +413,28 @@ mod tests {
                 ipc: NamespaceMode::Pod,
             },
             sysctls: Default::default(),
+            privileged: true,
         }
+    }
+
+    #[test]
+    fn the_image_filesystem_is_the_first_with_a_mountpoint() {
+        let fs = |mountpoint: &str, used| v1::FilesystemUsage {
+            fs_id: Some(v1::FilesystemIdentifier { mountpoint: mountpoint.into() }),
+            used_bytes: Some(v1::UInt64Value { value: used }),
+            ..Default::default()
+        };
+        let info = image_fs_from(vec![fs("", 1), fs("/var/lib/containerd/snapshots", 42)]).unwrap();
+        assert_eq!(info.mountpoint, PathBuf::from("/var/lib/containerd/snapshots"));
+        assert_eq!(info.used_bytes, 42);
+        assert_eq!(image_fs_from(vec![]), None);
     }
 
     #[test]
     fn sandbox_config_sends_every_namespace_mode_and_the_log_directory() {
         let c = sandbox_config(&sandbox());
-        let ns = c.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
+        let sc = c.linux.unwrap().security_context.unwrap();
+        let ns = sc.namespace_options.unwrap();
         assert_eq!(ns.network, v1::NamespaceMode::Node as i32);
         assert_eq!(ns.pid, v1::NamespaceMode::Container as i32);
         assert_eq!(ns.ipc, v1::NamespaceMode::Pod as i32);
@@ -417,6 +443,7 @@ mod tests {
         assert_eq!(c.port_mappings[0].protocol, v1::Protocol::Udp as i32);
         assert_eq!(c.port_mappings[0].host_ip, "");
         assert_eq!(c.metadata.unwrap().attempt, 2);
+        assert!(sc.privileged, "containerd refuses privileged containers otherwise");
     }
 
     #[test]

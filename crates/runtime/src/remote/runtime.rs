@@ -7,7 +7,7 @@ use tonic::Code;
 
 use super::{RemoteRuntime, convert, request, request_with_timeout, rpc_error, v1};
 use crate::cri::{
-    Container, ContainerConfig, ContainerFilter, ContainerStatus, ExecRequest, ExecSyncResult, PodSandbox,
+    Container, ContainerConfig, ContainerFilter, ContainerStatus, ExecRequest, ExecSyncResult, ImageFsInfo, PodSandbox,
     PodSandboxConfig, PodSandboxStats, PodSandboxStatus, RuntimeError, RuntimeService, RuntimeStatus, RuntimeVersion,
     StreamSession, StreamingRequest,
 };
@@ -272,6 +272,24 @@ impl RuntimeService for RemoteRuntime {
             }
         };
         Ok(Some(url))
+    }
+
+    async fn image_fs_info(&self) -> Result<Option<ImageFsInfo>, RuntimeError> {
+        let response = self.images.clone().image_fs_info(request(v1::ImageFsInfoRequest {})).await;
+        let filesystems = response.map_err(|s| rpc_error("ImageFsInfo", s))?.into_inner().image_filesystems;
+        Ok(convert::image_fs_from(filesystems))
+    }
+
+    fn rotates_container_logs(&self) -> bool {
+        // CRI runtimes append to the log file forever; the kubelet rotates it.
+        false
+    }
+
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let message = v1::ReopenContainerLogRequest { container_id: id.to_owned() };
+        let response = self.runtime.clone().reopen_container_log(request(message)).await;
+        response.map_err(|s| container_error("ReopenContainerLog", id, s))?;
+        Ok(())
     }
 
     async fn list_pod_sandbox_stats(&self) -> Result<Vec<PodSandboxStats>, RuntimeError> {

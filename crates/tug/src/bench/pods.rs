@@ -254,6 +254,7 @@ fn sandbox_config(dir: &Path, name: &str) -> PodSandboxConfig {
         cgroup_parent: format!("/tugboat-bench/{name}"),
         namespace_options: Default::default(),
         sysctls: Default::default(),
+        privileged: false,
     }
 }
 
