@@ -27,6 +27,9 @@ pub enum LocalEtcdError {
     NotReady { endpoint: String, waited: Duration, log: String },
 }
 
+/// How often `start` tries new ports when one it picked was taken meanwhile.
+const START_ATTEMPTS: u32 = 5;
+
 /// One etcd process serving plain HTTP on 127.0.0.1.
 pub struct LocalEtcd {
     child: Option<Child>,
@@ -48,10 +51,24 @@ impl LocalEtcd {
 
     /// Starts a single-member cluster with its data under `dir` and waits until it serves.
     pub fn start(dir: &Path) -> Result<LocalEtcd, LocalEtcdError> {
-        let mut etcd =
-            LocalEtcd { child: None, dir: dir.to_path_buf(), client_port: free_port()?, peer_port: free_port()? };
-        etcd.restart()?;
-        Ok(etcd)
+        let mut attempt = 1;
+        loop {
+            let mut etcd =
+                LocalEtcd { child: None, dir: dir.to_path_buf(), client_port: free_port()?, peer_port: free_port()? };
+            match etcd.restart() {
+                Ok(()) => return Ok(etcd),
+                // Another process took a port between our probe and etcd's bind (tests start
+                // many members at once): start afresh on new ports.
+                Err(LocalEtcdError::NotReady { log, .. })
+                    if attempt < START_ATTEMPTS && log.contains("address already in use") =>
+                {
+                    etcd.kill();
+                    let _ = std::fs::remove_dir_all(dir.join("data"));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The client URL, `http://127.0.0.1:PORT`.
@@ -129,7 +146,7 @@ impl Drop for LocalEtcd {
 }
 
 /// A port that was free a moment ago. Another process could take it before etcd binds it;
-/// etcd then fails to start and the caller sees `NotReady` with etcd's log.
+/// etcd then fails to start, and `start` tries again with other ports.
 fn free_port() -> Result<u16, LocalEtcdError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(LocalEtcdError::Port)?;
     Ok(listener.local_addr().map_err(LocalEtcdError::Port)?.port())
