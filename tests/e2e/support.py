@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,26 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 30, in
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {value!r})", pytrace=False)
         time.sleep(interval)
+
+
+def get_through_port_forward(kubectl: "Kubectl", pod: str, port: int, timeout: float = 20) -> str:
+    """Runs `kubectl port-forward pod/<pod> LOCAL:<port>` on a free local port and returns the
+    body of `GET /` through it (waiting until the forward answers), then stops kubectl."""
+    local = free_port()
+    forward = kubectl.start("port-forward", f"pod/{pod}", f"{local}:{port}")
+    try:
+        forward.wait_for_line(lambda line: "Forwarding from" in line, timeout=timeout)
+
+        def fetch():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=5) as resp:
+                    return resp.read().decode()
+            except OSError:
+                return None
+
+        return wait_for(fetch, "the page through port-forward", timeout=timeout)
+    finally:
+        forward.stop()
 
 
 def free_port() -> int:

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from registry import (  # noqa: F401  (fixtures used by name)
     test_images,
     tug_binary,
 )
-from support import TOOLS_BIN, Kubectl, agent_server, free_port, require, wait_for
+from support import TOOLS_BIN, Kubectl, agent_server, free_port, get_through_port_forward, require, wait_for
 
 CONTAINERD = Path("/usr/bin/containerd")
 CNI_BIN = Path("/usr/lib/cni")
@@ -276,21 +275,7 @@ def test_attach_and_port_forward(node, web, kubectl):
         attached.wait_for_line(lambda line: line.startswith("tick "), timeout=20)
     finally:
         attached.stop()
-    local = free_port()
-    forward = kubectl.start("port-forward", f"pod/{web}", f"{local}:8080")
-    try:
-        forward.wait_for_line(lambda line: "Forwarding from" in line, timeout=20)
-
-        def fetch():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=5) as resp:
-                    return resp.read().decode()
-            except OSError:
-                return None
-
-        assert wait_for(fetch, "the page through port-forward", timeout=20) == "hello over containerd\n"
-    finally:
-        forward.stop()
+    assert get_through_port_forward(kubectl, web, 8080) == "hello over containerd\n"
 
 
 def test_an_unreachable_runtime_endpoint_stops_the_server_with_a_clear_error(tmp_path):

@@ -14,13 +14,12 @@ import re
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from registry import plain_registry, test_images, tug_binary  # noqa: F401  (fixtures used by name)
-from support import TOOLS_BIN, Kubectl, agent_server, node_ready, require, wait_for
+from support import TOOLS_BIN, Kubectl, agent_server, get_through_port_forward, node_ready, require, wait_for
 
 KUBECTL_VERSIONS = ["1.36", "1.27"]
 
@@ -545,20 +544,4 @@ def test_port_forward_reaches_a_server_in_the_pod(node, kubectl):
     script = "mkdir -p /www && echo hello over port-forward > /www/index.html && httpd -f -p 8080 -h /www"
     apply_pod(node, name, ["sh", "-c", script], grace=1)
     wait_phase(node, name, {"Running"})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        local = s.getsockname()[1]
-    forward = kubectl.start("port-forward", f"pod/{name}", f"{local}:8080")
-    try:
-        forward.wait_for_line(lambda line: "Forwarding from" in line, timeout=20)
-
-        def fetch():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=5) as resp:
-                    return resp.read().decode()
-            except OSError:
-                return None
-
-        assert wait_for(fetch, "the page through port-forward", timeout=20) == "hello over port-forward\n"
-    finally:
-        forward.stop()
+    assert get_through_port_forward(kubectl, name, 8080) == "hello over port-forward\n"
