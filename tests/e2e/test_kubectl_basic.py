@@ -59,6 +59,23 @@ def test_kubectl_create_get_delete_configmap(kubectl, namespace):
     assert 'Error from server (NotFound): configmaps "x" not found' in missing.stderr.splitlines(), missing.stderr
 
 
+def test_secret_string_data_is_accepted_by_create_and_apply_and_stored_as_data(kubectl, namespace):
+    # kubectl 1.27+ asks for strict field validation: the write-only stringData is a known field.
+    manifest = yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "plain", "namespace": namespace},
+         "stringData": {"password": "s3cret"}, "data": {"user": "YWRtaW4="}}  # fmt: skip
+    )
+    created = kubectl("create", "-f", "-", input=manifest)
+    assert created.stdout.strip() == "secret/plain created", created
+    applied = kubectl("apply", "-f", "-", input=manifest.replace("s3cret", "changed"))
+    assert applied.stdout.strip() == "secret/plain configured", applied
+    got = json.loads(kubectl("get", "secret", "plain", "-n", namespace, "-o", "json").stdout)
+    assert got["data"] == {"password": "Y2hhbmdlZA==", "user": "YWRtaW4="}
+    assert "stringData" not in got
+    unknown = kubectl("create", "-f", "-", input=manifest.replace("stringData", "stringDatum"), check=False)
+    assert 'unknown field "stringDatum"' in unknown.stderr, unknown
+
+
 def test_kubectl_apply_twice_then_get_deployment_yaml(kubectl, namespace):
     first = deployment_manifest(1, {"GREETING": "hello"})
     second = deployment_manifest(3, {"GREETING": "hello", "COLOR": "blue"})

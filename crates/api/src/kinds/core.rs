@@ -475,6 +475,7 @@ impl Kind for Namespace {
 
 impl Kind for Secret {
     const FIELD_LABELS: &'static [(&'static str, &'static str)] = &[("type", "type")];
+    const WRITE_ONLY_FIELDS: &'static [&'static str] = &["stringData"];
 
     fn set_defaults(&mut self) {
         default_str(&mut self.type_, "Opaque");
@@ -696,5 +697,14 @@ mod tests {
         assert_eq!(stored["data"], json!({"a": "bmV3", "b": "cGxhaW4=", "keep": "eA=="}));
         assert!(stored.get("stringData").is_none());
         assert_eq!(stored["type"], "Opaque");
+    }
+
+    #[test]
+    fn secret_string_data_is_not_an_unknown_field_for_strict_validation() {
+        let input = json!({"metadata": {"name": "s"}, "stringData": {"a": "x"}, "stringDatum": {"b": "y"}});
+        let mut secret: Secret = serde_json::from_value(input.clone()).unwrap();
+        secret.set_defaults();
+        let output = serde_json::to_value(&secret).unwrap();
+        assert_eq!(super::super::unknown_fields(&input, &output, Secret::WRITE_ONLY_FIELDS), ["stringDatum"]);
     }
 }

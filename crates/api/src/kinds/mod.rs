@@ -43,6 +43,10 @@ pub trait Kind:
     /// How names of this kind are validated.
     const NAME_RULE: NameRule = NameRule::Subdomain;
 
+    /// Top-level fields accepted on writes but folded into others and never stored (a Secret's
+    /// `stringData`): strict field validation must not call them unknown.
+    const WRITE_ONLY_FIELDS: &'static [&'static str] = &[];
+
     /// Upstream's defaulting (`SetObjectDefaults_<Kind>`).
     fn set_defaults(&mut self) {}
 
@@ -79,6 +83,11 @@ pub trait KindOps: Send + Sync {
 
     /// The field labels this kind supports, for error messages.
     fn field_labels(&self) -> Vec<String>;
+
+    /// See [`Kind::WRITE_ONLY_FIELDS`].
+    fn write_only_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Adds this type's schema (and those it refers to) to an OpenAPI schema set.
     fn add_schema(&self, set: &mut crate::schema::SchemaSet);
@@ -184,7 +193,7 @@ impl<T: Kind> KindOps for Typed<T> {
         typed.validate(&mut errs);
         Self::validation_result(&typed, errs)?;
         let object = Self::encode(&typed)?;
-        let unknown_fields = dropped_fields(&obj, &object);
+        let unknown_fields = unknown_fields(&obj, &object, T::WRITE_ONLY_FIELDS);
         Ok(Admitted { object, unknown_fields })
     }
 
@@ -199,7 +208,7 @@ impl<T: Kind> KindOps for Typed<T> {
         typed.validate_update(&old_typed, &mut errs);
         Self::validation_result(&typed, errs)?;
         let object = Self::encode(&typed)?;
-        let unknown_fields = dropped_fields(&obj, &object);
+        let unknown_fields = unknown_fields(&obj, &object, T::WRITE_ONLY_FIELDS);
         Ok(Admitted { object, unknown_fields })
     }
 
@@ -229,6 +238,10 @@ impl<T: Kind> KindOps for Typed<T> {
         })
     }
 
+    fn write_only_fields(&self) -> &'static [&'static str] {
+        T::WRITE_ONLY_FIELDS
+    }
+
     fn field_labels(&self) -> Vec<String> {
         let mut v = vec!["metadata.name".to_string(), "metadata.namespace".to_string()];
         v.extend(T::FIELD_LABELS.iter().map(|(l, _)| l.to_string()));
@@ -254,6 +267,15 @@ fn is_namespaced<T: k8s_openapi::Resource>() -> bool {
 
 /// Paths of fields present (and not null) in `input` but absent from `output`: the fields the
 /// typed decode dropped because the type does not have them.
+/// What strict field validation calls unknown: the fields of `input` that decoding lost in
+/// `output`, less the kind's write-only ones ([`Kind::WRITE_ONLY_FIELDS`]).
+pub fn unknown_fields(input: &Value, output: &Value, write_only: &[&str]) -> Vec<String> {
+    let mut fields = dropped_fields(input, output);
+    fields
+        .retain(|f| !write_only.iter().any(|w| f == w || f.strip_prefix(w).is_some_and(|rest| rest.starts_with('.'))));
+    fields
+}
+
 pub fn dropped_fields(input: &Value, output: &Value) -> Vec<String> {
     let mut out = Vec::new();
     walk_dropped(input, output, String::new(), &mut out);

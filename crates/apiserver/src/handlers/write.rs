@@ -60,7 +60,9 @@ fn unknown_fields(call: &Call<'_>, fields: &[String]) -> Result<Vec<String>, Api
 /// warnings to send, or a `BadRequest` under `Strict`.
 fn strict_check(call: &Call<'_>, obj: &Value) -> Result<Vec<String>, ApiError> {
     match call.rt.ops.normalize(obj.clone()) {
-        Ok(typed) => unknown_fields(call, &tug_api::kinds::dropped_fields(obj, &typed)),
+        Ok(typed) => {
+            unknown_fields(call, &tug_api::kinds::unknown_fields(obj, &typed, call.rt.ops.write_only_fields()))
+        }
         // Decoding errors are reported by admission with their field path.
         Err(_) => Ok(Vec::new()),
     }
