@@ -26,6 +26,22 @@ pub fn hostname(pod: &Pod) -> String {
     name[..HOSTNAME_MAX].trim_end_matches(['-', '.']).to_string()
 }
 
+/// The longest FQDN the kernel's nodename field takes (upstream's `fqdnMaxLen`).
+const FQDN_MAX: usize = 64;
+
+/// The hostname the kernel gets (upstream's `GetNodenameForKernel`): the pod's FQDN when
+/// `setHostnameAsFQDN` is set and it has a subdomain, else its hostname. Upstream refuses the
+/// sandbox when the FQDN is longer than 64 characters; here the short hostname is kept then.
+fn kernel_hostname(pod: &Pod, cluster_domain: &str) -> String {
+    let as_fqdn = pod.spec.as_ref().and_then(|s| s.set_hostname_as_fqdn).unwrap_or(false);
+    let (_, domain) = crate::etc_hosts::pod_hostname_and_domain(pod, cluster_domain);
+    let short = hostname(pod);
+    match domain {
+        Some(domain) if as_fqdn && short.len() + 1 + domain.len() <= FQDN_MAX => format!("{short}.{domain}"),
+        _ => short,
+    }
+}
+
 /// The pod's namespace options (upstream's `namespacesForPod`).
 pub fn namespace_options(pod: &Pod) -> NamespaceOptions {
     let spec = pod.spec.as_ref();
@@ -89,7 +105,7 @@ pub fn sandbox_config(
         .unwrap_or_default();
     PodSandboxConfig {
         metadata: PodSandboxMetadata { name: name.clone(), namespace: namespace.clone(), uid: uid.clone(), attempt },
-        hostname: hostname(pod),
+        hostname: kernel_hostname(pod, &config.cluster_domain),
         log_directory: config.pod_log_dir(&namespace, &name, &uid),
         dns_config,
         port_mappings: port_mappings(pod),
@@ -190,5 +206,25 @@ mod tests {
         let name = format!("{}-{}", "a".repeat(62), "bcd");
         let pod = Pod { metadata: ObjectMeta { name: Some(name), ..Default::default() }, ..Default::default() };
         assert_eq!(hostname(&pod), "a".repeat(62));
+    }
+
+    #[test]
+    fn set_hostname_as_fqdn_gives_the_kernel_the_fqdn_when_it_fits() {
+        let pod = |hostname: &str, fqdn: bool| Pod {
+            metadata: ObjectMeta { name: Some("web".into()), namespace: Some("ns".into()), ..Default::default() },
+            spec: Some(PodSpec {
+                hostname: Some(hostname.into()),
+                subdomain: Some("sub".into()),
+                set_hostname_as_fqdn: Some(fqdn),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sc = |p: &Pod| sandbox_config(p, &config(), 0, String::new(), None).hostname;
+        assert_eq!(sc(&pod("h", true)), "h.sub.ns.svc.cluster.local");
+        assert_eq!(sc(&pod("h", false)), "h");
+        // 64 characters at most, the kernel's nodename field.
+        let long = "a".repeat(40);
+        assert_eq!(sc(&pod(&long, true)), long);
     }
 }
