@@ -117,9 +117,7 @@ fn source(driver: &str, attach: Option<bool>, attached: Option<bool>) -> (FakeSo
         }},
     }));
     let secret = |name: &str, value: &str| -> Secret {
-        obj(
-            serde_json::json!({"metadata": {"name": name, "namespace": "ns"}, "data": {"key": value}}),
-        )
+        obj(serde_json::json!({"metadata": {"name": name, "namespace": "ns"}, "data": {"key": value}}))
     };
     let csidriver = attach.map(|required| -> CSIDriver {
         obj(serde_json::json!({"metadata": {"name": driver}, "spec": {"attachRequired": required, "podInfoOnMount": true}}))
