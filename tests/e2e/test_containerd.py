@@ -368,7 +368,9 @@ def test_a_log_past_its_size_limit_is_rotated_and_logs_keep_following(node, k):
         assert rotated[0].stat().st_size >= 10 << 20
         assert (log_dir / "0.log").stat().st_size < 1 << 20
         # Lines written after the rotation reach the follower and a new reader.
-        counted = int(k("logs", "--tail=1", name).stdout.split()[1])
+        # The new file is empty until the container's next line (every 0.2 s).
+        last = wait_for(lambda: k("logs", "--tail=1", name).stdout.split(), "a line in the new log", timeout=10)
+        counted = int(last[1])
         follower.wait_for_line(lambda line: line == f"after {counted + 3}", timeout=20)
         assert payload not in k("logs", name).stdout, "the rotated content is no longer the current log"
     finally:

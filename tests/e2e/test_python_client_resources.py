@@ -4,6 +4,7 @@ the scale subresource, conflicts, and the Service IP and node port allocators.""
 import ipaddress
 import json
 import random
+import threading
 
 import pytest
 from kubernetes import client
@@ -137,6 +138,36 @@ def test_python_client_deployment_crud(kube_client, namespace):
         apps.read_namespaced_deployment("web", namespace)
     assert gone.value.status == 404
     assert api_error(gone)["message"] == 'deployments.apps "web" not found'
+
+
+def test_scale_patches_are_reapplied_when_another_writer_changes_the_object(kube_client, namespace):
+    """A patch that does not name a resourceVersion never fails with a conflict: when another
+    writer changes the object between the server's read and write, upstream re-applies the
+    patch to the newer object. Two writers race here; every scale patch must succeed."""
+    apps = client.AppsV1Api(kube_client)
+    apps.create_namespaced_deployment(namespace, deployment("raced", 0))
+    stop = threading.Event()
+    writes = []
+
+    def annotate():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            apps.patch_namespaced_deployment("raced", namespace, {"metadata": {"annotations": {"e2e/writer": str(i)}}})
+            writes.append(i)
+
+    writer = threading.Thread(target=annotate)
+    writer.start()
+    try:
+        for replicas in range(40):
+            apps.patch_namespaced_deployment_scale(
+                "raced", namespace, {"spec": {"replicas": replicas % 3}}, _content_type="application/merge-patch+json"
+            )
+    finally:
+        stop.set()
+        writer.join()
+    assert len(writes) > 10, "the other writer ran alongside"
+    assert apps.read_namespaced_deployment("raced", namespace).spec.replicas == 39 % 3
 
 
 def test_python_client_service_gets_cluster_ip_and_node_port(kube_client, namespace):

@@ -130,7 +130,14 @@ async fn scale(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
                     )],
                 ));
             }
-            let pinned = desired.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty());
+            // The patched Scale carries the current resourceVersion; only one the client wrote
+            // (in a body or in the patch itself) pins the write, so a patch meeting a concurrent
+            // write is re-applied to the newer object instead of failing with a conflict.
+            let written = match &patch {
+                Some((_, doc)) => doc,
+                None => &desired,
+            };
+            let pinned = written.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty());
             let mut next = current.clone();
             match call.rt.ops.scale_paths() {
                 Some(paths) => custom::set_path(&mut next, &paths.spec_replicas, json!(replicas)),
