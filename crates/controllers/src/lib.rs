@@ -16,7 +16,7 @@ pub mod events;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod history;
-mod informer;
+pub mod informer;
 pub mod job;
 pub mod leaderelection;
 pub mod namespace;
@@ -34,6 +34,8 @@ pub mod ttlafterfinished;
 pub mod volume;
 
 use kube::Client;
+
+pub use informer::Informers;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -61,10 +63,13 @@ pub struct Options {
 
 /// Runs every controller until `shutdown`.
 pub async fn run(client: Client, options: Options, shutdown: CancellationToken) {
-    let node_ipam =
-        options.node_ipam.map(|(cidr, mask)| tokio::spawn(nodeipam::run(client.clone(), cidr, mask, shutdown.clone())));
-    let node_lifecycle = tokio::spawn(nodelifecycle::run(client.clone(), options.node_lifecycle, shutdown.clone()));
-    let pod_gc = tokio::spawn(podgc::run(client.clone(), options.pod_gc, shutdown.clone()));
+    // One watch and cache per resource type for all controllers.
+    let informers = Informers::new(client.clone(), shutdown.clone());
+    let node_ipam = options
+        .node_ipam
+        .map(|(cidr, mask)| tokio::spawn(nodeipam::run(informers.clone(), cidr, mask, shutdown.clone())));
+    let node_lifecycle = tokio::spawn(nodelifecycle::run(informers.clone(), options.node_lifecycle, shutdown.clone()));
+    let pod_gc = tokio::spawn(podgc::run(informers.clone(), options.pod_gc, shutdown.clone()));
     let service_accounts = tokio::spawn(serviceaccount::run(client.clone(), shutdown.clone()));
     let root_ca =
         options.root_ca.map(|ca| tokio::spawn(rootcacertpublisher::run(client.clone(), ca, shutdown.clone())));
@@ -89,27 +94,27 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
         })
     };
     let ns = tokio::spawn(namespace::run(client.clone(), shutdown.clone()));
-    let endpoints = tokio::spawn(endpoint::run(client.clone(), shutdown.clone()));
-    let endpoint_slices = tokio::spawn(endpointslice::run(client.clone(), shutdown.clone()));
-    let mirroring = tokio::spawn(endpointslicemirroring::run(client.clone(), shutdown.clone()));
-    let rs = tokio::spawn(replicaset::run(client.clone(), shutdown.clone()));
-    let sts = tokio::spawn(statefulset::run(client.clone(), shutdown.clone()));
-    let daemon_sets = tokio::spawn(daemon::run(client.clone(), shutdown.clone()));
-    let jobs = tokio::spawn(job::run(client.clone(), shutdown.clone()));
-    let cronjobs = tokio::spawn(cronjob::run(client.clone(), shutdown.clone()));
-    let ttl = tokio::spawn(ttlafterfinished::run(client.clone(), shutdown.clone()));
-    let volumes = tokio::spawn(volume::persistentvolume::run(client.clone(), shutdown.clone()));
-    let ephemeral = tokio::spawn(volume::ephemeral::run(client.clone(), shutdown.clone()));
-    let pvc_protection = tokio::spawn(volume::pvcprotection::run(client.clone(), shutdown.clone()));
-    let pv_protection = tokio::spawn(volume::pvprotection::run(client.clone(), shutdown.clone()));
-    let attach_detach = tokio::spawn(volume::attachdetach::run(client.clone(), shutdown.clone()));
+    let endpoints = tokio::spawn(endpoint::run(informers.clone(), shutdown.clone()));
+    let endpoint_slices = tokio::spawn(endpointslice::run(informers.clone(), shutdown.clone()));
+    let mirroring = tokio::spawn(endpointslicemirroring::run(informers.clone(), shutdown.clone()));
+    let rs = tokio::spawn(replicaset::run(informers.clone(), shutdown.clone()));
+    let sts = tokio::spawn(statefulset::run(informers.clone(), shutdown.clone()));
+    let daemon_sets = tokio::spawn(daemon::run(informers.clone(), shutdown.clone()));
+    let jobs = tokio::spawn(job::run(informers.clone(), shutdown.clone()));
+    let cronjobs = tokio::spawn(cronjob::run(informers.clone(), shutdown.clone()));
+    let ttl = tokio::spawn(ttlafterfinished::run(informers.clone(), shutdown.clone()));
+    let volumes = tokio::spawn(volume::persistentvolume::run(informers.clone(), shutdown.clone()));
+    let ephemeral = tokio::spawn(volume::ephemeral::run(informers.clone(), shutdown.clone()));
+    let pvc_protection = tokio::spawn(volume::pvcprotection::run(informers.clone(), shutdown.clone()));
+    let pv_protection = tokio::spawn(volume::pvprotection::run(informers.clone(), shutdown.clone()));
+    let attach_detach = tokio::spawn(volume::attachdetach::run(informers.clone(), shutdown.clone()));
     let local_path = options
         .local_storage_path
-        .map(|path| tokio::spawn(volume::local_path::run(client.clone(), path, shutdown.clone())));
-    let quota = tokio::spawn(resourcequota::run(client.clone(), resourcequota::DEFAULT_RESYNC, shutdown.clone()));
-    let disruption = tokio::spawn(disruption::run(client.clone(), shutdown.clone()));
-    let hpa = tokio::spawn(podautoscaler::run(client.clone(), options.horizontal_pod_autoscaler, shutdown.clone()));
-    let deploy = tokio::spawn(deployment::run(client, shutdown));
+        .map(|path| tokio::spawn(volume::local_path::run(informers.clone(), path, shutdown.clone())));
+    let quota = tokio::spawn(resourcequota::run(informers.clone(), resourcequota::DEFAULT_RESYNC, shutdown.clone()));
+    let disruption = tokio::spawn(disruption::run(informers.clone(), shutdown.clone()));
+    let hpa = tokio::spawn(podautoscaler::run(informers.clone(), options.horizontal_pod_autoscaler, shutdown.clone()));
+    let deploy = tokio::spawn(deployment::run(informers.clone(), shutdown));
     let _ = tokio::join!(gc, ns, rs, deploy, sts, daemon_sets);
     let _ = tokio::join!(endpoints, endpoint_slices, mirroring);
     let _ = tokio::join!(jobs, cronjobs, ttl);

@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use tug_api::cron::Schedule;
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::job::pod_control::namespace_terminating;
 use crate::job::status::{COMPLETE, FAILED, true_condition};
 use crate::replicaset::{backoff as retry_backoff, controller_of};
@@ -81,9 +81,10 @@ pub enum Error {
 }
 
 /// Runs the CronJob controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (cronjobs, cj_writer) = reflector::store::<CronJob>();
-    let (jobs, job_writer) = reflector::store::<Job>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (cronjobs, cj_writer) = informers.store::<CronJob>().await;
+    let (jobs, job_writer) = informers.store::<Job>().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let manager = Arc::new(Manager {
         client: client.clone(),
@@ -94,15 +95,14 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         failures: Mutex::new(HashMap::new()),
     });
     let m = manager.clone();
-    let cj_informer =
-        informer::run(Api::<CronJob>::all(client.clone()), cj_writer, shutdown.clone(), move |c| match c {
-            Change::Add(cj) | Change::Update(_, cj) => m.enqueue(&cj),
-            Change::Delete(cj) => {
-                lock(&m.failures).remove(&key_of(&cj));
-            }
-        });
+    let cj_informer = cj_writer.run(shutdown.clone(), move |c| match c {
+        Change::Add(cj) | Change::Update(_, cj) => m.enqueue(&cj),
+        Change::Delete(cj) => {
+            lock(&m.failures).remove(&key_of(&cj));
+        }
+    });
     let m = manager.clone();
-    let job_informer = informer::run(Api::<Job>::all(client), job_writer, shutdown.clone(), move |c: Change<Job>| {
+    let job_informer = job_writer.run(shutdown.clone(), move |c: Change<Job>| {
         for job in c.objects() {
             m.job_changed(job);
         }

@@ -29,10 +29,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
-use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +40,7 @@ use tracing::{debug, info, warn};
 use crate::events::Recorder;
 use crate::expectations::Expectations;
 use crate::history::{History, HistoryError};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::replicaset::pod_control::PodError;
 use crate::replicaset::{backoff, controller_of, ranking};
 use manage::FailedPodBackoff;
@@ -142,11 +141,12 @@ pub struct Manager {
 }
 
 /// Runs the DaemonSet controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (daemon_sets, ds_writer) = reflector::store::<DaemonSet>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (daemon_sets, ds_writer) = informers.store::<DaemonSet>().await;
+    let (pods, pod_writer) = informers.store::<Pod>().await;
+    let (nodes, node_writer) = informers.store::<Node>().await;
+    let (revisions, rev_writer) = informers.store::<ControllerRevision>().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let m = Arc::new(Manager {
         client: client.clone(),
@@ -164,19 +164,19 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
     let ds_informer = {
         let m = m.clone();
-        informer::run(Api::all(client.clone()), ds_writer, shutdown.clone(), move |c| m.daemon_set_changed(&c))
+        ds_writer.run(shutdown.clone(), move |c| m.daemon_set_changed(&c))
     };
     let pod_informer = {
         let m = m.clone();
-        informer::run(Api::all(client.clone()), pod_writer, shutdown.clone(), move |c| m.pod_changed(&c))
+        pod_writer.run(shutdown.clone(), move |c| m.pod_changed(&c))
     };
     let node_informer = {
         let m = m.clone();
-        informer::run(Api::all(client.clone()), node_writer, shutdown.clone(), move |c| m.node_changed(&c))
+        node_writer.run(shutdown.clone(), move |c| m.node_changed(&c))
     };
     let rev_informer = {
         let m = m.clone();
-        informer::run(Api::all(client), rev_writer, shutdown.clone(), move |c| m.revision_changed(&c))
+        rev_writer.run(shutdown.clone(), move |c| m.revision_changed(&c))
     };
     let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(Ok::<_, Infallible>)

@@ -27,14 +27,14 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::events::Recorder;
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::replicaset::{backoff, controller_of};
 
 /// Deployments synced at once (upstream's `--concurrent-deployment-syncs` default).
@@ -70,9 +70,10 @@ pub enum Error {
 }
 
 /// Runs the Deployment controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (deployments, d_writer) = reflector::store::<Deployment>();
-    let (replica_sets, rs_writer) = reflector::store::<ReplicaSet>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (deployments, d_writer) = informers.store::<Deployment>().await;
+    let (replica_sets, rs_writer) = informers.store::<ReplicaSet>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<Deployment>>();
     let manager = Arc::new(Manager {
         client: client.clone(),
@@ -83,29 +84,19 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
 
     let d_tx = tx.clone();
-    let d_informer = informer::run(
-        Api::<Deployment>::all(client.clone()),
-        d_writer,
-        shutdown.clone(),
-        move |change: Change<Deployment>| {
-            for d in change.objects() {
-                let _ = d_tx.send(ObjectRef::from_obj(&**d));
-            }
-        },
-    );
+    let d_informer = d_writer.run(shutdown.clone(), move |change: Change<Deployment>| {
+        for d in change.objects() {
+            let _ = d_tx.send(ObjectRef::from_obj(&**d));
+        }
+    });
     let m = manager.clone();
-    let rs_informer = informer::run(
-        Api::<ReplicaSet>::all(client),
-        rs_writer,
-        shutdown.clone(),
-        move |change: Change<ReplicaSet>| {
-            for rs in change.objects() {
-                for d in m.deployments_for(rs) {
-                    let _ = tx.send(d);
-                }
+    let rs_informer = rs_writer.run(shutdown.clone(), move |change: Change<ReplicaSet>| {
+        for rs in change.objects() {
+            for d in m.deployments_for(rs) {
+                let _ = tx.send(d);
             }
-        },
-    );
+        }
+    });
     let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(Ok::<_, Infallible>)
         .take_until(shutdown.clone().cancelled_owned());

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::controller_ref::controller_of;
 use crate::events::{Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::replicaset::backoff as retry_backoff;
 
 const CONCURRENT_SYNCS: u16 = 5;
@@ -77,13 +77,14 @@ fn selects(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (pdbs, pdb_writer) = reflector::store::<PodDisruptionBudget>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (pdbs, pdb_writer) = informers.store::<PodDisruptionBudget>().await;
+    let (pods, pod_writer) = informers.store::<Pod>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<PodDisruptionBudget>>();
     let pdb_informer = {
         let tx = tx.clone();
-        informer::run(Api::<PodDisruptionBudget>::all(client.clone()), pdb_writer, shutdown.clone(), move |c| {
+        pdb_writer.run(shutdown.clone(), move |c| {
             if let Change::Add(p) | Change::Update(_, p) = c {
                 let _ = tx.send(ObjectRef::from_obj(&*p));
             }
@@ -91,7 +92,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let pod_informer = {
         let (tx, pdbs) = (tx.clone(), pdbs.clone());
-        informer::run(Api::<Pod>::all(client.clone()), pod_writer, shutdown.clone(), move |c: Change<Pod>| {
+        pod_writer.run(shutdown.clone(), move |c: Change<Pod>| {
             for pod in c.objects() {
                 for pdb in pdbs.state() {
                     if selects(&pdb, pod) {

@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::SelectorExt;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
@@ -35,7 +35,7 @@ use crate::endpointslice::util::{
     split_key,
 };
 use crate::events::{Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use subsets::{ANNOTATION_OVER_CAPACITY, capacity_annotation_set_correctly, desired_subsets, repack_subsets, truncate};
 use trigger_time::TriggerTimeTracker;
 use workqueue::WorkQueue;
@@ -127,10 +127,11 @@ struct Controller {
 }
 
 /// Runs the Endpoints controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (services, service_writer) = reflector::store::<Service>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (endpoints, endpoints_writer) = reflector::store::<Endpoints>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (services, service_writer) = informers.store::<Service>().await;
+    let (pods, pod_writer) = informers.store::<Pod>().await;
+    let (endpoints, endpoints_writer) = informers.store::<Endpoints>().await;
     let c = Arc::new(Controller {
         client: client.clone(),
         services,
@@ -142,7 +143,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
     let service_informer = {
         let c = c.clone();
-        informer::run(Api::<Service>::all(client.clone()), service_writer, shutdown.clone(), move |change| {
+        service_writer.run(shutdown.clone(), move |change| {
             for s in change.objects() {
                 c.queue.add(key(&s.namespace().unwrap_or_default(), &s.name_any()));
             }
@@ -150,13 +151,11 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let pod_informer = {
         let c = c.clone();
-        informer::run(Api::<Pod>::all(client.clone()), pod_writer, shutdown.clone(), move |change| {
-            enqueue_for_pod_change(&c.services, &change, |k| c.queue.add(k))
-        })
+        pod_writer.run(shutdown.clone(), move |change| enqueue_for_pod_change(&c.services, &change, |k| c.queue.add(k)))
     };
     let endpoints_informer = {
         let c = c.clone();
-        informer::run(Api::<Endpoints>::all(client), endpoints_writer, shutdown.clone(), move |change| {
+        endpoints_writer.run(shutdown.clone(), move |change| {
             // A deleted Endpoints object of a service with a selector is made again.
             if let Change::Delete(ep) = change {
                 c.queue.add(key(&ep.namespace().unwrap_or_default(), &ep.name_any()));

@@ -23,7 +23,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::SelectorExt;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
@@ -32,7 +32,7 @@ use crate::endpoint::trigger_time::TriggerTimeTracker;
 use crate::endpoint::workqueue::WorkQueue;
 use crate::endpoint::{enqueue_for_pod_change, is_namespace_terminating};
 use crate::events::{Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use reconciler::{CONTROLLER_NAME, MAX_ENDPOINTS_PER_SLICE, Plan};
 use tracker::Tracker;
 use util::{ANNOTATION_TRIGGER_TIME, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, key, service_selector, split_key};
@@ -87,11 +87,12 @@ struct Controller {
 }
 
 /// Runs the EndpointSlice controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (services, service_writer) = reflector::store::<Service>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (services, service_writer) = informers.store::<Service>().await;
+    let (pods, pod_writer) = informers.store::<Pod>().await;
+    let (nodes, node_writer) = informers.store::<Node>().await;
+    let (slices, slice_writer) = informers.store::<EndpointSlice>().await;
     let c = Arc::new(Controller {
         client: client.clone(),
         services,
@@ -105,7 +106,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
     let service_informer = {
         let c = c.clone();
-        informer::run(Api::<Service>::all(client.clone()), service_writer, shutdown.clone(), move |change| {
+        service_writer.run(shutdown.clone(), move |change| {
             for s in change.objects() {
                 c.queue.add(key(&s.namespace().unwrap_or_default(), &s.name_any()));
             }
@@ -113,15 +114,13 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let pod_informer = {
         let c = c.clone();
-        informer::run(Api::<Pod>::all(client.clone()), pod_writer, shutdown.clone(), move |change| {
-            enqueue_for_pod_change(&c.services, &change, |k| c.queue.add(k))
-        })
+        pod_writer.run(shutdown.clone(), move |change| enqueue_for_pod_change(&c.services, &change, |k| c.queue.add(k)))
     };
     // Zones are read when a service syncs; a pod on a node not seen yet is retried.
-    let node_informer = informer::run(Api::<Node>::all(client.clone()), node_writer, shutdown.clone(), |_| {});
+    let node_informer = node_writer.run(shutdown.clone(), |_| {});
     let slice_informer = {
         let c = c.clone();
-        informer::run(Api::<EndpointSlice>::all(client), slice_writer, shutdown.clone(), move |change| {
+        slice_writer.run(shutdown.clone(), move |change| {
             if let Change::Delete(s) = &change
                 && let Some(k) = service_key_of(s, CONTROLLER_NAME)
             {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
@@ -30,7 +30,7 @@ use crate::endpointslice::service_key_of;
 use crate::endpointslice::tracker::Tracker;
 use crate::endpointslice::util::{LABEL_SKIP_MIRROR, key, service_selector, split_key};
 use crate::events::{Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use reconciler::{CONTROLLER_NAME, MAX_ENDPOINTS_PER_SUBSET, Plan};
 
 /// Endpoints synced at once (upstream's `--mirroring-concurrent-service-endpoint-syncs`).
@@ -67,10 +67,11 @@ struct Controller {
 }
 
 /// Runs the mirroring controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (endpoints, endpoints_writer) = reflector::store::<Endpoints>();
-    let (services, service_writer) = reflector::store::<Service>();
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (endpoints, endpoints_writer) = informers.store::<Endpoints>().await;
+    let (services, service_writer) = informers.store::<Service>().await;
+    let (slices, slice_writer) = informers.store::<EndpointSlice>().await;
     let c = Arc::new(Controller {
         client: client.clone(),
         endpoints,
@@ -82,7 +83,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
     let endpoints_informer = {
         let c = c.clone();
-        informer::run(Api::<Endpoints>::all(client.clone()), endpoints_writer, shutdown.clone(), move |change| {
+        endpoints_writer.run(shutdown.clone(), move |change| {
             if change.objects().iter().any(|e| should_mirror(e)) {
                 let (Change::Add(e) | Change::Update(_, e) | Change::Delete(e)) = &change;
                 c.queue.add(key(&e.namespace().unwrap_or_default(), &e.name_any()));
@@ -91,7 +92,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let service_informer = {
         let c = c.clone();
-        informer::run(Api::<Service>::all(client.clone()), service_writer, shutdown.clone(), move |change| {
+        service_writer.run(shutdown.clone(), move |change| {
             // Only services with mirrored endpoints, or with endpoints to mirror, matter.
             let (Change::Add(s) | Change::Update(_, s) | Change::Delete(s)) = &change;
             let ns = s.namespace().unwrap_or_default();
@@ -102,7 +103,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let slice_informer = {
         let c = c.clone();
-        informer::run(Api::<EndpointSlice>::all(client), slice_writer, shutdown.clone(), move |change| {
+        slice_writer.run(shutdown.clone(), move |change| {
             let (Change::Add(s) | Change::Update(_, s) | Change::Delete(s)) = &change;
             let Some(k) = service_key_of(s, CONTROLLER_NAME) else { return };
             if let Change::Delete(_) = change {

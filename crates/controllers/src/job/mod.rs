@@ -38,10 +38,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::events::Recorder;
 use crate::expectations::Expectations;
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::replicaset::{backoff as retry_backoff, controller_of};
 use pod_control::{PodControl, has_finalizer};
 
@@ -106,9 +105,10 @@ pub enum Error {
 }
 
 /// Runs the Job controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (jobs, job_writer) = reflector::store::<Job>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (jobs, job_writer) = informers.store::<Job>().await;
+    let (pods, pod_writer) = informers.store::<Pod>().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let manager = Arc::new(Manager {
         client: client.clone(),
@@ -122,10 +122,9 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         written: Mutex::new(HashMap::new()),
     });
     let m = manager.clone();
-    let job_informer =
-        informer::run(Api::<Job>::all(client.clone()), job_writer, shutdown.clone(), move |c| m.job_changed(&c));
+    let job_informer = job_writer.run(shutdown.clone(), move |c| m.job_changed(&c));
     let m = manager.clone();
-    let pod_informer = informer::run(Api::<Pod>::all(client), pod_writer, shutdown.clone(), move |c| m.pod_changed(&c));
+    let pod_informer = pod_writer.run(shutdown.clone(), move |c| m.pod_changed(&c));
     let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(Ok::<_, Infallible>)
         .take_until(shutdown.cancelled_owned());

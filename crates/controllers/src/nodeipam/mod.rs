@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::events::{NORMAL, Recorder};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 pub use cidrset::{CidrError, CidrSet, Ipv4Net};
 
 /// The default `--cluster-cidr` (k3s's).
@@ -132,7 +132,8 @@ fn pod_cidrs(node: &Node) -> Vec<String> {
 }
 
 /// Runs the range allocator for `cluster_cidr` until `shutdown`.
-pub async fn run(client: Client, cluster_cidr: Ipv4Net, mask: u8, shutdown: CancellationToken) {
+pub async fn run(informers: Informers, cluster_cidr: Ipv4Net, mask: u8, shutdown: CancellationToken) {
+    let client = informers.client();
     let set = match CidrSet::new(cluster_cidr, mask) {
         Ok(s) => s,
         Err(e) => {
@@ -140,26 +141,25 @@ pub async fn run(client: Client, cluster_cidr: Ipv4Net, mask: u8, shutdown: Canc
             return;
         }
     };
-    let (nodes, writer) = reflector::store::<Node>();
+    let (nodes, writer) = informers.store::<Node>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let handler_tx = tx.clone();
     let cache = nodes.clone();
-    let informer =
-        informer::run(Api::<Node>::all(client.clone()), writer, shutdown.clone(), move |change| match change {
-            Change::Add(n) | Change::Update(_, n) => {
-                if pod_cidrs(&n).is_empty() {
-                    let _ = handler_tx.send(n.name_any());
-                }
+    let informer = writer.run(shutdown.clone(), move |change| match change {
+        Change::Add(n) | Change::Update(_, n) => {
+            if pod_cidrs(&n).is_empty() {
+                let _ = handler_tx.send(n.name_any());
             }
-            // A subnet may have come free: nodes still waiting for one need not wait for their
-            // backoff to end.
-            Change::Delete(n) if !pod_cidrs(&n).is_empty() => {
-                for waiting in cache.state_filter(|n| pod_cidrs(n).is_empty()) {
-                    let _ = handler_tx.send(waiting.name_any());
-                }
+        }
+        // A subnet may have come free: nodes still waiting for one need not wait for their
+        // backoff to end.
+        Change::Delete(n) if !pod_cidrs(&n).is_empty() => {
+            for waiting in cache.state_filter(|n| pod_cidrs(n).is_empty()) {
+                let _ = handler_tx.send(waiting.name_any());
             }
-            Change::Delete(_) => {}
-        });
+        }
+        Change::Delete(_) => {}
+    });
     let mut allocator = Allocator {
         client: client.clone(),
         nodes: nodes.clone(),

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{self, Change, Informers};
 use health::{TokenBucket, ZoneState};
 use tainteviction::TaintEviction;
 
@@ -128,9 +128,10 @@ fn taints_of(node: &Node) -> Vec<Taint> {
 }
 
 /// Runs the node lifecycle and taint eviction controllers until `shutdown`.
-pub async fn run(client: Client, options: Options, shutdown: CancellationToken) {
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+pub async fn run(informers: Informers, options: Options, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (nodes, node_writer) = informers.store::<Node>().await;
+    let (pods, pod_writer) = informers.store::<Pod>().await;
     let (leases, lease_writer) = reflector::store::<Lease>();
     let eviction = TaintEviction::new(client.clone(), nodes.clone());
     // Nodes whose conditions call for other NoSchedule taints, handled at once as upstream's
@@ -138,7 +139,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let (retaint_tx, mut retaint_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let node_informer = {
         let (eviction, pods) = (eviction.clone(), pods.clone());
-        informer::run(Api::<Node>::all(client.clone()), node_writer, shutdown.clone(), move |change| {
+        node_writer.run(shutdown.clone(), move |change| {
             if let Change::Add(n) | Change::Update(_, n) = &change
                 && health::with_condition_taints(&taints_of(n), &health::condition_taints(n)).is_some()
             {
@@ -147,7 +148,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
             eviction.node_changed(&change, |n| pods_on(&pods, n))
         })
     };
-    let pod_informer = informer::run(Api::<Pod>::all(client.clone()), pod_writer, shutdown.clone(), {
+    let pod_informer = pod_writer.run(shutdown.clone(), {
         let eviction = eviction.clone();
         move |change: Change<Pod>| eviction.pod_changed(&change)
     });

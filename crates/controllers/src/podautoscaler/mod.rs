@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use tug_api::selector::LabelSelector;
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use horizontal::{ComputeError, Evaluation, set_condition};
 use metrics::{MetricsClient, RestMetricsClient, status_message};
 use replica_calculator::{ReplicaCalculator, Tolerances};
@@ -149,20 +149,21 @@ fn signed(d: Duration) -> SignedDuration {
 }
 
 /// Runs the controller, reading metrics through the API server, until `shutdown`.
-pub async fn run(client: Client, options: Options, shutdown: CancellationToken) {
-    let metrics = RestMetricsClient::new(client.clone());
-    run_with_metrics(client, metrics, options, shutdown).await;
+pub async fn run(informers: Informers, options: Options, shutdown: CancellationToken) {
+    let metrics = RestMetricsClient::new(informers.client());
+    run_with_metrics(informers, metrics, options, shutdown).await;
 }
 
 /// Runs the controller with `metrics` as its metrics source until `shutdown`.
 pub async fn run_with_metrics<M: MetricsClient>(
-    client: Client,
+    informers: Informers,
     metrics: M,
     options: Options,
     shutdown: CancellationToken,
 ) {
-    let (hpas, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+    let client = informers.client();
+    let (hpas, hpa_writer) = informers.store::<HorizontalPodAutoscaler>().await;
+    let (pods, pod_writer) = informers.store::<Pod>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<HorizontalPodAutoscaler>>();
     let calc = ReplicaCalculator {
         cpu_initialization_period: signed(options.cpu_initialization_period),
@@ -180,7 +181,7 @@ pub async fn run_with_metrics<M: MetricsClient>(
     });
     let hpa_informer = {
         let ctx = ctx.clone();
-        informer::run(Api::<HorizontalPodAutoscaler>::all(client.clone()), hpa_writer, shutdown.clone(), move |c| {
+        hpa_writer.run(shutdown.clone(), move |c| {
             match c {
                 Change::Add(h) => {
                     let _ = tx.send(ObjectRef::from_obj(&*h));
@@ -200,7 +201,7 @@ pub async fn run_with_metrics<M: MetricsClient>(
             }
         })
     };
-    let pod_informer = informer::run(Api::<Pod>::all(client), pod_writer, shutdown.clone(), |_| {});
+    let pod_informer = pod_writer.run(shutdown.clone(), |_| {});
     let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(Ok::<_, Infallible>)
         .take_until(shutdown.cancelled_owned());

@@ -9,6 +9,7 @@
 //!
 //! This module deletes pods and writes their status only.
 
+use crate::informer::Informers;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,12 +18,10 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-
-use crate::informer;
 
 /// Upstream's `--terminated-pod-gc-threshold` default.
 pub const TERMINATED_POD_GC_THRESHOLD: usize = 12500;
@@ -123,11 +122,12 @@ struct PodGc {
 }
 
 /// Runs the pod garbage collector until `shutdown`.
-pub async fn run(client: Client, options: Options, shutdown: CancellationToken) {
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let pod_informer = informer::run(Api::<Pod>::all(client.clone()), pod_writer, shutdown.clone(), |_| {});
-    let node_informer = informer::run(Api::<Node>::all(client.clone()), node_writer, shutdown.clone(), |_| {});
+pub async fn run(informers: Informers, options: Options, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (pods, pod_writer) = informers.store::<Pod>().await;
+    let (nodes, node_writer) = informers.store::<Node>().await;
+    let pod_informer = pod_writer.run(shutdown.clone(), |_| {});
+    let node_informer = node_writer.run(shutdown.clone(), |_| {});
     let mut gc = PodGc { client, options, pods, nodes, missing_since: HashMap::new() };
     let work = async move {
         let _ = gc.pods.wait_until_ready().await;

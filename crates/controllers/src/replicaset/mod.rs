@@ -33,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::events::Recorder;
 use crate::expectations::Expectations;
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use pod_control::{PodControl, PodError, SLOW_START_INITIAL_BATCH, slow_start_batch};
 use status::ManageFailure;
 use workload::Workload;
@@ -89,11 +89,11 @@ pub enum Error {
 }
 
 /// Runs the ReplicaSet and ReplicationController controllers until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (rs, rs_run) = Manager::<ReplicaSet>::new(client.clone(), pods.clone(), shutdown.clone());
-    let (rc, rc_run) = Manager::<ReplicationController>::new(client.clone(), pods, shutdown.clone());
-    let pod_informer = informer::run(Api::<Pod>::all(client), pod_writer, shutdown, move |change: Change<Pod>| {
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let (pods, pod_writer) = informers.store::<Pod>().await;
+    let (rs, rs_run) = Manager::<ReplicaSet>::new(&informers, pods.clone(), shutdown.clone()).await;
+    let (rc, rc_run) = Manager::<ReplicationController>::new(&informers, pods, shutdown.clone()).await;
+    let pod_informer = pod_writer.run(shutdown, move |change: Change<Pod>| {
         rs.pod_changed(&change);
         rc.pod_changed(&change);
     });
@@ -128,12 +128,13 @@ pub fn backoff(failures: u32) -> Duration {
 
 impl<K: Workload> Manager<K> {
     /// The manager and the future that runs its informer and workers until `shutdown`.
-    fn new(
-        client: Client,
+    async fn new(
+        informers: &Informers,
         pods: Store<Pod>,
         shutdown: CancellationToken,
     ) -> (Arc<Self>, impl std::future::Future<Output = ()>) {
-        let (owners, owner_writer) = reflector::store::<K>();
+        let client = informers.client();
+        let (owners, owner_writer) = informers.store::<K>().await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let manager = Arc::new(Self {
             client: client.clone(),
@@ -145,10 +146,7 @@ impl<K: Workload> Manager<K> {
             failures: Mutex::new(HashMap::new()),
         });
         let m = manager.clone();
-        let informer =
-            informer::run(Api::<K>::all(client), owner_writer, shutdown.clone(), move |change: Change<K>| {
-                m.owner_changed(&change)
-            });
+        let informer = owner_writer.run(shutdown.clone(), move |change: Change<K>| m.owner_changed(&change));
         let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
             .map(Ok::<_, Infallible>)
             .take_until(shutdown.cancelled_owned());

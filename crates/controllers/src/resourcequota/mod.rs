@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use tug_api::quota::evaluator::{Evaluator, pod_counts};
 use tug_api::quota::{self, ResourceList};
 
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::replicaset::backoff as retry_backoff;
 
 /// Quotas synced at once (upstream's `--concurrent-resource-quota-syncs`).
@@ -102,7 +102,7 @@ fn enqueue_namespace(quotas: &Store<ResourceQuota>, tx: &mpsc::UnboundedSender<O
 /// Watches one kind and requeues its namespace's quotas when `replenish` says a change may
 /// have lowered usage (upstream's replenishment controllers).
 async fn replenishment<K>(
-    client: Client,
+    informers: Informers,
     quotas: Store<ResourceQuota>,
     tx: mpsc::UnboundedSender<ObjectRef<ResourceQuota>>,
     shutdown: CancellationToken,
@@ -110,18 +110,19 @@ async fn replenishment<K>(
 ) where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    let (_, writer) = reflector::store::<K>();
-    informer::run(Api::<K>::all(client), writer, shutdown, move |c: Change<K>| {
-        let ns = match &c {
-            Change::Delete(o) => o.meta().namespace.clone(),
-            Change::Update(old, new) if replenish(old, new) => new.meta().namespace.clone(),
-            _ => None,
-        };
-        if let Some(ns) = ns {
-            enqueue_namespace(&quotas, &tx, &ns);
-        }
-    })
-    .await;
+    let (_, writer) = informers.store::<K>().await;
+    writer
+        .run(shutdown, move |c: Change<K>| {
+            let ns = match &c {
+                Change::Delete(o) => o.meta().namespace.clone(),
+                Change::Update(old, new) if replenish(old, new) => new.meta().namespace.clone(),
+                _ => None,
+            };
+            if let Some(ns) = ns {
+                enqueue_namespace(&quotas, &tx, &ns);
+            }
+        })
+        .await;
 }
 
 /// Kinds with their own replenishment informer in [`run`].
@@ -189,12 +190,13 @@ fn claim_resized(old: &PersistentVolumeClaim, new: &PersistentVolumeClaim) -> bo
 }
 
 /// Runs the controller until `shutdown`, resyncing every quota each `resync`.
-pub async fn run(client: Client, resync: Duration, shutdown: CancellationToken) {
-    let (quotas, writer) = reflector::store::<ResourceQuota>();
+pub async fn run(informers: Informers, resync: Duration, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (quotas, writer) = informers.store::<ResourceQuota>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<ResourceQuota>>();
     let quota_informer = {
         let tx = tx.clone();
-        informer::run(Api::<ResourceQuota>::all(client.clone()), writer, shutdown.clone(), move |c| match c {
+        writer.run(shutdown.clone(), move |c| match c {
             Change::Add(q) => {
                 let _ = tx.send(ObjectRef::from_obj(&*q));
             }
@@ -207,30 +209,30 @@ pub async fn run(client: Client, resync: Duration, shutdown: CancellationToken) 
     };
     let replenishers = futures::future::join_all([
         Box::pin(replenishment::<Pod>(
-            client.clone(),
+            informers.clone(),
             quotas.clone(),
             tx.clone(),
             shutdown.clone(),
             pod_stopped_counting,
         )) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
         Box::pin(replenishment::<Service>(
-            client.clone(),
+            informers.clone(),
             quotas.clone(),
             tx.clone(),
             shutdown.clone(),
             service_type_changed,
         )),
         Box::pin(replenishment::<PersistentVolumeClaim>(
-            client.clone(),
+            informers.clone(),
             quotas.clone(),
             tx.clone(),
             shutdown.clone(),
             claim_resized,
         )),
-        Box::pin(replenishment::<ConfigMap>(client.clone(), quotas.clone(), tx.clone(), shutdown.clone(), never)),
-        Box::pin(replenishment::<Secret>(client.clone(), quotas.clone(), tx.clone(), shutdown.clone(), never)),
+        Box::pin(replenishment::<ConfigMap>(informers.clone(), quotas.clone(), tx.clone(), shutdown.clone(), never)),
+        Box::pin(replenishment::<Secret>(informers.clone(), quotas.clone(), tx.clone(), shutdown.clone(), never)),
         Box::pin(replenishment::<ReplicationController>(
-            client.clone(),
+            informers.clone(),
             quotas.clone(),
             tx.clone(),
             shutdown.clone(),

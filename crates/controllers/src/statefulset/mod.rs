@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use crate::controller_ref::{Claim, can_adopt, classify, release_patch};
 use crate::events::Recorder;
 use crate::history::{History, HistoryError};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::replicaset::{backoff, controller_of};
 use stateful_pod_control::StatefulPodControl;
 use stateful_set_control::ControlError;
@@ -98,11 +98,12 @@ pub struct Manager {
 }
 
 /// Runs the StatefulSet controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (sets, set_writer) = reflector::store::<StatefulSet>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
-    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (sets, set_writer) = informers.store::<StatefulSet>().await;
+    let (pods, pod_writer) = informers.store::<Pod>().await;
+    let (revisions, rev_writer) = informers.store::<ControllerRevision>().await;
+    let (claims, claim_writer) = informers.store::<PersistentVolumeClaim>().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let recorder = Recorder::new(client.clone(), COMPONENT);
     let m = Arc::new(Manager {
@@ -118,17 +119,15 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
 
     let set_informer = {
         let m = m.clone();
-        informer::run(Api::<StatefulSet>::all(client.clone()), set_writer, shutdown.clone(), move |c| m.set_changed(&c))
+        set_writer.run(shutdown.clone(), move |c| m.set_changed(&c))
     };
     let pod_informer = {
         let m = m.clone();
-        informer::run(Api::<Pod>::all(client.clone()), pod_writer, shutdown.clone(), move |c| m.pod_changed(&c))
+        pod_writer.run(shutdown.clone(), move |c| m.pod_changed(&c))
     };
     // Revisions and claims are only read by syncs (as upstream's listers are).
-    let rev_informer =
-        informer::run(Api::<ControllerRevision>::all(client.clone()), rev_writer, shutdown.clone(), |_| {});
-    let claim_informer =
-        informer::run(Api::<PersistentVolumeClaim>::all(client), claim_writer, shutdown.clone(), |_| {});
+    let rev_informer = rev_writer.run(shutdown.clone(), |_| {});
+    let claim_informer = claim_writer.run(shutdown.clone(), |_| {});
 
     let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(Ok::<_, Infallible>)

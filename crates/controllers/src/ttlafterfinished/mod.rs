@@ -12,13 +12,13 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::job::status::{COMPLETE, FAILED, true_condition};
 use crate::replicaset::backoff as retry_backoff;
 
@@ -61,10 +61,11 @@ fn key_of(job: &Job) -> String {
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (jobs, writer) = reflector::store::<Job>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (jobs, writer) = informers.store::<Job>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<Job>>();
-    let informer = informer::run(Api::<Job>::all(client.clone()), writer, shutdown.clone(), move |c| {
+    let informer = writer.run(shutdown.clone(), move |c| {
         if let Change::Add(j) | Change::Update(_, j) = c
             && expires_at(&j).is_some()
             && j.metadata.deletion_timestamp.is_none()

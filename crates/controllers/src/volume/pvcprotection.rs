@@ -18,7 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::ephemeral;
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 
 pub const FINALIZER: &str = "kubernetes.io/pvc-protection";
 
@@ -108,11 +108,12 @@ struct Ctx {
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (claims, writer) = reflector::store::<PersistentVolumeClaim>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (claims, writer) = informers.store::<PersistentVolumeClaim>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<PersistentVolumeClaim>>();
     let claim_tx = tx.clone();
-    let informer = informer::run(Api::all(client.clone()), writer, shutdown.clone(), move |change| {
+    let informer = writer.run(shutdown.clone(), move |change| {
         if let Change::Add(c) | Change::Update(_, c) = change
             && (needs_finalizer(&c) || is_deletion_candidate(&c))
         {

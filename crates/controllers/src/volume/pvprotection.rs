@@ -8,15 +8,15 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 
 pub const FINALIZER: &str = "kubernetes.io/pv-protection";
 
@@ -45,10 +45,11 @@ fn is_used(pv: &PersistentVolume) -> bool {
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (volumes, writer) = reflector::store::<PersistentVolume>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (volumes, writer) = informers.store::<PersistentVolume>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<PersistentVolume>>();
-    let informer = informer::run(Api::all(client.clone()), writer, shutdown.clone(), move |change| {
+    let informer = writer.run(shutdown.clone(), move |change| {
         if let Change::Add(pv) | Change::Update(_, pv) = change
             && (needs_finalizer(&pv) || is_deletion_candidate(&pv))
         {

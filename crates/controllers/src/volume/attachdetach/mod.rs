@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{CSIDriver, VolumeAttachment};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use crate::endpoint::workqueue::WorkQueue;
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::podgc::is_out_of_service;
 use crate::volume::ephemeral;
 use desired_state::{Attachment, Lister, node_of};
@@ -123,13 +123,14 @@ fn is_ready(node: &Node) -> bool {
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
-    let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
-    let (drivers, driver_writer) = reflector::store::<CSIDriver>();
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (attachments, attachment_writer) = reflector::store::<VolumeAttachment>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (pods, pod_writer) = informers.store::<Pod>().await;
+    let (claims, claim_writer) = informers.store::<PersistentVolumeClaim>().await;
+    let (volumes, volume_writer) = informers.store::<PersistentVolume>().await;
+    let (drivers, driver_writer) = informers.store::<CSIDriver>().await;
+    let (nodes, node_writer) = informers.store::<Node>().await;
+    let (attachments, attachment_writer) = informers.store::<VolumeAttachment>().await;
     let c = Arc::new(Controller {
         client: client.clone(),
         pods,
@@ -145,7 +146,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
     let pod_informer = {
         let c = c.clone();
-        informer::run(Api::<Pod>::all(client.clone()), pod_writer, shutdown.clone(), move |change| {
+        pod_writer.run(shutdown.clone(), move |change| {
             // Only pods with claims can want an attachment.
             for pod in change.objects() {
                 if has_claims(pod)
@@ -158,7 +159,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let claim_informer = {
         let c = c.clone();
-        informer::run(Api::<PersistentVolumeClaim>::all(client.clone()), claim_writer, shutdown.clone(), move |ch| {
+        claim_writer.run(shutdown.clone(), move |ch| {
             for claim in ch.objects() {
                 c.enqueue_claim_users(&claim.namespace().unwrap_or_default(), &claim.name_any());
             }
@@ -166,7 +167,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let volume_informer = {
         let c = c.clone();
-        informer::run(Api::<PersistentVolume>::all(client.clone()), volume_writer, shutdown.clone(), move |ch| {
+        volume_writer.run(shutdown.clone(), move |ch| {
             for pv in ch.objects() {
                 if let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
                     && let (Some(ns), Some(name)) = (&r.namespace, &r.name)
@@ -184,7 +185,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let driver_informer = {
         let c = c.clone();
-        informer::run(Api::<CSIDriver>::all(client.clone()), driver_writer, shutdown.clone(), move |_| {
+        driver_writer.run(shutdown.clone(), move |_| {
             // Whether a driver attaches changes what every node wants.
             for node in c.nodes.state() {
                 c.queue.add(node.name_any());
@@ -193,14 +194,14 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let node_informer = {
         let c = c.clone();
-        informer::run(Api::<Node>::all(client.clone()), node_writer, shutdown.clone(), move |change| {
+        node_writer.run(shutdown.clone(), move |change| {
             let (Change::Add(n) | Change::Update(_, n) | Change::Delete(n)) = change;
             c.queue.add(n.name_any());
         })
     };
     let attachment_informer = {
         let c = c.clone();
-        informer::run(Api::<VolumeAttachment>::all(client), attachment_writer, shutdown.clone(), move |change| {
+        attachment_writer.run(shutdown.clone(), move |change| {
             for va in change.objects() {
                 c.queue.add(va.spec.node_name.clone());
             }

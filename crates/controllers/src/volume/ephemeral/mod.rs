@@ -11,14 +11,14 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::events::{Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 
 const COMPONENT: &str = "ephemeral_volume";
 
@@ -86,12 +86,13 @@ fn has_ephemeral(pod: &Pod) -> bool {
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (pods, pod_writer) = informers.store::<Pod>().await;
+    let (claims, claim_writer) = informers.store::<PersistentVolumeClaim>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<Pod>>();
     let pod_tx = tx.clone();
-    let pod_informer = informer::run(Api::<Pod>::all(client.clone()), pod_writer, shutdown.clone(), move |c| {
+    let pod_informer = pod_writer.run(shutdown.clone(), move |c| {
         if let Change::Add(p) | Change::Update(_, p) = c
             && has_ephemeral(&p)
             && p.metadata.deletion_timestamp.is_none()
@@ -100,7 +101,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         }
     });
     // A deleted claim is made again while its pod lives, as upstream's claim handler does.
-    let claim_informer = informer::run(Api::all(client.clone()), claim_writer, shutdown.clone(), move |c| {
+    let claim_informer = claim_writer.run(shutdown.clone(), move |c| {
         if let Change::Delete(claim) = c {
             for o in claim.owner_references().iter().filter(|o| o.kind == "Pod" && o.controller == Some(true)) {
                 let _ = tx.send(ObjectRef::new(&o.name).within(&claim.namespace().unwrap_or_default()));

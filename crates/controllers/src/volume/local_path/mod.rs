@@ -30,7 +30,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,7 @@ use tug_api::pv_helpers::{
 };
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 
 /// The provisioner's name, as k3s'.
 pub const PROVISIONER: &str = "rancher.io/local-path";
@@ -174,28 +174,29 @@ fn to_delete(volume: &PersistentVolume) -> bool {
 }
 
 /// Runs the provisioner until `shutdown`, with volumes under `storage_path` on the nodes.
-pub async fn run(client: Client, storage_path: PathBuf, shutdown: CancellationToken) {
+pub async fn run(informers: Informers, storage_path: PathBuf, shutdown: CancellationToken) {
+    let client = informers.client();
     ensure_class(&client).await;
-    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
-    let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
-    let (classes, class_writer) = reflector::store::<StorageClass>();
+    let (claims, claim_writer) = informers.store::<PersistentVolumeClaim>().await;
+    let (volumes, volume_writer) = informers.store::<PersistentVolume>().await;
+    let (classes, class_writer) = informers.store::<StorageClass>().await;
     let (claim_tx, mut claim_rx) = mpsc::unbounded_channel::<ObjectRef<PersistentVolumeClaim>>();
     let (volume_tx, mut volume_rx) = mpsc::unbounded_channel::<ObjectRef<PersistentVolume>>();
-    let claim_informer = informer::run(Api::all(client.clone()), claim_writer, shutdown.clone(), move |c| {
+    let claim_informer = claim_writer.run(shutdown.clone(), move |c| {
         if let Change::Add(claim) | Change::Update(_, claim) = c
             && wanted_on(&claim).is_some()
         {
             let _ = claim_tx.send(ObjectRef::from_obj(&*claim));
         }
     });
-    let volume_informer = informer::run(Api::all(client.clone()), volume_writer, shutdown.clone(), move |c| {
+    let volume_informer = volume_writer.run(shutdown.clone(), move |c| {
         if let Change::Add(v) | Change::Update(_, v) = c
             && to_delete(&v)
         {
             let _ = volume_tx.send(ObjectRef::from_obj(&*v));
         }
     });
-    let class_informer = informer::run(Api::all(client.clone()), class_writer, shutdown.clone(), |_: Change<_>| {});
+    let class_informer = class_writer.run(shutdown.clone(), |_: Change<_>| {});
     let ctx =
         Arc::new(Ctx { client: client.clone(), storage_path, classes, recorder: Recorder::new(client, PROVISIONER) });
     let claim_queue = futures::stream::poll_fn(move |cx| claim_rx.poll_recv(cx))

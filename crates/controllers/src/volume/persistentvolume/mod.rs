@@ -20,14 +20,14 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config, applier};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::events::Recorder;
-use crate::informer::{self, Change};
+use crate::informer::{Change, Informers};
 use crate::replicaset::backoff as retry_backoff;
 
 /// The events' `source.component`, as upstream.
@@ -114,16 +114,17 @@ pub(crate) fn claim_key(claim: &PersistentVolumeClaim) -> String {
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
-    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
-    let (classes, class_writer) = reflector::store::<StorageClass>();
+pub async fn run(informers: Informers, shutdown: CancellationToken) {
+    let client = informers.client();
+    let (volumes, volume_writer) = informers.store::<PersistentVolume>().await;
+    let (claims, claim_writer) = informers.store::<PersistentVolumeClaim>().await;
+    let (classes, class_writer) = informers.store::<StorageClass>().await;
     let (volume_tx, mut volume_rx) = mpsc::unbounded_channel::<ObjectRef<PersistentVolume>>();
     let (claim_tx, mut claim_rx) = mpsc::unbounded_channel::<ObjectRef<PersistentVolumeClaim>>();
 
     let volume_informer = {
         let (volume_tx, claim_tx) = (volume_tx.clone(), claim_tx.clone());
-        informer::run(Api::<PersistentVolume>::all(client.clone()), volume_writer, shutdown.clone(), move |c| {
+        volume_writer.run(shutdown.clone(), move |c| {
             for v in c.objects() {
                 let _ = volume_tx.send(ObjectRef::from_obj(&**v));
                 // The claim a volume points at may now be bindable or lost.
@@ -137,7 +138,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     };
     let claim_informer = {
         let (volume_tx, claim_tx) = (volume_tx.clone(), claim_tx.clone());
-        informer::run(Api::<PersistentVolumeClaim>::all(client.clone()), claim_writer, shutdown.clone(), move |c| {
+        claim_writer.run(shutdown.clone(), move |c| {
             if let Change::Delete(claim) = &c {
                 // Its volume is to be released and reclaimed.
                 if let Some(v) = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).filter(|v| !v.is_empty()) {
@@ -150,8 +151,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
             }
         })
     };
-    let class_informer =
-        informer::run(Api::<StorageClass>::all(client.clone()), class_writer, shutdown.clone(), |_: Change<_>| {});
+    let class_informer = class_writer.run(shutdown.clone(), |_: Change<_>| {});
 
     let ctx = Arc::new(Ctx {
         client: client.clone(),
