@@ -39,17 +39,25 @@ def node(tmp_path_factory, plain_registry):  # noqa: F811
     image = f"{plain_registry.address}/tugboat.test/busybox:1"
     workdir = tmp_path_factory.mktemp("admission")
     try:
-        with agent_server(tug_binary(), workdir, image, prepare=mount_small_agent_fs) as server:
+        # DiskPressure clears 5 s after space returns, not upstream's default 5 minutes.
+        args = ["--eviction-pressure-transition-period", "5s"]
+        with agent_server(tug_binary(), workdir, image, extra_args=args, prepare=mount_small_agent_fs) as server:
             yield server
     finally:
         unmount_if_mounted(workdir / "data" / "agent")
 
 
-def pod_body(node, name: str, node_name: str | None = None, cpu: str | None = None) -> dict:
+def pod_body(
+    node, name: str, node_name: str | None = None, cpu: str | None = None, critical: bool = False
+) -> dict:
     container = {"name": "main", "image": node.image, "command": ["sleep", "3600"]}
     if cpu:
         container["resources"] = {"requests": {"cpu": cpu}}
     spec = {"terminationGracePeriodSeconds": 1, "containers": [container]}
+    if critical:
+        # Critical pods are never evicted for node pressure (test_node_pressure_eviction.py
+        # shows the others going).
+        spec["priorityClassName"] = "system-node-critical"
     if node_name:
         spec["nodeName"] = node_name
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
@@ -90,7 +98,7 @@ def test_a_pod_bound_beyond_the_nodes_cpu_is_rejected_with_outofcpu(node):
 
 
 def test_a_full_disk_is_disk_pressure_and_new_pods_are_refused_until_space_returns(node):
-    node.create("/api/v1/namespaces/default/pods", pod_body(node, "before"))
+    node.create("/api/v1/namespaces/default/pods", pod_body(node, "before", critical=True))
     wait_for(lambda: phase_is(node, "before", "Running"), "a pod running before the disk fills", timeout=60)
     filler = node.data_dir / "agent" / "filler"
     with open(filler, "wb") as f:
@@ -121,7 +129,7 @@ def test_a_full_disk_is_disk_pressure_and_new_pods_are_refused_until_space_retur
         )
         assert waiting["status"] == "False" and waiting["reason"] == "Unschedulable", waiting
         assert "disk-pressure" in waiting["message"], waiting
-        # The agent is alive and the running pod untouched.
+        # The agent is alive and the running critical pod untouched.
         assert not node.crashed()
         assert phase_is(node, "before", "Running")
     finally:

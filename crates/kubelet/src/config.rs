@@ -38,6 +38,9 @@ pub struct Config {
     /// The hard eviction thresholds (`--eviction-hard`): below them the node reports memory or
     /// disk pressure.
     pub eviction_hard: EvictionThresholds,
+    /// The eviction manager's soft thresholds, grace periods and pacing (`--eviction-soft` and
+    /// friends).
+    pub eviction: EvictionConfig,
     /// When unused images are removed (`--image-gc-high-threshold` and friends).
     pub image_gc: crate::image_gc_manager::ImageGcPolicy,
     /// A directory (or one file) of static pod manifests (`--pod-manifest-path`).
@@ -45,13 +48,153 @@ pub struct Config {
 }
 
 /// Hard eviction thresholds, as upstream's `--eviction-hard` signals (`memory.available`,
-/// `nodefs.available`, `imagefs.available`), each an absolute quantity or a percentage of
-/// capacity.
+/// `nodefs.available`, `imagefs.available`, `nodefs.inodesFree`, `imagefs.inodesFree`,
+/// `pid.available`), each an absolute quantity or a percentage of capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvictionThresholds {
     pub memory_available: Threshold,
     pub nodefs_available: Threshold,
     pub imagefs_available: Threshold,
+    pub nodefs_inodes_free: Threshold,
+    pub imagefs_inodes_free: Threshold,
+    pub pid_available: Threshold,
+}
+
+/// An eviction signal (upstream's `evictionapi.Signal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    MemoryAvailable,
+    NodeFsAvailable,
+    NodeFsInodesFree,
+    ImageFsAvailable,
+    ImageFsInodesFree,
+    PidAvailable,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 6] = [
+        Signal::MemoryAvailable,
+        Signal::NodeFsAvailable,
+        Signal::NodeFsInodesFree,
+        Signal::ImageFsAvailable,
+        Signal::ImageFsInodesFree,
+        Signal::PidAvailable,
+    ];
+
+    /// The signal's name in flags (`memory.available`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory.available",
+            Signal::NodeFsAvailable => "nodefs.available",
+            Signal::NodeFsInodesFree => "nodefs.inodesFree",
+            Signal::ImageFsAvailable => "imagefs.available",
+            Signal::ImageFsInodesFree => "imagefs.inodesFree",
+            Signal::PidAvailable => "pid.available",
+        }
+    }
+}
+
+impl std::str::FromStr for Signal {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Signal::ALL
+            .into_iter()
+            .find(|signal| signal.as_str() == s)
+            .ok_or_else(|| format!("unsupported eviction signal {s}"))
+    }
+}
+
+/// The eviction manager's settings beside the hard thresholds, from upstream's kubelet flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictionConfig {
+    /// `--eviction-soft`: thresholds that must hold for their grace period before pods are evicted.
+    pub soft: Vec<(Signal, Threshold)>,
+    /// `--eviction-soft-grace-period`: how long each soft threshold must hold.
+    pub soft_grace_periods: Vec<(Signal, std::time::Duration)>,
+    /// `--eviction-minimum-reclaim`: how far past its threshold a signal must recover before
+    /// the pressure counts as relieved.
+    pub minimum_reclaim: Vec<(Signal, Threshold)>,
+    /// `--eviction-max-pod-grace-period`: the most a pod evicted for a soft threshold gets to
+    /// stop, in seconds (negative: the pod's own grace period).
+    pub max_pod_grace_period_seconds: i64,
+    /// `--eviction-pressure-transition-period`: how long a pressure condition stays after its
+    /// last threshold stopped being met (5 minutes).
+    pub pressure_transition_period: std::time::Duration,
+    /// How often signals are observed (upstream's fixed `evictionMonitoringPeriod`, 10 s).
+    pub monitoring_period: std::time::Duration,
+}
+
+impl Default for EvictionConfig {
+    fn default() -> Self {
+        EvictionConfig {
+            soft: Vec::new(),
+            soft_grace_periods: Vec::new(),
+            minimum_reclaim: Vec::new(),
+            max_pod_grace_period_seconds: 0,
+            pressure_transition_period: std::time::Duration::from_secs(5 * 60),
+            monitoring_period: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// `signal<value` statements separated by commas (`--eviction-soft`), in the order given.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SignalThresholds(pub Vec<(Signal, Threshold)>);
+
+impl std::str::FromStr for SignalThresholds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        statements(s, '<').map(SignalThresholds)
+    }
+}
+
+/// `signal=value` statements separated by commas (`--eviction-minimum-reclaim`); a percentage
+/// must be above 0%.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MinimumReclaims(pub Vec<(Signal, Threshold)>);
+
+impl std::str::FromStr for MinimumReclaims {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let list = statements(s, '=')?;
+        if let Some((signal, _)) = list.iter().find(|(_, t)| *t == Threshold::Fraction(0.0)) {
+            return Err(format!("eviction percentage minimum reclaim {} must be positive", signal.as_str()));
+        }
+        Ok(MinimumReclaims(list))
+    }
+}
+
+/// Parses `signal<sep>value` pairs separated by commas.
+fn statements(s: &str, separator: char) -> Result<Vec<(Signal, Threshold)>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (signal, value) = pair.split_once(separator).ok_or_else(|| {
+                format!("{pair:?} is not signal{separator}value (e.g. memory.available{separator}100Mi)")
+            })?;
+            Ok((signal.parse()?, threshold_value(value)?))
+        })
+        .collect()
+}
+
+/// A threshold's value: a quantity, or a percentage of capacity.
+fn threshold_value(value: &str) -> Result<Threshold, String> {
+    if let Some(percent) = value.strip_suffix('%') {
+        let p: f64 = percent.parse().map_err(|_| format!("{value:?} is not a percentage"))?;
+        if !(0.0..=100.0).contains(&p) {
+            return Err(format!("{value:?} is not between 0% and 100%"));
+        }
+        return Ok(Threshold::Fraction(p / 100.0));
+    }
+    let bytes = tug_api::quantity::parse(value).ok_or_else(|| format!("{value:?} is not a quantity"))?;
+    if bytes < 0.0 {
+        return Err(format!("{value:?} is negative"));
+    }
+    Ok(Threshold::Bytes(bytes as u64))
 }
 
 /// One eviction threshold.
@@ -73,12 +216,36 @@ impl Threshold {
 }
 
 impl Default for EvictionThresholds {
-    /// Upstream's defaults: `memory.available<100Mi,nodefs.available<10%,imagefs.available<15%`.
+    /// Upstream's defaults: `memory.available<100Mi,nodefs.available<10%,imagefs.available<15%`,
+    /// `nodefs.inodesFree<5%,imagefs.inodesFree<5%`. Upstream sets no `pid.available`, which
+    /// leaves PIDPressure unable to ever show; here it is 5% of the kernel's pids.
     fn default() -> Self {
         EvictionThresholds {
             memory_available: Threshold::Bytes(100 * 1024 * 1024),
             nodefs_available: Threshold::Fraction(0.10),
             imagefs_available: Threshold::Fraction(0.15),
+            nodefs_inodes_free: Threshold::Fraction(0.05),
+            imagefs_inodes_free: Threshold::Fraction(0.05),
+            pid_available: Threshold::Fraction(0.05),
+        }
+    }
+}
+
+impl EvictionThresholds {
+    /// The threshold of `signal`.
+    pub fn get(&self, signal: Signal) -> Threshold {
+        let mut copy = *self;
+        *copy.get_mut(signal)
+    }
+
+    fn get_mut(&mut self, signal: Signal) -> &mut Threshold {
+        match signal {
+            Signal::MemoryAvailable => &mut self.memory_available,
+            Signal::NodeFsAvailable => &mut self.nodefs_available,
+            Signal::NodeFsInodesFree => &mut self.nodefs_inodes_free,
+            Signal::ImageFsAvailable => &mut self.imagefs_available,
+            Signal::ImageFsInodesFree => &mut self.imagefs_inodes_free,
+            Signal::PidAvailable => &mut self.pid_available,
         }
     }
 }
@@ -90,29 +257,8 @@ impl std::str::FromStr for EvictionThresholds {
     /// named keep upstream's default, as the kubelet does.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut thresholds = EvictionThresholds::default();
-        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (signal, value) = pair
-                .split_once('<')
-                .ok_or_else(|| format!("{pair:?} is not signal<value (e.g. memory.available<100Mi)"))?;
-            let threshold = if let Some(percent) = value.strip_suffix('%') {
-                let p: f64 = percent.parse().map_err(|_| format!("{value:?} is not a percentage"))?;
-                if !(0.0..=100.0).contains(&p) {
-                    return Err(format!("{value:?} is not between 0% and 100%"));
-                }
-                Threshold::Fraction(p / 100.0)
-            } else {
-                let bytes = tug_api::quantity::parse(value).ok_or_else(|| format!("{value:?} is not a quantity"))?;
-                if bytes < 0.0 {
-                    return Err(format!("{value:?} is negative"));
-                }
-                Threshold::Bytes(bytes as u64)
-            };
-            match signal {
-                "memory.available" => thresholds.memory_available = threshold,
-                "nodefs.available" => thresholds.nodefs_available = threshold,
-                "imagefs.available" => thresholds.imagefs_available = threshold,
-                other => return Err(format!("unsupported eviction signal {other:?}")),
-            }
+        for (signal, threshold) in statements(s, '<')? {
+            *thresholds.get_mut(signal) = threshold;
         }
         Ok(thresholds)
     }
@@ -138,6 +284,7 @@ impl Config {
             node_labels: Vec::new(),
             node_taints: Vec::new(),
             eviction_hard: Default::default(),
+            eviction: Default::default(),
             image_gc: Default::default(),
             pod_manifest_path: None,
         }
@@ -183,5 +330,28 @@ mod tests {
         assert!("disk<1%".parse::<EvictionThresholds>().is_err());
         assert!("memory.available=1Gi".parse::<EvictionThresholds>().is_err());
         assert!("nodefs.available<120%".parse::<EvictionThresholds>().is_err());
+        let inodes: EvictionThresholds = "nodefs.inodesFree<10%,pid.available<1000".parse().unwrap();
+        assert_eq!(inodes.get(Signal::NodeFsInodesFree), Threshold::Fraction(0.1));
+        assert_eq!(inodes.get(Signal::PidAvailable), Threshold::Bytes(1000));
+        assert_eq!(inodes.get(Signal::ImageFsInodesFree), Threshold::Fraction(0.05));
+    }
+
+    #[test]
+    fn soft_thresholds_and_minimum_reclaims_parse_like_the_kubelet_flags() {
+        let soft: SignalThresholds = "memory.available<1.5Gi,nodefs.available<20%".parse().unwrap();
+        assert_eq!(
+            soft.0,
+            [
+                (Signal::MemoryAvailable, Threshold::Bytes(1536 * 1024 * 1024)),
+                (Signal::NodeFsAvailable, Threshold::Fraction(0.2))
+            ]
+        );
+        let reclaim: MinimumReclaims = "memory.available=0Mi,nodefs.available=500Mi".parse().unwrap();
+        assert_eq!(reclaim.0[1], (Signal::NodeFsAvailable, Threshold::Bytes(500 * 1024 * 1024)));
+        assert_eq!(
+            "memory.available=0%".parse::<MinimumReclaims>().unwrap_err(),
+            "eviction percentage minimum reclaim memory.available must be positive"
+        );
+        assert_eq!("disk<1%".parse::<SignalThresholds>().unwrap_err(), "unsupported eviction signal disk");
     }
 }

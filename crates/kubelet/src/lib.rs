@@ -53,6 +53,8 @@ use tug_runtime::cri::RuntimeService;
 pub enum KubeletError {
     #[error("registering the node: {0}")]
     Register(#[from] node_status::NodeStatusError),
+    #[error("eviction settings: {0}")]
+    Eviction(#[from] eviction::EvictionError),
 }
 
 /// Runs the node agent until `shutdown`: registers the Node and keeps its status and Lease
@@ -66,6 +68,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), KubeletError> {
     let config = Arc::new(config);
+    eviction::thresholds(&config)?;
     let latest_status = Arc::new(node_status::LatestNodeStatus::default());
     node_status::register(&client, &config, images.as_ref(), runtime.as_ref(), &latest_status).await?;
     let node_status = tokio::spawn(node_status::run(
@@ -91,13 +94,23 @@ pub async fn run(
     let plugins = tokio::spawn(pluginmanager::run(client.clone(), config.clone(), shutdown.clone()));
 
     let recorder = Arc::new(events::EventRecorder::new(client.clone(), config.node_name.clone()));
+    let (eviction_runtime, eviction_images) = (runtime.clone(), images.clone());
     let manager =
         Arc::new(kuberuntime::KubeRuntimeManager::new(client.clone(), config.clone(), runtime, images, recorder));
     let status = Arc::new(status_manager::StatusManager::new(client.clone()));
-    let workers = pod_workers::PodWorkers::new(manager.clone(), status, latest_status, shutdown.clone());
+    let workers = pod_workers::PodWorkers::new(manager.clone(), status, latest_status.clone(), shutdown.clone());
+    let eviction = tokio::spawn(eviction::eviction_manager::run(
+        client.clone(),
+        config.clone(),
+        eviction_runtime,
+        eviction_images,
+        workers.clone(),
+        latest_status,
+        shutdown.clone(),
+    ));
     let manifests = config.pod_manifest_path.clone();
     pod_manager::run(client, config.node_name.clone(), manifests, workers, manager, shutdown.clone()).await;
-    let _ = tokio::join!(node_status, server, image_gc, log_rotation, local_path, plugins);
+    let _ = tokio::join!(node_status, server, image_gc, log_rotation, local_path, plugins, eviction);
     Ok(())
 }
 

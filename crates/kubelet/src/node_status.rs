@@ -46,11 +46,6 @@ const NODE_STATUS_UPDATE_RETRY: usize = 5;
 const MAX_IMAGES_IN_NODE_STATUS: usize = 50;
 /// Names listed per image (upstream's `MaxNamesPerImageInNodeStatus`).
 const MAX_NAMES_PER_IMAGE: usize = 5;
-/// Upstream's default `nodefs.inodesFree<5%` and `imagefs.inodesFree<5%`, not configurable here.
-const INODES_FREE_FRACTION: f64 = 0.05;
-/// Upstream sets no default `pid.available` threshold, which leaves PIDPressure unable to ever
-/// show; it is reported when fewer than this share of the kernel's pids remain.
-const PID_AVAILABLE_FRACTION: f64 = 0.05;
 /// The annotation telling the attach/detach controller that it, not the kubelet, attaches
 /// volumes for this node (upstream's kubelet sets it by default).
 const CONTROLLER_MANAGED_ATTACH_ANNOTATION: &str = "volumes.kubernetes.io/controller-managed-attach-detach";
@@ -58,7 +53,7 @@ const CONTROLLER_MANAGED_ATTACH_ANNOTATION: &str = "volumes.kubernetes.io/contro
 /// A threshold in bytes (or a count) for a capacity. A fraction is taken as the float32 upstream
 /// parses percentages into (`int64(float64(capacity) * float64(percentage))`), so that
 /// reservations come out to upstream's byte.
-fn amount(threshold: Threshold, capacity: u64) -> u64 {
+pub(crate) fn amount(threshold: Threshold, capacity: u64) -> u64 {
     match threshold {
         Threshold::Bytes(b) => b,
         Threshold::Fraction(f) => ((capacity as f64) * f64::from(f as f32)) as u64,
@@ -107,9 +102,12 @@ pub(crate) struct Observed {
     /// `<name>://<version>` from the runtime's CRI `Version` (`containerd://1.6.20`), the Node's
     /// `containerRuntimeVersion` as upstream shows it.
     pub runtime_version: String,
+    /// The eviction manager's pressure conditions (soft thresholds and the transition period
+    /// included), once it has run; before, the hard thresholds against this observation.
+    pub pressure: Option<Pressure>,
 }
 
-async fn observe(
+pub(crate) async fn observe(
     config: &Config,
     images: &dyn ImageService,
     runtime: &dyn RuntimeService,
@@ -136,7 +134,7 @@ async fn observe(
     let network_not_ready = (!runtime_status.network_ready).then_some(runtime_status.network_message);
     let version = runtime.runtime_version();
     let runtime_version = format!("{}://{}", version.name, version.version);
-    Ok(Observed { machine, nodefs, imagefs, pids, images, network_not_ready, runtime_version })
+    Ok(Observed { machine, nodefs, imagefs, pids, images, network_not_ready, runtime_version, pressure: None })
 }
 
 /// The labels the kubelet owns on its Node (upstream's `updateDefaultLabels` keeps them right on
@@ -212,22 +210,22 @@ pub(crate) fn resources(
 
 /// Whether each eviction signal is past its threshold (upstream's eviction manager's view).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Pressure {
+pub struct Pressure {
     pub memory: bool,
     pub disk: bool,
     pub pid: bool,
 }
 
 pub(crate) fn pressure(observed: &Observed, hard: &EvictionThresholds) -> Pressure {
-    let inodes = Threshold::Fraction(INODES_FREE_FRACTION);
-    let fs_low = |fs: &FsStats, bytes: Threshold| {
+    let fs_low = |fs: &FsStats, bytes: Threshold, inodes: Threshold| {
         crossed(bytes, fs.available, fs.capacity) || (fs.inodes > 0 && crossed(inodes, fs.inodes_free, fs.inodes))
     };
     let m = &observed.machine;
     Pressure {
         memory: crossed(hard.memory_available, m.memory_available, m.memory_capacity),
-        disk: fs_low(&observed.nodefs, hard.nodefs_available) || fs_low(&observed.imagefs, hard.imagefs_available),
-        pid: crossed(Threshold::Fraction(PID_AVAILABLE_FRACTION), observed.pids.available(), observed.pids.max),
+        disk: fs_low(&observed.nodefs, hard.nodefs_available, hard.nodefs_inodes_free)
+            || fs_low(&observed.imagefs, hard.imagefs_available, hard.imagefs_inodes_free),
+        pid: crossed(hard.pid_available, observed.pids.available(), observed.pids.max),
     }
 }
 
@@ -304,7 +302,8 @@ pub(crate) fn node_status(
 ) -> NodeStatus {
     let (capacity, allocatable) = resources(config, observed);
     let mut conditions: Vec<NodeCondition> = previous.and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let own = own_conditions(pressure(observed, &config.eviction_hard), observed.network_not_ready.as_deref());
+    let pressure = observed.pressure.unwrap_or_else(|| pressure(observed, &config.eviction_hard));
+    let own = own_conditions(pressure, observed.network_not_ready.as_deref());
     for (kind, on, reason, message) in own {
         let status = condition_status(on);
         let fresh = NodeCondition {
@@ -412,9 +411,16 @@ pub(crate) fn condition_events(previous: Option<&NodeStatus>, new: &NodeStatus) 
     .collect()
 }
 
-/// Writes a Normal event about the node, as the kubelet's recorder does (namespace `default`,
-/// the node referenced by name, source `kubelet` on this host). Failures are only logged.
-async fn record_node_event(client: &kube::Client, config: &Config, reason: &str, message: &str) {
+/// Writes an event of `type_` (`Normal`, `Warning`) about the node, as the kubelet's recorder
+/// does (namespace `default`, the node referenced by name, source `kubelet` on this host).
+/// Failures are only logged.
+pub(crate) async fn record_node_event(
+    client: &kube::Client,
+    config: &Config,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
     let now = Timestamp::now();
     let name = &config.node_name;
     let event = Event {
@@ -432,7 +438,7 @@ async fn record_node_event(client: &kube::Client, config: &Config, reason: &str,
         },
         reason: Some(reason.into()),
         message: Some(message.into()),
-        type_: Some("Normal".into()),
+        type_: Some(type_.into()),
         count: Some(1),
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
@@ -455,14 +461,15 @@ async fn record_condition_events(
 ) {
     for reason in condition_events(previous, new) {
         let message = format!("Node {} status is now: {reason}", config.node_name);
-        record_node_event(client, config, reason, &message).await;
+        record_node_event(client, config, "Normal", reason, &message).await;
     }
 }
 
 /// The node's status as the agent last computed it (conditions, allocatable), whether or not
-/// it was written: pod admission judges new pods against it.
+/// it was written: pod admission judges new pods against it. Beside it, the pressure the
+/// eviction manager last concluded, which the next status reports.
 #[derive(Debug, Default)]
-pub struct LatestNodeStatus(std::sync::RwLock<Option<NodeStatus>>);
+pub struct LatestNodeStatus(std::sync::RwLock<Option<NodeStatus>>, std::sync::RwLock<Option<Pressure>>);
 
 impl LatestNodeStatus {
     pub fn get(&self) -> Option<NodeStatus> {
@@ -471,6 +478,14 @@ impl LatestNodeStatus {
 
     fn set(&self, status: NodeStatus) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
+    pub(crate) fn pressure(&self) -> Option<Pressure> {
+        *self.1.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_pressure(&self, pressure: Pressure) {
+        *self.1.write().unwrap_or_else(|e| e.into_inner()) = Some(pressure);
     }
 }
 
@@ -539,7 +554,7 @@ async fn try_register(
         .patch_status(name, &PatchParams::default(), &Patch::Strategic(status_patch(&status)))
         .await
         .map_err(api_error("posting the status of", name))?;
-    record_node_event(client, config, "Starting", "Starting kubelet.").await;
+    record_node_event(client, config, "Normal", "Starting", "Starting kubelet.").await;
     record_condition_events(client, config, node.status.as_ref(), &status).await;
     Ok(())
 }
@@ -647,7 +662,8 @@ async fn try_update(
             return Ok(true);
         }
     };
-    let observed = observe(config, images, runtime).await?;
+    let mut observed = observe(config, images, runtime).await?;
+    observed.pressure = latest.pressure();
     let previous = node.status.clone().unwrap_or_default();
     let status = node_status(config, &observed, Some(&previous), Timestamp::now());
     latest.set(status.clone());
@@ -721,6 +737,7 @@ pub(crate) mod tests {
             ]),
             network_not_ready: None,
             runtime_version: "containerd://1.6.20".into(),
+            pressure: None,
         }
     }
 
@@ -820,6 +837,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_eviction_managers_pressure_wins_over_the_raw_thresholds() {
+        // Relieved machine, but still within the manager's transition period: pressure stays.
+        let held = Observed { pressure: Some(Pressure { memory: false, disk: true, pid: false }), ..observed() };
+        let status = node_status(&config(), &held, None, Timestamp::now());
+        assert_eq!(cond(&status, "DiskPressure").status, "True");
+        assert_eq!(cond(&status, "MemoryPressure").status, "False");
+    }
+
+    #[test]
     fn transition_times_change_only_with_the_status_and_other_conditions_stay() {
         let first = at("2026-01-01T00:00:00Z");
         let mut previous = node_status(&config(), &observed(), None, first);
@@ -869,6 +895,7 @@ pub(crate) mod tests {
             memory_available: Threshold::Bytes(0),
             nodefs_available: Threshold::Bytes(0),
             imagefs_available: Threshold::Bytes(0),
+            ..EvictionThresholds::default()
         };
         assert!(!pressure(&o, &none).disk);
         assert!(pressure(&o, &EvictionThresholds::default()).disk);

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::admission::Rejection;
+use crate::eviction::Eviction;
+use crate::kuberuntime::actions::ContainerToKill;
 use crate::kuberuntime::{KubeRuntimeManager, PodRuntimeState, Reasons};
 use crate::node_status::LatestNodeStatus;
 use crate::status_manager::{StatusInputs, StatusManager, generate_pod_status};
@@ -61,6 +63,8 @@ struct Inner {
     workers: Mutex<HashMap<String, watch::Sender<PodUpdate>>>,
     /// Pods whose life on this node is over; later updates about them are ignored.
     finished: Mutex<HashSet<String>>,
+    /// Evictions the eviction manager asked for, by pod UID, and whether each was carried out.
+    evictions: Mutex<HashMap<String, (Eviction, bool)>>,
     shutdown: CancellationToken,
 }
 
@@ -95,6 +99,7 @@ impl PodWorkers {
                 admitted: Mutex::new(HashMap::new()),
                 workers: Mutex::new(HashMap::new()),
                 finished: Mutex::new(HashSet::new()),
+                evictions: Mutex::new(HashMap::new()),
                 shutdown,
             }),
         }
@@ -135,6 +140,21 @@ impl PodWorkers {
     pub fn active(&self) -> HashSet<String> {
         lock(&self.inner.workers).keys().cloned().collect()
     }
+
+    /// The pods admitted here and not finished (upstream's active pods): what the eviction
+    /// manager chooses from.
+    pub fn active_pods(&self) -> Vec<Arc<Pod>> {
+        lock(&self.inner.admitted).values().cloned().collect()
+    }
+
+    /// Has the pod's worker evict it at its next sync (the eviction manager's request).
+    pub fn evict(&self, uid: &str, eviction: Eviction) {
+        lock(&self.inner.evictions).insert(uid.to_owned(), (eviction, false));
+        if let Some(tx) = lock(&self.inner.workers).get(uid) {
+            // Wakes the worker now rather than at its next poll.
+            tx.send_modify(|_| {});
+        }
+    }
 }
 
 async fn worker(inner: Arc<Inner>, uid: String, mut rx: watch::Receiver<PodUpdate>) {
@@ -165,6 +185,7 @@ async fn worker(inner: Arc<Inner>, uid: String, mut rx: watch::Receiver<PodUpdat
         }
     }
     lock(&inner.admitted).remove(&uid);
+    lock(&inner.evictions).remove(&uid);
     let mut workers = lock(&inner.workers);
     workers.remove(&uid);
     lock(&inner.finished).insert(uid);
@@ -239,6 +260,7 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
     }
     if is_terminal(pod) {
         lock(&inner.admitted).remove(pod.metadata.uid.as_deref().unwrap_or_default());
+        lock(&inner.evictions).remove(pod.metadata.uid.as_deref().unwrap_or_default());
         let state = match manager.pod_state(pod.metadata.uid.as_deref().unwrap_or_default()).await {
             Ok(state) => state,
             Err(error) => {
@@ -256,8 +278,12 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
     if let Err(rejection) = admit(inner, pod) {
         return reject(inner, pod, &rejection).await;
     }
+    let requested = lock(&inner.evictions).get(pod.metadata.uid.as_deref().unwrap_or_default()).cloned();
+    if let Some((eviction, done)) = requested {
+        return evict(inner, pod, reasons, &eviction.message, eviction.grace_period, !done).await;
+    }
     if refresh && let Some(message) = crate::eviction::local_storage_violation(&manager.config, pod) {
-        return evict(inner, pod, reasons, &message).await;
+        return evict(inner, pod, reasons, &message, Duration::ZERO, true).await;
     }
     let (state, wait) = match manager.sync_pod(pod, reasons, refresh).await {
         Ok(state) => (state, POLL),
@@ -317,23 +343,58 @@ async fn reject(inner: &Inner, pod: &Pod, rejection: &Rejection) -> Outcome {
     Outcome::Again(SLOW_POLL)
 }
 
-/// Evicts a running pod: an `Evicted` event, its containers stopped at once, and the failed
-/// status written. The pod then stays on the node, finished, until it is deleted (as upstream).
-async fn evict(inner: &Inner, pod: &Pod, reasons: &Reasons, message: &str) -> Outcome {
+/// Evicts a running pod: an `Evicted` event (unless `announce` is off: a repeat), its
+/// containers stopped within `grace`, the failed status written, and its volumes torn down so
+/// that their space returns to the node, as upstream's terminated pods'. The pod then stays on
+/// the node, finished, until it is deleted (as upstream).
+async fn evict(inner: &Inner, pod: &Pod, reasons: &Reasons, message: &str, grace: Duration, announce: bool) -> Outcome {
     let manager = &inner.manager;
-    tracing::info!(%message, "evicting pod");
-    manager.recorder.record(pod, None, crate::events::WARNING, crate::eviction::REASON, message).await;
-    manager.probes.remove_pod(pod.metadata.uid.as_deref().unwrap_or_default());
-    let state = match manager.kill_evicted_pod(pod).await {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    if announce {
+        tracing::info!(%message, ?grace, "evicting pod");
+        manager.recorder.record(pod, None, crate::events::WARNING, crate::eviction::REASON, message).await;
+    }
+    manager.probes.remove_pod(uid);
+    let killed =
+        if grace.is_zero() { manager.kill_evicted_pod(pod).await } else { kill_within(manager, pod, grace).await };
+    let state = match killed {
         Ok(state) => state,
         Err(error) => {
             tracing::warn!(%error, "stopping an evicted pod's containers; retrying");
             return Outcome::Again(POLL);
         }
     };
+    if let Some(entry) = lock(&inner.evictions).get_mut(uid) {
+        entry.1 = true;
+    }
     write_status_evicted(inner, pod, &state, reasons, Some(message)).await;
+    if state.running().next().is_none()
+        && let Err(error) = crate::volumemanager::teardown_pod_volumes(&manager.config, uid).await
+    {
+        tracing::warn!(%error, "tearing down an evicted pod's volumes");
+    }
     // The API's copy turns Failed shortly (the worker wakes on it) and is finished from then on.
     Outcome::Again(SLOW_POLL)
+}
+
+/// Stops the pod's running containers within `grace` (an eviction for a soft threshold).
+async fn kill_within(
+    manager: &KubeRuntimeManager,
+    pod: &Pod,
+    grace: Duration,
+) -> Result<PodRuntimeState, tug_runtime::cri::RuntimeError> {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let state = manager.pod_state(uid).await?;
+    let kills = state
+        .running()
+        .map(|c| ContainerToKill {
+            id: c.id.clone(),
+            name: c.metadata.name.clone(),
+            reason: format!("Stopping container {}", c.metadata.name),
+        })
+        .collect();
+    manager.kill_containers(pod, kills, grace).await;
+    manager.pod_state(uid).await
 }
 
 async fn terminate(inner: &Inner, pod: &Pod, exists: bool) -> Outcome {

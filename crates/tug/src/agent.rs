@@ -48,9 +48,42 @@ pub struct AgentArgs {
     pub kubelet_port: u16,
 
     /// Hard eviction thresholds: below them the node reports memory or disk pressure (and is
-    /// tainted so no new pods land on it). Upstream's defaults unless set.
-    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%,imagefs.available<15%")]
+    /// tainted so no new pods land on it) and evicts pods at once. Upstream's defaults unless
+    /// set; given twice, the last wins.
+    #[arg(
+        long,
+        default_value = "memory.available<100Mi,nodefs.available<10%,imagefs.available<15%",
+        overrides_with = "eviction_hard"
+    )]
     pub eviction_hard: tug_kubelet::config::EvictionThresholds,
+
+    /// Soft eviction thresholds (`signal<value`, e.g. `memory.available<1.5Gi`): pods are
+    /// evicted once one has held for its --eviction-soft-grace-period.
+    #[arg(long, value_name = "SIGNAL<VALUE,...")]
+    pub eviction_soft: Option<tug_kubelet::config::SignalThresholds>,
+
+    /// How long each soft threshold must hold before pods are evicted (`signal=duration`, e.g.
+    /// `memory.available=1m30s`).
+    #[arg(long, value_name = "SIGNAL=DURATION,...", value_parser = parse_grace_periods)]
+    pub eviction_soft_grace_period: Option<SoftGracePeriods>,
+
+    /// How much past its threshold a signal must recover before its pressure is relieved
+    /// (`signal=value`, e.g. `nodefs.available=500Mi`).
+    #[arg(long, value_name = "SIGNAL=VALUE,...")]
+    pub eviction_minimum_reclaim: Option<tug_kubelet::config::MinimumReclaims>,
+
+    /// The most seconds a pod evicted for a soft threshold gets to stop; negative: its own
+    /// grace period.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub eviction_max_pod_grace_period: i32,
+
+    /// How long a pressure condition stays after its thresholds stopped being met.
+    #[arg(long, default_value = "5m0s", value_parser = crate::server::parse_duration)]
+    pub eviction_pressure_transition_period: std::time::Duration,
+
+    /// How often the eviction manager observes the node (upstream's fixed 10s; for tests).
+    #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration, hide = true)]
+    pub eviction_monitoring_period: std::time::Duration,
 
     /// Disk usage (percent) of the image filesystem at which unused images are removed; 100
     /// turns image garbage collection off.
@@ -138,6 +171,20 @@ fn overlay_backend(backend: FlannelBackend) -> Option<Backend> {
 /// The bridge pods attach to (k3s' name for it).
 const POD_BRIDGE: &str = "cni0";
 
+/// The value of `--eviction-soft-grace-period`: a grace period per signal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SoftGracePeriods(pub Vec<(tug_kubelet::config::Signal, std::time::Duration)>);
+
+fn parse_grace_periods(s: &str) -> Result<SoftGracePeriods, String> {
+    let pairs = s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|pair| {
+        let (signal, duration) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not signal=duration (e.g. memory.available=1m30s)"))?;
+        Ok((signal.parse()?, crate::server::parse_duration(duration)?))
+    });
+    pairs.collect::<Result<_, String>>().map(SoftGracePeriods)
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
     Ok((k.to_owned(), v.to_owned()))
@@ -203,6 +250,14 @@ pub async fn spawn(
         node_labels: args.node_labels.clone(),
         node_taints: args.node_taints.clone(),
         eviction_hard: args.eviction_hard,
+        eviction: tug_kubelet::config::EvictionConfig {
+            soft: args.eviction_soft.clone().map(|s| s.0).unwrap_or_default(),
+            soft_grace_periods: args.eviction_soft_grace_period.clone().map(|s| s.0).unwrap_or_default(),
+            minimum_reclaim: args.eviction_minimum_reclaim.clone().map(|s| s.0).unwrap_or_default(),
+            max_pod_grace_period_seconds: i64::from(args.eviction_max_pod_grace_period),
+            pressure_transition_period: args.eviction_pressure_transition_period,
+            monitoring_period: args.eviction_monitoring_period,
+        },
         image_gc: tug_kubelet::image_gc_manager::ImageGcPolicy {
             high_threshold_percent: args.image_gc_high_threshold,
             low_threshold_percent: args.image_gc_low_threshold.min(args.image_gc_high_threshold),
@@ -211,6 +266,7 @@ pub async fn spawn(
         },
         pod_manifest_path: args.pod_manifest_path.clone(),
     };
+    tug_kubelet::eviction::thresholds(&config).context("checking the eviction flags")?;
     if let Some(endpoint) = &args.container_runtime_endpoint {
         return spawn_with_cri_runtime(client, args, config, endpoint, shutdown).await;
     }
@@ -342,5 +398,23 @@ async fn release_orphaned_addresses(
     }
     if let Err(error) = runtime.reconcile_network().await {
         tracing::warn!(%error, "releasing the network of removed sandboxes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tug_kubelet::config::Signal;
+
+    #[test]
+    fn soft_grace_periods_parse_like_the_kubelet_flag() {
+        let parsed = parse_grace_periods("memory.available=1m30s, nodefs.available=2m").unwrap();
+        assert_eq!(
+            parsed.0,
+            [(Signal::MemoryAvailable, Duration::from_secs(90)), (Signal::NodeFsAvailable, Duration::from_secs(120))]
+        );
+        assert_eq!(parse_grace_periods("disk=1m").unwrap_err(), "unsupported eviction signal disk");
+        assert!(parse_grace_periods("memory.available<1m").is_err());
     }
 }

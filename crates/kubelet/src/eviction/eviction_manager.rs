@@ -1,0 +1,532 @@
+//! The eviction manager's loop (upstream's `eviction_manager.go`): every monitoring period it
+//! observes the signals, publishes the pressure conditions for the node status, and when a
+//! threshold is met reclaims node-level resources, then evicts at most one pod and waits for
+//! it to be cleaned up before looking again.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use tug_runtime::ImageService;
+use tug_runtime::cri::{ContainerFilter, ContainerState, RuntimeService};
+
+use super::helpers::{self, ContainerStats, FsUsage, Observation, Observations, PodStats, Resource, State, StatsByUid};
+use super::{Eviction, EvictionThreshold};
+use crate::config::{Config, Signal};
+use crate::kuberuntime::labels::POD_UID;
+use crate::node_status::{LatestNodeStatus, Observed};
+use crate::pod_workers::PodWorkers;
+
+/// How long an evicted pod gets to be cleaned up before the next observation (upstream's
+/// `podCleanupTimeout`), and how often that is checked (`podCleanupPollFreq`).
+const POD_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+const POD_CLEANUP_POLL: Duration = Duration::from_secs(1);
+
+/// Runs the eviction manager until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    config: Arc<Config>,
+    runtime: Arc<dyn RuntimeService>,
+    images: Arc<dyn ImageService>,
+    workers: PodWorkers,
+    latest: Arc<LatestNodeStatus>,
+    shutdown: CancellationToken,
+) {
+    let thresholds = match super::thresholds(&config) {
+        Ok(list) if list.is_empty() => {
+            info!("no eviction thresholds: node pressure eviction is off");
+            return;
+        }
+        Ok(list) => list,
+        Err(error) => {
+            error!(%error, "node pressure eviction is off");
+            return;
+        }
+    };
+    let period = config.eviction.monitoring_period;
+    let mut manager = EvictionManager {
+        client,
+        config,
+        thresholds,
+        runtime,
+        images,
+        workers,
+        latest,
+        state: State::default(),
+        dedicated_image_fs: None,
+        images_first_seen: HashMap::new(),
+        reclaiming: None,
+    };
+    loop {
+        let evicted = manager.synchronize().await;
+        let wait = async {
+            match &evicted {
+                Some(uid) => manager.wait_for_pod_cleanup(uid).await,
+                None => tokio::time::sleep(period).await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wait => {}
+        }
+    }
+}
+
+struct EvictionManager {
+    client: kube::Client,
+    config: Arc<Config>,
+    thresholds: Vec<EvictionThreshold>,
+    runtime: Arc<dyn RuntimeService>,
+    images: Arc<dyn ImageService>,
+    workers: PodWorkers,
+    latest: Arc<LatestNodeStatus>,
+    state: State,
+    /// Whether images live on another filesystem than the agent's data; found out once.
+    dedicated_image_fs: Option<bool>,
+    /// When each image was first seen, so that reclaim spares images younger than
+    /// `--minimum-image-ttl-duration` (a pod may be about to use them).
+    images_first_seen: HashMap<String, Instant>,
+    /// The resource the last round set out to reclaim, so that the node's
+    /// `EvictionThresholdMet` event marks the start of an episode, not every round.
+    reclaiming: Option<Resource>,
+}
+
+/// The signals of one look at the machine (upstream's `makeSignalObservations`). A filesystem
+/// that reports no inodes has no inode signal.
+fn observations(observed: &Observed) -> Observations {
+    let m = &observed.machine;
+    let mut result = Observations::from([
+        (Signal::MemoryAvailable, Observation { available: m.memory_available, capacity: m.memory_capacity }),
+        (
+            Signal::NodeFsAvailable,
+            Observation { available: observed.nodefs.available, capacity: observed.nodefs.capacity },
+        ),
+        (
+            Signal::ImageFsAvailable,
+            Observation { available: observed.imagefs.available, capacity: observed.imagefs.capacity },
+        ),
+        (Signal::PidAvailable, Observation { available: observed.pids.available(), capacity: observed.pids.max }),
+    ]);
+    for (signal, fs) in [(Signal::NodeFsInodesFree, &observed.nodefs), (Signal::ImageFsInodesFree, &observed.imagefs)] {
+        if fs.inodes > 0 {
+            result.insert(signal, Observation { available: fs.inodes_free, capacity: fs.inodes });
+        }
+    }
+    result
+}
+
+/// The host path of the writable layer of the container whose process is `pid`: the
+/// `upperdir` of the overlay mounted at its root, as its `/proc/<pid>/mountinfo` shows it
+/// (the built-in runtime's and containerd's overlay snapshotter's alike).
+pub fn writable_layer(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if mount.split(' ').nth(4)? != "/" {
+            return None;
+        }
+        let mut fs = fs.split(' ');
+        if fs.next()? != "overlay" {
+            return None;
+        }
+        let options = fs.nth(1)?;
+        let upper = options.split(',').find_map(|o| o.strip_prefix("upperdir="))?;
+        Some(PathBuf::from(unescape_mountinfo(upper)))
+    })
+}
+
+/// Mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out + rest
+}
+
+fn uid(pod: &Pod) -> &str {
+    pod.metadata.uid.as_deref().unwrap_or_default()
+}
+
+/// The grace period of a pod evicted for `threshold` (upstream gives a pod evicted for a hard
+/// threshold no time; for a soft one its own grace period, capped by
+/// `--eviction-max-pod-grace-period` unless that is negative).
+fn grace_period(threshold: &EvictionThreshold, pod: &Pod, max_pod_grace_period_seconds: i64) -> Duration {
+    if threshold.is_hard() {
+        return Duration::ZERO;
+    }
+    let own = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+    let seconds = if max_pod_grace_period_seconds < 0 { own } else { own.min(max_pod_grace_period_seconds) };
+    Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+impl EvictionManager {
+    /// One round (upstream's `synchronize`). Returns the UID of the pod it evicted.
+    async fn synchronize(&mut self) -> Option<String> {
+        let observed = self.observe().await?;
+        let observations = observations(&observed);
+        let transition = self.config.eviction.pressure_transition_period;
+        let synced = self.state.synchronize(&self.thresholds, &observations, transition, Instant::now());
+        self.latest.set_pressure(synced.pressure);
+        let Some(&first) = synced.thresholds_met.first() else {
+            self.reclaiming = None;
+            return None;
+        };
+        let threshold = self.thresholds[first];
+        let resource = Resource::of(threshold.signal);
+        info!(
+            signal = threshold.signal.as_str(),
+            resource = resource.as_str(),
+            "eviction manager: attempting to reclaim"
+        );
+        if self.reclaiming.replace(resource) != Some(resource) {
+            let message = format!("Attempting to reclaim {}", resource.as_str());
+            crate::node_status::record_node_event(
+                &self.client,
+                &self.config,
+                "Warning",
+                "EvictionThresholdMet",
+                &message,
+            )
+            .await;
+        }
+        let dedicated_image_fs = self.dedicated_image_fs().await;
+        if self.reclaim_node_level_resources(threshold.signal, dedicated_image_fs).await {
+            info!(
+                resource = resource.as_str(),
+                "eviction manager: able to reduce resource pressure without evicting pods"
+            );
+            return None;
+        }
+        let mut pods = self.workers.active_pods();
+        if pods.is_empty() {
+            error!("eviction manager: eviction thresholds have been met, but no pods are active to evict");
+            return None;
+        }
+        let stats = self.pod_stats(&pods, resource).await;
+        helpers::rank(threshold.signal, dedicated_image_fs, &mut pods, &stats);
+        let ranked: Vec<&str> = pods.iter().map(|p| p.metadata.name.as_deref().unwrap_or_default()).collect();
+        info!(resource = resource.as_str(), pods = ?ranked, "eviction manager: pods ranked for eviction");
+        let met = helpers::threshold_met_info(resource, &self.thresholds, &synced.thresholds_met, &observations);
+        for pod in &pods {
+            if crate::admission::is_critical(pod) {
+                error!(
+                    pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                    "eviction manager: cannot evict a critical pod"
+                );
+                continue;
+            }
+            let (message, annotations) = helpers::eviction_message(resource, pod, stats.get(uid(pod)), met.clone());
+            let grace = grace_period(&threshold, pod, self.config.eviction.max_pod_grace_period_seconds);
+            info!(
+                pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
+                %message,
+                ?annotations,
+                grace_period = ?grace,
+                "eviction manager: evicting pod"
+            );
+            self.workers.evict(uid(pod), Eviction { message, grace_period: grace });
+            return Some(uid(pod).to_owned());
+        }
+        info!("eviction manager: unable to evict any pods from the node");
+        None
+    }
+
+    async fn observe(&mut self) -> Option<Observed> {
+        match crate::node_status::observe(&self.config, self.images.as_ref(), self.runtime.as_ref()).await {
+            Ok(observed) => {
+                if let Some(images) = &observed.images {
+                    let now = Instant::now();
+                    let present: HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
+                    self.images_first_seen.retain(|id, _| present.contains(id.as_str()));
+                    for image in images {
+                        self.images_first_seen.entry(image.id.clone()).or_insert(now);
+                    }
+                }
+                Some(observed)
+            }
+            Err(error) => {
+                warn!(%error, "eviction manager: observing the node failed");
+                None
+            }
+        }
+    }
+
+    /// Whether the image filesystem is another device than the agent's data directory.
+    async fn dedicated_image_fs(&mut self) -> bool {
+        if let Some(known) = self.dedicated_image_fs {
+            return known;
+        }
+        let image_dir = crate::image_gc_manager::image_fs_dir(&self.config, self.runtime.as_ref()).await;
+        let device = |path: &Path| std::fs::metadata(path).map(|m| m.dev()).ok();
+        let dedicated = match (device(&self.config.agent_dir), device(&image_dir)) {
+            (Some(node), Some(image)) => node != image,
+            _ => false,
+        };
+        self.dedicated_image_fs = Some(dedicated);
+        dedicated
+    }
+
+    /// Frees what the node holds for nobody before pods are evicted (upstream's
+    /// `reclaimNodeLevelResources`): for disk signals, dead containers and unused images (with
+    /// a dedicated image filesystem, only for its signals). Returns whether every threshold is
+    /// then resolved, minimum reclaims included.
+    async fn reclaim_node_level_resources(&mut self, signal: Signal, dedicated_image_fs: bool) -> bool {
+        let reclaims = match signal {
+            Signal::MemoryAvailable | Signal::PidAvailable => false,
+            Signal::NodeFsAvailable | Signal::NodeFsInodesFree => !dedicated_image_fs,
+            Signal::ImageFsAvailable | Signal::ImageFsInodesFree => true,
+        };
+        if !reclaims {
+            return false;
+        }
+        self.delete_unused_containers().await;
+        self.delete_unused_images().await;
+        let Some(observed) = self.observe().await else { return false };
+        let observations = observations(&observed);
+        helpers::thresholds_met(&self.thresholds, 0..self.thresholds.len(), &observations, true).is_empty()
+    }
+
+    /// Removes exited containers but the newest of each pod's container, which its status and
+    /// `kubectl logs --previous` read (upstream's container GC keeps one per container).
+    async fn delete_unused_containers(&self) {
+        let containers = match self.runtime.list_containers(&ContainerFilter::default()).await {
+            Ok(list) => list,
+            Err(error) => {
+                warn!(%error, "eviction manager: listing containers to collect");
+                return;
+            }
+        };
+        let mut dead: HashMap<(String, String), Vec<_>> = HashMap::new();
+        for c in containers.into_iter().filter(|c| c.state == ContainerState::Exited) {
+            let pod = c.labels.get(POD_UID).cloned().unwrap_or_default();
+            dead.entry((pod, c.metadata.name.clone())).or_default().push(c);
+        }
+        for mut instances in dead.into_values() {
+            instances.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+            for c in instances.into_iter().skip(1) {
+                match self.runtime.remove_container(&c.id).await {
+                    Ok(()) => {
+                        info!(container = %c.id, name = %c.metadata.name, "eviction manager: removed a dead container")
+                    }
+                    Err(error) => warn!(container = %c.id, %error, "eviction manager: removing a dead container"),
+                }
+            }
+        }
+    }
+
+    /// Removes every image no container uses that is older than the minimum image age
+    /// (upstream's `DeleteUnusedImages`).
+    async fn delete_unused_images(&self) {
+        let in_use: HashSet<String> = match self.runtime.list_containers(&ContainerFilter::default()).await {
+            Ok(list) => list.into_iter().map(|c| c.image_ref).collect(),
+            Err(error) => {
+                warn!(%error, "eviction manager: listing containers before removing images");
+                return;
+            }
+        };
+        let minimum_age = self.config.image_gc.minimum_age;
+        for (id, first_seen) in &self.images_first_seen {
+            if in_use.contains(id) || first_seen.elapsed() < minimum_age {
+                continue;
+            }
+            match self.images.remove_image(id).await {
+                Ok(()) => info!(image = %id, "eviction manager: removed an unused image"),
+                Err(error) => warn!(image = %id, %error, "eviction manager: removing an unused image"),
+            }
+        }
+    }
+
+    /// The usage of `pods` that ranking for `resource` reads (the summary API's pod stats).
+    async fn pod_stats(&self, pods: &[Arc<Pod>], resource: Resource) -> StatsByUid {
+        match resource {
+            Resource::Memory => self.memory_stats().await,
+            Resource::EphemeralStorage | Resource::Inodes => {
+                let mut pids: HashMap<String, HashMap<String, u32>> = HashMap::new();
+                let running = ContainerFilter { state: Some(ContainerState::Running), ..Default::default() };
+                for c in self.runtime.list_containers(&running).await.unwrap_or_default() {
+                    let Some(pod) = c.labels.get(POD_UID).cloned() else { continue };
+                    if let Ok(status) = self.runtime.container_status(&c.id).await
+                        && let Some(pid) = status.pid
+                    {
+                        pids.entry(pod).or_default().insert(c.metadata.name.clone(), pid);
+                    }
+                }
+                let config = self.config.clone();
+                let pods = pods.to_vec();
+                tokio::task::spawn_blocking(move || {
+                    pods.iter().map(|pod| (uid(pod).to_owned(), disk_stats(&config, pod, pids.get(uid(pod))))).collect()
+                })
+                .await
+                .unwrap_or_default()
+            }
+            Resource::Pids => {
+                let pods = pods.to_vec();
+                tokio::task::spawn_blocking(move || {
+                    pods.iter()
+                        .filter_map(|pod| {
+                            let cgroup = crate::qos::cgroup_parent(crate::qos::pod_qos(pod), uid(pod));
+                            let processes = tug_runtime::cgroups::pids(&cgroup).ok()?.len() as u64;
+                            Some((uid(pod).to_owned(), PodStats { processes: Some(processes), ..Default::default() }))
+                        })
+                        .collect()
+                })
+                .await
+                .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Working sets of pods and containers from the runtime's CRI stats.
+    async fn memory_stats(&self) -> StatsByUid {
+        let sandboxes = match self.runtime.list_pod_sandbox_stats().await {
+            Ok(list) => list,
+            Err(error) => {
+                warn!(%error, "eviction manager: reading the pods' memory usage");
+                return StatsByUid::new();
+            }
+        };
+        sandboxes
+            .into_iter()
+            .map(|s| {
+                let pod_uid = s.labels.get(POD_UID).cloned().unwrap_or_else(|| s.metadata.uid.clone());
+                let containers = s
+                    .containers
+                    .iter()
+                    .map(|c| ContainerStats {
+                        name: c.metadata.name.clone(),
+                        memory_working_set: Some(c.memory.working_set_bytes),
+                        ..Default::default()
+                    })
+                    .collect();
+                (
+                    pod_uid,
+                    PodStats { memory_working_set: Some(s.memory.working_set_bytes), containers, ..Default::default() },
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until the evicted pod is no longer active, at most [`POD_CLEANUP_TIMEOUT`]
+    /// (upstream's `waitForPodsCleanup`).
+    async fn wait_for_pod_cleanup(&self, pod_uid: &str) {
+        let deadline = Instant::now() + POD_CLEANUP_TIMEOUT;
+        while Instant::now() < deadline {
+            if !self.workers.active_pods().iter().any(|p| uid(p) == pod_uid) {
+                info!(pod_uid, "eviction manager: evicted pod cleaned up");
+                return;
+            }
+            tokio::time::sleep(POD_CLEANUP_POLL).await;
+        }
+        debug!(pod_uid, "eviction manager: timed out waiting for the evicted pod to be cleaned up");
+    }
+}
+
+/// A pod's disk usage: each container's writable layer (found from its running process) and
+/// log directory, and its emptyDir volumes on disk.
+fn disk_stats(config: &Config, pod: &Pod, pids: Option<&HashMap<String, u32>>) -> PodStats {
+    let Some(spec) = pod.spec.as_ref() else { return PodStats::default() };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let log_dir = config.pod_log_dir(namespace, name, uid(pod));
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| {
+            let rootfs = pids
+                .and_then(|p| p.get(&c.name))
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok())
+                .and_then(|mountinfo| writable_layer(&mountinfo))
+                .map(|upper| super::fs_usage(&upper));
+            ContainerStats {
+                name: c.name.clone(),
+                memory_working_set: None,
+                rootfs,
+                logs: Some(super::fs_usage(&log_dir.join(&c.name))),
+            }
+        })
+        .collect();
+    let volumes = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.empty_dir.as_ref().is_some_and(|e| e.medium.as_deref().unwrap_or_default().is_empty()))
+        .map(|v| {
+            let usage: FsUsage = super::fs_usage(&crate::volumemanager::empty_dir_path(config, uid(pod), &v.name));
+            (v.name.clone(), usage)
+        })
+        .collect();
+    PodStats { containers, volumes, ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_writable_layer_is_the_upperdir_of_the_overlay_at_the_containers_root() {
+        let mountinfo = "\
+1234 1200 0:77 / / rw,relatime - overlay overlay rw,lowerdir=/d/l/1:/d/l/2,upperdir=/data/agent/runtime/containers/abc/upper,workdir=/data/agent/runtime/containers/abc/work
+1235 1234 0:78 / /proc rw,nosuid - proc proc rw
+1236 1234 0:79 / /scratch rw - ext4 /dev/vda rw
+";
+        assert_eq!(writable_layer(mountinfo), Some(PathBuf::from("/data/agent/runtime/containers/abc/upper")));
+        let escaped = "1 0 0:1 / / rw - overlay overlay rw,upperdir=/a\\040b/upper,workdir=/w\n";
+        assert_eq!(writable_layer(escaped), Some(PathBuf::from("/a b/upper")));
+        assert_eq!(writable_layer("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"), None, "not an overlay root");
+    }
+
+    #[test]
+    fn soft_evictions_get_the_pods_grace_period_capped_by_the_maximum() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "uid": "u"},
+            "spec": {"terminationGracePeriodSeconds": 60, "containers": [{"name": "c", "image": "i"}]}
+        }))
+        .unwrap();
+        let soft = EvictionThreshold {
+            signal: Signal::MemoryAvailable,
+            value: crate::config::Threshold::Bytes(1),
+            grace_period: Duration::from_secs(30),
+            min_reclaim: None,
+        };
+        let hard = EvictionThreshold { grace_period: Duration::ZERO, ..soft };
+        assert_eq!(grace_period(&hard, &pod, 20), Duration::ZERO);
+        assert_eq!(grace_period(&soft, &pod, 20), Duration::from_secs(20));
+        assert_eq!(grace_period(&soft, &pod, 90), Duration::from_secs(60));
+        assert_eq!(grace_period(&soft, &pod, -1), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn signals_are_observed_from_the_machine_and_inodes_only_where_counted() {
+        let mut observed = Observed::default();
+        observed.machine.memory_available = 5;
+        observed.machine.memory_capacity = 10;
+        observed.nodefs = crate::machine::FsStats { capacity: 100, available: 40, inodes: 0, inodes_free: 0 };
+        observed.imagefs = crate::machine::FsStats { capacity: 100, available: 40, inodes: 50, inodes_free: 20 };
+        observed.pids = crate::machine::PidStats { max: 1000, running: 100 };
+        let o = observations(&observed);
+        assert_eq!(o[&Signal::MemoryAvailable], Observation { available: 5, capacity: 10 });
+        assert_eq!(o[&Signal::PidAvailable], Observation { available: 900, capacity: 1000 });
+        assert_eq!(o[&Signal::ImageFsInodesFree], Observation { available: 20, capacity: 50 });
+        assert!(!o.contains_key(&Signal::NodeFsInodesFree));
+    }
+}
