@@ -38,27 +38,52 @@ pub fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// The stored form: the object without its resourceVersion.
+/// The stored form: the object without its resourceVersion (nor selfLink), with `apiVersion`,
+/// `kind` and `metadata` first (k8s-openapi serialises fields alphabetically, so a
+/// ControllerRevision's `data`, which holds a template with its own metadata, would come
+/// first): [`stored_to_wire`] then finds the object's metadata within a few bytes. Written
+/// straight from `obj`, without copying it.
 pub fn encode_for_storage(obj: &Value) -> Result<Bytes, ApiError> {
-    let mut obj = obj.clone();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-        meta.remove("selfLink");
-    }
-    // apiVersion, kind and metadata first (k8s-openapi serialises fields alphabetically, so a
-    // ControllerRevision's `data`, which holds a template with its own metadata, would come
-    // first): [`stored_to_wire`] then finds the object's metadata within a few bytes.
-    if let Value::Object(map) = &mut obj {
-        let mut ordered = serde_json::Map::with_capacity(map.len());
-        for key in ["apiVersion", "kind", "metadata"] {
-            if let Some(v) = map.remove(key) {
-                ordered.insert(key.to_string(), v);
+    serde_json::to_vec(&StoredForm(obj)).map(Bytes::from).map_err(ApiError::internal)
+}
+
+/// Serialises an object in its stored form (see [`encode_for_storage`]).
+struct StoredForm<'a>(&'a Value);
+
+/// Serialises a metadata map without the fields the store does not keep.
+struct StoredMetadata<'a>(&'a serde_json::Map<String, Value>);
+
+const LEADING_FIELDS: [&str; 3] = ["apiVersion", "kind", "metadata"];
+const UNSTORED_METADATA: [&str; 2] = ["resourceVersion", "selfLink"];
+
+impl serde::Serialize for StoredForm<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(map) = self.0 else { return self.0.serialize(serializer) };
+        let mut out = serializer.serialize_map(Some(map.len()))?;
+        for key in LEADING_FIELDS {
+            match map.get(key) {
+                Some(Value::Object(meta)) if key == "metadata" => out.serialize_entry(key, &StoredMetadata(meta))?,
+                Some(v) => out.serialize_entry(key, v)?,
+                None => {}
             }
         }
-        ordered.extend(std::mem::take(map));
-        *map = ordered;
+        for (k, v) in map.iter().filter(|(k, _)| !LEADING_FIELDS.contains(&k.as_str())) {
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
     }
-    serde_json::to_vec(&obj).map(Bytes::from).map_err(ApiError::internal)
+}
+
+impl serde::Serialize for StoredMetadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut out = serializer.serialize_map(None)?;
+        for (k, v) in self.0.iter().filter(|(k, _)| !UNSTORED_METADATA.contains(&k.as_str())) {
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
+    }
 }
 
 /// A stored object's bytes with its resourceVersion set, as clients receive it.
@@ -201,9 +226,12 @@ mod tests {
 
     #[test]
     fn objects_are_stored_with_their_metadata_first() {
-        let obj = serde_json::json!({"apiVersion": "apps/v1", "data": {"x": 1}, "kind": "ControllerRevision", "metadata": {"name": "r", "resourceVersion": "5"}, "revision": 1});
+        let obj = serde_json::json!({"apiVersion": "apps/v1", "data": {"x": 1}, "kind": "ControllerRevision", "metadata": {"name": "r", "resourceVersion": "5", "selfLink": "/x", "uid": "u"}, "revision": 1});
         let stored = encode_for_storage(&obj).unwrap();
-        assert!(stored.starts_with(br#"{"apiVersion":"apps/v1","kind":"ControllerRevision","metadata":{"name":"r"}"#));
+        assert_eq!(
+            std::str::from_utf8(&stored).unwrap(),
+            r#"{"apiVersion":"apps/v1","kind":"ControllerRevision","metadata":{"name":"r","uid":"u"},"data":{"x":1},"revision":1}"#
+        );
     }
 
     #[test]

@@ -90,6 +90,16 @@ impl ApiServer {
         rt.ops.convert(obj, &storage.api_version())
     }
 
+    /// The bytes an object of `rt`'s view is stored as; copied only when it must be converted
+    /// to another version first.
+    pub(crate) fn storage_bytes(&self, rt: &ResourceType, obj: &Value) -> Result<bytes::Bytes, ApiError> {
+        let stored_as_is = rt.storage_version || std::ptr::eq(self.registry().storage_view(rt), rt);
+        if stored_as_is {
+            return codec::encode_for_storage(obj);
+        }
+        codec::encode_for_storage(&self.to_storage(rt, obj.clone())?)
+    }
+
     /// The current object and its revision, in `rt`'s view.
     pub(crate) async fn read(
         &self,
@@ -134,8 +144,11 @@ impl ApiServer {
             self.release_allocations(rt, &obj, true).await;
             return Ok(obj);
         }
-        match self.create_object(rt, ns.as_deref(), &name, obj.clone()).await {
-            Ok(created) => Ok(created),
+        match self.create_object(rt, ns.as_deref(), &name, &obj).await {
+            Ok(rev) => {
+                codec::set_resource_version(&mut obj, rev);
+                Ok(obj)
+            }
             Err(e) => {
                 self.release_allocations(rt, &obj, false).await;
                 Err(e)
@@ -143,21 +156,16 @@ impl ApiServer {
         }
     }
 
-    /// Writes a new object (already admitted, in `rt`'s view); returns it with its
-    /// resourceVersion.
+    /// Writes a new object (already admitted, in `rt`'s view); returns its resourceVersion.
     pub(crate) async fn create_object(
         &self,
         rt: &ResourceType,
         ns: Option<&str>,
         name: &str,
-        obj: Value,
-    ) -> Result<Value, ApiError> {
-        let stored = self.to_storage(rt, obj.clone())?;
-        let bytes = codec::encode_for_storage(&stored)?;
-        let rev = self.store.create(&rt.key(ns, name), bytes).await.map_err(|e| store_error(rt, name, e))?;
-        let mut obj = obj;
-        codec::set_resource_version(&mut obj, rev);
-        Ok(obj)
+        obj: &Value,
+    ) -> Result<Revision, ApiError> {
+        let bytes = self.storage_bytes(rt, obj)?;
+        self.store.create(&rt.key(ns, name), bytes).await.map_err(|e| store_error(rt, name, e))
     }
 
     /// Upstream's `GuaranteedUpdate`: read the object, let `mutate` decide, admit the result
@@ -221,7 +229,7 @@ impl ApiServer {
                 (false, None) => put_managed_fields(&mut admitted, current.pointer("/metadata/managedFields").cloned()),
             }
             // An update that changes nothing is not written, so its resourceVersion stays.
-            if strip_rv(&admitted) == strip_rv(&current) {
+            if unchanged(&admitted, &current) {
                 return Ok((current, false));
             }
             // Removing the last finalizer of an object being deleted completes its deletion.
@@ -241,8 +249,7 @@ impl ApiServer {
             if dry_run {
                 return Ok((admitted, false));
             }
-            let stored = self.to_storage(rt, admitted.clone())?;
-            let bytes = codec::encode_for_storage(&stored)?;
+            let bytes = self.storage_bytes(rt, &admitted)?;
             match self.store.update(&key, bytes, rev).await {
                 Ok(new_rev) => {
                     let mut out = admitted;
@@ -374,19 +381,28 @@ fn check_identity(rt: &ResourceType, current: &Value, desired: &Value) -> Result
     Ok(())
 }
 
-/// The object as compared to tell a no-op write: without its resourceVersion, and without the
-/// times of its managed fields (upstream's `IgnoreManagedFieldsTimestampsTransformer`).
-fn strip_rv(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-        if let Some(Value::Array(entries)) = m.get_mut("managedFields") {
-            for e in entries.iter_mut().filter_map(Value::as_object_mut) {
-                e.remove("time");
+/// Whether an update leaves the object as it was, apart from what every write rewrites: its
+/// resourceVersion, and the times of its managed fields (upstream's
+/// `IgnoreManagedFieldsTimestampsTransformer`). Compared in place, as every update runs this.
+fn unchanged(new: &Value, current: &Value) -> bool {
+    same_except(new, current, "", &|key, a, b| match key {
+        "metadata" => same_except(a, b, "resourceVersion", &|key, a, b| match (key, a, b) {
+            ("managedFields", Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_except(a, b, "time", &|_, a, b| a == b))
             }
-        }
-    }
-    v
+            _ => a == b,
+        }),
+        _ => a == b,
+    })
+}
+
+/// Whether two JSON objects hold the same keys, `ignored` aside, with values `same` calls
+/// equal (given the key); values other than objects are compared as they are.
+fn same_except(a: &Value, b: &Value, ignored: &str, same: &dyn Fn(&str, &Value, &Value) -> bool) -> bool {
+    let (Value::Object(a), Value::Object(b)) = (a, b) else { return a == b };
+    let counted = |m: &serde_json::Map<String, Value>| m.keys().filter(|k| *k != ignored).count();
+    counted(a) == counted(b)
+        && a.iter().filter(|(k, _)| *k != ignored).all(|(k, v)| b.get(k).is_some_and(|w| same(k, v, w)))
 }
 
 /// Whether anything besides metadata and status differs.
@@ -412,4 +428,39 @@ pub fn namespace_held(rt: &ResourceType, obj: &Value) -> bool {
 
 pub fn has_finalizers(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_that_only_moves_the_resource_version_or_field_times_changes_nothing() {
+        let current = json!({"kind": "Pod", "metadata": {"name": "a", "resourceVersion": "5", "labels": {"x": "1"},
+            "managedFields": [{"manager": "m", "time": "2026-01-01T00:00:00Z", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"nodeName": "n"}});
+        let mut same = current.clone();
+        same["metadata"]["resourceVersion"] = json!("9");
+        same["metadata"]["managedFields"][0]["time"] = json!("2026-02-02T00:00:00Z");
+        assert!(unchanged(&same, &current));
+        let mut without_rv = current.clone();
+        without_rv["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        assert!(unchanged(&without_rv, &current));
+
+        for (pointer, value) in [
+            ("/spec/nodeName", json!("other")),
+            ("/metadata/labels/x", json!("2")),
+            ("/metadata/managedFields/0/manager", json!("other")),
+        ] {
+            let mut changed = current.clone();
+            *changed.pointer_mut(pointer).unwrap() = value;
+            assert!(!unchanged(&changed, &current), "{pointer}");
+        }
+        let mut added = current.clone();
+        added["status"] = json!({});
+        assert!(!unchanged(&added, &current) && !unchanged(&current, &added));
+        let mut no_fields = current.clone();
+        no_fields["metadata"].as_object_mut().unwrap().remove("managedFields");
+        assert!(!unchanged(&no_fields, &current));
+    }
 }

@@ -152,6 +152,11 @@ impl<T> Default for Typed<T> {
 
 impl<T: Kind> Typed<T> {
     fn decode(obj: &Value) -> Result<T, ApiError> {
+        // Tracking the path costs an allocation per key; only a failed decode is run again
+        // with it, for upstream's message naming the field.
+        if let Ok(typed) = <T as serde::Deserialize>::deserialize(obj) {
+            return Ok(typed);
+        }
         serde_path_to_error::deserialize::<_, T>(obj).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -278,25 +283,58 @@ pub fn unknown_fields(input: &Value, output: &Value, write_only: &[&str]) -> Vec
 
 pub fn dropped_fields(input: &Value, output: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    walk_dropped(input, output, String::new(), &mut out);
+    walk_dropped(input, output, &mut Vec::new(), &mut out);
     out
 }
 
-fn walk_dropped(input: &Value, output: &Value, path: String, out: &mut Vec<String>) {
+/// One step of the path to a field.
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `spec.containers[0].name`: paths are spelled out only for dropped fields, which are rare,
+/// rather than for every field walked.
+fn render(path: &[Step<'_>], last: &str) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    if !out.is_empty() {
+        out.push('.');
+    }
+    out.push_str(last);
+    out
+}
+
+fn walk_dropped<'a>(input: &'a Value, output: &Value, path: &mut Vec<Step<'a>>, out: &mut Vec<String>) {
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 match o.get(k) {
-                    Some(ov) => walk_dropped(v, ov, child, out),
+                    Some(ov) => {
+                        path.push(Step::Key(k));
+                        walk_dropped(v, ov, path, out);
+                        path.pop();
+                    }
                     None if v.is_null() || is_empty_container(v) => {}
-                    None => out.push(child),
+                    None => out.push(render(path, k)),
                 }
             }
         }
         (Value::Array(i), Value::Array(o)) => {
             for (idx, (iv, ov)) in i.iter().zip(o).enumerate() {
-                walk_dropped(iv, ov, format!("{path}[{idx}]"), out);
+                path.push(Step::Index(idx));
+                walk_dropped(iv, ov, path, out);
+                path.pop();
             }
         }
         _ => {}
@@ -321,5 +359,8 @@ mod tests {
         let input = json!({"spec": {"replicas": 1, "replicaz": 2, "template": {"x": {"y": 1}}}});
         let output = json!({"spec": {"replicas": 1, "template": {}}});
         assert_eq!(dropped_fields(&input, &output), vec!["spec.replicaz", "spec.template.x"]);
+        let input = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "nmae": "c"}]}, "extra": 1});
+        let output = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
+        assert_eq!(dropped_fields(&input, &output), vec!["spec.containers[1].nmae", "extra"]);
     }
 }

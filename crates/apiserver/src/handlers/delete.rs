@@ -264,7 +264,7 @@ pub(crate) async fn delete_object(
             if next == current || opts.dry_run {
                 return Ok(Deleted::Pending(next));
             }
-            let bytes = codec::encode_for_storage(&srv.to_storage(rt, next.clone())?)?;
+            let bytes = srv.storage_bytes(rt, &next)?;
             match srv.store.update(&key, bytes, rev).await {
                 Ok(new_rev) => {
                     codec::set_resource_version(&mut next, new_rev);

@@ -138,16 +138,16 @@ pub(crate) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
     }
     let generated = obj.pointer("/metadata/name").and_then(Value::as_str).is_none_or(str::is_empty);
     let prefix = obj.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or("").to_string();
+    if !generated || prefix.is_empty() {
+        return create_one(call, obj, dry_run, &manager).await;
+    }
     // Generated names may collide; upstream retries a few times before giving up.
-    let attempts = if generated && !prefix.is_empty() { 8 } else { 1 };
     let mut last_err = None;
-    for _ in 0..attempts {
+    for _ in 0..8 {
         let mut candidate = obj.clone();
-        if generated && !prefix.is_empty() {
-            candidate["metadata"]["name"] = json!(format!("{prefix}{}", random_suffix()));
-        }
+        candidate["metadata"]["name"] = json!(format!("{prefix}{}", random_suffix()));
         match create_one(call, candidate, dry_run, &manager).await {
-            Err(e) if e.reason == "AlreadyExists" && generated && !prefix.is_empty() => last_err = Some(e),
+            Err(e) if e.reason == "AlreadyExists" => last_err = Some(e),
             other => return other,
         }
     }
