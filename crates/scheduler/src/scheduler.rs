@@ -23,6 +23,7 @@ use crate::backend::cache::{Cache, Snapshot};
 use crate::cache::InformerListers;
 use crate::config::SchedulerConfig;
 use crate::framework::{CycleState, Framework, Nomination, ScheduleError};
+use crate::plugins::image_locality;
 use crate::queue::SchedulingQueue;
 
 /// The name pods put in `spec.schedulerName` to be scheduled by us (the default).
@@ -295,6 +296,7 @@ async fn schedule_one(sched: &Arc<Scheduler>, snapshot: &mut Snapshot, key: &str
         cache.add_nominated_pods(snapshot, &pod);
     }
     let mut state = CycleState::new();
+    state.write(image_locality::SNAPSHOT_IMAGES, image_locality::SnapshotImages(snapshot.images()));
     let result = framework.schedule_pod(&mut state, &pod, snapshot.nodes());
     let node = match result {
         Ok(r) => r.node,

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 
 use crate::framework::NodeInfo;
+use crate::plugins::image_locality::{ImageCounts, count_node_images};
 use crate::scheduler::{is_terminal, node_name, pod_key};
 
 /// A node as the cache holds it. A node the informer has not shown (or has deleted) while pods
@@ -171,6 +172,11 @@ impl Cache {
             present.sort_unstable_by(|a, b| a.0.cmp(b.0));
             snap.nodes = present.iter().map(|(_, c)| c.info.clone()).collect();
             snap.index = present.iter().enumerate().map(|(i, (n, _))| ((*n).clone(), i)).collect();
+            let mut images = ImageCounts::new();
+            for node in &snap.nodes {
+                count_node_images(&mut images, node, true);
+            }
+            snap.images = Arc::new(images);
             snap.touched.clear();
             self.changed.clear();
             self.node_set_changed = false;
@@ -183,6 +189,12 @@ impl Cache {
         }
         for name in self.changed.drain() {
             if let (Some(&i), Some(cached)) = (snap.index.get(&name), self.nodes.get(&name)) {
+                // Most changes are pods coming and going; only a changed Node can change images.
+                if !Arc::ptr_eq(&snap.nodes[i].node, &cached.info.node) {
+                    let images = Arc::make_mut(&mut snap.images);
+                    count_node_images(images, &snap.nodes[i], false);
+                    count_node_images(images, &cached.info, true);
+                }
                 snap.nodes[i] = cached.info.clone();
             }
         }
@@ -217,11 +229,18 @@ pub struct Snapshot {
     index: HashMap<String, usize>,
     /// Nodes this cycle changed (nominated pods added), to be restored from the cache.
     touched: Vec<usize>,
+    /// How many of the nodes have each image, kept as nodes change.
+    images: Arc<ImageCounts>,
 }
 
 impl Snapshot {
     pub fn nodes(&self) -> &[NodeInfo] {
         &self.nodes
+    }
+
+    /// How many of the snapshot's nodes have each image.
+    pub fn images(&self) -> Arc<ImageCounts> {
+        self.images.clone()
     }
 }
 

@@ -21,6 +21,34 @@ pub fn normalized_image_name(name: &str) -> String {
     if last(':') <= last('/') { format!("{name}:latest") } else { name.to_string() }
 }
 
+/// Image name to (size, how many nodes have it), over a set of nodes.
+pub type ImageCounts = HashMap<String, (i64, usize)>;
+
+/// The counts of the whole snapshot, kept by the scheduler's cache as nodes change (upstream's
+/// `ImageStateSummary`s) and put in the cycle state under [`SNAPSHOT_IMAGES`], so that
+/// PreScore need not scan every node's images for every pod.
+pub struct SnapshotImages(pub std::sync::Arc<ImageCounts>);
+pub const SNAPSHOT_IMAGES: &str = "ImageLocality/snapshot";
+
+/// Adds (`present`) or removes one node's images to or from `counts`; a name the node lists
+/// twice counts once.
+pub fn count_node_images(counts: &mut ImageCounts, node: &NodeInfo, present: bool) {
+    let mut seen = std::collections::HashSet::new();
+    for (name, size) in node_images(node) {
+        if !seen.insert(name) {
+            continue;
+        }
+        if present {
+            counts.entry(name.to_string()).or_insert((size, 0)).1 += 1;
+        } else if let Some(entry) = counts.get_mut(name) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                counts.remove(name);
+            }
+        }
+    }
+}
+
 /// For each of the pod's images found on some node: its size and on how many nodes of the
 /// snapshot it is; and the pod's container count.
 struct ImageStates {
@@ -62,16 +90,23 @@ impl Plugin for ImageLocality {
 impl PreScorePlugin for ImageLocality {
     fn pre_score(&self, state: &mut CycleState, pod: &Pod, _: &[&NodeInfo], all: &[NodeInfo]) -> Status {
         let wanted = pod_images(pod);
-        let mut images: HashMap<String, (i64, usize)> = HashMap::new();
-        for node in all {
-            let mut seen = std::collections::HashSet::new();
-            for (name, size) in node_images(node) {
-                if wanted.iter().any(|w| w == name) && seen.insert(name) {
-                    let e = images.entry(name.to_string()).or_insert((size, 0));
-                    e.1 += 1;
-                }
+        let images: ImageCounts = match state.read::<SnapshotImages>(SNAPSHOT_IMAGES) {
+            Some(SnapshotImages(counts)) => {
+                wanted.iter().filter_map(|w| counts.get(w).map(|c| (w.clone(), *c))).collect()
             }
-        }
+            None => {
+                let mut images = ImageCounts::new();
+                for node in all {
+                    let mut seen = std::collections::HashSet::new();
+                    for (name, size) in node_images(node) {
+                        if wanted.iter().any(|w| w == name) && seen.insert(name) {
+                            images.entry(name.to_string()).or_insert((size, 0)).1 += 1;
+                        }
+                    }
+                }
+                images
+            }
+        };
         if images.is_empty() {
             // No node has any of the images: every node would score 0.
             return Status::skip();
@@ -127,7 +162,31 @@ mod tests {
         let mut state = CycleState::new();
         let feasible: Vec<&NodeInfo> = nodes.iter().collect();
         ImageLocality.pre_score(&mut state, p, &feasible, nodes);
-        nodes.iter().map(|n| ImageLocality.score(&state, p, n).unwrap()).collect()
+        let scanned: Vec<i64> = nodes.iter().map(|n| ImageLocality.score(&state, p, n).unwrap()).collect();
+        // The same from the counts a snapshot keeps.
+        let mut counts = ImageCounts::new();
+        for n in nodes {
+            count_node_images(&mut counts, n, true);
+        }
+        let mut state = CycleState::new();
+        state.write(SNAPSHOT_IMAGES, SnapshotImages(Arc::new(counts)));
+        ImageLocality.pre_score(&mut state, p, &feasible, nodes);
+        let counted: Vec<i64> = nodes.iter().map(|n| ImageLocality.score(&state, p, n).unwrap()).collect();
+        assert_eq!(scanned, counted);
+        scanned
+    }
+
+    #[test]
+    fn counts_follow_nodes_added_and_removed() {
+        let a = node("a", json!([{"names": ["img:1", "img:1", "other:2"], "sizeBytes": 5}]));
+        let b = node("b", json!([{"names": ["img:1"], "sizeBytes": 5}]));
+        let mut counts = ImageCounts::new();
+        count_node_images(&mut counts, &a, true);
+        count_node_images(&mut counts, &b, true);
+        assert_eq!(counts.get("img:1"), Some(&(5, 2)));
+        count_node_images(&mut counts, &a, false);
+        assert_eq!(counts.get("img:1"), Some(&(5, 1)));
+        assert!(!counts.contains_key("other:2"));
     }
 
     #[test]
