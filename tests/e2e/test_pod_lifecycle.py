@@ -15,25 +15,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 from registry import plain_registry, test_images, tug_binary  # noqa: F401  (fixtures used by name)
-from support import TOOLS_BIN, Kubectl, agent_server, parse_table, wait_for
+from support import TOOLS_BIN, Kubectl, agent_server, parse_table, unique_name, wait_for
 
 NS = "default"
 CLUSTER_DOMAIN = "cluster.local"
 CLUSTER_DNS = "10.43.0.10"
-
-_counter = iter(range(1, 10_000))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{os.getpid() % 1000}-{next(_counter)}"
-
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, plain_registry):  # noqa: F811
@@ -152,7 +144,7 @@ def stamp(who: str, sleep: float = 0) -> str:
 
 
 def test_init_containers_run_one_at_a_time_in_order_before_the_app(node, k):
-    name = unique("init")
+    name = unique_name("init")
     mount = [{"name": "work", "mountPath": "/work"}]
     inits = [
         container(node, "first", stamp("first", 3), volumeMounts=mount),
@@ -193,7 +185,7 @@ def test_init_containers_run_one_at_a_time_in_order_before_the_app(node, k):
 
 
 def test_a_failing_init_container_fails_the_pod_under_never_and_loops_under_always(node, k):
-    never, always = unique("initerr"), unique("initloop")
+    never, always = unique_name("initerr"), unique_name("initloop")
     failing = container(node, "setup", "echo setting up; exit 2")
     app = container(node, "app", "echo app ran")
     create(k, pod(never, [app], initContainers=[failing]), pod(always, [app], restart="Always", initContainers=[failing]))
@@ -225,7 +217,7 @@ def test_a_failing_init_container_fails_the_pod_under_never_and_loops_under_alwa
 
 
 def test_sidecars_start_in_order_and_keep_running_beside_the_app(node, k):
-    name = unique("sidecar")
+    name = unique_name("sidecar")
     mount = [{"name": "work", "mountPath": "/work"}]
     always = {"restartPolicy": "Always", "volumeMounts": mount}
     beat = f"while true; do {NOW}; echo $t > /work/beat.tmp; mv /work/beat.tmp /work/beat; sleep 0.2; done"
@@ -259,7 +251,7 @@ def test_sidecars_start_in_order_and_keep_running_beside_the_app(node, k):
 
 
 def test_crash_loop_back_off_waits_10s_then_20s(node, k):
-    name = unique("crash")
+    name = unique_name("crash")
     mount = [{"name": "data", "mountPath": "/data"}]
     crash = container(node, "crash", f"{NOW}; echo $t >> /data/starts; exit 1", volumeMounts=mount)
     watcher = container(node, "watcher", "exec sleep 3600", volumeMounts=mount)
@@ -300,7 +292,7 @@ def test_crash_loop_back_off_waits_10s_then_20s(node, k):
 
 
 def test_the_environment_from_values_references_and_service_links(node, k):
-    name, cm, sec, svc = unique("env"), unique("envcm"), unique("envsec"), unique("envsvc")
+    name, cm, sec, svc = unique_name("env"), unique_name("envcm"), unique_name("envsec"), unique_name("envsvc")
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": svc, "namespace": NS},
         "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 80}], "selector": {"app": "nothing"}},
@@ -402,7 +394,7 @@ def test_the_environment_from_values_references_and_service_links(node, k):
 
 
 def test_a_missing_config_map_key_is_a_create_container_config_error(node, k):
-    name, cm = unique("envbad"), unique("envbadcm")
+    name, cm = unique_name("envbad"), unique_name("envbadcm")
     env = [{"name": "MISSING", "valueFrom": {"configMapKeyRef": {"name": cm, "key": "missing"}}}]
     create(k, config_map(cm, {"present": "yes"}), pod(name, [container(node, "main", "env", env=env)]))
 
@@ -422,7 +414,7 @@ def test_a_missing_config_map_key_is_a_create_container_config_error(node, k):
 @pytest.fixture(scope="module")
 def volume_pod(node, k, tmp_path_factory):
     """One running pod with one volume of each local type mounted in several ways."""
-    name, cm, sec = unique("vol"), unique("volcm"), unique("volsec")
+    name, cm, sec = unique_name("vol"), unique_name("volcm"), unique_name("volsec")
     host_dir = tmp_path_factory.mktemp("hostpath") / "created" / "deeper"
     volumes = [
         {"name": "cm-items", "configMap": {"name": cm, "defaultMode": 0o640, "items": [
@@ -543,7 +535,7 @@ def test_config_map_and_label_updates_reach_the_files_but_not_sub_paths(node, k,
 
 
 def test_a_host_path_file_that_does_not_exist_fails_the_mount(node, k, tmp_path):
-    name = unique("nofile")
+    name = unique_name("nofile")
     missing = tmp_path / "no-such-file"
     volumes = [{"name": "missing", "hostPath": {"path": str(missing), "type": "File"}}]
     main = container(node, "main", "true", volumeMounts=[{"name": "missing", "mountPath": "/f"}])
@@ -573,7 +565,7 @@ def parse_resolv_conf(text: str) -> dict[str, list[str]]:
 
 
 def test_hostname_hosts_file_resolver_fs_group_and_no_service_links(node, k):
-    name, svc = unique("ident"), unique("identsvc")
+    name, svc = unique_name("ident"), unique_name("identsvc")
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": svc, "namespace": NS},
         "spec": {"ports": [{"port": 80}], "selector": {"app": "nothing"}},
@@ -621,7 +613,7 @@ def test_hostname_hosts_file_resolver_fs_group_and_no_service_links(node, k):
 
 
 def test_dns_policies_default_and_none_and_set_hostname_as_fqdn(node, k):
-    default, none = unique("dnsdefault"), unique("dnsnone")
+    default, none = unique_name("dnsdefault"), unique_name("dnsnone")
     script = "hostname; cat /etc/resolv.conf"
     dns_config = {
         "nameservers": ["1.2.3.4", "5.6.7.8"],

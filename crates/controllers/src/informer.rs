@@ -66,8 +66,14 @@ where
     K: Watched,
     H: Fn(Change<K>),
 {
-    let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
     let mut relist = Relist::default();
+    follow(api, shutdown, |event| relist.apply(&mut writer, event, &handler)).await;
+}
+
+/// Feeds every event of a watch of `api` (relisting as kube's watcher does) to `on_event`
+/// until `shutdown`; failures are logged and the watch retried with backoff.
+async fn follow<K: Watched>(api: Api<K>, shutdown: CancellationToken, mut on_event: impl FnMut(Event<K>)) {
+    let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -75,7 +81,7 @@ where
         };
         match next {
             None => return,
-            Some(Ok(event)) => relist.apply(&mut writer, event, &handler),
+            Some(Ok(event)) => on_event(event),
             Some(Err(e)) => warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
         }
     }
@@ -243,21 +249,8 @@ struct State<K: Watched> {
 
 impl<K: Watched> Shared<K> {
     async fn watch(self: Arc<Self>, api: Api<K>, shutdown: CancellationToken) {
-        let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
         let mut relist = Relist::default();
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = events.next() => next,
-            };
-            let event = match next {
-                None => return,
-                Some(Ok(event)) => event,
-                Some(Err(e)) => {
-                    warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
-                    continue;
-                }
-            };
+        follow(api, shutdown, |event| {
             let listed = matches!(event, Event::InitDone);
             let mut state = lock(&self.state);
             let State { writer, handlers, .. } = &mut *state;
@@ -271,7 +264,8 @@ impl<K: Watched> Shared<K> {
                 // joined before has just heard of it.
                 self.synced.send_replace(true);
             }
-        }
+        })
+        .await;
     }
 }
 
