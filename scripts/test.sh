@@ -68,7 +68,17 @@ if [[ "${TUG_SKIP_INSTALL:-}" != 1 ]]; then
   phase install bash scripts/install-test-deps.sh || { summary; exit 1; }
 fi
 
-phase build cargo build -p tug -p tug-csi || { summary; exit 1; }
+# One build for the binaries and every test target, so that cargo resolves the
+# features once: building the binaries alone leaves out the dev-dependencies'
+# features (tokio's test-util), and the test phase would then compile a second
+# copy of tokio and everything above it. That second copy is gigabytes of
+# target/, and CI machines can be short of disk.
+# Incremental compilation only pays on a checkout that is built again; on a
+# fresh clone its caches just take disk.
+if [[ -n "${CI:-}" ]]; then
+  export CARGO_INCREMENTAL=0
+fi
+phase build cargo build --workspace --bins --tests || { summary; exit 1; }
 
 if [[ "${TUG_SKIP_CARGO_TEST:-}" != 1 ]]; then
   if cargo nextest --version >/dev/null 2>&1; then
