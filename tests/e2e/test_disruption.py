@@ -90,9 +90,18 @@ def test_pdb_status_and_kubectl_columns(sim_cluster, ns):
     assert (rows["by-max"]["MIN AVAILABLE"], rows["by-max"]["MAX UNAVAILABLE"], rows["by-max"]["ALLOWED DISRUPTIONS"]) == ("N/A", "34%", "2")
 
 
+def bare_pod(name: str, app: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}  # fmt: skip
+
+
 def test_eviction_is_blocked_then_allowed(sim_cluster, ns):
+    # Pods without a controller, so that nothing replaces the evicted one: a Deployment's
+    # replacement turns ready within milliseconds on simulated nodes and would then rightly
+    # allow the last eviction below.
     cluster = sim_cluster
-    cluster.server.create(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment("api", 2))
+    for name in ("api-0", "api-1"):
+        cluster.server.create(f"/api/v1/namespaces/{ns}/pods", bare_pod(name, "api"))
     wait_for(lambda: len(ready_pods(cluster, ns, "api")) == 2, "2 ready pods", timeout=TIMEOUT)
     cluster.server.create(f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets", pdb("keep-two", "api", minAvailable=2))
     wait_for(lambda: get_status(cluster, ns, "keep-two").get("currentHealthy") == 2, "budget counts 2 healthy", timeout=TIMEOUT)
