@@ -113,6 +113,11 @@ def test_the_pod_filling_the_disk_is_evicted_and_disk_pressure_clears_after_the_
         lambda: next((e for e in events_of(node, "writer") if e["reason"] == "Evicted"), None), "an Evicted event"
     )
     assert (event["type"], event["message"]) == ("Warning", evicted["message"]), event
+    # As upstream's AnnotatedEventf: which containers used how much of which resource.
+    annotations = event["metadata"].get("annotations") or {}
+    assert annotations.get("offending_containers") == "writer", event
+    assert annotations.get("starved_resource") == "ephemeral-storage", event
+    assert re.fullmatch(quantity, annotations.get("offending_containers_usage", "")), event
     reclaim = wait_for(
         lambda: next((e for e in events_of(node, node.node_name) if e["reason"] == "EvictionThresholdMet"), None),
         "the node's EvictionThresholdMet event",

@@ -3,7 +3,7 @@
 //! folded into one object whose `count` and `lastTimestamp` grow, as client-go's event
 //! correlator does, so a pod in a back-off loop does not flood the namespace.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,20 @@ impl EventRecorder {
 
     /// Records an event about the pod (`field_path` names a container, or is `None` for the pod).
     pub async fn record(&self, pod: &Pod, field_path: Option<String>, type_: &str, reason: &str, message: &str) {
+        self.record_annotated(pod, field_path, type_, reason, message, BTreeMap::new()).await;
+    }
+
+    /// Records an event with annotations (upstream's `AnnotatedEventf`: the eviction manager's
+    /// `Evicted` event names the offending containers and their usage in them).
+    pub async fn record_annotated(
+        &self,
+        pod: &Pod,
+        field_path: Option<String>,
+        type_: &str,
+        reason: &str,
+        message: &str,
+        annotations: BTreeMap<String, String>,
+    ) {
         let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -96,6 +110,7 @@ impl EventRecorder {
             metadata: ObjectMeta {
                 name: Some(format!("{pod_name}.{:x}", now.as_nanosecond())),
                 namespace: Some(namespace.clone()),
+                annotations: (!annotations.is_empty()).then_some(annotations),
                 ..Default::default()
             },
             involved_object: ObjectReference {

@@ -99,92 +99,139 @@ pub async fn image_fs_dir(config: &Config, runtime: &dyn RuntimeService) -> Path
     }
 }
 
-/// Runs image garbage collection until `shutdown`.
-pub async fn run(
-    config: Arc<Config>,
+/// The image collector: what it remembers of each image, shared by its own threshold loop
+/// ([`run`]) and the eviction manager, which asks it to free every unused image when the node
+/// is short of disk (upstream's `ImageGCManager`, whose `DeleteUnusedImages` the eviction
+/// manager calls).
+pub struct ImageGcManager {
+    policy: ImageGcPolicy,
     runtime: Arc<dyn RuntimeService>,
     images: Arc<dyn ImageService>,
-    shutdown: CancellationToken,
-) {
-    let policy = config.image_gc;
+    /// When each present image was first seen and last seen in use. A tokio mutex: a
+    /// collection holds it across runtime calls so that two never remove the same images.
+    records: tokio::sync::Mutex<HashMap<String, Record>>,
+}
+
+/// What one look at the runtime found.
+struct Detected {
+    listed: Vec<tug_runtime::Image>,
+    in_use: HashSet<String>,
+}
+
+impl ImageGcManager {
+    pub fn new(policy: ImageGcPolicy, runtime: Arc<dyn RuntimeService>, images: Arc<dyn ImageService>) -> Self {
+        ImageGcManager { policy, runtime, images, records: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Removes unused images, least recently used first, when the image filesystem is at or
+    /// above the high threshold, until it would be down to the low one (upstream's
+    /// `GarbageCollect`).
+    pub async fn garbage_collect(&self, image_fs: &Path) -> Result<(), String> {
+        let mut records = self.records.lock().await;
+        let detected = self.detect_images(&mut records, Instant::now()).await?;
+        let dir = image_fs.to_path_buf();
+        let stats = tokio::task::spawn_blocking(move || fs_stats(&dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(to_free) = bytes_to_free(stats.capacity, stats.available, &self.policy) else { return Ok(()) };
+        let freed = self.free_space(&mut records, &detected, to_free).await;
+        if freed < to_free {
+            tracing::warn!(
+                wanted = to_free,
+                freed,
+                "image garbage collection could not free enough space: the remaining images are in use or too young"
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes every image no container uses and first seen at least the minimum age ago
+    /// (upstream's `DeleteUnusedImages`, which the eviction manager calls before evicting pods
+    /// for disk). Returns the bytes freed.
+    pub async fn delete_unused_images(&self) -> Result<u64, String> {
+        let mut records = self.records.lock().await;
+        let detected = self.detect_images(&mut records, Instant::now()).await?;
+        Ok(self.free_space(&mut records, &detected, u64::MAX).await)
+    }
+
+    /// Lists the images and the containers' images, and brings the records up to date: new
+    /// images are first seen now, images in use were last used now (upstream's `detectImages`).
+    async fn detect_images(&self, records: &mut HashMap<String, Record>, now: Instant) -> Result<Detected, String> {
+        let in_use: HashSet<String> = self
+            .runtime
+            .list_containers(&ContainerFilter::default())
+            .await
+            .map_err(|e| format!("listing containers: {e}"))?
+            .into_iter()
+            .map(|c| c.image_ref)
+            .collect();
+        let listed = self.images.list_images().await.map_err(|e| format!("listing images: {e}"))?;
+        let present: HashSet<&str> = listed.iter().map(|i| i.id.as_str()).collect();
+        records.retain(|id, _| present.contains(id.as_str()));
+        for image in &listed {
+            let record = records.entry(image.id.clone()).or_insert(Record { first_seen: now, last_used: now });
+            if in_use.contains(&image.id) {
+                record.last_used = now;
+            }
+        }
+        Ok(Detected { listed, in_use })
+    }
+
+    /// Removes unused images old enough, least recently used first, until `to_free` bytes are
+    /// freed or none is left (upstream's `freeSpace`). Returns the bytes freed.
+    async fn free_space(&self, records: &mut HashMap<String, Record>, detected: &Detected, to_free: u64) -> u64 {
+        let now = Instant::now();
+        let candidates: Vec<Candidate> = detected
+            .listed
+            .iter()
+            .filter(|i| !detected.in_use.contains(&i.id))
+            .filter_map(|i| {
+                let record = records.get(&i.id)?;
+                (now.duration_since(record.first_seen) >= self.policy.minimum_age).then(|| Candidate {
+                    id: i.id.clone(),
+                    size: i.size,
+                    last_used: record.last_used,
+                })
+            })
+            .collect();
+        let mut freed: u64 = 0;
+        for candidate in choose(candidates, to_free) {
+            match self.images.remove_image(&candidate.id).await {
+                Ok(()) => {
+                    freed = freed.saturating_add(candidate.size);
+                    records.remove(&candidate.id);
+                    tracing::info!(image = %candidate.id, size = candidate.size, "removed unused image");
+                }
+                Err(error) => tracing::warn!(image = %candidate.id, %error, "removing an unused image"),
+            }
+        }
+        freed
+    }
+}
+
+/// Runs image garbage collection until `shutdown`: images are detected at once, so that their
+/// age counts from the agent's start, then collected every period unless collection is off.
+pub async fn run(manager: Arc<ImageGcManager>, config: Arc<Config>, shutdown: CancellationToken) {
+    // Even with collection off, the eviction manager's reclaim counts image ages from here.
+    if let Err(error) = manager.detect_images(&mut *manager.records.lock().await, Instant::now()).await {
+        tracing::warn!(%error, "image garbage collection");
+    }
+    let policy = manager.policy;
     if policy.high_threshold_percent >= 100 {
         tracing::info!("image garbage collection disabled (--image-gc-high-threshold=100)");
         return;
     }
-    let mut records: HashMap<String, Record> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(policy.period) => {}
         }
-        let image_fs = image_fs_dir(&config, runtime.as_ref()).await;
-        if let Err(error) = collect(&image_fs, &policy, runtime.as_ref(), images.as_ref(), &mut records).await {
+        let image_fs = image_fs_dir(&config, manager.runtime.as_ref()).await;
+        if let Err(error) = manager.garbage_collect(&image_fs).await {
             tracing::warn!(%error, "image garbage collection");
         }
     }
-}
-
-async fn collect(
-    image_dir: &Path,
-    policy: &ImageGcPolicy,
-    runtime: &dyn RuntimeService,
-    images: &dyn ImageService,
-    records: &mut HashMap<String, Record>,
-) -> Result<(), String> {
-    let now = Instant::now();
-    let in_use: HashSet<String> = runtime
-        .list_containers(&ContainerFilter::default())
-        .await
-        .map_err(|e| format!("listing containers: {e}"))?
-        .into_iter()
-        .map(|c| c.image_ref)
-        .collect();
-    let listed = images.list_images().await.map_err(|e| format!("listing images: {e}"))?;
-    let present: HashSet<&str> = listed.iter().map(|i| i.id.as_str()).collect();
-    records.retain(|id, _| present.contains(id.as_str()));
-    for image in &listed {
-        let record = records.entry(image.id.clone()).or_insert(Record { first_seen: now, last_used: now });
-        if in_use.contains(&image.id) {
-            record.last_used = now;
-        }
-    }
-    let dir = image_dir.to_path_buf();
-    let stats = tokio::task::spawn_blocking(move || fs_stats(&dir))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let Some(to_free) = bytes_to_free(stats.capacity, stats.available, policy) else { return Ok(()) };
-    let candidates: Vec<Candidate> = listed
-        .iter()
-        .filter(|i| !in_use.contains(&i.id))
-        .filter_map(|i| {
-            let record = records.get(&i.id)?;
-            (now.duration_since(record.first_seen) >= policy.minimum_age).then(|| Candidate {
-                id: i.id.clone(),
-                size: i.size,
-                last_used: record.last_used,
-            })
-        })
-        .collect();
-    let mut freed = 0;
-    for candidate in choose(candidates, to_free) {
-        match images.remove_image(&candidate.id).await {
-            Ok(()) => {
-                freed += candidate.size;
-                records.remove(&candidate.id);
-                tracing::info!(image = %candidate.id, size = candidate.size, "removed unused image");
-            }
-            Err(error) => tracing::warn!(image = %candidate.id, %error, "removing an unused image"),
-        }
-    }
-    if freed < to_free {
-        tracing::warn!(
-            wanted = to_free,
-            freed,
-            "image garbage collection could not free enough space: the remaining images are in use or too young"
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

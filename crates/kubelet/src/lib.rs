@@ -80,8 +80,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     let server = tokio::spawn(serve_api(config.clone(), runtime.clone(), shutdown.clone()));
-    let image_gc =
-        tokio::spawn(image_gc_manager::run(config.clone(), runtime.clone(), images.clone(), shutdown.clone()));
+    let image_gc_manager =
+        Arc::new(image_gc_manager::ImageGcManager::new(config.image_gc, runtime.clone(), images.clone()));
+    let image_gc = tokio::spawn(image_gc_manager::run(image_gc_manager.clone(), config.clone(), shutdown.clone()));
     let log_rotation = tokio::spawn(container_log_manager::run(
         runtime.clone(),
         container_log_manager::LogRotatePolicy::default(),
@@ -104,6 +105,7 @@ pub async fn run(
         config.clone(),
         eviction_runtime,
         eviction_images,
+        image_gc_manager,
         workers.clone(),
         latest_status,
         shutdown.clone(),

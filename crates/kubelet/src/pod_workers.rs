@@ -280,10 +280,11 @@ async fn sync_once(inner: &Inner, update: &PodUpdate, reasons: &mut Reasons, ref
     }
     let requested = lock(&inner.evictions).get(pod.metadata.uid.as_deref().unwrap_or_default()).cloned();
     if let Some((eviction, done)) = requested {
-        return evict(inner, pod, reasons, &eviction.message, eviction.grace_period, !done).await;
+        return evict(inner, pod, reasons, &eviction, !done).await;
     }
     if refresh && let Some(message) = crate::eviction::local_storage_violation(&manager.config, pod) {
-        return evict(inner, pod, reasons, &message, Duration::ZERO, true).await;
+        let eviction = Eviction { message, annotations: Default::default(), grace_period: Duration::ZERO };
+        return evict(inner, pod, reasons, &eviction, true).await;
     }
     let (state, wait) = match manager.sync_pod(pod, reasons, refresh).await {
         Ok(state) => (state, POLL),
@@ -347,12 +348,15 @@ async fn reject(inner: &Inner, pod: &Pod, rejection: &Rejection) -> Outcome {
 /// containers stopped within `grace`, the failed status written, and its volumes torn down so
 /// that their space returns to the node, as upstream's terminated pods'. The pod then stays on
 /// the node, finished, until it is deleted (as upstream).
-async fn evict(inner: &Inner, pod: &Pod, reasons: &Reasons, message: &str, grace: Duration, announce: bool) -> Outcome {
+async fn evict(inner: &Inner, pod: &Pod, reasons: &Reasons, eviction: &Eviction, announce: bool) -> Outcome {
     let manager = &inner.manager;
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let (message, grace) = (eviction.message.as_str(), eviction.grace_period);
     if announce {
         tracing::info!(%message, ?grace, "evicting pod");
-        manager.recorder.record(pod, None, crate::events::WARNING, crate::eviction::REASON, message).await;
+        let annotations = eviction.annotations.clone();
+        let (warning, reason) = (crate::events::WARNING, crate::eviction::REASON);
+        manager.recorder.record_annotated(pod, None, warning, reason, message, annotations).await;
     }
     manager.probes.remove_pod(uid);
     let killed =

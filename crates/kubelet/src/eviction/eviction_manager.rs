@@ -3,7 +3,7 @@
 //! threshold is met reclaims node-level resources, then evicts at most one pod and waits for
 //! it to be cleaned up before looking again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use tug_runtime::cri::{ContainerFilter, ContainerState, RuntimeService};
 use super::helpers::{self, ContainerStats, FsUsage, Observation, Observations, PodStats, Resource, State, StatsByUid};
 use super::{Eviction, EvictionThreshold};
 use crate::config::{Config, Signal};
+use crate::image_gc_manager::ImageGcManager;
 use crate::kuberuntime::labels::POD_UID;
 use crate::node_status::{LatestNodeStatus, Observed};
 use crate::pod_workers::PodWorkers;
@@ -28,11 +29,13 @@ const POD_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 const POD_CLEANUP_POLL: Duration = Duration::from_secs(1);
 
 /// Runs the eviction manager until `shutdown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: kube::Client,
     config: Arc<Config>,
     runtime: Arc<dyn RuntimeService>,
     images: Arc<dyn ImageService>,
+    image_gc: Arc<ImageGcManager>,
     workers: PodWorkers,
     latest: Arc<LatestNodeStatus>,
     shutdown: CancellationToken,
@@ -55,11 +58,11 @@ pub async fn run(
         thresholds,
         runtime,
         images,
+        image_gc,
         workers,
         latest,
         state: State::default(),
         dedicated_image_fs: None,
-        images_first_seen: HashMap::new(),
         reclaiming: None,
     };
     loop {
@@ -83,14 +86,13 @@ struct EvictionManager {
     thresholds: Vec<EvictionThreshold>,
     runtime: Arc<dyn RuntimeService>,
     images: Arc<dyn ImageService>,
+    /// The image collector, whose records say which images are old enough to remove.
+    image_gc: Arc<ImageGcManager>,
     workers: PodWorkers,
     latest: Arc<LatestNodeStatus>,
     state: State,
     /// Whether images live on another filesystem than the agent's data; found out once.
     dedicated_image_fs: Option<bool>,
-    /// When each image was first seen, so that reclaim spares images younger than
-    /// `--minimum-image-ttl-duration` (a pod may be about to use them).
-    images_first_seen: HashMap<String, Instant>,
     /// The resource the last round set out to reclaim, so that the node's
     /// `EvictionThresholdMet` event marks the start of an episode, not every round.
     reclaiming: Option<Resource>,
@@ -242,26 +244,16 @@ impl EvictionManager {
                 grace_period = ?grace,
                 "eviction manager: evicting pod"
             );
-            self.workers.evict(uid(pod), Eviction { message, grace_period: grace });
+            self.workers.evict(uid(pod), Eviction { message, annotations, grace_period: grace });
             return Some(uid(pod).to_owned());
         }
         info!("eviction manager: unable to evict any pods from the node");
         None
     }
 
-    async fn observe(&mut self) -> Option<Observed> {
+    async fn observe(&self) -> Option<Observed> {
         match crate::node_status::observe(&self.config, self.images.as_ref(), self.runtime.as_ref()).await {
-            Ok(observed) => {
-                if let Some(images) = &observed.images {
-                    let now = Instant::now();
-                    let present: HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
-                    self.images_first_seen.retain(|id, _| present.contains(id.as_str()));
-                    for image in images {
-                        self.images_first_seen.entry(image.id.clone()).or_insert(now);
-                    }
-                }
-                Some(observed)
-            }
+            Ok(observed) => Some(observed),
             Err(error) => {
                 warn!(%error, "eviction manager: observing the node failed");
                 None
@@ -333,24 +325,11 @@ impl EvictionManager {
     }
 
     /// Removes every image no container uses that is older than the minimum image age
-    /// (upstream's `DeleteUnusedImages`).
+    /// (upstream's `DeleteUnusedImages`), through the image collector.
     async fn delete_unused_images(&self) {
-        let in_use: HashSet<String> = match self.runtime.list_containers(&ContainerFilter::default()).await {
-            Ok(list) => list.into_iter().map(|c| c.image_ref).collect(),
-            Err(error) => {
-                warn!(%error, "eviction manager: listing containers before removing images");
-                return;
-            }
-        };
-        let minimum_age = self.config.image_gc.minimum_age;
-        for (id, first_seen) in &self.images_first_seen {
-            if in_use.contains(id) || first_seen.elapsed() < minimum_age {
-                continue;
-            }
-            match self.images.remove_image(id).await {
-                Ok(()) => info!(image = %id, "eviction manager: removed an unused image"),
-                Err(error) => warn!(image = %id, %error, "eviction manager: removing an unused image"),
-            }
+        match self.image_gc.delete_unused_images().await {
+            Ok(freed) => debug!(freed, "eviction manager: unused images removed"),
+            Err(error) => warn!(%error, "eviction manager: removing unused images"),
         }
     }
 

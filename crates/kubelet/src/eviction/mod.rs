@@ -16,6 +16,7 @@
 pub mod eviction_manager;
 pub mod helpers;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::Duration;
@@ -94,6 +95,8 @@ pub fn thresholds(config: &Config) -> Result<Vec<EvictionThreshold>, EvictionErr
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Eviction {
     pub message: String,
+    /// The `Evicted` event's annotations: the offending pod or containers and their usage.
+    pub annotations: BTreeMap<String, String>,
     pub grace_period: Duration,
 }
 
