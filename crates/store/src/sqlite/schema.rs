@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction};
 
 use crate::{Revision, StoreError};
@@ -74,6 +75,7 @@ pub(super) fn open_writer(path: &Path, label: &str) -> Result<(Connection, Meta)
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).map_err(&err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+    keep_plans(&conn).map_err(&err)?;
 
     // Check before anything writes: a damaged file must stop the server, not be built upon.
     quick_check(&conn, label)?;
@@ -109,8 +111,17 @@ pub(super) fn open_reader(path: &Path, label: &str) -> Result<Connection, StoreE
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(&err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+    keep_plans(&conn).map_err(&err)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// Turns on SQLite's query planner stability guarantee. Without it, SQLite (3.50 and later)
+/// plans `LIMIT ?` with the value bound, and so compiles a cached statement again whenever a
+/// new value is bound to it: every list with another limit than the last paid a full parse
+/// and plan. The store's queries have one good plan whatever the values.
+fn keep_plans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map(drop)
 }
 
 /// Runs SQLite's structural check of every page; anything but "ok" refuses the file.

@@ -192,3 +192,22 @@ async fn compaction_during_a_long_replay_fails_the_watch_instead_of_skipping() {
     assert_eq!(items.len(), super::REPLAY_CHUNK + 1, "one chunk, then the error, then the end");
     assert!(matches!(items.last(), Some(Err(StoreError::Compacted { .. }))));
 }
+
+#[tokio::test]
+async fn a_cached_statement_is_not_compiled_again_for_new_values() {
+    let (store, dir) = fresh(crate::DEFAULT_WATCH_BUFFER).await;
+    store.create("/p/a", val("1")).await.unwrap();
+    let conn = super::schema::open_reader(&db_path(&dir), "test").unwrap();
+    let sql = "SELECT key FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3";
+    for limit in [1_i64, 2, -1, 5] {
+        let mut stmt = conn.prepare_cached(sql).unwrap();
+        let keys: Vec<String> = stmt
+            .query_map(rusqlite::params!["/p/", "/p0", limit], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(keys, ["/p/a"]);
+        let recompiled = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+        assert_eq!(recompiled, 0, "recompiled after binding limit {limit}");
+    }
+}
