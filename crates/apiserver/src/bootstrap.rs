@@ -19,6 +19,7 @@ impl ApiServer {
     /// service's endpoints at this server. Safe to run on every start.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
         self.start_namespace_cache();
+        self.admission_caches.start(&self.store);
         for ns in SYSTEM_NAMESPACES {
             self.ensure_object(
                 "",

@@ -8,6 +8,7 @@
 //! patches, selectors) comes from `tug_api`.
 
 mod admission;
+mod admission_cache;
 pub mod authn;
 mod bootstrap;
 mod codec;

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{LimitRange, LimitRangeItem, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 use tug_api::field::{FieldError, FieldPath};
 use tug_api::quantity::Exact;
@@ -36,8 +37,11 @@ impl ApiServer {
     async fn limit_ranges(&self, ns: &str) -> Result<Vec<LimitRange>, ApiError> {
         let registry = self.registry();
         let rt = registry.lookup("", "v1", "limitranges").expect("limit ranges are served");
-        let listed =
-            self.store.list(&rt.prefix(Some(ns)), Default::default()).await.map_err(|e| store_error(rt, "", e))?;
+        let prefix = rt.prefix(Some(ns));
+        if let Some(cached) = self.admission_caches.limit_ranges.list(&prefix).await {
+            return cached.iter().map(|c| LimitRange::deserialize(&c.value).map_err(ApiError::internal)).collect();
+        }
+        let listed = self.store.list(&prefix, Default::default()).await.map_err(|e| store_error(rt, "", e))?;
         listed
             .items
             .iter()

@@ -3,10 +3,13 @@
 //! `priorityClassName`, or from the class marked `globalDefault`, or 0; at most one class is
 //! the global default; the two system classes exist from the start.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 use tug_api::ApiError;
 use tug_api::status::Subject;
 
+use crate::admission_cache::Cached;
 use crate::server::ApiServer;
 
 /// The built-in classes upstream's apiserver creates on start (name, value, description).
@@ -47,15 +50,23 @@ impl ApiServer {
         Ok(())
     }
 
-    async fn priority_classes(&self) -> Result<Vec<Value>, ApiError> {
+    async fn priority_classes(&self) -> Result<Vec<Arc<Cached>>, ApiError> {
         let registry = self.registry();
         let rt = registry.lookup("scheduling.k8s.io", "v1", "priorityclasses").expect("priority classes are served");
+        let prefix = rt.prefix(None);
+        if let Some(cached) = self.admission_caches.priority_classes.list(&prefix).await {
+            return Ok(cached);
+        }
         let listed = self
             .store
-            .list(&rt.prefix(None), tug_store::ListOptions::default())
+            .list(&prefix, tug_store::ListOptions::default())
             .await
             .map_err(|e| crate::objects::store_error(rt, "", e))?;
-        listed.items.iter().map(crate::codec::decode_stored).collect()
+        listed
+            .items
+            .into_iter()
+            .map(|kv| Ok(Arc::new(Cached { value: crate::codec::decode_stored(&kv)?, kv })))
+            .collect()
     }
 
     /// Sets a new pod's priority and preemption policy from its class.
@@ -63,11 +74,11 @@ impl ApiServer {
         let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
         let class_name = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).unwrap_or_default().to_string();
         let classes = self.priority_classes().await?;
+        let mut classes = classes.iter().map(|c| &c.value);
         let class = if class_name.is_empty() {
-            classes.iter().find(|c| c["globalDefault"].as_bool() == Some(true))
+            classes.find(|c| c["globalDefault"].as_bool() == Some(true))
         } else {
-            let found =
-                classes.iter().find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(&class_name));
+            let found = classes.find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(&class_name));
             if found.is_none() {
                 return Err(ApiError::forbidden(
                     pods(),
@@ -125,7 +136,8 @@ impl ApiServer {
             return Ok(());
         }
         let name = class.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-        let other = self.priority_classes().await?.into_iter().find(|c| {
+        let classes = self.priority_classes().await?;
+        let other = classes.iter().map(|c| &c.value).find(|c| {
             c["globalDefault"].as_bool() == Some(true)
                 && c.pointer("/metadata/name").and_then(Value::as_str) != Some(name)
         });

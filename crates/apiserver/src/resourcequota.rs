@@ -5,14 +5,17 @@
 //! The quota controller later recomputes `used` from what really exists.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ResourceQuota;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 use tug_api::quota::evaluator::Evaluator;
 use tug_api::quota::{self, ResourceList};
 use tug_api::{ApiError, ResourceType};
-use tug_store::{KeyValue, StoreError};
+use tug_store::StoreError;
 
+use crate::admission_cache::Cached;
 use crate::codec;
 use crate::objects::store_error;
 use crate::server::ApiServer;
@@ -22,8 +25,7 @@ const CONFLICT_RETRIES: usize = 10;
 
 /// One quota that the new object is charged to, with its new usage.
 struct Charge {
-    kv: KeyValue,
-    stored: Value,
+    quota: Arc<Cached>,
     name: String,
     used: ResourceList,
 }
@@ -49,8 +51,10 @@ impl ApiServer {
         }
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
         let mut charged: BTreeSet<String> = BTreeSet::new();
-        for _ in 0..CONFLICT_RETRIES {
-            let charges = self.quota_charges(rt, &evaluator, &ns, old, obj, &charged).await?;
+        for attempt in 0..CONFLICT_RETRIES {
+            // After a conflict, the store: the cache may not have the other write yet.
+            let fresh = attempt > 0;
+            let charges = self.quota_charges(rt, &evaluator, &ns, old, obj, &charged, fresh).await?;
             if dry_run {
                 return Ok(());
             }
@@ -70,8 +74,21 @@ impl ApiServer {
         Err(ApiError::forbidden(rt.subject(), name, "status unknown for quota: too many concurrent quota updates"))
     }
 
+    /// The namespace's quotas: from the admission cache unless `fresh`, else from the store.
+    async fn quotas(&self, ns: &str, fresh: bool) -> Result<Vec<Arc<Cached>>, ApiError> {
+        let registry = self.registry();
+        let quotas_rt = registry.lookup("", "v1", "resourcequotas").expect("resource quotas are served");
+        let prefix = quotas_rt.prefix(Some(ns));
+        if !fresh && let Some(cached) = self.admission_caches.resource_quotas.list(&prefix).await {
+            return Ok(cached);
+        }
+        let listed = self.store.list(&prefix, Default::default()).await.map_err(|e| store_error(quotas_rt, "", e))?;
+        listed.items.into_iter().map(|kv| Ok(Arc::new(Cached { value: codec::decode_stored(&kv)?, kv }))).collect()
+    }
+
     /// Upstream's `CheckRequest`: the quotas to charge and their new usage, or why the object
     /// is refused. Quotas in `skip` were already charged by an earlier attempt.
+    #[allow(clippy::too_many_arguments)]
     async fn quota_charges(
         &self,
         rt: &ResourceType,
@@ -80,20 +97,14 @@ impl ApiServer {
         old: Option<&Value>,
         obj: &Value,
         skip: &BTreeSet<String>,
+        fresh: bool,
     ) -> Result<Vec<Charge>, ApiError> {
-        let registry = self.registry();
-        let quotas_rt = registry.lookup("", "v1", "resourcequotas").expect("resource quotas are served");
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
         let forbidden = |why: String| ApiError::forbidden(rt.subject(), name, why);
-        let listed = self
-            .store
-            .list(&quotas_rt.prefix(Some(ns)), Default::default())
-            .await
-            .map_err(|e| store_error(quotas_rt, "", e))?;
+        let quotas = self.quotas(ns, fresh).await?;
         let mut interesting = Vec::new();
-        for kv in listed.items {
-            let stored = codec::decode_stored(&kv)?;
-            let q: ResourceQuota = serde_json::from_value(stored.clone()).map_err(ApiError::internal)?;
+        for quota in quotas {
+            let q = ResourceQuota::deserialize(&quota.value).map_err(ApiError::internal)?;
             let quota_name = q.metadata.name.clone().unwrap_or_default();
             if skip.contains(&quota_name) {
                 continue;
@@ -112,7 +123,7 @@ impl ApiServer {
                 let names = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
                 return Err(forbidden(format!("status unknown for quota: {quota_name}, resources: {names}")));
             }
-            interesting.push((kv, stored, quota_name, hard, used));
+            interesting.push((quota, quota_name, hard, used));
         }
         if interesting.is_empty() {
             return Ok(Vec::new());
@@ -135,7 +146,7 @@ impl ApiServer {
             return Ok(Vec::new());
         }
         let mut charges = Vec::new();
-        for (kv, stored, quota_name, hard, used) in interesting {
+        for (quota, quota_name, hard, used) in interesting {
             let requested = quota::mask(&delta, &quota::names(&hard));
             let new_used = quota::add(&used, &requested);
             let masked = quota::mask(&new_used, &quota::names(&requested));
@@ -151,7 +162,7 @@ impl ApiServer {
             if requested.is_empty() {
                 continue;
             }
-            charges.push(Charge { kv, stored, name: quota_name, used: new_used });
+            charges.push(Charge { quota, name: quota_name, used: new_used });
         }
         Ok(charges)
     }
@@ -159,13 +170,13 @@ impl ApiServer {
     /// Writes a quota's new `status.used` if nobody changed the quota since it was read; false
     /// if somebody did.
     async fn write_usage(&self, charge: &Charge) -> Result<bool, ApiError> {
-        let mut next = charge.stored.clone();
+        let mut next = charge.quota.value.clone();
         next["status"]["used"] = json!(quota::to_api(&charge.used));
         if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("resourceVersion");
         }
         let bytes = codec::encode_for_storage(&next)?;
-        match self.store.update(&charge.kv.key, bytes, charge.kv.mod_revision).await {
+        match self.store.update(&charge.quota.kv.key, bytes, charge.quota.kv.mod_revision).await {
             Ok(_) => Ok(true),
             Err(StoreError::Conflict { .. }) => Ok(false),
             Err(e) => {

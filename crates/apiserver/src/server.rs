@@ -66,6 +66,8 @@ pub struct Inner {
     pub metrics: Metrics,
     pub options: ServerOptions,
     pub(crate) namespace_cache: crate::admission::NamespaceCache,
+    /// What admission reads for every new object; see [`crate::admission_cache`].
+    pub(crate) admission_caches: Arc<crate::admission_cache::AdmissionCaches>,
     ready: AtomicBool,
     schemas: OnceLock<SchemaSet>,
     pub(crate) openapi_v2: openapi::v2::Cache,
@@ -95,10 +97,13 @@ impl ApiServer {
     pub fn new(store: Arc<dyn Store>, tokens: Option<TokenFile>, options: ServerOptions) -> ApiServer {
         let builtin = Registry::builtin();
         let registry = RwLock::new(Arc::new(builtin.extended(Vec::new(), 0)));
+        let admission_caches = Arc::new(crate::admission_cache::AdmissionCaches::new(&builtin));
+        let store = Arc::new(crate::admission_cache::TrackingStore { inner: store, caches: admission_caches.clone() });
         ApiServer(Arc::new(Inner {
             builtin,
             registry,
             store,
+            admission_caches,
             tokens,
             metrics: Metrics::default(),
             options,

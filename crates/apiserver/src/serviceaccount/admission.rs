@@ -69,10 +69,14 @@ impl ApiServer {
             if attempt > 0 {
                 tokio::time::sleep(pause).await;
             }
-            match self.read(rt, Some(ns), name).await {
-                Ok((sa, _)) => return Ok(Some(sa)),
-                Err(e) if e.code == 404 => {}
-                Err(e) => return Err(e),
+            match self.admission_caches.service_accounts.get(&rt.key(Some(ns), name)).await {
+                Some(Some(cached)) => return Ok(Some(cached.value.clone())),
+                Some(None) => {}
+                None => match self.read(rt, Some(ns), name).await {
+                    Ok((sa, _)) => return Ok(Some(sa)),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                },
             }
         }
         Ok(None)
