@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::broadcast;
 
 use crate::rules;
 use crate::watch::{self, EventSender};
@@ -36,7 +35,7 @@ impl MemoryStore {
     /// An empty store buffering `watch_buffer` live events per watcher before a slow watcher
     /// gets [`StoreError::WatcherLagged`].
     pub fn with_watch_buffer(watch_buffer: usize) -> Self {
-        let (events, _) = broadcast::channel(watch_buffer.max(1));
+        let events = watch::EventHub::new(watch_buffer);
         Self { state: Mutex::new(State::default()), events }
     }
 
@@ -50,8 +49,7 @@ impl MemoryStore {
     fn publish(&self, state: &mut State, event: WatchEvent) {
         let event = Arc::new(event);
         state.log.push_back(Arc::clone(&event));
-        // No receivers is not an error: nobody is watching.
-        let _ = self.events.send(event);
+        self.events.send(event);
     }
 }
 
@@ -198,7 +196,7 @@ impl Store for MemoryStore {
         let state = self.state();
         rules::watch_start(after, state.compacted)?;
         // Subscribing under the lock means the feed holds exactly the changes after `snapshot`.
-        let live = self.events.subscribe();
+        let live = self.events.subscribe(prefix);
         let snapshot = state.revision;
         let replay: Vec<Result<WatchEvent, StoreError>> = if after == 0 {
             Vec::new()

@@ -1,13 +1,13 @@
 //! The part of a watch every backend shares: joining a replay of history to the live feed.
 //!
-//! Backends publish each committed change once, in revision order, on a
-//! [`tokio::sync::broadcast`] channel; each watcher filters that feed by its prefix. To join
-//! replay and live feed without a gap, a backend subscribes *before* it reads the replay at some
-//! snapshot revision; every change after the snapshot is then certainly in the subscription, and
-//! changes at or before it (which the replay already holds, or which the watcher asked not to
-//! see) are dropped by revision.
+//! Backends publish each committed change once, in revision order, on an [`EventHub`]; each
+//! watcher filters its feed by its prefix. To join replay and live feed without a gap, a
+//! backend subscribes *before* it reads the replay at some snapshot revision; every change
+//! after the snapshot is then certainly in the subscription, and changes at or before it (which
+//! the replay already holds, or which the watcher asked not to see) are dropped by revision.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt, stream};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -15,8 +15,61 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use crate::{Revision, StoreError, WatchEvent, WatchStream};
 
 /// The live feed a backend publishes committed changes on.
-pub(crate) type EventSender = broadcast::Sender<Arc<WatchEvent>>;
+pub(crate) type EventSender = Arc<EventHub>;
 pub(crate) type EventReceiver = broadcast::Receiver<Arc<WatchEvent>>;
+
+/// Fans committed changes out to watchers by resource: one [`tokio::sync::broadcast`] channel
+/// per *bucket*, a key's first three `/`-ended segments (`/registry/pods/`), so that a change
+/// wakes only the watchers of its own resource. An API server has dozens of watches open on
+/// other resources, and waking each of them for every change (to find it under another
+/// prefix) cost more than serving the watchers the change was for. A watcher whose prefix is
+/// shorter than a bucket gets every change.
+///
+/// Each channel holds `capacity` events; a watcher that falls further behind on its own
+/// resource's changes gets [`StoreError::WatcherLagged`].
+pub(crate) struct EventHub {
+    capacity: usize,
+    buckets: RwLock<HashMap<String, broadcast::Sender<Arc<WatchEvent>>>>,
+    everything: broadcast::Sender<Arc<WatchEvent>>,
+}
+
+impl EventHub {
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        let capacity = capacity.max(1);
+        Arc::new(EventHub { capacity, buckets: RwLock::default(), everything: broadcast::channel(capacity).0 })
+    }
+
+    /// Publishes a committed change to the watchers it may concern. Nobody watching is fine.
+    pub(crate) fn send(&self, event: Arc<WatchEvent>) {
+        if self.everything.receiver_count() > 0 {
+            let _ = self.everything.send(Arc::clone(&event));
+        }
+        if let Some(bucket) = bucket(&event.kv.key) {
+            let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(channel) = buckets.get(bucket) {
+                let _ = channel.send(event);
+            }
+        }
+    }
+
+    /// A feed that holds at least every change under `prefix` published from now on.
+    pub(crate) fn subscribe(&self, prefix: &str) -> EventReceiver {
+        let Some(bucket) = bucket(prefix) else { return self.everything.subscribe() };
+        if let Some(channel) = self.buckets.read().unwrap_or_else(|e| e.into_inner()).get(bucket) {
+            return channel.subscribe();
+        }
+        let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+        buckets.entry(bucket.to_owned()).or_insert_with(|| broadcast::channel(self.capacity).0).subscribe()
+    }
+}
+
+/// The bucket of a key or prefix: up to and including its third `/` (`/registry/pods/` of
+/// `/registry/pods/default/web`), if it has three. Every key under a prefix that has a bucket
+/// shares the prefix's bucket, since the prefix holds all three.
+fn bucket(key: &str) -> Option<&str> {
+    let (third, _) = key.match_indices('/').nth(2)?;
+    Some(&key[..=third])
+}
 
 /// Builds a watch from a replay of history and a subscription taken before the replay was read.
 ///
@@ -63,4 +116,60 @@ fn live_events(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventKind, KeyValue};
+
+    fn event(key: &str, revision: Revision) -> Arc<WatchEvent> {
+        let kv =
+            KeyValue { key: key.into(), value: bytes::Bytes::new(), create_revision: revision, mod_revision: revision };
+        Arc::new(WatchEvent { kind: EventKind::Put, kv, prev: None })
+    }
+
+    #[test]
+    fn a_bucket_is_the_first_three_segments() {
+        assert_eq!(bucket("/registry/pods/default/web"), Some("/registry/pods/"));
+        assert_eq!(bucket("/registry/pods/"), Some("/registry/pods/"));
+        assert_eq!(bucket("/registry/pods"), None);
+        assert_eq!(bucket("/registry/"), None);
+        assert_eq!(bucket(""), None);
+    }
+
+    #[test]
+    fn watchers_get_their_resources_changes_and_short_prefixes_get_all() {
+        let hub = EventHub::new(16);
+        let mut pods = hub.subscribe("/registry/pods/default/");
+        let mut config_maps = hub.subscribe("/registry/configmaps/");
+        let mut everything = hub.subscribe("/registry/");
+        hub.send(event("/registry/pods/default/web", 1));
+        hub.send(event("/registry/pods/other/db", 2));
+        hub.send(event("/registry/short", 3));
+        // The pods watcher filters the other namespace out itself (see `live_events`).
+        assert_eq!(pods.try_recv().unwrap().revision(), 1);
+        assert_eq!(pods.try_recv().unwrap().revision(), 2);
+        assert!(pods.try_recv().is_err());
+        assert!(config_maps.try_recv().is_err(), "not woken for other resources");
+        let all: Vec<Revision> = std::iter::from_fn(|| everything.try_recv().ok()).map(|e| e.revision()).collect();
+        assert_eq!(all, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_watcher_that_falls_behind_on_its_own_resource_lags() {
+        let hub = EventHub::new(2);
+        let mut pods = hub.subscribe("/registry/pods/");
+        for revision in 1..=3 {
+            hub.send(event("/registry/pods/a/b", revision));
+        }
+        assert!(matches!(pods.try_recv(), Err(broadcast::error::TryRecvError::Lagged(1))));
+        // Other resources' changes do not count against it.
+        let mut config_maps = hub.subscribe("/registry/configmaps/");
+        for revision in 4..=10 {
+            hub.send(event("/registry/pods/a/b", revision));
+        }
+        hub.send(event("/registry/configmaps/a/b", 11));
+        assert_eq!(config_maps.try_recv().unwrap().revision(), 11);
+    }
 }

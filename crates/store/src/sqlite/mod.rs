@@ -25,7 +25,7 @@ use std::vec;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, stream};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::watch::{self, EventSender};
 use crate::{
@@ -87,7 +87,7 @@ impl SqliteStore {
         let committed = Arc::new(Committed::default());
         committed.revision.store(meta.revision, Ordering::Release);
         committed.compacted.store(meta.compacted, Ordering::Release);
-        let (events, _) = broadcast::channel(options.watch_buffer.max(1));
+        let events = watch::EventHub::new(options.watch_buffer);
         let writer = WriterHandle::spawn(WriterSetup {
             conn,
             label: label.clone(),
@@ -157,7 +157,7 @@ impl Store for SqliteStore {
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         // Subscribe before reading: whatever commits after the snapshot below is then
         // certainly in the subscription.
-        let live = self.events.subscribe();
+        let live = self.events.subscribe(prefix);
         let owned = prefix.to_owned();
         let (snapshot, first) = self
             .readers

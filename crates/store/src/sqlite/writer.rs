@@ -232,7 +232,7 @@ impl Writer {
         self.committed.compacted.store(self.compacted, Ordering::Release);
         for event in group.events {
             // No receivers is not an error: nobody is watching.
-            let _ = self.events.send(Arc::new(event));
+            self.events.send(Arc::new(event));
         }
         for answer in answers {
             answer.send();
