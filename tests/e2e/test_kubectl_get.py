@@ -255,6 +255,36 @@ def test_kubectl_get_watch_with_event_types(kubectl, tug, namespace):
         assert watch.next_line().split()[:3] == ["DELETED", "first", "1"]
 
 
+def test_a_metadata_watch_reports_partial_object_metadata_as_label_changes_decide(tug, namespace):
+    """What the garbage collector and other metadata informers watch: events carry only
+    `PartialObjectMetadata`, and a label selector still turns relabelling into DELETED."""
+    collection = f"/api/v1/namespaces/{namespace}/configmaps"
+    start = tug.request("GET", collection).json()["metadata"]["resourceVersion"]
+    tug.create(collection, configmap("meta", {"e2e": "meta"}, {"big": "x" * 1000}))
+    tug.create(collection, configmap("unlabelled", {"e2e": "other"}))
+    tug.request("PATCH", f"{collection}/meta", {"data": {"k": "v"}}, content_type="application/merge-patch+json")
+    relabelled = tug.request(
+        "PATCH", f"{collection}/meta", {"metadata": {"labels": {"e2e": "gone"}}},
+        content_type="application/merge-patch+json",
+    )  # fmt: skip
+    assert relabelled.status == 200, relabelled
+    accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+    resp = tug.request(
+        "GET", f"{collection}?watch=true&labelSelector=e2e%3Dmeta&resourceVersion={start}&timeoutSeconds=2",
+        headers={"Accept": accept},
+    )  # fmt: skip
+    assert resp.status == 200, resp
+    events = [json.loads(line) for line in resp.body.decode().splitlines() if line]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "meta"), ("MODIFIED", "meta"), ("DELETED", "meta"),
+    ], events  # fmt: skip
+    for event in events:
+        assert event["object"]["kind"] == "PartialObjectMetadata" and event["object"]["apiVersion"] == "meta.k8s.io/v1"
+        assert set(event["object"]) == {"kind", "apiVersion", "metadata"}, event
+    assert events[-1]["object"]["metadata"]["resourceVersion"] == relabelled.json()["metadata"]["resourceVersion"]
+    assert events[-1]["object"]["metadata"]["labels"] == {"e2e": "gone"}
+
+
 def test_kubectl_get_chunk_size_lists_every_object_once(kubectl, tug, namespace):
     collection = f"/api/v1/namespaces/{namespace}/configmaps"
     expected = [f"cm-{i:02d}" for i in range(30)]

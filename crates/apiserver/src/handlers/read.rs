@@ -71,6 +71,16 @@ impl Filter {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// Whether the filter reads nothing but labels, so that an object's metadata decides it.
+    pub fn needs_only_labels(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Whether an object with this `metadata` passes a filter that needs only labels.
+    pub fn matches_metadata(&self, metadata: &Value) -> bool {
+        self.labels.matches_json(metadata.get("labels"))
+    }
+
     pub fn matches(&self, rt: &ResourceType, obj: &Value) -> bool {
         self.labels.matches_json(obj.pointer("/metadata/labels")) && self.fields.matches(|f| rt.ops.field_label(obj, f))
     }

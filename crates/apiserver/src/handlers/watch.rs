@@ -131,6 +131,9 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let srv = call.srv.clone();
     let rt = call.rt.clone();
     let fast = filter.is_everything() && call.accept == Accept::Json && call.rt.storage_version;
+    // The garbage collector and other metadata informers watch every resource this way: their
+    // events need only each object's metadata, which is the same in every version.
+    let metadata_only = call.accept == Accept::PartialMetadata && filter.needs_only_labels();
 
     // Read the initial state (if any) and open the store watch before answering, so that
     // errors such as a bad selector or a compacted revision are reported synchronously.
@@ -215,6 +218,12 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
                             if !send(raw_frame(&ev)).await {
                                 return;
                             }
+                        } else if metadata_only {
+                            if let Some(frame) = metadata_frame(&filter, &ev)
+                                && !send(frame).await
+                            {
+                                return;
+                            }
                         } else if let Some((kind, obj)) = translate(&srv, rt, &filter, &ev)
                             && !send(enc.frame(kind, &obj)).await
                         {
@@ -248,6 +257,45 @@ fn raw_frame(ev: &WatchEvent) -> Bytes {
     line.extend_from_slice(&object);
     line.extend_from_slice(b"}\n");
     Bytes::from(line)
+}
+
+/// An object's metadata, read from its stored form without building the rest of it.
+#[derive(serde::Deserialize)]
+struct MetadataOnly {
+    #[serde(default)]
+    metadata: Value,
+}
+
+/// The `PartialObjectMetadata` watch event a store change becomes for a watcher whose filter
+/// needs only labels, if any; the stored object is decoded only as far as its metadata.
+fn metadata_frame(filter: &Filter, ev: &WatchEvent) -> Option<Bytes> {
+    let metadata = |kv: &tug_store::KeyValue, rev: Revision| -> Option<Value> {
+        let mut metadata = serde_json::from_slice::<MetadataOnly>(&kv.value).ok()?.metadata;
+        metadata.as_object_mut()?.insert("resourceVersion".into(), Value::String(rev.to_string()));
+        Some(metadata)
+    };
+    let new = metadata(&ev.kv, ev.revision())?;
+    let kind = match ev.kind {
+        EventKind::Delete => filter.matches_metadata(&new).then_some("DELETED")?,
+        EventKind::Put => {
+            let new_matches = filter.matches_metadata(&new);
+            let old_matches = match &ev.prev {
+                None => false,
+                Some(_) if filter.is_everything() => true,
+                Some(p) => metadata(p, p.mod_revision).is_some_and(|o| filter.matches_metadata(&o)),
+            };
+            match (old_matches, new_matches) {
+                (false, true) => "ADDED",
+                (true, true) => "MODIFIED",
+                (true, false) => "DELETED",
+                (false, false) => return None,
+            }
+        }
+    };
+    let object = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": new});
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).ok()?;
+    line.push(b'\n');
+    Some(Bytes::from(line))
 }
 
 /// The watch event a store change becomes for this watcher, if any.
