@@ -217,7 +217,7 @@ impl Controller {
                 Ok(n) => n,
                 Err(e) => {
                     warn!(node = %node.name_any(), error = %e, "cannot update node health; will retry");
-                    (*node).clone()
+                    node.clone()
                 }
             };
             let name = node.name_any();
@@ -225,7 +225,7 @@ impl Controller {
             if now_ready.is_some_and(|r| r != "True") {
                 if observed == Some("True") {
                     self.recorder.record(
-                        &current,
+                        &*current,
                         NORMAL,
                         "NodeNotReady",
                         format!("Node {name} status is now: NodeNotReady"),
@@ -237,14 +237,15 @@ impl Controller {
                 warn!(node = %name, error = %e, "cannot update condition taints");
             }
             let ready = now_ready.map(str::to_string);
-            by_zone.entry(health::zone_key(&current)).or_default().push((Arc::new(current), ready));
+            by_zone.entry(health::zone_key(&current)).or_default().push((current, ready));
         }
         self.handle_disruption(by_zone).await;
     }
 
     /// Notes heartbeats and sets the conditions Unknown once the grace period is over; returns
-    /// the node as it now is.
-    async fn try_update_node_health(&mut self, node: &Node) -> Result<Node, Error> {
+    /// the node as it now is (the cached one itself, not a copy, unless it was written: this
+    /// pass visits every node every few seconds).
+    async fn try_update_node_health(&mut self, node: &Arc<Node>) -> Result<Arc<Node>, Error> {
         let name = node.name_any();
         let now = Instant::now();
         let ready = health::ready_condition(node);
@@ -272,9 +273,9 @@ impl Controller {
         if !health::is_stale(h.probe, grace, now) {
             return Ok(node.clone());
         }
-        let mut updated = node.clone();
+        let mut updated = (**node).clone();
         if !health::mark_unknown(&mut updated, Timestamp::now()) {
-            return Ok(updated);
+            return Ok(node.clone());
         }
         info!(node = %name, "node stopped posting status; conditions set to Unknown");
         let api: Api<Node> = Api::all(self.client.clone());
@@ -287,7 +288,7 @@ impl Controller {
             h.ready_heartbeat = health::ready_condition(&written)
                 .map(|c| (c.last_heartbeat_time.clone(), c.last_transition_time.clone()));
         }
-        Ok(written)
+        Ok(Arc::new(written))
     }
 
     /// Upstream's `MarkPodsNotReady`.
