@@ -18,6 +18,10 @@ use crate::{Revision, StoreError, WatchEvent, WatchStream};
 pub(crate) type EventSender = Arc<EventHub>;
 pub(crate) type EventReceiver = broadcast::Receiver<Arc<WatchEvent>>;
 
+/// The most events a resource's channel holds for a watcher: about a second of pod creates at
+/// the rate the scheduler benchmark drives.
+pub(crate) const BUCKET_CAPACITY: usize = 1024;
+
 /// Fans committed changes out to watchers by resource: one [`tokio::sync::broadcast`] channel
 /// per *bucket*, a key's first three `/`-ended segments (`/registry/pods/`), so that a change
 /// wakes only the watchers of its own resource. An API server has dozens of watches open on
@@ -25,8 +29,11 @@ pub(crate) type EventReceiver = broadcast::Receiver<Arc<WatchEvent>>;
 /// prefix) cost more than serving the watchers the change was for. A watcher whose prefix is
 /// shorter than a bucket gets every change.
 ///
-/// Each channel holds `capacity` events; a watcher that falls further behind on its own
-/// resource's changes gets [`StoreError::WatcherLagged`].
+/// The catch-all channel holds `capacity` events, each bucket's at most [`BUCKET_CAPACITY`]
+/// (a channel allocates all its slots up front, and an API server watches some sixty
+/// resources); a watcher that falls further behind on its own resource's changes gets
+/// [`StoreError::WatcherLagged`], and an API watch client then resumes from its last
+/// resourceVersion, replayed from the store's history.
 pub(crate) struct EventHub {
     capacity: usize,
     buckets: RwLock<HashMap<String, broadcast::Sender<Arc<WatchEvent>>>>,
@@ -36,7 +43,8 @@ pub(crate) struct EventHub {
 impl EventHub {
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
         let capacity = capacity.max(1);
-        Arc::new(EventHub { capacity, buckets: RwLock::default(), everything: broadcast::channel(capacity).0 })
+        let everything = broadcast::channel(capacity).0;
+        Arc::new(EventHub { capacity: capacity.min(BUCKET_CAPACITY), buckets: RwLock::default(), everything })
     }
 
     /// Publishes a committed change to the watchers it may concern. Nobody watching is fine.
