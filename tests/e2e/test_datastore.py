@@ -212,7 +212,10 @@ def test_a_three_member_etcd_serves_with_one_member_down_and_answers_503_without
         members[0].start()  # quorum again: the API recovers by itself
         wait_for(lambda: create("recovered").status == 201, timeout=60, what="a write once quorum is back")
         names = {i["metadata"]["name"] for i in server.request("GET", "/api/v1/namespaces/default/configmaps").json()["items"]}
-        assert {"all-up", "one-down-19", "recovered"} <= names and "no-quorum" not in names
+        # Whether "no-quorum" exists is not asserted: etcd may keep a proposal it timed out in
+        # the surviving member's log and commit it once quorum is back (upstream's API server
+        # answers such a write with an error too, and the object may still appear).
+        assert {"all-up", "one-down-19", "recovered"} <= names
     finally:
         for member in members:
             member.kill()
