@@ -298,6 +298,9 @@ async fn schedule_one(sched: &Arc<Scheduler>, snapshot: &mut Snapshot, key: &str
     let mut state = CycleState::new();
     state.write(image_locality::SNAPSHOT_IMAGES, image_locality::SnapshotImages(snapshot.images()));
     let result = framework.schedule_pod(&mut state, &pod, snapshot.nodes());
+    // Only scoring reads the image counts. The state goes on to the binding task, and a count
+    // shared with it would have to be copied whole when a node changes (`Arc::make_mut`).
+    state.remove(image_locality::SNAPSHOT_IMAGES);
     let node = match result {
         Ok(r) => r.node,
         // No nodes at all counts as unschedulable too, as upstream: a node event retries it.

@@ -23,6 +23,11 @@ impl CycleState {
     pub fn read<T: Any + Send + Sync>(&self, key: &'static str) -> Option<&T> {
         self.data.get(key).and_then(|v| v.downcast_ref())
     }
+
+    /// Drops the value under `key`, if any.
+    pub fn remove(&mut self, key: &'static str) {
+        self.data.remove(key);
+    }
 }
 
 #[cfg(test)]
@@ -36,5 +41,7 @@ mod tests {
         assert_eq!(s.read::<u32>("a"), Some(&5));
         assert_eq!(s.read::<i64>("a"), None);
         assert_eq!(s.read::<u32>("b"), None);
+        s.remove("a");
+        assert_eq!(s.read::<u32>("a"), None);
     }
 }
