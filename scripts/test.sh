@@ -75,7 +75,7 @@ fi
 # target/, and CI machines can be short of disk.
 # Incremental compilation only pays on a checkout that is built again; on a
 # fresh clone its caches just take disk.
-if [[ -n "${CI:-}" ]]; then
+if [[ "${CI:-}" == "true" || "${CI:-}" == "1" ]]; then
   export CARGO_INCREMENTAL=0
 fi
 phase build cargo build --workspace --bins --tests || { summary; exit 1; }
