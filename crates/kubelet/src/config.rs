@@ -194,13 +194,22 @@ fn threshold_value(value: &str) -> Result<Threshold, String> {
     if bytes < 0.0 {
         return Err(format!("{value:?} is negative"));
     }
-    Ok(Threshold::Bytes(bytes as u64))
+    // A binary suffix (`Mi`) keeps the quantity binary; a decimal one (`M`) or none keeps it
+    // decimal, as upstream's Quantity does when it prints the threshold in an eviction message.
+    if value.trim_end().ends_with('i') {
+        Ok(Threshold::Bytes(bytes as u64))
+    } else {
+        Ok(Threshold::Decimal(bytes as u64))
+    }
 }
 
 /// One eviction threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Threshold {
+    /// An amount written with a binary suffix (`100Mi`).
     Bytes(u64),
+    /// An amount written with a decimal suffix or none (`100M`, `1000`).
+    Decimal(u64),
     /// A fraction of capacity, 0.0 to 1.0.
     Fraction(f64),
 }
@@ -209,7 +218,7 @@ impl Threshold {
     /// The threshold in bytes for a resource of `capacity` bytes.
     pub fn bytes_of(self, capacity: u64) -> u64 {
         match self {
-            Threshold::Bytes(b) => b,
+            Threshold::Bytes(b) | Threshold::Decimal(b) => b,
             Threshold::Fraction(f) => (capacity as f64 * f) as u64,
         }
     }
@@ -332,7 +341,9 @@ mod tests {
         assert!("nodefs.available<120%".parse::<EvictionThresholds>().is_err());
         let inodes: EvictionThresholds = "nodefs.inodesFree<10%,pid.available<1000".parse().unwrap();
         assert_eq!(inodes.get(Signal::NodeFsInodesFree), Threshold::Fraction(0.1));
-        assert_eq!(inodes.get(Signal::PidAvailable), Threshold::Bytes(1000));
+        assert_eq!(inodes.get(Signal::PidAvailable), Threshold::Decimal(1000));
+        let decimal: EvictionThresholds = "memory.available<100M".parse().unwrap();
+        assert_eq!(decimal.memory_available, Threshold::Decimal(100_000_000));
         assert_eq!(inodes.get(Signal::ImageFsInodesFree), Threshold::Fraction(0.05));
     }
 

@@ -55,7 +55,7 @@ const CONTROLLER_MANAGED_ATTACH_ANNOTATION: &str = "volumes.kubernetes.io/contro
 /// reservations come out to upstream's byte.
 pub(crate) fn amount(threshold: Threshold, capacity: u64) -> u64 {
     match threshold {
-        Threshold::Bytes(b) => b,
+        Threshold::Bytes(b) | Threshold::Decimal(b) => b,
         Threshold::Fraction(f) => ((capacity as f64) * f64::from(f as f32)) as u64,
     }
 }

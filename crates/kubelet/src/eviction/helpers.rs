@@ -328,11 +328,12 @@ pub fn threshold_met_info(
 ) -> Option<(String, String)> {
     met.iter().map(|&i| &thresholds[i]).filter(|t| Resource::of(t.signal) == resource).find_map(|threshold| {
         let observed = observations.get(&threshold.signal)?;
-        // A percentage becomes a binary quantity of bytes or items alike, as upstream's
+        // The quantity prints in the format it was written in (`100Mi`, `100M`, `1k`); a
+        // percentage becomes a binary quantity of bytes or items alike, as upstream's
         // `GetThresholdQuantity`.
         let quantity = match threshold.value {
-            Threshold::Bytes(value) => resource.format(value),
-            Threshold::Fraction(_) => binary_si(amount(threshold.value, observed.capacity)),
+            Threshold::Decimal(value) => Exact::from_int(i64::try_from(value).unwrap_or(i64::MAX)).to_string(),
+            Threshold::Bytes(_) | Threshold::Fraction(_) => binary_si(amount(threshold.value, observed.capacity)),
         };
         Some((quantity, resource.format(observed.available)))
     })

@@ -250,11 +250,26 @@ fn the_disk_message_counts_writable_layer_and_logs_and_a_percentage_prints_in_by
 
 #[test]
 fn counts_print_as_decimal_quantities() {
-    let thresholds = [threshold(Signal::PidAvailable, Threshold::Bytes(1000), 0)];
+    let thresholds = [threshold(Signal::PidAvailable, Threshold::Decimal(1000), 0)];
     let observations = observed(Signal::PidAvailable, 900, 4_194_304);
     assert_eq!(
         threshold_met_info(Resource::Pids, &thresholds, &[0], &observations),
         Some(("1k".to_owned(), "900".to_owned()))
     );
     assert_eq!(threshold_met_info(Resource::Memory, &thresholds, &[0], &observations), None);
+}
+
+#[test]
+fn a_threshold_prints_in_the_format_it_was_written_in() {
+    let observations = observed(Signal::MemoryAvailable, 51 * MI, 1 << 34);
+    let met = |value: &str| {
+        let value = format!("memory.available<{value}").parse::<crate::config::EvictionThresholds>().unwrap();
+        let thresholds = [threshold(Signal::MemoryAvailable, value.memory_available, 0)];
+        threshold_met_info(Resource::Memory, &thresholds, &[0], &observations).map(|(quantity, _)| quantity)
+    };
+    assert_eq!(met("100M").as_deref(), Some("100M"));
+    assert_eq!(met("100000000").as_deref(), Some("100M"));
+    assert_eq!(met("1.5G").as_deref(), Some("1500M"));
+    assert_eq!(met("100Mi").as_deref(), Some("100Mi"));
+    assert_eq!(met("1024Mi").as_deref(), Some("1Gi"));
 }

@@ -62,7 +62,10 @@ impl EvictionThreshold {
 pub fn thresholds(config: &Config) -> Result<Vec<EvictionThreshold>, EvictionError> {
     let eviction = &config.eviction;
     let watches = |value: Threshold| {
-        value != Threshold::Bytes(0) && value != Threshold::Fraction(0.0) && value != Threshold::Fraction(1.0)
+        value != Threshold::Bytes(0)
+            && value != Threshold::Decimal(0)
+            && value != Threshold::Fraction(0.0)
+            && value != Threshold::Fraction(1.0)
     };
     let min_reclaim =
         |signal: Signal| eviction.minimum_reclaim.iter().rev().find(|(s, _)| *s == signal).map(|(_, value)| *value);
