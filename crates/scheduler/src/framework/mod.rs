@@ -76,7 +76,7 @@ pub trait ScorePlugin: Plugin {
     fn score(&self, state: &CycleState, pod: &Pod, node: &NodeInfo) -> Result<i64, Status>;
 
     /// Rescales the raw scores of all feasible nodes; the default keeps them.
-    fn normalize_score(&self, _state: &CycleState, _pod: &Pod, _scores: &mut [NodeScore]) -> Status {
+    fn normalize_score(&self, _state: &CycleState, _pod: &Pod, _scores: &mut [NodeScore<'_>]) -> Status {
         Status::success()
     }
 }
@@ -103,7 +103,7 @@ pub trait BindPlugin: Plugin {
 
 /// Upstream's `DefaultNormalizeScore`: scales scores so the highest becomes `max`; with
 /// `reverse`, a high raw score becomes a low final one.
-pub fn default_normalize_score(max: i64, reverse: bool, scores: &mut [NodeScore]) {
+pub fn default_normalize_score(max: i64, reverse: bool, scores: &mut [NodeScore<'_>]) {
     let highest = scores.iter().map(|s| s.score).max().unwrap_or(0);
     if highest == 0 {
         if reverse {
@@ -126,8 +126,8 @@ pub fn default_normalize_score(max: i64, reverse: bool, scores: &mut [NodeScore]
 mod tests {
     use super::*;
 
-    fn scores(raw: &[i64]) -> Vec<NodeScore> {
-        raw.iter().enumerate().map(|(i, &score)| NodeScore { name: format!("n{i}"), score }).collect()
+    fn scores(raw: &[i64]) -> Vec<NodeScore<'static>> {
+        raw.iter().map(|&score| NodeScore { name: "n", score }).collect()
     }
 
     #[test]

@@ -118,7 +118,7 @@ fn unresolvable_nodes_are_not_helpful_and_too_small_nodes_keep_their_reason() {
     let mut n = (*tainted.node).clone();
     n.spec =
         Some(serde_json::from_value(json!({"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]})).unwrap());
-    tainted.node = Arc::new(n);
+    tainted.set_node(Arc::new(n));
     let nodes = [tainted, cpu_node("small", "1", vec![prio_pod("low2", 0, "500m", json!({}))])];
     let p = prio_pod("vip", 1000, "2", json!({}));
     let r = preempt(StaticListers::default(), &p, &nodes);

@@ -140,7 +140,7 @@ impl ScorePlugin for NodeAffinity {
             .sum())
     }
 
-    fn normalize_score(&self, _: &CycleState, _: &Pod, scores: &mut [NodeScore]) -> Status {
+    fn normalize_score(&self, _: &CycleState, _: &Pod, scores: &mut [NodeScore<'_>]) -> Status {
         default_normalize_score(MAX_NODE_SCORE, false, scores);
         Status::success()
     }
@@ -220,7 +220,7 @@ mod tests {
         let state = CycleState::new();
         let mut scores: Vec<NodeScore> = nodes
             .iter()
-            .map(|n| NodeScore { name: n.name().into(), score: NodeAffinity.score(&state, &p, n).unwrap() })
+            .map(|n| NodeScore { name: n.name(), score: NodeAffinity.score(&state, &p, n).unwrap() })
             .collect();
         assert_eq!(scores.iter().map(|s| s.score).collect::<Vec<_>>(), vec![0, 10, 40]);
         NodeAffinity.normalize_score(&state, &p, &mut scores);

@@ -17,7 +17,7 @@ fn tolerations(pod: &Pod) -> &[Toleration] {
 }
 
 fn taints(node: &NodeInfo) -> &[Taint] {
-    node.node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default()
+    &node.taints
 }
 
 pub struct TaintToleration;
@@ -79,7 +79,7 @@ impl ScorePlugin for TaintToleration {
         Ok(count as i64)
     }
 
-    fn normalize_score(&self, _: &CycleState, _: &Pod, scores: &mut [NodeScore]) -> Status {
+    fn normalize_score(&self, _: &CycleState, _: &Pod, scores: &mut [NodeScore<'_>]) -> Status {
         default_normalize_score(MAX_NODE_SCORE, true, scores);
         Status::success()
     }
@@ -133,8 +133,7 @@ mod tests {
         TaintToleration.pre_score(&mut state, &p, &nodes.iter().collect::<Vec<_>>(), &nodes);
         let mut scores: Vec<NodeScore> = nodes
             .iter()
-            .enumerate()
-            .map(|(i, n)| NodeScore { name: i.to_string(), score: TaintToleration.score(&state, &p, n).unwrap() })
+            .map(|n| NodeScore { name: n.name(), score: TaintToleration.score(&state, &p, n).unwrap() })
             .collect();
         assert_eq!(scores.iter().map(|s| s.score).collect::<Vec<_>>(), vec![0, 1, 2]);
         TaintToleration.normalize_score(&state, &p, &mut scores);

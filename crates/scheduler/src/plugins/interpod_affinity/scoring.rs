@@ -96,7 +96,7 @@ impl ScorePlugin for InterPodAffinity {
     }
 
     /// Upstream maps `[min, max]` onto `[0, 100]`; all equal gives 0.
-    fn normalize_score(&self, state: &CycleState, _: &Pod, scores: &mut [NodeScore]) -> Status {
+    fn normalize_score(&self, state: &CycleState, _: &Pod, scores: &mut [NodeScore<'_>]) -> Status {
         if state.read::<TopologyScore>(PRE_SCORE_KEY).is_none() {
             return Status::success();
         }

@@ -121,7 +121,7 @@ impl Constraint {
         }
         if self.honor_node_taints {
             let tols = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
-            let taints = node.node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
+            let taints = &node.taints;
             let untolerated = taints
                 .iter()
                 .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")

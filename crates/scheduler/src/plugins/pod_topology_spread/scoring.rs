@@ -94,13 +94,13 @@ impl ScorePlugin for PodTopologySpread {
         Ok(score.round() as i64)
     }
 
-    fn normalize_score(&self, state: &CycleState, _: &Pod, scores: &mut [NodeScore]) -> Status {
+    fn normalize_score(&self, state: &CycleState, _: &Pod, scores: &mut [NodeScore<'_>]) -> Status {
         let Some(s) = state.read::<PreScoreState>(PRE_SCORE_KEY) else { return Status::success() };
-        let counted = scores.iter().filter(|n| !s.ignored.contains(&n.name)).map(|n| n.score);
+        let counted = scores.iter().filter(|n| !s.ignored.contains(n.name)).map(|n| n.score);
         let min = counted.clone().min().unwrap_or(0);
         let max = counted.max().unwrap_or(0).max(0);
         for n in scores.iter_mut() {
-            n.score = if s.ignored.contains(&n.name) {
+            n.score = if s.ignored.contains(n.name) {
                 0
             } else if max == 0 {
                 MAX_NODE_SCORE

@@ -148,7 +148,7 @@ fn scores(pl: &PodTopologySpread, p: &Pod, nodes: &[NodeInfo]) -> Option<Vec<i64
         return None;
     }
     let mut s: Vec<NodeScore> =
-        nodes.iter().map(|n| NodeScore { name: n.name().into(), score: pl.score(&state, p, n).unwrap() }).collect();
+        nodes.iter().map(|n| NodeScore { name: n.name(), score: pl.score(&state, p, n).unwrap() }).collect();
     pl.normalize_score(&state, p, &mut s);
     Some(s.iter().map(|s| s.score).collect())
 }
