@@ -34,7 +34,6 @@ pub async fn run(args: CsiControllerArgs) -> anyhow::Result<()> {
     let lease = format!("csi-controller-{}", tug_csi::sidecar::sanitize_driver_name(&driver.name));
     let election = args.leader_election.config(&lease);
     let timeout = args.timeout;
-    let work_client = client.clone();
-    let work = move |token| tug_csi::sidecar::run(work_client, driver, timeout, token);
-    crate::run_until_signal(client, election, work).await
+    let work = move |token| tug_csi::sidecar::run(client, driver, timeout, token);
+    crate::run_until_signal(crate::election_client(&args.kubeconfig, &election).await?, election, work).await
 }

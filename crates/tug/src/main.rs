@@ -261,9 +261,8 @@ fn main() -> std::process::ExitCode {
                 node_controllers.apply(&mut options);
                 horizontal_pod_autoscaler.apply(&mut options);
                 let election = leader_election.config("kube-controller-manager");
-                let work_client = client.clone();
-                let work = move |token| tug_controllers::run(work_client, options, token);
-                run_until_signal(client, election, work).await
+                let work = move |token| tug_controllers::run(client, options, token);
+                run_until_signal(election_client(&kubeconfig, &election).await?, election, work).await
             }
             Command::Scheduler { kubeconfig, config, leader_election } => {
                 let config = match config {
@@ -272,9 +271,8 @@ fn main() -> std::process::ExitCode {
                 };
                 let client = client_from_kubeconfig(&kubeconfig).await?;
                 let election = leader_election.config("kube-scheduler");
-                let work_client = client.clone();
-                let work = move |token| tug_scheduler::run_with_config(work_client, config, token);
-                run_until_signal(client, election, work).await
+                let work = move |token| tug_scheduler::run_with_config(client, config, token);
+                run_until_signal(election_client(&kubeconfig, &election).await?, election, work).await
             }
         }
     });
@@ -287,10 +285,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The client of a component's leader election: a connection of its own, so that renewing the
+/// lease never waits behind the component's own requests (a scheduler binding thousands of pods
+/// queues them on its connection, and a renewal stuck behind them loses the lease, as a
+/// benchmark run showed). Upstream's components likewise build a separate leader-election
+/// client. Without an election, no connection is opened.
+async fn election_client(
+    kubeconfig: &std::path::Path,
+    election: &Option<tug_controllers::leaderelection::Config>,
+) -> anyhow::Result<Option<kube::Client>> {
+    match election {
+        Some(_) => Ok(Some(client_from_kubeconfig(kubeconfig).await?)),
+        None => Ok(None),
+    }
+}
+
 /// Runs a standalone component (under leader election if `election`) until a signal; losing
 /// the lease is an error, so the process exits non-zero as upstream's components do.
 async fn run_until_signal<F, Fut>(
-    client: kube::Client,
+    client: Option<kube::Client>,
     election: Option<tug_controllers::leaderelection::Config>,
     work: F,
 ) -> anyhow::Result<()>

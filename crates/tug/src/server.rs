@@ -262,6 +262,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
     // The controllers are API clients like any other: they connect with the admin kubeconfig.
     let client = crate::client_from_kubeconfig(&kubeconfig).await?;
+    // Leader elections renew their leases on a connection of their own (see
+    // `crate::election_client`).
+    let election_client = crate::client_from_kubeconfig(&kubeconfig).await?;
     let ca_key_path = pki.tls_dir().join("ca.key");
     let cluster_signing = tug_controllers::certificates::SigningCa {
         cert_pem: pki.ca_pem().to_string(),
@@ -280,6 +283,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let controllers = {
         let (client, shutdown, election) = (client.clone(), shutdown.clone(), args.leader_election.clone());
+        let election_client = election_client.clone();
         // A lost lease only pauses the controllers of a server: it stands for election again.
         let enabled = !args.disable_controller_manager;
         // k3s' service load balancer runs with the controllers, on the server that leads.
@@ -296,7 +300,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                         let _ = lb.await;
                     }
                 };
-                if run_elected(client.clone(), elected, shutdown.clone(), work).await.is_ok() {
+                if run_elected(Some(election_client.clone()), elected, shutdown.clone(), work).await.is_ok() {
                     break;
                 }
             }
@@ -344,7 +348,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 let scheduler_client = client.clone();
                 let work = move |token| tug_scheduler::run(scheduler_client, token);
                 let elected = election.config("kube-scheduler");
-                if run_elected(client.clone(), elected, shutdown.clone(), work).await.is_ok() {
+                if run_elected(Some(election_client.clone()), elected, shutdown.clone(), work).await.is_ok() {
                     break;
                 }
             }
@@ -551,7 +555,7 @@ impl LeaderElectionArgs {
 /// Runs `work` while leading `election` (or at once without one); see
 /// [`tug_controllers::leaderelection::run`].
 pub async fn run_elected<F, Fut>(
-    client: kube::Client,
+    client: Option<kube::Client>,
     election: Option<tug_controllers::leaderelection::Config>,
     shutdown: CancellationToken,
     work: F,
@@ -560,12 +564,12 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    match election {
-        None => {
+    match (election, client) {
+        (Some(config), Some(client)) => tug_controllers::leaderelection::run(client, config, shutdown, work).await,
+        _ => {
             work(shutdown).await;
             Ok(())
         }
-        Some(config) => tug_controllers::leaderelection::run(client, config, shutdown, work).await,
     }
 }
 
