@@ -3,7 +3,10 @@ its `--eviction-hard` threshold, the pod using the most disk beyond its request 
 upstream words it: `Failed`, reason `Evicted`, `The node was low on resource: ...`, an
 `Evicted` event and a `DisruptionTarget` condition; the other pods keep running. The evicted
 pod's emptyDir is torn down, the space returns, and DiskPressure clears once the pressure
-transition period has passed since it was last seen, not before.
+transition period has passed since it was last seen, not before. Under memory pressure
+(`memory.available`, the machine's MemAvailable) the pod using the most memory beyond its
+request goes the same way, and the node is tainted `node.kubernetes.io/memory-pressure` while
+the pressure lasts.
 
 The agent's data directory is a small tmpfs here (see test_node_admission.py), so that one pod
 can push it past the threshold. Needs root (mounts, real containers); under CI=true a missing
@@ -158,3 +161,89 @@ def test_a_soft_threshold_evicts_only_after_holding_for_its_grace_period(soft_no
     # The disk filled within a second of the start; the eviction waited out the grace period.
     waited = (timestamp(disruption["lastTransitionTime"]) - started).total_seconds()
     assert waited >= SOFT_GRACE_SECONDS - 1, (started, disruption)
+
+
+# Memory pressure: the threshold is set this far below what the machine has available when the
+# server starts, and the hog pod takes twice as much, so that neither the server's own growth nor
+# another process's moves the node across the line on its own.
+MEMORY_MARGIN_MIB = 2048
+HOG_MIB = 2 * MEMORY_MARGIN_MIB
+
+
+def mem_available_bytes() -> int:
+    """`MemAvailable` of /proc/meminfo, the memory.available signal's source."""
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no MemAvailable in /proc/meminfo")
+
+
+def memory_pressure_taint(node) -> bool:
+    taints = node.request("GET", f"/api/v1/nodes/{node.node_name}").json()["spec"].get("taints") or []
+    return any((t["key"], t["effect"]) == ("node.kubernetes.io/memory-pressure", "NoSchedule") for t in taints)
+
+
+@pytest.fixture
+def memory_node(tmp_path_factory, plain_registry):  # noqa: F811
+    # Written in decimal megabytes, so the message must print the threshold as written.
+    threshold_mb = (mem_available_bytes() - MEMORY_MARGIN_MIB * 1024 * 1024) // 1_000_000
+    image = f"{plain_registry.address}/tugboat.test/busybox:1"
+    workdir = tmp_path_factory.mktemp("memory-eviction")
+    args = [
+        "--eviction-monitoring-period", "1s",
+        # The disk thresholds are lowered so that only memory can put this node under pressure.
+        "--eviction-hard", f"memory.available<{threshold_mb}M,nodefs.available<1%,imagefs.available<1%",
+        "--eviction-pressure-transition-period", f"{TRANSITION_SECONDS}s",
+    ]  # fmt: skip
+    with agent_server(tug_binary(), workdir, image, extra_args=args) as server:
+        server.memory_threshold = f"{threshold_mb}M"
+        yield server
+
+
+def test_the_pod_using_the_most_memory_over_its_request_is_evicted_under_memory_pressure(memory_node):
+    node = memory_node
+    calm = pod_body(node, "calm", "sleep 3600", requests={"cpu": "10m", "memory": "64Mi"})
+    node.create("/api/v1/namespaces/default/pods", calm)
+    wait_for(lambda: phase_is(node, "calm", "Running"), "the calm pod running", timeout=60)
+    assert condition(node, "MemoryPressure") == "False"
+    # Files on a memory-backed emptyDir are the pod's memory (shmem, charged to its cgroup) and
+    # are not available to the machine until the volume goes.
+    hog = pod_body(node, "hog", f"dd if=/dev/zero of=/shm/fill bs=1M count={HOG_MIB}; sleep 3600")
+    hog["spec"]["containers"][0]["volumeMounts"] = [{"name": "shm", "mountPath": "/shm"}]
+    hog["spec"]["volumes"] = [{"name": "shm", "emptyDir": {"medium": "Memory"}}]
+    node.create("/api/v1/namespaces/default/pods", hog)
+
+    evicted = wait_for(lambda: phase_is(node, "hog", "Failed"), "the hog evicted", timeout=90)["status"]
+    assert evicted["reason"] == "Evicted", evicted
+    quantity = r"[0-9]+(Ki|Mi|Gi)?"
+    assert re.fullmatch(
+        rf"The node was low on resource: memory\. Threshold quantity: {node.memory_threshold}, "
+        rf"available: {quantity}\. Container hog was using {quantity}, request is 0, has larger consumption of memory\. ",
+        evicted["message"],
+    ), evicted["message"]
+    event = wait_for(
+        lambda: next((e for e in events_of(node, "hog") if e["reason"] == "Evicted"), None), "an Evicted event"
+    )
+    annotations = event["metadata"].get("annotations") or {}
+    assert (annotations.get("offending_containers"), annotations.get("starved_resource")) == ("hog", "memory"), event
+    reclaim = wait_for(
+        lambda: next((e for e in events_of(node, node.node_name) if e["reason"] == "EvictionThresholdMet"), None),
+        "the node's EvictionThresholdMet event",
+    )
+    assert reclaim["message"] == "Attempting to reclaim memory", reclaim
+
+    # The node reports the pressure and is tainted against new pods while it lasts; the pod
+    # within its request is left running.
+    wait_for(lambda: condition(node, "MemoryPressure") == "True", "MemoryPressure reported", timeout=15)
+    wait_for(lambda: memory_pressure_taint(node), "the memory-pressure taint", timeout=15)
+    assert phase_is(node, "calm", "Running")
+    # The hog's volume went with it: the pressure clears after the transition period.
+    cleared = wait_for(
+        lambda: (c := node_condition(node, "MemoryPressure"))["status"] == "False" and c,
+        "MemoryPressure cleared",
+        timeout=TRANSITION_SECONDS + 30,
+    )
+    assert cleared["reason"] == "KubeletHasSufficientMemory", cleared
+    wait_for(lambda: not memory_pressure_taint(node), "the memory-pressure taint removed", timeout=15)
+    assert phase_is(node, "calm", "Running")
+    assert not node.crashed()
