@@ -92,6 +92,22 @@ def node_condition(node, type_: str) -> dict:
     return next(c for c in status["conditions"] if c["type"] == type_)
 
 
+QUANTITY = r"[0-9]+(Ki|Mi|Gi)?"
+
+
+def evicted_status(node, name: str, resource: str, threshold: str, timeout: float) -> dict:
+    """Waits for the pod `name` (one container, also `name`, with no request of `resource`) to
+    be evicted for `resource` and returns its status, checked against upstream's wording."""
+    status = wait_for(lambda: phase_is(node, name, "Failed"), f"the {name} pod evicted", timeout=timeout)["status"]
+    assert status["reason"] == "Evicted", status
+    assert re.fullmatch(
+        rf"The node was low on resource: {resource}\. Threshold quantity: {threshold}, available: {QUANTITY}\. "
+        rf"Container {name} was using {QUANTITY}, request is 0, has larger consumption of {resource}\. ",
+        status["message"],
+    ), status["message"]
+    return status
+
+
 def test_the_pod_filling_the_disk_is_evicted_and_disk_pressure_clears_after_the_transition_period(node):
     steady = pod_body(node, "steady", "sleep 3600", requests={"cpu": "10m", "ephemeral-storage": "10Mi"})
     node.create("/api/v1/namespaces/default/pods", steady)
@@ -100,14 +116,7 @@ def test_the_pod_filling_the_disk_is_evicted_and_disk_pressure_clears_after_the_
     writer = pod_body(node, "writer", fill, scratch=True)
     node.create("/api/v1/namespaces/default/pods", writer)
 
-    evicted = wait_for(lambda: phase_is(node, "writer", "Failed"), "the writer evicted", timeout=60)["status"]
-    assert evicted["reason"] == "Evicted", evicted
-    quantity = r"[0-9]+(Ki|Mi|Gi)?"
-    assert re.fullmatch(
-        rf"The node was low on resource: ephemeral-storage\. Threshold quantity: {THRESHOLD}, available: {quantity}\. "
-        rf"Container writer was using {quantity}, request is 0, has larger consumption of ephemeral-storage\. ",
-        evicted["message"],
-    ), evicted["message"]
+    evicted = evicted_status(node, "writer", "ephemeral-storage", THRESHOLD, timeout=60)
     disruption = next(c for c in evicted["conditions"] if c["type"] == "DisruptionTarget")
     assert (disruption["status"], disruption["reason"]) == ("True", "TerminationByKubelet"), disruption
     assert disruption["message"] == evicted["message"]
@@ -120,7 +129,7 @@ def test_the_pod_filling_the_disk_is_evicted_and_disk_pressure_clears_after_the_
     annotations = event["metadata"].get("annotations") or {}
     assert annotations.get("offending_containers") == "writer", event
     assert annotations.get("starved_resource") == "ephemeral-storage", event
-    assert re.fullmatch(quantity, annotations.get("offending_containers_usage", "")), event
+    assert re.fullmatch(QUANTITY, annotations.get("offending_containers_usage", "")), event
     reclaim = wait_for(
         lambda: next((e for e in events_of(node, node.node_name) if e["reason"] == "EvictionThresholdMet"), None),
         "the node's EvictionThresholdMet event",
@@ -213,14 +222,7 @@ def test_the_pod_using_the_most_memory_over_its_request_is_evicted_under_memory_
     hog["spec"]["volumes"] = [{"name": "shm", "emptyDir": {"medium": "Memory"}}]
     node.create("/api/v1/namespaces/default/pods", hog)
 
-    evicted = wait_for(lambda: phase_is(node, "hog", "Failed"), "the hog evicted", timeout=90)["status"]
-    assert evicted["reason"] == "Evicted", evicted
-    quantity = r"[0-9]+(Ki|Mi|Gi)?"
-    assert re.fullmatch(
-        rf"The node was low on resource: memory\. Threshold quantity: {node.memory_threshold}, "
-        rf"available: {quantity}\. Container hog was using {quantity}, request is 0, has larger consumption of memory\. ",
-        evicted["message"],
-    ), evicted["message"]
+    evicted_status(node, "hog", "memory", node.memory_threshold, timeout=90)
     event = wait_for(
         lambda: next((e for e in events_of(node, "hog") if e["reason"] == "Evicted"), None), "an Evicted event"
     )
