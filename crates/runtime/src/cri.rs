@@ -7,7 +7,7 @@
 //! times. Fields the kubelet does not set yet are left out rather than carried unused.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// Labels and annotations, as the CRI carries them.
@@ -446,6 +446,34 @@ pub struct ContainerStats {
     pub memory: MemoryUsage,
 }
 
+/// The disk space and inodes a directory tree takes (a container's writable layer: the
+/// `writable_layer` of CRI's `ContainerStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsUsage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+impl FsUsage {
+    /// What the files under `dir` take, as `du` counts it: allocated blocks, every entry an
+    /// inode, symbolic links not followed; what cannot be read counts as nothing. Blocking.
+    pub fn of_tree(dir: &Path) -> FsUsage {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(meta) = std::fs::symlink_metadata(dir) else { return FsUsage::default() };
+        let mut total = FsUsage { bytes: meta.blocks() * 512, inodes: 1 };
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for entry in entries.flatten() {
+                let below = FsUsage::of_tree(&entry.path());
+                total.bytes += below.bytes;
+                total.inodes += below.inodes;
+            }
+        }
+        total
+    }
+}
+
 /// A sandbox's resource usage, the whole pod cgroup, and its containers' (CRI `PodSandboxStats`
 /// with its `LinuxPodSandboxStats`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -542,6 +570,13 @@ pub trait RuntimeService: Send + Sync {
     /// (`ListPodSandboxStats`, which the kubelet's CRI stats provider reads for
     /// `/metrics/resource`). A runtime that keeps no statistics says so.
     async fn list_pod_sandbox_stats(&self) -> Result<Vec<PodSandboxStats>, RuntimeError> {
+        Err(RuntimeError::Unavailable("this runtime reports no statistics".into()))
+    }
+    /// The writable layer of every container the runtime holds, running or exited, by
+    /// container ID (the `writable_layer` of CRI's `ListContainerStats`): what the node
+    /// agent's eviction manager counts against a pod's ephemeral storage. A runtime that keeps
+    /// no statistics says so.
+    async fn container_writable_layers(&self) -> Result<Vec<(String, FsUsage)>, RuntimeError> {
         Err(RuntimeError::Unavailable("this runtime reports no statistics".into()))
     }
 }

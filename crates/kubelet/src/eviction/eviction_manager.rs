@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use tug_runtime::ImageService;
-use tug_runtime::cri::{ContainerFilter, ContainerState, RuntimeService};
+use tug_runtime::cri::{Container, ContainerFilter, ContainerState, RuntimeService};
 
 use super::helpers::{self, ContainerStats, FsUsage, Observation, Observations, PodStats, Resource, State, StatsByUid};
 use super::{Eviction, EvictionThreshold};
@@ -120,46 +120,6 @@ fn observations(observed: &Observed) -> Observations {
         }
     }
     result
-}
-
-/// The host path of the writable layer of the container whose process is `pid`: the
-/// `upperdir` of the overlay mounted at its root, as its `/proc/<pid>/mountinfo` shows it
-/// (the built-in runtime's and containerd's overlay snapshotter's alike).
-pub fn writable_layer(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        if mount.split(' ').nth(4)? != "/" {
-            return None;
-        }
-        let mut fs = fs.split(' ');
-        if fs.next()? != "overlay" {
-            return None;
-        }
-        let options = fs.nth(1)?;
-        let upper = options.split(',').find_map(|o| o.strip_prefix("upperdir="))?;
-        Some(PathBuf::from(unescape_mountinfo(upper)))
-    })
-}
-
-/// Mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
-        match code {
-            Some(c) => {
-                out.push(char::from(c));
-                rest = &rest[i + 4..];
-            }
-            None => {
-                out.push('\\');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out + rest
 }
 
 fn uid(pod: &Pod) -> &str {
@@ -338,20 +298,13 @@ impl EvictionManager {
         match resource {
             Resource::Memory => self.memory_stats().await,
             Resource::EphemeralStorage | Resource::Inodes => {
-                let mut pids: HashMap<String, HashMap<String, u32>> = HashMap::new();
-                let running = ContainerFilter { state: Some(ContainerState::Running), ..Default::default() };
-                for c in self.runtime.list_containers(&running).await.unwrap_or_default() {
-                    let Some(pod) = c.labels.get(POD_UID).cloned() else { continue };
-                    if let Ok(status) = self.runtime.container_status(&c.id).await
-                        && let Some(pid) = status.pid
-                    {
-                        pids.entry(pod).or_default().insert(c.metadata.name.clone(), pid);
-                    }
-                }
+                let layers = self.writable_layers().await;
                 let config = self.config.clone();
                 let pods = pods.to_vec();
                 tokio::task::spawn_blocking(move || {
-                    pods.iter().map(|pod| (uid(pod).to_owned(), disk_stats(&config, pod, pids.get(uid(pod))))).collect()
+                    pods.iter()
+                        .map(|pod| (uid(pod).to_owned(), disk_stats(&config, pod, layers.get(uid(pod)))))
+                        .collect()
                 })
                 .await
                 .unwrap_or_default()
@@ -371,6 +324,25 @@ impl EvictionManager {
                 .unwrap_or_default()
             }
         }
+    }
+
+    /// The writable layer of each pod's containers, by pod UID and container name, from the
+    /// runtime's container stats. Of the containers of one name (a restarted container's dead
+    /// predecessors stay until they are collected), the running one counts, or else the latest
+    /// (upstream's `removeTerminatedContainers`): a container that crashed after filling its
+    /// root filesystem still counts against its pod.
+    async fn writable_layers(&self) -> HashMap<String, HashMap<String, FsUsage>> {
+        let (containers, layers) = match (
+            self.runtime.list_containers(&ContainerFilter::default()).await,
+            self.runtime.container_writable_layers().await,
+        ) {
+            (Ok(containers), Ok(layers)) => (containers, layers.into_iter().collect::<HashMap<_, _>>()),
+            (Err(error), _) | (_, Err(error)) => {
+                warn!(%error, "eviction manager: reading the containers' writable layers");
+                return HashMap::new();
+            }
+        };
+        counted_writable_layers(containers, &layers)
     }
 
     /// Working sets of pods and containers from the runtime's CRI stats.
@@ -418,9 +390,33 @@ impl EvictionManager {
     }
 }
 
-/// A pod's disk usage: each container's writable layer (found from its running process) and
-/// log directory, and its emptyDir volumes on disk.
-fn disk_stats(config: &Config, pod: &Pod, pids: Option<&HashMap<String, u32>>) -> PodStats {
+/// Of each pod's containers, by container name, the writable layer that counts: the running
+/// container's, or else the latest created one's (see `EvictionManager::writable_layers`).
+fn counted_writable_layers(
+    mut containers: Vec<Container>,
+    layers: &HashMap<String, FsUsage>,
+) -> HashMap<String, HashMap<String, FsUsage>> {
+    // Oldest first, so that a later container of the same name replaces an earlier one unless
+    // the earlier one runs.
+    containers.sort_by_key(|c| c.created_at);
+    let mut counted: HashMap<String, HashMap<String, (bool, FsUsage)>> = HashMap::new();
+    for c in containers {
+        let (Some(pod), Some(layer)) = (c.labels.get(POD_UID), layers.get(&c.id)) else { continue };
+        let running = c.state == ContainerState::Running;
+        let names = counted.entry(pod.clone()).or_default();
+        match names.get(&c.metadata.name) {
+            Some((true, _)) if !running => {}
+            _ => {
+                names.insert(c.metadata.name.clone(), (running, *layer));
+            }
+        }
+    }
+    counted.into_iter().map(|(pod, names)| (pod, names.into_iter().map(|(n, (_, l))| (n, l)).collect())).collect()
+}
+
+/// A pod's disk usage: each container's writable layer (`layers`, by container name) and log
+/// directory, and its emptyDir volumes on disk.
+fn disk_stats(config: &Config, pod: &Pod, layers: Option<&HashMap<String, FsUsage>>) -> PodStats {
     let Some(spec) = pod.spec.as_ref() else { return PodStats::default() };
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -430,11 +426,7 @@ fn disk_stats(config: &Config, pod: &Pod, pids: Option<&HashMap<String, u32>>) -
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .map(|c| {
-            let rootfs = pids
-                .and_then(|p| p.get(&c.name))
-                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok())
-                .and_then(|mountinfo| writable_layer(&mountinfo))
-                .map(|upper| super::fs_usage(&upper));
+            let rootfs = layers.and_then(|l| l.get(&c.name)).copied();
             ContainerStats {
                 name: c.name.clone(),
                 memory_working_set: None,
@@ -462,16 +454,38 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_writable_layer_is_the_upperdir_of_the_overlay_at_the_containers_root() {
-        let mountinfo = "\
-1234 1200 0:77 / / rw,relatime - overlay overlay rw,lowerdir=/d/l/1:/d/l/2,upperdir=/data/agent/runtime/containers/abc/upper,workdir=/data/agent/runtime/containers/abc/work
-1235 1234 0:78 / /proc rw,nosuid - proc proc rw
-1236 1234 0:79 / /scratch rw - ext4 /dev/vda rw
-";
-        assert_eq!(writable_layer(mountinfo), Some(PathBuf::from("/data/agent/runtime/containers/abc/upper")));
-        let escaped = "1 0 0:1 / / rw - overlay overlay rw,upperdir=/a\\040b/upper,workdir=/w\n";
-        assert_eq!(writable_layer(escaped), Some(PathBuf::from("/a b/upper")));
-        assert_eq!(writable_layer("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"), None, "not an overlay root");
+    fn the_running_container_of_a_name_counts_or_else_the_latest() {
+        use std::time::{Duration, SystemTime};
+        use tug_runtime::cri::ContainerMetadata;
+        let container = |id: &str, pod: &str, name: &str, state: ContainerState, age: u64| Container {
+            id: id.into(),
+            pod_sandbox_id: "s".into(),
+            metadata: ContainerMetadata { name: name.into(), attempt: 0 },
+            image: String::new(),
+            image_ref: String::new(),
+            state,
+            created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1000 - age),
+            labels: [(POD_UID.to_owned(), pod.to_owned())].into(),
+            annotations: Default::default(),
+        };
+        let usage = |bytes| FsUsage { bytes, inodes: 1 };
+        let containers = vec![
+            // In pod u1, "app" runs beside a newer dead one; "crashed" died twice.
+            container("app-old", "u1", "app", ContainerState::Running, 30),
+            container("app-new", "u1", "app", ContainerState::Exited, 10),
+            container("crashed-1", "u1", "crashed", ContainerState::Exited, 20),
+            container("crashed-2", "u1", "crashed", ContainerState::Exited, 5),
+            container("gone", "u2", "web", ContainerState::Exited, 1),
+        ];
+        let layers: HashMap<String, FsUsage> =
+            [("app-old", usage(100)), ("app-new", usage(200)), ("crashed-1", usage(300)), ("crashed-2", usage(400))]
+                .into_iter()
+                .map(|(id, u)| (id.to_owned(), u))
+                .collect();
+        let counted = counted_writable_layers(containers, &layers);
+        assert_eq!(counted["u1"]["app"], usage(100), "the running one");
+        assert_eq!(counted["u1"]["crashed"], usage(400), "the latest dead one");
+        assert!(!counted.contains_key("u2"), "a container the runtime reports no layer for");
     }
 
     #[test]

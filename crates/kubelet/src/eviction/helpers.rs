@@ -180,11 +180,7 @@ impl State {
 }
 
 /// Disk space and inodes in use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FsUsage {
-    pub bytes: u64,
-    pub inodes: u64,
-}
+pub use tug_runtime::cri::FsUsage;
 
 /// One container's usage (of the summary API's `ContainerStats`, what eviction reads).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

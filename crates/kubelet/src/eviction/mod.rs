@@ -17,7 +17,6 @@ pub mod eviction_manager;
 pub mod helpers;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -125,18 +124,7 @@ pub fn disk_usage(dir: &Path) -> u64 {
 
 /// The disk space and inodes under `dir`, as [`disk_usage`] counts them.
 pub fn fs_usage(dir: &Path) -> helpers::FsUsage {
-    let Ok(meta) = std::fs::symlink_metadata(dir) else { return helpers::FsUsage::default() };
-    let mut total = helpers::FsUsage { bytes: meta.blocks() * 512, inodes: 1 };
-    if meta.is_dir()
-        && let Ok(entries) = std::fs::read_dir(dir)
-    {
-        for entry in entries.flatten() {
-            let below = fs_usage(&entry.path());
-            total.bytes += below.bytes;
-            total.inodes += below.inodes;
-        }
-    }
-    total
+    helpers::FsUsage::of_tree(dir)
 }
 
 #[cfg(test)]

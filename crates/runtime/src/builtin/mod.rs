@@ -262,6 +262,10 @@ impl RuntimeService for BuiltinRuntime {
     async fn list_pod_sandbox_stats(&self) -> Result<Vec<PodSandboxStats>, RuntimeError> {
         self.pod_sandbox_stats().await
     }
+
+    async fn container_writable_layers(&self) -> Result<Vec<(String, crate::cri::FsUsage)>, RuntimeError> {
+        self.writable_layers().await
+    }
 }
 
 impl BuiltinRuntime {

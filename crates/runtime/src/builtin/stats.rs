@@ -1,14 +1,15 @@
 //! Resource usage of the built-in runtime's sandboxes and containers (CRI's
 //! `ListPodSandboxStats`), read from the cgroups they run in: the pod's cgroup is the sandbox's
 //! `cgroup_parent`, each container's the directory named by its ID below it (the `cgroupsPath`
-//! its spec was built with).
+//! its spec was built with). And the disk each container's writable layer (the overlay's
+//! `upper` directory) takes, kept until the container is removed (CRI's `ListContainerStats`).
 
 use std::time::SystemTime;
 
 use super::BuiltinRuntime;
 use crate::cgroups::{self, CgroupUsage};
 use crate::cri::{
-    ContainerState, ContainerStats, CpuUsage, MemoryUsage, PodSandboxState, PodSandboxStats, RuntimeError,
+    ContainerState, ContainerStats, CpuUsage, FsUsage, MemoryUsage, PodSandboxState, PodSandboxStats, RuntimeError,
 };
 
 /// A cgroup to read, and who it belongs to.
@@ -19,6 +20,24 @@ struct Wanted {
 }
 
 impl BuiltinRuntime {
+    /// Every container's writable layer, running or exited.
+    pub(super) async fn writable_layers(&self) -> Result<Vec<(String, FsUsage)>, RuntimeError> {
+        let uppers: Vec<(String, std::path::PathBuf)> = self
+            .container_records()?
+            .into_iter()
+            .map(|record| {
+                let upper = self.container_dir(&record.id).0.join("upper");
+                (record.id, upper)
+            })
+            .collect();
+        // Walking the trees is blocking I/O; one task walks them all.
+        let usage = tokio::task::spawn_blocking(move || {
+            uppers.into_iter().map(|(id, upper)| (id, FsUsage::of_tree(&upper))).collect()
+        })
+        .await?;
+        Ok(usage)
+    }
+
     pub(super) async fn pod_sandbox_stats(&self) -> Result<Vec<PodSandboxStats>, RuntimeError> {
         let zero = usage_at(SystemTime::UNIX_EPOCH, CgroupUsage::default());
         let mut sandboxes = Vec::new();

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::v1;
 use crate::Image;
 use crate::cri::{
-    Container, ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatus, CpuUsage,
+    Container, ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatus, CpuUsage, FsUsage,
     ImageFsInfo, LinuxResources, LinuxSecurityContext, MemoryUsage, MountPropagation, NamespaceMode, NamespaceOptions,
     PodSandbox, PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStats, PodSandboxStatus, Protocol,
     SeccompProfile,
@@ -386,6 +386,14 @@ pub(crate) fn sandbox_stats_from(s: v1::PodSandboxStats) -> PodSandboxStats {
     }
 }
 
+/// A container's ID and writable layer, if the runtime reported the layer.
+pub(crate) fn writable_layer_from(s: v1::ContainerStats) -> Option<(String, FsUsage)> {
+    let id = s.attributes?.id;
+    let layer = s.writable_layer?;
+    let value = |v: Option<v1::UInt64Value>| v.map_or(0, |v| v.value);
+    Some((id, FsUsage { bytes: value(layer.used_bytes), inodes: value(layer.inodes_used) }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,5 +563,24 @@ mod tests {
         let by_name = image_from(v1::Image { username: "nobody".into(), ..Default::default() });
         assert_eq!(by_name.user.as_deref(), Some("nobody"));
         assert_eq!(image_from(v1::Image::default()).user, None);
+    }
+
+    #[test]
+    fn a_containers_writable_layer_is_read_from_its_stats_when_reported() {
+        let stats = |layer: Option<v1::FilesystemUsage>| v1::ContainerStats {
+            attributes: Some(v1::ContainerAttributes { id: "c1".into(), ..Default::default() }),
+            writable_layer: layer,
+            ..Default::default()
+        };
+        let layer = v1::FilesystemUsage {
+            used_bytes: Some(v1::UInt64Value { value: 4096 }),
+            inodes_used: Some(v1::UInt64Value { value: 3 }),
+            ..Default::default()
+        };
+        assert_eq!(
+            writable_layer_from(stats(Some(layer))),
+            Some(("c1".to_owned(), FsUsage { bytes: 4096, inodes: 3 }))
+        );
+        assert_eq!(writable_layer_from(stats(None)), None);
     }
 }

@@ -7,9 +7,9 @@ use tonic::Code;
 
 use super::{RemoteRuntime, convert, request, request_with_timeout, rpc_error, v1};
 use crate::cri::{
-    Container, ContainerConfig, ContainerFilter, ContainerStatus, ExecRequest, ExecSyncResult, ImageFsInfo, PodSandbox,
-    PodSandboxConfig, PodSandboxStats, PodSandboxStatus, RuntimeError, RuntimeService, RuntimeStatus, RuntimeVersion,
-    StreamSession, StreamingRequest,
+    Container, ContainerConfig, ContainerFilter, ContainerStatus, ExecRequest, ExecSyncResult, FsUsage, ImageFsInfo,
+    PodSandbox, PodSandboxConfig, PodSandboxStats, PodSandboxStatus, RuntimeError, RuntimeService, RuntimeStatus,
+    RuntimeVersion, StreamSession, StreamingRequest,
 };
 
 /// The CRI's condition types in `StatusResponse`.
@@ -297,6 +297,12 @@ impl RuntimeService for RemoteRuntime {
             self.runtime.clone().list_pod_sandbox_stats(request(v1::ListPodSandboxStatsRequest { filter: None })).await;
         let stats = response.map_err(|s| rpc_error("ListPodSandboxStats", s))?.into_inner().stats;
         Ok(stats.into_iter().map(convert::sandbox_stats_from).collect())
+    }
+
+    async fn container_writable_layers(&self) -> Result<Vec<(String, FsUsage)>, RuntimeError> {
+        let response = self.runtime.clone().list_container_stats(request(v1::ListContainerStatsRequest {})).await;
+        let stats = response.map_err(|s| rpc_error("ListContainerStats", s))?.into_inner().stats;
+        Ok(stats.into_iter().filter_map(convert::writable_layer_from).collect())
     }
 }
 
