@@ -100,7 +100,9 @@ def pod(name: str, image: str, volume: dict) -> dict:
                 {
                     "name": "main",
                     "image": image,
-                    "command": ["sh", "-c", f"echo hello from {name} > /data/hello && exec sleep 3600"],
+                    # A file of its own: pods sharing a volume would otherwise write one file
+                    # at once, and two truncating writes can interleave.
+                    "command": ["sh", "-c", f"echo hello from {name} > /data/from-{name} && exec sleep 3600"],
                     "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                 }
             ],
@@ -187,9 +189,10 @@ def test_a_csi_persistent_volume_is_staged_once_published_per_pod_and_unstaged_a
     for name in ("csi-user", "csi-user-2"):
         p = wait_for(lambda: running(k, name), f"{name} running with the CSI volume", TIMEOUT)
         uids[name] = p["metadata"]["uid"]
-    written = state / "volumes" / handle / "hello"
-    wait_for(lambda: written.exists() and written.read_text().strip(), "a pod's file in the driver's volume")
-    assert written.read_text().strip() in ("hello from csi-user", "hello from csi-user-2")
+    for name in ("csi-user", "csi-user-2"):
+        written = state / "volumes" / handle / f"from-{name}"
+        wait_for(lambda: written.exists() and written.read_text().strip(), f"{name}'s file in the driver's volume")
+        assert written.read_text().strip() == f"hello from {name}"
 
     def target(name):
         pods = node.data_dir / "agent" / "kubelet" / "pods"
@@ -250,7 +253,7 @@ def test_an_attachable_csi_volume_waits_for_its_attachment_and_is_reported_in_us
     status = {"status": {"attached": True, "attachmentMetadata": {"devicePath": "/dev/e2e-fake"}}}
     k("patch", "volumeattachment", attachment, "--subresource=status", "--type=merge", "-p", json.dumps(status))
     wait_for(lambda: running(k, "csi-attached"), "the pod running once the volume is attached", TIMEOUT)
-    written = state / "volumes" / handle / "hello"
+    written = state / "volumes" / handle / "from-csi-attached"
     wait_for(lambda: written.exists(), "the pod's file in the attached volume")
     # The attachment's metadata reached the driver as publish_context.
     assert "/dev/e2e-fake" in driver_log.read_text()
@@ -267,7 +270,7 @@ def test_an_inline_ephemeral_csi_volume_lives_as_long_as_its_pod(node, driver, k
     p = wait_for(lambda: running(k, "csi-inline"), "the pod with the inline CSI volume running", TIMEOUT)
     uid = p["metadata"]["uid"]
     handle = "csi-" + hashlib.sha256(f"{uid}data".encode()).hexdigest()
-    written = state / "ephemeral" / handle / "hello"
+    written = state / "ephemeral" / handle / "from-csi-inline"
     wait_for(lambda: written.exists() and written.read_text().strip(), "the pod's file in the ephemeral volume")
     assert written.read_text().strip() == "hello from csi-inline"
     target = node.data_dir / "agent" / "kubelet" / "pods" / uid / "volumes" / "kubernetes.io~csi" / "data" / "mount"
