@@ -25,8 +25,8 @@ pub struct NodeInfo {
     /// through `node` for them cost a cache miss per node and cycle, the largest single cost
     /// of a cycle at 5,000 nodes.
     name: String,
-    pub unschedulable: bool,
-    pub taints: Vec<Taint>,
+    unschedulable: bool,
+    taints: Vec<Taint>,
     pub pods: Vec<Arc<Pod>>,
     /// The sum of the pods' requests.
     pub requested: Resource,
@@ -66,20 +66,20 @@ fn remove_same(list: &mut Vec<Arc<Pod>>, pod: &Arc<Pod>) {
 
 impl NodeInfo {
     pub fn new(node: Arc<Node>) -> Self {
-        let allocatable = allocatable_of(&node);
-        let spec = node.spec.as_ref();
-        Self {
-            name: node.metadata.name.clone().unwrap_or_default(),
-            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
-            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
-            node,
+        let mut info = Self {
+            node: node.clone(),
+            name: String::new(),
+            unschedulable: false,
+            taints: Vec::new(),
             pods: Vec::new(),
             requested: Resource::default(),
             non_zero_requested: Resource::default(),
-            allocatable,
+            allocatable: Resource::default(),
             pods_with_affinity: Vec::new(),
             pods_with_required_anti_affinity: Vec::new(),
-        }
+        };
+        info.set_node(node);
+        info
     }
 
     /// Swaps in a newer version of the node, keeping its pods.
@@ -94,6 +94,16 @@ impl NodeInfo {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The node's `spec.unschedulable` (cordoned).
+    pub fn unschedulable(&self) -> bool {
+        self.unschedulable
+    }
+
+    /// The node's `spec.taints`.
+    pub fn taints(&self) -> &[Taint] {
+        &self.taints
     }
 
     pub fn add_pod(&mut self, pod: Arc<Pod>) {

@@ -1,7 +1,7 @@
 //! TaintToleration: nodes' `NoSchedule`/`NoExecute` taints keep off pods that do not tolerate
 //! them; untolerated `PreferNoSchedule` taints lower a node's score.
 
-use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Pod, Toleration};
 
 use crate::framework::{
     Code, CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, NodeScore, Plugin, PreScorePlugin, ScorePlugin, Status,
@@ -16,10 +16,6 @@ fn tolerations(pod: &Pod) -> &[Toleration] {
     pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default()
 }
 
-fn taints(node: &NodeInfo) -> &[Taint] {
-    &node.taints
-}
-
 pub struct TaintToleration;
 
 impl Plugin for TaintToleration {
@@ -31,7 +27,8 @@ impl Plugin for TaintToleration {
 impl FilterPlugin for TaintToleration {
     fn filter(&self, _: &CycleState, pod: &Pod, node: &NodeInfo) -> Status {
         let tols = tolerations(pod);
-        let untolerated = taints(node)
+        let untolerated = node
+            .taints()
             .iter()
             .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
             .find(|taint| !tols.iter().any(|t| tolerates(t, taint)));
@@ -71,7 +68,8 @@ impl ScorePlugin for TaintToleration {
                 &computed
             }
         };
-        let count = taints(node)
+        let count = node
+            .taints()
             .iter()
             .filter(|t| t.effect == "PreferNoSchedule")
             .filter(|taint| !tols.iter().any(|t| tolerates(t, taint)))

@@ -121,8 +121,8 @@ impl Constraint {
         }
         if self.honor_node_taints {
             let tols = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
-            let taints = &node.taints;
-            let untolerated = taints
+            let untolerated = node
+                .taints()
                 .iter()
                 .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
                 .any(|taint| !tols.iter().any(|t| taint_toleration::tolerates(t, taint)));
