@@ -32,8 +32,8 @@ pub async fn run(args: CsiControllerArgs) -> anyhow::Result<()> {
     tracing::info!(driver = %driver.name, "connected to the CSI driver");
     // One lease per driver, as each of upstream's sidecars takes one named after the driver.
     let lease = format!("csi-controller-{}", tug_csi::sidecar::sanitize_driver_name(&driver.name));
-    let election = args.leader_election.config(&lease);
+    let elected = args.leader_election.config(&lease);
     let timeout = args.timeout;
     let work = move |token| tug_csi::sidecar::run(client, driver, timeout, token);
-    crate::run_until_signal(crate::election_client(&args.kubeconfig, &election).await?, election, work).await
+    crate::run_until_signal(crate::election(&args.kubeconfig, elected).await?, work).await
 }

@@ -268,9 +268,9 @@ fn main() -> std::process::ExitCode {
                 };
                 node_controllers.apply(&mut options);
                 horizontal_pod_autoscaler.apply(&mut options);
-                let election = leader_election.config("kube-controller-manager");
+                let elected = leader_election.config("kube-controller-manager");
                 let work = move |token| tug_controllers::run(client, options, token);
-                run_until_signal(election_client(&kubeconfig, &election).await?, election, work).await
+                run_until_signal(election(&kubeconfig, elected).await?, work).await
             }
             Command::Scheduler { kubeconfig, config, leader_election } => {
                 let config = match config {
@@ -278,9 +278,9 @@ fn main() -> std::process::ExitCode {
                     None => tug_scheduler::SchedulerConfig::default(),
                 };
                 let client = client_from_kubeconfig(&kubeconfig).await?;
-                let election = leader_election.config("kube-scheduler");
+                let elected = leader_election.config("kube-scheduler");
                 let work = move |token| tug_scheduler::run_with_config(client, config, token);
-                run_until_signal(election_client(&kubeconfig, &election).await?, election, work).await
+                run_until_signal(election(&kubeconfig, elected).await?, work).await
             }
         }
     });
@@ -293,34 +293,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The client of a component's leader election: a connection of its own, so that renewing the
-/// lease never waits behind the component's own requests (a scheduler binding thousands of pods
-/// queues them on its connection, and a renewal stuck behind them loses the lease, as a
-/// benchmark run showed). Upstream's components likewise build a separate leader-election
-/// client. Without an election, no connection is opened.
-async fn election_client(
+/// `config`'s election with a client of its own for the cluster `kubeconfig` names (see
+/// [`server::Election`]); none without a config.
+async fn election(
     kubeconfig: &std::path::Path,
-    election: &Option<tug_controllers::leaderelection::Config>,
-) -> anyhow::Result<Option<kube::Client>> {
-    match election {
-        Some(_) => Ok(Some(client_from_kubeconfig(kubeconfig).await?)),
+    config: Option<tug_controllers::leaderelection::Config>,
+) -> anyhow::Result<Option<server::Election>> {
+    match config {
+        Some(config) => Ok(Some(server::Election { client: client_from_kubeconfig(kubeconfig).await?, config })),
         None => Ok(None),
     }
 }
 
 /// Runs a standalone component (under leader election if `election`) until a signal; losing
 /// the lease is an error, so the process exits non-zero as upstream's components do.
-async fn run_until_signal<F, Fut>(
-    client: Option<kube::Client>,
-    election: Option<tug_controllers::leaderelection::Config>,
-    work: F,
-) -> anyhow::Result<()>
+async fn run_until_signal<F, Fut>(election: Option<server::Election>, work: F) -> anyhow::Result<()>
 where
     F: FnOnce(tokio_util::sync::CancellationToken) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut run = tokio::spawn(server::run_elected(client, election, shutdown.clone(), work));
+    let mut run = tokio::spawn(server::run_elected(election, shutdown.clone(), work));
     tokio::select! {
         _ = server::wait_for_signal() => {
             shutdown.cancel();

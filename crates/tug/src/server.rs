@@ -262,8 +262,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
     // The controllers are API clients like any other: they connect with the admin kubeconfig.
     let client = crate::client_from_kubeconfig(&kubeconfig).await?;
-    // Leader elections renew their leases on a connection of their own (see
-    // `crate::election_client`).
+    // Leader elections renew their leases on a connection of their own (see [`Election`]).
     let election_client = crate::client_from_kubeconfig(&kubeconfig).await?;
     let ca_key_path = pki.tls_dir().join("ca.key");
     let cluster_signing = tug_controllers::certificates::SigningCa {
@@ -291,7 +290,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while enabled && !shutdown.is_cancelled() {
                 let (client2, options) = (client.clone(), options.clone());
-                let elected = election.config("kube-controller-manager");
+                let elected = election
+                    .config("kube-controller-manager")
+                    .map(|config| Election { client: election_client.clone(), config });
                 let work = move |token: CancellationToken| async move {
                     let lb = servicelb
                         .then(|| tokio::spawn(tug_controllers::servicelb::run(client2.clone(), token.clone())));
@@ -300,7 +301,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                         let _ = lb.await;
                     }
                 };
-                if run_elected(Some(election_client.clone()), elected, shutdown.clone(), work).await.is_ok() {
+                if run_elected(elected, shutdown.clone(), work).await.is_ok() {
                     break;
                 }
             }
@@ -347,8 +348,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             while enabled && !shutdown.is_cancelled() {
                 let scheduler_client = client.clone();
                 let work = move |token| tug_scheduler::run(scheduler_client, token);
-                let elected = election.config("kube-scheduler");
-                if run_elected(Some(election_client.clone()), elected, shutdown.clone(), work).await.is_ok() {
+                let elected = election
+                    .config("kube-scheduler")
+                    .map(|config| Election { client: election_client.clone(), config });
+                if run_elected(elected, shutdown.clone(), work).await.is_ok() {
                     break;
                 }
             }
@@ -552,11 +555,20 @@ impl LeaderElectionArgs {
     }
 }
 
+/// A leader election to run a component under: the lease, and the client that renews it. That
+/// client has a connection of its own, so that a renewal never waits behind the component's own
+/// requests (a scheduler binding thousands of pods queues them on its connection, and renewals
+/// stuck behind them lost the lease in a benchmark run). Upstream's components likewise build
+/// a separate leader-election client.
+pub struct Election {
+    pub client: kube::Client,
+    pub config: tug_controllers::leaderelection::Config,
+}
+
 /// Runs `work` while leading `election` (or at once without one); see
 /// [`tug_controllers::leaderelection::run`].
 pub async fn run_elected<F, Fut>(
-    client: Option<kube::Client>,
-    election: Option<tug_controllers::leaderelection::Config>,
+    election: Option<Election>,
     shutdown: CancellationToken,
     work: F,
 ) -> Result<(), tug_controllers::leaderelection::Error>
@@ -564,9 +576,9 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    match (election, client) {
-        (Some(config), Some(client)) => tug_controllers::leaderelection::run(client, config, shutdown, work).await,
-        _ => {
+    match election {
+        Some(Election { client, config }) => tug_controllers::leaderelection::run(client, config, shutdown, work).await,
+        None => {
             work(shutdown).await;
             Ok(())
         }
