@@ -580,3 +580,19 @@ pub trait RuntimeService: Send + Sync {
         Err(RuntimeError::Unavailable("this runtime reports no statistics".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trees_usage_counts_allocated_blocks_and_not_what_links_point_to() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), vec![1u8; 64 * 1024]).unwrap();
+        std::os::unix::fs::symlink("/usr", root.path().join("link")).unwrap();
+        let usage = FsUsage::of_tree(root.path());
+        assert!((64 * 1024..1 << 20).contains(&usage.bytes), "{usage:?}");
+        assert_eq!(usage.inodes, 3, "the directory, the file and the link");
+        assert_eq!(FsUsage::of_tree(&root.path().join("absent")), FsUsage::default());
+    }
+}

@@ -431,7 +431,7 @@ fn disk_stats(config: &Config, pod: &Pod, layers: Option<&HashMap<String, FsUsag
                 name: c.name.clone(),
                 memory_working_set: None,
                 rootfs,
-                logs: Some(super::fs_usage(&log_dir.join(&c.name))),
+                logs: Some(FsUsage::of_tree(&log_dir.join(&c.name))),
             }
         })
         .collect();
@@ -441,7 +441,7 @@ fn disk_stats(config: &Config, pod: &Pod, layers: Option<&HashMap<String, FsUsag
         .flatten()
         .filter(|v| v.empty_dir.as_ref().is_some_and(|e| e.medium.as_deref().unwrap_or_default().is_empty()))
         .map(|v| {
-            let usage: FsUsage = super::fs_usage(&crate::volumemanager::empty_dir_path(config, uid(pod), &v.name));
+            let usage: FsUsage = FsUsage::of_tree(&crate::volumemanager::empty_dir_path(config, uid(pod), &v.name));
             (v.name.clone(), usage)
         })
         .collect();

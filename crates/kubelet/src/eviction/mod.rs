@@ -17,7 +17,6 @@ pub mod eviction_manager;
 pub mod helpers;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -110,21 +109,10 @@ pub fn local_storage_violation(config: &Config, pod: &Pod) -> Option<String> {
     volumes.iter().find_map(|volume| {
         let limit = volume.empty_dir.as_ref()?.size_limit.as_ref()?;
         let bytes = tug_api::quantity::parse(&limit.0).filter(|b| *b > 0.0)?;
-        let used = disk_usage(&crate::volumemanager::empty_dir_path(config, uid, &volume.name));
+        let used = helpers::FsUsage::of_tree(&crate::volumemanager::empty_dir_path(config, uid, &volume.name)).bytes;
         (used as f64 > bytes)
             .then(|| format!("Usage of EmptyDir volume {:?} exceeds the limit {:?}. ", volume.name, limit.0))
     })
-}
-
-/// The disk space the files under `dir` take (allocated blocks, as `du` counts them), not
-/// following symbolic links; what cannot be read counts as nothing.
-pub fn disk_usage(dir: &Path) -> u64 {
-    fs_usage(dir).bytes
-}
-
-/// The disk space and inodes under `dir`, as [`disk_usage`] counts them.
-pub fn fs_usage(dir: &Path) -> helpers::FsUsage {
-    helpers::FsUsage::of_tree(dir)
 }
 
 #[cfg(test)]
@@ -158,16 +146,6 @@ mod tests {
             Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ")
         );
         assert_eq!(local_storage_violation(&config, &pod("10Mi")), None);
-    }
-
-    #[test]
-    fn disk_usage_counts_allocated_blocks_and_not_what_links_point_to() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("f"), vec![1u8; 64 * 1024]).unwrap();
-        std::os::unix::fs::symlink("/usr", root.path().join("link")).unwrap();
-        let used = disk_usage(root.path());
-        assert!((64 * 1024..1 << 20).contains(&used), "{used}");
-        assert_eq!(fs_usage(root.path()).inodes, 3, "the directory, the file and the link");
     }
 
     #[test]
