@@ -263,12 +263,14 @@ async fn api_server() -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-async fn manager(runtime: FakeRuntime, images: Arc<FakeImages>) -> KubeRuntimeManager {
+/// The manager, and the agent directory it writes pod directories into (removed when dropped).
+async fn manager(runtime: FakeRuntime, images: Arc<FakeImages>) -> (KubeRuntimeManager, tempfile::TempDir) {
     let client = api_server().await;
+    let agent_dir = tempfile::tempdir().unwrap();
     let mut cfg = config();
-    cfg.agent_dir = std::env::temp_dir().join(format!("tug-kubelet-sync-test-{}", std::process::id()));
+    cfg.agent_dir = agent_dir.path().to_path_buf();
     let recorder = Arc::new(EventRecorder::new(client.clone(), "node1"));
-    KubeRuntimeManager::new(client, Arc::new(cfg), Arc::new(runtime), images, recorder)
+    (KubeRuntimeManager::new(client, Arc::new(cfg), Arc::new(runtime), images, recorder), agent_dir)
 }
 
 fn present(image: &str) -> Arc<FakeImages> {
@@ -280,7 +282,7 @@ fn present(image: &str) -> Arc<FakeImages> {
 #[tokio::test]
 async fn a_new_pod_gets_a_sandbox_and_a_running_container_with_upstream_labels() {
     let runtime = FakeRuntime::default();
-    let m = manager(runtime.clone(), present("busybox:1")).await;
+    let (m, _agent_dir) = manager(runtime.clone(), present("busybox:1")).await;
     let p = pod("Always", &["a"], &[]);
     let mut reasons = Reasons::new();
     let state = m.sync_pod(&p, &mut reasons, true).await.unwrap();
@@ -302,7 +304,7 @@ async fn a_new_pod_gets_a_sandbox_and_a_running_container_with_upstream_labels()
 #[tokio::test]
 async fn an_exiting_container_restarts_then_backs_off() {
     let runtime = FakeRuntime::default();
-    let m = manager(runtime.clone(), present("busybox:1")).await;
+    let (m, _agent_dir) = manager(runtime.clone(), present("busybox:1")).await;
     let p = pod("Always", &["a"], &[]);
     let mut reasons = Reasons::new();
     m.sync_pod(&p, &mut reasons, true).await.unwrap();
@@ -324,7 +326,7 @@ async fn an_exiting_container_restarts_then_backs_off() {
 async fn never_pull_of_a_missing_image_waits_with_err_image_never_pull() {
     let runtime = FakeRuntime::default();
     let images = Arc::new(FakeImages::default());
-    let m = manager(runtime.clone(), images.clone()).await;
+    let (m, _agent_dir) = manager(runtime.clone(), images.clone()).await;
     let mut p = pod("Always", &["a"], &[]);
     p.spec.as_mut().unwrap().containers[0].image_pull_policy = Some("Never".into());
     let mut reasons = Reasons::new();
@@ -343,7 +345,7 @@ async fn never_pull_of_a_missing_image_waits_with_err_image_never_pull() {
 #[tokio::test]
 async fn termination_stops_containers_with_the_grace_period_and_removes_the_sandbox() {
     let runtime = FakeRuntime::default();
-    let m = manager(runtime.clone(), present("busybox:1")).await;
+    let (m, _agent_dir) = manager(runtime.clone(), present("busybox:1")).await;
     let mut p = pod("Always", &["a", "b"], &[]);
     let mut reasons = Reasons::new();
     m.sync_pod(&p, &mut reasons, true).await.unwrap();
@@ -358,7 +360,7 @@ async fn termination_stops_containers_with_the_grace_period_and_removes_the_sand
 #[tokio::test]
 async fn orphan_sandboxes_are_removed_and_known_ones_kept() {
     let runtime = FakeRuntime::default();
-    let m = manager(runtime.clone(), present("busybox:1")).await;
+    let (m, _agent_dir) = manager(runtime.clone(), present("busybox:1")).await;
     let mut reasons = Reasons::new();
     m.sync_pod(&pod("Always", &["a"], &[]), &mut reasons, true).await.unwrap();
     let mut other = pod("Always", &["a"], &[]);
