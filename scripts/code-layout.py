@@ -4,13 +4,16 @@
 Release builds place the functions listed there together (see crates/tug/build.rs), so the
 code an idle server or node agent keeps resident is about the code it runs. This script makes
 the list: it runs a release `tug` under valgrind's callgrind, which records every instruction
-executed, in two scenarios, and writes out the functions those instructions belong to.
+executed, in three scenarios, and writes out the functions those instructions belong to.
 
   1. `tug server --disable-agent`: start-up, then idle (the control plane alone);
-  2. `tug server`: the same with the node agent, which a standalone `tug agent` shares.
+  2. `tug agent` joining a server that runs natively beside it (a node on its own);
+  3. `tug server`: the control plane and the node agent in one process.
 
-The first scenario's functions come first, in their current address order (which keeps a
-crate's code together); then the functions only the second one ran.
+The list is made of blocks, each in the functions' current address order (which keeps a
+crate's code together): what only the agent ran, what both the agent and the control plane
+ran, what only the control plane ran, and what only the third scenario added. So the agent's
+code and the control plane's are each one stretch, overlapping in the middle.
 
 Rerun it when the list has gone stale: after a Rust or dependency upgrade (symbol hashes
 change), or when idle memory grows back. It needs root (the node agent sets up its network),
@@ -23,8 +26,10 @@ valgrind, and about ten minutes:
 
 import argparse
 import bisect
+import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -136,27 +141,69 @@ def main() -> None:
 
     tug = args.tug.resolve()
     symbols = function_symbols(tug)
+
+    def measure(scenario: list[str], work: Path) -> dict[str, int]:
+        profile = run_under_callgrind(tug, scenario, args.seconds, work)
+        functions = functions_at(executed_addresses(profile, tug), symbols)
+        size = sum(size for _, size, name in symbols if name in functions)
+        print(f"{len(functions)} functions ({size / 2**20:.1f} MiB)", file=sys.stderr)
+        return functions
+
     with tempfile.TemporaryDirectory(prefix="tug-code-layout-") as tmp:
         work = Path(tmp)
-        scenarios = [
+        control_plane = measure(
             ["server", "--data-dir", str(work / "control-plane"), "--https-listen-port", "16460", "--disable-agent"],
-            ["server", "--data-dir", str(work / "with-agent"), "--https-listen-port", "16461"],
-        ]
-        ordered: list[str] = []
-        seen: set[str] = set()
-        for scenario in scenarios:
-            profile = run_under_callgrind(tug, scenario, args.seconds, work)
-            functions = functions_at(executed_addresses(profile, tug), symbols)
-            new = sorted((address, name) for name, address in functions.items() if name not in seen)
-            ordered.extend(name for _, name in new)
-            seen.update(functions)
-            size = sum(s for a, s, n in symbols if n in functions)
-            print(f"{len(functions)} functions ({size / 2**20:.1f} MiB), {len(new)} new", file=sys.stderr)
+            work,
+        )
+        with native_server(tug, work / "join-server", 16461) as token:
+            agent = measure(
+                ["agent", "--server", "https://127.0.0.1:16461", "--token", token, "--data-dir", str(work / "agent"),
+                 "--node-name", "code-layout-agent", "--node-ip", "127.0.0.1"],
+                work,
+            )
+        both = measure(["server", "--data-dir", str(work / "with-agent"), "--https-listen-port", "16462"], work)
 
+    def block(functions: dict[str, int], *without: dict[str, int]) -> list[str]:
+        kept = ((address, name) for name, address in functions.items() if not any(name in w for w in without))
+        return [name for _, name in sorted(kept)]
+
+    agent_only = block(agent, control_plane)
+    shared = block({name: address for name, address in agent.items() if name in control_plane})
+    control_plane_only = block(control_plane, agent)
+    ordered = agent_only + shared + control_plane_only + block(both, agent, control_plane)
     patterns = dict.fromkeys(THINLTO_SUFFIX.sub(".llvm.*", name) for name in ordered)
     args.out.write_text(HEADER + "".join(f"{pattern}\n" for pattern in patterns))
-    total = sum(size for _, size, name in symbols if name in seen)
+    total = sum(size for _, size, name in symbols if name in set(ordered))
     print(f"wrote {len(ordered)} functions ({total / 2**20:.1f} MiB of code) to {args.out}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def native_server(tug: Path, data_dir: Path, port: int):
+    """A control plane (no agent) for the agent scenario to join; yields its node token."""
+    with open(data_dir.parent / "join-server.log", "ab") as log:
+        server = subprocess.Popen(
+            [
+                str(tug), "server", "--data-dir", str(data_dir), "--https-listen-port", str(port), "--disable-agent",
+                # The server writes DATA_DIR/node-token, with its CA's hash, for a --token secret.
+                "--token", secrets.token_hex(16),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        token_file = data_dir / "node-token"
+        for _ in range(600):
+            if token_file.exists() and token_file.read_text().strip():
+                break
+            if server.poll() is not None:
+                sys.exit(f"the server for the agent scenario exited; see {data_dir.parent / 'join-server.log'}")
+            time.sleep(0.1)
+        else:
+            sys.exit(f"the server for the agent scenario wrote no {token_file}")
+        yield token_file.read_text().strip()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
 
 
 if __name__ == "__main__":
