@@ -1,16 +1,24 @@
 //! Code layout for release builds.
 //!
 //! The kernel maps a binary's code in 64 KiB windows around each page a process touches
-//! (fault-around), so a function run once at startup keeps its neighbours resident too. With the
-//! default layout the few thousand functions an idle server runs are spread over the whole
-//! 60 MiB of code, and most of it ends up resident. `code-layout.txt` lists those functions
-//! (measured by `scripts/code-layout.py`); here the linker is told to place them together, so an
-//! idle server or node agent keeps about a third as much code in memory.
+//! (fault-around), so a function run once keeps its neighbours resident too. With the default
+//! layout, the functions an idle server runs (about 15,000, 17 MiB) are spread over all 63 MiB of
+//! code, and some 45 MiB of it ends up resident. `code-layout.txt` lists those functions
+//! (measured by `scripts/code-layout.py`); here the linker is told to place them together, and an
+//! idle server keeps about 20 MiB of code resident (docs/benchmarks.md).
 //!
 //! The list names symbols (a `*` in one matches any text); rustc puts each function in a section
-//! of its own named after it, and GNU gold orders input sections by name. A symbol the list names that a build no longer has
-//! (renamed, or a new hash after a compiler or dependency upgrade) is skipped: an outdated list
-//! costs memory, never correctness. Debug and test builds keep the default linker and layout.
+//! of its own named after it, and GNU gold orders input sections by name. A symbol the list names
+//! that a build no longer has (renamed, or a new hash after a compiler or dependency upgrade) is
+//! skipped: an outdated list costs memory, never correctness. Debug and test builds keep the
+//! default linker and layout.
+//!
+//! Why gold, which binutils has deprecated: on Debian 12 it is the only linker at hand that orders
+//! sections from a list with wildcards, which the ThinLTO names need (GNU ld has such a list only
+//! from binutils 2.43; lld's list takes exact names). Its known fault with Rust, mishandling
+//! sections kept with `#[used(linker)]`, does not touch this binary: of its dependencies only
+//! libmimalloc-sys has a `#[used]` static, behind its `override` feature, which stays off. Without
+//! `ld.gold` the build goes on with the default layout.
 
 use std::env;
 use std::fs;
@@ -24,7 +32,6 @@ fn main() {
     let layout = manifest_dir.join(LAYOUT_FILE);
     println!("cargo:rerun-if-changed={LAYOUT_FILE}");
     println!("cargo:rerun-if-env-changed=TUG_CODE_LAYOUT");
-    println!("cargo:rerun-if-env-changed=PATH");
 
     let release = env::var("PROFILE").is_ok_and(|profile| profile == "release");
     let elf_linux = env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
