@@ -17,7 +17,8 @@ code and the control plane's are each one stretch, overlapping in the middle.
 
 Rerun it when the list has gone stale: after a Rust or dependency upgrade (symbol hashes
 change), or when idle memory grows back. It needs root (the node agent sets up its network),
-valgrind, and about ten minutes:
+valgrind, and about twenty minutes (each scenario runs long enough to see the 5-minute
+resyncs):
 
     cargo build --release -p tug
     sudo scripts/code-layout.py --tug target/release/tug
@@ -48,9 +49,9 @@ HEADER = """\
 THINLTO_SUFFIX = re.compile(r"\.llvm\.\d+$")
 
 
-def run_under_callgrind(tug: Path, args: list[str], seconds: int, work: Path) -> Path:
+def run_under_callgrind(tug: Path, name: str, args: list[str], seconds: int, work: Path) -> Path:
     """Run `tug ARGS` under callgrind for SECONDS, stop it as an operator would, return the profile."""
-    out = work / f"callgrind-{len(list(work.iterdir()))}.out"
+    out = work / f"callgrind-{name}.out"
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -89,7 +90,7 @@ def executed_addresses(profile: Path, binary: Path) -> set[int]:
             elif line.startswith("ob="):
                 in_binary = Path(line[3:].strip()).name == binary.name
     if not addresses:
-        sys.exit(f"{profile} has no instructions of {binary}: was it built without symbols?")
+        sys.exit(f"callgrind recorded no instruction of {binary} in {profile}")
     return addresses
 
 
@@ -134,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tug", type=Path, default=Path("target/release/tug"), help="a release build of tug")
     parser.add_argument("--out", type=Path, default=Path("crates/tug/code-layout.txt"))
-    parser.add_argument("--seconds", type=int, default=120, help="how long each scenario runs")
+    parser.add_argument("--seconds", type=int, default=330, help="how long each scenario runs")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the node agent scenario sets up the pod network")
@@ -142,8 +143,8 @@ def main() -> None:
     tug = args.tug.resolve()
     symbols = function_symbols(tug)
 
-    def measure(scenario: list[str], work: Path) -> dict[str, int]:
-        profile = run_under_callgrind(tug, scenario, args.seconds, work)
+    def measure(name: str, scenario: list[str], work: Path) -> dict[str, int]:
+        profile = run_under_callgrind(tug, name, scenario, args.seconds, work)
         functions = functions_at(executed_addresses(profile, tug), symbols)
         size = sum(size for _, size, name in symbols if name in functions)
         print(f"{len(functions)} functions ({size / 2**20:.1f} MiB)", file=sys.stderr)
@@ -152,16 +153,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tug-code-layout-") as tmp:
         work = Path(tmp)
         control_plane = measure(
+            "control-plane",
             ["server", "--data-dir", str(work / "control-plane"), "--https-listen-port", "16460", "--disable-agent"],
             work,
         )
         with native_server(tug, work / "join-server", 16461) as token:
             agent = measure(
+                "agent",
                 ["agent", "--server", "https://127.0.0.1:16461", "--token", token, "--data-dir", str(work / "agent"),
                  "--node-name", "code-layout-agent", "--node-ip", "127.0.0.1"],
                 work,
             )
-        both = measure(["server", "--data-dir", str(work / "with-agent"), "--https-listen-port", "16462"], work)
+        both = measure(
+            "with-agent", ["server", "--data-dir", str(work / "with-agent"), "--https-listen-port", "16462"], work
+        )
 
     def block(functions: dict[str, int], *without: dict[str, int]) -> list[str]:
         kept = ((address, name) for name, address in functions.items() if not any(name in w for w in without))
@@ -173,7 +178,8 @@ def main() -> None:
     ordered = agent_only + shared + control_plane_only + block(both, agent, control_plane)
     patterns = dict.fromkeys(THINLTO_SUFFIX.sub(".llvm.*", name) for name in ordered)
     args.out.write_text(HEADER + "".join(f"{pattern}\n" for pattern in patterns))
-    total = sum(size for _, size, name in symbols if name in set(ordered))
+    listed = set(ordered)
+    total = sum(size for _, size, name in symbols if name in listed)
     print(f"wrote {len(ordered)} functions ({total / 2**20:.1f} MiB of code) to {args.out}", file=sys.stderr)
 
 
