@@ -120,6 +120,16 @@ def test_images(tmp_path_factory) -> Path:
     return layout
 
 
+def pause_image(test_images: Path, workdir: Path) -> Path:
+    """An OCI layout whose image tagged `pause` is a CRI runtime's sandbox ("pause") image: it
+    only has to stay up, so the busybox image sleeping."""
+    layout = workdir / "oci"
+    shutil.copytree(test_images, layout)
+    run_checked("umoci", "config", "--image", f"{layout}:1", "--tag", "pause",
+                "--clear=config.cmd", "--config.cmd", "sleep", "--config.cmd", "2147483647")  # fmt: skip
+    return layout
+
+
 @pytest.fixture(scope="module")
 def plain_registry(tmp_path_factory, test_images):
     registry = start_registry(tmp_path_factory.mktemp("plain-registry"))

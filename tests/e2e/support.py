@@ -543,7 +543,13 @@ def agent_server(
         try:
             if not crashed:
                 server.request("DELETE", "/api/v1/namespaces/default/pods?gracePeriodSeconds=0")
-                time.sleep(1)
+                # The agent removes each pod's containers, network and cgroup before the pod
+                # leaves the API; what is left after this is removed the hard way below.
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and server.request(
+                    "GET", "/api/v1/namespaces/default/pods"
+                ).json().get("items"):
+                    time.sleep(0.2)
         finally:
             server.stop()
             server.remove_containers()

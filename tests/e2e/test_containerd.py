@@ -13,7 +13,6 @@ import base64
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -25,6 +24,7 @@ from registry import (  # noqa: F401  (fixtures used by name)
     PASSWORD,
     USER,
     auth_registry,
+    pause_image,
     plain_registry,
     run_checked,
     test_images,
@@ -37,7 +37,7 @@ CNI_BIN = Path("/usr/lib/cni")
 # Apart from the built-in network's 10.42.0.0/16, so a node agent of another test on this host
 # does not share addresses with this one.
 CLUSTER_CIDR = "10.77.0.0/16"
-# The bridge the agent's CNI configuration names (crates/runtime/src/remote/cni.rs).
+# The bridge the agent's CNI configuration names (crates/network/src/runtime_cni.rs).
 BRIDGE = "tug-cri0"
 
 
@@ -77,6 +77,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   sandbox_image = "{sandbox_image}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "{free_port()}"
+  # Pods' network namespaces pinned under the state directory, where stop() unmounts them.
+  netns_mounts_under_state_dir = true
   # This host may not lower oom_score_adj below the test's own: clamp instead of failing.
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -137,11 +139,7 @@ def containerd(tmp_path_factory, test_images, plain_registry, auth_registry):  #
     require(os.geteuid() == 0, "containerd runs containers: needs root")
     require(CONTAINERD.is_file(), f"{CONTAINERD} missing: apt-get install containerd (scripts/install-test-deps.sh)")
     require((CNI_BIN / "bridge").is_file(), f"no CNI plugins in {CNI_BIN}: install containernetworking-plugins")
-    # The sandbox ("pause") container only has to stay up: the busybox image sleeping.
-    layout = tmp_path_factory.mktemp("pause") / "oci"
-    shutil.copytree(test_images, layout)
-    run_checked("umoci", "config", "--image", f"{layout}:1", "--tag", "pause",
-                "--clear=config.cmd", "--config.cmd", "sleep", "--config.cmd", "2147483647")  # fmt: skip
+    layout = pause_image(test_images, tmp_path_factory.mktemp("pause"))
     pause = f"{plain_registry.address}/tugboat.test/pause:1"
     run_checked("skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:pause", f"docker://{pause}")
     tls_registry = (auth_registry.address, auth_registry.ca_file)

@@ -19,12 +19,10 @@ use ipnet::Ipv4Net;
 
 use crate::ipam::HostLocalIpam;
 use crate::nftables::{self, HostPortRule, Ruleset};
-use crate::{AttachRequest, Attachment, HostPort, NetworkError, NetworkStatus, PodNetwork, link, netns};
+use crate::{AttachRequest, Attachment, HostPort, NetworkError, NetworkStatus, PodNetwork, link, netns, set_sysctl};
 
 /// The interface name pods see.
 const POD_INTERFACE: &str = "eth0";
-/// The MTU used when the node's own link cannot be found, or is the loopback.
-const DEFAULT_MTU: u32 = 1500;
 
 /// How the node's bridge network is set up.
 #[derive(Debug, Clone)]
@@ -102,7 +100,7 @@ impl BridgeNetwork {
         if self.subnet() == Some(cidr) {
             return Ok(Vec::new());
         }
-        let mtu = self.pod_mtu().await?;
+        let mtu = link::pod_mtu(&self.handle, self.config.node_ip, self.config.overlay_overhead).await?;
         let bridge = &self.config.bridge;
         let bridge_index = link::ensure_bridge(&self.handle, bridge, mtu).await?;
         let root = self.config.state_dir.join("ipam");
@@ -156,16 +154,6 @@ impl BridgeNetwork {
             state.cluster_cidrs = cidrs;
         }
         self.apply_rules().await
-    }
-
-    /// The pods' MTU: the node link's, less the overlay's overhead.
-    async fn pod_mtu(&self) -> Result<u32, NetworkError> {
-        let link_mtu = link::mtu_of_link_with(&self.handle, self.config.node_ip).await?;
-        let base = match link_mtu {
-            Some(mtu) if !self.config.node_ip.is_loopback() => mtu,
-            _ => DEFAULT_MTU,
-        };
-        Ok(base.saturating_sub(self.config.overlay_overhead))
     }
 
     async fn apply_rules(&self) -> Result<(), NetworkError> {
@@ -340,14 +328,6 @@ fn load_host_ports(dir: &std::path::Path) -> BTreeMap<String, Vec<HostPortRule>>
         }
     }
     all
-}
-
-/// Writes a sysctl under /proc/sys, logging (not failing) when it cannot.
-fn set_sysctl(key: &str, value: &str) {
-    let path = format!("/proc/sys/{key}");
-    if let Err(error) = std::fs::write(&path, value) {
-        tracing::warn!(%path, %error, "cannot set sysctl");
-    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod link;
 pub mod netns;
 pub mod nftables;
 pub mod overlay;
+pub mod runtime_cni;
 pub mod subnet;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -105,6 +106,14 @@ pub enum NetworkError {
     Cni(#[from] cni::CniError),
     #[error("a network task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// Writes a sysctl under /proc/sys, logging (not failing) when it cannot.
+pub(crate) fn set_sysctl(key: &str, value: &str) {
+    let path = format!("/proc/sys/{key}");
+    if let Err(error) = std::fs::write(&path, value) {
+        tracing::warn!(%path, %error, "cannot set sysctl");
+    }
 }
 
 /// A pod network, as the container runtime uses it (the role CNI plugins play for containerd).

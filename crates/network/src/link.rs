@@ -258,6 +258,19 @@ pub async fn configure_pod_interface(
     }
 }
 
+/// The MTU used when the node's own link cannot be found, or is the loopback.
+const DEFAULT_MTU: u32 = 1500;
+
+/// The pods' MTU on a node whose address is `node_ip`: that link's, less what the overlay
+/// adds to every packet.
+pub async fn pod_mtu(handle: &Handle, node_ip: Ipv4Addr, overlay_overhead: u32) -> Result<u32, LinkError> {
+    let base = match mtu_of_link_with(handle, node_ip).await? {
+        Some(mtu) if !node_ip.is_loopback() => mtu,
+        _ => DEFAULT_MTU,
+    };
+    Ok(base.saturating_sub(overlay_overhead))
+}
+
 /// The MTU of the link holding `address`, if any link does.
 pub async fn mtu_of_link_with(handle: &Handle, address: Ipv4Addr) -> Result<Option<u32>, LinkError> {
     match index_of_link_with(handle, address).await? {

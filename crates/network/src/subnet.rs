@@ -1,7 +1,8 @@
 //! The node's view of the cluster's pod networks, from the API (flannel's subnet manager in
-//! its `kube` mode): this node's `spec.podCIDR` makes the bridge network ready, every node's
-//! podCIDR is a network pods reach without masquerade, and the overlay routes to each other
-//! node's podCIDR as that node's annotations describe, after publishing this node's own.
+//! its `kube` mode): this node's `spec.podCIDR` makes the node's pod network ready (the
+//! built-in bridge, or an external runtime's CNI configuration), every node's podCIDR is a
+//! network pods reach without masquerade, and the overlay routes to each other node's podCIDR
+//! as that node's annotations describe, after publishing this node's own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,8 +16,32 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 
-use crate::BridgeNetwork;
 use crate::overlay::{self, Overlay};
+use crate::{BridgeNetwork, NetworkError};
+
+/// The part of a node's pod network that follows the podCIDRs: the built-in bridge
+/// ([`BridgeNetwork`]), or the CNI configuration of an external runtime
+/// ([`RuntimeCniNetwork`](crate::runtime_cni::RuntimeCniNetwork)).
+#[async_trait::async_trait]
+pub trait NodeSubnet: Send + Sync {
+    /// Makes the network ready for this node's podCIDR `cidr`. Returns the podCIDRs the node
+    /// had before (a node deleted and registered again gets a new one), for the overlay to
+    /// forget.
+    async fn set_subnet(&self, cidr: Ipv4Net) -> Result<Vec<Ipv4Net>, NetworkError>;
+    /// Sets the pod networks of every node: traffic to them is not masqueraded.
+    async fn set_cluster_cidrs(&self, cidrs: Vec<Ipv4Net>) -> Result<(), NetworkError>;
+}
+
+#[async_trait::async_trait]
+impl NodeSubnet for BridgeNetwork {
+    async fn set_subnet(&self, cidr: Ipv4Net) -> Result<Vec<Ipv4Net>, NetworkError> {
+        BridgeNetwork::set_subnet(self, cidr).await
+    }
+
+    async fn set_cluster_cidrs(&self, cidrs: Vec<Ipv4Net>) -> Result<(), NetworkError> {
+        BridgeNetwork::set_cluster_cidrs(self, cidrs).await
+    }
+}
 
 /// A node's IPv4 pod networks (`podCIDRs`, or the older single `podCIDR`).
 pub fn pod_cidrs(node: &Node) -> Vec<Ipv4Net> {
@@ -30,7 +55,7 @@ pub fn pod_cidrs(node: &Node) -> Vec<Ipv4Net> {
 pub async fn run(
     client: kube::Client,
     node_name: String,
-    network: Arc<BridgeNetwork>,
+    network: Arc<dyn NodeSubnet>,
     overlay: Option<Overlay>,
     shutdown: CancellationToken,
 ) {
@@ -62,7 +87,7 @@ pub async fn run(
                 continue;
             }
         }
-        if let Err(error) = sync(&nodes, &network, overlay.as_ref(), &node_name, &known).await {
+        if let Err(error) = sync(&nodes, network.as_ref(), overlay.as_ref(), &node_name, &known).await {
             tracing::warn!(%error, "configuring the pod network");
         }
     }
@@ -78,11 +103,11 @@ fn node_name_of(node: &Node) -> String {
 
 async fn sync(
     nodes: &Api<Node>,
-    network: &BridgeNetwork,
+    network: &dyn NodeSubnet,
     overlay: Option<&Overlay>,
     node_name: &str,
     known: &BTreeMap<String, Node>,
-) -> Result<(), crate::NetworkError> {
+) -> Result<(), NetworkError> {
     let own = known.get(node_name);
     if let Some(subnet) = own.and_then(|n| pod_cidrs(n).first().copied()) {
         let stale = network.set_subnet(subnet).await?;

@@ -1,7 +1,7 @@
 //! The node agent's flags and its start beside the control plane (`tug server`).
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tug_network::bridge::BridgeConfig;
 use tug_network::cni::{CniConfig, CniNetwork};
 use tug_network::overlay::{Backend, Overlay};
+use tug_network::runtime_cni::{RuntimeCniConfig, RuntimeCniNetwork};
 use tug_network::{BridgeNetwork, NetworkStatus, PodNetwork};
 use tug_runtime::builtin::BuiltinRuntime;
 use tug_runtime::image::{BuiltinImageService, ImageStore, PullOptions, Puller};
@@ -105,7 +106,8 @@ pub struct AgentArgs {
 
     /// The pod network between nodes, as k3s names flannel's backends: `vxlan` (an overlay;
     /// pods' MTU is the node link's less 50), `host-gw` (routes, nodes on one L2 segment), or
-    /// `none` (no built-in pod network: pods get a loopback only).
+    /// `none` (no built-in pod network: pods get a loopback only; with
+    /// --container-runtime-endpoint, the runtime's CNI configuration is the operator's).
     #[arg(long, value_enum, default_value = "vxlan")]
     pub flannel_backend: FlannelBackend,
 
@@ -119,7 +121,8 @@ pub struct AgentArgs {
     /// instead of the built-in one, as the kubelet's flag of that name. The runtime's own CNI
     /// plugins give pods their network: unless another configuration is there, the agent writes
     /// a bridge configuration for the node's podCIDR into --cni-conf-dir (default
-    /// /etc/cni/net.d, where containerd reads), as k3s does for its flannel.
+    /// /etc/cni/net.d, where containerd reads), as k3s does for its flannel, and runs the
+    /// --flannel-backend overlay between the nodes.
     #[arg(long, value_name = "ENDPOINT")]
     pub container_runtime_endpoint: Option<String>,
 
@@ -158,6 +161,14 @@ pub enum FlannelBackend {
     #[value(name = "host-gw")]
     HostGw,
     None,
+}
+
+/// The node's IPv4 address for the pod network, which is IPv4 only.
+fn ipv4_or_unspecified(ip: IpAddr) -> std::net::Ipv4Addr {
+    match ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+    }
 }
 
 fn overlay_backend(backend: FlannelBackend) -> Option<Backend> {
@@ -285,10 +296,7 @@ pub async fn spawn(
         _ if cni.is_some() => None,
         FlannelBackend::None => None,
         backend => {
-            let node_ip = match identity.node_ip {
-                IpAddr::V4(ip) => ip,
-                IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-            };
+            let node_ip = ipv4_or_unspecified(identity.node_ip);
             let overlay_overhead = overlay_backend(backend).map_or(0, |b| b.overhead());
             let network = BridgeNetwork::new(BridgeConfig {
                 bridge: POD_BRIDGE.into(),
@@ -308,10 +316,7 @@ pub async fn spawn(
     }
     let runtime = Arc::new(runtime);
     if let Some(network) = network {
-        let node_ip = match identity.node_ip {
-            IpAddr::V4(ip) => ip,
-            IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-        };
+        let node_ip = ipv4_or_unspecified(identity.node_ip);
         let overlay = overlay_backend(args.flannel_backend).map(|b| Overlay::new(b, node_ip, network.netlink()));
         let node_name = config.node_name.clone();
         tokio::spawn(tug_network::subnet::run(client.clone(), node_name, network.clone(), overlay, shutdown.clone()));
@@ -351,37 +356,27 @@ async fn spawn_with_cri_runtime(
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let runtime = Arc::new(RemoteRuntime::connect(endpoint).await.context("connecting to the container runtime")?);
-    let conf_dir = args.cni_conf_dir.clone().unwrap_or_else(|| "/etc/cni/net.d".into());
-    tokio::spawn(write_cni_config(client.clone(), config.node_name.clone(), conf_dir, shutdown.clone()));
+    // With `--flannel-backend none` the runtime's own CNI configuration is left to the operator.
+    if args.flannel_backend != FlannelBackend::None {
+        let node_ip = ipv4_or_unspecified(config.node_ip);
+        let backend = overlay_backend(args.flannel_backend);
+        let network = RuntimeCniNetwork::new(RuntimeCniConfig {
+            conf_dir: args.cni_conf_dir.clone().unwrap_or_else(|| "/etc/cni/net.d".into()),
+            ipam_dir: config.agent_dir.join("cni-ipam"),
+            node_ip,
+            overlay_overhead: backend.map_or(0, Backend::overhead),
+        })
+        .context("opening the pod network")?;
+        let overlay = backend.map(|b| Overlay::new(b, node_ip, network.netlink()));
+        let node_name = config.node_name.clone();
+        tokio::spawn(tug_network::subnet::run(client.clone(), node_name, Arc::new(network), overlay, shutdown.clone()));
+    }
     spawn_proxy(&client, args, &config, &shutdown);
     Ok(tokio::spawn(async move {
         if let Err(e) = tug_kubelet::run(client, config, runtime.clone(), runtime, shutdown).await {
             tracing::error!(error = %e, "the node agent stopped");
         }
     }))
-}
-
-/// Waits for the node's podCIDR (the node IPAM controller assigns it after registration) and
-/// gives the CRI runtime its CNI configuration for it.
-async fn write_cni_config(client: kube::Client, node_name: String, conf_dir: PathBuf, shutdown: CancellationToken) {
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
-    loop {
-        if let Ok(Some(node)) = nodes.get_opt(&node_name).await
-            && let Some(cidr) = tug_network::subnet::pod_cidrs(&node).first()
-        {
-            match tug_runtime::remote::cni::ensure_bridge_config(&conf_dir, &cidr.to_string()) {
-                Ok(written) => {
-                    tracing::info!(dir = %conf_dir.display(), pod_cidr = %cidr, written, "CNI configuration for the container runtime")
-                }
-                Err(error) => tracing::error!(%error, "writing the container runtime's CNI configuration"),
-            }
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-        }
-    }
 }
 
 /// Once the pod network is ready, frees what sandboxes gone while the agent was down held.

@@ -15,10 +15,9 @@
 //! kubelet's server, which proxies the client's upgraded connection there, as upstream's kubelet
 //! does. `ExecSync` (probes) is a plain call.
 //!
-//! Pod networking is the runtime's (its CNI configuration directory); [`cni`] writes the
-//! configuration for the node's podCIDR that the agent puts there.
+//! Pod networking is the runtime's (its CNI configuration directory); the node agent puts a
+//! configuration for the node's podCIDR there (`tug_network::runtime_cni`).
 
-pub mod cni;
 mod convert;
 mod images;
 mod runtime;

@@ -134,6 +134,9 @@ async fn measure_all(args: &JoinBenchArgs, dir: &Path, agents: &mut Vec<Child>) 
         wait: args.timeout,
         server_args: Vec::new(),
         agent_args: Vec::new(),
+        container_runtime: crate::dev::DevRuntime::Builtin,
+        sandbox_image: String::new(),
+        cni_bin_dir: None,
     })
     .await?;
     cluster::load_image(LoadImageArgs {

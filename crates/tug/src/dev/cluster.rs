@@ -12,8 +12,9 @@ use k8s_openapi::api::core::v1::Node;
 use rustix::process::{Pid, Signal, kill_process_group, test_kill_process_group};
 use serde::{Deserialize, Serialize};
 
+use super::containerd::{self, NodeContainerd};
 use super::hosts::{self, LinkNames};
-use super::{LoadImageArgs, NodeArgs, UpArgs, cleanup};
+use super::{DevRuntime, LoadImageArgs, NodeArgs, UpArgs, cleanup};
 
 /// The server's port inside node 0's namespace.
 const API_PORT: u16 = 6443;
@@ -47,6 +48,9 @@ struct NodeState {
     /// Whether `stop-node` stopped it (and `start-node` has not started it again).
     #[serde(default)]
     stopped: bool,
+    /// The node's containerd (and its process group), with `--container-runtime containerd`.
+    #[serde(default)]
+    containerd_pid: Option<u32>,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -70,7 +74,7 @@ fn save(dir: &Path, state: &ClusterState) -> anyhow::Result<()> {
 }
 
 /// A path as a command-line argument stored in cluster.json (JSON strings are UTF-8).
-fn path_arg(path: &Path) -> anyhow::Result<String> {
+pub(super) fn path_arg(path: &Path) -> anyhow::Result<String> {
     path.to_str().map(str::to_owned).ok_or_else(|| anyhow!("{} is not valid UTF-8", path.display()))
 }
 
@@ -205,10 +209,28 @@ async fn build(args: &UpArgs, dir: &Path) -> Result<PathBuf, Failure> {
             data_dir,
             argv: Vec::new(),
             stopped: false,
+            containerd_pid: None,
         });
         save(dir, &state)?;
         hosts::create_netns(&netns)?;
         hosts::attach_node(&names, &switch, i, &netns, ip, prefix, gateway).await?;
+    }
+    // Each node's own flags: those of its containerd, when it runs one.
+    let mut runtime_args: Vec<Vec<String>> = vec![Vec::new(); state.nodes.len()];
+    if args.container_runtime == DevRuntime::Containerd {
+        let program = containerd::find_program("containerd")
+            .ok_or_else(|| anyhow!("containerd is not on PATH: install it (Debian: apt-get install containerd)"))?;
+        let cni_bin_dir = containerd::cni_bin_dir(args.cni_bin_dir.as_deref())?;
+        for (i, node_args) in runtime_args.iter_mut().enumerate() {
+            let runtime = NodeContainerd::for_node(&state.nodes[i].data_dir);
+            let argv = on_node(i as u32, runtime.prepare(&program, &args.sandbox_image, &cni_bin_dir))?;
+            let spawned = hosts::spawn_in(&state.nodes[i].netns, command(&argv)?, &runtime.log());
+            let mut child = on_node(i as u32, spawned)?;
+            state.nodes[i].containerd_pid = Some(child.id());
+            save(dir, &state)?;
+            on_node(i as u32, containerd::wait_until_up(&runtime, &mut child, deadline).await)?;
+            *node_args = on_node(i as u32, runtime.agent_args())?;
+        }
     }
 
     let exe = path_arg(&std::env::current_exe().context("finding the tug binary")?)?;
@@ -219,6 +241,7 @@ async fn build(args: &UpArgs, dir: &Path) -> Result<PathBuf, Failure> {
     argv.extend(strings(&["--node-name", &node0.name, "--node-ip", &server_ip_arg]));
     argv.extend(strings(&["--https-listen-port", &port, "--tls-san", &server_ip_arg]));
     argv.extend(strings(&["--token", &random_hex(16)?, "--eviction-hard", EVICTION_HARD]));
+    argv.extend(runtime_args[0].iter().cloned());
     argv.extend(args.server_args.iter().cloned());
     let child = on_node(0, hosts::spawn_in(&node0.netns, command(&argv)?, &node0.data_dir.join("tug.log")))?;
     state.nodes[0].pid = Some(child.id());
@@ -249,6 +272,7 @@ async fn build(args: &UpArgs, dir: &Path) -> Result<PathBuf, Failure> {
         argv.extend(strings(&["--data-dir", &path_arg(&node.data_dir)?]));
         argv.extend(strings(&["--node-name", &node.name, "--node-ip", &node.ip.to_string()]));
         argv.extend(strings(&["--eviction-hard", EVICTION_HARD]));
+        argv.extend(runtime_args[i as usize].iter().cloned());
         argv.extend(args.agent_args.iter().cloned());
         let child = on_node(i, hosts::spawn_in(&node.netns, command(&argv)?, &node.data_dir.join("tug.log")))?;
         state.nodes[i as usize].pid = Some(child.id());
@@ -353,6 +377,14 @@ pub async fn load_image(args: LoadImageArgs) -> anyhow::Result<()> {
     let imported = tokio::task::spawn_blocking(move || -> anyhow::Result<BTreeSet<String>> {
         let mut names = BTreeSet::new();
         for node_dir in &node_dirs {
+            let runtime = NodeContainerd::for_node(node_dir);
+            if runtime.exists() {
+                let imported = runtime
+                    .import(&archive, name.as_deref())
+                    .with_context(|| format!("importing {} into {}", archive.display(), node_dir.display()))?;
+                names.extend(imported);
+                continue;
+            }
             let store = tug_runtime::image::ImageStore::open_in_data_dir(node_dir)
                 .with_context(|| format!("opening the image store of {}", node_dir.display()))?;
             let imported = tug_runtime::image::import_path(&store, &archive, name.as_deref())
@@ -372,13 +404,29 @@ pub async fn load_image(args: LoadImageArgs) -> anyhow::Result<()> {
 pub async fn down(dir: &Path) -> anyhow::Result<()> {
     let Ok(dir) = std::fs::canonicalize(dir) else { return Ok(()) };
     let names = LinkNames::for_dir(&dir);
-    let pids: Vec<u32> = load(&dir).map(|s| s.nodes.iter().filter_map(|n| n.pid).collect()).unwrap_or_default();
+    let state = load(&dir).ok();
+    let pids: Vec<u32> = state.iter().flat_map(|s| &s.nodes).filter_map(|n| n.pid).collect();
+    let containerd_pids: Vec<u32> = state.iter().flat_map(|s| &s.nodes).filter_map(|n| n.containerd_pid).collect();
+    let stopped = dir.clone();
+    tokio::task::spawn_blocking(move || stop_groups(&stopped, &pids)).await.context("the stop task")?;
+    // Pods of containerd nodes go through CRI while their containerd still runs: stopping a
+    // sandbox is what tears its network down.
+    let mut pod_uids = Vec::new();
+    for node_dir in node_dirs(&dir) {
+        let runtime = NodeContainerd::for_node(&node_dir);
+        if runtime.exists() {
+            pod_uids.extend(runtime.remove_all_pods().await);
+        }
+    }
     let cleaned = dir.clone();
     tokio::task::spawn_blocking(move || {
-        stop_groups(&cleaned, &pids);
+        stop_groups(&cleaned, &containerd_pids);
         for node_dir in node_dirs(&cleaned) {
+            // Containers whose shims are gone (containerd killed before it could stop them).
+            cleanup::kill_all(&containerd::task_pids(&node_dir));
             cleanup::kill_agent_leftovers(&node_dir);
         }
+        cleanup::remove_pod_cgroups(&pod_uids);
         cleanup::unmount_under(&cleaned);
     })
     .await

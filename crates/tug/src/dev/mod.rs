@@ -4,6 +4,7 @@
 
 mod cleanup;
 pub(crate) mod cluster;
+mod containerd;
 pub mod hosts;
 
 use std::path::PathBuf;
@@ -35,7 +36,8 @@ enum ClusterCommand {
     /// until every node is Ready.
     Up(UpArgs),
     /// Import an OCI layout or archive, or a `docker save` archive, into every node's image
-    /// store (like `kind load image-archive`); prints the names imported.
+    /// store (like `kind load image-archive`; containerd nodes take archives only, through
+    /// `ctr images import`); prints the names imported.
     LoadImage(LoadImageArgs),
     /// Stop the cluster's processes and remove everything it created. Idempotent; a DIR
     /// without a cluster is fine.
@@ -72,6 +74,25 @@ pub struct UpArgs {
     /// An extra argument for `tug agent` on the other nodes (repeatable).
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
+    /// The nodes' container runtime: tug's built-in one, or `containerd`: a private containerd
+    /// (the machine's) per node, in the node's namespace with its state under
+    /// DIR/nodes/<i>/containerd, driven over CRI, as kind's nodes run.
+    #[arg(long, value_enum, default_value = "builtin")]
+    pub container_runtime: DevRuntime,
+    /// The sandbox ("pause") image of containerd nodes. Without a registry, `load-image` it
+    /// before creating pods.
+    #[arg(long, default_value = "registry.k8s.io/pause:3.10")]
+    pub sandbox_image: String,
+    /// The CNI plugins for containerd nodes (default: /opt/cni/bin, else /usr/lib/cni).
+    #[arg(long, value_name = "DIR")]
+    pub cni_bin_dir: Option<PathBuf>,
+}
+
+/// The runtimes of `up --container-runtime`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevRuntime {
+    Builtin,
+    Containerd,
 }
 
 #[derive(Args, Debug)]
