@@ -175,7 +175,8 @@ impl Drop for Fixture {
         }
         // The shim deletes each container's cgroup; the sandbox's and the parent go here. Each
         // fixture has its own parent: a shared one could vanish under another test's feet.
-        for controller in ["memory", "cpu", "cpuacct", "pids", "blkio", "devices", "freezer", "cpuset"] {
+        // ("" is the unified hierarchy of a cgroup v2 host.)
+        for controller in ["", "memory", "cpu", "cpuacct", "pids", "blkio", "devices", "freezer", "cpuset"] {
             for path in ["container", "pod", ""] {
                 let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{controller}/tugboat-test-{}/{path}", self.id));
             }
@@ -294,7 +295,7 @@ async fn exec_runs_a_command_in_a_running_container_with_its_exit_code() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(r#"exec: "nope": executable file not found in $PATH"#));
 
     let out = spawn_exec(&bin, &exec(&["noexec"])).unwrap().child.wait_with_output().await.unwrap();
-    assert_eq!(out.status.code(), Some(126));
+    assert_eq!(out.status.code(), Some(126), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains(r#"exec: "noexec": permission denied"#));
 
     kill(started.pid, rustix::process::Signal::KILL);
@@ -350,7 +351,9 @@ async fn a_sandbox_holds_namespaces_that_containers_join() {
     let pinned = rustix::fs::stat(ns("net")).unwrap();
     let live = rustix::fs::stat(format!("/proc/{}/ns/net", sandbox.pid)).unwrap();
     assert_eq!((pinned.st_dev, pinned.st_ino), (live.st_dev, live.st_ino), "ns/net pins the sandbox's namespace");
-    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{cgroup}/cgroup.procs")).unwrap_or_default();
+    // The unified (v2) hierarchy, or v1's memory controller.
+    let hierarchy = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "" } else { "/memory" };
+    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup{hierarchy}{cgroup}/cgroup.procs")).unwrap_or_default();
     assert!(procs.lines().any(|p| p == sandbox.pid.to_string()), "sandbox joined its cgroup: {procs:?}");
 
     f.write_spec(
@@ -375,8 +378,8 @@ async fn a_sandbox_holds_namespaces_that_containers_join() {
     for name in ["net", "ipc", "uts"] {
         rustix::mount::unmount(ns(name), rustix::mount::UnmountFlags::DETACH).expect("the namespace was pinned");
     }
-    for controller in ["memory", "cpu", "cpuacct", "pids", "blkio", "devices", "freezer", "cpuset"] {
-        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{controller}{cgroup}"));
+    for controller in ["", "/memory", "/cpu", "/cpuacct", "/pids", "/blkio", "/devices", "/freezer", "/cpuset"] {
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup{controller}{cgroup}"));
     }
 }
 

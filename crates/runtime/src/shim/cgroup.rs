@@ -39,10 +39,11 @@ fn counter(text: &str, key: &str) -> u64 {
 /// Moves process `pid` into the cgroup at `path` (relative to the hierarchy root) of every
 /// mounted hierarchy, creating it: on v1 each controller's hierarchy, on v2 the unified one.
 pub fn join(path: &str, pid: u32) -> io::Result<()> {
-    let dirs: Vec<PathBuf> = if is_unified() { vec![PathBuf::from(ROOT)] } else { v1_hierarchies()? };
+    let unified = is_unified();
+    let dirs: Vec<PathBuf> = if unified { vec![PathBuf::from(ROOT)] } else { v1_hierarchies()? };
     for hierarchy in dirs {
         let target = hierarchy.join(relative(path));
-        create_with_cpuset(&hierarchy, relative(path))?;
+        create(&hierarchy, relative(path), !unified)?;
         std::fs::write(target.join("cgroup.procs"), pid.to_string())
             .map_err(|e| io::Error::new(e.kind(), format!("join {}: {e}", target.display())))?;
     }
@@ -67,9 +68,11 @@ fn v1_hierarchies() -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Creates each missing directory of `path` under `hierarchy`; in the cpuset hierarchy a new
-/// cgroup starts with no cpus and mems, so they are copied from its parent (as runc does).
-fn create_with_cpuset(hierarchy: &Path, path: &str) -> io::Result<()> {
+/// Creates each missing directory of `path` under `hierarchy`. In v1's cpuset hierarchy a new
+/// cgroup starts with no cpus and mems, so with `copy_cpuset` they are copied from its parent
+/// (as runc does); v2's empty cpuset means the parent's, and its files exist only where the
+/// parent enabled the controller.
+fn create(hierarchy: &Path, path: &str, copy_cpuset: bool) -> io::Result<()> {
     let mut dir = hierarchy.to_path_buf();
     for part in path.split('/').filter(|p| !p.is_empty()) {
         let parent = dir.clone();
@@ -78,6 +81,9 @@ fn create_with_cpuset(hierarchy: &Path, path: &str) -> io::Result<()> {
             continue;
         }
         std::fs::create_dir(&dir)?;
+        if !copy_cpuset {
+            continue;
+        }
         for file in ["cpuset.cpus", "cpuset.mems"] {
             if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
                 std::fs::write(dir.join(file), value.trim())?;
