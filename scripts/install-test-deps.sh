@@ -66,6 +66,7 @@ APT_PACKAGES=(
   conntrack          # the service proxy deletes stale UDP flows with it (tests/e2e/test_service_proxy.py)
   containerd         # the CRI backend's tests start private instances (crates/runtime/tests/containerd.rs,
                      # tests/e2e/test_containerd.py); the system service is kept off (below)
+  qemu-system-x86    # boots Debian's kernel on a cgroup v2 hierarchy (tests/e2e/test_cgroup_v2.py)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -195,5 +196,42 @@ for minor in 27 28 29 30 31 32 33; do
     fi
   fi
 done
+
+# --- 5. Debian's kernel for the cgroup v2 test VM --------------------------------
+# This machine's own cgroup layout is v1 (hybrid), which no test can change; the VM boots
+# Debian 12's kernel with cgroup v2, as Debian and every current distribution run it. Only
+# the kernel and the modules the VM loads are kept: .tools/vm/<package>/{vmlinuz,lib/modules/}.
+VM_DIR="$TOOLS/vm"
+kernel_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [[ -z "$kernel_pkg" ]]; then
+  warn_or_die "apt-cache names no kernel package for linux-image-amd64 (apt-get update?)"
+elif [[ -f "$VM_DIR/$kernel_pkg/vmlinuz" ]]; then
+  log "VM kernel present: $VM_DIR/$kernel_pkg"
+else
+  log "fetching $kernel_pkg for the cgroup v2 test VM"
+  work=$(mktemp -d)
+  # As root, apt-get download warns that its sandbox user cannot write here; it still works.
+  (cd "$work" && apt-get download -q "$kernel_pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  deb=$(ls "$work"/*.deb 2>/dev/null | head -1)
+  if [[ -z "$deb" ]]; then
+    rm -rf "$work"
+    warn_or_die "could not download $kernel_pkg"
+  else
+    dpkg-deb -x "$deb" "$work/root"
+    version=$(ls "$work/root/lib/modules" | head -1)
+    target="$VM_DIR/$kernel_pkg"
+    modules="$target/lib/modules/$version"
+    rm -rf "$target" && mkdir -p "$modules"
+    cp "$work/root/boot/vmlinuz-$version" "$target/vmlinuz"
+    for dir in drivers/virtio net/9p fs/9p fs/netfs fs/fscache fs/overlayfs; do
+      mkdir -p "$modules/kernel/$dir"
+      cp -r "$work/root/lib/modules/$version/kernel/$dir/." "$modules/kernel/$dir/"
+    done
+    cp "$work/root/lib/modules/$version"/modules.{order,builtin} "$modules/"
+    busybox depmod -b "$target" "$version"
+    rm -rf "$work"
+  fi
+fi
+[[ -z "$kernel_pkg" ]] || ln -sfn "$kernel_pkg" "$VM_DIR/kernel"
 
 log "done in $((SECONDS - START))s: $(cd "$BIN" && ls | tr '\n' ' ')"
