@@ -560,15 +560,23 @@ def agent_server(
 def cleanup_agent_leftovers(data_dir: Path) -> None:
     """Kills the container processes, shims and pause processes of the node agent that used
     `data_dir`, unmounts everything mounted below it, and removes the pod cgroups it made."""
-    containers = data_dir / "agent" / "runtime" / "containers"
+    runtime = data_dir / "agent" / "runtime"
     cgroup_paths: list[str] = []
-    for config in containers.glob("*/config.json"):
+    for config in (runtime / "containers").glob("*/config.json"):
         try:
             path = json.loads(config.read_text()).get("linux", {}).get("cgroupsPath")
         except (OSError, ValueError):
             continue
         if path:
             cgroup_paths.append(path.strip("/"))
+    # Each sandbox's pause process runs in <cgroup_parent>/<sandbox id>.
+    for record in (runtime / "sandboxes").glob("*/sandbox.json"):
+        try:
+            parent = json.loads(record.read_text()).get("config", {}).get("cgroup_parent", "")
+        except (OSError, ValueError):
+            continue
+        if parent.strip("/"):
+            cgroup_paths.append(f"{parent.strip('/')}/{record.parent.name}")
     controllers = [p for p in Path("/sys/fs/cgroup").iterdir() if (p / "cgroup.procs").exists()] or [
         Path("/sys/fs/cgroup")
     ]

@@ -149,6 +149,12 @@ impl RuntimeService for BuiltinRuntime {
         for container in containers {
             self.remove(&container).await?;
         }
+        if let Some(cgroup) = self.load_sandbox(id).ok().and_then(|record| sandbox::sandbox_cgroup(&record.config, id))
+        {
+            tokio::task::spawn_blocking(move || crate::cgroups::remove(&cgroup))
+                .await?
+                .map_err(|e| RuntimeError::Unavailable(format!("removing the sandbox's cgroup: {e}")))?;
+        }
         self.destroy_sandbox_dir(&dir).await
     }
 

@@ -116,7 +116,7 @@ impl BuiltinRuntime {
             new_ipc: !host_ipc,
             new_uts: !host_network,
             share_pid: options.pid == NamespaceMode::Pod,
-            cgroup: (!config.cgroup_parent.is_empty()).then(|| config.cgroup_parent.clone()),
+            cgroup: sandbox_cgroup(config, id),
             sysctls: config.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
         let started = shim::run_sandbox(&self.shim, &args)
@@ -243,6 +243,15 @@ fn detach_mount(path: &Path) {
 /// This machine's host name, for host-network sandboxes (they share the host's UTS namespace).
 fn host_name() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// The cgroup the sandbox's pause process runs in: its own below the pod's, as containerd
+/// gives the pause container one. cgroup v2 lets a cgroup hold processes or enable
+/// controllers for children, not both, so the pod's cgroup itself must stay empty for the
+/// containers' cgroups below it to get their limits.
+pub(super) fn sandbox_cgroup(config: &PodSandboxConfig, id: &str) -> Option<String> {
+    let parent = config.cgroup_parent.trim_end_matches('/');
+    (!parent.is_empty()).then(|| format!("{parent}/{id}"))
 }
 
 #[cfg(test)]

@@ -24,18 +24,32 @@ fn cgroup_roots() -> Vec<PathBuf> {
     roots
 }
 
-/// The cgroupsPath of every container the agent with data directory `node_dir` created.
+/// The cgroups of everything the agent with data directory `node_dir` started: each
+/// container's cgroupsPath, and each sandbox's cgroup (`<cgroup_parent>/<id>`, see the built-in
+/// runtime's sandboxes).
 fn container_cgroups(node_dir: &Path) -> Vec<String> {
-    let containers = node_dir.join("agent").join("runtime").join("containers");
+    let runtime = node_dir.join("agent").join("runtime");
     let mut paths = Vec::new();
-    for entry in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+    let mut add = |path: &str| {
+        let path = path.trim_matches('/');
+        if !path.is_empty() {
+            paths.push(path.to_owned());
+        }
+    };
+    for entry in std::fs::read_dir(runtime.join("containers")).into_iter().flatten().flatten() {
         let Ok(text) = std::fs::read_to_string(entry.path().join("config.json")) else { continue };
         let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         if let Some(path) = config.pointer("/linux/cgroupsPath").and_then(|p| p.as_str()) {
-            let path = path.trim_matches('/');
-            if !path.is_empty() {
-                paths.push(path.to_owned());
-            }
+            add(path);
+        }
+    }
+    for entry in std::fs::read_dir(runtime.join("sandboxes")).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("sandbox.json")) else { continue };
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        if let Some(parent) = record.pointer("/config/cgroup_parent").and_then(|p| p.as_str())
+            && !parent.trim_matches('/').is_empty()
+        {
+            add(&format!("{}/{}", parent.trim_end_matches('/'), entry.file_name().to_string_lossy()));
         }
     }
     paths
