@@ -618,6 +618,10 @@ def cleanup_agent_leftovers(data_dir: Path) -> None:
     for mount_point in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", mount_point], capture_output=True)
     pod_cgroups = {str(Path(p).parent) for p in cgroup_paths}
+    # The pods whose cgroups the agent made and had not removed yet (its notes).
+    for note in (data_dir / "agent" / "pod-cgroups").glob("*"):
+        pod_cgroups |= {f"kubepods/pod{note.name}", f"kubepods/burstable/pod{note.name}",
+                        f"kubepods/besteffort/pod{note.name}"}  # fmt: skip
     for path in sorted(set(cgroup_paths) | pod_cgroups, key=len, reverse=True):
         for controller in controllers:
             try:

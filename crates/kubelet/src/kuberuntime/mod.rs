@@ -286,6 +286,7 @@ impl KubeRuntimeManager {
         let dns = seams::dns_config(pod, &self.config);
         let (sandbox_id, sandbox_config) = if actions.create_sandbox {
             let limits = qos::pod_limits(pod);
+            seams::note_pod_cgroup(&self.config, uid);
             seams::ensure_cgroup(&cgroup_parent, &limits).await;
             let config = sandbox::sandbox_config(pod, &self.config, actions.attempt, cgroup_parent, dns);
             match self.runtime.run_pod_sandbox(&config).await {
@@ -632,14 +633,20 @@ impl KubeRuntimeManager {
         if let Err(error) = seams::teardown_pod_volumes(&self.config, uid).await {
             tracing::warn!(%error, pod_uid = uid, "tearing down pod volumes");
         }
-        for class in [qos::QosClass::Guaranteed, qos::QosClass::Burstable, qos::QosClass::BestEffort] {
-            seams::remove_cgroup(&qos::cgroup_parent(class, uid)).await;
-        }
+        self.remove_pod_cgroups(uid).await;
         Ok(())
     }
 
-    /// Sandboxes of pods that are not in `known` (pod UIDs): orphans left from an earlier run
-    /// whose pods were deleted while the agent was away. Stopped and removed.
+    async fn remove_pod_cgroups(&self, uid: &str) {
+        for class in [qos::QosClass::Guaranteed, qos::QosClass::Burstable, qos::QosClass::BestEffort] {
+            seams::remove_cgroup(&qos::cgroup_parent(class, uid)).await;
+        }
+        seams::forget_pod_cgroup(&self.config, uid);
+    }
+
+    /// Sandboxes and cgroups of pods that are not in `known` (pod UIDs): orphans left from an
+    /// earlier run whose pods were deleted while the agent was away, or whose cleanup it did not
+    /// finish. Stopped and removed.
     pub async fn remove_orphans(&self, known: &std::collections::HashSet<String>) -> Result<(), RuntimeError> {
         let mut by_uid: HashMap<String, Vec<String>> = HashMap::new();
         for s in self.runtime.list_pod_sandboxes().await? {
@@ -651,6 +658,10 @@ impl KubeRuntimeManager {
         for (uid, ids) in by_uid {
             tracing::info!(pod_uid = %uid, sandboxes = ids.len(), "removing sandboxes of a pod that no longer exists");
             self.remove_sandboxes(&uid, ids).await?;
+        }
+        for uid in seams::noted_pod_cgroups(&self.config).into_iter().filter(|uid| !known.contains(uid)) {
+            tracing::info!(pod_uid = %uid, "removing the cgroup of a pod that no longer exists");
+            self.remove_pod_cgroups(&uid).await;
         }
         Ok(())
     }

@@ -81,6 +81,37 @@ pub(crate) async fn ensure_cgroup(path: &str, limits: &PodLimits) {
     }
 }
 
+/// Where the agent notes the pods whose cgroups it made (`AGENT_DIR/pod-cgroups/<uid>`), so that
+/// a pod cgroup left behind (the agent stopped between removing a pod's sandboxes and its
+/// cgroup) is found and removed later. Only its own notes count: the agents of a dev cluster
+/// share one machine's cgroups, and another node's pods are not orphans.
+fn pod_cgroup_notes(config: &Config) -> PathBuf {
+    config.agent_dir.join("pod-cgroups")
+}
+
+/// Notes that this agent makes a cgroup for pod `uid`. A failure is logged: the cgroup is still
+/// removed with the pod, only not found again after a crash.
+pub(crate) fn note_pod_cgroup(config: &Config, uid: &str) {
+    let dir = pod_cgroup_notes(config);
+    if let Err(error) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(uid), b"")) {
+        tracing::warn!(%error, pod_uid = uid, "noting the pod cgroup");
+    }
+}
+
+pub(crate) fn forget_pod_cgroup(config: &Config, uid: &str) {
+    let _ = std::fs::remove_file(pod_cgroup_notes(config).join(uid));
+}
+
+/// The pods whose cgroups this agent made and has not removed yet.
+pub(crate) fn noted_pod_cgroups(config: &Config) -> Vec<String> {
+    std::fs::read_dir(pod_cgroup_notes(config))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+        .collect()
+}
+
 /// Removes a pod cgroup (killing anything left in it). Idempotent.
 pub(crate) async fn remove_cgroup(path: &str) {
     let owned = path.to_string();

@@ -115,9 +115,16 @@ pub fn kill_agent_leftovers(node_dir: &Path) {
         killed.push(pid);
     }
     wait_gone(&killed, Duration::from_secs(3));
-    // Containers' cgroups first, then their pods' (the parents), deepest first.
-    let pods: BTreeSet<String> =
+    // Containers' cgroups first, then their pods' (the parents, and those the agent noted it
+    // made), deepest first.
+    let mut pods: BTreeSet<String> =
         cgroups.iter().filter_map(|p| Path::new(p).parent()).map(|p| p.to_string_lossy().into_owned()).collect();
+    for note in std::fs::read_dir(node_dir.join("agent").join("pod-cgroups")).into_iter().flatten().flatten() {
+        let uid = note.file_name().to_string_lossy().into_owned();
+        for qos in ["kubepods", "kubepods/burstable", "kubepods/besteffort"] {
+            pods.insert(format!("{qos}/pod{uid}"));
+        }
+    }
     let mut all: Vec<String> = cgroups.into_iter().chain(pods).filter(|p| !p.is_empty()).collect();
     all.sort_by_key(|p| std::cmp::Reverse(p.len()));
     all.dedup();
