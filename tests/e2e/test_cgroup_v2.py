@@ -16,7 +16,7 @@ container over its limit is OOMKilled, and the agent's resource metrics come fro
 qemu emulates the CPU (TCG): this machine is itself a VM and nested KVM hangs at boot.
 The shim's own exec tests are left out in the VM: they fail there with v1 hierarchies as well
 (their fixture's exec does not find the container's files), while `kubectl exec` through the
-node agent works there; they run on this machine with the rest of the suite.
+node agent works there (tested below); they run on this machine with the rest of the suite.
 """
 
 from __future__ import annotations
@@ -151,6 +151,7 @@ pod=/sys/fs/cgroup/kubepods/burstable/pod$($K get pod limited -o jsonpath='{{.me
 for f in cpu.max memory.max cgroup.procs; do echo "$f=$(cat $pod/$f | tr '\n' ' ')"; done > $W/pod-cgroup
 for d in $pod/*/; do echo "$(basename $d) procs=$(cat $d/cgroup.procs | wc -l) memory.max=$(cat $d/memory.max)"; done \
   > $W/pod-children
+$K exec limited -- sh -c 'echo exec in $(hostname); exit 3' > $W/exec.out 2> $W/exec.err; echo $? > $W/exec.rc
 for i in $(seq 1 60); do
   $K get --raw /api/v1/nodes/tug-vm/proxy/metrics/resource > $W/metrics 2>&1
   grep -q '^container_memory_working_set_bytes{{container="c",namespace="default",pod="limited"}}' $W/metrics && break
@@ -251,6 +252,12 @@ def test_a_container_over_its_memory_limit_is_oom_killed_on_cgroup_v2(vm_run):
     assert oom["status"]["phase"] == "Failed", (oom["status"], server_log(work))
     terminated = oom["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137), terminated
+
+
+def test_exec_reaches_a_container_on_cgroup_v2(vm_run):
+    work, _ = vm_run
+    assert (work / "exec.out").read_text() == "exec in limited\n"
+    assert (work / "exec.rc").read_text().strip() == "3"
 
 
 def test_resource_metrics_come_from_the_v2_files(vm_run):
