@@ -42,15 +42,19 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def built_tests(package: str) -> dict[str, Path]:
-    """The test executables of `package` by target name, as cargo built them."""
+    """The test executables of `package` by target name, as the suite's build made them: asked
+    of the whole workspace, as scripts/test.sh builds it, so that cargo resolves the same
+    features and has nothing to rebuild."""
     out = subprocess.run(
-        ["cargo", "test", "-p", package, "--no-run", "--message-format=json"],
+        ["cargo", "test", "--workspace", "--no-run", "--message-format=json"],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     found = {}
     for line in out.stdout.splitlines():
         message = json.loads(line)
-        if message.get("reason") == "compiler-artifact" and message.get("executable") and message["profile"]["test"]:
+        # A package id reads "path+file:///.../crates/runtime#tug-runtime@0.1.0".
+        name = message.get("package_id", "").rsplit("#", 1)[-1].split("@")[0]
+        if message.get("reason") == "compiler-artifact" and message.get("executable") and name == package:
             found[message["target"]["name"]] = Path(message["executable"])
     return found
 
@@ -82,14 +86,17 @@ def initramfs(work: Path) -> Path:
     return image
 
 
-def boot(work: Path, script: str, timeout: float = 480) -> str:
-    """Runs `script` (sh) in the VM with `work` shared read-write at the same path; the console."""
+def boot(work: Path, script: str, binds: list[Path], timeout: float = 480) -> str:
+    """Runs `script` (sh) in the VM with `work` shared read-write at the same path and `binds`
+    visible read-only at theirs (the VM has a fresh /tmp and /run); the console."""
     run = work / "run.sh"
     run.write_text(script)
+    bind = ",".join(sorted({str(p) for p in binds}))
+    assert not any(c in bind for c in " \t\n"), f"paths the kernel command line cannot carry: {bind}"
     console = subprocess.run(
         [QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2048", "-smp", "2",
          "-nographic", "-no-reboot", "-kernel", str(KERNEL / "vmlinuz"), "-initrd", str(initramfs(work)),
-         "-append", f"console=ttyS0 panic=-1 quiet tug.run={run} tug.work={work}",
+         "-append", f"console=ttyS0 panic=-1 quiet tug.run={run} tug.work={work} tug.bind={bind}",
          "-fsdev", "local,id=host,path=/,security_model=passthrough,readonly=on",
          "-device", "virtio-9p-pci,fsdev=host,mount_tag=hostroot",
          "-fsdev", f"local,id=work,path={work},security_model=passthrough",
@@ -181,7 +188,8 @@ export CI=true TUG_BIN={tug}
 {binaries["shim"]} --test-threads 1 --skip exec_ > {work}/shim.log 2>&1; echo $? > {work}/shim.rc
 {node_script(work, tug)}
 """
-    console = boot(work, script)
+    binds = [REPO_ROOT, tug.parent, *(b.parent for b in binaries.values())]
+    console = boot(work, script, binds)
     assert "TUG-VM-ERROR" not in console, console[-5000:]
     assert "TUG-VM-EXIT=" in console, f"the VM did not finish:\n{console[-5000:]}"
 
