@@ -80,6 +80,21 @@ def links_named(prefixes: list[str]) -> list[str]:
     return [n for n in names if any(n.startswith(p) for p in prefixes)]
 
 
+def down_leaving_nothing(cluster: DevCluster) -> None:
+    """`tug dev cluster down`, then nothing of the cluster may be left: no mount under its
+    directory, no process naming it, no cgroup of its pods, none of its links."""
+    state_file = cluster.dir / "cluster.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    pods = cluster.kubectl("get", "pods", "-A", "-o", "json", check=False).stdout
+    uids = [p["metadata"]["uid"] for p in json.loads(pods)["items"]] if pods else []
+    down = cluster.tug("down", "--dir", str(cluster.dir))
+    assert down.returncode == 0, f"down failed ({down.returncode}):\n{down.stderr[-3000:]}"
+    assert leftovers(cluster.dir) == {"mounts": [], "processes": []}
+    assert pod_cgroups(uids) == []
+    if state:
+        assert links_named([state["bridge"]] + [n["host_veth"] for n in state["nodes"]]) == []
+
+
 @pytest.fixture(scope="module")
 def dev_cluster(tmp_path_factory):
     require(os.geteuid() == 0, "a dev cluster needs root (network namespaces, bridges, containers)")
@@ -91,16 +106,7 @@ def dev_cluster(tmp_path_factory):
         assert f"kubeconfig: {cluster.kubeconfig}" in up.stdout
         yield cluster
     finally:
-        state = json.loads((cluster.dir / "cluster.json").read_text()) if (cluster.dir / "cluster.json").exists() else {}
-        pods = cluster.kubectl("get", "pods", "-A", "-o", "json", check=False).stdout
-        uids = [p["metadata"]["uid"] for p in json.loads(pods)["items"]] if pods else []
-        down = cluster.tug("down", "--dir", str(cluster.dir))
-        assert down.returncode == 0, f"down failed ({down.returncode}):\n{down.stderr[-3000:]}"
-        left = leftovers(cluster.dir)
-        assert left == {"mounts": [], "processes": []}, left
-        assert pod_cgroups(uids) == []
-        if state:
-            assert links_named([state["bridge"]] + [n["host_veth"] for n in state["nodes"]]) == []
+        down_leaving_nothing(cluster)
 
 
 def test_all_nodes_are_ready_with_their_own_address_and_pod_cidr(dev_cluster):

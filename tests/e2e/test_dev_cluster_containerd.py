@@ -21,7 +21,7 @@ import pytest
 
 from registry import pause_image, run_checked, test_images, tug_binary  # noqa: F401
 from support import TOOLS_BIN, require, wait_for
-from test_dev_cluster import DevCluster, in_node, leftovers, links_named, pod_cgroups, run_pod
+from test_dev_cluster import DevCluster, down_leaving_nothing, in_node, run_pod
 
 NAME = "tug-cri"
 SUBNET = "172.30.72"
@@ -39,7 +39,6 @@ def cluster(tmp_path_factory, test_images):  # noqa: F811
     require((TOOLS_BIN / "kubectl-1.36").is_file(), f"no kubectl-1.36 in {TOOLS_BIN}")
     work = tmp_path_factory.mktemp("cri-dev")
     cluster = DevCluster(work / "c", tug_binary())
-    uids: list[str] = []
     try:
         up = cluster.tug(
             "up", "--nodes", "2", "--dir", str(cluster.dir), "--name", NAME, "--subnet", f"{SUBNET}.0/24",
@@ -55,15 +54,7 @@ def cluster(tmp_path_factory, test_images):  # noqa: F811
             assert f"imported {name}" in loaded.stdout, loaded.stdout
         yield cluster
     finally:
-        state = json.loads((cluster.dir / "cluster.json").read_text()) if (cluster.dir / "cluster.json").exists() else {}
-        pods = cluster.kubectl("get", "pods", "-A", "-o", "json", check=False).stdout
-        uids = [p["metadata"]["uid"] for p in json.loads(pods)["items"]] if pods else []
-        down = cluster.tug("down", "--dir", str(cluster.dir))
-        assert down.returncode == 0, f"down failed ({down.returncode}):\n{down.stderr[-3000:]}"
-        assert leftovers(cluster.dir) == {"mounts": [], "processes": []}
-        assert pod_cgroups(uids) == []
-        if state:
-            assert links_named([state["bridge"]] + [n["host_veth"] for n in state["nodes"]]) == []
+        down_leaving_nothing(cluster)
 
 
 def peer_server(cluster: DevCluster, name: str, node: str) -> dict:

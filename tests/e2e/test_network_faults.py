@@ -17,7 +17,7 @@ import pytest
 
 from support import TOOLS_BIN, require, wait_for
 from registry import run_checked, test_images, tug_binary  # noqa: F401
-from test_dev_cluster import DevCluster, in_node, leftovers, links_named, pod_cgroups, run_pod, web
+from test_dev_cluster import DevCluster, down_leaving_nothing, in_node, run_pod, web
 
 NODES = 3
 NAME = "tug-faults"
@@ -38,16 +38,7 @@ def cluster(tmp_path_factory):
         yield cluster
     finally:
         # Everything must go, including what nodes stopped and started again left behind.
-        state_file = cluster.dir / "cluster.json"
-        state = json.loads(state_file.read_text()) if state_file.exists() else {}
-        pods = cluster.kubectl("get", "pods", "-A", "-o", "json", check=False).stdout
-        uids = [p["metadata"]["uid"] for p in json.loads(pods)["items"]] if pods else []
-        down = cluster.tug("down", "--dir", str(cluster.dir))
-        assert down.returncode == 0, f"down failed ({down.returncode}):\n{down.stderr[-3000:]}"
-        assert leftovers(cluster.dir) == {"mounts": [], "processes": []}
-        assert pod_cgroups(uids) == []
-        if state:
-            assert links_named([state["bridge"]] + [n["host_veth"] for n in state["nodes"]]) == []
+        down_leaving_nothing(cluster)
 
 
 @pytest.fixture(scope="module")

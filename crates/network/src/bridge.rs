@@ -66,12 +66,7 @@ impl BridgeNetwork {
     /// A network that is not ready until [`set_subnet`](Self::set_subnet) gives it the node's
     /// podCIDR. Must be called inside a tokio runtime (it opens a netlink connection).
     pub fn new(config: BridgeConfig) -> Result<Self, NetworkError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| NetworkError::Io {
-            operation: "opening a netlink socket in",
-            path: "/proc/self/ns/net".into(),
-            source,
-        })?;
-        tokio::spawn(connection);
+        let handle = crate::open_netlink()?;
         let host_ports = load_host_ports(&config.state_dir.join("hostports"));
         Ok(BridgeNetwork {
             config,

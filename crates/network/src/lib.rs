@@ -108,6 +108,18 @@ pub enum NetworkError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// A netlink connection to the calling thread's network namespace, its connection task spawned
+/// on the current tokio runtime (so it must be called inside one).
+pub(crate) fn open_netlink() -> Result<rtnetlink::Handle, NetworkError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| NetworkError::Io {
+        operation: "opening a netlink socket in",
+        path: "/proc/self/ns/net".into(),
+        source,
+    })?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
 /// Writes a sysctl under /proc/sys, logging (not failing) when it cannot.
 pub(crate) fn set_sysctl(key: &str, value: &str) {
     let path = format!("/proc/sys/{key}");

@@ -142,12 +142,7 @@ pub struct RuntimeCniNetwork {
 impl RuntimeCniNetwork {
     /// Must be called inside a tokio runtime (it opens a netlink connection).
     pub fn new(config: RuntimeCniConfig) -> Result<Self, NetworkError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| NetworkError::Io {
-            operation: "opening a netlink socket in",
-            path: "/proc/self/ns/net".into(),
-            source,
-        })?;
-        tokio::spawn(connection);
+        let handle = crate::open_netlink()?;
         Ok(RuntimeCniNetwork { config, handle, state: Mutex::default(), rules: tokio::sync::Mutex::new(()) })
     }
 
