@@ -369,11 +369,10 @@ async fn orphan_sandboxes_are_removed_and_known_ones_kept() {
     // A pod whose sandboxes went but whose cgroup the agent did not get to remove.
     seams::note_pod_cgroup(&m.config, "half-removed");
     m.remove_orphans(&["u".to_string()].into_iter().collect()).await.unwrap();
-    let f = runtime.0.lock().unwrap();
-    let left: Vec<_> = f.sandboxes.iter().map(|(s, _)| s.labels[labels::POD_UID].clone()).collect();
+    let left: Vec<_> =
+        runtime.0.lock().unwrap().sandboxes.iter().map(|(s, _)| s.labels[labels::POD_UID].clone()).collect();
     assert_eq!(left, vec!["u"]);
     // Only the live pod's cgroup is still noted; the others were removed.
     assert_eq!(seams::noted_pod_cgroups(&m.config), vec!["u"]);
-    drop(f);
     m.remove_pod_cgroups("u").await;
 }
