@@ -637,11 +637,16 @@ impl KubeRuntimeManager {
         Ok(())
     }
 
+    /// Removes the pod's cgroup (whichever QoS class it was made under); its note goes only
+    /// once it is gone, so that a failure is retried at the next start.
     async fn remove_pod_cgroups(&self, uid: &str) {
+        let mut removed = true;
         for class in [qos::QosClass::Guaranteed, qos::QosClass::Burstable, qos::QosClass::BestEffort] {
-            seams::remove_cgroup(&qos::cgroup_parent(class, uid)).await;
+            removed &= seams::remove_cgroup(&qos::cgroup_parent(class, uid)).await;
         }
-        seams::forget_pod_cgroup(&self.config, uid);
+        if removed {
+            seams::forget_pod_cgroup(&self.config, uid);
+        }
     }
 
     /// Sandboxes and cgroups of pods that are not in `known` (pod UIDs): orphans left from an

@@ -112,13 +112,20 @@ pub(crate) fn noted_pod_cgroups(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// Removes a pod cgroup (killing anything left in it). Idempotent.
-pub(crate) async fn remove_cgroup(path: &str) {
+/// Removes a pod cgroup (killing anything left in it). Idempotent. Whether it is gone; a
+/// failure is logged.
+pub(crate) async fn remove_cgroup(path: &str) -> bool {
     let owned = path.to_string();
     match tokio::task::spawn_blocking(move || cgroups::remove(&owned)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, path, "removing the pod cgroup"),
-        Err(error) => tracing::warn!(%error, path, "removing the pod cgroup"),
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, path, "removing the pod cgroup");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, path, "removing the pod cgroup");
+            false
+        }
     }
 }
 

@@ -148,23 +148,6 @@ pub fn kill_all(pids: &[i32]) {
     wait_gone(pids, Duration::from_secs(3));
 }
 
-/// Removes the pod-level cgroups the node agent made for the pods `uids` (under `kubepods`,
-/// per QoS class), in every hierarchy; their containers' cgroups must be gone already.
-pub fn remove_pod_cgroups(uids: &[String]) {
-    for root in cgroup_roots() {
-        for uid in uids {
-            for qos in ["kubepods", "kubepods/burstable", "kubepods/besteffort"] {
-                let dir = root.join(qos).join(format!("pod{uid}"));
-                if dir.exists()
-                    && let Err(error) = std::fs::remove_dir(&dir)
-                {
-                    tracing::debug!(path = %dir.display(), %error, "cannot remove a leftover pod cgroup");
-                }
-            }
-        }
-    }
-}
-
 /// The mount points at or below `dir` in our mount namespace.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let points = tug_kubelet::volumemanager::mount::mount_points().unwrap_or_default();

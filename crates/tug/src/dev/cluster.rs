@@ -411,11 +411,10 @@ pub async fn down(dir: &Path) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || stop_groups(&stopped, &pids)).await.context("the stop task")?;
     // Pods of containerd nodes go through CRI while their containerd still runs: stopping a
     // sandbox is what tears its network down.
-    let mut pod_uids = Vec::new();
     for node_dir in node_dirs(&dir) {
         let runtime = NodeContainerd::for_node(&node_dir);
         if runtime.exists() {
-            pod_uids.extend(runtime.remove_all_pods().await);
+            runtime.remove_all_pods().await;
         }
     }
     let cleaned = dir.clone();
@@ -426,7 +425,6 @@ pub async fn down(dir: &Path) -> anyhow::Result<()> {
             cleanup::kill_all(&containerd::task_pids(&node_dir));
             cleanup::kill_agent_leftovers(&node_dir);
         }
-        cleanup::remove_pod_cgroups(&pod_uids);
         cleanup::unmount_under(&cleaned);
     })
     .await

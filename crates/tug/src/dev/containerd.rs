@@ -136,22 +136,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     }
 
     /// Stops and removes every pod sandbox (and so every container) through CRI, as
-    /// `crictl rmp --all --force` does; returns the pods' uids. Nothing when containerd does
-    /// not answer.
-    pub async fn remove_all_pods(&self) -> Vec<String> {
+    /// `crictl rmp --all --force` does; nothing when containerd does not answer. The pods'
+    /// own cgroups are the agent's, removed from its notes (`cleanup::kill_agent_leftovers`).
+    pub async fn remove_all_pods(&self) {
         if !self.socket().exists() {
-            return Vec::new();
+            return;
         }
         let runtime = match tokio::time::timeout(Duration::from_secs(5), RemoteRuntime::connect(&self.endpoint())).await
         {
             Ok(Ok(runtime)) => runtime,
-            _ => return Vec::new(),
+            _ => return,
         };
         let sandboxes = match tokio::time::timeout(Duration::from_secs(10), runtime.list_pod_sandboxes()).await {
             Ok(Ok(sandboxes)) => sandboxes,
-            _ => return Vec::new(),
+            _ => return,
         };
-        let mut uids = Vec::new();
         for sandbox in sandboxes {
             let removed = tokio::time::timeout(Duration::from_secs(30), async {
                 runtime.stop_pod_sandbox(&sandbox.id).await?;
@@ -161,9 +160,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if !matches!(removed, Ok(Ok(()))) {
                 tracing::warn!(sandbox = %sandbox.id, ?removed, "cannot remove a pod sandbox through CRI");
             }
-            uids.push(sandbox.metadata.uid);
         }
-        uids
     }
 
     /// Imports an image archive with `ctr` into the namespace CRI reads; returns the names
