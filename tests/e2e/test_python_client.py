@@ -203,3 +203,45 @@ def test_python_client_list_paging_with_label_selectors(kube_client, namespace):
     first = v1.list_namespaced_config_map(namespace, limit=10)
     assert len(first.items) == 10
     assert first.metadata.remaining_item_count == total - 10
+
+
+def test_bookmarks_of_a_quiet_watch_carry_a_recent_resource_version(kube_client, namespace):
+    """An informer of a resource nobody writes must not fall behind: its bookmarks carry the
+    revision up to which everything is known, so that resuming from one never meets a
+    revision compaction has passed (a 410 and a full relist). As upstream, a watch that
+    times out ends with a bookmark."""
+    v1 = client.CoreV1Api(kube_client)
+    start = v1.list_namespaced_config_map(namespace).metadata.resource_version
+    newest = 0
+    for i in range(3):
+        secret = client.V1Secret(metadata=client.V1ObjectMeta(name=f"elsewhere-{i}"))
+        newest = int(v1.create_namespaced_secret(namespace, secret).metadata.resource_version)
+    assert newest > int(start)
+
+    response = v1.list_namespaced_config_map(
+        namespace,
+        watch=True,
+        allow_watch_bookmarks=True,
+        resource_version=start,
+        timeout_seconds=3,
+        _preload_content=False,
+        _request_timeout=30,
+    )
+    events = [json.loads(line) for line in response.read().decode().splitlines() if line.strip()]
+    assert [event["type"] for event in events] == ["BOOKMARK"], events
+    bookmark = events[0]["object"]
+    assert bookmark["kind"] == "ConfigMap"
+    assert int(bookmark["metadata"]["resourceVersion"]) >= newest, (bookmark, newest)
+
+    # Resuming from the bookmark sees the next change and nothing before it.
+    v1.create_namespaced_config_map(namespace, configmap("after-bookmark", {}, {}))
+    resumed = v1.list_namespaced_config_map(
+        namespace,
+        watch=True,
+        resource_version=bookmark["metadata"]["resourceVersion"],
+        timeout_seconds=1,
+        _preload_content=False,
+        _request_timeout=30,
+    )
+    events = [json.loads(line) for line in resumed.read().decode().splitlines() if line.strip()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "after-bookmark")], events

@@ -22,7 +22,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tug_api::Registry;
-use tug_store::{EventKind, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchStream};
+use tug_store::{
+    EventKind, KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store, StoreError, WatchStream,
+};
 
 use crate::codec;
 
@@ -268,6 +270,15 @@ impl Store for TrackingStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         self.inner.watch(prefix, after).await
+    }
+
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        after: Revision,
+        progress_every: Option<Duration>,
+    ) -> Result<ProgressWatchStream, StoreError> {
+        self.inner.watch_with_progress(prefix, after, progress_every).await
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

@@ -27,10 +27,11 @@ pub mod sqlite;
 mod watch;
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt, future};
 
 pub use error::StoreError;
 
@@ -110,6 +111,21 @@ impl WatchEvent {
 /// far behind to be served (the caller should resume from its last revision).
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
 
+/// What a watch with progress reports yields: the changes, and now and then word that nothing
+/// more is due up to a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    Event(WatchEvent),
+    /// Every change under the watched prefix up to and including this revision has been
+    /// reported. An idle watch learns from it that it is current, which is what an API watch's
+    /// bookmarks tell clients: an informer that resumes from a bookmark of an idle resource
+    /// then resumes from a recent revision instead of one compaction has long passed.
+    Progress(Revision),
+}
+
+/// A [`WatchStream`] with progress reports; it ends as a `WatchStream` does.
+pub type ProgressWatchStream = Pin<Box<dyn Stream<Item = Result<WatchItem, StoreError>> + Send>>;
+
 /// The revisioned key-value store.
 ///
 /// Every mutating call returns only once the write is durable for that backend, and each call is
@@ -139,7 +155,26 @@ pub trait Store: Send + Sync + 'static {
     /// Changes to keys under `prefix` with a revision greater than `after`, then live ones.
     /// `after == 0` means "from now on". Fails with `Compacted` when `after` is older than the
     /// compacted revision, because some changes after it are no longer known.
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        let items = self.watch_with_progress(prefix, after, None).await?;
+        Ok(Box::pin(items.filter_map(|item| {
+            future::ready(match item {
+                Ok(WatchItem::Event(event)) => Some(Ok(event)),
+                Ok(WatchItem::Progress(_)) => None,
+                Err(error) => Some(Err(error)),
+            })
+        })))
+    }
+
+    /// [`watch`](Store::watch), with a [`WatchItem::Progress`] about every `progress_every`
+    /// once the replay of history is done, when the store's revision has moved past the last
+    /// item reported (by changes under other prefixes). `None`: no progress reports.
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        after: Revision,
+        progress_every: Option<Duration>,
+    ) -> Result<ProgressWatchStream, StoreError>;
 
     /// Forgets history before `revision`: reads at it or later keep working, reads and watches
     /// from before it fail with `Compacted` afterwards. Compacting at the already compacted

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,8 +17,8 @@ use bytes::Bytes;
 use crate::rules;
 use crate::watch::{self, EventSender};
 use crate::{
-    DEFAULT_WATCH_BUFFER, EventKind, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent,
-    WatchStream,
+    DEFAULT_WATCH_BUFFER, EventKind, KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store,
+    StoreError, WatchEvent,
 };
 
 /// The in-memory backend. Cheap to create; everything is lost when it is dropped.
@@ -192,7 +193,12 @@ impl Store for MemoryStore {
         Ok(deleted)
     }
 
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        after: Revision,
+        progress_every: Option<Duration>,
+    ) -> Result<ProgressWatchStream, StoreError> {
         let state = self.state();
         rules::watch_start(after, state.compacted)?;
         // Subscribing under the lock means the feed holds exactly the changes after `snapshot`.
@@ -211,7 +217,7 @@ impl Store for MemoryStore {
         };
         drop(state);
         let cutoff = after.max(snapshot);
-        Ok(watch::follow(futures::stream::iter(replay), live, prefix.to_owned(), cutoff))
+        Ok(watch::follow(futures::stream::iter(replay), &self.events, live, prefix.to_owned(), cutoff, progress_every))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

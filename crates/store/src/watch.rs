@@ -5,14 +5,22 @@
 //! backend subscribes *before* it reads the replay at some snapshot revision; every change
 //! after the snapshot is then certainly in the subscription, and changes at or before it (which
 //! the replay already holds, or which the watcher asked not to see) are dropped by revision.
+//!
+//! The hub also remembers the newest revision it published, which gives a watcher its progress
+//! reports: once a watcher has drained every change its channel held, it has seen every change
+//! under its prefix up to the revision the hub had published before the draining began.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::time::{Instant, Sleep};
 
-use crate::{Revision, StoreError, WatchEvent, WatchStream};
+use crate::{ProgressWatchStream, Revision, StoreError, WatchEvent, WatchItem};
 
 /// The live feed a backend publishes committed changes on.
 pub(crate) type EventSender = Arc<EventHub>;
@@ -38,17 +46,26 @@ pub(crate) struct EventHub {
     capacity: usize,
     buckets: RwLock<HashMap<String, broadcast::Sender<Arc<WatchEvent>>>>,
     everything: broadcast::Sender<Arc<WatchEvent>>,
+    /// The revision of the newest change published, stored after it is in every channel.
+    published: AtomicI64,
 }
 
 impl EventHub {
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
         let capacity = capacity.max(1);
         let everything = broadcast::channel(capacity).0;
-        Arc::new(EventHub { capacity: capacity.min(BUCKET_CAPACITY), buckets: RwLock::default(), everything })
+        Arc::new(EventHub {
+            capacity: capacity.min(BUCKET_CAPACITY),
+            buckets: RwLock::default(),
+            everything,
+            published: AtomicI64::new(0),
+        })
     }
 
     /// Publishes a committed change to the watchers it may concern. Nobody watching is fine.
+    /// Changes must be published one at a time, in revision order (each backend has one writer).
     pub(crate) fn send(&self, event: Arc<WatchEvent>) {
+        let revision = event.revision();
         if self.everything.receiver_count() > 0 {
             let _ = self.everything.send(Arc::clone(&event));
         }
@@ -58,6 +75,13 @@ impl EventHub {
                 let _ = channel.send(event);
             }
         }
+        // Release: a watcher that reads this revision finds the change in its channel.
+        self.published.store(revision, Ordering::Release);
+    }
+
+    /// The revision of the newest change published.
+    fn published(&self) -> Revision {
+        self.published.load(Ordering::Acquire)
     }
 
     /// A feed that holds at least every change under `prefix` published from now on.
@@ -83,12 +107,34 @@ fn bucket(key: &str) -> Option<&str> {
 ///
 /// Live events at or below `cutoff` (the revision the replay was read at, or the watcher's
 /// `after` if that is newer) are dropped, so nothing is reported twice. The stream ends after
-/// its first error: a watcher cannot trust anything after a hole in its feed.
-pub(crate) fn follow<R>(replay: R, live: EventReceiver, prefix: String, cutoff: Revision) -> WatchStream
+/// its first error: a watcher cannot trust anything after a hole in its feed. With
+/// `progress_every`, the live part reports progress (see [`Live`]).
+pub(crate) fn follow<R>(
+    replay: R,
+    hub: &Arc<EventHub>,
+    live: EventReceiver,
+    prefix: String,
+    cutoff: Revision,
+    progress_every: Option<Duration>,
+) -> ProgressWatchStream
 where
     R: Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static,
 {
-    let events = Box::pin(replay.chain(live_events(live, prefix, cutoff)));
+    let live = Live {
+        hub: Arc::downgrade(hub),
+        live,
+        prefix,
+        reported: cutoff,
+        progress: progress_every.map(|every| (every, Box::pin(tokio::time::sleep(every)))),
+        draining_to: None,
+    };
+    let live = stream::unfold(Some(live), |live| async move {
+        let mut live = live?;
+        let item = live.next_item().await;
+        let more = item.is_ok();
+        Some((item, more.then_some(live)))
+    });
+    let events = Box::pin(replay.map(|event| event.map(WatchItem::Event)).chain(live));
     // Checked before polling on: after a replay error the chain would move on to the live feed.
     Box::pin(stream::unfold((events, false), |(mut events, failed)| async move {
         if failed {
@@ -100,30 +146,80 @@ where
     }))
 }
 
-/// Live events under `prefix` newer than `cutoff`; ends with `WatcherLagged` if the subscription
-/// overflowed and with `Closed` once the store is gone.
-fn live_events(
+/// The live part of a watch: the changes under `prefix` newer than the last revision reported.
+/// It fails with `WatcherLagged` if the subscription overflowed and with `Closed` once the
+/// store is gone.
+///
+/// With progress reports, every `every` it notes the hub's newest published revision, drains
+/// its channel (reporting the changes in it) and then reports progress to the noted revision,
+/// if that is newer than anything reported: every change up to it was in the channel by then.
+struct Live {
+    /// Weak: the channels close, ending the watch, when the store (and so the hub) is dropped.
+    hub: Weak<EventHub>,
     live: EventReceiver,
     prefix: String,
-    cutoff: Revision,
-) -> impl Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static {
-    stream::unfold(Some((live, prefix)), move |state| async move {
-        let (mut live, prefix) = state?;
+    /// The newest revision reported, as a change or as progress (at first the cutoff).
+    reported: Revision,
+    progress: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// While draining for a progress report: the revision it will report.
+    draining_to: Option<Revision>,
+}
+
+impl Live {
+    async fn next_item(&mut self) -> Result<WatchItem, StoreError> {
         loop {
-            match live.recv().await {
+            if let Some(target) = self.draining_to {
+                match self.live.try_recv() {
+                    Ok(event) => {
+                        if let Some(event) = self.take(&event) {
+                            return Ok(WatchItem::Event(event));
+                        }
+                    }
+                    Err(TryRecvError::Empty) => {
+                        self.draining_to = None;
+                        if let Some((every, timer)) = &mut self.progress {
+                            timer.as_mut().reset(Instant::now() + *every);
+                        }
+                        if target > self.reported {
+                            self.reported = target;
+                            return Ok(WatchItem::Progress(target));
+                        }
+                    }
+                    Err(TryRecvError::Lagged(missed)) => return Err(StoreError::WatcherLagged { missed }),
+                    Err(TryRecvError::Closed) => return Err(StoreError::Closed),
+                }
+                continue;
+            }
+            let received = match &mut self.progress {
+                None => self.live.recv().await,
+                Some((_, timer)) => tokio::select! {
+                    received = self.live.recv() => received,
+                    () = timer.as_mut() => {
+                        self.draining_to = Some(self.hub.upgrade().map_or(0, |hub| hub.published()));
+                        continue;
+                    }
+                },
+            };
+            match received {
                 Ok(event) => {
-                    if event.revision() > cutoff && event.kv.key.starts_with(&prefix) {
-                        let event = WatchEvent::clone(&event);
-                        return Some((Ok(event), Some((live, prefix))));
+                    if let Some(event) = self.take(&event) {
+                        return Ok(WatchItem::Event(event));
                     }
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    return Some((Err(StoreError::WatcherLagged { missed }), None));
-                }
-                Err(RecvError::Closed) => return Some((Err(StoreError::Closed), None)),
+                Err(RecvError::Lagged(missed)) => return Err(StoreError::WatcherLagged { missed }),
+                Err(RecvError::Closed) => return Err(StoreError::Closed),
             }
         }
-    })
+    }
+
+    /// The change to report for a published one, if it is news under this watch's prefix.
+    fn take(&mut self, event: &WatchEvent) -> Option<WatchEvent> {
+        if event.revision() <= self.reported || !event.kv.key.starts_with(&self.prefix) {
+            return None;
+        }
+        self.reported = event.revision();
+        Some(event.clone())
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! first as ADDED events; with one, the changes after it; a compacted one ends the stream with
 //! an ERROR event carrying a 410 `Status`. Label and field selectors apply to both the old and
 //! the new state, so an object that stops matching is reported DELETED. Bookmarks are sent when
-//! the client allows them, including the `k8s.io/initial-events-end` one of `sendInitialEvents`.
+//! the client allows them, including the `k8s.io/initial-events-end` one of `sendInitialEvents`;
+//! like upstream's, they carry a recent revision even when the watched resource is idle.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tug_api::{ApiError, ResourceType};
-use tug_store::{EventKind, ListOptions, Revision, StoreError, WatchEvent};
+use tug_store::{EventKind, ListOptions, Revision, StoreError, WatchEvent, WatchItem};
 
 use super::Call;
 use super::read::Filter;
@@ -30,6 +31,11 @@ use crate::server::ApiServer;
 
 /// How often an idle watch with bookmarks allowed gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the store tells a watch with bookmarks how far it has seen every change: a
+/// bookmark carries that revision, so that a client resuming from it is never further behind
+/// than this plus the bookmark interval, however idle its resource. (Resuming from a revision
+/// compaction has passed costs the client a 410 and a full list.)
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often a watch of a custom resource checks that the resource is still served.
 const SERVED_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The default lifetime of a watch; upstream picks between 30 and 60 minutes.
@@ -145,7 +151,10 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         }
         Start::After(r) => (None, r),
     };
-    let stream = match srv.store.watch(&prefix, after).await {
+    // A short watch hears from the store more often, so that its closing bookmark is recent.
+    let progress_every =
+        bookmarks.then(|| PROGRESS_INTERVAL.min(Duration::from_secs(timeout) / 3).max(Duration::from_millis(500)));
+    let stream = match srv.store.watch_with_progress(&prefix, after, progress_every).await {
         Ok(s) => Ok(s),
         // Answered with an ERROR event in the stream, as upstream does, not an HTTP error.
         Err(StoreError::Compacted { compacted, .. }) => Err(compacted),
@@ -185,7 +194,14 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         let mut last_rev = after;
         loop {
             tokio::select! {
-                _ = &mut deadline => return,
+                _ = &mut deadline => {
+                    // As upstream, a watch that times out ends with a bookmark: the client
+                    // resumes from a recent revision.
+                    if bookmarks {
+                        let _ = send(enc.bookmark(last_rev, false)).await;
+                    }
+                    return;
+                }
                 // A custom resource's watches end when its definition goes, as upstream's do.
                 _ = served.tick(), if rt.custom => {
                     if srv.registry().lookup(&rt.group, &rt.version, &rt.plural).is_none_or(|now| !now.custom) {
@@ -210,7 +226,8 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
                         tracing::debug!(error = %e, "watch ended");
                         return;
                     }
-                    Some(Ok(ev)) => {
+                    Some(Ok(WatchItem::Progress(revision))) => last_rev = last_rev.max(revision),
+                    Some(Ok(WatchItem::Event(ev))) => {
                         last_rev = ev.revision();
                         if fast {
                             // No selector, no conversion, plain JSON: the stored bytes go out

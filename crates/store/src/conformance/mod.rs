@@ -82,6 +82,7 @@ macro_rules! store_conformance_tests {
             watch_reports_only_keys_under_its_prefix,
             watch_events_carry_the_previous_value,
             watch_started_during_concurrent_writes_has_no_gap_or_duplicate,
+            watch_progress_reports_cover_every_change_before_them,
             several_watchers_each_receive_every_event,
             concurrent_creates_of_one_key_have_exactly_one_winner,
             hundred_concurrent_writers_are_acknowledged_with_distinct_revisions,

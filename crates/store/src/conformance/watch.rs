@@ -1,9 +1,12 @@
 //! Watches: replay, live feed, prefixes, previous values, lag and shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{assert_event, next_event, next_item, val, write_history};
-use crate::{EventKind, Revision, Store, StoreError};
+use futures::StreamExt;
+
+use super::{EVENT_TIMEOUT, assert_event, next_event, next_item, val, write_history};
+use crate::{EventKind, ProgressWatchStream, Revision, Store, StoreError, WatchItem};
 
 pub async fn watch_from_before_compacted_revision_fails_with_compacted(store: Arc<dyn Store>) {
     let [r1, _, r3, ..] = write_history(store.as_ref()).await;
@@ -231,4 +234,67 @@ pub async fn lagging_watcher_gets_lagged_error_then_resumes_from_history(store: 
         assert_eq!(next_event(&mut resumed).await.revision(), next);
         next += 1;
     }
+}
+
+async fn next_progress_item(stream: &mut ProgressWatchStream) -> WatchItem {
+    match tokio::time::timeout(EVENT_TIMEOUT, stream.next()).await.expect("timed out waiting for a watch item") {
+        Some(Ok(item)) => item,
+        Some(Err(error)) => panic!("watch failed: {error}"),
+        None => panic!("watch ended unexpectedly"),
+    }
+}
+
+pub async fn watch_progress_reports_cover_every_change_before_them(store: Arc<dyn Store>) {
+    let start = store.create("/p/a/0", val("0")).await.unwrap();
+    let every = Some(Duration::from_millis(50));
+    let mut watch = store.watch_with_progress("/p/a/", start, every).await.unwrap();
+
+    // Changes under another prefix only: the watch reports progress past them and no change.
+    let mut elsewhere = 0;
+    for i in 0..3 {
+        elsewhere = store.create(&format!("/p/b/{i}"), val("b")).await.unwrap();
+    }
+    loop {
+        match next_progress_item(&mut watch).await {
+            WatchItem::Progress(revision) if revision >= elsewhere => break,
+            WatchItem::Progress(revision) => assert!(revision > start, "progress to {revision}, not past the start"),
+            WatchItem::Event(event) => panic!("a change under another prefix was reported: {event:?}"),
+        }
+    }
+
+    // Interleaved writes, with pauses for reports in between: every report comes after every
+    // change at or before its revision, and none is reported twice or lost.
+    let mut written = Vec::new();
+    let mut newest = 0;
+    for i in 1..=20 {
+        written.push(store.create(&format!("/p/a/{i}"), val("a")).await.unwrap());
+        newest = store.create(&format!("/p/b/x{i}"), val("b")).await.unwrap();
+        if i % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+    }
+    let mut seen = Vec::new();
+    let mut reports = 0;
+    loop {
+        match next_progress_item(&mut watch).await {
+            WatchItem::Event(event) => seen.push(event.revision()),
+            WatchItem::Progress(revision) => {
+                reports += 1;
+                let due: Vec<Revision> = written.iter().copied().filter(|r| *r <= revision).collect();
+                assert_eq!(seen, due, "progress to {revision} reported before the changes up to it");
+                if revision >= newest {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(seen, written);
+    assert!(reports >= 1);
+
+    // A plain watch never reports progress: its first item is the next change.
+    let mut plain = store.watch("/p/a/", newest).await.unwrap();
+    store.create("/p/b/last", val("b")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let revision = store.create("/p/a/last", val("a")).await.unwrap();
+    assert_event(&next_event(&mut plain).await, EventKind::Put, "/p/a/last", "a", revision);
 }

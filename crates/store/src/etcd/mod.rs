@@ -35,7 +35,7 @@ use etcd_client::{
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::{KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchStream, rules};
+use crate::{KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store, StoreError, rules};
 
 /// How long one request to etcd may take before it fails as unavailable. Upstream's apiserver
 /// allows a request 60 s in all; a datastore that has not answered in 10 s has no quorum.
@@ -432,7 +432,12 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        after: Revision,
+        progress_every: Option<Duration>,
+    ) -> Result<ProgressWatchStream, StoreError> {
         if after > 0 {
             // etcd reports a compacted start revision only later, on the stream; a read at
             // `after` fails the same way at once.
@@ -448,7 +453,7 @@ impl Store for EtcdStore {
                 }
             }
         }
-        watch::start(self.client.clone(), Arc::clone(&self.shared), prefix, after).await
+        watch::start(self.client.clone(), Arc::clone(&self.shared), prefix, after, progress_every).await
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

@@ -8,18 +8,23 @@
 //!
 //! etcd's own flow control bounds what a slow reader holds, so these watches never end with
 //! `WatcherLagged`: a watcher that falls behind is served from etcd's history.
+//!
+//! Progress reports come from etcd itself: a progress request on the stream makes etcd answer,
+//! once it has sent this watch every change up to its current revision, with an empty response
+//! carrying that revision.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
 use futures::stream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::{Shared, etcd_error, key_value, prefix_range};
-use crate::{EventKind, KeyValue, Revision, StoreError, WatchEvent, WatchStream};
+use crate::{EventKind, KeyValue, ProgressWatchStream, Revision, StoreError, WatchEvent, WatchItem};
 
 /// How long a watch keeps trying to reopen its stream before it fails as unavailable.
 const RESUME_PATIENCE: Duration = Duration::from_secs(60);
@@ -34,7 +39,8 @@ pub(super) async fn start(
     shared: Arc<Shared>,
     prefix: &str,
     after: Revision,
-) -> Result<WatchStream, StoreError> {
+    progress_every: Option<Duration>,
+) -> Result<ProgressWatchStream, StoreError> {
     let mut follower = Follower {
         client,
         shared,
@@ -42,6 +48,7 @@ pub(super) async fn start(
         next: if after > 0 { after + 1 } else { 0 },
         stream: None,
         pending: VecDeque::new(),
+        progress: progress_every.map(|every| (every, Box::pin(tokio::time::sleep(every)))),
         closing: false,
         done: false,
     };
@@ -65,7 +72,9 @@ struct Follower {
     /// The first revision not yet delivered (0 until the first stream says where "now" is).
     next: Revision,
     stream: Option<etcd_client::WatchStream>,
-    pending: VecDeque<WatchEvent>,
+    pending: VecDeque<WatchItem>,
+    /// How often to ask etcd for progress, and when next.
+    progress: Option<(Duration, Pin<Box<Sleep>>)>,
     /// The store was dropped: once `pending` is delivered, the stream ends with `Closed`.
     closing: bool,
     done: bool,
@@ -109,10 +118,10 @@ impl Follower {
         StoreError::Unavailable { reason: format!("etcd cancelled the watch: {}", response.cancel_reason()) }
     }
 
-    async fn next_item(&mut self) -> Option<Result<WatchEvent, StoreError>> {
+    async fn next_item(&mut self) -> Option<Result<WatchItem, StoreError>> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Some(Ok(event));
+            if let Some(item) = self.pending.pop_front() {
+                return Some(Ok(item));
             }
             if self.done {
                 return None;
@@ -129,9 +138,25 @@ impl Follower {
             }
             let stopped = self.shared.stopped.clone();
             let stream = self.stream.as_mut()?;
+            let progress_due = async {
+                match &mut self.progress {
+                    Some((every, timer)) => {
+                        timer.as_mut().await;
+                        timer.as_mut().reset(Instant::now() + *every);
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let message = tokio::select! {
                 biased;
                 message = stream.message() => message,
+                () = progress_due => {
+                    // The answer comes on the stream; a stream too broken to ask is reopened.
+                    if stream.request_progress().await.is_err() {
+                        self.stream = None;
+                    }
+                    continue;
+                }
                 () = stopped.cancelled() => {
                     if let Err(error) = self.drain().await {
                         self.done = true;
@@ -157,10 +182,19 @@ impl Follower {
         }
     }
 
-    /// Queues the events of one response, dropping any a resumed stream repeats.
+    /// Queues the events of one response, dropping any a resumed stream repeats; an empty
+    /// response is etcd's answer to a progress request.
     fn take(&mut self, response: &WatchResponse) -> Result<(), StoreError> {
         if response.canceled() || response.compact_revision() > 0 {
             return Err(self.cancelled(response));
+        }
+        if response.events().is_empty() && !response.created() {
+            let revision = response.header().map_or(0, |h| h.revision());
+            if revision >= self.next && self.next > 0 {
+                self.next = revision + 1;
+                self.pending.push_back(WatchItem::Progress(revision));
+            }
+            return Ok(());
         }
         let mut newest = None;
         for event in response.events() {
@@ -179,7 +213,7 @@ impl Follower {
                     WatchEvent { kind: EventKind::Delete, kv: KeyValue { mod_revision: kv.mod_revision, ..last }, prev }
                 }
             };
-            self.pending.push_back(event);
+            self.pending.push_back(WatchItem::Event(event));
         }
         if let Some(newest) = newest {
             self.next = newest + 1;

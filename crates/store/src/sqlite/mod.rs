@@ -20,6 +20,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use std::vec;
 
 use async_trait::async_trait;
@@ -29,8 +30,8 @@ use tokio::sync::oneshot;
 
 use crate::watch::{self, EventSender};
 use crate::{
-    DEFAULT_WATCH_BUFFER, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream,
-    rules,
+    DEFAULT_WATCH_BUFFER, KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store, StoreError,
+    WatchEvent, rules,
 };
 use reader::ReadPool;
 use writer::{Committed, Request, WriterHandle, WriterSetup};
@@ -154,7 +155,12 @@ impl Store for SqliteStore {
         self.write(|reply| Request::Delete { key, expected, reply }).await
     }
 
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        after: Revision,
+        progress_every: Option<Duration>,
+    ) -> Result<ProgressWatchStream, StoreError> {
         // Subscribe before reading: whatever commits after the snapshot below is then
         // certainly in the subscription.
         let live = self.events.subscribe(prefix);
@@ -179,7 +185,14 @@ impl Store for SqliteStore {
             upto: snapshot,
             buffered: first.into_iter(),
         };
-        Ok(watch::follow(replay.into_stream(), live, prefix.to_owned(), after.max(snapshot)))
+        Ok(watch::follow(
+            replay.into_stream(),
+            &self.events,
+            live,
+            prefix.to_owned(),
+            after.max(snapshot),
+            progress_every,
+        ))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
