@@ -1,6 +1,7 @@
 """The official Python client (`kubernetes` on PyPI): CRUD, paged lists, watches."""
 
 import json
+import time
 
 import pytest
 from kubernetes import client, watch
@@ -211,7 +212,12 @@ def test_bookmarks_of_a_quiet_watch_carry_a_recent_resource_version(kube_client,
     revision compaction has passed (a 410 and a full relist). As upstream, a watch that
     times out ends with a bookmark."""
     v1 = client.CoreV1Api(kube_client)
-    start = v1.list_namespaced_config_map(namespace).metadata.resource_version
+    # The namespace's one ConfigMap, the root CA publisher's, is written soon after it is made.
+    deadline = time.monotonic() + 30
+    while not (listed := v1.list_namespaced_config_map(namespace)).items:
+        assert time.monotonic() < deadline, "kube-root-ca.crt was never published"
+        time.sleep(0.1)
+    start = listed.metadata.resource_version
     newest = 0
     for i in range(3):
         secret = client.V1Secret(metadata=client.V1ObjectMeta(name=f"elsewhere-{i}"))
@@ -245,3 +251,28 @@ def test_bookmarks_of_a_quiet_watch_carry_a_recent_resource_version(kube_client,
     )
     events = [json.loads(line) for line in resumed.read().decode().splitlines() if line.strip()]
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "after-bookmark")], events
+
+
+def test_watch_by_name_reports_only_that_object(kube_client, namespace):
+    """A `metadata.name=` field selector on a watch (as the root CA publisher's informer uses)
+    reports the changes of that object and of no other."""
+    v1 = client.CoreV1Api(kube_client)
+    start = v1.list_namespaced_config_map(namespace).metadata.resource_version
+    v1.create_namespaced_config_map(namespace, configmap("other", {}, {}))
+    v1.create_namespaced_config_map(namespace, configmap("chosen", {}, {"a": "1"}))
+    v1.patch_namespaced_config_map("other", namespace, {"data": {"b": "2"}})
+    v1.patch_namespaced_config_map("chosen", namespace, {"data": {"a": "2"}})
+    v1.delete_namespaced_config_map("other", namespace)
+    v1.delete_namespaced_config_map("chosen", namespace)
+    response = v1.list_namespaced_config_map(
+        namespace,
+        watch=True,
+        field_selector="metadata.name=chosen",
+        resource_version=start,
+        timeout_seconds=1,
+        _preload_content=False,
+        _request_timeout=30,
+    )
+    events = [json.loads(line) for line in response.read().decode().splitlines() if line.strip()]
+    seen = [(e["type"], e["object"]["metadata"]["name"], (e["object"].get("data") or {}).get("a")) for e in events]
+    assert seen == [("ADDED", "chosen", "1"), ("MODIFIED", "chosen", "2"), ("DELETED", "chosen", "2")], seen

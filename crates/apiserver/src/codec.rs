@@ -91,6 +91,20 @@ pub fn stored_to_wire(value: &[u8], revision: Revision) -> Bytes {
     let Some(insert_at) = top_level_metadata(value) else {
         return Bytes::copy_from_slice(value);
     };
+    splice_resource_version(value, insert_at, revision)
+}
+
+/// The `metadata` object of a stored object with its resourceVersion set, as a watch of
+/// `PartialObjectMetadata` sends it, cut from the stored bytes without parsing the rest.
+pub fn stored_metadata_to_wire(value: &[u8], revision: Revision) -> Option<Bytes> {
+    let inside = top_level_metadata(value)?;
+    let end = closing_brace(value, inside)?;
+    Some(splice_resource_version(&value[inside - 1..=end], 1, revision))
+}
+
+/// `value` with `"resourceVersion":"<revision>"` inserted at `insert_at`, just inside the `{`
+/// of a metadata object that has none.
+fn splice_resource_version(value: &[u8], insert_at: usize, revision: Revision) -> Bytes {
     let mut out = BytesMut::with_capacity(value.len() + 32);
     out.put_slice(&value[..insert_at]);
     out.put_slice(b"\"resourceVersion\":\"");
@@ -101,6 +115,29 @@ pub fn stored_to_wire(value: &[u8], revision: Revision) -> Bytes {
     }
     out.put_slice(&value[insert_at..]);
     out.freeze()
+}
+
+/// The position of the `}` that closes the object whose content starts at `inside` (just
+/// after its `{`), skipping nested objects and strings.
+fn closing_brace(value: &[u8], inside: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = inside;
+    while i < value.len() {
+        match value[i] {
+            b'"' => {
+                i += 1;
+                while i < value.len() && value[i] != b'"' {
+                    i += if value[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' => depth += 1,
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The position just inside the `{` that opens the top-level object's `metadata` value. Nested
@@ -243,6 +280,19 @@ mod tests {
         assert_eq!(v["metadata"]["name"], "a");
         let empty = stored_to_wire(br#"{"metadata":{}}"#, 7);
         assert_eq!(&empty[..], br#"{"metadata":{"resourceVersion":"7"}}"#);
+    }
+
+    #[test]
+    fn a_stored_objects_metadata_is_cut_out_with_its_resource_version() {
+        let stored = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","annotations":{"x":"}{\"}"},"labels":{}},"data":{"k":"}"}}"#;
+        let metadata = stored_metadata_to_wire(stored, 42).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&metadata).unwrap(),
+            r#"{"resourceVersion":"42","name":"a","annotations":{"x":"}{\"}"},"labels":{}}"#
+        );
+        assert_eq!(&stored_metadata_to_wire(br#"{"metadata":{}}"#, 7).unwrap()[..], br#"{"resourceVersion":"7"}"#);
+        assert!(stored_metadata_to_wire(br#"{"metadata":{"name":"a""#, 7).is_none(), "unterminated");
+        assert!(stored_metadata_to_wire(br#"{"data":{}}"#, 7).is_none(), "no metadata");
     }
 
     #[test]

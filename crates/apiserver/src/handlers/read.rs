@@ -71,6 +71,14 @@ impl Filter {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// Whether an object stored under `key` may match: a `metadata.name=` term is decided by
+    /// the key alone, whose last segment is the name, without decoding the object. (Informers
+    /// of one object, such as the root CA publisher's of `kube-root-ca.crt`, watch a whole
+    /// resource this way.)
+    pub fn may_match_key(&self, key: &str) -> bool {
+        self.fields.requires_exact_match("metadata.name").is_none_or(|name| key.rsplit('/').next() == Some(name))
+    }
+
     /// Whether the filter reads nothing but labels, so that an object's metadata decides it.
     pub fn needs_only_labels(&self) -> bool {
         self.fields.is_empty()

@@ -235,6 +235,8 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
                             if !send(raw_frame(&ev)).await {
                                 return;
                             }
+                        } else if !filter.may_match_key(&ev.kv.key) {
+                            // Neither the old nor the new state can match: the name is the key's.
                         } else if metadata_only {
                             if let Some(frame) = metadata_frame(&filter, &ev)
                                 && !send(frame).await
@@ -261,17 +263,28 @@ pub(crate) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
 /// The watch event of a store change for a watcher with no selector and no conversion: every
 /// change under its prefix, encoded straight from the stored bytes.
 fn raw_frame(ev: &WatchEvent) -> Bytes {
-    let kind = match (ev.kind, &ev.prev) {
+    let object = codec::stored_to_wire(&ev.kv.value, ev.revision());
+    frame_line(unfiltered_kind(ev), &[&object])
+}
+
+/// The watch event type of a change for a watcher that sees every object under its prefix.
+fn unfiltered_kind(ev: &WatchEvent) -> &'static str {
+    match (ev.kind, &ev.prev) {
         (EventKind::Delete, _) => "DELETED",
         (EventKind::Put, None) => "ADDED",
         (EventKind::Put, Some(_)) => "MODIFIED",
-    };
-    let object = codec::stored_to_wire(&ev.kv.value, ev.revision());
-    let mut line = Vec::with_capacity(object.len() + 32);
+    }
+}
+
+/// `{"type":"<kind>","object":<the parts>}` and a newline.
+fn frame_line(kind: &str, object: &[&[u8]]) -> Bytes {
+    let mut line = Vec::with_capacity(object.iter().map(|part| part.len()).sum::<usize>() + 32);
     line.extend_from_slice(b"{\"type\":\"");
     line.extend_from_slice(kind.as_bytes());
     line.extend_from_slice(b"\",\"object\":");
-    line.extend_from_slice(&object);
+    for part in object {
+        line.extend_from_slice(part);
+    }
     line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
@@ -286,6 +299,12 @@ struct MetadataOnly {
 /// The `PartialObjectMetadata` watch event a store change becomes for a watcher whose filter
 /// needs only labels, if any; the stored object is decoded only as far as its metadata.
 fn metadata_frame(filter: &Filter, ev: &WatchEvent) -> Option<Bytes> {
+    if filter.is_everything() {
+        // Every change is reported: its metadata is cut from the stored bytes, unparsed.
+        let metadata = codec::stored_metadata_to_wire(&ev.kv.value, ev.revision())?;
+        let head: &[u8] = br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#;
+        return Some(frame_line(unfiltered_kind(ev), &[head, &metadata, b"}"]));
+    }
     let metadata = |kv: &tug_store::KeyValue, rev: Revision| -> Option<Value> {
         let mut metadata = serde_json::from_slice::<MetadataOnly>(&kv.value).ok()?.metadata;
         metadata.as_object_mut()?.insert("resourceVersion".into(), Value::String(rev.to_string()));
