@@ -180,3 +180,21 @@ def test_python_client_reads_quota_status_and_sees_the_forbidden_create(kube_cli
         )
     else:
         raise AssertionError("a configmap over quota was created")
+
+
+def test_deleting_a_configmap_or_secret_frees_its_unit_at_once(tug, namespace):
+    """Quota usage of ConfigMaps and Secrets drops as soon as one is deleted (the controller
+    replenishes from their deletions), not at the next full resync minutes later."""
+    tug.create(f"/api/v1/namespaces/{namespace}/resourcequotas", quota("q", {"count/secrets": "2", "count/configmaps": "9"}))
+    wait_used(tug, namespace, "q", {"count/secrets": "0", "count/configmaps": "1"})  # kube-root-ca.crt
+    for i in range(2):
+        tug.create(f"/api/v1/namespaces/{namespace}/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"s{i}"}})
+        tug.create(f"/api/v1/namespaces/{namespace}/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"c{i}"}})
+    wait_used(tug, namespace, "q", {"count/secrets": "2", "count/configmaps": "3"})
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s2"}}
+    assert tug.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body).status == 403
+
+    assert tug.request("DELETE", f"/api/v1/namespaces/{namespace}/secrets/s0").status == 200
+    assert tug.request("DELETE", f"/api/v1/namespaces/{namespace}/configmaps/c0").status == 200
+    wait_used(tug, namespace, "q", {"count/secrets": "1", "count/configmaps": "2"})
+    assert tug.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body).status == 201

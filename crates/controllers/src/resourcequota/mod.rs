@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, ResourceQuotaStatus, Secret, Service,
 };
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::core::ApiResource;
+use kube::core::{ApiResource, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config, applier};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -135,14 +135,17 @@ const REPLENISHED: [(&str, &str); 6] = [
     ("", "replicationcontrollers"),
 ];
 
-/// Requeues a namespace's quotas when an object of another counted kind is deleted (upstream
-/// watches every resource through the garbage collector's monitors).
-async fn replenish_deletions(
-    api: Api<DynamicObject>,
+/// Requeues a namespace's quotas when an object of a kind whose deletions alone change usage
+/// (ConfigMaps, Secrets, and kinds counted by `count/<resource>`) is deleted, from a watch of
+/// their metadata (upstream watches every resource through the garbage collector's monitors).
+async fn replenish_deletions<K>(
+    api: Api<PartialObjectMeta<K>>,
     quotas: Store<ResourceQuota>,
     tx: mpsc::UnboundedSender<ObjectRef<ResourceQuota>>,
     shutdown: CancellationToken,
-) {
+) where
+    PartialObjectMeta<K>: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     use kube::runtime::WatchStreamExt;
     use kube::runtime::watcher::{self, Event};
     let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
@@ -229,8 +232,20 @@ pub async fn run(informers: Informers, resync: Duration, shutdown: CancellationT
             shutdown.clone(),
             claim_resized,
         )),
-        Box::pin(replenishment::<ConfigMap>(informers.clone(), quotas.clone(), tx.clone(), shutdown.clone(), never)),
-        Box::pin(replenishment::<Secret>(informers.clone(), quotas.clone(), tx.clone(), shutdown.clone(), never)),
+        // Only deletions of these matter, which their metadata tells: no cache of every
+        // ConfigMap's data and every Secret's is kept for it.
+        Box::pin(replenish_deletions(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            quotas.clone(),
+            tx.clone(),
+            shutdown.clone(),
+        )),
+        Box::pin(replenish_deletions(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            quotas.clone(),
+            tx.clone(),
+            shutdown.clone(),
+        )),
         Box::pin(replenishment::<ReplicationController>(
             informers.clone(),
             quotas.clone(),
@@ -330,7 +345,7 @@ impl Ctx {
         })?;
         let first = self.resources.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ar.clone()).is_none();
         if first && !REPLENISHED.contains(&(group, resource)) {
-            tokio::spawn(replenish_deletions(
+            tokio::spawn(replenish_deletions::<DynamicObject>(
                 Api::all_with(self.client.clone(), &ar),
                 self.quotas.clone(),
                 self.queue.clone(),
