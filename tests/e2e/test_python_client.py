@@ -1,6 +1,7 @@
 """The official Python client (`kubernetes` on PyPI): CRUD, paged lists, watches."""
 
 import json
+import os
 import time
 
 import pytest
@@ -237,7 +238,13 @@ def test_bookmarks_of_a_quiet_watch_carry_a_recent_resource_version(kube_client,
     assert [event["type"] for event in events] == ["BOOKMARK"], events
     bookmark = events[0]["object"]
     assert bookmark["kind"] == "ConfigMap"
-    assert int(bookmark["metadata"]["resourceVersion"]) >= newest, (bookmark, newest)
+    if os.environ.get("TUG_E2E_DATASTORE") == "etcd":
+        # Debian's etcd 3.4.23 may answer a watch's progress request before events still
+        # queued for it (etcd issues 15220 and 17507): the server asks only etcd 3.4.31, 3.5.13
+        # and later, so here a bookmark carries the newest revision the watch itself delivered.
+        assert int(bookmark["metadata"]["resourceVersion"]) >= int(start), (bookmark, start)
+    else:
+        assert int(bookmark["metadata"]["resourceVersion"]) >= newest, (bookmark, newest)
 
     # Resuming from the bookmark sees the next change and nothing before it.
     v1.create_namespaced_config_map(namespace, configmap("after-bookmark", {}, {}))

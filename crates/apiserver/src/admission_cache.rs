@@ -272,6 +272,10 @@ impl Store for TrackingStore {
         self.inner.watch(prefix, after).await
     }
 
+    fn reports_watch_progress(&self) -> bool {
+        self.inner.reports_watch_progress()
+    }
+
     async fn watch_with_progress(
         &self,
         prefix: &str,

@@ -166,6 +166,11 @@ pub trait Store: Send + Sync + 'static {
         })))
     }
 
+    /// Whether [`watch_with_progress`](Store::watch_with_progress) reports progress at all.
+    fn reports_watch_progress(&self) -> bool {
+        true
+    }
+
     /// [`watch`](Store::watch), with a [`WatchItem::Progress`] about every `progress_every`
     /// once the replay of history is done, when the store's revision has moved past the last
     /// item reported (by changes under other prefixes). `None`: no progress reports.

@@ -248,6 +248,19 @@ pub async fn watch_progress_reports_cover_every_change_before_them(store: Arc<dy
     let start = store.create("/p/a/0", val("0")).await.unwrap();
     let every = Some(Duration::from_millis(50));
     let mut watch = store.watch_with_progress("/p/a/", start, every).await.unwrap();
+    if !store.reports_watch_progress() {
+        // A store that cannot report progress reports the changes and nothing else.
+        store.create("/p/b/0", val("b")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let revision = store.create("/p/a/1", val("a")).await.unwrap();
+        match next_progress_item(&mut watch).await {
+            WatchItem::Event(event) => assert_event(&event, EventKind::Put, "/p/a/1", "a", revision),
+            WatchItem::Progress(revision) => panic!("progress to {revision} from a store that reports none"),
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
+        assert!(quiet.is_err(), "nothing more is reported: {quiet:?}");
+        return;
+    }
 
     // Changes under another prefix only: the watch reports progress past them and no change.
     let mut elsewhere = 0;

@@ -95,6 +95,28 @@ struct Shared {
     compacted_floor: AtomicI64,
     /// Cancelled when the store is dropped.
     stopped: CancellationToken,
+    /// Whether the members' etcd answers progress requests in order with the events (see
+    /// [`answers_progress_in_order`]); watches report progress only then.
+    progress_in_order: bool,
+}
+
+/// Whether etcd of this version answers a watch's progress request only after the events up
+/// to the revision it reports. Before 3.4.25 and 3.5.8 the answer could overtake events still
+/// queued for the watch (etcd issue 15220), and a watch resuming from it would miss them;
+/// before 3.4.31 and 3.5.13 a watch that started in the past and saw no event could go
+/// unanswered (etcd issue 17507). The bounds are the ones upstream's API server requires before
+/// it relies on progress requests.
+fn answers_progress_in_order(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-', '+']).map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    match (major, minor) {
+        (3, 4) => patch >= 31,
+        (3, 5) => patch >= 13,
+        (3, 0..=3) => false,
+        (major, _) => major >= 3,
+    }
 }
 
 impl EtcdStore {
@@ -110,6 +132,12 @@ impl EtcdStore {
         }
         let client =
             Client::connect(&config.endpoints, Some(options)).await.map_err(|source| etcd_error("connect", source))?;
+        // Asked of the member that answers; the members of a cluster run one version but
+        // during an upgrade. A member that cannot be asked counts as one that does not answer
+        // in order.
+        let version = client.maintenance_client().status().await.map(|s| s.version().to_owned());
+        let progress_in_order = version.as_deref().is_ok_and(answers_progress_in_order);
+        tracing::debug!(?version, progress_in_order, "etcd version");
         let stopped = CancellationToken::new();
         let store = EtcdStore {
             client,
@@ -118,6 +146,7 @@ impl EtcdStore {
                 last_write: AtomicI64::new(0),
                 compacted_floor: AtomicI64::new(0),
                 stopped: stopped.clone(),
+                progress_in_order,
             }),
             _stop_watches: stopped.drop_guard(),
         };
@@ -432,6 +461,12 @@ impl Store for EtcdStore {
         }
     }
 
+    /// Only when etcd's version answers progress requests in order with the events (see
+    /// [`answers_progress_in_order`]).
+    fn reports_watch_progress(&self) -> bool {
+        self.shared.progress_in_order
+    }
+
     async fn watch_with_progress(
         &self,
         prefix: &str,
@@ -453,6 +488,7 @@ impl Store for EtcdStore {
                 }
             }
         }
+        let progress_every = progress_every.filter(|_| self.shared.progress_in_order);
         watch::start(self.client.clone(), Arc::clone(&self.shared), prefix, after, progress_every).await
     }
 

@@ -155,3 +155,24 @@ async fn requests_fail_as_unavailable_within_the_timeout_when_etcd_is_gone() {
     }
     assert!(started.elapsed() <= super::REQUEST_TIMEOUT + Duration::from_secs(2), "took {:?}", started.elapsed());
 }
+
+#[test]
+fn progress_is_trusted_from_the_etcd_versions_that_answer_it_in_order() {
+    for (version, trusted) in [
+        ("3.4.23", false),
+        ("3.4.30", false),
+        ("3.4.31", true),
+        ("3.5.12", false),
+        ("3.5.13", true),
+        ("3.5.21", true),
+        ("3.6.0", true),
+        ("v3.6.4", true),
+        ("4.0.0", true),
+        ("3.3.27", false),
+        ("3.5.13-rc.0", true),
+        ("", false),
+        ("garbage", false),
+    ] {
+        assert_eq!(super::answers_progress_in_order(version), trusted, "{version}");
+    }
+}
