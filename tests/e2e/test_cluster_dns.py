@@ -246,8 +246,12 @@ def test_kube_dns_service_points_at_the_server(dns):
     slice_ = wait_for(lambda: (r := server.request("GET", path)).status == 200 and r.json(), "kube-dns endpointslice")
     assert slice_["endpoints"][0]["addresses"] == [host]
     assert {(p["name"], p["port"]) for p in slice_["ports"]} == {("dns", port), ("dns-tcp", port)}
-    # The cluster DNS answers for itself and for the API server's service.
-    assert addresses(query(dns[1], "kube-dns.kube-system.svc.cluster.local")) == ["10.43.0.10"]
+    # The cluster DNS answers for itself and for the API server's service. The server has just
+    # started: its DNS may not have read the services yet when the API already shows them.
+    wait_for(
+        lambda: addresses(query(dns[1], "kube-dns.kube-system.svc.cluster.local")) == ["10.43.0.10"],
+        "kube-dns.kube-system.svc.cluster.local to answer 10.43.0.10",
+    )
     assert addresses(query(dns[1], "kubernetes.default.svc.cluster.local")) == ["10.43.0.1"]
 
 
