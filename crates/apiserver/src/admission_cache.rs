@@ -22,7 +22,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tug_api::Registry;
-use tug_store::{EventKind, KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store, StoreError};
+use tug_store::{
+    EventKind, KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store, StoreError, WatchStream,
+};
 
 use crate::codec;
 
@@ -264,6 +266,10 @@ impl Store for TrackingStore {
         let deleted = self.inner.delete(key, expected).await?;
         self.caches.wrote(key, deleted.mod_revision);
         Ok(deleted)
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix, after).await
     }
 
     fn reports_watch_progress(&self) -> bool {
