@@ -189,21 +189,44 @@ impl ApiServer {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| authn::identity_from_client_cert(c.as_ref()));
-                let service = hyper::service::service_fn(move |req| {
-                    let srv = srv.clone();
-                    let user = cert_user.clone();
-                    async move { Ok::<_, std::convert::Infallible>(srv.handle(req, user).await) }
-                });
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                // kube-apiserver's `--http2-max-streams-per-connection` default: a client's
-                // watches are streams of one connection, and a component keeps many open.
-                builder.http2().max_concurrent_streams(HTTP2_MAX_STREAMS);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                tokio::select! {
-                    r = conn => if let Err(e) = r { debug!(%peer, error = %e, "connection ended with an error") },
-                    _ = shutdown.cancelled() => {}
-                }
+                srv.serve_connection(tls, cert_user, &peer.to_string(), shutdown).await;
             });
+        }
+    }
+
+    /// Serves one connection of the server's own components, made in memory rather than over
+    /// TCP: `io` is one end of a [`tokio::io::duplex`] pipe, the component's client the other.
+    ///
+    /// The controllers, scheduler, cluster DNS and node agent of a `tug server` run in the
+    /// server's process. Each of their requests and watch events went through TLS and the
+    /// loopback TCP stack twice, once on each side, and under load that cost the server more
+    /// than the requests' own handling: a created ConfigMap reaches the garbage collector and
+    /// the quota controller as two watch events, sent as more TCP segments than the response
+    /// to its creator. Requests on this connection take the same path through the server as any
+    /// other, authentication (as `user`) included; only the transport differs. Nothing outside
+    /// the process can reach it, so it needs no TLS.
+    pub async fn serve_in_process(self, io: tokio::io::DuplexStream, user: UserInfo, shutdown: CancellationToken) {
+        self.serve_connection(io, Some(user), "in-process", shutdown).await;
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 requests from one connection until it ends or `shutdown`.
+    async fn serve_connection<I>(self, io: I, cert_user: Option<UserInfo>, peer: &str, shutdown: CancellationToken)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let srv = self.clone();
+            let user = cert_user.clone();
+            async move { Ok::<_, std::convert::Infallible>(srv.handle(req, user).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // kube-apiserver's `--http2-max-streams-per-connection` default: a client's
+        // watches are streams of one connection, and a component keeps many open.
+        builder.http2().max_concurrent_streams(HTTP2_MAX_STREAMS);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::select! {
+            r = conn => if let Err(e) = r { debug!(%peer, error = %e, "connection ended with an error") },
+            _ = shutdown.cancelled() => {}
         }
     }
 

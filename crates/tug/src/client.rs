@@ -5,14 +5,23 @@
 //! controllers, scheduler, node agent, proxy and DNS of one server keep about 150 watches
 //! open, so as many TLS connections (each with buffers on both ends) made up most of an idle
 //! server's heap. Over HTTP/2 they are streams of one connection.
+//!
+//! The components inside a `tug server` process reach that server's API over an in-memory pipe
+//! instead ([`in_process`]): the same HTTP/2 requests, without TLS and TCP in between.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use anyhow::Context as _;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kube::client::ConfigExt;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio_util::sync::CancellationToken;
 use tower::{BoxError, ServiceBuilder};
+use tug_apiserver::ApiServer;
+use tug_apiserver::authn::UserInfo;
 
 /// Per-stream and per-connection flow-control windows (client-go's HTTP/2 transport uses the
 /// same): a watch nobody reads for a while must not stall the others by filling a small
@@ -24,6 +33,22 @@ const CONNECTION_WINDOW: u32 = 1 << 30;
 /// the watches on it resume on a new one (client-go's HTTP/2 health check: 30 s, 15 s).
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How much one direction of an in-process connection buffers before its writer waits for the
+/// reader: a few HTTP/2 frames (16 KiB each by default), so that a burst of watch events is
+/// handed over in a few large writes.
+const IN_PROCESS_PIPE_BUFFER: usize = 256 << 10;
+
+/// The HTTP/2 client settings both transports share.
+fn http2_transport() -> hyper_util::client::legacy::Builder {
+    let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    builder
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .http2_initial_stream_window_size(STREAM_WINDOW)
+        .http2_initial_connection_window_size(CONNECTION_WINDOW);
+    builder
+}
 
 /// A client for `config`'s cluster whose requests share one HTTP/2 connection.
 pub fn client(config: kube::Config) -> anyhow::Result<kube::Client> {
@@ -37,11 +62,7 @@ pub fn client(config: kube::Config) -> anyhow::Result<kube::Client> {
         .https_only()
         .enable_http2()
         .wrap_connector(http);
-    let transport = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .timer(TokioTimer::new())
-        .http2_initial_stream_window_size(STREAM_WINDOW)
-        .http2_initial_connection_window_size(CONNECTION_WINDOW)
+    let transport = http2_transport()
         .http2_keep_alive_interval(PING_INTERVAL)
         .http2_keep_alive_timeout(PING_TIMEOUT)
         .http2_keep_alive_while_idle(true)
@@ -53,4 +74,69 @@ pub fn client(config: kube::Config) -> anyhow::Result<kube::Client> {
         .map_err(BoxError::from)
         .service(transport);
     Ok(kube::Client::new(service, config.default_namespace))
+}
+
+/// A client of `server`, in this process, whose requests share one in-memory HTTP/2 connection
+/// and are authenticated as `user`; see [`ApiServer::serve_in_process`]. Each client has its
+/// own connection, as one built by [`client`] does. The connection ends with `shutdown`.
+pub fn in_process(server: ApiServer, user: UserInfo, shutdown: CancellationToken) -> kube::Client {
+    // Requests need a scheme and an authority; the connector ignores both.
+    let config = kube::Config::new(http::Uri::from_static("http://in-process"));
+    let transport = http2_transport().build(InProcessConnector { server, user, shutdown });
+    let service = ServiceBuilder::new().layer(config.base_uri_layer()).map_err(BoxError::from).service(transport);
+    kube::Client::new(service, config.default_namespace)
+}
+
+/// Makes connections to an [`ApiServer`] of this process: each is a pipe whose other end the
+/// server serves from a task of its own.
+#[derive(Clone)]
+struct InProcessConnector {
+    server: ApiServer,
+    user: UserInfo,
+    shutdown: CancellationToken,
+}
+
+impl tower::Service<http::Uri> for InProcessConnector {
+    type Response = TokioIo<InProcessStream>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let (client_end, server_end) = tokio::io::duplex(IN_PROCESS_PIPE_BUFFER);
+        tokio::spawn(self.server.clone().serve_in_process(server_end, self.user.clone(), self.shutdown.clone()));
+        std::future::ready(Ok(TokioIo::new(InProcessStream(client_end))))
+    }
+}
+
+/// The client's end of an in-process connection.
+struct InProcessStream(DuplexStream);
+
+impl Connection for InProcessStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for InProcessStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for InProcessStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

@@ -259,11 +259,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // CustomResourceDefinitions: their status, their resources' serving and their deletion.
     let crds = tokio::spawn(server.clone().run_crd_controller(shutdown.clone()));
-    let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
-    // The controllers are API clients like any other: they connect with the admin kubeconfig.
-    let client = crate::client_from_kubeconfig(&kubeconfig).await?;
+    // The controllers, scheduler, DNS and node agent are API clients like any other, with the
+    // admin kubeconfig's identity; being in this process, they connect in memory.
+    let identity = pki.admin_identity().context("reading the admin client certificate")?;
+    let client = crate::client::in_process(server.clone(), identity.clone(), shutdown.clone());
     // Leader elections renew their leases on a connection of their own (see [`Election`]).
-    let election_client = crate::client_from_kubeconfig(&kubeconfig).await?;
+    let election_client = crate::client::in_process(server.clone(), identity, shutdown.clone());
+    let serving = tokio::spawn(server.serve(listener, tls, shutdown.clone()));
     let ca_key_path = pki.tls_dir().join("ca.key");
     let cluster_signing = tug_controllers::certificates::SigningCa {
         cert_pem: pki.ca_pem().to_string(),

@@ -243,6 +243,13 @@ impl ClusterPki {
         &self.admin.cert_pem
     }
 
+    /// The user the admin client certificate authenticates as, for the server's own components,
+    /// which reach it in memory rather than over TLS ([`crate::ApiServer::serve_in_process`]) and
+    /// so act with the identity they would have had with the admin kubeconfig.
+    pub fn admin_identity(&self) -> Option<crate::authn::UserInfo> {
+        crate::authn::identity_from_client_cert(self.admin.cert_der.as_ref())
+    }
+
     /// The key of [`ClusterPki::admin_cert_pem`].
     pub fn admin_key_pem(&self) -> &str {
         &self.admin.key_pem
