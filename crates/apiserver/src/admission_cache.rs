@@ -22,9 +22,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tug_api::Registry;
-use tug_store::{
-    EventKind, KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store, StoreError, WatchStream,
-};
+use tug_store::{EventKind, KeyValue, ListOptions, ListResult, ProgressWatchStream, Revision, Store, StoreError};
 
 use crate::codec;
 
@@ -266,10 +264,6 @@ impl Store for TrackingStore {
         let deleted = self.inner.delete(key, expected).await?;
         self.caches.wrote(key, deleted.mod_revision);
         Ok(deleted)
-    }
-
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, after).await
     }
 
     fn reports_watch_progress(&self) -> bool {

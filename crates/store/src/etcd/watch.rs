@@ -183,14 +183,16 @@ impl Follower {
     }
 
     /// Queues the events of one response, dropping any a resumed stream repeats; an empty
-    /// response is etcd's answer to a progress request.
+    /// response is etcd's answer to a progress request, reported only by a watch that asked
+    /// for progress (the store's shutdown `drain` asks too, on etcd versions whose answers may
+    /// overtake events).
     fn take(&mut self, response: &WatchResponse) -> Result<(), StoreError> {
         if response.canceled() || response.compact_revision() > 0 {
             return Err(self.cancelled(response));
         }
         if response.events().is_empty() && !response.created() {
             let revision = response.header().map_or(0, |h| h.revision());
-            if revision >= self.next && self.next > 0 {
+            if self.progress.is_some() && revision >= self.next && self.next > 0 {
                 self.next = revision + 1;
                 self.pending.push_back(WatchItem::Progress(revision));
             }
