@@ -140,3 +140,63 @@ impl AsyncWrite for InProcessStream {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::{StreamExt as _, TryStreamExt as _};
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+    use tug_apiserver::ServerOptions;
+
+    use super::*;
+
+    fn config_map(name: &str) -> ConfigMap {
+        ConfigMap { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn an_in_process_client_reads_writes_and_watches_until_the_server_shuts_down() {
+        let server = ApiServer::new(Arc::new(tug_store::memory::MemoryStore::new()), None, ServerOptions::default());
+        server.bootstrap().await.unwrap();
+        server.set_ready();
+        let shutdown = CancellationToken::new();
+        let admin = UserInfo {
+            name: "system:admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            uid: None,
+        };
+        let client = in_process(server, admin, shutdown.clone());
+
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let names: Vec<String> = namespaces
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        assert!(names.iter().any(|n| n == "kube-system"), "{names:?}");
+
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let first = config_maps.create(&PostParams::default(), &config_map("first")).await.unwrap();
+        let since = first.metadata.resource_version.unwrap();
+        let mut events = config_maps.watch(&WatchParams::default(), &since).await.unwrap().boxed();
+        config_maps.create(&PostParams::default(), &config_map("second")).await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), events.try_next()).await.unwrap().unwrap();
+        match event {
+            Some(WatchEvent::Added(cm)) => assert_eq!(cm.metadata.name.as_deref(), Some("second")),
+            other => panic!("expected the second ConfigMap's creation, got {other:?}"),
+        }
+        // The API's own checks apply as on any connection: a duplicate is refused.
+        let duplicate = config_maps.create(&PostParams::default(), &config_map("second")).await.unwrap_err();
+        assert!(matches!(duplicate, kube::Error::Api(ref s) if s.code == 409), "{duplicate:?}");
+
+        shutdown.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap();
+        assert!(!matches!(ended, Some(Ok(_))), "the watch went on after shutdown: {ended:?}");
+        assert!(config_maps.get("first").await.is_err(), "a request was served after shutdown");
+    }
+}
