@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod controller_ref;
 pub mod cronjob;
 pub mod daemon;
+pub mod deletions;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoint;
@@ -77,12 +78,15 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let csr_signing = options
         .cluster_signing
         .map(|ca| tokio::spawn(certificates::csrsigning::run(client.clone(), ca, shutdown.clone())));
+    // The garbage collector's watches tell the quota controller of deletions.
+    let deletions = deletions::DeletionFeed::default();
+    let quota_deletions = deletions.subscribe();
     let gc = {
         let (client, shutdown) = (client.clone(), shutdown.clone());
         tokio::spawn(async move {
             // Discovery may fail while the API server is still starting: retry.
             loop {
-                match garbagecollector::run(client.clone(), shutdown.clone()).await {
+                match garbagecollector::run(client.clone(), deletions.clone(), shutdown.clone()).await {
                     Ok(()) => return,
                     Err(e) => warn!(error = %e, "garbage collector stopped; restarting"),
                 }
@@ -111,7 +115,12 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let local_path = options
         .local_storage_path
         .map(|path| tokio::spawn(volume::local_path::run(informers.clone(), path, shutdown.clone())));
-    let quota = tokio::spawn(resourcequota::run(informers.clone(), resourcequota::DEFAULT_RESYNC, shutdown.clone()));
+    let quota = tokio::spawn(resourcequota::run(
+        informers.clone(),
+        quota_deletions,
+        resourcequota::DEFAULT_RESYNC,
+        shutdown.clone(),
+    ));
     let disruption = tokio::spawn(disruption::run(informers.clone(), shutdown.clone()));
     let hpa = tokio::spawn(podautoscaler::run(informers.clone(), options.horizontal_pod_autoscaler, shutdown.clone()));
     let deploy = tokio::spawn(deployment::run(informers.clone(), shutdown));

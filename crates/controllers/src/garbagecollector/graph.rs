@@ -109,12 +109,12 @@ impl Graph {
         node.owners.iter().any(|o| self.nodes.get(&o.uid).is_some_and(Node::in_foreground_deletion))
     }
 
-    /// Uids of objects of one kind that a fresh listing did not include.
-    pub fn missing_of_kind(&self, api_version: &str, kind: &str, seen: &HashSet<String>) -> Vec<String> {
+    /// Objects of one kind that a fresh listing did not include, as (uid, namespace).
+    pub fn missing_of_kind(&self, api_version: &str, kind: &str, seen: &HashSet<String>) -> Vec<(String, String)> {
         self.nodes
             .values()
             .filter(|n| n.api_version == api_version && n.kind == kind && !seen.contains(&n.uid))
-            .map(|n| n.uid.clone())
+            .map(|n| (n.uid.clone(), n.namespace.clone()))
             .collect()
     }
 

@@ -33,6 +33,8 @@ use tracing::{debug, info, warn};
 
 pub use graph::{Graph, Node};
 
+use crate::deletions::{Deleted, DeletionFeed};
+
 pub const ORPHAN: &str = "orphan";
 pub const FOREGROUND: &str = "foregroundDeletion";
 
@@ -91,6 +93,8 @@ struct Collector {
     unknown: Mutex<HashSet<(String, String)>>,
     queue: mpsc::UnboundedSender<Item>,
     pending: Mutex<HashSet<Item>>,
+    /// Where the deletions the watches see are passed on (to the quota controller).
+    deletions: DeletionFeed,
 }
 
 impl Collector {
@@ -421,23 +425,25 @@ impl Collector {
                     if let Some(seen) = listing.take() {
                         let gone =
                             self.graph.lock().expect("graph lock").missing_of_kind(&ar.api_version, &ar.kind, &seen);
-                        for uid in gone {
+                        for (uid, namespace) in gone {
                             self.forget(&uid);
+                            self.publish_deletion(&ar, namespace);
                         }
                     }
                 }
                 watcher::Event::Delete(obj) => {
-                    if let Some(uid) = obj.metadata.uid.clone() {
-                        self.forget(&uid);
+                    if let Some(uid) = obj.metadata.uid.as_deref() {
+                        self.forget(uid);
                     }
+                    self.publish_deletion(&ar, obj.metadata.namespace.unwrap_or_default());
                 }
             }
         }
     }
 }
 
-/// Runs the garbage collector until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) -> Result<(), Error> {
+/// Runs the garbage collector until `shutdown`, publishing the deletions it sees to `deletions`.
+pub async fn run(client: Client, deletions: DeletionFeed, shutdown: CancellationToken) -> Result<(), Error> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let collector = Arc::new(Collector {
         client: client.clone(),
@@ -448,6 +454,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) -> Result<(), Erro
         unknown: Mutex::new(HashSet::new()),
         queue: tx,
         pending: Mutex::new(HashSet::new()),
+        deletions,
     });
     collector.sync_monitors(&shutdown).await?;
     tokio::spawn(collector.clone().watch_definitions(shutdown.child_token()));
@@ -520,6 +527,10 @@ impl Collector {
     }
 
     /// Removes a deleted object and queues its dependents and deleting owners.
+    fn publish_deletion(&self, ar: &ApiResource, namespace: String) {
+        self.deletions.publish(Deleted { group: ar.group.clone(), resource: ar.plural.clone(), namespace });
+    }
+
     fn forget(&self, uid: &str) {
         let (dependents, owners) = self.graph.lock().expect("graph lock").remove(uid);
         for d in dependents {

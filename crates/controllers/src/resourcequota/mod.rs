@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, ResourceQuotaStatus, Secret, Service,
+    PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, ResourceQuotaStatus, Service,
 };
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::core::{ApiResource, PartialObjectMeta};
+use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Config, applier};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use tug_api::quota::evaluator::{Evaluator, pod_counts};
 use tug_api::quota::{self, ResourceList};
 
+use crate::deletions::Deleted;
 use crate::informer::{Change, Informers};
 use crate::replicaset::backoff as retry_backoff;
 
@@ -77,11 +78,7 @@ pub enum Error {
 
 struct Ctx {
     client: Client,
-    quotas: Store<ResourceQuota>,
-    queue: mpsc::UnboundedSender<ObjectRef<ResourceQuota>>,
-    shutdown: CancellationToken,
-    /// API resources of `count/<resource>.<group>` kinds, found by discovery; each gets a
-    /// watch that replenishes quota when its objects are deleted.
+    /// API resources of `count/<resource>.<group>` kinds, found by discovery.
     resources: Mutex<HashMap<(String, String), ApiResource>>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -125,43 +122,40 @@ async fn replenishment<K>(
         .await;
 }
 
-/// Kinds with their own replenishment informer in [`run`].
-const REPLENISHED: [(&str, &str); 6] = [
-    ("", "pods"),
-    ("", "services"),
-    ("", "persistentvolumeclaims"),
-    ("", "configmaps"),
-    ("", "secrets"),
-    ("", "replicationcontrollers"),
-];
+/// Kinds whose deletions their own replenishment informer in [`run`] reports.
+const WITH_INFORMER: [&str; 4] = ["pods", "services", "persistentvolumeclaims", "replicationcontrollers"];
 
-/// Requeues a namespace's quotas when an object of a kind whose deletions alone change usage
-/// (ConfigMaps, Secrets, and kinds counted by `count/<resource>`) is deleted, from a watch of
-/// their metadata (upstream watches every resource through the garbage collector's monitors).
-async fn replenish_deletions<K>(
-    api: Api<PartialObjectMeta<K>>,
+/// Requeues the quotas that count a deleted object's resource in its namespace (upstream's
+/// `replenishQuota`): ConfigMaps, Secrets and whatever `count/<resource>` names. The garbage
+/// collector's watches report the deletions ([`crate::deletions`]); only they matter for these
+/// kinds, so no cache of every ConfigMap's and Secret's data is kept for it.
+async fn replenish_deletions(
+    mut deletions: mpsc::UnboundedReceiver<Deleted>,
     quotas: Store<ResourceQuota>,
     tx: mpsc::UnboundedSender<ObjectRef<ResourceQuota>>,
     shutdown: CancellationToken,
-) where
-    PartialObjectMeta<K>: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    use kube::runtime::WatchStreamExt;
-    use kube::runtime::watcher::{self, Event};
-    let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+) {
     loop {
-        let next = tokio::select! {
+        let deleted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            next = events.next() => next,
+            deleted = deletions.recv() => match deleted { Some(d) => d, None => return },
         };
-        match next {
-            None => return,
-            Some(Ok(Event::Delete(obj))) => {
-                if let Some(ns) = obj.metadata.namespace.as_deref() {
-                    enqueue_namespace(&quotas, &tx, ns);
-                }
+        if deleted.namespace.is_empty()
+            || (deleted.group.is_empty() && WITH_INFORMER.contains(&deleted.resource.as_str()))
+        {
+            continue;
+        }
+        let counts = |q: &ResourceQuota| {
+            hard(q).is_some_and(|hard| {
+                hard.keys().any(|name| {
+                    Evaluator::owner_of(name).is_some_and(|(g, r)| g == deleted.group && r == deleted.resource)
+                })
+            })
+        };
+        for q in quotas.state() {
+            if q.namespace().as_deref() == Some(deleted.namespace.as_str()) && counts(&q) {
+                let _ = tx.send(ObjectRef::from_obj(&*q));
             }
-            Some(_) => {}
         }
     }
 }
@@ -192,8 +186,14 @@ fn claim_resized(old: &PersistentVolumeClaim, new: &PersistentVolumeClaim) -> bo
     storage(old) != storage(new)
 }
 
-/// Runs the controller until `shutdown`, resyncing every quota each `resync`.
-pub async fn run(informers: Informers, resync: Duration, shutdown: CancellationToken) {
+/// Runs the controller until `shutdown`, resyncing every quota each `resync`; `deletions` are
+/// those the garbage collector sees.
+pub async fn run(
+    informers: Informers,
+    deletions: mpsc::UnboundedReceiver<Deleted>,
+    resync: Duration,
+    shutdown: CancellationToken,
+) {
     let client = informers.client();
     let (quotas, writer) = informers.store::<ResourceQuota>().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<ObjectRef<ResourceQuota>>();
@@ -210,6 +210,7 @@ pub async fn run(informers: Informers, resync: Duration, shutdown: CancellationT
             _ => {}
         })
     };
+    let deletion_replenisher = replenish_deletions(deletions, quotas.clone(), tx.clone(), shutdown.clone());
     let replenishers = futures::future::join_all([
         Box::pin(replenishment::<Pod>(
             informers.clone(),
@@ -231,20 +232,6 @@ pub async fn run(informers: Informers, resync: Duration, shutdown: CancellationT
             tx.clone(),
             shutdown.clone(),
             claim_resized,
-        )),
-        // Only deletions of these matter, which their metadata tells: no cache of every
-        // ConfigMap's data and every Secret's is kept for it.
-        Box::pin(replenish_deletions(
-            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-            quotas.clone(),
-            tx.clone(),
-            shutdown.clone(),
-        )),
-        Box::pin(replenish_deletions(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            quotas.clone(),
-            tx.clone(),
-            shutdown.clone(),
         )),
         Box::pin(replenishment::<ReplicationController>(
             informers.clone(),
@@ -271,14 +258,7 @@ pub async fn run(informers: Informers, resync: Duration, shutdown: CancellationT
     let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(Ok::<_, Infallible>)
         .take_until(shutdown.clone().cancelled_owned());
-    let ctx = Arc::new(Ctx {
-        client,
-        quotas: quotas.clone(),
-        queue: tx,
-        shutdown: shutdown.clone(),
-        resources: Mutex::new(HashMap::new()),
-        failures: Mutex::new(HashMap::new()),
-    });
+    let ctx = Arc::new(Ctx { client, resources: Mutex::new(HashMap::new()), failures: Mutex::new(HashMap::new()) });
     let workers = applier(
         |q, ctx| Box::pin(sync(q, ctx)),
         error_policy,
@@ -294,7 +274,7 @@ pub async fn run(informers: Informers, resync: Duration, shutdown: CancellationT
         }
     });
     info!("starting resource quota controller");
-    tokio::join!(quota_informer, replenishers, resyncer, workers);
+    tokio::join!(quota_informer, replenishers, deletion_replenisher, resyncer, workers);
 }
 
 fn hard(q: &ResourceQuota) -> Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>> {
@@ -343,15 +323,7 @@ impl Ctx {
             group: group.into(),
             resource: resource.into(),
         })?;
-        let first = self.resources.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ar.clone()).is_none();
-        if first && !REPLENISHED.contains(&(group, resource)) {
-            tokio::spawn(replenish_deletions::<DynamicObject>(
-                Api::all_with(self.client.clone(), &ar),
-                self.quotas.clone(),
-                self.queue.clone(),
-                self.shutdown.clone(),
-            ));
-        }
+        self.resources.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ar.clone());
         Ok(ar)
     }
 }
