@@ -121,6 +121,12 @@ impl Handler {
             Lookup::NotOurs
         };
         match lookup {
+            // Before the cluster's objects are read, names of the cluster domain are neither
+            // known nor known to be missing: a client should retry, not cache a negative
+            // answer (CoreDNS answers SERVFAIL until its informers have synced, too).
+            Lookup::Answer(_) | Lookup::NxDomain if !view.synced() => {
+                response.metadata.response_code = ResponseCode::ServFail;
+            }
             Lookup::Answer(answers) => {
                 response.metadata.authoritative = true;
                 if answers.is_empty() {

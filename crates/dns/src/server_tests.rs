@@ -128,6 +128,23 @@ async fn cluster_names_are_answered_authoritatively_over_udp_and_tcp() {
 }
 
 #[tokio::test]
+async fn before_the_cluster_is_read_cluster_names_fail_and_others_are_forwarded() {
+    let (upstream, seen, stop) = upstream().await;
+    let (server, shutdown) = start(View::new("cluster.local"), vec![upstream]).await;
+    for name in ["web.default.svc.cluster.local.", "cluster.local.", "nope.cluster.local."] {
+        let response = udp(server, &query(name, RecordType::A, false)).await;
+        assert_eq!(response.metadata.response_code, ResponseCode::ServFail, "{name}");
+        assert!(response.answers.is_empty(), "{name}");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "cluster names were forwarded");
+    let outside = udp(server, &query("example.org.", RecordType::A, false)).await;
+    assert_eq!(outside.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answers(&outside), ["192.0.2.7"]);
+    shutdown.cancel();
+    stop.cancel();
+}
+
+#[tokio::test]
 async fn unknown_cluster_names_are_nxdomain_with_the_zone_soa() {
     let (server, shutdown) = start(cluster_view(1), vec![]).await;
     let response = udp(server, &query("nope.default.svc.cluster.local.", RecordType::A, true)).await;

@@ -47,6 +47,9 @@ pub struct View {
     interior: HashSet<String>,
     ptr: HashMap<IpAddr, String>,
     serial: u32,
+    /// Whether the view was built from the cluster's objects. Until it is, the DNS knows no
+    /// name of the cluster domain, and a missing name would be a wrong answer, not a fact.
+    synced: bool,
 }
 
 fn lower(name: &str) -> String {
@@ -63,7 +66,8 @@ fn endpoint_label(hostname: Option<&str>, ip: &IpAddr) -> String {
 }
 
 impl View {
-    /// An empty view of `domain` (e.g. `cluster.local`).
+    /// An empty view of `domain` (e.g. `cluster.local`), the one served before the cluster's
+    /// objects have been read.
     pub fn new(domain: &str) -> Self {
         let mut view = Self {
             domain: lower(domain),
@@ -71,16 +75,23 @@ impl View {
             interior: HashSet::new(),
             ptr: HashMap::new(),
             serial: 1,
+            synced: false,
         };
         view.interior.insert(format!("svc.{}", view.domain));
         view.interior.insert(format!("pod.{}", view.domain));
         view
     }
 
+    /// Whether the view holds the cluster's objects ([`View::build`]) rather than none yet.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
     /// The view of these objects. `serial` goes into the SOA: it changes when the view does.
     pub fn build(domain: &str, services: &[&Service], slices: &[&EndpointSlice], pods: &[&Pod], serial: u32) -> Self {
         let mut view = Self::new(domain);
         view.serial = serial;
+        view.synced = true;
         // Pods first: a service's or endpoint's reverse name wins over the pod's.
         for pod in pods {
             view.add_pod(pod);

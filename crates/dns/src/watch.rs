@@ -65,6 +65,13 @@ pub async fn run(client: Client, domain: String, view: Arc<SharedView>, shutdown
         reflect::<EndpointSlice>(&client, changed.clone(), "endpointslices", |s| s.metadata.managed_fields = None);
     let (pods, pods_task) = reflect::<Pod>(&client, changed.clone(), "pods", trim_pod);
     let rebuild = async {
+        // The first view is built once every store has listed, so that it never answers a
+        // name as missing when its object was simply not read yet.
+        let synced = tokio::join!(services.wait_until_ready(), slices.wait_until_ready(), pods.wait_until_ready());
+        if synced.0.is_err() || synced.1.is_err() || synced.2.is_err() {
+            return;
+        }
+        changed.notify_one();
         let mut serial: u32 = 1;
         loop {
             changed.notified().await;
