@@ -140,8 +140,11 @@ def client(cluster, web) -> str:
 
 
 def fetch_many(cluster: DevCluster, pod: str, url: str, count: int) -> list[str]:
-    """`count` GETs of `url` from inside `pod`, one line per answer ("FAIL" for a failed one)."""
-    script = f"for i in $(seq {count}); do wget -q -O - {url} || echo FAIL; done"
+    """`count` GETs of `url` from inside `pod`, one line per answer ("FAIL" for a failed one).
+
+    Each gives up after 3 s: until the proxy has programmed a new service's address, packets to
+    it go nowhere, and busybox's wget would wait far longer than the exec's own timeout."""
+    script = f"for i in $(seq {count}); do wget -q -T 3 -O - {url} || echo FAIL; done"
     out = cluster.kubectl("exec", pod, "--", "sh", "-c", script, check=False)
     return out.stdout.split()
 
