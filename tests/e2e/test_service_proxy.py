@@ -144,7 +144,7 @@ def fetch_many(cluster: DevCluster, pod: str, url: str, count: int) -> list[str]
 
     Each gives up after 3 s: until the proxy has programmed a new service's address, packets to
     it go nowhere, and busybox's wget would wait far longer than the exec's own timeout."""
-    script = f"for i in $(seq {count}); do wget -q -T 3 -O - {url} || echo FAIL; done"
+    script = f"for i in $(seq {count}); do timeout 3 wget -q -O - {url} || echo FAIL; done"
     out = cluster.kubectl("exec", pod, "--", "sh", "-c", script, check=False)
     return out.stdout.split()
 
