@@ -526,11 +526,12 @@ impl Collector {
         }
     }
 
-    /// Removes a deleted object and queues its dependents and deleting owners.
+    /// Tells the subscribers of the deletion feed that an object of `ar` was deleted.
     fn publish_deletion(&self, ar: &ApiResource, namespace: String) {
         self.deletions.publish(Deleted { group: ar.group.clone(), resource: ar.plural.clone(), namespace });
     }
 
+    /// Removes a deleted object and queues its dependents and deleting owners.
     fn forget(&self, uid: &str) {
         let (dependents, owners) = self.graph.lock().expect("graph lock").remove(uid);
         for d in dependents {

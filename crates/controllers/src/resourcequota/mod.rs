@@ -145,13 +145,9 @@ async fn replenish_deletions(
         {
             continue;
         }
-        let counts = |q: &ResourceQuota| {
-            hard(q).is_some_and(|hard| {
-                hard.keys().any(|name| {
-                    Evaluator::owner_of(name).is_some_and(|(g, r)| g == deleted.group && r == deleted.resource)
-                })
-            })
-        };
+        let evaluator = Evaluator::for_resource(&deleted.group, &deleted.resource);
+        let counts =
+            |q: &ResourceQuota| hard(q).is_some_and(|hard| !evaluator.matching_resources(hard.keys()).is_empty());
         for q in quotas.state() {
             if q.namespace().as_deref() == Some(deleted.namespace.as_str()) && counts(&q) {
                 let _ = tx.send(ObjectRef::from_obj(&*q));
