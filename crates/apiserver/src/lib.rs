@@ -11,6 +11,7 @@ mod admission;
 mod admission_cache;
 pub mod authn;
 mod bootstrap;
+mod coalesce;
 mod codec;
 mod crd;
 mod discovery;

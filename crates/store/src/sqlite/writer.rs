@@ -4,7 +4,7 @@
 //! waiting when it wakes, applies them in one transaction and commits once (group commit).
 //! Each request is still checked on its own against the state its predecessors in the group
 //! left, inside its own savepoint, so one failing request never undoes another. Only after the
-//! commit is durable are the callers answered and the changes published to watchers, in
+//! commit is durable are the callers answered and then the changes published to watchers, in
 //! revision order; if the commit fails, every request of the group fails and nothing is
 //! published.
 
@@ -230,12 +230,15 @@ impl Writer {
         // as "now" must not find it older than an event it already missed.
         self.committed.revision.store(self.revision, Ordering::Release);
         self.committed.compacted.store(self.compacted, Ordering::Release);
+        // Answer before publishing: waking the watchers queues their work on the same
+        // runtime, and a caller's response should not wait behind it. A watch that starts from
+        // the answered revision is not affected, as it skips changes up to where it starts.
+        for answer in answers {
+            answer.send();
+        }
         for event in group.events {
             // No receivers is not an error: nobody is watching.
             self.events.send(Arc::new(event));
-        }
-        for answer in answers {
-            answer.send();
         }
     }
 }
