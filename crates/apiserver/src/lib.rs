@@ -11,7 +11,6 @@ mod admission;
 mod admission_cache;
 pub mod authn;
 mod bootstrap;
-mod coalesce;
 mod codec;
 mod crd;
 mod discovery;

@@ -22,7 +22,6 @@ use tug_store::Store;
 
 use crate::admission::Ipv4Cidr;
 use crate::authn::{self, TokenFile, UserInfo};
-use crate::coalesce::Coalescing;
 use crate::codec::{self, Accept, MAX_BODY_BYTES};
 use crate::handlers::{self, Call};
 use crate::metrics::Metrics;
@@ -224,8 +223,7 @@ impl ApiServer {
         // kube-apiserver's `--http2-max-streams-per-connection` default: a client's
         // watches are streams of one connection, and a component keeps many open.
         builder.http2().max_concurrent_streams(HTTP2_MAX_STREAMS);
-        // Responses that finish together leave in one write (see `coalesce`).
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(Coalescing::new(io)), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::select! {
             r = conn => if let Err(e) = r { debug!(%peer, error = %e, "connection ended with an error") },
             _ = shutdown.cancelled() => {}
