@@ -198,6 +198,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Let the controllers settle before reading the idle footprint.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_rss = server.rss_mib();
+    // Split, because the mapped binary's share depends on more than the code that ran: the
+    // kernel maps whole page-cache folios, which are larger for a freshly written binary.
+    let (idle_anon, idle_file) = (server.rss_part_mib("RssAnon:"), server.rss_part_mib("RssFile:"));
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let mut out = Vec::new();
     out.push("| operation | clients | rate | p50 | p99 |".to_string());
@@ -322,7 +325,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             p99.as_secs_f64() * 1e3
         );
     }
-    println!("server RSS: idle {idle_rss:.1} MiB, after the run {busy_rss:.1} MiB");
+    println!(
+        "server RSS: idle {idle_rss:.1} MiB (anonymous {idle_anon:.1}, mapped files {idle_file:.1}), after the run {busy_rss:.1} MiB"
+    );
     if let Some(cross) = cross {
         println!(
             "write through one server to a watch on another (same etcd), {} writes: p50 {:.2} ms, p99 {:.2} ms",

@@ -79,6 +79,11 @@ impl ServerUnderTest {
         rss_mib(self.pid, "VmRSS:")
     }
 
+    /// One part of the resident memory (`RssAnon:`, `RssFile:`) in MiB.
+    pub fn rss_part_mib(&self, field: &str) -> f64 {
+        rss_mib(self.pid, field)
+    }
+
     /// The most memory the server has held so far.
     pub fn peak_rss_mib(&self) -> f64 {
         rss_mib(self.pid, "VmHWM:")
@@ -89,7 +94,7 @@ impl ServerUnderTest {
     }
 }
 
-/// A figure from /proc/PID/status (`VmRSS:`, `VmHWM:`) in MiB; 0 when unreadable.
+/// A figure from /proc/PID/status (`VmRSS:`, `VmHWM:`, `RssAnon:`, ...) in MiB; 0 when unreadable.
 pub fn rss_mib(pid: u32, field: &str) -> f64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0.0 };
     let kib: u64 = status
