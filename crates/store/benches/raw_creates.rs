@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use tug_store::Store;
-use tug_store::bench::bench_raw_creates;
+use tug_store::bench::{Workload, bench_raw_creates};
 use tug_store::memory::MemoryStore;
 use tug_store::sqlite::SqliteStore;
 
@@ -17,12 +17,12 @@ fn main() {
     runtime.block_on(async {
         for clients in [1, 16] {
             let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            let report = bench_raw_creates(memory, clients, writes).await;
+            let report = bench_raw_creates(memory, clients, writes, &Workload::default()).await;
             println!("memory  {report}");
 
             let dir = tempfile::tempdir().expect("temporary directory");
             let sqlite = SqliteStore::open(&dir.path().join("state.db")).expect("open sqlite");
-            let report = bench_raw_creates(Arc::new(sqlite), clients, writes).await;
+            let report = bench_raw_creates(Arc::new(sqlite), clients, writes, &Workload::default()).await;
             println!("sqlite  {report}");
         }
     });

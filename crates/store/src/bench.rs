@@ -12,8 +12,26 @@ use bytes::Bytes;
 
 use crate::Store;
 
-/// The size of each value written, close to a small Kubernetes object.
+/// The size of each value written by default, close to a small Kubernetes object.
 pub const VALUE_SIZE: usize = 1024;
+
+/// What a run writes: where its keys go and how big its values are.
+///
+/// A baseline for an API benchmark should write what the API writes: its objects as stored
+/// (with server-set metadata such as managedFields, so larger than what clients send) under
+/// keys shaped like the API's, whose creation order is not their key order.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Keys are `{key_prefix}{run}/cm-{i}`, with `run` unique to each run.
+    pub key_prefix: String,
+    pub value_size: usize,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload { key_prefix: "/bench/raw-creates/".into(), value_size: VALUE_SIZE }
+    }
+}
 
 /// What a run measured. Latencies are of successful writes only.
 #[derive(Debug, Clone)]
@@ -40,20 +58,26 @@ impl fmt::Display for BenchReport {
     }
 }
 
-/// Creates `total` new keys of [`VALUE_SIZE`] bytes from `clients` concurrent tasks, each
+/// Creates `total` new keys as `workload` describes from `clients` concurrent tasks, each
 /// waiting for its write to be acknowledged before starting the next, and reports the rate and
 /// per-write latency.
-pub async fn bench_raw_creates(store: Arc<dyn Store>, clients: usize, total: usize) -> BenchReport {
+pub async fn bench_raw_creates(
+    store: Arc<dyn Store>,
+    clients: usize,
+    total: usize,
+    workload: &Workload,
+) -> BenchReport {
     let clients = clients.max(1);
     // Keys unique to this run, so runs can repeat on one store.
     let run = store.current_revision().await.unwrap_or_default();
-    let value = Bytes::from(sample_value());
+    let prefix: Arc<str> = format!("{}{run}/cm-", workload.key_prefix).into();
+    let value = Bytes::from(sample_value(workload.value_size));
     let next = Arc::new(AtomicUsize::new(0));
 
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (store, value, next) = (Arc::clone(&store), value.clone(), Arc::clone(&next));
+            let (store, value, next, prefix) = (Arc::clone(&store), value.clone(), Arc::clone(&next), Arc::clone(&prefix));
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut failed = 0;
@@ -62,7 +86,7 @@ pub async fn bench_raw_creates(store: Arc<dyn Store>, clients: usize, total: usi
                     if i >= total {
                         break;
                     }
-                    let key = format!("/bench/raw-creates/{run}/{i:08}");
+                    let key = format!("{prefix}{i}");
                     let began = Instant::now();
                     match store.create(&key, value.clone()).await {
                         Ok(_) => latencies.push(began.elapsed()),
@@ -108,18 +132,18 @@ fn percentile(sorted: &[Duration], pct: usize) -> Duration {
     sorted[rank - 1]
 }
 
-/// A JSON-looking value of [`VALUE_SIZE`] bytes, varied so it is not trivially compressible.
-fn sample_value() -> Vec<u8> {
+/// A JSON-looking value of `size` bytes, varied so it is not trivially compressible.
+fn sample_value(size: usize) -> Vec<u8> {
     let mut value = br#"{"kind":"ConfigMap","data":{"payload":""#.to_vec();
     let mut state: u32 = 0x9E37_79B9;
-    while value.len() < VALUE_SIZE - 3 {
+    while value.len() < size.saturating_sub(3) {
         state ^= state << 13;
         state ^= state >> 17;
         state ^= state << 5;
         value.push(b'a' + (state % 26) as u8);
     }
     value.extend_from_slice(br#""}}"#);
-    value.truncate(VALUE_SIZE);
+    value.truncate(size);
     value
 }
 
@@ -128,7 +152,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{VALUE_SIZE, bench_raw_creates, percentile, sample_value};
+    use super::{VALUE_SIZE, Workload, bench_raw_creates, percentile, sample_value};
     use crate::Store;
     use crate::memory::MemoryStore;
 
@@ -142,19 +166,32 @@ mod tests {
     }
 
     #[test]
-    fn sample_value_is_one_kibibyte() {
-        assert_eq!(sample_value().len(), VALUE_SIZE);
+    fn sample_value_has_the_size_asked_for() {
+        assert_eq!(sample_value(VALUE_SIZE).len(), VALUE_SIZE);
+        assert_eq!(sample_value(1448).len(), 1448);
+        assert_eq!(sample_value(2).len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn raw_create_bench_writes_every_key_once() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let report = bench_raw_creates(Arc::clone(&store), 4, 200).await;
+        let report = bench_raw_creates(Arc::clone(&store), 4, 200, &Workload::default()).await;
         assert_eq!((report.total, report.failed), (200, 0));
         assert!(report.ops_per_sec > 0.0 && report.p50 <= report.p99);
         assert_eq!(store.count("/bench/raw-creates/").await.unwrap(), 200);
         // A second run on the same store writes new keys instead of colliding.
-        let again = bench_raw_creates(Arc::clone(&store), 4, 50).await;
+        let again = bench_raw_creates(Arc::clone(&store), 4, 50, &Workload::default()).await;
         assert_eq!(again.failed, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_create_bench_writes_the_workload_it_is_given() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let workload = Workload { key_prefix: "/registry/configmaps/raw-".into(), value_size: 1448 };
+        let report = bench_raw_creates(Arc::clone(&store), 2, 20, &workload).await;
+        assert_eq!(report.failed, 0);
+        let written = store.list("/registry/configmaps/raw-", crate::ListOptions::default()).await.unwrap();
+        assert_eq!(written.items.len(), 20);
+        assert!(written.items.iter().all(|kv| kv.value.len() == 1448 && kv.key.contains("/cm-")));
     }
 }

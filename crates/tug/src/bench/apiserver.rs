@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use tokio::sync::Barrier;
 use tug_store::etcd::local::LocalEtcd;
+use tug_store::bench::Workload;
 use tug_store::etcd::{EtcdConfig, EtcdStore};
 
 /// Flags of `tug bench apiserver`.
@@ -134,17 +135,30 @@ async fn raw_store_baseline(
     datastore: &str,
     clients: usize,
     total: usize,
+    workload: &Workload,
 ) -> anyhow::Result<tug_store::bench::BenchReport> {
     if datastore == "etcd" {
         // A member of its own, so the server's traffic does not share it.
         let etcd = start_etcd(dir.join(format!("raw-etcd-{clients}"))).await?;
         let config = EtcdConfig { endpoints: vec![etcd.endpoint()], ..EtcdConfig::default() };
         let store = EtcdStore::connect(&config).await?;
-        return Ok(tug_store::bench::bench_raw_creates(Arc::new(store), clients, total).await);
+        return Ok(tug_store::bench::bench_raw_creates(Arc::new(store), clients, total, workload).await);
     }
     let path = dir.join(format!("raw-{clients}.db"));
     let store = tokio::task::spawn_blocking(move || tug_store::sqlite::SqliteStore::open(&path)).await??;
-    Ok(tug_store::bench::bench_raw_creates(Arc::new(store), clients, total).await)
+    Ok(tug_store::bench::bench_raw_creates(Arc::new(store), clients, total, workload).await)
+}
+
+/// What the raw baseline writes: values the size of the benchmark's ConfigMap as the server
+/// keeps it, found by creating one and reading it back. The object read back carries its
+/// resourceVersion, which the stored form does not, so the figure is a few bytes generous.
+async fn api_workload(client: &kube::Client) -> anyhow::Result<Workload> {
+    let ns = "bench-probe";
+    super::create_namespace(client, ns).await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &config_map("cm-0".into())).await?;
+    let stored = api.get("cm-0").await?;
+    Ok(Workload { key_prefix: "/registry/configmaps/raw-".into(), value_size: serde_json::to_vec(&stored)?.len() })
 }
 
 /// Write-to-watch latency across two servers on one etcd: each ConfigMap is created through
@@ -202,12 +216,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // kernel maps whole page-cache folios, which are larger for a freshly written binary.
     let (idle_anon, idle_file) = (server.rss_part_mib("RssAnon:"), server.rss_part_mib("RssFile:"));
     let ns_api: Api<Namespace> = Api::all(client.clone());
+    let workload = api_workload(&client).await?;
     let mut out = Vec::new();
     out.push("| operation | clients | rate | p50 | p99 |".to_string());
     out.push("|---|---|---|---|---|".to_string());
     let mut ratios = Vec::new();
     for clients in [1usize, 16, 64] {
-        let raw = raw_store_baseline(&tmp, &args.datastore, clients, args.creates).await?;
+        let raw = raw_store_baseline(&tmp, &args.datastore, clients, args.creates, &workload).await?;
         let backend = if args.datastore == "etcd" { "etcd" } else { "SQLite" };
         out.push(format!(
             "| raw {backend} store create (baseline) | {clients} | {:.0}/s | {:.2} ms | {:.2} ms |",
@@ -317,6 +332,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "watch fan-out: {delivered} events to {} watchers in {:.2} s = {fanout:.0} events/s",
         args.watchers,
         (last - start).as_secs_f64()
+    );
+    println!(
+        "the raw baseline writes {} B values (a created ConfigMap as the API returns it) under keys like the API's",
+        workload.value_size
     );
     for (clients, ratio, p99) in ratios {
         println!(
