@@ -17,6 +17,8 @@
 //! are never owned. Fields the resource's strategy resets are ignored: `status` through the
 //! main resource of a type with a status subresource, everything but `status` through `status`.
 
+use std::sync::LazyLock;
+
 use serde_json::{Value, json};
 
 use super::fieldpath::{Path, PathElement, Set, values_equal};
@@ -191,8 +193,7 @@ impl<'s> FieldManager<'s> {
         let Ok(cmp) = self.update_managers(live, new, managed, None, true) else {
             return;
         };
-        let mut set = cmp.modified;
-        set.union_with(&cmp.added);
+        let mut set = merged(cmp.modified, cmp.added);
         strip_meta(&mut set);
         if set.is_empty() {
             return;
@@ -327,8 +328,11 @@ impl<'s> FieldManager<'s> {
         for set in [&mut cmp.added, &mut cmp.modified, &mut cmp.removed] {
             *set = self.exclude(std::mem::take(set));
         }
-        let changed = cmp.modified.union(&cmp.added);
+        // With no other manager there is nobody to conflict with: a create's common case, where
+        // building the changed set would copy the whole object's fields for nothing.
         let mut conflicts = Vec::new();
+        let others = managed.fields.keys().any(|id| Some(id) != except);
+        let changed = if others { cmp.modified.union(&cmp.added) } else { Set::new() };
         for (id, vs) in &managed.fields {
             if Some(id) == except {
                 continue;
@@ -394,23 +398,43 @@ impl<'s> FieldManager<'s> {
     }
 }
 
+/// The union of two sets; when one is empty, the other as it is, without copying it.
+fn merged(a: Set, b: Set) -> Set {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b,
+        (_, true) => a,
+        _ => {
+            let mut a = a;
+            a.union_with(&b);
+            a
+        }
+    }
+}
+
 /// Removes the bookkeeping fields no manager owns (upstream's `stripMetaManager`).
 fn strip_meta(set: &mut Set) {
-    for path in [
-        &["apiVersion"][..],
-        &["kind"],
-        &["metadata"],
-        &["metadata", "name"],
-        &["metadata", "namespace"],
-        &["metadata", "creationTimestamp"],
-        &["metadata", "selfLink"],
-        &["metadata", "uid"],
-        &["metadata", "clusterName"],
-        &["metadata", "generation"],
-        &["metadata", "managedFields"],
-        &["metadata", "resourceVersion"],
-    ] {
-        set.remove(&Path::fields(path).0);
+    // Built once: every tracked write strips them.
+    static META: LazyLock<Vec<Path>> = LazyLock::new(|| {
+        [
+            &["apiVersion"][..],
+            &["kind"],
+            &["metadata"],
+            &["metadata", "name"],
+            &["metadata", "namespace"],
+            &["metadata", "creationTimestamp"],
+            &["metadata", "selfLink"],
+            &["metadata", "uid"],
+            &["metadata", "clusterName"],
+            &["metadata", "generation"],
+            &["metadata", "managedFields"],
+            &["metadata", "resourceVersion"],
+        ]
+        .into_iter()
+        .map(Path::fields)
+        .collect()
+    });
+    for path in META.iter() {
+        set.remove(&path.0);
     }
 }
 
