@@ -139,8 +139,10 @@ fn entry<T: Kind>(f: Facts) -> ResourceType {
 /// entries are shared (`Arc`) between the two, so that costs a few allocations per resource.
 pub struct Registry {
     types: Vec<Arc<ResourceType>>,
-    by_path: HashMap<(String, String, String), usize>,
-    by_kind: HashMap<(String, String), usize>,
+    /// Indices into `types` by plural and by kind, in table order; lookups pick the first
+    /// entry of the right group and version, so they need not build a key per request.
+    by_plural: HashMap<String, Vec<usize>>,
+    by_kind: HashMap<String, Vec<usize>>,
     generation: u64,
 }
 
@@ -285,15 +287,15 @@ impl Registry {
     }
 
     fn from_types(types: Vec<Arc<ResourceType>>, generation: u64) -> Registry {
-        let mut by_path = HashMap::new();
-        let mut by_kind = HashMap::new();
+        let mut by_plural: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_kind: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, t) in types.iter().enumerate() {
-            // The first entry for a path or kind wins: built-in resources cannot be shadowed by
-            // a custom resource definition.
-            by_path.entry((t.group.to_string(), t.version.to_string(), t.plural.to_string())).or_insert(i);
-            by_kind.entry((t.api_version(), t.kind.to_string())).or_insert(i);
+            // Kept in table order, so the first entry for a path or kind wins: built-in resources
+            // cannot be shadowed by a custom resource definition.
+            by_plural.entry(t.plural.to_string()).or_default().push(i);
+            by_kind.entry(t.kind.to_string()).or_default().push(i);
         }
-        Registry { types, by_path, by_kind, generation }
+        Registry { types, by_plural, by_kind, generation }
     }
 
     fn from_owned(types: Vec<ResourceType>) -> Registry {
@@ -325,12 +327,22 @@ impl Registry {
 
     /// The resource at `/apis/<group>/<version>/<plural>`.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceType>> {
-        self.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).map(|&i| &self.types[i])
+        self.first_of(self.by_plural.get(plural)?, group, version)
     }
 
     /// The resource serving objects of `apiVersion` and `kind`.
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&Arc<ResourceType>> {
-        self.by_kind.get(&(api_version.to_string(), kind.to_string())).map(|&i| &self.types[i])
+        let (group, version) = match api_version.split_once('/') {
+            // "/v1" names no group, not the core one.
+            Some(("", _)) => return None,
+            Some(group_version) => group_version,
+            None => ("", api_version),
+        };
+        self.first_of(self.by_kind.get(kind)?, group, version)
+    }
+
+    fn first_of(&self, candidates: &[usize], group: &str, version: &str) -> Option<&Arc<ResourceType>> {
+        candidates.iter().map(|&i| &self.types[i]).find(|t| t.group == group && t.version == version)
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<ResourceType>> {
@@ -452,6 +464,9 @@ mod tests {
         assert_eq!(nodes.key(None, "n1"), "/registry/minions/n1");
         assert!(!nodes.namespaced);
         let deploy = r.by_kind("apps/v1", "Deployment").unwrap();
+        assert_eq!(r.by_kind("v1", "Pod").map(|t| t.plural.to_string()).as_deref(), Some("pods"));
+        assert!(r.by_kind("/v1", "Pod").is_none() && r.by_kind("apps/v1/x", "Deployment").is_none());
+        assert!(r.by_kind("v1", "Deployment").is_none() && r.lookup("", "v1", "deployments").is_none());
         assert_eq!(deploy.prefix(None), "/registry/deployments/");
         assert_eq!(deploy.singular, "deployment");
     }
