@@ -14,7 +14,6 @@
 //!   finalizer is removed once none is left.
 
 mod graph;
-mod watched;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,6 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::core::PartialObjectMeta;
 use kube::discovery::{ApiResource, Discovery, Scope, verbs};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -32,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use graph::{Graph, Node};
-use watched::OwnershipMeta;
 
 use crate::deletions::{Deleted, DeletionFeed};
 
@@ -377,7 +376,7 @@ impl Collector {
         let ar = ApiResource::erase::<
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         >(&());
-        let api: Api<OwnershipMeta> = Api::all_with(self.client.clone(), &ar);
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(self.client.clone(), &ar);
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
         loop {
@@ -395,7 +394,7 @@ impl Collector {
 
     /// Feeds the graph from a metadata-only watch of one resource until `stop`.
     async fn monitor(self: Arc<Self>, ar: ApiResource, stop: CancellationToken) {
-        let api: Api<OwnershipMeta> = Api::all_with(self.client.clone(), &ar);
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(self.client.clone(), &ar);
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
         let mut listing: Option<HashSet<String>> = None;
