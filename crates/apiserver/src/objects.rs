@@ -68,15 +68,6 @@ fn put_managed_fields(obj: &mut Value, entries: Option<Value>) {
     }
 }
 
-/// A new object as [`ApiServer::store_new_created`] leaves it.
-pub(crate) struct Created {
-    /// In the view it was created through, with its resourceVersion.
-    pub object: Value,
-    /// The same object as a JSON client of that view receives it, when the stored bytes are
-    /// already that (not for a dry run, or a view stored in another version).
-    pub wire: Option<bytes::Bytes>,
-}
-
 impl ApiServer {
     /// A stored object converted to `rt`'s view.
     pub(crate) fn to_view(&self, rt: &ResourceType, obj: Value) -> Result<Value, ApiError> {
@@ -145,32 +136,18 @@ impl ApiServer {
 
     /// Runs admission on an admitted new object and stores it (unless `dry_run`); allocations
     /// made for it are released again if the write fails.
-    pub(crate) async fn store_new(&self, rt: &ResourceType, obj: Value, dry_run: bool) -> Result<Value, ApiError> {
-        self.store_new_created(rt, obj, dry_run).await.map(|created| created.object)
-    }
-
-    /// [`ApiServer::store_new`], keeping the stored bytes for the response when they are
-    /// already what a JSON client of `rt` receives.
-    pub(crate) async fn store_new_created(
-        &self,
-        rt: &ResourceType,
-        mut obj: Value,
-        dry_run: bool,
-    ) -> Result<Created, ApiError> {
+    pub(crate) async fn store_new(&self, rt: &ResourceType, mut obj: Value, dry_run: bool) -> Result<Value, ApiError> {
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
         self.admission_create(rt, &mut obj, dry_run).await?;
         if dry_run {
             self.release_allocations(rt, &obj, true).await;
-            return Ok(Created { object: obj, wire: None });
+            return Ok(obj);
         }
         match self.create_object(rt, ns.as_deref(), &name, &obj).await {
-            Ok((rev, stored)) => {
-                // As a get answers: the stored bytes with the resourceVersion spliced in, when
-                // this view is the stored one.
-                let wire = rt.storage_version.then(|| codec::stored_to_wire(&stored, rev));
+            Ok(rev) => {
                 codec::set_resource_version(&mut obj, rev);
-                Ok(Created { object: obj, wire })
+                Ok(obj)
             }
             Err(e) => {
                 self.release_allocations(rt, &obj, false).await;
@@ -179,18 +156,16 @@ impl ApiServer {
         }
     }
 
-    /// Writes a new object (already admitted, in `rt`'s view); returns its resourceVersion
-    /// and the bytes stored.
+    /// Writes a new object (already admitted, in `rt`'s view); returns its resourceVersion.
     pub(crate) async fn create_object(
         &self,
         rt: &ResourceType,
         ns: Option<&str>,
         name: &str,
         obj: &Value,
-    ) -> Result<(Revision, bytes::Bytes), ApiError> {
+    ) -> Result<Revision, ApiError> {
         let bytes = self.storage_bytes(rt, obj)?;
-        let rev = self.store.create(&rt.key(ns, name), bytes.clone()).await.map_err(|e| store_error(rt, name, e))?;
-        Ok((rev, bytes))
+        self.store.create(&rt.key(ns, name), bytes).await.map_err(|e| store_error(rt, name, e))
     }
 
     /// Upstream's `GuaranteedUpdate`: read the object, let `mutate` decide, admit the result

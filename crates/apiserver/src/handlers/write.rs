@@ -5,7 +5,6 @@ use serde_json::{Value, json};
 use tug_api::{ApiError, patch};
 
 use super::{Call, apply, body_object};
-use crate::codec::Accept;
 use crate::managed_fields::{validate_options, write_manager};
 use crate::objects::{Mutation, take_managed_fields};
 use crate::response::{self, Body};
@@ -173,12 +172,8 @@ async fn create_one(call: &Call<'_>, mut obj: Value, dry_run: bool, manager: &st
     let mut admitted = call.srv.admit_new(call.rt, obj)?;
     let warnings = unknown_fields(call, &admitted.unknown_fields)?;
     call.srv.track_write(call.rt, None, None, requested.as_ref(), &mut admitted.object, manager)?;
-    let created = call.srv.store_new_created(call.rt, admitted.object, dry_run).await?;
-    let resp = match created.wire {
-        Some(wire) if call.accept == Accept::Json => response::json_bytes(201, wire),
-        _ => call.object(201, &created.object),
-    };
-    Ok(response::with_warnings(resp, &warnings))
+    let created = call.srv.store_new(call.rt, admitted.object, dry_run).await?;
+    Ok(response::with_warnings(call.object(201, &created), &warnings))
 }
 
 pub(crate) async fn update(call: &Call<'_>, subresource: Option<&str>) -> Result<Response<Body>, ApiError> {
