@@ -77,7 +77,8 @@ pub async fn bench_raw_creates(
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (store, value, next, prefix) = (Arc::clone(&store), value.clone(), Arc::clone(&next), Arc::clone(&prefix));
+            let (store, value, next, prefix) =
+                (Arc::clone(&store), value.clone(), Arc::clone(&next), Arc::clone(&prefix));
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut failed = 0;

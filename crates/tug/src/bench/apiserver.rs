@@ -22,8 +22,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use tokio::sync::Barrier;
-use tug_store::etcd::local::LocalEtcd;
 use tug_store::bench::Workload;
+use tug_store::etcd::local::LocalEtcd;
 use tug_store::etcd::{EtcdConfig, EtcdStore};
 
 /// Flags of `tug bench apiserver`.
